@@ -22,7 +22,11 @@ from torch import nn
 from .grid import ProcessGrid
 from .halo import halo_pad
 
-_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+_CONV = {
+    1: torch.nn.functional.conv1d,
+    2: torch.nn.functional.conv2d,
+    3: torch.nn.functional.conv3d,
+}
 
 
 class LatticeConv(nn.Module):
@@ -82,7 +86,9 @@ def _generic_valid_conv(
     nd = len(out_shape)
     y = None
     for d in itertools.product(range(k), repeat=nd):
-        window = xp[(slice(None), slice(None)) + tuple(slice(d[m], d[m] + out_shape[m]) for m in range(nd))]
+        window = xp[
+            (slice(None), slice(None)) + tuple(slice(d[m], d[m] + out_shape[m]) for m in range(nd))
+        ]
         term = torch.einsum("oi,bi...->bo...", weight[(slice(None), slice(None)) + d], window)
         y = term if y is None else y + term
     if bias is not None:

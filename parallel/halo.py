@@ -105,9 +105,7 @@ def _tag(mu: int, k: int) -> int:
     return 1000 + 4 * mu + k
 
 
-def _exchange(
-    grid: ProcessGrid, send: Array, dim: int, mu: int, towards: int, tag: int
-) -> Array:
+def _exchange(grid: ProcessGrid, send: Array, dim: int, mu: int, towards: int, tag: int) -> Array:
     """Send ``send`` to the neighbour at ``towards`` (+-1) along ``mu``; receive the matching
     block from the opposite neighbour. With one rank along ``mu`` it is a local copy."""
     if grid.grid[mu] == 1:

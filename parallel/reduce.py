@@ -122,7 +122,9 @@ def scatter_from_root(
                 f"at dims {first}.."
             )
         blocks = [
-            np.ascontiguousarray(glob[(slice(None),) * first + grid.local_slices(grid.cart.Get_coords(r))])
+            np.ascontiguousarray(
+                glob[(slice(None),) * first + grid.local_slices(grid.cart.Get_coords(r))]
+            )
             for r in range(grid.size)
         ]
     torch_out = grid.cart.bcast(torch_out, root=root)
