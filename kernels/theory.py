@@ -1,0 +1,99 @@
+"""The interface every lattice theory implements; samplers and flows use only this.
+
+A theory owns its field layout on the local domain of a :class:`parallel.ProcessGrid`:
+
+* ``field_shape(B)`` is the local shape of a batch of ``B`` fields, e.g. scalar
+  ``(B, *local)``, U(1) angles ``(B, Nd, *local)``, SU(N) ``(B, Nd, *local, N, N)`` complex;
+* ``first`` is the array dim of lattice axis 0 in a field (1 for scalars, 2 for gauge fields).
+
+Molecular dynamics convention (docs/conventions.md): the Hamiltonian is
+``H = K(pi) + S(phi)``; ``force(phi)`` returns ``F = dS/dphi`` in the tangent space of the
+field (for SU(N): ``F = sum_a T_a d/dw_a S(exp(w_b T_b) U)``, the left Lie derivative, with
+anti-Hermitian generators ``T_a``, ``Tr T_a T_b = -delta_ab / 2``), so that the equations of
+motion are ``dpi/dt = -F`` and ``dphi/dt = pi`` (``dU/dt = P U``).
+
+All per-chain quantities (``action``, ``kinetic``, observables) are *global*: summed over the
+whole lattice (all ranks of the domain group) and returned with shape ``(B,)``, identical on
+every rank of the domain group.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from parallel import ProcessGrid
+
+
+class Theory(ABC):
+    """A lattice field theory on a distributed lattice."""
+
+    name: str = "theory"
+    #: array dim of lattice axis 0 in a field
+    first: int = 1
+    #: True when the field lives in a group (compact variables, exponential update)
+    is_gauge: bool = False
+
+    def __init__(
+        self,
+        grid: ProcessGrid,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.grid = grid
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    # ------------------------------------------------------------ layout
+    @abstractmethod
+    def field_shape(self, batch: int) -> tuple[int, ...]:
+        """Local shape of a batch of fields on this rank."""
+
+    def momentum_shape(self, batch: int) -> tuple[int, ...]:
+        """Local shape of a batch of conjugate momenta (default: the field shape)."""
+        return self.field_shape(batch)
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Couplings that define the physics (stored in ensembles and checkpoints)."""
+        return {}
+
+    # ------------------------------------------------------------ dynamics
+    @abstractmethod
+    def action(self, field: torch.Tensor) -> torch.Tensor:
+        """Global action per chain, shape ``(B,)``; differentiable with autograd."""
+
+    @abstractmethod
+    def force(self, field: torch.Tensor) -> torch.Tensor:
+        """Analytic ``dS/dfield`` in the momentum space, local shape ``momentum_shape``."""
+
+    @abstractmethod
+    def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
+        """Global kinetic energy per chain, shape ``(B,)``."""
+
+    @abstractmethod
+    def evolve_field(self, field: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
+        """Field after a drift of length ``eps``: ``phi + eps pi`` or ``exp(eps P) U``."""
+
+    @abstractmethod
+    def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        """Gaussian momenta distributed as ``exp(-K)``, keyed by global site (any grid gives
+        the same global field). ``rng`` is a :class:`parallel.rng.SiteRNG`."""
+
+    # ------------------------------------------------------------ starts and measurements
+    @abstractmethod
+    def cold_start(self, batch: int) -> torch.Tensor:
+        """Ordered start (zero field / unit links)."""
+
+    @abstractmethod
+    def hot_start(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        """Disordered start keyed by global site."""
+
+    @abstractmethod
+    def observables(self, field: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-chain global observables, each of shape ``(B,)``."""
+
+    def project(self, field: torch.Tensor) -> torch.Tensor:
+        """Bring a field back onto its manifold (reunitarise links); identity by default."""
+        return field

@@ -1,0 +1,14 @@
+"""pytest configuration.
+
+``tests/mpi/`` holds tests that run *under* ``mpiexec`` (every rank runs the module and
+compares its distributed result with the single-rank one); they are launched by
+``tests/test_mpi.py`` with 1, 2 and 4 ranks and are not collected directly.
+"""
+
+import os
+
+import torch
+
+collect_ignore = ["mpi"] if "TRIVHMC_UNDER_MPIEXEC" not in os.environ else []
+
+torch.set_default_dtype(torch.float64)
