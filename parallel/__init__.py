@@ -20,6 +20,7 @@ from .reduce import (
     lattice_sum,
     scatter_from_root,
 )
+from .rng import SiteRNG
 from .shift import shift
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "HaloError",
     "LatticeConv",
     "ProcessGrid",
+    "SiteRNG",
     "allgather_field",
     "allreduce_gradients",
     "broadcast",
