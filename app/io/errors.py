@@ -1,0 +1,20 @@
+"""Exceptions and warnings of the configuration readers and writers.
+
+Every corrupt or inconsistent file raises a :class:`ConfigFormatError` (a ``ValueError``)
+whose message names the file, what was expected and what was found; a reader never returns a
+silently wrong field.
+"""
+
+from __future__ import annotations
+
+
+class ConfigFormatError(ValueError):
+    """A configuration file is malformed, truncated or inconsistent."""
+
+
+class ChecksumError(ConfigFormatError):
+    """The data do not match the checksum recorded in the file."""
+
+
+class MissingChecksumWarning(UserWarning):
+    """The file carries no checksum, so its payload could not be verified."""
