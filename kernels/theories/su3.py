@@ -1,0 +1,337 @@
+"""SU(3) lattice gauge theory: Wilson and rectangle-improved (Symanzik, Iwasaki) actions.
+
+Layout and conventions (docs/conventions-su3.md)
+------------------------------------------------
+Links ``U_mu(x)`` are stored as complex tensors ``(B, Nd, *local, 3, 3)`` (``first = 2``),
+``mu = x, y, z, t = 0 .. 3`` in the lattice-axis order of the process grid; the last axis is
+time. Every neighbour is reached with :func:`parallel.shift` (``U_nu(x + mu)`` is
+``shift(U_nu, mu, +1)``), so all kernels run unchanged on any process grid.
+
+Plaquette and rectangle (``L_mu(x) = U_mu(x) U_mu(x + mu)`` is the double link)::
+
+    U_{mu nu}(x) = U_mu(x) U_nu(x + mu) U_mu(x + nu)^+ U_nu(x)^+
+    R_{mu nu}(x) = L_mu(x) U_nu(x + 2 mu) L_mu(x + nu)^+ U_nu(x)^+      (2 along mu, 1 along nu)
+
+Action (``sum_P`` over the ``6 V`` unoriented plaquettes, ``sum_R`` over the ``12 V``
+unoriented 1x2 rectangles, i.e. ``R_{mu nu}`` for all ordered ``mu != nu``)::
+
+    S = beta [ c0 sum_P (1 - Re Tr U_P / 3) + c1 sum_R (1 - Re Tr U_R / 3) ],  c0 = 1 - 8 c1
+
+``c1 = 0`` (Wilson), ``-1/12`` (tree-level Symanzik, Luscher-Weisz), ``-0.331`` (Iwasaki).
+
+Force (left Lie derivative, kernels/theory.py): with generators ``T_a``,
+``Tr T_a T_b = -delta_ab/2``, write the part of ``S`` that holds ``U_mu(x)`` as
+``-(beta/3) Re Tr(U_mu(x) A_mu(x))`` where the *staple sum* ``A_mu(x)`` adds, with weight
+``c0`` / ``c1``, the open paths from ``x + mu`` back to ``x`` that close every plaquette /
+rectangle containing the link. Then ``d/dw_a S(exp(w T) U) = -(beta/3) Re Tr(T_a U A)`` and,
+by ``sum_a T_a Re Tr(T_a M) = -TA(M)/2``::
+
+    F_mu(x) = sum_a T_a d/dw_a S = (beta / 6) TA(U_mu(x) A_mu(x))
+
+traceless anti-Hermitian, so that ``dP/dt = -F``, ``dU/dt = P U`` conserve
+``H = K + S`` with ``K = -sum Re Tr P^2 = (1/2) sum_a p_a^2``.
+
+Observables (per chain, whole lattice, the same on every rank): plaquette (all 6 planes,
+spatial = planes among the first Nd-1 axes, temporal = planes with t), rectangle (all 12
+orientations), each averaged ``Re Tr / 3``; the Polyakov loop
+``P = (1/V_s) sum_xs Tr prod_t U_t(xs, t) / 3`` (real part, imaginary part, modulus); the
+(gauge-variant) link trace ``<Re Tr U> / 3``.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from parallel import ProcessGrid, global_sum, shift
+from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
+
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta, reunitarize, su_expm
+from ..theory import Theory
+
+#: rectangle coefficient c1 of each named action
+ACTIONS: dict[str, float] = {"wilson": 0.0, "symanzik": -1.0 / 12.0, "iwasaki": -0.331}
+
+NC = 3
+
+
+# --------------------------------------------------------------------------- helpers
+def _retr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re Tr(a b^+) = Re sum_ij a_ij conj(b_ij)`` without forming the product."""
+    return (a.real * b.real + a.imag * b.imag).sum((-1, -2))
+
+
+def _sh(x: torch.Tensor, grid: ProcessGrid, mu: int, k: int = 1) -> torch.Tensor:
+    """Shift of a single-direction field ``(B, *local, 3, 3)`` (lattice axes from dim 1)."""
+    return shift(x, grid, mu, k, first=1)
+
+
+def _forward_links(u: torch.Tensor, grid: ProcessGrid) -> list[torch.Tensor]:
+    """``fwd[mu][:, a] = U_a(x + mu)``: all directions shifted once along each axis."""
+    return [shift(u, grid, mu, 1, first=2) for mu in range(u.shape[1])]
+
+
+def _site_sum(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """Global sum over every dim but the batch dim 0, shape ``(B,)``."""
+    return global_sum(x.sum(tuple(range(1, x.ndim))), grid)
+
+
+def wilson_loops(
+    u: torch.Tensor, grid: ProcessGrid, rectangles: bool = True
+) -> tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], torch.Tensor]]:
+    """``Re Tr`` (not divided by 3) of plaquettes ``{(mu, nu): (B, *local)}`` for ``mu < nu``
+    and of rectangles ``R_{mu nu}`` (2 along ``mu``) for all ordered ``mu != nu``."""
+    nd = u.shape[1]
+    fwd = _forward_links(u, grid)
+    plaq, rect = {}, {}
+    for mu in range(nd):
+        umu = u[:, mu]
+        for nu in range(mu + 1, nd):
+            # Re Tr(U_mu(x) U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^+)
+            plaq[(mu, nu)] = _retr(umu @ fwd[mu][:, nu], u[:, nu] @ fwd[nu][:, mu])
+    if rectangles:
+        for mu in range(nd):
+            dbl = u[:, mu] @ fwd[mu][:, mu]
+            for nu in range(nd):
+                if nu == mu:
+                    continue
+                unu_2mu = _sh(fwd[mu][:, nu], grid, mu, 1)
+                rect[(mu, nu)] = _retr(dbl @ unu_2mu, u[:, nu] @ _sh(dbl, grid, nu, 1))
+    return plaq, rect
+
+
+def staple_sum(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torch.Tensor:
+    """``A_mu(x)``: ``c0`` x plaquette staples + ``c1`` x rectangle staples, ``(B, Nd, *local,
+    3, 3)``, so that ``Re Tr(U_mu(x) A_mu(x))`` sums (weighted) every loop holding the link.
+
+    Plaquette staples (``nu != mu``): ``U_nu(x+mu) U_mu(x+nu)^+ U_nu(x)^+`` (up) and
+    ``U_nu(x+mu-nu)^+ U_mu(x-nu)^+ U_nu(x-nu)`` (down). Rectangle staples (6 per ``nu``):
+    the up/down staple extended along ``nu`` (``U_nu(x+mu) S_up(x+nu) U_nu(x)^+`` and its
+    mirror), and the double-link staples ``Sigma(x) = U_nu(x+2mu) L_mu(x+nu)^+ U_nu(x)^+`` +
+    mirror, entering as ``U_mu(x+mu) Sigma(x)`` and ``Sigma(x-mu) U_mu(x-mu)``.
+    """
+    nd = u.shape[1]
+    fwd = _forward_links(u, grid)
+    out = []
+    for mu in range(nd):
+        umu = u[:, mu]
+        umu_mu = fwd[mu][:, mu]
+        a = torch.zeros_like(umu)
+        dbl = umu @ umu_mu if c1 else None
+        sigma = torch.zeros_like(umu) if c1 else None
+        for nu in range(nd):
+            if nu == mu:
+                continue
+            unu = u[:, nu]
+            unu_mu = fwd[mu][:, nu]  # U_nu(x + mu)
+            umu_nu = fwd[nu][:, mu]  # U_mu(x + nu)
+            up = unu_mu @ dagger(unu @ umu_nu)
+            down = _sh(dagger(umu @ unu_mu) @ unu, grid, nu, -1)
+            if c0:
+                a = a + c0 * (up + down)
+            if c1:
+                # rectangles 1 along mu, 2 along nu
+                r_up = unu_mu @ _sh(up, grid, nu, 1) @ dagger(unu)
+                r_down = _sh(dagger(unu_mu) @ down @ unu, grid, nu, -1)
+                a = a + c1 * (r_up + r_down)
+                # rectangles 2 along mu: staples of the double link
+                unu_2mu = _sh(unu_mu, grid, mu, 1)
+                sigma = sigma + unu_2mu @ dagger(unu @ _sh(dbl, grid, nu, 1))
+                sigma = sigma + _sh(dagger(dbl @ unu_2mu) @ unu, grid, nu, -1)
+        if c1:
+            a = a + c1 * (umu_mu @ sigma + _sh(sigma @ umu, grid, mu, -1))
+        out.append(a)
+    return torch.stack(out, dim=1)
+
+
+def gauge_force(
+    u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float = 1.0, c1: float = 0.0
+) -> torch.Tensor:
+    """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring), ``(B, Nd, *local, 3, 3)``."""
+    return (beta / (2.0 * NC)) * project_ta(u @ staple_sum(u, grid, c0, c1))
+
+
+def gauge_transform(u: torch.Tensor, g: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``U_mu(x) -> g(x) U_mu(x) g(x + mu)^+`` for ``g`` of shape ``(B, *local, N, N)``."""
+    nd = u.shape[1]
+    return torch.stack([g @ u[:, mu] @ dagger(_sh(g, grid, mu, 1)) for mu in range(nd)], dim=1)
+
+
+# --------------------------------------------------------------------------- Polyakov loop
+_LINE_COMMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _line_comm(grid: ProcessGrid, axis: int) -> MPI.Comm:
+    """The 1D sub-communicator of the ranks sharing all Cartesian coords but ``axis``
+    (created collectively on first use, then cached per grid)."""
+    comms = _LINE_COMMS.setdefault(grid, {})
+    if axis not in comms:
+        comms[axis] = grid.cart.Sub([a == axis for a in range(grid.ndim)])
+    return comms[axis]
+
+
+def ordered_product(m: torch.Tensor, grid: ProcessGrid, axis: int, first: int) -> torch.Tensor:
+    """``prod_{n=0}^{L-1} m(.., n, ..)`` along lattice ``axis`` in increasing order, with the
+    axis removed; the global product, the same on every rank of a line along ``axis``.
+
+    Local slices are multiplied in order, then the per-rank products are gathered along the
+    line of ranks (``MPI_Allgather`` in the line communicator, whose ranks are ordered by the
+    coordinate along ``axis``) and multiplied in rank order. Not autograd-aware.
+    """
+    dim = first + axis
+    prod = m.select(dim, 0)
+    for n in range(1, m.shape[dim]):
+        prod = prod @ m.select(dim, n)
+    if grid.grid[axis] == 1:
+        return prod
+    comm = _line_comm(grid, axis)
+    local = np.ascontiguousarray(prod.detach().cpu().numpy())
+    blocks = np.empty((comm.Get_size(),) + local.shape, dtype=local.dtype)
+    comm.Allgather(local, blocks)
+    order = sorted(range(comm.Get_size()), key=lambda r: comm.Get_coords(r)[0])
+    total = torch.from_numpy(blocks[order[0]]).to(m.device)
+    for r in order[1:]:
+        total = total @ torch.from_numpy(blocks[r]).to(m.device)
+    return total
+
+
+def polyakov_loop(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """Complex ``(1/V_s) sum_xs Tr prod_t U_t(xs, t) / 3`` per chain, shape ``(B,)``.
+
+    The time axis is the last lattice axis; only ranks at time coordinate 0 add their
+    spatial sites, so each spatial site counts once.
+    """
+    nd = u.shape[1]
+    t = nd - 1
+    line = ordered_product(u[:, t], grid, t, first=1)  # (B, *local_spatial, 3, 3)
+    tr = torch.diagonal(line, dim1=-2, dim2=-1).sum(-1) / NC
+    local = tr.sum(tuple(range(1, tr.ndim)))
+    if grid.coords[t] != 0:
+        local = torch.zeros_like(local)
+    vs = grid.volume // grid.shape[t]
+    return global_sum(local, grid) / vs
+
+
+# --------------------------------------------------------------------------- theory
+class SU3Gauge(Theory):
+    """4D (any ``Nd >= 2``) SU(3) gauge theory with Wilson or rectangle-improved action."""
+
+    name = "su3"
+    first = 2
+    is_gauge = True
+
+    def __init__(
+        self,
+        grid: ProcessGrid,
+        beta: float,
+        action: str = "wilson",
+        c1: float | None = None,
+        dtype: torch.dtype = torch.complex128,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(grid, dtype=dtype, device=device)
+        if grid.ndim < 2:
+            raise ValueError(f"SU(3) gauge theory needs >= 2 dimensions, lattice {grid.shape}")
+        if action not in ACTIONS:
+            raise ValueError(f"unknown SU(3) action {action!r}; known: {sorted(ACTIONS)}")
+        if not dtype.is_complex:
+            raise ValueError(f"SU(3) links need a complex dtype, got {dtype}")
+        self.beta = float(beta)
+        self.action_name = action
+        self.c1 = float(ACTIONS[action] if c1 is None else c1)
+        self.c0 = 1.0 - 8.0 * self.c1
+        self.nd = grid.ndim
+        self.planes = [(mu, nu) for mu in range(self.nd) for nu in range(mu + 1, self.nd)]
+        self.real_dtype = torch.empty((), dtype=dtype).real.dtype
+
+    # ------------------------------------------------------------ layout
+    def field_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.nd, *self.grid.local_shape, NC, NC)
+
+    @property
+    def params(self) -> dict[str, float]:
+        return {"beta": self.beta, "c0": self.c0, "c1": self.c1}
+
+    # ------------------------------------------------------------ dynamics
+    def action(self, field: torch.Tensor) -> torch.Tensor:
+        plaq, rect = wilson_loops(field, self.grid, rectangles=bool(self.c1))
+        s = self.c0 * sum((NC - p).sum(tuple(range(1, p.ndim))) for p in plaq.values())
+        if self.c1:
+            s = s + self.c1 * sum((NC - r).sum(tuple(range(1, r.ndim))) for r in rect.values())
+        return (self.beta / NC) * global_sum(s, self.grid)
+
+    def force(self, field: torch.Tensor) -> torch.Tensor:
+        return gauge_force(field, self.grid, self.beta, self.c0, self.c1)
+
+    def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
+        return _site_sum(algebra_norm2(momentum), self.grid)
+
+    def evolve_field(self, field: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
+        return su_expm(eps * momentum) @ field
+
+    def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        return rng.su_algebra(
+            self.grid,
+            PURPOSE_MOMENTUM,
+            counter,
+            batch,
+            NC,
+            lead=(self.nd,),
+            chain_offset=chain_offset,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    # ------------------------------------------------------------ starts
+    def cold_start(self, batch: int) -> torch.Tensor:
+        eye = torch.eye(NC, dtype=self.dtype, device=self.device)
+        return eye.expand(self.field_shape(batch)).clone()
+
+    def hot_start(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        """Independent Haar-random links from site-keyed normals (purpose ``PURPOSE_START``)."""
+        normals = rng.normal(
+            self.grid,
+            PURPOSE_START,
+            counter,
+            batch,
+            lead=(self.nd,),
+            trail=(NC, NC, 2),
+            chain_offset=chain_offset,
+            dtype=self.real_dtype,
+            device=self.device,
+        )
+        return haar_su_n(normals, dtype=self.dtype)
+
+    def project(self, field: torch.Tensor) -> torch.Tensor:
+        return reunitarize(field)
+
+    # ------------------------------------------------------------ measurements
+    def observables(self, field: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            plaq, rect = wilson_loops(field, self.grid, rectangles=True)
+            t = self.nd - 1
+            vol = self.grid.volume
+
+            def mean(loops: list[torch.Tensor]) -> torch.Tensor:
+                tot = sum(p.sum(tuple(range(1, p.ndim))) for p in loops)
+                return global_sum(tot, self.grid) / (NC * vol * len(loops))
+
+            spatial = [p for (mu, nu), p in plaq.items() if nu != t]
+            temporal = [p for (mu, nu), p in plaq.items() if nu == t]
+            poly = polyakov_loop(field, self.grid)
+            link = _site_sum(torch.diagonal(field, dim1=-2, dim2=-1).real, self.grid)
+            obs = {
+                "plaquette": mean(list(plaq.values())),
+                "plaquette_temporal": mean(temporal),
+                "rectangle": mean(list(rect.values())),
+                "polyakov_re": poly.real,
+                "polyakov_im": poly.imag,
+                "polyakov_abs": poly.abs(),
+                "link_trace": link / (NC * self.nd * vol),
+            }
+            if spatial:
+                obs["plaquette_spatial"] = mean(spatial)
+            return obs
