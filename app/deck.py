@@ -1,0 +1,777 @@
+"""YAML input decks: the schema, validation with key paths and line numbers, overrides.
+
+A deck has six sections (``theory``, ``lattice``, ``parallel``, ``sampler``, ``run``,
+``output``; ``parallel`` and ``sampler`` may be left out)::
+
+    theory:   {name: u1, beta: 2.0}
+    lattice:  {shape: [16, 16]}
+    parallel: {grid: [2, 1], replicas: 1, device: cpu}
+    sampler:  {name: hmc, integrator: omelyan, steps: 10, trajectory_length: 1.0}
+    run:      {seed: 1234, thermalization: 200, trajectories: 2000}
+    output:   {directory: runs/u1_b2, formats: [hdf5]}
+
+Every model forbids unknown keys and is strict (YAML gives native types: ``steps: 10.5`` or
+``beta: "2"`` are errors, an ``int`` is accepted where a ``float`` is expected).
+:func:`load_deck` reports every problem at once, each with its key path and its line in the
+file (or the ``--set`` override that caused it), and suggests the nearest valid key or value
+(:mod:`difflib`). Relative paths in a deck (``output.directory``, ``run.start``,
+``sampler.flow.model``) are relative to the directory of the deck file, so a deck gives the
+same run wherever it is launched from (:meth:`Deck.resolve`).
+
+The reference (docs/deck.md) is generated from this schema by :mod:`app.deck_docs`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from .errors import InputError
+
+KeyPath = tuple[str | int, ...]
+
+#: number of lattice dimensions each theory is defined in (as used by the decks)
+THEORY_DIMS = {"phi4": 2, "u1": 2, "su3": 4}
+#: theories whose configurations ILDG / NERSC files can hold
+GAUGE_FILE_THEORIES = ("su3",)
+#: samplers that need a trained flow (``sampler.flow``)
+FLOW_SAMPLERS = ("trivialized_hmc", "flow_metropolis")
+
+
+# ---------------------------------------------------------------------------- errors
+class Problem(NamedTuple):
+    """One thing wrong with a deck: the key path, a message and where it came from."""
+
+    path: KeyPath
+    message: str
+    where: str | None = None  # "line 12" or "--set run.seed=x"; filled in by load_deck
+
+
+def dotted(path: Sequence[str | int]) -> str:
+    """``("lattice", "shape", 0)`` -> ``"lattice.shape[0]"``."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+class DeckError(InputError):
+    """An invalid deck. ``problems`` lists every problem with its key path and location."""
+
+    def __init__(self, problems: Iterable[Problem], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        src = self.source or "input deck"
+        lines = []
+        for p in self.problems:
+            where = f", {p.where}" if p.where else ""
+            lines.append(f"{src}{where}: {dotted(p.path)}: {p.message}")
+        if len(lines) == 1:
+            return lines[0]
+        return f"{len(lines)} problems in {src}:\n  " + "\n  ".join(lines)
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    """`` did you mean 'x'?`` for the nearest choice (difflib), or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# ---------------------------------------------------------------------------- schema
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+_THEORY_NAME_DOC = "Theory name; selects which couplings are allowed."
+
+
+class Phi4Theory(_Section):
+    """Real scalar phi^4 theory in 2D, hopping-parameter form (docs/conventions.md):
+    ``S = sum_x [ -beta sum_mu phi_{x+mu} phi_x + phi_x^2 + lambda (phi_x^2 - 1)^2 ]``."""
+
+    name: Literal["phi4"] = Field(description=_THEORY_NAME_DOC)
+    beta: float = Field(ge=0, description="Hopping coupling beta (required).")
+    lam: float = Field(
+        alias="lambda", ge=0, description="Quartic coupling lambda (required; key `lambda`)."
+    )
+
+    @property
+    def couplings(self) -> dict[str, Any]:
+        return {"beta": self.beta, "lambda": self.lam}
+
+
+class U1Theory(_Section):
+    """Compact U(1) gauge theory in 2D, Wilson action
+    ``S = beta sum_P (1 - cos theta_P)``."""
+
+    name: Literal["u1"] = Field(description=_THEORY_NAME_DOC)
+    beta: float = Field(gt=0, description="Gauge coupling beta (required).")
+
+    @property
+    def couplings(self) -> dict[str, Any]:
+        return {"beta": self.beta}
+
+
+class SU3Theory(_Section):
+    """SU(3) gauge theory in 4D with the Wilson or a rectangle-improved gauge action
+    ``S = beta sum [c0 sum_P (1 - ReTr U_P/3) + c1 sum_R (1 - ReTr U_R/3)]``, c0 = 1 - 8 c1;
+    c1 = 0 (wilson), -1/12 (symanzik, tree level), -0.331 (iwasaki)."""
+
+    name: Literal["su3"] = Field(description=_THEORY_NAME_DOC)
+    beta: float = Field(gt=0, description="Gauge coupling beta = 6/g0^2 (required).")
+    action: Literal["wilson", "symanzik", "iwasaki"] = Field(
+        description="Gauge action (required): wilson, symanzik (tree level) or iwasaki."
+    )
+
+    @property
+    def couplings(self) -> dict[str, Any]:
+        return {"beta": self.beta, "action": self.action}
+
+
+TheorySection = Annotated[Phi4Theory | U1Theory | SU3Theory, Field(discriminator="name")]
+
+
+class LatticeSection(_Section):
+    """The global lattice."""
+
+    shape: list[Annotated[int, Field(ge=2)]] = Field(
+        min_length=1,
+        description="Global extents [L_0, ..., L_{d-1}], lattice axis mu = direction mu "
+        "(4D: x, y, z, t; the last axis is time). 2 entries for phi4 and u1, 4 for su3.",
+    )
+
+
+class ParallelSection(_Section):
+    """How the lattice and the chains are spread over MPI ranks and devices."""
+
+    grid: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        description="Process grid (ranks per lattice axis) of one replica group; entries 0 "
+        "are filled in as by MPI_Dims_create. null: chosen automatically. Each entry must "
+        "divide its lattice extent.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Independent replica groups (Markov chains); the world is split into "
+        "`replicas` groups of size/replicas ranks, each holding the whole lattice.",
+    )
+    device: Literal["cpu", "cuda", "xpu", "mps"] = Field(
+        default="cpu",
+        description="torch device type: cpu, cuda (NVIDIA and AMD ROCm builds), xpu (Intel), "
+        "mps. Each rank uses the device its local rank is bound to (see the job scripts).",
+    )
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64",
+        description="Real precision of fields (complex128 / complex64 for SU(3)). HMC needs "
+        "float64 for reversibility.",
+    )
+    gpu_aware_mpi: bool | None = Field(
+        default=None,
+        description="Pass device buffers to MPI directly. null: follow the environment "
+        "variable TRIVHMC_GPU_AWARE_MPI (set by the job scripts).",
+    )
+
+
+class FlowRef(_Section):
+    """A trained flow model used by trivialized HMC / flow Metropolis."""
+
+    model: str = Field(
+        min_length=1,
+        description="Model registry reference (name or name@version) or a path to a saved "
+        "model file (relative to the deck's directory).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Expected SHA-256 of the model; the run refuses a model that differs.",
+    )
+
+
+class SamplerSection(_Section):
+    """The Markov chain: HMC on the original or the flow-transformed (trivialized) action."""
+
+    name: Literal["hmc", "trivialized_hmc", "flow_metropolis"] = Field(
+        default="hmc",
+        description="hmc; trivialized_hmc (HMC on S(F(V)) - log det J_F, needs `flow`); "
+        "flow_metropolis (independence Metropolis with flow proposals, needs `flow`).",
+    )
+    integrator: Literal["leapfrog", "omelyan"] = Field(
+        default="omelyan",
+        description="Molecular-dynamics integrator: leapfrog or Omelyan 2MN (lambda = 0.1931833).",
+    )
+    steps: int = Field(default=10, ge=1, description="Integration steps per trajectory.")
+    trajectory_length: float = Field(
+        default=1.0,
+        gt=0,
+        description="Trajectory length tau; the step size is tau / steps.",
+    )
+    target_acceptance: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="If set, the step size is tuned towards this acceptance during "
+        "thermalization only (production uses the tuned value, stored in checkpoints).",
+    )
+    flow: FlowRef | None = Field(
+        default=None, description="Trained flow; required by trivialized_hmc, flow_metropolis."
+    )
+
+    @property
+    def step_size(self) -> float:
+        return self.trajectory_length / self.steps
+
+
+class RunSection(_Section):
+    """Length of the run, seeds, measurements and checkpoints."""
+
+    seed: int = Field(
+        ge=0,
+        le=2**64 - 1,
+        description="Seed of the counter-based RNG (required). Every random number is a "
+        "function of (seed, purpose, counter, global site, chain), so results do not depend "
+        "on the process grid.",
+    )
+    thermalization: int = Field(
+        default=100,
+        ge=0,
+        description="Trajectories before production; not measured into the ensemble, "
+        "used for step-size tuning.",
+    )
+    trajectories: int = Field(
+        ge=1, description="Production trajectories after thermalization (required)."
+    )
+    chains: int = Field(
+        default=1,
+        ge=1,
+        description="Independent chains per replica group, simulated as one batch.",
+    )
+    measure_every: int = Field(
+        default=1, ge=1, description="Measure observables every N production trajectories."
+    )
+    save_every: int = Field(
+        default=100,
+        ge=0,
+        description="Save a configuration every N production trajectories (0: never).",
+    )
+    checkpoint_every: int = Field(
+        default=50, ge=1, description="Write a checkpoint every N trajectories."
+    )
+    start: str = Field(
+        default="hot",
+        min_length=1,
+        description="hot (random), cold (ordered) or a path to a configuration file "
+        "(ILDG, NERSC or HDF5; relative to the deck's directory).",
+    )
+    check_reversibility: int = Field(
+        default=0,
+        ge=0,
+        description="Run the reversibility check (forward, flip momenta, back) every N "
+        "trajectories (0: never).",
+    )
+    max_runtime: float | None = Field(
+        default=None,
+        gt=0,
+        description="Wall-clock seconds after which the run writes a checkpoint and stops "
+        "cleanly (exit 0) so that a chained job can resume it; null: no limit. The job "
+        "scripts set it from the wall time.",
+    )
+
+    @property
+    def total_trajectories(self) -> int:
+        return self.thermalization + self.trajectories
+
+
+class OutputSection(_Section):
+    """Where and how the ensemble is written."""
+
+    directory: str = Field(
+        min_length=1,
+        description="Run directory (required; relative to the deck's directory): ensemble "
+        "files, records.jsonl, checkpoints, progress.json.",
+    )
+    formats: list[Literal["hdf5", "ildg", "nersc"]] = Field(
+        default_factory=lambda: ["hdf5"],
+        description="Configuration formats: hdf5 (every theory); ildg and nersc (su3 only).",
+    )
+    ildg_precision: Literal[32, 64] = Field(
+        default=64, description="Floating-point bits of ILDG binary data: 32 or 64."
+    )
+    ildg_lfn: str | None = Field(
+        default=None,
+        description="Logical file name prefix for the ildg-data-lfn record; the trajectory "
+        "number is appended. null: the file name.",
+    )
+    progress: bool = Field(default=True, description="Show a progress bar on rank 0.")
+
+
+class Deck(_Section):
+    """A validated input deck. Build it with :func:`load_deck` or :func:`loads_deck`."""
+
+    theory: TheorySection = Field(description="The lattice theory and its couplings.")
+    lattice: LatticeSection
+    parallel: ParallelSection = Field(default_factory=ParallelSection)
+    sampler: SamplerSection = Field(default_factory=SamplerSection)
+    run: RunSection
+    output: OutputSection
+
+    _source: Path | None = PrivateAttr(default=None)
+    _base_dir: Path | None = PrivateAttr(default=None)
+    _text: str = PrivateAttr(default="")
+    _overrides: list[str] = PrivateAttr(default_factory=list)
+
+    # ------------------------------------------------------------------ cross checks
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Deck:
+        problems = []
+        shape = self.lattice.shape
+        need = THEORY_DIMS[self.theory.name]
+        if len(shape) != need:
+            problems.append(
+                Problem(
+                    ("lattice", "shape"),
+                    f"theory {self.theory.name} needs a {need}D lattice, got {len(shape)} "
+                    f"dimensions {shape}",
+                )
+            )
+        grid = self.parallel.grid
+        if grid is not None:
+            if len(grid) != len(shape):
+                problems.append(
+                    Problem(
+                        ("parallel", "grid"),
+                        f"process grid {grid} has {len(grid)} entries but the lattice "
+                        f"{shape} has {len(shape)} dimensions",
+                    )
+                )
+            else:
+                for mu, (g, n) in enumerate(zip(grid, shape)):
+                    if g > 0 and n % g:
+                        problems.append(
+                            Problem(
+                                ("parallel", "grid", mu),
+                                f"{g} ranks do not divide the lattice extent {n} of axis {mu}",
+                            )
+                        )
+        s = self.sampler
+        if s.name in FLOW_SAMPLERS and s.flow is None:
+            problems.append(
+                Problem(("sampler", "flow"), f"sampler {s.name} needs a flow: {{model: ...}}")
+            )
+        if s.name not in FLOW_SAMPLERS and s.flow is not None:
+            problems.append(
+                Problem(
+                    ("sampler", "flow"),
+                    f"sampler {s.name} does not use a flow; use trivialized_hmc or "
+                    "flow_metropolis, or set flow: null",
+                )
+            )
+        if s.target_acceptance is not None and self.run.thermalization == 0:
+            problems.append(
+                Problem(
+                    ("sampler", "target_acceptance"),
+                    "step-size tuning happens during thermalization, but run.thermalization is 0",
+                )
+            )
+        fmts = self.output.formats
+        for i, f in enumerate(fmts):
+            if f in fmts[:i]:
+                problems.append(Problem(("output", "formats", i), f"format {f} listed twice"))
+            elif f in ("ildg", "nersc") and self.theory.name not in GAUGE_FILE_THEORIES:
+                problems.append(
+                    Problem(
+                        ("output", "formats", i),
+                        f"{f} files hold SU(3) gauge fields; theory {self.theory.name} can "
+                        "be written as hdf5 only",
+                    )
+                )
+        if self.run.start not in ("hot", "cold"):
+            base = (info.context or {}).get("base_dir")
+            p = Path(self.run.start)
+            if base is not None and not p.is_absolute():
+                p = Path(base) / p
+            if not p.is_file():
+                problems.append(
+                    Problem(
+                        ("run", "start"),
+                        f"expected hot, cold or an existing configuration file; {str(p)!r} "
+                        "does not exist" + _suggest(self.run.start, ["hot", "cold"]),
+                    )
+                )
+        if problems:
+            raise DeckError(problems)
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def ndim(self) -> int:
+        return len(self.lattice.shape)
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.lattice.shape)
+
+    @property
+    def source(self) -> Path | None:
+        """The deck file this deck was read from (None for a string)."""
+        return self._source
+
+    @property
+    def text(self) -> str:
+        """The deck text as read (before overrides); stored in ensembles."""
+        return self._text
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` overrides applied on top of :attr:`text`."""
+        return list(self._overrides)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in the deck are relative to."""
+        return self._base_dir if self._base_dir is not None else Path.cwd()
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the deck, made absolute relative to :attr:`base_dir`."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.output.directory)
+
+    @property
+    def ranks_per_replica(self) -> int | None:
+        """Ranks of one replica group if ``parallel.grid`` fixes it (no 0 entries)."""
+        g = self.parallel.grid
+        if g is None or 0 in g:
+            return None
+        return math.prod(g)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full deck with defaults filled in (deck key names, JSON/YAML-safe)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def physics(self) -> dict[str, Any]:
+        """What defines the target distribution: theory with couplings and lattice shape.
+        A resumed run must have the same value."""
+        return {
+            "theory": self.theory.model_dump(mode="json", by_alias=True),
+            "lattice": list(self.lattice.shape),
+        }
+
+
+SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output")
+
+
+# ---------------------------------------------------------------------------- schema walking
+def _key_of(name: str, info: Any) -> str:
+    return info.alias or name
+
+
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """Deck key (alias) -> FieldInfo."""
+    return {_key_of(n, f): f for n, f in model.model_fields.items()}
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _flatten(typing.get_args(annotation)[0])
+    if origin is Union or type(annotation).__name__ == "UnionType":
+        return [t for a in typing.get_args(annotation) for t in _flatten(a)]
+    return [annotation]
+
+
+def _submodels(model: type[BaseModel], key: str) -> list[type[BaseModel]]:
+    """Models a value of ``model.key`` can be (several for the theory union)."""
+    field = _fields(model)[key]
+    return [
+        t for t in _flatten(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)
+    ]
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    f = model.model_fields.get("name")
+    if f is None or typing.get_origin(f.annotation) is not Literal:
+        return None
+    return typing.get_args(f.annotation)[0]
+
+
+def _pick(models: list[type[BaseModel]], value: Any) -> type[BaseModel] | None:
+    if len(models) == 1:
+        return models[0]
+    if isinstance(value, dict):
+        for m in models:
+            if _tag(m) is not None and value.get("name") == _tag(m):
+                return m
+    return None
+
+
+def _allowed(models: list[type[BaseModel]], value: Any) -> tuple[type[BaseModel] | None, list]:
+    m = _pick(models, value)
+    if m is not None:
+        return m, list(_fields(m))
+    keys: list[str] = []
+    for mm in models:
+        keys += [k for k in _fields(mm) if k not in keys]
+    return None, keys
+
+
+def _unknown_key(path: KeyPath, key: Any, allowed: list[str], model: Any) -> Problem:
+    what = f" for theory {_tag(model)}" if model is not None and _tag(model) else ""
+    return Problem(
+        path,
+        f"unknown key {key!r}{what}{_suggest(str(key), allowed)} "
+        f"(valid keys: {', '.join(sorted(allowed))})",
+    )
+
+
+def _check_keys(data: Any, models: list[type[BaseModel]], path: KeyPath) -> list[Problem]:
+    """Unknown keys anywhere in ``data`` with nearest-name suggestions."""
+    if not isinstance(data, dict):
+        return []
+    model, allowed = _allowed(models, data)
+    problems = []
+    for k, v in data.items():
+        if not isinstance(k, str):
+            problems.append(Problem(path + (str(k),), f"keys must be strings, got {k!r}"))
+        elif k not in allowed:
+            problems.append(_unknown_key(path + (k,), k, allowed, model))
+        elif model is not None and _submodels(model, k):
+            problems += _check_keys(v, _submodels(model, k), path + (k,))
+    return problems
+
+
+def _clean_loc(loc: Sequence[Any]) -> KeyPath:
+    """Drop pydantic's union tags (``theory.u1.beta`` -> ``theory.beta``)."""
+    out: list[Any] = []
+    model: type[BaseModel] | None = Deck
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        out.append(part)
+        if model is not None and isinstance(part, str) and part in _fields(model):
+            subs = _submodels(model, part)
+            tags = {_tag(m): m for m in subs}
+            if len(subs) > 1 and i + 1 < len(loc) and loc[i + 1] in tags:
+                model = tags[loc[i + 1]]
+                i += 1
+            else:
+                model = subs[0] if len(subs) == 1 else None
+        elif not isinstance(part, int):
+            model = None
+        i += 1
+    return tuple(out)
+
+
+def _quoted(text: str) -> list[str]:
+    return re.findall(r"'([^']*)'", text)
+
+
+def _from_pydantic(err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        path = _clean_loc(e["loc"])
+        kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
+        if kind == "extra_forbidden":
+            continue  # reported with suggestions by _check_keys
+        if kind == "missing":
+            msg = "required key is missing"
+        elif kind == "union_tag_not_found":
+            msg = f"the key 'name' is missing (one of {ctx.get('expected_tags', '')})"
+            path = path + ("name",)
+        elif kind == "union_tag_invalid":
+            choices = _quoted(str(ctx.get("expected_tags", "")))
+            msg = f"unknown name {ctx.get('tag')!r}{_suggest(str(ctx.get('tag')), choices)}"
+            msg += f" (valid: {', '.join(choices)})"
+            path = path + ("name",)
+        elif kind == "literal_error":
+            expected = str(ctx.get("expected", ""))
+            hint = _suggest(str(value), _quoted(expected)) if isinstance(value, str) else ""
+            msg = f"invalid value {value!r}{hint} (expected {expected})"
+        elif isinstance(value, dict | list) and kind.endswith("_type"):
+            msg = f"{e['msg']} (got a {'mapping' if isinstance(value, dict) else 'list'})"
+        else:
+            msg = f"{e['msg']} (got {value!r})"
+        problems.append(Problem(path, msg))
+    return problems
+
+
+# ---------------------------------------------------------------------------- YAML with lines
+def _yaml_error(exc: yaml.YAMLError, source: str) -> DeckError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}" if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc)
+    return DeckError([Problem((), f"YAML syntax error: {problem}", where)], source)
+
+
+def parse_yaml(text: str, source: str = "<deck>") -> tuple[Any, dict[KeyPath, int]]:
+    """Parse deck text: ``(data, lines)`` where ``lines`` maps key paths to 1-based lines
+    (a key's own line for mappings, an item's line for sequences). Duplicate keys are an
+    error (plain PyYAML would silently keep the last one)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    lines: dict[KeyPath, int] = {(): 1}
+    problems = []
+
+    def walk(n: yaml.Node, path: KeyPath) -> None:
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in n.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
+                line = k.start_mark.line + 1
+                if key in seen:
+                    problems.append(
+                        Problem(
+                            path + (key,),
+                            f"duplicate key (first given on line {seen[key]})",
+                            f"line {line}",
+                        )
+                    )
+                seen[key] = line
+                lines[path + (key,)] = line
+                walk(v, path + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[path + (i,)] = item.start_mark.line + 1
+                walk(item, path + (i,))
+
+    if node is not None:
+        lines[()] = node.start_mark.line + 1
+        walk(node, ())
+    if problems:
+        raise DeckError(problems, source)
+    return data, lines
+
+
+# ---------------------------------------------------------------------------- overrides
+def apply_override(data: dict[str, Any], spec: str, source: str = "<deck>") -> KeyPath:
+    """Apply ``KEY.PATH=VALUE`` (VALUE parsed as YAML) to raw deck data in place.
+
+    Every path segment must be a valid key of the schema at that level (nearest-name
+    suggestion otherwise). Missing sections are created. Returns the key path.
+    """
+    where = f"--set {spec}"
+    if "=" not in spec:
+        raise DeckError([Problem((), "expected KEY.PATH=VALUE, e.g. run.seed=7", where)], source)
+    key, raw = spec.split("=", 1)
+    parts = tuple(p.strip() for p in key.strip().split("."))
+    if not all(parts):
+        raise DeckError([Problem((), f"bad key path {key!r}", where)], source)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise DeckError(
+            [Problem(parts, f"value is not valid YAML: {exc}", where)], source
+        ) from None
+    models: list[type[BaseModel]] = [Deck]
+    node = data
+    for i, part in enumerate(parts):
+        if not models:
+            raise DeckError(
+                [Problem(parts[:i], "is a value, not a section; cannot set keys below it", where)],
+                source,
+            )
+        model, allowed = _allowed(models, node)
+        if part not in allowed:
+            raise DeckError(
+                [_unknown_key(parts[: i + 1], part, allowed, model)._replace(where=where)], source
+            )
+        if i == len(parts) - 1:
+            node[part] = value
+            break
+        sub = node.get(part)
+        if not isinstance(sub, dict):
+            sub = {}
+            node[part] = sub
+        if model is None:  # theory with an unknown name: keys of any theory
+            model = next(m for m in models if part in _fields(m))
+        models = _submodels(model, part)
+        node = sub
+    return parts
+
+
+# ---------------------------------------------------------------------------- loading
+def _locate(problem: Problem, lines: dict[KeyPath, int], overridden: dict[KeyPath, str]) -> Problem:
+    if problem.where:
+        return problem
+    path = problem.path
+    for opath, spec in overridden.items():
+        if path[: len(opath)] == opath:
+            return problem._replace(where=f"--set {spec}")
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return problem._replace(where=f"line {lines[path[:n]]}")
+    return problem
+
+
+def loads_deck(
+    text: str,
+    source: str = "<deck>",
+    overrides: Sequence[str] = (),
+    base_dir: str | Path | None = None,
+) -> Deck:
+    """Validate deck ``text``; :class:`DeckError` lists every problem with path and line."""
+    data, lines = parse_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DeckError([Problem((), "a deck must be a mapping of sections", "line 1")], source)
+    overridden: dict[KeyPath, str] = {}
+    for spec in overrides:
+        overridden[apply_override(data, spec, source)] = spec
+    problems = _check_keys(data, [Deck], ())
+    context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
+    deck = None
+    try:
+        deck = Deck.model_validate(data, context=context)
+    except ValidationError as exc:
+        problems += _from_pydantic(exc)
+    except DeckError as exc:  # cross-section checks
+        problems += exc.problems
+    if problems or deck is None:
+        located = [_locate(p, lines, overridden) for p in problems]
+        located.sort(key=lambda p: int(p.where[5:]) if p.where and p.where[:5] == "line " else 0)
+        raise DeckError(located, source)
+    deck._base_dir = Path(base_dir).resolve() if base_dir is not None else None
+    deck._text = text
+    deck._overrides = list(overrides)
+    return deck
+
+
+def load_deck(path: str | Path, overrides: Sequence[str] = ()) -> Deck:
+    """Read and validate the deck file ``path`` with ``--set`` style ``overrides``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read deck {path}: {exc}") from None
+    deck = loads_deck(text, source=str(path), overrides=overrides, base_dir=path.parent)
+    deck._source = path.resolve()
+    return deck
