@@ -1,0 +1,167 @@
+"""Checkpoint/restart of ``trivhmc run``: a run killed with SIGKILL and resumed (also on a
+different number of ranks) yields the same ensemble as an uninterrupted run; resuming with
+changed physics is refused; a damaged newest checkpoint falls back to the previous one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from mpi_launch import mpiexec
+
+DECK = """\
+theory:   {name: u1, beta: 2.0}
+lattice:  {shape: [8, 8]}
+sampler:  {name: hmc, integrator: omelyan, steps: 6, trajectory_length: 1.0,
+           target_acceptance: 0.8}
+run:      {seed: 11, thermalization: 6, trajectories: 30, save_every: 5,
+           checkpoint_every: 4, chains: 2}
+output:   {directory: out, formats: [hdf5]}
+"""
+
+
+def trivhmc_cmd(nranks: int, deck: Path, *extra: str) -> list[str]:
+    exe = str(Path(sys.executable).parent / "trivhmc")
+    return [mpiexec(), "-n", str(nranks), exe, "run", str(deck), "--no-progress", *extra]
+
+
+def run_to_end(nranks: int, deck: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        trivhmc_cmd(nranks, deck, *extra), capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def run_and_kill(nranks: int, deck: Path, after_trajectory: int) -> None:
+    """Start a run and SIGKILL it (whole process group) once a checkpoint beyond
+    ``after_trajectory`` exists, at whatever point the run then is."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        trivhmc_cmd(nranks, deck),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    progress = deck.parent / "out" / "progress.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads(progress.read_text())["trajectory"] >= after_trajectory:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def final_state(run_dir: Path) -> dict:
+    out = run_dir / "out"
+    with h5py.File(out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()) as f:
+        fields = f["fields"][...]
+        traj = int(f.attrs["trajectory"])
+    ens = {}
+    for c in (0, 1):
+        with h5py.File(out / f"ensemble_c{c}.h5") as f:
+            ens[c] = (
+                f["configs"][...],
+                f["config_trajectory"][...],
+                {k: f["observables"][k][...] for k in f["observables"]},
+            )
+    recs = {}
+    for line in (out / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        recs[r["trajectory"]] = r
+    return {"fields": fields, "trajectory": traj, "ensembles": ens, "records": recs}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("uninterrupted")
+    (d / "deck.yaml").write_text(DECK)
+    proc = run_to_end(2, d / "deck.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return final_state(d)
+
+
+def assert_same_ensemble(got: dict, ref: dict, bitwise_records: bool) -> None:
+    assert got["trajectory"] == ref["trajectory"] == 36
+    np.testing.assert_array_equal(got["fields"], ref["fields"])  # bit for bit
+    for c in (0, 1):
+        cfg, ctraj, obs = got["ensembles"][c]
+        rcfg, rtraj, robs = ref["ensembles"][c]
+        np.testing.assert_array_equal(ctraj, rtraj)
+        np.testing.assert_array_equal(cfg, rcfg)
+        assert set(obs) == set(robs)
+        for k in robs:
+            if bitwise_records:
+                np.testing.assert_array_equal(obs[k], robs[k])
+            else:  # global sums over another process grid round differently in the last bits
+                np.testing.assert_allclose(obs[k], robs[k], rtol=1e-12, atol=1e-12)
+    assert sorted(got["records"]) == list(range(36))
+    for t, r in ref["records"].items():
+        g = got["records"][t]
+        assert g["accepted"] == r["accepted"], t
+        if bitwise_records:
+            assert g["dH"] == r["dH"], t
+        else:
+            np.testing.assert_allclose(g["dH"], r["dH"], rtol=1e-9, atol=1e-11)
+
+
+def test_kill_and_resume_same_ranks_is_bitwise_identical(reference, tmp_path):
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(DECK)
+    run_and_kill(2, deck, after_trajectory=9)
+    run_and_kill(2, deck, after_trajectory=21)
+    proc = run_to_end(2, deck)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=True)
+
+
+def test_kill_and_resume_on_other_rank_counts(reference, tmp_path):
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(DECK)
+    run_and_kill(1, deck, after_trajectory=13)
+    proc = run_to_end(4, deck, "--set", "run.trajectories=10")  # stops early at 16
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_to_end(1, deck)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=False)
+
+
+def test_changed_physics_is_refused_and_nothing_is_lost(reference, tmp_path):
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(DECK.replace("trajectories: 30", "trajectories: 6"))
+    assert run_to_end(1, deck).returncode == 0
+    before = (tmp_path / "out" / "records.jsonl").read_bytes()
+    proc = run_to_end(1, deck, "--set", "theory.beta=2.5")
+    assert proc.returncode == 2
+    assert "beta" in proc.stderr and "refusing to resume" in proc.stderr
+    assert (tmp_path / "out" / "records.jsonl").read_bytes() == before
+
+
+def test_damaged_newest_checkpoint_falls_back(reference, tmp_path):
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(DECK.replace("trajectories: 30", "trajectories: 10"))
+    assert run_to_end(1, deck).returncode == 0
+    ck = tmp_path / "out" / "checkpoints"
+    newest = ck / (ck / "LATEST").read_text().strip()
+    with h5py.File(newest, "r+") as f:  # flip bits in the stored field
+        f["fields"][0, 0, 0, 0] += 1.0
+    deck.write_text(DECK)  # extend the run to the reference length
+    proc = run_to_end(1, deck)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipping damaged checkpoint" in proc.stderr
+    assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=False)
