@@ -52,10 +52,11 @@ def plaquette(links: np.ndarray, grid: ProcessGrid | None = None) -> Plaquette:
     sums: dict[tuple[int, int], float] = {}
     for mu in range(nd):
         for nu in range(mu + 1, nd):
-            left = u[mu] @ _forward(u[nu], mu, grid)
-            right = u[nu] @ _forward(u[mu], nu, grid)
-            # Re Tr(A B^+) = Re sum_ij A_ij conj(B_ij)
-            local = np.vdot(right, left).real
+            with np.errstate(all="ignore"):  # garbage in -> nan/inf out, silently
+                left = u[mu] @ _forward(u[nu], mu, grid)
+                right = u[nu] @ _forward(u[mu], nu, grid)
+                # Re Tr(A B^+) = Re sum_ij A_ij conj(B_ij)
+                local = np.vdot(right, left).real
             sums[(mu, nu)] = _sum(local, grid) / (n * sites)
     t = nd - 1
     spatial = [v for (mu, nu), v in sums.items() if nu != t]
@@ -72,7 +73,8 @@ def link_trace(links: np.ndarray, grid: ProcessGrid | None = None) -> float:
     u = np.asarray(links)
     nd, n = u.shape[0], u.shape[-1]
     sites = int(np.prod(u.shape[1 : 1 + nd])) if grid is None else grid.volume
-    local = np.trace(u, axis1=-2, axis2=-1).real.sum()
+    with np.errstate(all="ignore"):
+        local = np.trace(u, axis1=-2, axis2=-1).real.sum()
     return _sum(local, grid) / (n * nd * sites)
 
 
@@ -83,8 +85,11 @@ def unitarity_deviation(links: np.ndarray, grid: ProcessGrid | None = None) -> f
     if not np.all(np.isfinite(u)):
         local = np.inf
     else:
-        dev = u @ np.conj(np.swapaxes(u, -1, -2)) - np.eye(n)
-        local = float(np.max(np.abs(dev))) if dev.size else 0.0
+        with np.errstate(all="ignore"):
+            dev = u @ np.conj(np.swapaxes(u, -1, -2)) - np.eye(n)
+            local = float(np.max(np.abs(dev))) if dev.size else 0.0
+        if not np.isfinite(local):
+            local = np.inf
     if grid is None:
         return float(local)
     return float(global_max(np.array(local), grid))

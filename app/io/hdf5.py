@@ -1,0 +1,376 @@
+"""HDF5 ensemble files: configurations, per-trajectory observables and run metadata.
+
+Layout (readable with plain h5py; documented in docs/formats.md)::
+
+    /                       attrs: format="trivhmc-ensemble", format_version, theory,
+                                   lattice (int array), sampler (JSON), sampler_name, seed,
+                                   code_version, flow_hash ("" if none), deck (text),
+                                   params (JSON), created (ISO 8601 UTC)
+    /parameters             attrs: one per coupling (e.g. beta)
+    /configs                (n_configs, *global field shape), chunked one config per chunk,
+                            resizable; attrs: first (array dim of lattice axis 0 in a config)
+    /config_trajectory      (n_configs,) int64: trajectory number of each stored config
+    /observables/trajectory (n_rows,) int64
+    /observables/<name>     (n_rows,) float64, NaN where a row lacks the observable
+    /rng                    attrs: the RNG counters (name -> int)
+
+Configurations are stored in the global lattice order of the in-memory convention (e.g.
+SU(3): ``(4, Lx, Ly, Lz, Lt, 3, 3)``). A distributed field is gathered to the root rank of
+its domain group, which alone touches the file (h5py without parallel HDF5).
+
+Durability: with ``atomic=True`` (default) every update is copy-on-write: the file is copied
+to a temporary name, updated, fsynced and renamed over the original, so a crash or a full
+disk at any moment leaves every earlier configuration intact. The cost is one file copy per
+update (configs are written when appended, observables are buffered until the next config,
+:meth:`EnsembleWriter.flush` or :meth:`EnsembleWriter.close`). ``atomic=False`` appends in
+place (fast, no crash guarantee).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from parallel import ProcessGrid, gather_to_root
+
+from .atomic import atomic_path
+
+FORMAT = "trivhmc-ensemble"
+FORMAT_VERSION = 1
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _attr_value(value: Any) -> Any:
+    """A value h5py can store as an attribute (None -> not stored)."""
+    if isinstance(value, bool | int | float | str | np.generic):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
+        return np.asarray(value)
+    return _json(value)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class EnsembleWriter:
+    """Append configurations and per-trajectory observables to an HDF5 ensemble file.
+
+    ``mode="w"`` creates (replaces) the file; ``mode="a"`` continues an existing one and
+    refuses (``ValueError``) when theory, parameters or lattice differ from the file's. With
+    a ``grid`` only its root rank writes; every rank must call :meth:`append_config`
+    (collective gather), the other methods are no-ops off root.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        theory_name: str,
+        params: Mapping[str, Any],
+        lattice: Sequence[int],
+        sampler: Mapping[str, Any] | str,
+        seed: int | None,
+        code_version: str,
+        deck_text: str = "",
+        flow_hash: str | None = None,
+        *,
+        grid: ProcessGrid | None = None,
+        compression: str | None = None,
+        mode: str = "w",
+        atomic: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.grid = grid
+        self.compression = compression
+        self.atomic = atomic
+        self.lattice = tuple(int(n) for n in lattice)
+        self.theory_name = str(theory_name)
+        self.params = dict(params)
+        self._rows: list[tuple[int, dict[str, float]]] = []
+        self._rng: dict[str, int] | None = None
+        if not self.is_writer:
+            return
+        sampler_d = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "theory": self.theory_name,
+            "lattice": np.asarray(self.lattice, dtype=np.int64),
+            "sampler": _json(sampler_d),
+            "sampler_name": str(sampler_d.get("name", "")),
+            "code_version": str(code_version),
+            "flow_hash": "" if flow_hash is None else str(flow_hash),
+            "deck": str(deck_text),
+            "params": _json(self.params),
+        }
+        if seed is not None:
+            meta["seed"] = int(seed)
+        if mode == "w":
+            meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+            def create(f: h5py.File) -> None:
+                f.attrs.update(meta)
+                g = f.create_group("parameters")
+                for key, value in self.params.items():
+                    if value is not None:
+                        g.attrs[key] = _attr_value(value)
+                obs = f.create_group("observables")
+                obs.create_dataset("trajectory", (0,), np.int64, maxshape=(None,), chunks=(1024,))
+                f.create_dataset(
+                    "config_trajectory", (0,), np.int64, maxshape=(None,), chunks=(64,)
+                )
+                f.create_group("rng")
+
+            self._update(create, fresh=True)
+        elif mode == "a":
+            self._check_compatible(meta)
+        else:
+            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_writer(self) -> bool:
+        return self.grid is None or self.grid.is_root
+
+    def _update(self, fn, fresh: bool = False) -> None:
+        """Apply ``fn(h5py.File)`` to the file, atomically (copy-on-write) when requested."""
+        if not self.atomic:
+            with h5py.File(self.path, "w" if fresh else "a") as f:
+                fn(f)
+                f.flush()
+            return
+        with atomic_path(self.path) as tmp:
+            if not fresh:
+                shutil.copyfile(self.path, tmp)
+            with h5py.File(tmp, "w" if fresh else "a") as f:
+                fn(f)
+
+    def _check_compatible(self, meta: dict[str, Any]) -> None:
+        if not self.path.exists():
+            raise FileNotFoundError(f"cannot continue ensemble {self.path}: no such file")
+        with h5py.File(self.path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise ValueError(f"{self.path} is not a {FORMAT} file")
+            diffs = []
+            if f.attrs["theory"] != meta["theory"]:
+                diffs.append(f"theory {f.attrs['theory']!r} != {meta['theory']!r}")
+            if tuple(f.attrs["lattice"]) != self.lattice:
+                diffs.append(f"lattice {f.attrs['lattice'].tolist()} != {list(self.lattice)}")
+            stored = json.loads(f.attrs["params"])
+            if stored != json.loads(meta["params"]):
+                keys = sorted(
+                    k
+                    for k in set(stored) | set(self.params)
+                    if stored.get(k) != json.loads(meta["params"]).get(k)
+                )
+                diffs.append(
+                    "parameters differ: "
+                    + ", ".join(
+                        f"{k}: file {stored.get(k)!r} != {self.params.get(k)!r}" for k in keys
+                    )
+                )
+        if diffs:
+            raise ValueError(f"cannot continue ensemble {self.path}: " + "; ".join(diffs))
+
+    # ------------------------------------------------------------------ appends
+    def append_config(
+        self, field: Any, trajectory: int, grid: ProcessGrid | None = None, first: int = 0
+    ) -> int | None:
+        """Store one configuration (collective over ``grid`` when given).
+
+        ``field`` is this rank's local block of one configuration whose lattice axes start at
+        array dim ``first`` (e.g. SU(3) ``(4, *local, 3, 3)``: ``first=1``). Buffered
+        observables are written in the same update. Returns the config index on the writer.
+        """
+        grid = self.grid if grid is None else grid
+        if grid is not None:
+            full = gather_to_root(_to_numpy(field), grid, first)
+            if not grid.is_root:
+                return None
+        else:
+            full = _to_numpy(field)
+        lattice_dims = tuple(full.shape[first : first + len(self.lattice)])
+        if lattice_dims != self.lattice:
+            raise ValueError(
+                f"configuration of shape {full.shape} has lattice dims {lattice_dims} at "
+                f"dims {first}..., the ensemble lattice is {self.lattice}"
+            )
+        index: list[int] = []
+
+        def append(f: h5py.File) -> None:
+            if "configs" not in f:
+                f.create_dataset(
+                    "configs",
+                    shape=(0, *full.shape),
+                    dtype=full.dtype,
+                    maxshape=(None, *full.shape),
+                    chunks=(1, *full.shape),
+                    compression=self.compression,
+                )
+                f["configs"].attrs["first"] = first
+            ds = f["configs"]
+            if ds.shape[1:] != full.shape or ds.dtype != full.dtype:
+                raise ValueError(
+                    f"configuration {full.shape} {full.dtype} does not match the stored "
+                    f"{ds.shape[1:]} {ds.dtype}"
+                )
+            n = ds.shape[0]
+            ds.resize(n + 1, axis=0)
+            ds[n] = full
+            tr = f["config_trajectory"]
+            tr.resize(n + 1, axis=0)
+            tr[n] = int(trajectory)
+            self._write_pending(f)
+            index.append(n)
+
+        self._update(append)
+        self._rows.clear()
+        self._rng = None
+        return index[0]
+
+    def append_observables(self, trajectory: int, values: Mapping[str, float]) -> None:
+        """Buffer one row of the per-trajectory table (written at the next update)."""
+        if not self.is_writer:
+            return
+        row = {}
+        for key, value in values.items():
+            if key == "trajectory" or "/" in key:
+                raise ValueError(f"invalid observable name {key!r}")
+            row[key] = float(_to_numpy(value))
+        self._rows.append((int(trajectory), row))
+
+    def set_rng_counters(self, counters: Mapping[str, int]) -> None:
+        """Record the RNG counters (written at the next update)."""
+        if self.is_writer:
+            self._rng = {k: int(v) for k, v in counters.items()}
+
+    def flush(self) -> None:
+        """Write buffered observables and RNG counters now (one atomic update)."""
+        if self.is_writer and (self._rows or self._rng is not None):
+            self._update(self._write_pending)
+            self._rows.clear()
+            self._rng = None
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> EnsembleWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.close()
+
+    def _write_pending(self, f: h5py.File) -> None:
+        if self._rng is not None:
+            f["rng"].attrs.update(self._rng)
+        if not self._rows:
+            return
+        obs = f["observables"]
+        n0 = obs["trajectory"].shape[0]
+        n1 = n0 + len(self._rows)
+        names = sorted({k for _, row in self._rows for k in row} | set(obs) - {"trajectory"})
+        obs["trajectory"].resize(n1, axis=0)
+        obs["trajectory"][n0:n1] = [t for t, _ in self._rows]
+        for name in names:
+            if name not in obs:
+                ds = obs.create_dataset(
+                    name, (n0,), np.float64, maxshape=(None,), chunks=(1024,), fillvalue=np.nan
+                )
+                if n0:
+                    ds[:] = np.nan
+            ds = obs[name]
+            ds.resize(n1, axis=0)
+            ds[n0:n1] = [row.get(name, np.nan) for _, row in self._rows]
+
+    # ------------------------------------------------------------------ restart
+    def truncate_after(self, trajectory: int) -> None:
+        """Drop stored configs and observable rows with trajectory number > ``trajectory``.
+
+        For restarts: a run resumed from the checkpoint at ``trajectory`` regenerates what
+        came after it.
+        """
+        if not self.is_writer:
+            return
+        self._rows = [(t, r) for t, r in self._rows if t <= trajectory]
+
+        def cut(f: h5py.File) -> None:
+            keep = int(np.count_nonzero(f["config_trajectory"][:] <= trajectory))
+            f["config_trajectory"].resize(keep, axis=0)
+            if "configs" in f:
+                f["configs"].resize(keep, axis=0)
+            obs = f["observables"]
+            rows = int(np.count_nonzero(obs["trajectory"][:] <= trajectory))
+            for name in obs:
+                obs[name].resize(rows, axis=0)
+
+        self._update(cut)
+
+
+# ---------------------------------------------------------------------- readers
+def read_config(path: str | os.PathLike, index: int = -1) -> np.ndarray:
+    """Configuration ``index`` (negative counts from the end) in global lattice order."""
+    with h5py.File(path, "r") as f:
+        if "configs" not in f or f["configs"].shape[0] == 0:
+            raise IndexError(f"{path} holds no configurations")
+        n = f["configs"].shape[0]
+        if not -n <= index < n:
+            raise IndexError(f"config index {index} out of range: {path} holds {n}")
+        return f["configs"][index]
+
+
+def read_observables(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The per-trajectory table: ``{"trajectory": ..., name: ...}``."""
+    with h5py.File(path, "r") as f:
+        return {name: ds[:] for name, ds in f["observables"].items()}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Root attributes (JSON ones decoded), parameters, RNG counters and counts."""
+    with h5py.File(path, "r") as f:
+        meta: dict[str, Any] = {}
+        for key, value in f.attrs.items():
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            meta[key] = value
+        for key in ("sampler", "params"):
+            if key in meta:
+                meta[key] = json.loads(meta[key])
+        meta["parameters"] = {k: _plain(v) for k, v in f["parameters"].attrs.items()}
+        meta["rng"] = {k: int(v) for k, v in f["rng"].attrs.items()}
+        meta["n_configs"] = int(f["configs"].shape[0]) if "configs" in f else 0
+        meta["config_trajectory"] = f["config_trajectory"][:].tolist()
+        meta["n_trajectories"] = int(f["observables"]["trajectory"].shape[0])
+        if "configs" in f:
+            meta["config_shape"] = list(f["configs"].shape[1:])
+            meta["config_dtype"] = str(f["configs"].dtype)
+            meta["config_first"] = int(f["configs"].attrs.get("first", 0))
+        return meta
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def is_hdf5(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
