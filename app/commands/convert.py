@@ -1,0 +1,36 @@
+"""Convert a configuration between ILDG, NERSC and HDF5."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="input configuration file")
+    parser.add_argument("output", help="output file")
+    parser.add_argument(
+        "--to", choices=["ildg", "nersc", "hdf5"], help="output format (default: from suffix)"
+    )
+    parser.add_argument(
+        "--precision", choices=["double", "single"], default="double", help="ILDG output precision"
+    )
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=-1,
+        help="configuration index in an HDF5 ensemble (default: last)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..io.convert import convert
+    from ..io.errors import ConfigFormatError
+
+    try:
+        fmt = convert(args.input, args.output, args.to, index=args.index, precision=args.precision)
+    except (ConfigFormatError, OSError, IndexError, ValueError) as exc:
+        raise InputError(f"convert {args.input} -> {args.output}: {exc}") from None
+    print(f"wrote {args.output} ({fmt})")
+    return 0
