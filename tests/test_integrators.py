@@ -19,6 +19,7 @@ import torch
 from kernels.integrators import OMELYAN_LAMBDA, Integrator, Level, make_integrator
 from kernels.samplers.hmc import HMC
 from kernels.theories.phi4 import Phi4
+from kernels.theories.su3 import SU3Gauge
 from kernels.theories.u1 import U1Gauge
 from parallel import single_rank_grid
 from parallel.rng import SiteRNG
@@ -34,7 +35,17 @@ def _u1() -> U1Gauge:
     return U1Gauge(single_rank_grid((6, 6)), beta=2.0)
 
 
-THEORIES = {"phi4": _phi4, "u1": _u1}
+def _su3() -> SU3Gauge:
+    return SU3Gauge(single_rank_grid((2, 2, 2, 2)), beta=5.7)
+
+
+THEORIES = {"phi4": _phi4, "u1": _u1, "su3": _su3}
+#: per theory: chains, thermalisation trajectories, step counts of the order fits
+SETUP = {
+    "phi4": (16, 30, (8, 16, 32, 64)),
+    "u1": (16, 30, (8, 16, 32, 64)),
+    "su3": (4, 8, (4, 8, 16)),
+}
 
 
 def split_forces(theory):
@@ -55,13 +66,14 @@ def split_forces(theory):
 def equilibrium(request):
     """A thermalised batch of 16 chains, fresh momenta and the start energy."""
     theory = THEORIES[request.param]()
+    batch, n_therm, steps = SETUP[request.param]
     rng = SiteRNG(SEED)
-    hmc = HMC(theory, make_integrator(theory, "omelyan", 8, 1.0), rng)
-    field = theory.hot_start(rng, 0, 16)
-    for counter in range(1, 31):
+    hmc = HMC(theory, make_integrator(theory, "omelyan", 6, 1.0), rng)
+    field = theory.hot_start(rng, 0, batch)
+    for counter in range(1, n_therm + 1):
         field, _ = hmc.trajectory(field, counter)
-    momentum = theory.random_momentum(rng, 10_000, 16)
-    return theory, field, momentum
+    momentum = theory.random_momentum(rng, 10_000, batch)
+    return theory, field, momentum, steps
 
 
 def energy(theory, field, momentum):
@@ -74,7 +86,7 @@ def rms_dh(theory, integrator, field, momentum):
     return float(dh.pow(2).mean().sqrt())
 
 
-def fitted_order(theory, make, field, momentum, steps=(8, 16, 32, 64)):
+def fitted_order(theory, make, field, momentum, steps):
     """Slope of log rms(dH) against log h, and the rms values."""
     rms = np.array([rms_dh(theory, make(n), field, momentum) for n in steps])
     h = 1.0 / np.array(steps, dtype=float)
@@ -89,7 +101,7 @@ def nested(theory, scheme, n_outer, n_inner=2):
 # ------------------------------------------------------------------ reversibility
 @pytest.mark.parametrize("scheme", ["leapfrog", "omelyan", "forest_ruth", "nested"])
 def test_reversibility(equilibrium, scheme):
-    theory, field, momentum = equilibrium
+    theory, field, momentum, steps = equilibrium
     if scheme == "nested":
         integ = nested(theory, "omelyan", 5, 3)
     else:
@@ -106,7 +118,7 @@ def test_reversibility(equilibrium, scheme):
 
 
 def test_reversibility_check_in_hmc(equilibrium):
-    theory, field, _ = equilibrium
+    theory, field, _, _ = equilibrium
     hmc = HMC(theory, make_integrator(theory, "omelyan", 6, 1.0), SiteRNG(SEED))
     _, rec = hmc.trajectory(field, 77, check_reversibility=True)
     assert rec.reversibility_field_error.shape == (field.shape[0],)
@@ -118,12 +130,12 @@ def test_reversibility_check_in_hmc(equilibrium):
 
 # ------------------------------------------------------------------ order
 def test_leapfrog_and_omelyan_are_second_order(equilibrium):
-    theory, field, momentum = equilibrium
+    theory, field, momentum, steps = equilibrium
     slope_lf, rms_lf = fitted_order(
-        theory, lambda n: make_integrator(theory, "leapfrog", n), field, momentum
+        theory, lambda n: make_integrator(theory, "leapfrog", n), field, momentum, steps
     )
     slope_om, rms_om = fitted_order(
-        theory, lambda n: make_integrator(theory, "omelyan", n), field, momentum
+        theory, lambda n: make_integrator(theory, "omelyan", n), field, momentum, steps
     )
     assert abs(slope_lf - 2.0) < 0.3, (slope_lf, rms_lf)
     assert abs(slope_om - 2.0) < 0.3, (slope_om, rms_om)
@@ -132,23 +144,25 @@ def test_leapfrog_and_omelyan_are_second_order(equilibrium):
 
 
 def test_forest_ruth_is_fourth_order(equilibrium):
-    theory, field, momentum = equilibrium
+    theory, field, momentum, steps = equilibrium
     slope, rms = fitted_order(
-        theory, lambda n: make_integrator(theory, "forest_ruth", n), field, momentum
+        theory, lambda n: make_integrator(theory, "forest_ruth", n), field, momentum, steps
     )
     assert abs(slope - 4.0) < 0.5, (slope, rms)
 
 
 @pytest.mark.parametrize("scheme, order", [("leapfrog", 2), ("omelyan", 2), ("forest_ruth", 4)])
 def test_nested_levels_keep_the_order(equilibrium, scheme, order):
-    theory, field, momentum = equilibrium
-    slope, rms = fitted_order(theory, lambda n: nested(theory, scheme, n), field, momentum)
+    theory, field, momentum, steps = equilibrium
+    if isinstance(theory, SU3Gauge) and scheme == "forest_ruth":
+        pytest.skip("costly for SU(3) (9 inner drifts per outer step); phi4 and U(1) cover it")
+    slope, rms = fitted_order(theory, lambda n: nested(theory, scheme, n), field, momentum, steps)
     assert abs(slope - order) < (0.3 if order == 2 else 0.5), (slope, rms)
 
 
 # ------------------------------------------------------------------ nested time scales
 def test_all_forces_on_one_level_equal_the_single_scale(equilibrium):
-    theory, field, momentum = equilibrium
+    theory, field, momentum, steps = equilibrium
     outer, inner = split_forces(theory)
     for scheme in ("leapfrog", "omelyan"):
         single = make_integrator(theory, scheme, 7).integrate(field, momentum)
@@ -164,7 +178,7 @@ def test_all_forces_on_one_level_equal_the_single_scale(equilibrium):
 
 
 def test_force_evaluation_counts(equilibrium):
-    theory, field, momentum = equilibrium
+    theory, field, momentum, steps = equilibrium
     n0, n1 = 3, 2
     assert make_integrator(theory, "leapfrog", 5).integrate(field, momentum).force_evaluations == [
         6
@@ -202,7 +216,7 @@ def test_omelyan_constant():
 
 
 # ------------------------------------------------------------------ <exp(-dH)> = 1
-@pytest.mark.parametrize("name", sorted(THEORIES))
+@pytest.mark.parametrize("name", ["phi4", "u1"])
 def test_exp_minus_dh_averages_to_one(name):
     """At equilibrium ``<exp(-dH)> = 1`` exactly (area preservation + reversibility). Run
     HMC with a coarse leapfrog (acceptance ~ 70-85%) on 64 chains; chains are independent,
