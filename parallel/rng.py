@@ -87,22 +87,33 @@ _LAYOUT_VERSION = 1
 
 # --------------------------------------------------------------------------- Philox
 def _philox_words(
-    c: tuple[np.ndarray, ...], k0: int, k1: int, rounds: int = 10
+    c: Sequence[np.ndarray | int], k0: np.ndarray | int, k1: np.ndarray | int, rounds: int = 10
 ) -> tuple[np.ndarray, ...]:
-    """Philox4x32 on four broadcastable uint64 word arrays (values < 2^32) and a scalar key."""
-    c0, c1, c2, c3 = (np.asarray(w, dtype=np.uint64) for w in c)
+    """Philox4x32 on four broadcastable word arrays (values < 2^32) and a key.
+
+    The key words may be ints or arrays broadcastable with the counter words. Returns four
+    uint32 arrays of the broadcast shape. Products are formed in uint64 (exact 32x32 -> 64).
+    """
+    words = np.broadcast_arrays(*(np.asarray(w) for w in c), np.asarray(k0), np.asarray(k1))
+    c0, c1, c2, c3 = (w.astype(np.uint32) for w in words[:4])
+    k0 = np.asarray(k0, dtype=np.uint64)
+    k1 = np.asarray(k1, dtype=np.uint64)
+    s32 = np.uint64(32)
     for r in range(rounds):
         if r:
-            k0 = (k0 + _W0) & 0xFFFFFFFF
-            k1 = (k1 + _W1) & 0xFFFFFFFF
-        p0 = _M0 * c0
-        p1 = _M1 * c2
-        c0, c1, c2, c3 = (
-            (p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0),
-            p1 & _MASK32,
-            (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1),
-            p0 & _MASK32,
-        )
+            k0 = (k0 + np.uint64(_W0)) & _MASK32
+            k1 = (k1 + np.uint64(_W1)) & _MASK32
+        p0 = c0.astype(np.uint64)
+        p0 *= _M0
+        p1 = c2.astype(np.uint64)
+        p1 *= _M1
+        n0 = (p1 >> s32).astype(np.uint32)
+        n0 ^= c1
+        n0 ^= k0.astype(np.uint32)
+        n2 = (p0 >> s32).astype(np.uint32)
+        n2 ^= c3
+        n2 ^= k1.astype(np.uint32)
+        c0, c1, c2, c3 = n0, p1.astype(np.uint32), n2, p0.astype(np.uint32)
     return c0, c1, c2, c3
 
 
@@ -121,28 +132,15 @@ def philox4x32(counter: np.ndarray, key: np.ndarray, rounds: int = 10) -> np.nda
     for name, a in (("counter", counter), ("key", key)):
         if a.dtype != np.uint32 and (np.any(a < 0) or np.any(a > 0xFFFFFFFF)):
             raise ValueError(f"philox4x32 {name} words must be 32-bit unsigned integers")
-    counter = counter.astype(np.uint64)
-    key = key.astype(np.uint64)
-    c = [counter[..., i] for i in range(4)]
-    k0, k1 = key[..., 0], key[..., 1]
-    for r in range(rounds):
-        if r:
-            k0 = (k0 + np.uint64(_W0)) & _MASK32
-            k1 = (k1 + np.uint64(_W1)) & _MASK32
-        p0 = _M0 * c[0]
-        p1 = _M1 * c[2]
-        c = [
-            (p1 >> np.uint64(32)) ^ c[1] ^ k0,
-            p1 & _MASK32,
-            (p0 >> np.uint64(32)) ^ c[3] ^ k1,
-            p0 & _MASK32,
-        ]
-    return np.stack(np.broadcast_arrays(*c), axis=-1).astype(np.uint32)
+    c = [counter[..., i].astype(np.uint64) for i in range(4)]
+    out = _philox_words(c, key[..., 0].astype(np.uint64), key[..., 1].astype(np.uint64), rounds)
+    return np.stack(out, axis=-1)
 
 
 def _uniform_pair(w: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Two float64 uniforms in (0, 1) from one Philox block (52 bits each)."""
     s6, s26 = np.uint64(6), np.uint64(26)
+    w = [np.asarray(x, dtype=np.uint64) for x in w]
     k0 = ((w[0] >> s6) << s26) | (w[1] >> s6)
     k1 = ((w[2] >> s6) << s26) | (w[3] >> s6)
     scale = 2.0**-52
@@ -272,9 +270,8 @@ class SiteRNG:
         w2 = (chain << np.uint64(16)) | np.uint64(purpose)
         w3 = np.uint64(counter)
         shape = (batch,) + site.shape[1:-1] + (nblocks,)
-        words = _philox_words((w0, w1, w2, w3), *self._key)
-        words = tuple(np.broadcast_to(w, shape) for w in words)
-        return _uniform_pair(words)
+        words = (np.broadcast_to(w0, shape), w1, w2, w3)
+        return _uniform_pair(_philox_words(words, *self._key))
 
     def _site_values(
         self,
