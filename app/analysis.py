@@ -1,0 +1,503 @@
+"""Monte Carlo error analysis: the Gamma method and the ``trivhmc analyze`` back end.
+
+Gamma method (U. Wolff, Comput. Phys. Commun. 156 (2004) 143, hep-lat/0306017), for one or
+several replica chains r = 1..R of lengths N_r, N = sum_r N_r:
+
+* mean ``abar = sum_r N_r abar_r / N``; fluctuations ``delta_i^r = a_i^r - abar_r``
+  (each replica about its own mean, as pyerrors does);
+* autocorrelation ``Gamma(t) = sum_r sum_{i=1}^{N_r - t} delta_i^r delta_{i+t}^r /
+  sum_r (N_r - t)`` for ``t < w_max = max_r N_r // 2`` (FFT), ``rho(t) = Gamma(t)/Gamma(0)``;
+* ``tau_int(W) = 1/2 + sum_{t=1}^{W} rho(t)``;
+* automatic window: W is the first ``W >= 1`` with ``g(W) < 0``, where
+  ``g(W) = exp(-W/tau(W)) - tau(W)/sqrt(W N)`` and ``tau(W) = S / ln((2 tau_int(W) + 1) /
+  (2 tau_int(W) - 1))`` (Wolff eq. 52, S = 1.5 by default);
+* bias-corrected ``tau_int = tau_int(W) (1 + (2W + 1)/N) / (1 + 1/N)`` (eq. 49),
+  ``error = sqrt(2 tau_int Gamma(0) (1 + 1/N) / N)``;
+* ``delta tau_int = 2 tau_int(W) sqrt((W + 1/2 - tau_int(W)) / N)`` (eq. 42),
+  ``delta error = error sqrt((W + 1/2) / N)``, ``delta rho(t)`` from eq. E.11.
+
+These are the same conventions as pyerrors (``Obs.gamma_method(S=...)``), against which
+tests/test_analysis.py checks this implementation; the only difference is our default
+S = 1.5 (Wolff's recommendation) instead of pyerrors' 2.0.
+
+Run directories and HDF5 ensembles are read as documented in docs/run-output.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+DEFAULT_S = 1.5
+RECORDS_FILE = "records.jsonl"
+
+
+# ---------------------------------------------------------------------------- Gamma method
+@dataclass
+class GammaResult:
+    """Result of the Gamma method for one observable."""
+
+    mean: float
+    error: float
+    error_of_error: float
+    tau_int: float
+    tau_int_error: float
+    window: int
+    n: int
+    n_replicas: int
+    #: normalised autocorrelation function rho(t), t = 0 .. w_max - 1
+    rho: np.ndarray = field(repr=False)
+    #: tau_int(W) before bias correction, W = 0 .. w_max - 1
+    tau_int_curve: np.ndarray = field(repr=False)
+
+    def drho(self, t_max: int) -> np.ndarray:
+        """Statistical error of rho(t) for t = 0 .. t_max (Wolff eq. E.11, as in pyerrors):
+        ``drho(t)^2 = sum_{k=1}^{w_max-1-t} [rho(k+t) + rho(|k-t|) - 2 rho(k) rho(t)]^2 / N``.
+        """
+        rho, w_max = self.rho, len(self.rho)
+        out = np.zeros(min(t_max, w_max - 1) + 1)
+        for t in range(1, len(out)):
+            k = np.arange(1, w_max - t)
+            tmp = rho[k + t] + rho[np.abs(k - t)] - 2.0 * rho[t] * rho[k]
+            out[t] = math.sqrt(float(np.sum(tmp**2)) / self.n)
+        return out
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "mean": self.mean,
+            "error": self.error,
+            "tau_int": self.tau_int,
+            "tau_int_error": self.tau_int_error,
+            "error_of_error": self.error_of_error,
+            "window": self.window,
+            "n": self.n,
+            "replicas": self.n_replicas,
+        }
+
+
+def _autocov_sum(delta: np.ndarray, w_max: int) -> np.ndarray:
+    """``sum_i delta_i delta_{i+t}`` for t = 0 .. w_max - 1 (zero-padded FFT)."""
+    n = len(delta)
+    m = min(n, w_max)
+    pad = n + m + (n + m) % 2
+    out = np.zeros(w_max)
+    out[:m] = np.fft.irfft(np.abs(np.fft.rfft(delta, pad)) ** 2, pad)[:m]
+    return out
+
+
+def gamma_method(data: Any, S: float = DEFAULT_S) -> GammaResult:
+    """Mean, error and integrated autocorrelation time of a Monte Carlo series.
+
+    ``data``: one 1D series, a 2D array (replicas along axis 0), or a list of 1D series of
+    possibly different lengths (independent replica chains of the same ensemble).
+    ``S``: Wolff's window parameter; ``S = 0`` assumes no autocorrelation.
+    """
+    if isinstance(data, np.ndarray):
+        if data.ndim > 2:
+            raise ValueError("gamma_method: data must be 1D (one chain) or 2D (replicas, N)")
+        reps = [np.asarray(r, dtype=np.float64) for r in np.atleast_2d(data)]
+    elif all(np.ndim(x) == 0 for x in data):
+        reps = [np.asarray(data, dtype=np.float64)]
+    else:
+        reps = [np.asarray(r, dtype=np.float64).ravel() for r in data]
+    reps = [r for r in reps if len(r) > 0]
+    if not reps:
+        raise ValueError("gamma_method needs at least one sample")
+    if any(not np.all(np.isfinite(r)) for r in reps):
+        raise ValueError("gamma_method: the data contain NaN or Inf")
+    if S < 0:
+        raise ValueError("S must be >= 0")
+    lengths = np.array([len(r) for r in reps])
+    n = int(lengths.sum())
+    means = np.array([r.mean() for r in reps])
+    mean = float(np.sum(lengths * means) / n)
+    w_max = int(lengths.max()) // 2
+    nan = float("nan")
+    if w_max < 2:  # too short for any autocorrelation analysis
+        var = float(sum(np.sum((r - m) ** 2) for r, m in zip(reps, means)))
+        err = math.sqrt(var / (n * (n - 1))) if n > 1 else nan
+        return GammaResult(mean, err, nan, 0.5, nan, 0, n, len(reps), np.ones(1), np.full(1, 0.5))
+
+    gamma = np.zeros(w_max)
+    div = np.zeros(w_max)
+    for r, m in zip(reps, means):
+        gamma += _autocov_sum(r - m, w_max)
+        div += np.clip(len(r) - np.arange(w_max), 0, None)
+    div[div < 1] = 1.0
+    gamma /= div
+
+    if abs(gamma[0]) < 10 * np.finfo(float).tiny:  # constant data
+        return GammaResult(
+            mean, 0.0, 0.0, 0.5, 0.0, 0, n, len(reps), np.ones(w_max), np.full(w_max, 0.5)
+        )
+
+    rho = gamma / gamma[0]
+    tau_n = np.cumsum(np.concatenate(([0.5], rho[1:])))
+    tau_n[tau_n <= 0.5] = 0.5 + np.finfo(np.float64).eps
+    dtau_n = tau_n * 2.0 * np.sqrt(np.abs(np.arange(w_max) + 0.5 - tau_n) / n)
+    dtau_n[0] = 0.0
+
+    if S == 0:
+        err = math.sqrt(gamma[0] / (n - 1))
+        return GammaResult(
+            mean, err, err * math.sqrt(0.5 / n), 0.5, 0.0, 0, n, len(reps), rho, tau_n
+        )
+
+    w = np.arange(1, w_max)
+    tau = S / np.log((2.0 * tau_n[1:] + 1.0) / (2.0 * tau_n[1:] - 1.0))
+    g = np.exp(-w / tau) - tau / np.sqrt(w * n)
+    below = np.nonzero(g < 0)[0]
+    window = int(w[below[0]]) if len(below) else w_max - 1
+    window = min(window, w_max - 1)
+    tau_int = float(tau_n[window] * (1.0 + (2 * window + 1) / n) / (1.0 + 1.0 / n))
+    err = math.sqrt(2.0 * tau_int * gamma[0] * (1.0 + 1.0 / n) / n)
+    return GammaResult(
+        mean=mean,
+        error=err,
+        error_of_error=err * math.sqrt((window + 0.5) / n),
+        tau_int=tau_int,
+        tau_int_error=float(dtau_n[window]),
+        window=window,
+        n=n,
+        n_replicas=len(reps),
+        rho=rho,
+        tau_int_curve=tau_n,
+    )
+
+
+# ---------------------------------------------------------------------------- reading runs
+@dataclass
+class RunData:
+    """Per-trajectory series of a run: arrays with axis 0 = trajectory, axis 1 = chain."""
+
+    source: str
+    dH: np.ndarray | None = None
+    accepted: np.ndarray | None = None
+    exp_minus_dH: np.ndarray | None = None
+    #: name -> (T_measured, chains, *components)
+    observables: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _chain_array(value: Any, n_chains: int | None, what: str) -> np.ndarray:
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if n_chains is not None and a.shape[0] != n_chains:
+        raise InputError(f"{what}: {a.shape[0]} chains, expected {n_chains}")
+    return a
+
+
+def read_records(path: str | Path) -> RunData:
+    """Read a ``records.jsonl`` file (docs/run-output.md): production records only, the last
+    record of each trajectory number (a resumed run may repeat trajectories after its
+    checkpoint), sorted by trajectory. A truncated last line (a killed run) is ignored with
+    a warning; any other malformed line is an error."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    by_traj: dict[int, dict[str, Any]] = {}
+    last = max((i for i, s in enumerate(lines) if s.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == last:
+                warnings.warn(f"{path}:{i + 1}: ignoring a truncated last record", stacklevel=2)
+                continue
+            raise InputError(f"{path}:{i + 1}: not a JSON object: {exc}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("trajectory"), int):
+            raise InputError(f"{path}:{i + 1}: a record needs an integer 'trajectory'")
+        if rec.get("thermalization", False):
+            continue
+        by_traj[rec["trajectory"]] = rec
+    recs = [by_traj[t] for t in sorted(by_traj)]
+    run = RunData(source=str(path))
+    if not recs:
+        return run
+    n_chains = None
+    cols: dict[str, list[np.ndarray]] = {"dH": [], "accepted": [], "exp_minus_dH": []}
+    obs: dict[str, list[np.ndarray]] = {}
+    for rec in recs:
+        where = f"{path}: trajectory {rec['trajectory']}"
+        for key in cols:
+            if key in rec:
+                a = _chain_array(rec[key], n_chains, f"{where}: {key}")
+                n_chains = a.shape[0]
+                cols[key].append(a)
+        for name, value in (rec.get("observables") or {}).items():
+            a = _chain_array(value, n_chains, f"{where}: observables.{name}")
+            n_chains = a.shape[0]
+            obs.setdefault(name, []).append(a)
+    for key, vals in cols.items():
+        if vals:
+            if len(vals) != len(recs):
+                raise InputError(f"{path}: {key} is missing in some production records")
+            setattr(run, key, np.stack(vals))
+    for name, vals in obs.items():
+        try:
+            run.observables[name] = np.stack(vals)
+        except ValueError:
+            raise InputError(f"{path}: observable {name} changes shape between records") from None
+    return run
+
+
+def read_hdf5(path: str | Path) -> RunData:
+    """Read per-trajectory data from an HDF5 ensemble file: datasets ``observables/NAME``
+    and ``dH``, ``accepted`` (optionally ``exp_minus_dH``) at the root, each with axis 0 =
+    trajectory and, when 2D or more, axis 1 = chain (docs/run-output.md)."""
+    import h5py
+
+    path = Path(path)
+    run = RunData(source=str(path))
+    try:
+        with h5py.File(path, "r") as f:
+            for key in ("dH", "accepted", "exp_minus_dH"):
+                ds = f.get(key)
+                if ds is None and "observables" in f:
+                    ds = f["observables"].get(key)
+                if isinstance(ds, h5py.Dataset):
+                    a = np.asarray(ds[()], dtype=np.float64)
+                    setattr(run, key, a.reshape(a.shape[0], -1) if a.ndim <= 2 else a)
+            grp = f.get("observables")
+            if isinstance(grp, h5py.Group):
+                for name, ds in grp.items():
+                    if name in ("dH", "accepted", "exp_minus_dH", "trajectory"):
+                        continue
+                    if isinstance(ds, h5py.Dataset) and ds.dtype.kind in "fiub":
+                        a = np.asarray(ds[()], dtype=np.float64)
+                        run.observables[name] = a[:, None] if a.ndim == 1 else a
+    except OSError as exc:
+        raise InputError(f"cannot read HDF5 file {path}: {exc}") from None
+    return run
+
+
+def merge_chains(runs: list[RunData], source: str) -> RunData:
+    """Combine single-run data (e.g. one HDF5 file per chain) along the chain axis; series
+    of unequal length are cut to the shortest."""
+    out = RunData(source=source)
+    for key in ("dH", "accepted", "exp_minus_dH"):
+        parts = [getattr(r, key) for r in runs]
+        if all(p is not None for p in parts):
+            n = min(p.shape[0] for p in parts)
+            setattr(out, key, np.concatenate([p[:n] for p in parts], axis=1))
+    names = set.intersection(*(set(r.observables) for r in runs)) if runs else set()
+    for name in sorted(names):
+        parts = [r.observables[name] for r in runs]
+        n = min(p.shape[0] for p in parts)
+        out.observables[name] = np.concatenate([p[:n] for p in parts], axis=1)
+    return out
+
+
+def load_run(path: str | Path) -> RunData:
+    """A run directory (its ``records.jsonl``), a ``.jsonl`` file or an HDF5 file."""
+    path = Path(path)
+    if path.is_dir():
+        rec = path / RECORDS_FILE
+        if rec.is_file():
+            return read_records(rec)
+        files = sorted(path.glob("ensemble_c*.h5"))
+        if not files:
+            raise InputError(f"{path} holds neither {RECORDS_FILE} nor ensemble_c*.h5 files")
+        return merge_chains([read_hdf5(f) for f in files], source=str(path))
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        return read_hdf5(path)
+    return read_records(path)
+
+
+# ---------------------------------------------------------------------------- analysis
+@dataclass
+class Analysis:
+    """Everything ``trivhmc analyze`` reports."""
+
+    source: str
+    n_trajectories: int
+    n_chains: int
+    skip: int
+    acceptance: float | None
+    exp_minus_dH: GammaResult | None
+    observables: dict[str, GammaResult]
+
+    def as_json(self) -> dict[str, Any]:
+        """JSON-safe summary (non-finite numbers become null)."""
+        obs = {k: v.as_dict() for k, v in self.observables.items()}
+        e = self.exp_minus_dH
+        return _finite(
+            {
+                "source": self.source,
+                "trajectories": self.n_trajectories,
+                "chains": self.n_chains,
+                "skip": self.skip,
+                "observables": obs,
+                "acceptance": self.acceptance,
+                "exp_minus_dH": None if e is None else e.mean,
+                "exp_minus_dH_error": None if e is None else e.error,
+            }
+        )
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _components(name: str, a: np.ndarray) -> dict[str, np.ndarray]:
+    """(T, C, *comp) -> {name or name[i,...]: (C, T)} per component."""
+    if a.ndim == 2:
+        return {name: a.T}
+    out = {}
+    for idx in np.ndindex(*a.shape[2:]):
+        out[f"{name}[{','.join(map(str, idx))}]"] = a[(slice(None), slice(None)) + idx].T
+    return out
+
+
+def series(run: RunData, skip: int = 0) -> dict[str, np.ndarray]:
+    """Every analysed series as (chains, T) after the thermalisation cut: observable
+    components and ``exp_minus_dH``. ``skip`` counts production trajectories; observables
+    measured every k-th trajectory lose the measurements made in the skipped range."""
+    if skip < 0:
+        raise InputError("--skip must be >= 0")
+    out: dict[str, np.ndarray] = {}
+    n_all = None if run.dH is None else run.dH.shape[0]
+    for name in sorted(run.observables):
+        a = run.observables[name]
+        cut = skip if not n_all else int(math.ceil(skip * a.shape[0] / n_all))
+        for comp, s in _components(name, a[cut:]).items():
+            out[comp] = s
+    if run.exp_minus_dH is not None or run.dH is not None:
+        e = run.exp_minus_dH if run.exp_minus_dH is not None else np.exp(-run.dH)
+        out["exp_minus_dH"] = e[skip:].T
+    return out
+
+
+def analyze_data(
+    run: RunData, skip: int = 0, S: float = DEFAULT_S, names: list[str] | None = None
+) -> Analysis:
+    """Gamma-method analysis of every observable (each chain a replica), acceptance and
+    ``<exp(-dH)>``, after dropping the first ``skip`` production trajectories."""
+    data = series(run, skip)
+    if names:
+        unknown = set(names) - set(run.observables) - set(data)
+        if unknown:
+            raise InputError(
+                f"unknown observable(s) {sorted(unknown)}; available: {sorted(run.observables)}"
+            )
+    acceptance = None
+    if run.accepted is not None and np.isfinite(run.accepted[skip:]).any():
+        acceptance = float(np.nanmean(run.accepted[skip:]))
+    obs: dict[str, GammaResult] = {}
+    emd = None
+    n_chains = 1
+    n_traj = 0 if run.dH is None else max(0, run.dH.shape[0] - skip)
+    for name, s in data.items():
+        base = name.split("[")[0]
+        n_chains = max(n_chains, s.shape[0])
+        chains = [c[np.isfinite(c)] for c in s]  # NaN: not measured in that row
+        if not any(len(c) for c in chains):
+            continue
+        if name == "exp_minus_dH":
+            emd = gamma_method(chains, S=S)
+        elif not names or name in names or base in names:
+            obs[name] = gamma_method(chains, S=S)
+            if run.dH is None:
+                n_traj = max(n_traj, s.shape[1])
+    return Analysis(run.source, n_traj, n_chains, skip, acceptance, emd, obs)
+
+
+def analyze(
+    path: str | Path, skip: int = 0, S: float = DEFAULT_S, names: list[str] | None = None
+) -> Analysis:
+    """Read a run directory, records file or HDF5 ensemble and analyse it."""
+    return analyze_data(load_run(path), skip=skip, S=S, names=names)
+
+
+def format_table(a: Analysis) -> str:
+    """Human-readable report."""
+    lines = [
+        f"source: {a.source}",
+        f"trajectories: {a.n_trajectories} x {a.n_chains} chain(s) (first {a.skip} skipped)",
+    ]
+    if a.acceptance is not None:
+        lines.append(f"acceptance:   {a.acceptance:.4f}")
+    if a.exp_minus_dH is not None:
+        e = a.exp_minus_dH
+        lines.append(f"<exp(-dH)>:   {e.mean:.6g} +- {e.error:.2g}   (expected 1)")
+    if a.observables:
+        width = max(12, *(len(k) for k in a.observables))
+        lines.append("")
+        lines.append(
+            f"{'observable':<{width}}  {'mean':>14}  {'error':>10}  {'tau_int':>8}  "
+            f"{'+-':>7}  {'W':>5}"
+        )
+        for name, r in a.observables.items():
+            lines.append(
+                f"{name:<{width}}  {r.mean:>14.8g}  {r.error:>10.3g}  {r.tau_int:>8.3f}  "
+                f"{r.tau_int_error:>7.3f}  {r.window:>5d}"
+            )
+    else:
+        lines.append("no observables recorded")
+    return "\n".join(lines)
+
+
+def plot(run: RunData, a: Analysis, directory: str | Path) -> list[Path]:
+    """Write one PNG per observable component: Monte Carlo history (every chain) and the
+    normalised autocorrelation function rho(t) with errors, the window W and tau_int(t)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(directory)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, s in series(run, a.skip).items():
+        r = a.exp_minus_dH if name == "exp_minus_dH" else a.observables.get(name)
+        if r is None:
+            continue
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        for c, chain in enumerate(s):
+            ax1.plot(chain, lw=0.7, label=f"chain {c}" if len(s) > 1 else None)
+        ax1.axhline(r.mean, color="k", lw=1)
+        ax1.axhspan(r.mean - r.error, r.mean + r.error, color="k", alpha=0.15)
+        ax1.set_xlabel("measurement")
+        ax1.set_ylabel(name)
+        ax1.set_title(f"{name} = {r.mean:.6g} +- {r.error:.2g}")
+        if len(s) > 1 and len(s) <= 8:
+            ax1.legend(fontsize=7)
+        t_max = int(min(len(r.rho) - 1, max(4 * r.window, 20)))
+        t = np.arange(t_max + 1)
+        ax2.errorbar(t, r.rho[: t_max + 1], yerr=r.drho(t_max), fmt=".", ms=3, capsize=1)
+        ax2.axhline(0, color="k", lw=0.5)
+        ax2.axvline(r.window, color="r", ls="--", lw=1, label=f"W = {r.window}")
+        ax2.set_xlabel("t")
+        ax2.set_ylabel("rho(t)")
+        ax3 = ax2.twinx()
+        ax3.plot(t, r.tau_int_curve[: t_max + 1], color="g", lw=1)
+        ax3.set_ylabel("tau_int(t)", color="g")
+        ax2.set_title(f"tau_int = {r.tau_int:.3g} +- {r.tau_int_error:.2g}")
+        ax2.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        p = out_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") + ".png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    return written

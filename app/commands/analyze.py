@@ -1,0 +1,49 @@
+"""Error analysis of a run: per observable mean, error and integrated autocorrelation time
+(Gamma method, Wolff 2004), acceptance and <exp(-dH)>.
+
+PATH is a run directory (its records.jsonl), a records file or an HDF5 ensemble
+(docs/run-output.md). Each chain is analysed as a replica of the same ensemble.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="run directory, records.jsonl or HDF5 ensemble file")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="drop the first N production trajectories"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument(
+        "--S", dest="S", type=float, default=1.5, help="Wolff's window parameter (default 1.5)"
+    )
+    parser.add_argument(
+        "--observable",
+        action="append",
+        dest="names",
+        metavar="NAME",
+        help="analyse only this observable (repeatable)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..analysis import analyze_data, format_table, load_run, plot
+    from ..errors import InputError
+
+    if args.S < 0:
+        raise InputError("--S must be >= 0")
+    run = load_run(args.path)
+    result = analyze_data(run, skip=args.skip, S=args.S, names=args.names)
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        print(format_table(result))
+    if args.plot:
+        files = plot(run, result, args.plot)
+        if not args.json:
+            print(f"wrote {len(files)} plot(s) to {args.plot}")
+    return 0

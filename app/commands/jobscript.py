@@ -1,0 +1,91 @@
+"""Render a batch script for a deck: PBS (aurora, polaris), Slurm (frontier) or plain
+mpiexec (local). The script runs `trivhmc run DECK` (which resumes from the last checkpoint)
+and resubmits itself until the deck's trajectory count is reached (docs/jobscripts.md).
+
+Without --dry-run the script is written next to the deck (DECK_STEM.SYSTEM.pbs|slurm|sh) or
+to --output; with --dry-run it is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..deck import load_deck
+from ..errors import InputError
+from ..jobscript import SYSTEMS, default_output, render
+from ._common import add_deck_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    add_deck_arguments(parser)
+    parser.add_argument("--nodes", type=int, help="nodes (default: from the deck's grid)")
+    parser.add_argument(
+        "--ranks-per-node", type=int, help="MPI ranks per node (default: GPU devices per node)"
+    )
+    parser.add_argument(
+        "--walltime",
+        metavar="HH:MM:SS",
+        help="wall time per job (default 01:00:00; local: none). The run stops cleanly "
+        "10%% (at least 5 min) before it and the script resubmits itself.",
+    )
+    parser.add_argument("--account", help="project / allocation to charge")
+    parser.add_argument("--queue", help="queue or partition (default: by system and size)")
+    parser.add_argument("--job-name", help="job name (default trivhmc-DECK_STEM)")
+    parser.add_argument("--filesystems", help="PBS filesystems (aurora/polaris)")
+    parser.add_argument(
+        "--setup",
+        action="append",
+        metavar="LINE",
+        help="shell line to set up the environment (repeatable; default: activate the "
+        "current virtual environment)",
+    )
+    parser.add_argument("--max-jobs", type=int, default=50, help="most chained jobs (default 50)")
+    parser.add_argument("--output", "-o", type=Path, help="where to write the script")
+    parser.add_argument("--dry-run", action="store_true", help="print the script only")
+
+
+def main(args: argparse.Namespace) -> int:
+    deck_path = Path(args.deck).resolve()
+    deck = load_deck(deck_path, args.overrides)
+    system = SYSTEMS[args.system]
+    walltime = args.walltime
+    if walltime is None and system.scheduler != "none":
+        walltime = "01:00:00"
+    out = (args.output or default_output(deck_path, system)).resolve()
+    if out == deck_path:
+        raise InputError("--output would overwrite the deck")
+    r = render(
+        deck,
+        args.system,
+        deck_path,
+        out,
+        nodes=args.nodes,
+        ranks_per_node=args.ranks_per_node,
+        walltime=walltime,
+        account=args.account,
+        queue=args.queue,
+        job_name=args.job_name,
+        filesystems=args.filesystems,
+        setup=args.setup,
+        overrides=list(args.overrides),
+        max_jobs=args.max_jobs,
+    )
+    for w in r.warnings:
+        print(f"trivhmc jobscript: warning: {w}", file=sys.stderr)
+    if args.dry_run:
+        print(r.text, end="")
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(r.text)
+    out.chmod(0o755)
+    lay = r.layout
+    submit = {"pbs": "qsub", "slurm": "sbatch", "none": "bash"}[system.scheduler]
+    print(
+        f"wrote {out}: {lay.nodes} node(s) x {lay.ranks_per_node} ranks = {lay.total_ranks} "
+        f"ranks, process grid {list(lay.grid)} x {deck.parallel.replicas} replica(s)"
+    )
+    print(f"submit with: {submit} {out}")
+    return 0

@@ -1,0 +1,63 @@
+"""Check an input deck: every problem with its key path and line; exit 2 if invalid.
+
+With ``--ranks N`` also check that the lattice can be split over N ranks (process grid and
+replicas). ``--print`` shows the complete deck with every default filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..deck import Deck, load_deck
+from ..errors import InputError
+from ._common import add_deck_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_deck_arguments(parser)
+    parser.add_argument("--ranks", type=int, help="also check the layout on this many ranks")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--print", action="store_true", help="print the full deck as YAML")
+    out.add_argument("--json", action="store_true", help="print the full deck as JSON")
+
+
+def check_ranks(deck: Deck, ranks: int) -> tuple[int, ...]:
+    """The process grid ``deck`` gets on ``ranks`` ranks (InputError if none fits)."""
+    from parallel.grid import GridError, choose_grid
+
+    reps = deck.parallel.replicas
+    if ranks < 1 or ranks % reps:
+        raise InputError(f"{ranks} ranks cannot be split into {reps} replica groups")
+    try:
+        return choose_grid(deck.lattice.shape, ranks // reps, deck.parallel.grid)
+    except GridError as exc:
+        raise InputError(f"{ranks} ranks: {exc}") from None
+
+
+def summary(deck: Deck) -> str:
+    t, s, r = deck.theory, deck.sampler, deck.run
+    couplings = ", ".join(f"{k}={v}" for k, v in t.couplings.items())
+    shape = "x".join(map(str, deck.lattice.shape))
+    return (
+        f"{t.name} ({couplings}) on {shape}; {s.name} {s.integrator} {s.steps} steps "
+        f"(eps = {s.step_size:.4g}); {r.thermalization} + {r.trajectories} trajectories x "
+        f"{r.chains} chain(s) x {deck.parallel.replicas} replica(s); output {deck.output_dir}"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    deck = load_deck(args.deck, args.overrides)
+    if args.print:
+        print(deck.to_yaml(), end="")
+        return 0
+    if args.json:
+        print(json.dumps(deck.to_dict(), indent=2))
+        return 0
+    grid = None if args.ranks is None else check_ranks(deck, args.ranks)
+    print(f"{args.deck}: valid")
+    print("  " + summary(deck))
+    if grid is not None:
+        reps = deck.parallel.replicas
+        print(f"  {args.ranks} ranks: {reps} replica group(s) x process grid {list(grid)}")
+    return 0

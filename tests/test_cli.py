@@ -1,0 +1,191 @@
+"""The `trivhmc` command line through `main([...])`: subcommands and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import app.commands.train as train_cmd
+from app.cli import COMMANDS, main
+from app.errors import InputError, NotAvailableError
+from app.progress import STATUS_INCOMPLETE, write_progress
+
+REPO = Path(__file__).resolve().parent.parent
+
+DECK = """\
+theory: {name: u1, beta: 2.0}
+lattice: {shape: [8, 8]}
+run: {seed: 3, thermalization: 10, trajectories: 40}
+output: {directory: out}
+"""
+
+
+@pytest.fixture
+def deck(tmp_path) -> Path:
+    p = tmp_path / "deck.yaml"
+    p.write_text(DECK)
+    return p
+
+
+def test_help_version_usage(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert main(["--version"]) == 0
+    assert "trivhmc" in capsys.readouterr().out
+    assert main([]) == 2  # no command
+    assert main(["frobnicate"]) == 2
+    assert main(["validate"]) == 2  # missing deck
+    assert main(["analyze", "--help"]) == 0
+    assert "--skip" in capsys.readouterr().out
+
+
+def test_validate(deck, capsys):
+    assert main(["validate", str(deck)]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "u1 (beta=2.0) on 8x8" in out and "10 + 40 trajectories" in out
+    assert main(["validate", str(deck), "--ranks", "4"]) == 0
+    assert "process grid [2, 2]" in capsys.readouterr().out
+    assert main(["validate", str(deck), "--ranks", "3"]) == 2
+    assert "3 ranks" in capsys.readouterr().err
+    assert main(["validate", str(deck), "--print", "--set", "run.seed=11"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 11" in out and "integrator: omelyan" in out
+    assert main(["validate", str(deck), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"]["trajectories"] == 40
+
+
+def test_validate_bad_deck_exit_2_one_message(deck, capsys):
+    deck.write_text(DECK.replace("beta: 2.0", "beta: 2.0, betta: 1"))
+    assert main(["validate", str(deck)]) == 2
+    err = capsys.readouterr().err
+    expected = "line 1: theory.betta: unknown key 'betta' for theory u1; did you mean 'beta'?"
+    assert f"{deck}, {expected}" in err
+    assert "Traceback" not in err
+    assert main(["validate", str(deck.parent / "missing.yaml")]) == 2
+    assert "cannot read deck" in capsys.readouterr().err
+    assert main(["validate", str(deck), "--set", "run.sead=1"]) == 2
+    assert "--set run.sead=1" in capsys.readouterr().err
+
+
+def test_every_input_deck_via_cli(capsys):
+    for p in sorted((REPO / "inputs").glob("*.yaml")):
+        assert main(["validate", str(p)]) == 0, capsys.readouterr().err
+
+
+def test_jobscript(deck, tmp_path, capsys):
+    assert (
+        main(["jobscript", "--system", "local", str(deck), "--ranks-per-node", "2", "--dry-run"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("#!/bin/bash") and "NRANKS=2 " in out
+    assert not (tmp_path / "deck.local.sh").exists()
+    args = ["jobscript", "--system", "polaris", str(deck), "--nodes", "1", "--account", "X"]
+    assert main(args + ["--set", "parallel.device=cuda"]) == 0
+    script = tmp_path / "deck.polaris.pbs"
+    assert script.exists() and os.access(script, os.X_OK)
+    text = script.read_text()
+    assert "#PBS -l select=1:system=polaris" in text and f"SCRIPT={script}" in text
+    assert "SETS=(--set parallel.device=cuda)" in text
+    assert "submit with: qsub" in capsys.readouterr().out
+    out_path = tmp_path / "sub" / "job.slurm"
+    assert main(["jobscript", "--system", "frontier", str(deck), "-o", str(out_path)]) == 0
+    assert "#SBATCH -N 1" in out_path.read_text()
+    err = capsys.readouterr().err
+    assert "parallel.device=cpu" in err  # warning, not an error
+    # inconsistent with the deck -> exit 2 with the reason
+    deck.write_text(DECK.replace("lattice:", "parallel: {grid: [2, 2]}\nlattice:"))
+    assert main(["jobscript", "--system", "aurora", str(deck), "--nodes", "1", "--dry-run"]) == 2
+    assert "needs 4" in capsys.readouterr().err
+    assert (
+        main(["jobscript", "--system", "aurora", str(deck), "--walltime", "1h", "--dry-run"]) == 2
+    )
+    assert main(["jobscript", "--system", "summit", str(deck)]) == 2  # argparse choices
+
+
+def test_analyze(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    for t in range(60):
+        x = 0.7 + 0.01 * ((t * 7) % 5 - 2)
+        lines.append(
+            json.dumps(
+                {
+                    "trajectory": t,
+                    "thermalization": t < 10,
+                    "dH": [0.1],
+                    "accepted": [t % 4 != 0],
+                    "exp_minus_dH": [0.9],
+                    "step_size": 0.1,
+                    "n_steps": 10,
+                    "wall_time": 0.01,
+                    "observables": {"plaquette": [x]},
+                }
+            )
+        )
+    (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["analyze", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "plaquette" in out and "acceptance:   0.7600" in out
+    assert main(["analyze", str(run), "--json", "--skip", "10"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert set(j) >= {"observables", "acceptance", "exp_minus_dH"}
+    assert set(j["observables"]["plaquette"]) >= {"mean", "error", "tau_int", "tau_int_error"}
+    assert j["trajectories"] == 40 and j["acceptance"] == pytest.approx(0.75)
+    assert j["exp_minus_dH"] == pytest.approx(0.9)
+    assert (
+        main(["analyze", str(run), "--plot", str(tmp_path / "png"), "--observable", "plaquette"])
+        == 0
+    )
+    assert (tmp_path / "png" / "plaquette.png").exists()
+    assert main(["analyze", str(tmp_path / "nothing")]) == 2
+    assert main(["analyze", str(run), "--observable", "nope"]) == 2
+    assert "unknown observable" in capsys.readouterr().err
+
+
+def test_run_status_exit_codes(deck, tmp_path, capsys):
+    assert main(["run", "--status", str(deck)]) == STATUS_INCOMPLETE == 3
+    assert json.loads(capsys.readouterr().out) == {
+        "done": 0,
+        "total": 50,
+        "complete": False,
+        "directory": str(tmp_path / "out"),
+    }
+    write_progress(tmp_path / "out", 20, 50)
+    assert main(["run", "--status", str(deck)]) == 3
+    assert json.loads(capsys.readouterr().out)["done"] == 20
+    write_progress(tmp_path / "out", 50, 50)
+    assert main(["run", "--status", str(deck)]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
+    # more trajectories in the deck: incomplete again
+    assert main(["run", "--status", str(deck), "--set", "run.trajectories=100"]) == 3
+    (tmp_path / "out" / "progress.json").write_text("{broken")
+    assert main(["run", "--status", str(deck)]) == 2
+
+
+def test_exit_code_mapping(monkeypatch, deck, capsys):
+    """0 ok, 2 bad input (message, no traceback), 1 anything else (traceback)."""
+
+    def raising(exc):
+        def f(args):
+            raise exc
+
+        return f
+
+    monkeypatch.setattr(train_cmd, "main", raising(InputError("bad file x.lime")))
+    assert main(["train", str(deck)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "trivhmc train: error: bad file x.lime"
+    monkeypatch.setattr(train_cmd, "main", raising(NotAvailableError("not yet available")))
+    assert main(["train", str(deck)]) == 1
+    assert "not yet available" in capsys.readouterr().err
+    monkeypatch.setattr(train_cmd, "main", raising(RuntimeError("boom")))
+    assert main(["train", str(deck)]) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setattr(train_cmd, "main", lambda args: 0)
+    assert main(["train", str(deck)]) == 0
