@@ -23,7 +23,7 @@ def mpiexec() -> str:
     return exe
 
 
-def run_under_mpi(module: str, nranks: int, timeout: float = 600.0, args: tuple = ()) -> None:
+def run_under_mpi(module: str, nranks: int, timeout: float = 300.0, args: tuple = ()) -> None:
     """Run ``tests/mpi/<module>`` on ``nranks`` ranks; fail with the output if any rank fails."""
     env = dict(os.environ, TRIVHMC_UNDER_MPIEXEC="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -22,7 +22,7 @@ theory:   {name: u1, beta: 2.0}
 lattice:  {shape: [8, 8]}
 sampler:  {name: hmc, integrator: omelyan, steps: 6, trajectory_length: 1.0,
            target_acceptance: 0.8}
-run:      {seed: 11, thermalization: 6, trajectories: 30, save_every: 5,
+run:      {seed: 11, thermalization: 4, trajectories: 20, save_every: 5,
            checkpoint_every: 4, chains: 2}
 output:   {directory: out, formats: [hdf5]}
 """
@@ -97,7 +97,7 @@ def reference(tmp_path_factory):
 
 
 def assert_same_ensemble(got: dict, ref: dict, bitwise_records: bool) -> None:
-    assert got["trajectory"] == ref["trajectory"] == 36
+    assert got["trajectory"] == ref["trajectory"] == 24
     np.testing.assert_array_equal(got["fields"], ref["fields"])  # bit for bit
     for c in (0, 1):
         cfg, ctraj, obs = got["ensembles"][c]
@@ -110,7 +110,7 @@ def assert_same_ensemble(got: dict, ref: dict, bitwise_records: bool) -> None:
                 np.testing.assert_array_equal(obs[k], robs[k])
             else:  # global sums over another process grid round differently in the last bits
                 np.testing.assert_allclose(obs[k], robs[k], rtol=1e-12, atol=1e-12)
-    assert sorted(got["records"]) == list(range(36))
+    assert sorted(got["records"]) == list(range(24))
     for t, r in ref["records"].items():
         g = got["records"][t]
         assert g["accepted"] == r["accepted"], t
@@ -124,7 +124,7 @@ def test_kill_and_resume_same_ranks_is_bitwise_identical(reference, tmp_path):
     deck = tmp_path / "deck.yaml"
     deck.write_text(DECK)
     run_and_kill(2, deck, after_trajectory=9)
-    run_and_kill(2, deck, after_trajectory=21)
+    run_and_kill(2, deck, after_trajectory=17)
     proc = run_to_end(2, deck)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=True)
@@ -143,7 +143,7 @@ def test_kill_and_resume_on_other_rank_counts(reference, tmp_path):
 
 def test_changed_physics_is_refused_and_nothing_is_lost(reference, tmp_path):
     deck = tmp_path / "deck.yaml"
-    deck.write_text(DECK.replace("trajectories: 30", "trajectories: 6"))
+    deck.write_text(DECK.replace("trajectories: 20", "trajectories: 4"))
     assert run_to_end(1, deck).returncode == 0
     before = (tmp_path / "out" / "records.jsonl").read_bytes()
     proc = run_to_end(1, deck, "--set", "theory.beta=2.5")
@@ -154,7 +154,7 @@ def test_changed_physics_is_refused_and_nothing_is_lost(reference, tmp_path):
 
 def test_damaged_newest_checkpoint_falls_back(reference, tmp_path):
     deck = tmp_path / "deck.yaml"
-    deck.write_text(DECK.replace("trajectories: 30", "trajectories: 10"))
+    deck.write_text(DECK.replace("trajectories: 20", "trajectories: 8"))
     assert run_to_end(1, deck).returncode == 0
     ck = tmp_path / "out" / "checkpoints"
     newest = ck / (ck / "LATEST").read_text().strip()
