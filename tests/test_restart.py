@@ -134,7 +134,7 @@ def test_kill_and_resume_on_other_rank_counts(reference, tmp_path):
     deck = tmp_path / "deck.yaml"
     deck.write_text(DECK)
     run_and_kill(1, deck, after_trajectory=13)
-    proc = run_to_end(4, deck, "--set", "run.trajectories=10")  # stops early at 16
+    proc = run_to_end(4, deck, "--set", "run.trajectories=8")  # stops early at 12
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_to_end(1, deck)
     assert proc.returncode == 0, proc.stderr[-3000:]
