@@ -207,3 +207,28 @@ def test_record_contents_and_json():
     assert json.loads(line)["counter"] == 4
     _, rec = hmc.trajectory(new, 5)
     assert rec.reversibility_field_error is None
+
+
+def test_accepted_fields_are_projected_rejected_kept():
+    theory = U1Gauge(single_rank_grid((4, 4)), 1.0)
+    rng = SiteRNG(SEED)
+    start = theory.hot_start(rng, 0, 8) * 3.0  # the same kind of links, angles up to 3 pi
+    n_acc = n_rej = 0
+    for project in (True, False):
+        hmc = HMC(theory, make_integrator(theory, "leapfrog", 2), rng, project=project)
+        field = start
+        for counter in range(1, 4):
+            new, rec = hmc.trajectory(field, counter)
+            for b in range(8):
+                if rec.accepted[b]:
+                    n_acc += 1
+                    inside = bool(((new[b] > -math.pi) & (new[b] <= math.pi)).all())
+                    if project:
+                        assert inside
+                    else:  # unwrapped angles stay outside (-pi, pi]
+                        assert not inside
+                else:
+                    n_rej += 1
+                    assert torch.equal(new[b], field[b])
+            field = new
+    assert n_acc and n_rej

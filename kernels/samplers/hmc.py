@@ -19,6 +19,9 @@ is rejected (keeps its old field), counted in the record (``nonfinite``, ``n_non
 (domain root only). The other chains of the batch are unaffected (all operations are per
 chain).
 
+Accepted proposals pass through ``theory.project`` (reunitarisation; off with
+``project=False``): the integrator itself never projects, so it stays exactly reversible.
+
 Reversibility check (optional): from the end point, flip the momenta, integrate the same time
 again and compare with the start: ``max |phi_back - phi_0|`` (global, per chain) and
 ``|H_back - H0|``; costs one more trajectory.
@@ -130,6 +133,10 @@ class HMC:
         (0: never, unless asked per call).
     max_steps:
         Upper bound of the tuned outer step count.
+    project:
+        Pass accepted proposals through ``theory.project`` (reunitarise SU(N) links, wrap
+        U(1) angles), so rounding errors do not accumulate over a long run; rejected chains
+        keep their field bit for bit.
     """
 
     def __init__(
@@ -141,6 +148,7 @@ class HMC:
         target_acceptance: float | None = None,
         reversibility_every: int = 0,
         max_steps: int = 10_000,
+        project: bool = True,
     ) -> None:
         self.theory = theory
         self.integrator = integrator
@@ -151,6 +159,7 @@ class HMC:
         self.trajectory_length = float(tau)
         self.n_steps = integrator.n_steps
         self.max_steps = int(max_steps)
+        self.project = bool(project)
         self.reversibility_every = int(reversibility_every)
         if target_acceptance is not None and not 0.0 < target_acceptance < 1.0:
             raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance}")
@@ -237,6 +246,8 @@ class HMC:
             accepted = (u < exp_mdh) & ~bad
             prob = torch.where(bad, torch.zeros_like(dh), exp_mdh.clamp(max=1.0))
             mask = accepted.view((batch,) + (1,) * (field.ndim - 1))
+            if self.project and bool(accepted.any()):
+                proposal = theory.project(proposal)
             new_field = torch.where(mask, proposal, field)
             action = torch.where(accepted, s1, s0)
 
