@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallel import ProcessGrid, global_max, global_sum, shift
+from parallel import ProcessGrid, global_max, shift
+
+from .exact_sum import exact_sum
 
 
 @dataclass(frozen=True)
@@ -34,30 +36,73 @@ class Plaquette:
 
 
 def _forward(u: np.ndarray, mu: int, grid: ProcessGrid | None) -> np.ndarray:
-    """``u(x + mu)`` for a field ``(*lattice, N, N)`` (lattice axes first)."""
+    """``u(x + mu)`` for a field ``(N, N, *lattice)`` (lattice axes last)."""
     if grid is None:
-        return np.roll(u, -1, axis=mu)
-    return shift(u, grid, mu, 1, first=0)
+        return np.roll(u, -1, axis=2 + mu)
+    return shift(u, grid, mu, 1, first=2)
 
 
-def _sum(x: float, grid: ProcessGrid | None) -> float:
-    return float(x) if grid is None else float(global_sum(np.array(x), grid))
+def _sum(values: np.ndarray, grid: ProcessGrid | None) -> float:
+    return exact_sum(values, None if grid is None else grid.cart)
+
+
+def _matmul(ar: np.ndarray, ai: np.ndarray, br: np.ndarray, bi: np.ndarray):
+    """``A B`` for matrix fields stored as real/imaginary parts ``(N, N, *lattice)``.
+
+    ``C_ik = sum_j A_ij B_jk`` with the sum over ``j`` in order and every product and sum a
+    separate, correctly rounded ufunc call over contiguous site arrays, so a site's result
+    does not depend on how the lattice is split (unlike BLAS/SIMD complex matmul kernels).
+    """
+    n = ar.shape[0]
+    cr = np.empty_like(ar)
+    ci = np.empty_like(ai)
+    for i in range(n):
+        for k in range(n):
+            re = ar[i, 0] * br[0, k] - ai[i, 0] * bi[0, k]
+            im = ar[i, 0] * bi[0, k] + ai[i, 0] * br[0, k]
+            for j in range(1, n):
+                re += ar[i, j] * br[j, k] - ai[i, j] * bi[j, k]
+                im += ar[i, j] * bi[j, k] + ai[i, j] * br[j, k]
+            cr[i, k] = re
+            ci[i, k] = im
+    return cr, ci
+
+
+def _retrace(ar: np.ndarray, ai: np.ndarray, br: np.ndarray, bi: np.ndarray) -> np.ndarray:
+    """Per-site ``Re Tr(A B^+) = sum_ij (Re A_ij Re B_ij + Im A_ij Im B_ij)``, fixed order."""
+    n = ar.shape[0]
+    acc = ar[0, 0] * br[0, 0] + ai[0, 0] * bi[0, 0]
+    for i in range(n):
+        for j in range(n):
+            if i or j:
+                acc += ar[i, j] * br[i, j] + ai[i, j] * bi[i, j]
+    return acc
 
 
 def plaquette(links: np.ndarray, grid: ProcessGrid | None = None) -> Plaquette:
-    """Average plaquette (total, spatial, temporal) of a gauge configuration."""
+    """Average plaquette (total, spatial, temporal) of a gauge configuration.
+
+    Correctly rounded and identical for every process grid (per-site values in a fixed
+    operation order, then :func:`exact_sum`).
+    """
     u = np.asarray(links)
     nd, n = u.shape[0], u.shape[-1]
     sites = int(np.prod(u.shape[1 : 1 + nd])) if grid is None else grid.volume
+    # structure of arrays: (Nd, N, N, *lattice), every matrix entry a contiguous site array
+    re = np.ascontiguousarray(np.moveaxis(u.real, (-2, -1), (1, 2)))
+    im = np.ascontiguousarray(np.moveaxis(u.imag, (-2, -1), (1, 2)))
     sums: dict[tuple[int, int], float] = {}
-    for mu in range(nd):
-        for nu in range(mu + 1, nd):
-            with np.errstate(all="ignore"):  # garbage in -> nan/inf out, silently
-                left = u[mu] @ _forward(u[nu], mu, grid)
-                right = u[nu] @ _forward(u[mu], nu, grid)
-                # Re Tr(A B^+) = Re sum_ij A_ij conj(B_ij)
-                local = np.vdot(right, left).real
-            sums[(mu, nu)] = _sum(local, grid) / (n * sites)
+    with np.errstate(all="ignore"):  # garbage in -> nan/inf out, silently
+        for mu in range(nd):
+            for nu in range(mu + 1, nd):
+                # U_mu(x) U_nu(x+mu) and U_nu(x) U_mu(x+nu)
+                left = _matmul(
+                    re[mu], im[mu], _forward(re[nu], mu, grid), _forward(im[nu], mu, grid)
+                )
+                right = _matmul(
+                    re[nu], im[nu], _forward(re[mu], nu, grid), _forward(im[mu], nu, grid)
+                )
+                sums[(mu, nu)] = _sum(_retrace(*left, *right), grid) / (n * sites)
     t = nd - 1
     spatial = [v for (mu, nu), v in sums.items() if nu != t]
     temporal = [v for (mu, nu), v in sums.items() if nu == t]
@@ -69,13 +114,12 @@ def plaquette(links: np.ndarray, grid: ProcessGrid | None = None) -> Plaquette:
 
 
 def link_trace(links: np.ndarray, grid: ProcessGrid | None = None) -> float:
-    """``< Re Tr U > / N`` over all sites and directions."""
+    """``< Re Tr U > / N`` over all sites and directions (correctly rounded, grid-independent)."""
     u = np.asarray(links)
     nd, n = u.shape[0], u.shape[-1]
     sites = int(np.prod(u.shape[1 : 1 + nd])) if grid is None else grid.volume
-    with np.errstate(all="ignore"):
-        local = np.trace(u, axis1=-2, axis2=-1).real.sum()
-    return _sum(local, grid) / (n * nd * sites)
+    diag = np.diagonal(u, axis1=-2, axis2=-1).real
+    return _sum(diag, grid) / (n * nd * sites)
 
 
 def unitarity_deviation(links: np.ndarray, grid: ProcessGrid | None = None) -> float:
@@ -92,7 +136,7 @@ def unitarity_deviation(links: np.ndarray, grid: ProcessGrid | None = None) -> f
             local = np.inf
     if grid is None:
         return float(local)
-    return float(global_max(np.array(local), grid))
+    return float(global_max(np.array([local], dtype=np.float64), grid)[0])
 
 
 def reconstruct_third_row(two_rows: np.ndarray) -> np.ndarray:

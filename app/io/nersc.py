@@ -112,7 +112,7 @@ def _floating_point(fp: str, path: str) -> tuple[str, str]:
 
 def nersc_checksum(data: np.ndarray, byteorder: str) -> int:
     """32-bit wrapping sum of the 32-bit words of ``data`` (raw bytes) in ``byteorder``."""
-    words = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=f"{byteorder}u4")
+    words = np.ascontiguousarray(data).reshape(-1).view(f"{byteorder}u4")
     return int(words.sum(dtype=np.uint64) & np.uint64(0xFFFFFFFF))
 
 
