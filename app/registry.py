@@ -1,0 +1,328 @@
+"""Model registry: trained flows saved with a model card and loaded by reference.
+
+Layout under the registry root (default ``$TRIVHMC_MODELS`` or ``./models``)::
+
+    <root>/<name>/<hash16>/card.json      directory layout: JSON model card
+    <root>/<name>/<hash16>/model.pt       torch state_dict
+    <root>/<name>/<hash16>.pt             single-file layout: {"card": ..., "state_dict": ...}
+
+A reference is ``name`` (the most recently created version) or ``name@<hash prefix>``.
+
+Model card (JSON, ``format = "trivhmc-flow-card"``, ``version = 1``): ``name``, ``theory``
+(deck name), ``couplings``, ``lattice`` (global shape trained on), ``architecture``
+(``{"builder": "module:function", "kwargs": {...}}``, enough to rebuild the flow on any grid,
+see :func:`kernels.flows.base.build_flow`), ``n_parameters``, ``dtype``, ``history`` (per-step
+training metrics), ``train_config``, ``created`` (UTC ISO 8601), ``code_version``,
+``description``, and ``hash``.
+
+Content hash: ``sha256`` of the canonical parameter bytes followed by the canonical card:
+for every state_dict entry in sorted key order ``key \\0 dtype \\0 shape \\0`` and the raw
+little-endian bytes of the contiguous CPU tensor; then the card without its ``hash`` field as
+JSON with sorted keys and no spaces. Loading recomputes it and refuses a mismatch (a corrupt
+or edited file), and refuses a model whose ``theory`` differs from the requested one.
+
+The flows of :mod:`kernels.flows` are local (convolutions, plaquette stencils), so a model
+trained at ``L`` loads and runs on any lattice its masks allow (e.g. ``2L``): same
+parameters, new grid. Writes happen on the world root, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernels.flows.base import Flow, FlowError, build_flow
+from parallel import ProcessGrid
+
+from .errors import InputError
+from .io.atomic import atomic_write_bytes, fsync_dir
+
+CARD_FORMAT = "trivhmc-flow-card"
+CARD_VERSION = 1
+HASH_LEN = 16
+
+
+class RegistryError(InputError):
+    """A model reference cannot be resolved or loaded (unknown, ambiguous, corrupt, theory)."""
+
+
+def default_root() -> Path:
+    """``$TRIVHMC_MODELS`` or ``./models``."""
+    return Path(os.environ.get("TRIVHMC_MODELS", "models"))
+
+
+# ------------------------------------------------------------------ hashing
+def canonical_parameter_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
+    """Parameters as bytes in a canonical order (see the module docstring)."""
+    out = io.BytesIO()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        out.write(f"{key}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}\0".encode())
+        arr = t.numpy()
+        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
+            arr = arr.byteswap()
+        out.write(arr.tobytes())
+    return out.getvalue()
+
+
+def canonical_card_bytes(card: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in card.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
+
+
+def content_hash(state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(canonical_parameter_bytes(state_dict))
+    h.update(canonical_card_bytes(card))
+    return h.hexdigest()
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, torch.dtype):
+        return str(x).removeprefix("torch.")
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON-serialisable in a model card: {type(x).__name__}")
+
+
+def _jsonable(x: Any) -> Any:
+    """Round-trip through JSON so the stored card equals the hashed one."""
+    return json.loads(json.dumps(x, default=_json_default))
+
+
+# ------------------------------------------------------------------ cards
+def make_card(
+    flow: Flow,
+    theory,
+    name: str,
+    history: list[dict[str, Any]] | None = None,
+    train_config: dict[str, Any] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    """The model card of ``flow`` trained for ``theory`` (without the hash)."""
+    if flow.architecture is None:
+        raise RegistryError(
+            "this flow has no architecture record (build it with a kernels.flows builder)"
+        )
+    _check_name(name)
+    params = list(flow.parameters())
+    try:
+        from importlib.metadata import version
+
+        code_version = version("trivhmc")
+    except Exception:  # pragma: no cover - not installed
+        code_version = "unknown"
+    return _jsonable(
+        {
+            "format": CARD_FORMAT,
+            "version": CARD_VERSION,
+            "name": name,
+            "theory": theory.name,
+            "couplings": dict(theory.params),
+            "lattice": list(theory.grid.shape),
+            "architecture": flow.architecture,
+            "n_parameters": flow.n_parameters(),
+            "dtype": str(params[0].dtype).removeprefix("torch.") if params else "float64",
+            "history": list(history or []),
+            "train_config": dict(train_config or {}),
+            "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "code_version": code_version,
+            "description": description,
+        }
+    )
+
+
+def _check_name(name: str) -> None:
+    if not name or "@" in name or "/" in name or name.startswith("."):
+        raise RegistryError(f"invalid model name {name!r} (no '@', '/', leading '.')")
+
+
+# ------------------------------------------------------------------ save
+def save_model(
+    flow: Flow,
+    theory,
+    name: str,
+    root: str | os.PathLike | None = None,
+    history: list[dict[str, Any]] | None = None,
+    train_config: dict[str, Any] | None = None,
+    description: str = "",
+    single_file: bool = False,
+    grid: ProcessGrid | None = None,
+) -> str:
+    """Save ``flow`` with its card; returns the reference ``name@<hash16>``.
+
+    Only the world root of ``grid`` (default: the theory's grid) writes; every rank gets the
+    reference. The card's creation time is hashed too, so every save is a new version.
+    """
+    grid = grid or theory.grid
+    root = Path(root) if root is not None else default_root()
+    card = make_card(flow, theory, name, history, train_config, description)
+    state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
+    digest = content_hash(state, card)
+    card["hash"] = digest
+    short = digest[:HASH_LEN]
+    if grid.comm.Get_rank() == 0:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if single_file:
+            buf = io.BytesIO()
+            torch.save({"card": card, "state_dict": state}, buf)
+            atomic_write_bytes(folder / f"{short}.pt", buf.getvalue())
+        elif not (folder / short).exists():
+            tmp = folder / f".{short}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            (tmp / "model.pt").write_bytes(buf.getvalue())
+            (tmp / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
+            fsync_dir(tmp)
+            os.replace(tmp, folder / short)
+            fsync_dir(folder)
+    grid.comm.Barrier()
+    return f"{name}@{short}"
+
+
+# ------------------------------------------------------------------ find and load
+def _versions(root: Path, name: str) -> list[tuple[str, Path]]:
+    folder = root / name
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir() and (p / "card.json").exists():
+            out.append((p.name, p))
+        elif p.is_file() and p.suffix == ".pt":
+            out.append((p.stem, p))
+    return out
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        if path.is_dir():
+            card = json.loads((path / "card.json").read_text())
+            state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            card, state = blob["card"], blob["state_dict"]
+    except Exception as exc:
+        raise RegistryError(f"model file {path} is unreadable or corrupt: {exc}") from exc
+    return card, state
+
+
+def resolve(ref: str, root: str | os.PathLike | None = None) -> Path:
+    """Path of the model ``name`` or ``name@hashprefix`` under ``root``."""
+    root = Path(root) if root is not None else default_root()
+    name, _, prefix = ref.partition("@")
+    _check_name(name)
+    versions = _versions(root, name)
+    if not versions:
+        raise RegistryError(f"no model {name!r} in registry {root}")
+    if prefix:
+        hits = [(h, p) for h, p in versions if h.startswith(prefix.lower())]
+        if not hits:
+            raise RegistryError(f"model {name!r} has no version with hash {prefix!r} in {root}")
+        if len({h for h, _ in hits}) > 1:
+            raise RegistryError(f"hash prefix {prefix!r} of {name!r} is ambiguous: {hits}")
+        return hits[0][1]
+    if len(versions) == 1:
+        return versions[0][1]
+    created = []
+    for h, p in versions:
+        card, _ = _read(p)
+        created.append((card.get("created", ""), h, p))
+    return max(created)[2]
+
+
+def read_card(ref: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The model card of ``ref`` (hash verified)."""
+    return _load_verified(resolve(ref, root))[0]
+
+
+def _load_verified(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    card, state = _read(path)
+    if card.get("format") != CARD_FORMAT:
+        raise RegistryError(f"{path} is not a trivhmc model card (format {card.get('format')!r})")
+    stored = str(card.get("hash", ""))
+    digest = content_hash(state, card)
+    if digest != stored:
+        raise RegistryError(
+            f"model {path} is corrupt: content hash {digest[:HASH_LEN]} does not match the "
+            f"card's {stored[:HASH_LEN] or '(none)'}"
+        )
+    if not digest.startswith(path.stem if path.is_file() else path.name):
+        raise RegistryError(f"model {path} is stored under a name that is not its hash")
+    return card, state
+
+
+def load_model(
+    ref: str,
+    grid: ProcessGrid,
+    theory: str | Any | None = None,
+    root: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Flow, dict[str, Any]]:
+    """Rebuild the flow ``ref`` on ``grid`` (any lattice its layers allow) with its parameters.
+
+    ``theory`` (a theory object or its name) must match the card's theory. Every rank reads
+    the file; returns ``(flow, card)``.
+    """
+    path = resolve(ref, root)
+    card, state = _load_verified(path)
+    if theory is not None:
+        want = theory if isinstance(theory, str) else theory.name
+        if card["theory"] != want:
+            raise RegistryError(
+                f"model {ref!r} was trained for theory {card['theory']!r}, not {want!r}"
+            )
+    try:
+        flow = build_flow(card["architecture"], grid)
+        flow.load_state_dict(state)
+    except (FlowError, ValueError, RuntimeError) as exc:
+        raise RegistryError(
+            f"cannot rebuild model {ref!r} on lattice {list(grid.shape)}: {exc}"
+        ) from exc
+    if dtype is not None:
+        flow = flow.to(dtype)
+    return flow, card
+
+
+def list_models(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Short summaries (name, hash, theory, lattice, parameters, created) of every model."""
+    root = Path(root) if root is not None else default_root()
+    out = []
+    if not root.is_dir():
+        return out
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for h, p in sorted(_versions(root, folder.name)):
+            try:
+                card, _ = _read(p)
+            except RegistryError:
+                continue
+            out.append(
+                {
+                    "ref": f"{folder.name}@{h}",
+                    "theory": card.get("theory"),
+                    "couplings": card.get("couplings"),
+                    "lattice": card.get("lattice"),
+                    "n_parameters": card.get("n_parameters"),
+                    "created": card.get("created"),
+                }
+            )
+    return out
