@@ -42,6 +42,7 @@ import numpy as np
 from parallel import ProcessGrid, gather_to_root
 
 from .atomic import atomic_path
+from .collective import on_root
 
 FORMAT = "trivhmc-ensemble"
 FORMAT_VERSION = 1
@@ -71,8 +72,10 @@ class EnsembleWriter:
 
     ``mode="w"`` creates (replaces) the file; ``mode="a"`` continues an existing one and
     refuses (``ValueError``) when theory, parameters or lattice differ from the file's. With
-    a ``grid`` only its root rank writes; every rank must call :meth:`append_config`
-    (collective gather), the other methods are no-ops off root.
+    a ``grid`` only its root rank touches the file, but the constructor, :meth:`append_config`
+    (a gather), :meth:`flush`, :meth:`close` and :meth:`truncate_after` are collective over
+    ``grid.cart``: every rank calls them and an error on the root is raised on every rank.
+    :meth:`append_observables` and :meth:`set_rng_counters` only buffer (on the root).
     """
 
     def __init__(
@@ -101,8 +104,8 @@ class EnsembleWriter:
         self.params = dict(params)
         self._rows: list[tuple[int, dict[str, float]]] = []
         self._rng: dict[str, int] | None = None
-        if not self.is_writer:
-            return
+        if mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
         sampler_d = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
         meta = {
             "format": FORMAT,
@@ -118,6 +121,9 @@ class EnsembleWriter:
         }
         if seed is not None:
             meta["seed"] = int(seed)
+        self._collective(lambda: self._open(mode, meta))
+
+    def _open(self, mode: str, meta: dict[str, Any]) -> None:
         if mode == "w":
             meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -135,15 +141,20 @@ class EnsembleWriter:
                 f.create_group("rng")
 
             self._update(create, fresh=True)
-        elif mode == "a":
-            self._check_compatible(meta)
         else:
-            raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
+            self._check_compatible(meta)
 
     # ------------------------------------------------------------------ helpers
     @property
     def is_writer(self) -> bool:
         return self.grid is None or self.grid.is_root
+
+    def _collective(self, fn, grid: ProcessGrid | None = None):
+        """Run ``fn`` on the writer; with a grid, raise its errors on every rank."""
+        grid = self.grid if grid is None else grid
+        if grid is None:
+            return fn()
+        return on_root(fn, grid.cart, broadcast=False)
 
     def _update(self, fn, fresh: bool = False) -> None:
         """Apply ``fn(h5py.File)`` to the file, atomically (copy-on-write) when requested."""
@@ -196,12 +207,10 @@ class EnsembleWriter:
         observables are written in the same update. Returns the config index on the writer.
         """
         grid = self.grid if grid is None else grid
-        if grid is not None:
-            full = gather_to_root(_to_numpy(field), grid, first)
-            if not grid.is_root:
-                return None
-        else:
-            full = _to_numpy(field)
+        full = _to_numpy(field) if grid is None else gather_to_root(_to_numpy(field), grid, first)
+        return self._collective(lambda: self._append(full, int(trajectory), first), grid)
+
+    def _append(self, full: np.ndarray, trajectory: int, first: int) -> int:
         lattice_dims = tuple(full.shape[first : first + len(self.lattice)])
         if lattice_dims != self.lattice:
             raise ValueError(
@@ -232,7 +241,7 @@ class EnsembleWriter:
             ds[n] = full
             tr = f["config_trajectory"]
             tr.resize(n + 1, axis=0)
-            tr[n] = int(trajectory)
+            tr[n] = trajectory
             self._write_pending(f)
             index.append(n)
 
@@ -258,8 +267,11 @@ class EnsembleWriter:
             self._rng = {k: int(v) for k, v in counters.items()}
 
     def flush(self) -> None:
-        """Write buffered observables and RNG counters now (one atomic update)."""
-        if self.is_writer and (self._rows or self._rng is not None):
+        """Write buffered observables and RNG counters now (one atomic update; collective)."""
+        self._collective(self._flush)
+
+    def _flush(self) -> None:
+        if self._rows or self._rng is not None:
             self._update(self._write_pending)
             self._rows.clear()
             self._rng = None
@@ -301,11 +313,17 @@ class EnsembleWriter:
         """Drop stored configs and observable rows with trajectory number > ``trajectory``.
 
         For restarts: a run resumed from the checkpoint at ``trajectory`` regenerates what
-        came after it.
+        came after it. Collective; the file is rewritten only if something is dropped.
         """
-        if not self.is_writer:
-            return
+        self._collective(lambda: self._truncate(int(trajectory)))
+
+    def _truncate(self, trajectory: int) -> None:
         self._rows = [(t, r) for t, r in self._rows if t <= trajectory]
+        with h5py.File(self.path, "r") as f:
+            extra = np.count_nonzero(f["config_trajectory"][:] > trajectory)
+            extra += np.count_nonzero(f["observables"]["trajectory"][:] > trajectory)
+        if not extra:
+            return
 
         def cut(f: h5py.File) -> None:
             keep = int(np.count_nonzero(f["config_trajectory"][:] <= trajectory))

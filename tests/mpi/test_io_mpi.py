@@ -142,4 +142,7 @@ def test_nersc_and_hdf5_distributed(shared_dir, links, dims):
     writer.close()
     grid.barrier()
     assert np.array_equal(read_config(h5, 0), links)
+    # a refusal on the writing rank is an error on every rank (no rank left waiting)
+    with pytest.raises(ValueError, match="parameters differ: beta"):
+        EnsembleWriter(h5, "su3", {"beta": 5.5}, LATTICE, "hmc", 1, "test", grid=grid, mode="a")
     grid.free()
