@@ -5,12 +5,12 @@
     mpiexec -n 2 python benchmarks/bench_hmc.py --theories su3 --batch 1
 
 For every (theory, lattice) it runs ``--warm`` trajectories from a cold (or hot) start, then
-times ``--traj``
-trajectories of an Omelyan 2MN integrator with ``--steps`` outer steps over ``tau = 1``
-(``2 steps + 1`` force evaluations per trajectory) on a batch of ``--batch`` chains, and
-prints the median seconds per trajectory (the slowest rank's), per force evaluation
-(measured alone), the site updates per second (``batch x volume / s per trajectory``) and the
-acceptance. Machine, date, torch threads, rank count and the command are printed first.
+times ``--traj`` trajectories of an Omelyan 2MN integrator with ``--steps`` outer steps over
+``tau = 1`` (``2 steps + 1`` force evaluations per trajectory) on a batch of ``--batch``
+chains, and prints the median seconds per trajectory (the slowest rank's), per force
+evaluation (measured alone), the site updates per second (``batch x volume / s per
+trajectory``) and the acceptance (after only ``--warm`` trajectories: not an equilibrium
+value). Machine, date, torch threads, rank count and the command are printed first.
 """
 
 from __future__ import annotations
