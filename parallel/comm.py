@@ -98,7 +98,7 @@ def allreduce(comm: MPI.Comm, x: Array, op: MPI.Op = MPI.SUM) -> Array:
     sbuf = to_buffer(x)
     rbuf = empty_like_buffer(x, tuple(sbuf.shape))
     comm.Allreduce(sbuf, rbuf, op=op)
-    return from_buffer(rbuf, x)
+    return from_buffer(rbuf.reshape(tuple(x.shape)), x)  # 0-d stays 0-d
 
 
 def bcast_array(comm: MPI.Comm, x: Array, root: int = 0) -> Array:
