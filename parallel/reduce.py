@@ -164,7 +164,11 @@ def allreduce_gradients(module: torch.nn.Module, grid: ProcessGrid) -> None:
 
 
 def broadcast_parameters(module: torch.nn.Module, grid: ProcessGrid, root: int = 0) -> None:
-    """Make the module's parameters and buffers identical on every rank (from world ``root``)."""
+    """Make the module's parameters and persistent buffers identical on every rank (from world
+    ``root``). Non-persistent buffers are left alone: they are derived per rank (e.g. masks of
+    the local domain, which differ between ranks) and are not part of the model state."""
+    persistent = set(module.state_dict(keep_vars=True))
+    buffers = [b for name, b in module.named_buffers() if name in persistent]
     with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in list(module.parameters()) + buffers:
             t.copy_(bcast_array(grid.comm, t, root))
