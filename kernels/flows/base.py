@@ -98,7 +98,8 @@ class Flow(nn.Module):
 
 
 def _zeros_like_batch(x: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    """Real per-chain zeros (a log-det is real also for complex fields, e.g. SU(N) links)."""
+    return torch.zeros(x.shape[0], dtype=x.real.dtype, device=x.device)
 
 
 class Composition(Flow):

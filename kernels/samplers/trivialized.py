@@ -15,8 +15,9 @@ Force: ``dS~/dV`` by autograd through the distributed flow (``torch.autograd.gra
 per-chain global ``S~`` summed over the batch, w.r.t. the local ``V``; the halo exchanges and
 the all-reduce of the log-det carry the gradient across ranks). For fields in a group manifold
 the theory may define ``force_from_gradient(field, grad)`` to turn the Euclidean gradient into
-its momentum-space force (e.g. the SU(N) Lie derivative); by default the gradient is the force
-(phi^4, U(1) angles).
+its momentum-space force; complex fields (SU(N) links) without that hook get the left Lie
+derivative ``F = -TA(V G^+)/2`` of :func:`kernels.flows.lie.lie_force_from_gradient`; otherwise
+the gradient is the force (phi^4, U(1) angles).
 
 Measurements and saved configurations use the physical field ``U = F(V)``
 (:meth:`TransformedTheory.to_physical`); :meth:`TransformedTheory.observables` measures on it.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..flows.base import Flow
+from ..flows.lie import lie_force_from_gradient
 from ..theory import Theory
 
 
@@ -92,6 +94,9 @@ class TransformedTheory(Theory):
             s = self.action(x)
             (grad,) = torch.autograd.grad(s.sum(), x)
         tangent = getattr(self.theory, "force_from_gradient", None)
+        if tangent is None and v.is_complex():
+            # SU(N) links: the left Lie derivative of S~ (kernels/flows/lie.py)
+            tangent = lie_force_from_gradient
         return tangent(v, grad) if tangent is not None else grad
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
