@@ -386,6 +386,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             if traj % deck.run.checkpoint_every == 0 or traj == total or out_of_time:
                 physical_now = sampler.to_physical(field_v)
                 for w, _ in writers:
+                    w.set_rng_counters({"next_trajectory": traj})
                     w.flush()
                 ck = Checkpoint(traj, physics, run_info, sampler.hmc.state_dict())
                 write_checkpoint(out / "checkpoints", ck, physical_now, grid, theory.first)
