@@ -103,6 +103,27 @@ def wilson_loops(
     return plaq, rect
 
 
+def _pairs(nd: int) -> tuple[list[int], list[int]]:
+    """The ordered planes ``(mu, nu)``, ``nu != mu``, mu-major: their mu's and nu's."""
+    pairs = [(mu, nu) for mu in range(nd) for nu in range(nd) if nu != mu]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _group_shift(x: torch.Tensor, grid: ProcessGrid, axes: list[int], k: int) -> torch.Tensor:
+    """Shift entry ``p`` of the stacked field ``x`` ``(B, P, *local, ...)`` by ``k`` along
+    lattice axis ``axes[p]``: one :func:`parallel.shift` per distinct axis."""
+    parts, order = [], []
+    for axis in sorted(set(axes)):
+        idx = [p for p, a in enumerate(axes) if a == axis]
+        sel = x[:, idx] if len(idx) < len(axes) else x
+        parts.append(shift(sel, grid, axis, k, first=2))
+        order += idx
+    if len(parts) == 1:
+        return parts[0]
+    inverse = torch.argsort(torch.tensor(order, device=x.device))
+    return torch.cat(parts, dim=1).index_select(1, inverse)
+
+
 def staple_sum(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torch.Tensor:
     """``A_mu(x)``: ``c0`` x plaquette staples + ``c1`` x rectangle staples, ``(B, Nd, *local,
     3, 3)``, so that ``Re Tr(U_mu(x) A_mu(x))`` sums (weighted) every loop holding the link.
@@ -112,39 +133,38 @@ def staple_sum(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torc
     the up/down staple extended along ``nu`` (``U_nu(x+mu) S_up(x+nu) U_nu(x)^+`` and its
     mirror), and the double-link staples ``Sigma(x) = U_nu(x+2mu) L_mu(x+nu)^+ U_nu(x)^+`` +
     mirror, entering as ``U_mu(x+mu) Sigma(x)`` and ``Sigma(x-mu) U_mu(x-mu)``.
+
+    All ``Nd (Nd - 1)`` ordered planes are stacked along dim 1 and processed together (one
+    batched product per step, one shift per axis), so the op count does not grow with the
+    number of planes.
     """
-    nd = u.shape[1]
-    fwd = _forward_links(u, grid)
-    out = []
-    for mu in range(nd):
-        umu = u[:, mu]
-        umu_mu = fwd[mu][:, mu]
-        a = torch.zeros_like(umu)
-        dbl = umu @ umu_mu if c1 else None
-        sigma = torch.zeros_like(umu) if c1 else None
-        for nu in range(nd):
-            if nu == mu:
-                continue
-            unu = u[:, nu]
-            unu_mu = fwd[mu][:, nu]  # U_nu(x + mu)
-            umu_nu = fwd[nu][:, mu]  # U_mu(x + nu)
-            up = unu_mu @ dagger(unu @ umu_nu)
-            down = _sh(dagger(umu @ unu_mu) @ unu, grid, nu, -1)
-            if c0:
-                a = a + c0 * (up + down)
-            if c1:
-                # rectangles 1 along mu, 2 along nu
-                r_up = unu_mu @ _sh(up, grid, nu, 1) @ dagger(unu)
-                r_down = _sh(dagger(unu_mu) @ down @ unu, grid, nu, -1)
-                a = a + c1 * (r_up + r_down)
-                # rectangles 2 along mu: staples of the double link
-                unu_2mu = _sh(unu_mu, grid, mu, 1)
-                sigma = sigma + unu_2mu @ dagger(unu @ _sh(dbl, grid, nu, 1))
-                sigma = sigma + _sh(dagger(dbl @ unu_2mu) @ unu, grid, nu, -1)
-        if c1:
-            a = a + c1 * (umu_mu @ sigma + _sh(sigma @ umu, grid, mu, -1))
-        out.append(a)
-    return torch.stack(out, dim=1)
+    b, nd = u.shape[:2]
+    mus, nus = _pairs(nd)
+    fwd = torch.stack(_forward_links(u, grid))  # fwd[s, :, a] = U_a(x + s)
+    umu = u[:, mus]
+    unu = u[:, nus]
+    unu_mu = fwd[mus, :, nus].transpose(0, 1)  # U_nu(x + mu)
+    umu_nu = fwd[nus, :, mus].transpose(0, 1)  # U_mu(x + nu)
+    up = unu_mu @ dagger(unu @ umu_nu)
+    down = _group_shift(dagger(umu @ unu_mu) @ unu, grid, nus, -1)
+    per_mu = (b, nd, nd - 1) + tuple(u.shape[2:])
+    a = c0 * (up + down) if c0 else torch.zeros_like(up)
+    if c1:
+        dirs = list(range(nd))
+        umu_mu = fwd[dirs, :, dirs].transpose(0, 1)  # U_mu(x + mu)
+        dbl = (u @ umu_mu)[:, mus]  # L_mu(x)
+        # rectangles 1 along mu, 2 along nu
+        r_up = unu_mu @ _group_shift(up, grid, nus, 1) @ dagger(unu)
+        r_down = _group_shift(dagger(unu_mu) @ down @ unu, grid, nus, -1)
+        a = a + c1 * (r_up + r_down)
+        # rectangles 2 along mu: staples Sigma of the double link
+        unu_2mu = _group_shift(unu_mu, grid, mus, 1)
+        sigma = unu_2mu @ dagger(unu @ _group_shift(dbl, grid, nus, 1))
+        sigma = sigma + _group_shift(dagger(dbl @ unu_2mu) @ unu, grid, nus, -1)
+        sigma = sigma.reshape(per_mu).sum(2)
+        ends = umu_mu @ sigma + _group_shift(sigma @ u, grid, dirs, -1)
+        return a.reshape(per_mu).sum(2) + c1 * ends
+    return a.reshape(per_mu).sum(2)
 
 
 def gauge_force(
