@@ -2,7 +2,9 @@
 
 A checkpoint is one HDF5 file ``checkpoints/ckpt_<trajectory>.h5`` (readable with plain h5py):
 
-* dataset ``fields``: the global fields of every chain, shape ``(chains, *global field shape)``
+* dataset ``fields``: the global chain variable of every chain (the field ``U`` for HMC and
+  flow Metropolis, ``V`` with ``U = F(V)`` for trivialized HMC), shape
+  ``(chains, *global field shape)``
   (chains = replicas x batch, in global chain order ``replica * batch + b``), lattice axes in
   the global order of docs/conventions.md;
 * attributes: ``format = "trivhmc-checkpoint"``, ``version``, ``trajectory`` (number of

@@ -205,6 +205,12 @@ class FlowRef(_Section):
         pattern=r"^[0-9a-f]{64}$",
         description="Expected SHA-256 of the model; the run refuses a model that differs.",
     )
+    registry: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model registry directory (relative to the deck's directory); null: "
+        "$TRIVHMC_MODELS, else ./models next to the deck.",
+    )
 
 
 class SamplerSection(_Section):
@@ -324,6 +330,60 @@ class OutputSection(_Section):
     progress: bool = Field(default=True, description="Show a progress bar on rank 0.")
 
 
+#: flow architectures (builders in kernels/flows) and the theories they act on
+ARCHITECTURES = {
+    "phi4_minimal": ("phi4", "kernels.flows.phi4:phi4_minimal_flow"),
+    "phi4_affine": ("phi4", "kernels.flows.phi4:phi4_affine_flow"),
+    "u1_ncp": ("u1", "kernels.flows.u1:u1_ncp_flow"),
+    "u1_stout": ("u1", "kernels.flows.u1:u1_stout_flow"),
+    "su3_stout": ("su3", "kernels.flows.su3:su3_stout_flow"),
+}
+
+
+class TrainSection(_Section):
+    """Training of a flow model by ``trivhmc train deck.yaml`` (docs/flows.md)."""
+
+    architecture: Literal["phi4_minimal", "phi4_affine", "u1_ncp", "u1_stout", "su3_stout"] = Field(
+        description="Flow architecture; must act on the deck's theory (phi4_*, u1_*, su3_*)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the architecture's builder (e.g. n_layers, hidden).",
+    )
+    loss: Literal["reverse_kl", "force_matching"] = Field(
+        default="reverse_kl",
+        description="reverse_kl: self-training from the prior; force_matching: make the "
+        "trivialized force small on the configurations of `configurations`.",
+    )
+    configurations: list[str] = Field(
+        default_factory=list,
+        description="HDF5 ensemble files (relative to the deck) for force_matching.",
+    )
+    steps: int = Field(default=500, ge=0, description="Optimizer steps.")
+    batch: int = Field(default=64, ge=1, description="Samples (chains) per step and replica.")
+    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine", description="Learning-rate schedule over the steps."
+    )
+    grad_clip: float | None = Field(default=None, gt=0, description="Gradient-norm clip.")
+    anneal_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Anneal beta linearly from anneal_start over these steps (reverse_kl only).",
+    )
+    anneal_start: float = Field(default=0.0, ge=0, description="Starting beta of annealing.")
+    model_name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Registry name the trained model is stored under (required).",
+    )
+    registry: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model registry directory (relative to the deck's directory); null: "
+        "$TRIVHMC_MODELS, else ./models next to the deck.",
+    )
+
+
 class Deck(_Section):
     """A validated input deck. Build it with :func:`load_deck` or :func:`loads_deck`."""
 
@@ -333,6 +393,9 @@ class Deck(_Section):
     sampler: SamplerSection = Field(default_factory=SamplerSection)
     run: RunSection
     output: OutputSection
+    train: TrainSection | None = Field(
+        default=None, description="Flow training settings (for `trivhmc train`)."
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -372,6 +435,19 @@ class Deck(_Section):
                                 f"{g} ranks do not divide the lattice extent {n} of axis {mu}",
                             )
                         )
+        t = self.train
+        if t is not None and ARCHITECTURES[t.architecture][0] != self.theory.name:
+            problems.append(
+                Problem(
+                    ("train", "architecture"),
+                    f"architecture {t.architecture} acts on {ARCHITECTURES[t.architecture][0]}"
+                    f", the deck's theory is {self.theory.name}",
+                )
+            )
+        if t is not None and t.loss == "force_matching" and not t.configurations:
+            problems.append(
+                Problem(("train", "configurations"), "force_matching needs configurations")
+            )
         s = self.sampler
         if s.name in FLOW_SAMPLERS and s.flow is None:
             problems.append(
@@ -483,7 +559,7 @@ class Deck(_Section):
         }
 
 
-SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output")
+SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output", "train")
 
 
 # ---------------------------------------------------------------------------- schema walking

@@ -291,8 +291,9 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 + "\n  ".join(diffs)
                 + "\nUse a new output.directory for a new run."
             )
-        physical = read_local_fields(ckpt, grid, theory.first, chains, theory.device)
-        physical = physical.to(theory.dtype)
+        # checkpoints hold the chain variable (V for trivialized HMC), not U = F(V)
+        field_v = read_local_fields(ckpt, grid, theory.first, chains, theory.device)
+        field_v = field_v.to(theory.dtype)
         sampler.hmc.load_state_dict(ckpt.sampler_state)
         start_traj = ckpt.trajectory
     else:
@@ -301,13 +302,21 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 f"{out} holds records of an earlier run but no usable checkpoint; "
                 "move it away or choose another output.directory"
             )
-        physical = initial_field(deck, theory, rng, chains)
+        field_v = sampler.from_physical(initial_field(deck, theory, rng, chains))
         start_traj = 0
-    field_v = sampler.from_physical(physical)
 
     records = Records(out / RECORDS, grid)
     records.truncate(start_traj)
-    writers = _open_ensembles(deck, grid, theory, chains, offset, out, resume=ckpt is not None)
+    writers = _open_ensembles(
+        deck,
+        grid,
+        theory,
+        chains,
+        offset,
+        out,
+        resume=ckpt is not None,
+        flow_hash=sampler.flow_ref.get("hash"),
+    )
     writers.truncate_after(start_traj - 1)
 
     show = deck.output.progress if progress is None else progress
@@ -384,12 +393,11 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             )
             out_of_time = bool(grid.comm.allreduce(out_of_time, op=_mpi_lor()))
             if traj % deck.run.checkpoint_every == 0 or traj == total or out_of_time:
-                physical_now = sampler.to_physical(field_v)
                 for w, _ in writers:
                     w.set_rng_counters({"next_trajectory": traj})
                     w.flush()
                 ck = Checkpoint(traj, physics, run_info, sampler.hmc.state_dict())
-                write_checkpoint(out / "checkpoints", ck, physical_now, grid, theory.first)
+                write_checkpoint(out / "checkpoints", ck, field_v, grid, theory.first)
                 _write_progress(out, traj, total, grid)
             if out_of_time and traj < total:
                 break
@@ -419,7 +427,7 @@ def _write_progress(out: Path, traj: int, total: int, grid: ProcessGrid) -> None
     grid.comm.Barrier()
 
 
-def _open_ensembles(deck, grid, theory, chains, offset, out, resume):
+def _open_ensembles(deck, grid, theory, chains, offset, out, resume, flow_hash=None):
     """One HDF5 ensemble per chain (``ensemble_c<chain>.h5``), written by its domain root."""
     if "hdf5" not in deck.output.formats:
         return _Writers()
@@ -439,7 +447,7 @@ def _open_ensembles(deck, grid, theory, chains, offset, out, resume):
             deck.run.seed,
             code_version(),
             deck_text=deck.text,
-            flow_hash=(deck.sampler.flow.model if deck.sampler.flow else None),
+            flow_hash=flow_hash,
             grid=grid,
             mode="a" if (resume and exists) else "w",
         )

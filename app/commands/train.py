@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from ..errors import NotAvailableError
 from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_deck_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise NotAvailableError("`trivhmc train` is not yet available in this build")
+    from mpi4py import MPI
+
+    from ..deck import load_deck
+    from ..training import train
+
+    deck = load_deck(args.deck, args.overrides)
+    ref, last = train(deck, progress=not args.no_progress)
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        summary = {k: last[k] for k in ("loss", "kl", "ess", "force_rms") if k in last}
+        print(f"trained model: {ref}  {json.dumps(summary)}")
+        print(f"use it with:  sampler: {{name: trivialized_hmc, flow: {{model: {ref}}}}}")
+    return 0

@@ -1,0 +1,120 @@
+"""``trivhmc train deck.yaml``: train a flow for the deck's theory and store it in the registry.
+
+The deck's ``train`` section picks the architecture (a builder of kernels/flows), its
+options, the loss and the optimiser settings. ``reverse_kl`` self-trains from the prior
+(kernels/flows/train.py); ``force_matching`` makes the trivialized force small on the
+configurations of existing HDF5 ensembles (kernels/flows/force_matching.py). Training is
+distributed like the run: the lattice is split over each replica group, weights are
+replicated and gradients all-reduced. The model (weights, card with architecture, couplings,
+lattice, history, content hash) goes to the registry; the printed reference
+``name@hash`` is what ``sampler.flow.model`` takes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.deck import ARCHITECTURES, Deck
+from app.errors import InputError
+from app.flow_samplers import registry_root
+from app.run import build_grid, build_theory
+from kernels.flows.base import build_flow
+from parallel import ProcessGrid
+from parallel.rng import SiteRNG
+
+
+def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory) -> torch.Tensor:
+    """Every configuration of ``train.configurations`` (HDF5 ensembles), this rank's block."""
+    import h5py
+
+    blocks = []
+    for name in deck.train.configurations:
+        path = deck.resolve(name)
+        try:
+            with h5py.File(path, "r") as f:
+                ds = f["configs"]
+                first = int(ds.attrs.get("first", theory.first - 1))
+                index = (slice(None),) + (slice(None),) * first + grid.local_slices()
+                blocks.append(np.asarray(ds[index]))
+        except (OSError, KeyError) as exc:
+            raise InputError(f"train.configurations: cannot read {path}: {exc}") from None
+    field = torch.from_numpy(np.concatenate(blocks)).to(theory.device, theory.dtype)
+    if tuple(field.shape[1:]) != tuple(theory.field_shape(1)[1:]):
+        raise InputError(
+            f"train.configurations hold fields of local shape "
+            f"{tuple(field.shape[1:])}, the deck needs {theory.field_shape(1)[1:]}"
+        )
+    return field
+
+
+def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
+    """Train and save; returns ``(reference, last metrics)``. Collective over MPI.COMM_WORLD."""
+    from app.registry import save_model
+
+    t = deck.train
+    if t is None:
+        raise InputError("the deck has no `train` section (see docs/deck.md)")
+    grid = build_grid(deck)
+    theory = build_theory(deck, grid)
+    real = torch.empty((), dtype=theory.dtype).real.dtype
+    options = {"dtype": str(real).removeprefix("torch."), **t.options}
+    try:
+        flow = build_flow({"builder": ARCHITECTURES[t.architecture][1], "kwargs": options}, grid)
+    except TypeError as exc:
+        raise InputError(f"train.options: {exc}") from None
+    flow = flow.to(theory.device)
+    rng = SiteRNG(deck.run.seed)
+    show = progress and grid.comm.Get_rank() == 0
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, unit="step", disable=None)
+
+    def callback(m: dict[str, float]) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{m[k]:.4g}" for k in ("loss", "ess", "force_rms") if k in m})
+
+    try:
+        if t.loss == "reverse_kl":
+            from kernels.flows.train import TrainConfig, Trainer
+
+            cfg = TrainConfig(
+                steps=t.steps,
+                batch=t.batch,
+                lr=t.lr,
+                lr_schedule=t.lr_schedule,
+                grad_clip=t.grad_clip,
+                anneal_steps=t.anneal_steps,
+                anneal_start=t.anneal_start,
+            )
+            trainer = Trainer(flow, theory, cfg, rng=rng)
+        else:
+            from kernels.flows.force_matching import ForceMatchingConfig, ForceMatchingTrainer
+
+            cfg = ForceMatchingConfig(
+                steps=t.steps,
+                batch=t.batch,
+                lr=t.lr,
+                lr_schedule=t.lr_schedule,
+                grad_clip=t.grad_clip,
+            )
+            trainer = ForceMatchingTrainer(flow, theory, _ensemble_blocks(deck, grid, theory), cfg)
+        history = trainer.train(callback=callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    ref = save_model(
+        flow,
+        theory,
+        t.model_name,
+        registry_root(deck, t.registry),
+        history,
+        train_config=t.model_dump(mode="json"),
+        grid=grid,
+    )
+    return ref, (history[-1] if history else {})

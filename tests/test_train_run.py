@@ -1,0 +1,113 @@
+"""`trivhmc train` then `trivhmc run` with the trained flow: trivialized HMC and flow
+Metropolis run from a deck, resume bit for bit, and refuse a model of another theory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+DECK = """\
+theory:   {name: phi4, beta: 0.4, lambda: 0.5}
+lattice:  {shape: [4, 4]}
+sampler:  {name: hmc, steps: 6}
+run:      {seed: 5, thermalization: 2, trajectories: 10, chains: 2, save_every: 4,
+           checkpoint_every: 3}
+output:   {directory: runs/hmc, progress: false}
+train:    {architecture: phi4_affine, options: {n_pairs: 1, hidden: [2]}, steps: 8, batch: 8,
+           lr: 0.01, model_name: tiny}
+"""
+
+
+def records(run_dir: Path) -> dict[int, dict]:
+    out = {}
+    for line in (run_dir / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["trajectory"]] = r
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    (d / "deck.yaml").write_text(DECK)
+    assert main(["train", str(d / "deck.yaml"), "--no-progress"]) == 0
+    (version,) = [p.name for p in (d / "models" / "tiny").iterdir() if not p.name.startswith(".")]
+    card = json.loads((d / "models" / "tiny" / version / "card.json").read_text())
+    assert card["theory"] == "phi4" and card["lattice"] == [4, 4]
+    assert len(card["history"]) == 8
+    return d, f"tiny@{version}"
+
+
+@pytest.mark.parametrize("sampler", ["trivialized_hmc", "flow_metropolis"])
+def test_flow_samplers_run_and_resume_bitwise(trained, sampler):
+    d, ref = trained
+    deck = str(d / "deck.yaml")
+    common = ["--set", f"sampler.name={sampler}", "--set", f"sampler.flow={{model: '{ref}'}}"]
+    full = ["--set", f"output.directory=runs/{sampler}_full"]
+    assert main(["run", deck, *common, *full]) == 0
+    part = ["--set", f"output.directory=runs/{sampler}_parts"]
+    assert main(["run", deck, *common, *part, "--set", "run.trajectories=4"]) == 0
+    assert main(["run", deck, *common, *part]) == 0
+    a, b = records(d / "runs" / f"{sampler}_full"), records(d / "runs" / f"{sampler}_parts")
+    assert sorted(a) == sorted(b) == list(range(12))
+    for t in a:
+        assert a[t]["dH"] == b[t]["dH"] and a[t]["observables"] == b[t]["observables"], t
+    assert any(any(r["accepted"]) for r in a.values())
+
+
+def test_changed_flow_is_refused(trained):
+    d, ref = trained
+    deck = str(d / "deck.yaml")
+    args = ["--set", "sampler.name=trivialized_hmc", "--set", "output.directory=runs/swap"]
+    assert (
+        main(
+            [
+                "run",
+                deck,
+                *args,
+                "--set",
+                f"sampler.flow={{model: '{ref}'}}",
+                "--set",
+                "run.trajectories=2",
+            ]
+        )
+        == 0
+    )
+    # retrain under the same name: a new version with other weights
+    assert main(["train", deck, "--no-progress", "--set", "train.steps=2"]) == 0
+    versions = sorted(
+        p.name for p in (d / "models" / "tiny").iterdir() if not p.name.startswith(".")
+    )
+    other = next(v for v in versions if f"tiny@{v}" != ref)
+    assert main(["run", deck, *args, "--set", f"sampler.flow={{model: 'tiny@{other}'}}"]) == 2
+
+
+def test_model_of_another_theory_is_refused(trained, tmp_path, capsys):
+    d, ref = trained
+    (tmp_path / "deck.yaml").write_text(
+        DECK.replace("{name: phi4, beta: 0.4, lambda: 0.5}", "{name: u1, beta: 1.0}").replace(
+            "train:    {architecture: phi4_affine", "train:    {architecture: u1_ncp"
+        )
+    )
+    code = main(
+        [
+            "run",
+            str(tmp_path / "deck.yaml"),
+            "--set",
+            "sampler.name=trivialized_hmc",
+            "--set",
+            f"sampler.flow={{model: '{ref}', registry: '{d / 'models'}'}}",
+        ]
+    )
+    assert code == 2
+    assert "phi4" in capsys.readouterr().err
+
+
+def test_train_architecture_must_fit_the_theory(tmp_path, capsys):
+    (tmp_path / "deck.yaml").write_text(DECK.replace("phi4_affine", "u1_ncp"))
+    assert main(["validate", str(tmp_path / "deck.yaml")]) == 2
+    assert "train.architecture" in capsys.readouterr().err
