@@ -12,3 +12,5 @@ import torch
 collect_ignore = ["mpi"] if "TRIVHMC_UNDER_MPIEXEC" not in os.environ else []
 
 torch.set_default_dtype(torch.float64)
+# small-matrix kernels are far slower with intra-op threads on small CI machines
+torch.set_num_threads(1)
