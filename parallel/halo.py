@@ -116,27 +116,46 @@ def _exchange(grid: ProcessGrid, send: Array, dim: int, mu: int, towards: int, t
 
 
 # ------------------------------------------------------------------ raw kernels
+def _empty(x: Array, shape: tuple[int, ...]) -> Array:
+    if is_torch(x):
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    return np.empty(shape, dtype=x.dtype)
+
+
 def _pad_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: Signs) -> Array:
+    """Copy the interior once into the padded output, then fill the faces axis by axis; the
+    region exchanged along axis ``mu`` spans the already padded extent of the axes before it
+    (so edges and corners are filled) and the interior of the axes after it."""
+    shape = list(x.shape)
     for mu, (lo, hi) in enumerate(widths):
-        if lo == 0 and hi == 0:
-            continue
+        shape[first + mu] += lo + hi
+    if tuple(shape) == tuple(x.shape):
+        return x
+    out = _empty(x, tuple(shape))
+    interior = [slice(None)] * len(shape)
+    for mu, (lo, _) in enumerate(widths):
+        interior[first + mu] = slice(lo, lo + grid.local_shape[mu])
+    out[tuple(interior)] = x
+    region = list(interior)
+    for mu, (lo, hi) in enumerate(widths):
         dim = first + mu
-        n = x.shape[dim]
-        parts = []
+        n = grid.local_shape[mu]
         if lo:
-            # my low halo = last `lo` slices of the rank below (I send mine up)
-            halo = _exchange(grid, _take(x, dim, n - lo, n), dim, mu, +1, _tag(mu, 0))
+            region[dim] = slice(lo + n - lo, lo + n)  # my top `lo` slices go up
+            halo = _exchange(grid, out[tuple(region)], dim, mu, +1, _tag(mu, 0))
             if signs[mu] < 0 and grid.is_global_boundary(mu, -1):
                 halo = -halo
-            parts.append(halo)
-        parts.append(x)
+            region[dim] = slice(0, lo)
+            out[tuple(region)] = halo
         if hi:
-            halo = _exchange(grid, _take(x, dim, 0, hi), dim, mu, -1, _tag(mu, 1))
+            region[dim] = slice(lo, lo + hi)  # my bottom `hi` slices go down
+            halo = _exchange(grid, out[tuple(region)], dim, mu, -1, _tag(mu, 1))
             if signs[mu] < 0 and grid.is_global_boundary(mu, +1):
                 halo = -halo
-            parts.append(halo)
-        x = _cat(parts, dim)
-    return x
+            region[dim] = slice(lo + n, lo + n + hi)
+            out[tuple(region)] = halo
+        region[dim] = slice(None)  # later axes exchange the padded extent of this one
+    return out
 
 
 def _adjoint_raw(g: Array, grid: ProcessGrid, widths: Widths, first: int, signs: Signs) -> Array:
