@@ -26,6 +26,12 @@ from parallel import single_rank_grid
 GRID = single_rank_grid((4, 4))
 
 
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Deterministic layer initialisation (LatticeConv draws from torch's global RNG)."""
+    torch.manual_seed(1234)
+
+
 def _randomise(flow: torch.nn.Module, scale: float = 0.5, seed: int = 1) -> None:
     """Move every parameter away from its init (stout coefficients start at 0 = identity)."""
     gen = torch.Generator().manual_seed(seed)
@@ -71,7 +77,9 @@ CASES = [(k, "phi4") for k in _phi4_layers()] + [(k, "u1") for k in _u1_layers()
 
 def _make(name: str, kind: str):
     layer = (_phi4_layers() if kind == "phi4" else _u1_layers())[name]
-    _randomise(layer)
+    # deep random stacks get ill-conditioned (each NCP layer can stretch by e^|s|): perturb
+    # compositions less, so that the inverse test measures the inverse, not the conditioning
+    _randomise(layer, 0.2 if "flow" in name or "composition" in name else 0.5)
     x = _scalars(3) if kind == "phi4" else _angles(3)
     return layer, x
 

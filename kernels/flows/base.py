@@ -281,27 +281,37 @@ def solve_increasing(
 
     Safeguarded Newton: a Newton step ``x - (f - y) / f'`` that leaves the current bracket is
     replaced by bisection; the bracket shrinks every step. ``func(x)`` returns ``(f, f')``.
-    Stops when ``max |f(x) - y| <= tol``. Runs without autograd; returns
-    ``(x, converged, max residual)``. Purely local (no communication).
+    An element is converged when ``|f(x) - y| <= tol``, or when its root is pinned to machine
+    precision (bracket or Newton step below ``8 eps (1 + |x|)``; where ``f`` is steep the
+    residual cannot reach ``tol``). Runs without autograd; returns
+    ``(x, all converged, max residual)``. Purely local (no communication).
     """
     with torch.no_grad():
         x = torch.clamp(x0.detach(), lo, hi)
         lo, hi, y = lo.detach().clone(), hi.detach().clone(), y.detach()
+        ulp = 8.0 * torch.finfo(x.dtype).eps
+        done = torch.zeros_like(x, dtype=torch.bool)
         err = float("inf")
         for _ in range(int(max_iter)):
             f, df = func(x)
             r = f - y
             err = float(r.abs().max()) if r.numel() else 0.0
-            if err <= tol:
+            done = done | (r.abs() <= tol) | ((hi - lo) <= ulp * (1.0 + x.abs()))
+            if bool(done.all()):
                 return x, True, err
             hi = torch.where(r > 0, x, hi)
             lo = torch.where(r <= 0, x, lo)
             xn = x - r / df
             bad = ~((xn > lo) & (xn < hi)) | ~torch.isfinite(xn)
-            x = torch.where(bad, 0.5 * (lo + hi), xn)
+            xn = torch.where(bad, 0.5 * (lo + hi), xn)
+            stalled = (xn - x).abs() <= ulp * (1.0 + x.abs())
+            x = torch.where(done, x, xn)
+            done = done | stalled
         f, _ = func(x)
-        err = float((f - y).abs().max()) if f.numel() else 0.0
-        return x, err <= tol, err
+        r = f - y
+        err = float(r.abs().max()) if r.numel() else 0.0
+        done = done | (r.abs() <= tol)
+        return x, bool(done.all()), err
 
 
 def implicit_newton_step(
