@@ -97,3 +97,33 @@ class Theory(ABC):
     def project(self, field: torch.Tensor) -> torch.Tensor:
         """Bring a field back onto its manifold (reunitarise links); identity by default."""
         return field
+
+
+class RealFieldTheory(Theory):
+    """A theory whose field takes values in R^n (a scalar, or unwrapped U(1) angles).
+
+    Momenta are standard normal per real degree of freedom (site-keyed, purpose
+    ``PURPOSE_MOMENTUM``), ``K = (1/2) sum pi^2`` and the drift is ``phi + eps pi``.
+    """
+
+    def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
+        from parallel import lattice_sum
+
+        return 0.5 * lattice_sum(momentum * momentum, self.grid, 1)
+
+    def evolve_field(self, field: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
+        return field + eps * momentum
+
+    def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        from parallel.rng import PURPOSE_MOMENTUM
+
+        return rng.normal(
+            self.grid,
+            PURPOSE_MOMENTUM,
+            counter,
+            batch,
+            lead=tuple(self.field_shape(1)[1 : self.first]),
+            chain_offset=chain_offset,
+            dtype=self.dtype,
+            device=self.device,
+        )

@@ -28,10 +28,10 @@ import torch
 
 from parallel import ProcessGrid, global_sum, lattice_sum, shift
 
-from ..theory import Theory
+from ..theory import RealFieldTheory
 
 
-class Phi4(Theory):
+class Phi4(RealFieldTheory):
     """phi^4 theory ``S = sum_x [-beta sum_mu phi_{x+mu} phi_x + phi_x^2 + lam (phi_x^2-1)^2]``.
 
     The quartic coupling is ``lam`` (Python keyword) or ``lambda`` (deck key):
@@ -88,25 +88,6 @@ class Phi4(Theory):
     def force(self, phi: torch.Tensor) -> torch.Tensor:
         nb = sum(self._shift(phi, mu, 1) + self._shift(phi, mu, -1) for mu in range(self.grid.ndim))
         return -self.beta * nb + 2.0 * phi + 4.0 * self.lam * phi * (phi * phi - 1.0)
-
-    def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
-        return 0.5 * lattice_sum(momentum * momentum, self.grid, 1)
-
-    def evolve_field(self, phi: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
-        return phi + eps * momentum
-
-    def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
-        from parallel.rng import PURPOSE_MOMENTUM
-
-        return rng.normal(
-            self.grid,
-            PURPOSE_MOMENTUM,
-            counter,
-            batch,
-            chain_offset=chain_offset,
-            dtype=self.dtype,
-            device=self.device,
-        )
 
     # ------------------------------------------------------------ starts
     def cold_start(self, batch: int) -> torch.Tensor:

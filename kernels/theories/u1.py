@@ -36,7 +36,7 @@ import torch
 
 from parallel import ProcessGrid, lattice_sum, shift
 
-from ..theory import Theory
+from ..theory import RealFieldTheory
 
 
 def wrap_angle(a: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def wrap_angle(a: torch.Tensor) -> torch.Tensor:
     return a - two_pi * torch.ceil((a - math.pi) / two_pi)
 
 
-class U1Gauge(Theory):
+class U1Gauge(RealFieldTheory):
     """U(1) Wilson gauge theory ``S = beta sum_P (1 - cos theta_P)`` on link angles."""
 
     name = "u1"
@@ -105,30 +105,9 @@ class U1Gauge(Theory):
             f[nu] = f[nu] - s + self._shift(s, mu, -1)
         return self.beta * torch.stack(f, dim=1)
 
-    def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
-        return 0.5 * lattice_sum(momentum * momentum, self.grid, 1)
-
-    def evolve_field(self, theta: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
-        """``theta + eps pi``, unwrapped (see :meth:`project`)."""
-        return theta + eps * momentum
-
     def project(self, theta: torch.Tensor) -> torch.Tensor:
         """Wrap the angles into ``(-pi, pi]`` (same links, same action)."""
         return wrap_angle(theta)
-
-    def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
-        from parallel.rng import PURPOSE_MOMENTUM
-
-        return rng.normal(
-            self.grid,
-            PURPOSE_MOMENTUM,
-            counter,
-            batch,
-            lead=(self.nd,),
-            chain_offset=chain_offset,
-            dtype=self.dtype,
-            device=self.device,
-        )
 
     # ------------------------------------------------------------ starts
     def cold_start(self, batch: int) -> torch.Tensor:
