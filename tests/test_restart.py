@@ -165,3 +165,30 @@ def test_damaged_newest_checkpoint_falls_back(reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipping damaged checkpoint" in proc.stderr
     assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=False)
+
+
+def test_replica_groups_give_the_same_chains_on_any_rank_count(tmp_path):
+    """2 replica groups x 2 chains: 4 ranks (2 per lattice) equal 2 ranks (1 per lattice)."""
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(DECK.replace("trajectories: 20", "trajectories: 10"))
+    for n in (2, 4):
+        proc = run_to_end(
+            n, deck, "--set", "parallel.replicas=2", "--set", f"output.directory=out{n}"
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for c in range(4):  # global chain c = replica * 2 + b
+        with (
+            h5py.File(tmp_path / f"out2/ensemble_c{c}.h5") as a,
+            h5py.File(tmp_path / f"out4/ensemble_c{c}.h5") as b,
+        ):
+            np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
+    r2 = [json.loads(x) for x in (tmp_path / "out2/records.jsonl").read_text().splitlines()]
+    r4 = [json.loads(x) for x in (tmp_path / "out4/records.jsonl").read_text().splitlines()]
+    assert [r["accepted"] for r in r2] == [r["accepted"] for r in r4]
+    assert all(len(r["dH"]) == 4 for r in r4)
+    # the two replica groups run different chains
+    with (
+        h5py.File(tmp_path / "out4/ensemble_c0.h5") as a,
+        h5py.File(tmp_path / "out4/ensemble_c2.h5") as b,
+    ):
+        assert not np.array_equal(a["configs"][...], b["configs"][...])
