@@ -156,7 +156,8 @@ class U1Gauge(RealFieldTheory):
 
         * ``plaquette``: ``(1/(V n_planes)) sum_x sum_{mu<nu} cos theta_{mu nu}(x)``;
         * ``action``: ``S / V``;
-        * 2D only: ``Q`` (sin definition), ``Q_int`` (geometric, integer) and
+        * 2D only: ``Q`` (sin definition), ``Q_int`` (geometric, rounded to the integer it is
+          up to floating-point error) and
           ``Q2 = Q_int^2``; the topological susceptibility is ``<Q2> / V``.
         """
         p = self.plaquette_angles(theta)
@@ -169,6 +170,7 @@ class U1Gauge(RealFieldTheory):
         }
         if self.nd == 2:
             q = self._plane_sum(torch.sin(p[:, 0])) / (2.0 * math.pi)
-            q_int = self._plane_sum(wrap_angle(p[:, 0])) / (2.0 * math.pi)
+            # an integer up to rounding of the sum: reported exactly (see topological_charge_int)
+            q_int = torch.round(self._plane_sum(wrap_angle(p[:, 0])) / (2.0 * math.pi))
             out.update(Q=q, Q_int=q_int, Q2=q_int * q_int)
         return out
