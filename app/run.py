@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mpi4py import MPI
 
 from app.checkpoint import (
     Checkpoint,
@@ -391,7 +392,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 deck.run.max_runtime is not None
                 and time.perf_counter() - t_start > deck.run.max_runtime
             )
-            out_of_time = bool(grid.comm.allreduce(out_of_time, op=_mpi_lor()))
+            out_of_time = bool(grid.comm.allreduce(out_of_time, op=MPI.LOR))
             if traj % deck.run.checkpoint_every == 0 or traj == total or out_of_time:
                 for w, _ in writers:
                     w.set_rng_counters({"next_trajectory": traj})
@@ -405,20 +406,8 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
         if bar is not None:
             bar.close()
     # chains of this replica, averaged over the replica groups
-    acc = grid.replica_comm.allreduce(n_acc / max(n_done, 1), op=_mpi_sum()) / grid.replicas
+    acc = grid.replica_comm.allreduce(n_acc / max(n_done, 1), op=MPI.SUM) / grid.replicas
     return RunResult(traj, total, traj >= total, acc, out)
-
-
-def _mpi_lor():
-    from mpi4py import MPI
-
-    return MPI.LOR
-
-
-def _mpi_sum():
-    from mpi4py import MPI
-
-    return MPI.SUM
 
 
 def _write_progress(out: Path, traj: int, total: int, grid: ProcessGrid) -> None:

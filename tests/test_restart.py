@@ -192,3 +192,17 @@ def test_replica_groups_give_the_same_chains_on_any_rank_count(tmp_path):
         h5py.File(tmp_path / "out4/ensemble_c2.h5") as b,
     ):
         assert not np.array_equal(a["configs"][...], b["configs"][...])
+
+
+def test_max_runtime_checkpoints_and_stops_cleanly(tmp_path):
+    """A run that reaches run.max_runtime writes a checkpoint, exits 0, and --status says 3."""
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(DECK.replace("trajectories: 20", "trajectories: 100000"))
+    proc = run_to_end(1, deck, "--set", "run.max_runtime=1.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped (max_runtime)" in proc.stdout
+    done = json.loads((tmp_path / "out" / "progress.json").read_text())["trajectory"]
+    assert 0 < done < 100004
+    exe = str(Path(sys.executable).parent / "trivhmc")
+    status = subprocess.run([exe, "run", "--status", str(deck)], capture_output=True, text=True)
+    assert status.returncode == 3 and json.loads(status.stdout)["done"] == done
