@@ -42,7 +42,7 @@ def load_flow(deck: Deck, theory: Theory):
     from app.registry import load_model
 
     ref = deck.sampler.flow
-    real = torch.empty((), dtype=theory.dtype).real.dtype
+    real = theory.dtype.to_real()
     flow, card = load_model(
         ref.model, theory.grid, theory, registry_root(deck, ref.registry), dtype=real
     )
@@ -128,7 +128,7 @@ class FlowMetropolisChain:
         if self._state is None or self._state.u is not u:
             if self._log_w is not None and len(self._log_w) == u.shape[0]:
                 lw = torch.tensor(self._log_w, dtype=torch.float64, device=u.device)
-                self._state = FlowState(u, lw.to(torch.empty((), dtype=u.dtype).real.dtype))
+                self._state = FlowState(u, lw.to(u.dtype.to_real()))
             else:
                 self._state = self.fm.state_of(u)
         old = self._state.log_w

@@ -20,13 +20,12 @@ deck makes it incomplete again and a resubmitted job extends the ensemble.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .io.atomic import atomic_write_bytes
 
 PROGRESS_FILE = "progress.json"
 STATUS_COMPLETE = 0
@@ -44,22 +43,7 @@ def write_progress(directory: str | Path, trajectory: int, total: int) -> Path:
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path = directory / PROGRESS_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".progress.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write_bytes(path, (json.dumps(payload) + "\n").encode())
     return path
 
 

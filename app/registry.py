@@ -44,6 +44,7 @@ import torch
 from kernels.flows.base import Flow, FlowError, build_flow
 from parallel import ProcessGrid
 
+from . import code_version
 from .errors import InputError
 from .io.atomic import atomic_write_bytes, fsync_dir
 
@@ -120,12 +121,6 @@ def make_card(
         )
     _check_name(name)
     params = list(flow.parameters())
-    try:
-        from importlib.metadata import version
-
-        code_version = version("trivhmc")
-    except Exception:  # pragma: no cover - not installed
-        code_version = "unknown"
     return _jsonable(
         {
             "format": CARD_FORMAT,
@@ -140,7 +135,7 @@ def make_card(
             "history": list(history or []),
             "train_config": dict(train_config or {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            "code_version": code_version,
+            "code_version": code_version(),
             "description": description,
         }
     )

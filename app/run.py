@@ -25,13 +25,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 from mpi4py import MPI
 
+from app import code_version
 from app.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -52,13 +52,6 @@ from parallel import ProcessGrid, set_gpu_aware
 from parallel.rng import SiteRNG
 
 RECORDS = "records.jsonl"
-
-
-def code_version() -> str:
-    try:
-        return version("trivhmc")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 # ------------------------------------------------------------------ building blocks

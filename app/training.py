@@ -59,7 +59,7 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
         raise InputError("the deck has no `train` section (see docs/deck.md)")
     grid = build_grid(deck)
     theory = build_theory(deck, grid)
-    real = torch.empty((), dtype=theory.dtype).real.dtype
+    real = theory.dtype.to_real()
     options = {"dtype": str(real).removeprefix("torch."), **t.options}
     try:
         flow = build_flow({"builder": ARCHITECTURES[t.architecture][1], "kwargs": options}, grid)

@@ -10,23 +10,16 @@ whose metadata name the source.
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
+from .. import code_version
 from .errors import ConfigFormatError
 from .formats import FORMATS, detect_format, format_from_name
 from .hdf5 import EnsembleWriter, read_config, read_metadata
 from .ildg import read_ildg, write_ildg
 from .nersc import read_nersc, write_nersc
-
-
-def code_version() -> str:
-    try:
-        return metadata.version("trivhmc")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def read_any(path: str | os.PathLike, index: int = -1) -> tuple[np.ndarray, dict[str, Any]]:
