@@ -204,6 +204,25 @@ def require_divisible(grid: ProcessGrid, axis: int, period: int, what: str) -> N
         )
 
 
+def stout_sublattice(
+    grid: ProcessGrid, mu: int, parity: int, bound: tuple[str, float], layer: str, what: str
+) -> tuple[int, int, list[int]]:
+    """Checked geometry of a stout-like layer acting on links ``mu`` of one sublattice (parity
+    of the coordinates other than ``mu``): ``(mu, parity, other axes)``. ``bound`` is the
+    ``(name, value)`` of the coefficient bound, which must lie in (0, 1) for invertibility."""
+    nd = grid.ndim
+    if nd < 2:
+        raise ValueError(f"{layer} needs >= 2 dimensions")
+    name, value = bound
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1) for invertibility, got {value}")
+    mu, parity = int(mu) % nd, int(parity) % 2
+    others = [nu for nu in range(nd) if nu != mu]
+    for nu in others:
+        require_divisible(grid, nu, 2, f"the {what} stout layer's sublattice")
+    return mu, parity, others
+
+
 def local_sum(x: torch.Tensor, start: int = 1) -> torch.Tensor:
     """Sum over all dims from ``start`` on (per-chain local sum)."""
     return x.sum(dim=tuple(range(start, x.ndim))) if x.ndim > start else x

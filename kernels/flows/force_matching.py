@@ -41,6 +41,7 @@ from ..theory import Theory
 from .base import Flow
 from .lie import lie_force_from_gradient
 from .metrics import replica_mean
+from .train import StepLoop
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -127,7 +128,7 @@ class ForceMatchingConfig:
             raise ValueError("steps must be >= 0, batch >= 1 and power > 0")
 
 
-class ForceMatchingTrainer:
+class ForceMatchingTrainer(StepLoop):
     """``ForceMatchingTrainer(flow, theory, configurations).train()``.
 
     ``configurations``: a tensor ``(N, ...)`` of local blocks of ``N`` configurations (the same
@@ -220,15 +221,6 @@ class ForceMatchingTrainer:
         self.step_count += 1
         self.history.append(metrics)
         return metrics
-
-    def train(self, steps: int | None = None, callback=None) -> list[dict[str, float]]:
-        """Run up to ``config.steps`` steps in total (or ``steps`` more); returns the history."""
-        end = self.config.steps if steps is None else self.step_count + int(steps)
-        while self.step_count < end:
-            m = self.step()
-            if callback is not None:
-                callback(m)
-        return self.history
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -82,7 +82,7 @@ from .base import (
     dtype_from_name,
     parity_mask,
     record_architecture,
-    require_divisible,
+    stout_sublattice,
 )
 from .phi4 import ConvNet
 
@@ -184,15 +184,9 @@ class SU3StoutLayer(Flow):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(grid)
-        nd = grid.ndim
-        if nd < 2:
-            raise ValueError("SU3StoutLayer needs >= 2 dimensions")
-        if not 0.0 < rho_max < 1.0:
-            raise ValueError(f"rho_max must lie in (0, 1) for invertibility, got {rho_max}")
-        self.mu, self.parity = int(mu) % nd, int(parity) % 2
-        self.others = [nu for nu in range(nd) if nu != self.mu]
-        for nu in self.others:
-            require_divisible(grid, nu, 2, "the SU(3) stout layer's sublattice")
+        self.mu, self.parity, self.others = stout_sublattice(
+            grid, mu, parity, ("rho_max", rho_max), "SU3StoutLayer", "SU(3)"
+        )
         self.rho_max = float(rho_max)
         self.tol = tol
         self.max_iter = int(max_iter)

@@ -100,7 +100,21 @@ def rms_per_variable(f: torch.Tensor, theory: Theory) -> float:
     return math.sqrt(float(sq) / n)
 
 
-class Trainer:
+class StepLoop:
+    """The step loop shared by the trainers: they provide ``config.steps``, ``step_count``,
+    ``step() -> metrics`` and ``history``."""
+
+    def train(self, steps: int | None = None, callback=None) -> list[dict[str, float]]:
+        """Run up to ``config.steps`` steps in total (or ``steps`` more); returns the history."""
+        end = self.config.steps if steps is None else self.step_count + int(steps)
+        while self.step_count < end:
+            m = self.step()
+            if callback is not None:
+                callback(m)
+        return self.history
+
+
+class Trainer(StepLoop):
     """Reverse-KL trainer: ``Trainer(flow, theory).train()``; ``history`` holds the metrics.
 
     ``rng`` (a :class:`parallel.rng.SiteRNG`, default seed 0) keys the prior draws with the
@@ -210,15 +224,6 @@ class Trainer:
         metrics["time"] = dt
         self.history.append(metrics)
         return metrics
-
-    def train(self, steps: int | None = None, callback=None) -> list[dict[str, float]]:
-        """Run up to ``config.steps`` steps in total (or ``steps`` more); returns the history."""
-        end = self.config.steps if steps is None else self.step_count + int(steps)
-        while self.step_count < end:
-            m = self.step()
-            if callback is not None:
-                callback(m)
-        return self.history
 
     @torch.no_grad()
     def evaluate(self, batch: int, counter: int = 2**31, theory: Theory | None = None):

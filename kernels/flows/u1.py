@@ -70,6 +70,7 @@ from .base import (
     record_architecture,
     require_divisible,
     solve_increasing,
+    stout_sublattice,
     stripe_mask,
 )
 from .phi4 import ConvNet
@@ -207,15 +208,9 @@ class U1StoutLayer(Flow):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(grid)
-        nd = grid.ndim
-        if nd < 2:
-            raise ValueError("U1StoutLayer needs >= 2 dimensions")
-        if not 0.0 < eps_max < 1.0:
-            raise ValueError(f"eps_max must lie in (0, 1) for invertibility, got {eps_max}")
-        self.mu, self.parity = int(mu) % nd, int(parity) % 2
-        self.others = [nu for nu in range(nd) if nu != self.mu]
-        for nu in self.others:
-            require_divisible(grid, nu, 2, "the U(1) stout layer's sublattice")
+        self.mu, self.parity, self.others = stout_sublattice(
+            grid, mu, parity, ("eps_max", eps_max), "U1StoutLayer", "U(1)"
+        )
         self.eps_max = float(eps_max)
         self.tol = tol
         self.max_iter = int(max_iter)
