@@ -62,7 +62,7 @@ def gather_chains(local: torch.Tensor, grid: ProcessGrid, first: int) -> np.ndar
     dom = gather_to_root(local, grid, first)
     mine = dom.detach().cpu().numpy() if dom is not None else None
     parts = grid.comm.gather(mine if grid.is_root else None, root=0)
-    if grid.comm.Get_rank() != 0:
+    if not grid.is_world_root:
         return None
     # replica r's domain root has world rank r * ranks_per_replica
     blocks = [parts[r * grid.ranks_per_replica] for r in range(grid.replicas)]
@@ -81,7 +81,7 @@ def write_checkpoint(
     full = gather_chains(fields_local, grid, first)
     path = directory / f"ckpt_{ckpt.trajectory:08d}.h5"
     err = None
-    if grid.comm.Get_rank() == 0:
+    if grid.is_world_root:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             digest = _sha256(full)

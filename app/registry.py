@@ -170,7 +170,7 @@ def save_model(
     digest = content_hash(state, card)
     card["hash"] = digest
     short = digest[:HASH_LEN]
-    if grid.comm.Get_rank() == 0:
+    if grid.is_world_root:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         if single_file:

@@ -168,7 +168,7 @@ class Records:
     def __init__(self, path: Path, grid: ProcessGrid) -> None:
         self.path = path
         self.grid = grid
-        self.is_writer = grid.comm.Get_rank() == 0
+        self.is_writer = grid.is_world_root
 
     def truncate(self, next_trajectory: int) -> None:
         """Drop records of trajectories >= ``next_trajectory`` (after a checkpoint)."""
@@ -250,7 +250,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
     offset = grid.replica * chains
     total = deck.run.total_trajectories
     out = deck.output_dir
-    world0 = grid.comm.Get_rank() == 0
+    world0 = grid.is_world_root
     if world0:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         (out / "configs").mkdir(exist_ok=True)
@@ -404,7 +404,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
 
 
 def _write_progress(out: Path, traj: int, total: int, grid: ProcessGrid) -> None:
-    if grid.comm.Get_rank() == 0:
+    if grid.is_world_root:
         write_progress(out, traj, total)
     grid.comm.Barrier()
 

@@ -67,7 +67,7 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
         raise InputError(f"train.options: {exc}") from None
     flow = flow.to(theory.device)
     rng = SiteRNG(deck.run.seed)
-    show = progress and grid.comm.Get_rank() == 0
+    show = progress and grid.is_world_root
     bar = None
     if show:
         from tqdm import tqdm

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .comm import Array, is_torch
+from .comm import Array
 from .grid import ProcessGrid
 from .halo import HaloError, _cat, _exchange, _needs_graph, _take, normalize_signs
 
@@ -80,12 +80,3 @@ def shift(
     if _needs_graph(x):
         return _Shift.apply(x, grid, mu, int(k), first, sign)
     return _shift_raw(x, grid, mu, int(k), first, sign)
-
-
-def roll_reference(x: Array, mu: int, k: int, first: int = 0) -> Array:
-    """Single-rank periodic reference: ``torch.roll``/``np.roll`` by ``-k`` along ``mu``."""
-    if is_torch(x):
-        return torch.roll(x, -k, dims=first + mu)
-    import numpy as np
-
-    return np.roll(x, -k, axis=first + mu)
