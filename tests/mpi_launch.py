@@ -16,8 +16,9 @@ RANKS = (1, 2, 4)
 
 
 def mpiexec() -> str:
-    exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent) + os.pathsep
-                       + os.environ.get("PATH", ""))
+    exe = shutil.which(
+        "mpiexec", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    )
     if exe is None:
         pytest.fail("mpiexec not found: install the test extra (pip install -e '.[test]')")
     return exe
@@ -25,16 +26,35 @@ def mpiexec() -> str:
 
 def run_under_mpi(module: str, nranks: int, timeout: float = 300.0, args: tuple = ()) -> None:
     """Run ``tests/mpi/<module>`` on ``nranks`` ranks; fail with the output if any rank fails."""
-    env = dict(os.environ, TRIVHMC_UNDER_MPIEXEC="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [mpiexec(), "-n", str(nranks), sys.executable, "-m", "pytest", "-q", "-x",
-           "-p", "no:cacheprovider", str(MPI_DIR / module), *args]
+    env = dict(
+        os.environ,
+        TRIVHMC_UNDER_MPIEXEC="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [
+        mpiexec(),
+        "-n",
+        str(nranks),
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-x",
+        "-p",
+        "no:cacheprovider",
+        str(MPI_DIR / module),
+        *args,
+    ]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"")[-4000:] if isinstance(err.stdout, bytes) else (err.stdout or "")
         pytest.fail(f"{module} on {nranks} ranks timed out after {timeout}s\n{out[-4000:]}")
     if proc.returncode != 0:
-        pytest.fail(f"{module} on {nranks} ranks failed (rc={proc.returncode}):\n"
-                    f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"{module} on {nranks} ranks failed (rc={proc.returncode}):\n"
+            f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+        )
