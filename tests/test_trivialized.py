@@ -6,7 +6,8 @@ Both samplers must be exact for *any* invertible flow, so they are run here with
 * free phi^4 (``lambda = 0``, ``S = phi^T A phi / 2``, ``A(p) = 2 - 2 beta sum_mu cos p_mu``):
   ``<V M^2> = 1 / A(0) = 1 / (2 - 2 d beta)`` and equipartition ``<S> / V = 1/2``;
 * 2D U(1) on an ``L x L`` torus (``V`` plaquettes): ``<cos theta_P> = sum_n I_n' I_n^(V-1) /
-  sum_n I_n^V`` (character expansion, e.g. Kanwar et al. 2003.06413);
+  sum_n I_n^V`` (character expansion, e.g. Kanwar et al. 2003.06413; kernels.theories.u1_exact,
+  itself checked against scipy in tests/test_u1_exact.py);
 
 and, for interacting phi^4, trivialized HMC against plain HMC. Errors: every chain is a
 replicum; the Gamma method (app.analysis) accounts for autocorrelations.
@@ -19,7 +20,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import special
 
 from app.analysis import gamma_method
 from kernels.flows import phi4_affine_flow, u1_ncp_flow
@@ -30,6 +30,7 @@ from kernels.samplers.hmc import HMC
 from kernels.samplers.trivialized import TransformedTheory
 from kernels.theories.phi4 import Phi4
 from kernels.theories.u1 import U1Gauge
+from kernels.theories.u1_exact import mean_plaquette
 from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
@@ -41,13 +42,6 @@ def _randomise(flow: torch.nn.Module, scale: float, seed: int = 5) -> None:
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def u1_plaquette_exact(beta: float, volume: int, nmax: int = 30) -> float:
-    ns = np.arange(-nmax, nmax + 1)
-    f = special.ive(ns, beta)  # I_n e^-beta (the factor cancels)
-    fp = 0.5 * (special.ive(ns - 1, beta) + special.ive(ns + 1, beta))
-    return float(np.sum(fp * f ** (volume - 1)) / np.sum(f**volume))
 
 
 def _phi4_flow(grid, scale=0.0):
@@ -153,7 +147,7 @@ def test_trivialized_hmc_u1_exact_plaquette() -> None:
     assert acc > 0.5
     e = exp_mdh.double()
     assert abs(float(e.mean()) - 1.0) < 4 * float(e.std()) / math.sqrt(e.numel())
-    _agree(gamma_method(list(obs["plaquette"])), u1_plaquette_exact(beta, 16))
+    _agree(gamma_method(list(obs["plaquette"])), mean_plaquette(beta, (4, 4)))
 
 
 def test_trivialized_agrees_with_plain_hmc_interacting_phi4() -> None:
