@@ -17,7 +17,12 @@ import torch
 from scipy import special
 
 from kernels.theories.u1 import U1Gauge
-from kernels.theories.u1_exact import log_partition_function, mean_plaquette, scaled_bessel_i
+from kernels.theories.u1_exact import (
+    log_partition_function,
+    mean_plaquette,
+    scaled_bessel_i,
+    topological_charge_squared,
+)
 from parallel import single_rank_grid
 
 
@@ -57,3 +62,39 @@ def test_log_z_against_brute_force_monte_carlo():
 def test_rejects_non_2d():
     with pytest.raises(ValueError, match="2D"):
         log_partition_function(1.0, (4, 4, 4))
+
+
+@pytest.mark.parametrize(("beta", "shape"), [(1.0, (2, 2)), (0.5, (2, 3))])
+def test_charge_squared_against_brute_force_monte_carlo(beta, shape):
+    """``<Q^2> = E_uniform[Q^2 e^{-S}] / E_uniform[e^{-S}]`` with the geometric charge."""
+    n = 400_000
+    th = U1Gauge(single_rank_grid(shape), beta=beta)
+    gen = torch.Generator().manual_seed(12)
+    theta = (torch.rand((n, 2, *shape), generator=gen, dtype=torch.float64) * 2 - 1) * math.pi
+    w = torch.exp(-th.action(theta)).numpy()
+    q2 = th.observables(theta)["Q2"].numpy()
+    est = (w * q2).mean() / w.mean()
+    # delta-method error of the ratio estimator
+    r = w * (q2 - est) / w.mean()
+    err = r.std() / math.sqrt(n)
+    assert abs(topological_charge_squared(beta, shape) - est) < 5 * err
+    assert err < 0.02 * est
+
+
+@pytest.mark.parametrize("beta", [2.0, 4.0])
+def test_charge_squared_large_volume_limit(beta):
+    """For ``V >> beta`` the plaquettes are independent von Mises angles, so
+    ``<Q^2> / V -> <P^2> / (4 pi^2)`` with ``<P^2> = int P^2 e^{beta cos P} / int e^{beta cos P}``
+    (scipy quadrature)."""
+    from scipy import integrate
+
+    num = integrate.quad(lambda p: p * p * math.exp(beta * math.cos(p)), -math.pi, math.pi)[0]
+    den = integrate.quad(lambda p: math.exp(beta * math.cos(p)), -math.pi, math.pi)[0]
+    chi = topological_charge_squared(beta, (32, 32)) / 32**2
+    assert chi == pytest.approx(num / den / (4 * math.pi**2), rel=1e-8)
+
+
+def test_charge_suppressed_on_small_torus_at_large_beta():
+    """A unit charge costs about ``2 pi^2 beta / V`` on a small torus: ``<Q^2>`` falls far below
+    the independent-plaquette value ``V <P^2> / 4 pi^2 ~ V / (4 pi^2 beta)``."""
+    assert topological_charge_squared(20.0, (4, 4)) < 1e-6 * 16 / (4 * math.pi**2 * 20.0)
