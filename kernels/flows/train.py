@@ -226,12 +226,22 @@ class Trainer(StepLoop):
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, batch: int, counter: int = 2**31, theory: Theory | None = None):
-        """``(kl, ess)`` of the current flow on a fresh batch (draws keyed by ``counter``)."""
+    def log_weights(
+        self, batch: int, counter: int = 2**31, theory: Theory | None = None
+    ) -> torch.Tensor:
+        """``log w = -S(F(v)) - log q`` of a fresh batch of prior draws keyed by ``counter``.
+
+        ``-mean(log w)`` is ``KL(q || p) - log Z``: with a known ``log Z`` (e.g.
+        :mod:`kernels.theories.u1_exact`) it gives the exact KL divergence.
+        """
         theory = theory or self.theory
         v = self.prior.sample(self.rng, counter, batch, self.grid.replica * batch)
         u, logdet = self.flow(v)
-        log_w = -(theory.action(u) + self.prior.log_prob(v) - logdet)
+        return -(theory.action(u) + self.prior.log_prob(v) - logdet)
+
+    def evaluate(self, batch: int, counter: int = 2**31, theory: Theory | None = None):
+        """``(kl, ess)`` of the current flow on a fresh batch (draws keyed by ``counter``)."""
+        log_w = self.log_weights(batch, counter, theory)
         return kl_estimate(log_w, self.grid), ess_from_log_weights(log_w, self.grid)
 
     # ------------------------------------------------------------ checkpoints
