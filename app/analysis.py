@@ -14,7 +14,10 @@ several replica chains r = 1..R of lengths N_r, N = sum_r N_r:
 * bias-corrected ``tau_int = tau_int(W) (1 + (2W + 1)/N) / (1 + 1/N)`` (eq. 49),
   ``error = sqrt(2 tau_int Gamma(0) (1 + 1/N) / N)``;
 * ``delta tau_int = 2 tau_int(W) sqrt((W + 1/2 - tau_int(W)) / N)`` (eq. 42),
-  ``delta error = error sqrt((W + 1/2) / N)``, ``delta rho(t)`` from eq. E.11.
+  ``delta error = error sqrt((W + 1/2) / N)``, ``delta rho(t)`` from eq. E.11;
+* ``Gamma(0) = 0``: data that are one constant are exact (error 0, ``tau_int = 1/2``); chains
+  that are each constant but differ from each other (a sampler that never moved) give NaN
+  error and ``tau_int``: nothing is known about their autocorrelation.
 
 These are the same conventions as pyerrors (``Obs.gamma_method(S=...)``), against which
 tests/test_analysis.py checks this implementation; the only difference is our default
@@ -135,9 +138,15 @@ def gamma_method(data: Any, S: float = DEFAULT_S) -> GammaResult:
     div[div < 1] = 1.0
     gamma /= div
 
-    if abs(gamma[0]) < 10 * np.finfo(float).tiny:  # constant data
+    if abs(gamma[0]) < 10 * np.finfo(float).tiny:  # no fluctuation inside any replicum
+        if np.ptp(means) == 0.0:  # truly constant data: exact, error 0
+            return GammaResult(
+                mean, 0.0, 0.0, 0.5, 0.0, 0, n, len(reps), np.ones(w_max), np.full(w_max, 0.5)
+            )
+        # frozen chains that differ from each other (e.g. a sampler that never accepted):
+        # nothing is known about the autocorrelation, so neither tau_int nor the error is
         return GammaResult(
-            mean, 0.0, 0.0, 0.5, 0.0, 0, n, len(reps), np.ones(w_max), np.full(w_max, 0.5)
+            mean, nan, nan, nan, nan, 0, n, len(reps), np.full(w_max, nan), np.full(w_max, nan)
         )
 
     rho = gamma / gamma[0]

@@ -92,6 +92,10 @@ def test_ar1_replicas_combine():
 def test_edge_cases():
     c = gamma_method(np.full(100, 3.0))
     assert (c.mean, c.error, c.tau_int, c.window) == (3.0, 0.0, 0.5, 0)
+    # frozen replicas at different values (a sampler that never moved): error unknown, not 0
+    frozen = gamma_method([np.full(50, 1.0), np.full(50, 2.0)])
+    assert frozen.mean == 1.5
+    assert math.isnan(frozen.error) and math.isnan(frozen.tau_int)
     x = ar1(1000, 0.0, seed=3)
     s0 = gamma_method(x, S=0)
     assert s0.error == pytest.approx(np.std(x, ddof=1) / math.sqrt(len(x)), rel=1e-12)
