@@ -401,6 +401,7 @@ def main(argv=None) -> None:
     ap.add_argument("--target", type=float, default=0.9, help="HMC target acceptance")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: default)")
     g = ap.add_argument_group("flow and training (defaults depend on the case)")
     g.add_argument("--phi4-L", type=int, default=12, choices=sorted(PHI4_BETA))
     g.add_argument("--phi4-flow", choices=["minimal", "affine"], default="minimal")
@@ -421,6 +422,8 @@ def main(argv=None) -> None:
     g.add_argument("--save-model", default="", help="registry name for the trained flow")
     args = ap.parse_args(argv)
     torch.set_default_dtype(torch.float64)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     say(f"# bench_sampling  {datetime.now().isoformat(timespec='seconds')}")
     say(f"# machine: {platform.node()}  {cpu_model()}  ({os.cpu_count()} cpus)")
     say(
