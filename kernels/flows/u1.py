@@ -31,6 +31,14 @@ links, ``log|det| = sum_{active x} log h'(p(x))``. Inverse: frozen plaquettes (h
 are unchanged, ``p = h^{-1}((P' - t) mod 2 pi)`` by safeguarded Newton, then undo ``D``.
 Needs ``L_nu`` divisible by 4. ``8`` layers cycle through all ``(mu, off)``.
 
+``transform="spline"`` replaces the NCP mixture by a circular rational-quadratic spline
+(Rezende et al., arXiv:2002.02428; Durkan et al., arXiv:1906.04032; formulas in
+:mod:`kernels.flows.splines`): ``K = n_mix`` bins, the CNN gives per site ``K`` widths, ``K``
+heights, ``K`` knot derivatives (``h'(0) = h'(2 pi)``) and ``t`` (``3 K + 1`` channels).
+``h(0) = 0``, ``h(2 pi) = 2 pi`` as before, so the update, the log-det and the periodicity are
+the same; ``h`` is ``C^1`` (piecewise rational), and the inverse ``p = h^{-1}((P' - t) mod 2 pi)``
+is the analytic root of a quadratic per site (no iteration, differentiable by autograd).
+
 Stout-like residual layer (any dimension)
 -----------------------------------------
 Layer ``(mu, parity)``: active links ``theta_mu(x)`` with ``sum_{nu != mu} x_nu = parity
@@ -74,6 +82,7 @@ from .base import (
     stripe_mask,
 )
 from .phi4 import ConvNet
+from .splines import circular_spline_knots, rq_spline, rq_spline_inverse
 
 TWO_PI = 2.0 * math.pi
 
@@ -109,8 +118,17 @@ def ncp_log_derivative(p: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logs, dim=1) - math.log(s.shape[1])
 
 
+TRANSFORMS = ("ncp", "spline")
+
+
 class U1PlaquetteCoupling(Flow):
-    """Gauge-equivariant NCP coupling on masked plaquettes (2D), see the module docstring."""
+    """Gauge-equivariant coupling on masked plaquettes (2D), see the module docstring.
+
+    ``transform="ncp"``: the NCP mixture of ``n_mix`` components (CNN outputs ``n_mix + 1``
+    channels); ``"spline"``: a circular rational-quadratic spline of ``K = n_mix`` bins (CNN
+    outputs ``3 K + 1`` channels: widths, heights, knot derivatives, shift), analytic inverse
+    (``tol`` and ``max_iter`` are then unused).
+    """
 
     first = 2
     periodic = True
@@ -127,8 +145,11 @@ class U1PlaquetteCoupling(Flow):
         tol: float | None = None,
         max_iter: int = 100,
         dtype: torch.dtype | None = None,
+        transform: str = "ncp",
     ) -> None:
         super().__init__(grid)
+        if transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {transform!r}; known: {list(TRANSFORMS)}")
         if grid.ndim != 2:
             raise ValueError(f"U1PlaquetteCoupling is 2D only, lattice {list(grid.shape)}")
         if mu not in (0, 1):
@@ -137,9 +158,13 @@ class U1PlaquetteCoupling(Flow):
         require_divisible(grid, self.nu, 4, "the U(1) plaquette coupling")
         self.sigma = 1.0 if self.mu == 0 else -1.0
         self.n_mix = int(n_mix)
+        if self.n_mix < 1:
+            raise ValueError(f"n_mix must be >= 1, got {n_mix}")
+        self.transform = transform
         self.tol = tol
         self.max_iter = int(max_iter)
-        self.net = ConvNet(grid, 2, self.n_mix + 1, hidden, kernel_size, activation, True, dtype)
+        n_out = self.n_mix + 1 if transform == "ncp" else 3 * self.n_mix + 1
+        self.net = ConvNet(grid, 2, n_out, hidden, kernel_size, activation, True, dtype)
         dt = dtype or torch.get_default_dtype()
         o = self.off
         self.register_buffer("active", stripe_mask(grid, self.nu, [o], 4, dt), persistent=False)
@@ -153,7 +178,12 @@ class U1PlaquetteCoupling(Flow):
     def _params(self, plaq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = torch.stack((self.frozen * torch.cos(plaq), self.frozen * torch.sin(plaq)), dim=1)
         out = self.net(ctx)
-        return out[:, : self.n_mix], out[:, self.n_mix]
+        k = out.shape[1] - 1
+        return out[:, :k], out[:, k]
+
+    def _knots(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = self.n_mix
+        return circular_spline_knots(raw[:, :k], raw[:, k : 2 * k], raw[:, 2 * k :])
 
     def _move(self, theta: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         upd = (self.sigma * self.active) * delta
@@ -161,6 +191,8 @@ class U1PlaquetteCoupling(Flow):
         return torch.stack(parts, dim=1)
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.transform == "spline":
+            return self._spline_forward(v)
         plaq = self._plaq(v)
         s, t = self._params(plaq)
         p = wrap_2pi(plaq)
@@ -170,6 +202,8 @@ class U1PlaquetteCoupling(Flow):
         return self._move(v, delta), ld
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.transform == "spline":
+            return self._spline_inverse(u)
         plaq = self._plaq(u)
         s, t = self._params(plaq)
         y = wrap_2pi(plaq - t)
@@ -189,6 +223,22 @@ class U1PlaquetteCoupling(Flow):
         delta = h - p + t
         ld = -local_sum(self.active * ncp_log_derivative(p, s))
         return self._move(u, -delta), ld
+
+    def _spline_forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        plaq = self._plaq(v)
+        raw, t = self._params(plaq)
+        p = wrap_2pi(plaq)
+        h, _, logdh = rq_spline(p, *self._knots(raw))
+        delta = h - p + t
+        return self._move(v, delta), local_sum(self.active * logdh)
+
+    def _spline_inverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        plaq = self._plaq(u)
+        raw, t = self._params(plaq)
+        y = wrap_2pi(plaq - t)
+        p, logdh = rq_spline_inverse(y, *self._knots(raw))
+        delta = y - p + t
+        return self._move(u, -delta), -local_sum(self.active * logdh)
 
 
 class U1StoutLayer(Flow):
@@ -290,15 +340,30 @@ def u1_ncp_flow(
     stout_layers: int = 0,
     dtype: str | torch.dtype = "float64",
     checkpoint_layers: bool = False,
+    transform: str = "ncp",
 ) -> Composition:
-    """``n_layers`` NCP plaquette couplings cycling ``(mu, off)`` = (0,0), (1,0), (0,1), ...,
-    followed by ``stout_layers`` stout layers cycling ``(mu, parity)``."""
+    """``n_layers`` plaquette couplings cycling ``(mu, off)`` = (0,0), (1,0), (0,1), ...,
+    followed by ``stout_layers`` stout layers cycling ``(mu, parity)``.
+
+    ``transform``: ``"ncp"`` (NCP mixtures of ``n_mix`` components) or ``"spline"`` (circular
+    rational-quadratic splines of ``n_mix`` bins). Architecture records without the key (made
+    before it existed) rebuild NCP flows."""
     kwargs = dict(locals())
     kwargs.pop("grid")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; known: {list(TRANSFORMS)}")
     dt = dtype_from_name(dtype)
     layers: list[Flow] = [
         U1PlaquetteCoupling(
-            grid, i % 2, (i // 2) % 4, n_mix, hidden, kernel_size, activation, dtype=dt
+            grid,
+            i % 2,
+            (i // 2) % 4,
+            n_mix,
+            hidden,
+            kernel_size,
+            activation,
+            dtype=dt,
+            transform=transform,
         )
         for i in range(int(n_layers))
     ]

@@ -1,5 +1,8 @@
 """Flows, training, trivialized force/HMC and flow Metropolis on 1, 2, 4 ranks equal one rank.
 
+Flow kinds: phi^4 affine couplings, U(1) NCP and U(1) circular-spline plaquette couplings
+(``u1_ncp_flow(..., transform="spline")``), both U(1) ones followed by stout layers.
+
 Every rank builds the same flow on the distributed grid and on ``single_rank_grid`` (same
 parameters), feeds the same global input (a global numpy array sliced with
 ``grid.local_slices()``, or site-keyed RNG draws), and compares to 1e-12 in float64: flow
@@ -37,6 +40,10 @@ TOL = 1e-12
 REF = single_rank_grid(SHAPE)
 
 
+#: flow kinds: phi^4 affine; U(1) NCP and U(1) circular-spline plaquette couplings (+ stout)
+KINDS = ["phi4", "u1", "u1spline"]
+
+
 @pytest.fixture(params=GRIDS, ids=lambda g: "g" + "x".join(map(str, g)))
 def grid(request):
     return ProcessGrid(SHAPE, request.param)
@@ -47,7 +54,8 @@ def _flow(kind: str, grid):
     if kind == "phi4":
         flow = phi4_affine_flow(grid, n_pairs=1, hidden=(4,))
     else:
-        flow = u1_ncp_flow(grid, n_layers=2, hidden=(4,), stout_layers=2)
+        transform = "spline" if kind == "u1spline" else "ncp"
+        flow = u1_ncp_flow(grid, n_layers=2, hidden=(4,), stout_layers=2, transform=transform)
         with torch.no_grad():
             for layer in flow.layers[2:]:
                 layer.coeff.fill_(0.7)
@@ -77,7 +85,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     assert err <= TOL * max(1.0, float(b.detach().abs().max())), err
 
 
-@pytest.mark.parametrize("kind", ["phi4", "u1"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_flow_forward_inverse_logdet(grid, kind):
     first = 1 if kind == "phi4" else 2
     full = _global_input(kind)
@@ -97,7 +105,7 @@ def _grads(module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in module.parameters()])
 
 
-@pytest.mark.parametrize("kind", ["phi4", "u1"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_training_loss_gradients_and_step(grid, kind):
     cfg = TrainConfig(steps=2, batch=3, lr=1e-2, force_every=1)
     tr = Trainer(_flow(kind, grid), _theory(kind, grid), cfg, rng=SiteRNG(21))
@@ -140,7 +148,7 @@ def test_training_gradients_with_two_replica_groups():
         assert math.isclose(m[key], m_ref[key], rel_tol=1e-11, abs_tol=1e-12), key
 
 
-@pytest.mark.parametrize("kind", ["phi4", "u1"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_trivialized_force_and_trajectory(grid, kind):
     first = 1 if kind == "phi4" else 2
     full = _global_input(kind)
@@ -161,7 +169,7 @@ def test_trivialized_force_and_trajectory(grid, kind):
     assert torch.equal(out[0][1].accepted, out[1][1].accepted)
 
 
-@pytest.mark.parametrize("kind", ["phi4", "u1"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_flow_metropolis_step(grid, kind):
     first = 1 if kind == "phi4" else 2
     res = []
