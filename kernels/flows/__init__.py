@@ -2,7 +2,8 @@
 
 * :mod:`.base`: the :class:`Flow` interface (global log-det), :class:`Composition`, masks;
 * :mod:`.phi4`: checkerboard affine couplings, global rescaling, the 37-parameter preset;
-* :mod:`.u1`: gauge-equivariant NCP plaquette couplings and stout-like residual layers;
+* :mod:`.u1`: gauge-equivariant NCP/spline plaquette couplings and stout-like residual layers;
+* :mod:`.u1_sweep`: the same couplings in a 2D U(1) sweep order, with single-plaquette init;
 * :mod:`.priors`: base distributions drawn with the site-keyed RNG;
 * :mod:`.train`: reverse-KL self-training (annealing, Adam + LR schedule, checkpoints).
 

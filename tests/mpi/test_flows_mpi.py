@@ -1,7 +1,8 @@
 """Flows, training, trivialized force/HMC and flow Metropolis on 1, 2, 4 ranks equal one rank.
 
 Flow kinds: phi^4 affine couplings, U(1) NCP and U(1) circular-spline plaquette couplings
-(``u1_ncp_flow(..., transform="spline")``), both U(1) ones followed by stout layers.
+(``u1_ncp_flow(..., transform="spline")``), both followed by stout layers, and the U(1)
+sweep-ordered couplings of ``kernels.flows.u1_sweep``.
 
 Every rank builds the same flow on the distributed grid and on ``single_rank_grid`` (same
 parameters), feeds the same global input (a global numpy array sliced with
@@ -24,6 +25,7 @@ from mpi4py import MPI
 from kernels.flows import phi4_affine_flow, u1_ncp_flow
 from kernels.flows.priors import prior_for
 from kernels.flows.train import TrainConfig, Trainer
+from kernels.flows.u1_sweep import u1_sweep_flow
 from kernels.integrators import make_integrator
 from kernels.samplers.flow_metropolis import FlowMetropolis
 from kernels.samplers.hmc import HMC
@@ -40,8 +42,9 @@ TOL = 1e-12
 REF = single_rank_grid(SHAPE)
 
 
-#: flow kinds: phi^4 affine; U(1) NCP and U(1) circular-spline plaquette couplings (+ stout)
-KINDS = ["phi4", "u1", "u1spline"]
+#: flow kinds: phi^4 affine; U(1) NCP and U(1) circular-spline plaquette couplings (+ stout);
+#: U(1) sweep-ordered couplings (kernels.flows.u1_sweep)
+KINDS = ["phi4", "u1", "u1spline", "u1sweep"]
 
 
 @pytest.fixture(params=GRIDS, ids=lambda g: "g" + "x".join(map(str, g)))
@@ -53,6 +56,8 @@ def _flow(kind: str, grid):
     torch.manual_seed(11)  # same init on every rank and for both grids
     if kind == "phi4":
         flow = phi4_affine_flow(grid, n_pairs=1, hidden=(4,))
+    elif kind == "u1sweep":
+        flow = u1_sweep_flow(grid, n_mix=2, hidden=(2,))
     else:
         transform = "spline" if kind == "u1spline" else "ncp"
         flow = u1_ncp_flow(grid, n_layers=2, hidden=(4,), stout_layers=2, transform=transform)
