@@ -56,6 +56,7 @@ from kernels.flows.metrics import ess_from_log_weights, kl_estimate, replica_mea
 from kernels.flows.phi4 import phi4_affine_flow
 from kernels.flows.priors import prior_for
 from kernels.flows.train import TrainConfig, Trainer
+from kernels.flows.u1_sweep import init_marginal, u1_sweep_flow
 from kernels.integrators import make_integrator
 from kernels.samplers.flow_metropolis import FlowMetropolis
 from kernels.samplers.hmc import HMC
@@ -93,6 +94,9 @@ def cpu_model() -> str:
 
 
 def hidden_of(text: str) -> tuple[int, ...]:
+    """``"8,8"`` -> ``(8, 8)``; ``"none"`` -> ``()`` (no hidden layer)."""
+    if text.strip().lower() == "none":
+        return ()
     return tuple(int(h) for h in text.split(",") if h.strip())
 
 
@@ -116,7 +120,7 @@ def make_case(name: str, args, dtype: torch.dtype):
                 )
 
         train = TrainConfig(
-            steps=args.train_steps or (1000 if q else 5000),
+            steps=args.train_steps if args.train_steps >= 0 else (1000 if q else 5000),
             batch=args.train_batch or 64,
             lr=args.lr or 1e-2,
             lr_min=(args.lr or 1e-2) / 100,
@@ -132,9 +136,15 @@ def make_case(name: str, args, dtype: torch.dtype):
         n_mix = args.n_mix or (2 if q else 4)
 
         def build(g, dt):
-            return u1_ncp_flow(g, n_layers=layers, n_mix=n_mix, hidden=hidden, dtype=dt)
+            if args.u1_flow == "sweep":
+                return u1_sweep_flow(
+                    g, n_mix=n_mix, hidden=hidden, transform=args.transform, dtype=dt
+                )
+            return u1_ncp_flow(
+                g, n_layers=layers, n_mix=n_mix, hidden=hidden, transform=args.transform, dtype=dt
+            )
 
-        steps = args.train_steps or (200 if q else 3000)
+        steps = args.train_steps if args.train_steps >= 0 else (200 if q else 3000)
         train = TrainConfig(
             steps=steps,
             batch=args.train_batch or (32 if q else 64),
@@ -172,6 +182,11 @@ def trained_flow(name, args):
         say(f"flow {flow.architecture['builder']} {flow.architecture['kwargs']}")
         say(f"   {flow.n_parameters()} parameters; training {tcfg.steps} x {tcfg.batch} draws")
         torch.manual_seed(args.seed)
+        t0 = time.perf_counter()
+        if args.u1_flow == "sweep" and name == "u1" and not args.init:
+            kl1 = init_marginal(flow, theory.beta, seed=args.seed)
+            info["train_time"] += MPI.COMM_WORLD.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+            say(f"   single-plaquette init: KL per plaquette {kl1:.4f}")
         trainer = Trainer(flow, theory_t, tcfg, rng=SiteRNG(args.seed + 1))
         every = max(1, tcfg.steps // 8)
 
@@ -183,7 +198,7 @@ def trained_flow(name, args):
                 )
 
         t0 = time.perf_counter()
-        history = trainer.train(callback=report)
+        history = trainer.train(callback=report) if tcfg.steps else []
         dt = MPI.COMM_WORLD.allreduce(time.perf_counter() - t0, op=MPI.MAX)
         info["train_time"] += dt
         info["steps"] += tcfg.steps
@@ -407,10 +422,18 @@ def main(argv=None) -> None:
     g.add_argument("--phi4-flow", choices=["minimal", "affine"], default="minimal")
     g.add_argument("--u1-L", type=int, default=16)
     g.add_argument("--u1-beta", type=float, default=4.0)
+    g.add_argument(
+        "--u1-flow",
+        choices=["ncp", "sweep"],
+        default="ncp",
+        help="u1: translation-invariant couplings (u1_ncp_flow) or the 2D sweep order "
+        "with single-plaquette init (u1_sweep_flow)",
+    )
+    g.add_argument("--transform", choices=["ncp", "spline"], default="ncp", help="u1 couplings")
     g.add_argument("--layers", type=int, default=0, help="phi4: coupling pairs; u1: NCP layers")
-    g.add_argument("--hidden", default="", help="CNN hidden channels, e.g. 8,8")
+    g.add_argument("--hidden", default="", help="CNN hidden channels, e.g. 8,8, or none")
     g.add_argument("--n-mix", type=int, default=0, help="u1: NCP mixture components")
-    g.add_argument("--train-steps", type=int, default=0)
+    g.add_argument("--train-steps", type=int, default=-1, help="-1: the case default")
     g.add_argument("--train-batch", type=int, default=0)
     g.add_argument("--lr", type=float, default=0.0)
     g.add_argument("--anneal-steps", type=int, default=-1, help="u1: beta annealing from 1")
