@@ -336,6 +336,7 @@ ARCHITECTURES = {
     "phi4_affine": ("phi4", "kernels.flows.phi4:phi4_affine_flow"),
     "u1_ncp": ("u1", "kernels.flows.u1:u1_ncp_flow"),
     "u1_stout": ("u1", "kernels.flows.u1:u1_stout_flow"),
+    "u1_sweep": ("u1", "kernels.flows.u1_sweep:u1_sweep_flow"),
     "su3_stout": ("su3", "kernels.flows.su3:su3_stout_flow"),
 }
 
@@ -343,8 +344,11 @@ ARCHITECTURES = {
 class TrainSection(_Section):
     """Training of a flow model by ``trivhmc train deck.yaml`` (docs/flows.md)."""
 
-    architecture: Literal["phi4_minimal", "phi4_affine", "u1_ncp", "u1_stout", "su3_stout"] = Field(
-        description="Flow architecture; must act on the deck's theory (phi4_*, u1_*, su3_*)."
+    architecture: Literal[
+        "phi4_minimal", "phi4_affine", "u1_ncp", "u1_stout", "u1_sweep", "su3_stout"
+    ] = Field(
+        description="Flow architecture; must act on the deck's theory (phi4_*, u1_*, su3_*). "
+        "u1_sweep (2D) starts from the fitted single-plaquette map before training."
     )
     options: dict[str, Any] = Field(
         default_factory=dict,

@@ -66,6 +66,10 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     except TypeError as exc:
         raise InputError(f"train.options: {exc}") from None
     flow = flow.to(theory.device)
+    if t.architecture == "u1_sweep":
+        from kernels.flows.u1_sweep import init_marginal
+
+        init_marginal(flow, theory.beta, seed=deck.run.seed)
     rng = SiteRNG(deck.run.seed)
     show = progress and grid.is_world_root
     bar = None

@@ -111,3 +111,34 @@ def test_train_architecture_must_fit_the_theory(tmp_path, capsys):
     (tmp_path / "deck.yaml").write_text(DECK.replace("phi4_affine", "u1_ncp"))
     assert main(["validate", str(tmp_path / "deck.yaml")]) == 2
     assert "train.architecture" in capsys.readouterr().err
+
+
+def test_u1_sweep_deck_starts_from_the_single_plaquette_map(tmp_path):
+    """`architecture: u1_sweep` is initialised by init_marginal before training: with zero
+    training steps the saved flow already has a small exact KL (kernels.theories.u1_exact)."""
+    import math
+
+    from app.registry import load_model
+    from kernels.flows.train import TrainConfig, Trainer
+    from kernels.theories.u1 import U1Gauge
+    from kernels.theories.u1_exact import log_partition_function
+    from parallel import single_rank_grid
+    from parallel.rng import SiteRNG
+
+    deck = (
+        DECK.replace("{name: phi4, beta: 0.4, lambda: 0.5}", "{name: u1, beta: 2.0}")
+        .replace(
+            "{architecture: phi4_affine, options: {n_pairs: 1, hidden: [2]}, steps: 8,",
+            "{architecture: u1_sweep, options: {n_mix: 4}, steps: 0,",
+        )
+        .replace("model_name: tiny", "model_name: sweep")
+    )
+    (tmp_path / "deck.yaml").write_text(deck)
+    assert main(["train", str(tmp_path / "deck.yaml"), "--no-progress"]) == 0
+    grid = single_rank_grid((4, 4))
+    theory = U1Gauge(grid, beta=2.0)
+    flow, card = load_model("sweep", grid, theory, root=tmp_path / "models")
+    assert card["architecture"]["builder"] == "kernels.flows.u1_sweep:u1_sweep_flow"
+    ev = Trainer(flow, theory, TrainConfig(steps=0, batch=8), rng=SiteRNG(3))
+    kl = log_partition_function(2.0, (4, 4)) - float(ev.log_weights(512).mean())
+    assert kl < math.log(2.28) + 15 * 0.02  # ~ log I_0(2) for the constrained plaquette
