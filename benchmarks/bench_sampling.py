@@ -369,10 +369,20 @@ def bench_case(name, args):
     n_therm = args.therm or (40 if args.quick else 200)
     n_traj = args.traj or (200 if args.quick else 2000)
     results = {}
+    t0 = time.perf_counter()
+
+    def done(key: str) -> None:
+        r = results[key]
+        say(
+            f"   {SAMPLERS[key]}: acceptance {r['acceptance']:.3f}, steps {r['n_steps']}, "
+            f"{r['s_per_update']:.2e} s / update / chain ({time.perf_counter() - t0:.0f} s)"
+        )
+
     if "hmc" in args.samplers:
         results["hmc"] = run_hmc(
             theory, args.batch, n_therm, n_traj, args.target, args.seed + 3, observables
         )
+        done("hmc")
     if "triv" in args.samplers:
         results["triv"] = run_hmc(
             TransformedTheory(theory, flow),
@@ -383,11 +393,13 @@ def bench_case(name, args):
             args.seed + 4,
             observables,
         )
+        done("triv")
     if "fm" in args.samplers:
         start = results["hmc"]["final"] if "hmc" in results else None
         results["fm"] = run_fm(
             theory, flow, args.batch, n_therm, n_traj, args.seed + 2, observables, start
         )
+        done("fm")
     rows = {n: analyse(r, observables, derived, grid.volume) for n, r in results.items()}
     title = (
         f"### {name} {list(grid.shape)} {theory.params}: {args.batch} chains x {n_traj} "
