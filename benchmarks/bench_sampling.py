@@ -25,9 +25,11 @@ warm-started from a registry model with ``--init``, trained in ``--train-dtype``
 float64 for sampling), or loaded with ``--model`` (the training time is then read from the
 model card). Then, with ``--batch`` chains each: plain HMC and trivialized HMC
 (``HMC(TransformedTheory(theory, flow))``) thermalise with step-size tuning toward
-``--target`` acceptance at trajectory length ``tau = 1`` (Omelyan) and run ``--traj``
-trajectories (trivialized: ``--traj-triv`` if given); the flow's independence Metropolis
-(``fm``) starts from plain HMC's last configurations and runs ``--traj`` steps. Errors and
+``--target`` acceptance at trajectory length ``tau = 1`` (Omelyan; at most ``--max-steps``
+steps) and run ``--traj`` trajectories (trivialized: ``--therm-triv`` / ``--traj-triv`` if
+given); trivialized HMC starts from ``V = F^{-1}(U)`` of plain HMC's last configurations and
+the flow's independence Metropolis (``fm``) from those configurations themselves (no start-up
+bias from a hot start), running ``--traj`` steps. Errors and
 ``tau_int`` come from the Gamma method (app.analysis.gamma_method, chains as replicas; derived
 observables with pyerrors). The cost per independent configuration is
 ``2 tau_int x (wall time per update per chain)`` (the batch's update time divided by the
@@ -246,12 +248,28 @@ def _collect(series, theory, field, observables):
         series[k].append(obs[k].detach().cpu().numpy())
 
 
-def run_hmc(theory, batch, n_therm, n_traj, target, seed, observables):
+def run_hmc(
+    theory, batch, n_therm, n_traj, target, seed, observables, start=None, max_steps=10_000
+):
+    """HMC (or trivialized HMC on a TransformedTheory); chains start from the physical
+    configurations ``start`` (mapped to ``V = F^{-1}(U)`` for trivialized HMC) when given,
+    else hot."""
     grid = theory.grid
     rng = SiteRNG(seed)
-    hmc = HMC(theory, make_integrator(theory, "omelyan", 4, 1.0), rng, target_acceptance=target)
+    hmc = HMC(
+        theory,
+        make_integrator(theory, "omelyan", 4, 1.0),
+        rng,
+        target_acceptance=target,
+        max_steps=max_steps,
+    )
     off = grid.replica * batch
-    field = theory.hot_start(rng, 0, batch, off)
+    if start is None:
+        field = theory.hot_start(rng, 0, batch, off)
+    elif isinstance(theory, TransformedTheory):
+        field = theory.from_physical(start)
+    else:
+        field = start.clone()
     for t in range(1, n_therm + 1):
         field, _ = hmc.trajectory(field, t, off, tune=t <= (3 * n_therm) // 4)
         if t == (3 * n_therm) // 4:
@@ -380,18 +398,27 @@ def bench_case(name, args):
 
     if "hmc" in args.samplers:
         results["hmc"] = run_hmc(
-            theory, args.batch, n_therm, n_traj, args.target, args.seed + 3, observables
+            theory,
+            args.batch,
+            n_therm,
+            n_traj,
+            args.target,
+            args.seed + 3,
+            observables,
+            max_steps=args.max_steps,
         )
         done("hmc")
     if "triv" in args.samplers:
         results["triv"] = run_hmc(
             TransformedTheory(theory, flow),
             args.batch,
-            n_therm,
+            args.therm_triv or n_therm,
             args.traj_triv or n_traj,
             args.target,
             args.seed + 4,
             observables,
+            start=results["hmc"]["final"] if "hmc" in results else None,
+            max_steps=args.max_steps,
         )
         done("triv")
     if "fm" in args.samplers:
@@ -404,6 +431,7 @@ def bench_case(name, args):
     title = (
         f"### {name} {list(grid.shape)} {theory.params}: {args.batch} chains x {n_traj} "
         + (f"({args.traj_triv} trivialized) " if args.traj_triv else "")
+        + (f"(trivialized thermalisation {args.therm_triv}) " if args.therm_triv else "")
         + f"updates (after {n_therm} thermalisation; HMC tuned to acceptance {args.target})"
     )
     exact = {}
@@ -425,6 +453,15 @@ def main(argv=None) -> None:
     ap.add_argument("--traj", type=int, default=0, help="measured updates per chain")
     ap.add_argument("--traj-triv", type=int, default=0, help="trivialized HMC (default --traj)")
     ap.add_argument("--therm", type=int, default=0, help="thermalisation updates per chain")
+    ap.add_argument(
+        "--therm-triv", type=int, default=0, help="trivialized HMC thermalisation (default --therm)"
+    )
+    ap.add_argument(
+        "--max-steps",
+        type=int,
+        default=10_000,
+        help="cap on the tuned Omelyan step count (both HMCs)",
+    )
     ap.add_argument("--target", type=float, default=0.9, help="HMC target acceptance")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--device", default="cpu")

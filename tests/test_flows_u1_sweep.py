@@ -16,12 +16,18 @@ import math
 
 import pytest
 import torch
-from scipy import special
+from scipy import special, stats
 
 from kernels.flows.priors import prior_for
 from kernels.flows.train import TrainConfig, Trainer
 from kernels.flows.u1 import plaquette
-from kernels.flows.u1_sweep import U1SweepCoupling, init_marginal, u1_sweep_flow
+from kernels.flows.u1_sweep import (
+    U1SweepCoupling,
+    fit_marginal,
+    init_marginal,
+    marginal_map,
+    u1_sweep_flow,
+)
 from kernels.theories.u1 import U1Gauge
 from kernels.theories.u1_exact import log_partition_function
 from parallel import single_rank_grid
@@ -127,3 +133,27 @@ def test_bad_geometry():
         U1SweepCoupling(grid, 0, 0)
     with pytest.raises(ValueError, match="2D"):
         u1_sweep_flow(single_rank_grid((4, 4, 4)))
+
+
+def test_fit_marginal_kl_is_the_true_kl_and_polish_lowers_it():
+    """The returned KL per plaquette is the real ``KL(h_# uniform || von Mises)`` (checked by
+    an independent 20 000-point quadrature against scipy's von Mises density), and the
+    L-BFGS polish on the midpoint grid lowers it well below the Adam-only fit."""
+    beta = 4.0
+    layer = U1SweepCoupling(single_rank_grid((4, 4)), 0, 1, n_mix=8, transform="spline")
+    rough, kl_rough = fit_marginal(layer, beta, steps=200, polish=0)
+    params, kl = fit_marginal(layer, beta, steps=200, polish=30)
+    n = 20000
+    x = (torch.arange(n, dtype=DT) + 0.5) * (TWO_PI / n)
+
+    def true_kl(par):
+        k = par.numel() - 1
+        u, log_dh = marginal_map(layer, x, par[:k].expand(n, k), par[k:])
+        log_p = torch.from_numpy(stats.vonmises.logpdf(u.numpy(), beta))
+        # q(u) = (1 / 2 pi) / h'(x): KL = E_x[log q(h(x)) - log p(h(x))]
+        return float((-math.log(TWO_PI) - log_dh - log_p).mean())
+
+    assert abs(kl - true_kl(params)) < 0.05 * true_kl(params) + 1e-5
+    assert abs(kl_rough - true_kl(rough)) < 0.2 * true_kl(rough) + 1e-4
+    assert true_kl(params) < 0.5 * true_kl(rough)
+    assert true_kl(params) < 3e-3
