@@ -27,8 +27,9 @@ model card). Then, with ``--batch`` chains each: plain HMC and trivialized HMC
 (``HMC(TransformedTheory(theory, flow))``) thermalise with step-size tuning toward
 ``--target`` acceptance at trajectory length ``tau = 1`` (Omelyan; at most ``--max-steps``
 steps) and run ``--traj`` trajectories (trivialized: ``--therm-triv`` / ``--traj-triv`` if
-given); trivialized HMC starts from ``V = F^{-1}(U)`` of plain HMC's last configurations and
-the flow's independence Metropolis (``fm``) from those configurations themselves (no start-up
+given; ``--steps-triv`` fixes its step count instead of tuning it). Trivialized HMC starts
+from ``V = F^{-1}(U)`` of plain HMC's last configurations and the flow's independence
+Metropolis (``fm``) from those configurations themselves (no start-up
 bias from a hot start), running ``--traj`` steps. Errors and
 ``tau_int`` come from the Gamma method (app.analysis.gamma_method, chains as replicas; derived
 observables with pyerrors). The cost per independent configuration is
@@ -249,16 +250,25 @@ def _collect(series, theory, field, observables):
 
 
 def run_hmc(
-    theory, batch, n_therm, n_traj, target, seed, observables, start=None, max_steps=10_000
+    theory,
+    batch,
+    n_therm,
+    n_traj,
+    target,
+    seed,
+    observables,
+    start=None,
+    max_steps=10_000,
+    fixed_steps=0,
 ):
     """HMC (or trivialized HMC on a TransformedTheory); chains start from the physical
     configurations ``start`` (mapped to ``V = F^{-1}(U)`` for trivialized HMC) when given,
-    else hot."""
+    else hot. ``fixed_steps > 0``: that many Omelyan steps, no step-size tuning."""
     grid = theory.grid
     rng = SiteRNG(seed)
     hmc = HMC(
         theory,
-        make_integrator(theory, "omelyan", 4, 1.0),
+        make_integrator(theory, "omelyan", fixed_steps or 4, 1.0),
         rng,
         target_acceptance=target,
         max_steps=max_steps,
@@ -270,9 +280,10 @@ def run_hmc(
         field = theory.from_physical(start)
     else:
         field = start.clone()
+    tune_until = 0 if fixed_steps else (3 * n_therm) // 4
     for t in range(1, n_therm + 1):
-        field, _ = hmc.trajectory(field, t, off, tune=t <= (3 * n_therm) // 4)
-        if t == (3 * n_therm) // 4:
+        field, _ = hmc.trajectory(field, t, off, tune=t <= tune_until)
+        if t == tune_until:
             hmc.finish_tuning()
     series = {k: [] for k in observables}
     times, acc, exp_mdh = [], [], []
@@ -419,6 +430,7 @@ def bench_case(name, args):
             observables,
             start=results["hmc"]["final"] if "hmc" in results else None,
             max_steps=args.max_steps,
+            fixed_steps=args.steps_triv,
         )
         done("triv")
     if "fm" in args.samplers:
@@ -455,6 +467,12 @@ def main(argv=None) -> None:
     ap.add_argument("--therm", type=int, default=0, help="thermalisation updates per chain")
     ap.add_argument(
         "--therm-triv", type=int, default=0, help="trivialized HMC thermalisation (default --therm)"
+    )
+    ap.add_argument(
+        "--steps-triv",
+        type=int,
+        default=0,
+        help="trivialized HMC: this many Omelyan steps, no tuning (0: tuned)",
     )
     ap.add_argument(
         "--max-steps",

@@ -190,23 +190,44 @@ class U1PlaquetteCoupling(Flow):
         parts = [theta[:, d] + upd if d == self.mu else theta[:, d] for d in range(2)]
         return torch.stack(parts, dim=1)
 
+    # The element-wise transform runs on the active plaquettes only (a quarter of the sites
+    # for the stripe masks, one row or one site for the sweep masks of u1_sweep.py): the
+    # conditioner output is gathered there and the link update scattered back.
+    def _active_index(self) -> torch.Tensor:
+        """Flat local indices of the active plaquettes (cached per mask and device)."""
+        key = (self.active.data_ptr(), self.active.device)
+        if getattr(self, "_index_key", None) != key:
+            self._index = torch.nonzero(self.active.reshape(-1) > 0).reshape(-1)
+            self._index_key = key
+        return self._index
+
+    def _gather(self, plaq: torch.Tensor, shift: float = 0.0):
+        """``(p, raw, t)`` at the active sites: ``p = (plaq - shift t) mod 2 pi`` ``(B, n)``,
+        raw transform parameters ``(B, k, n)`` and shift ``t`` ``(B, n)``."""
+        raw, t = self._params(plaq)
+        idx = self._active_index()
+        t = t.reshape(t.shape[0], -1).index_select(1, idx)
+        raw = raw.reshape(raw.shape[0], raw.shape[1], -1).index_select(2, idx)
+        p = wrap_2pi(plaq.reshape(plaq.shape[0], -1).index_select(1, idx) - shift * t)
+        return p, raw, t
+
+    def _scatter_move(self, theta: torch.Tensor, delta: torch.Tensor, sign: float):
+        """Add ``sign sigma delta`` (given at the active sites) to the active links."""
+        full = delta.new_zeros(delta.shape[0], self.active.numel())
+        full = full.index_copy(1, self._active_index(), delta)
+        return self._move(theta, sign * full.reshape(theta.shape[:1] + theta.shape[2:]))
+
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.transform == "spline":
             return self._spline_forward(v)
-        plaq = self._plaq(v)
-        s, t = self._params(plaq)
-        p = wrap_2pi(plaq)
+        p, s, t = self._gather(self._plaq(v))
         h, _ = ncp_mixture(p, s)
-        delta = h - p + t
-        ld = local_sum(self.active * ncp_log_derivative(p, s))
-        return self._move(v, delta), ld
+        return self._scatter_move(v, h - p + t, 1.0), ncp_log_derivative(p, s).sum(dim=1)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.transform == "spline":
             return self._spline_inverse(u)
-        plaq = self._plaq(u)
-        s, t = self._params(plaq)
-        y = wrap_2pi(plaq - t)
+        y, s, t = self._gather(self._plaq(u), shift=1.0)
         # start from the exact inverse of the single component with the mean s
         sbar = s.mean(dim=1)
         x0 = 2.0 * torch.atan2(torch.exp(-sbar) * torch.sin(0.5 * y), torch.cos(0.5 * y))
@@ -220,25 +241,18 @@ class U1PlaquetteCoupling(Flow):
         check_converged(ok, err, self.grid, "U1PlaquetteCoupling", tol, self.max_iter)
         p = implicit_newton_step(fn, p, y)
         h, _ = ncp_mixture(p, s)
-        delta = h - p + t
-        ld = -local_sum(self.active * ncp_log_derivative(p, s))
-        return self._move(u, -delta), ld
+        ld = -ncp_log_derivative(p, s).sum(dim=1)
+        return self._scatter_move(u, h - p + t, -1.0), ld
 
     def _spline_forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        plaq = self._plaq(v)
-        raw, t = self._params(plaq)
-        p = wrap_2pi(plaq)
+        p, raw, t = self._gather(self._plaq(v))
         h, _, logdh = rq_spline(p, *self._knots(raw))
-        delta = h - p + t
-        return self._move(v, delta), local_sum(self.active * logdh)
+        return self._scatter_move(v, h - p + t, 1.0), logdh.sum(dim=1)
 
     def _spline_inverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        plaq = self._plaq(u)
-        raw, t = self._params(plaq)
-        y = wrap_2pi(plaq - t)
+        y, raw, t = self._gather(self._plaq(u), shift=1.0)
         p, logdh = rq_spline_inverse(y, *self._knots(raw))
-        delta = y - p + t
-        return self._move(u, -delta), -local_sum(self.active * logdh)
+        return self._scatter_move(u, y - p + t, -1.0), -logdh.sum(dim=1)
 
 
 class U1StoutLayer(Flow):
