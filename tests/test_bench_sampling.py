@@ -60,3 +60,31 @@ def test_bad_model_reference_fails_early(bench, tmp_path):
 
     with pytest.raises(RegistryError):
         bench.main(["--cases", "u1", *TINY, "--model", "nope", "--models", str(tmp_path)])
+
+
+def test_md_stiffness_table(bench, tmp_path, capsys):
+    """benchmarks/bench_md_stiffness.py on a registry flow: one row per step count, and plain
+    HMC's |dH| falls with the step size (second-order integrator)."""
+    models = str(tmp_path / "models")
+    bench.main(
+        ["--cases", "u1", *TINY, "--train-steps", "2", "--samplers", "hmc", "triv"]
+        + ["--steps-triv", "3", "--save-model", "stiff", "--models", models]
+    )
+    out = capsys.readouterr().out
+    assert re.search(r"\| Omelyan steps \(tau = 1\) \| \d+ \| 3 \|", out)  # fixed, not tuned
+    ref = re.search(r"saved (stiff@[0-9a-f]+)", out).group(1)
+    spec = importlib.util.spec_from_file_location(
+        "bench_md_stiffness", ROOT / "benchmarks" / "bench_md_stiffness.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(
+        ["--model", ref, "--models", models, "--steps", "2,16", "--batch", "2"]
+        + ["--traj", "1", "--therm", "8"]
+    )
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if re.match(r"\| (2|16) \|", line)]
+    assert len(rows) == 2
+    dh_plain = [float(r[3]) for r in rows]
+    assert dh_plain[1] < dh_plain[0] / 4
+    assert "trivialized rms" in out
