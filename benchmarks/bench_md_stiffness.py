@@ -9,7 +9,8 @@ HMC is thermalised from a hot start (``--therm`` trajectories, step size tuned t
 HMC from ``V = F^{-1}(U)``). Then, for each Omelyan step count ``n`` of ``--steps``
 (``tau = 1``, no tuning), each sampler runs ``--traj`` trajectories from those starts and the
 table gives per sampler: ``<|dH|>``, ``<min(1, exp(-dH))>`` (the acceptance rate), the force
-at the starts (root mean square and maximum over all variables) and the wall time per
+at the starts (root mean square and maximum over all variables), the curvature of the action
+along a random direction at the starts, and the wall time per
 trajectory per chain. For a second-order integrator ``dH ~ eps^2 x`` (force curvature), so a
 stiff trivialized action shows as ``|dH|`` that stays large until ``eps`` is below
 ``1 / sqrt(max curvature)``.
@@ -23,6 +24,7 @@ import sys
 import time
 from datetime import datetime
 
+import numpy as np
 import torch
 from mpi4py import MPI
 
@@ -52,6 +54,23 @@ def force_stats(theory, field) -> tuple[float, float]:
     n = comm.allreduce(f.numel(), op=MPI.SUM)
     mx = comm.allreduce(float(f.abs().max()), op=MPI.MAX)
     return (sq / n) ** 0.5, mx
+
+
+def curvature(theory, field, seed: int, s: float = 1e-7) -> float:
+    """Largest (over chains) second derivative of the action along a random unit direction
+    ``d`` (Gaussian, normalised over the whole lattice), ``d . (F(x + s d) - F(x - s d)) / 2 s``
+    with the force ``F = dS/dx``; a leapfrog-type integrator is unstable for
+    ``eps > 2 / sqrt(curvature)`` along that direction."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(field.shape, generator=gen, dtype=field.dtype)
+    comm = theory.grid.comm
+    dims = tuple(range(1, d.ndim))
+    d = d / torch.from_numpy(
+        np.sqrt(comm.allreduce(d.pow(2).sum(dim=dims).numpy(), op=MPI.SUM))
+    ).reshape((-1,) + (1,) * (d.ndim - 1))
+    df = theory.force(field + s * d) - theory.force(field - s * d)
+    c = comm.allreduce((d * df).sum(dim=dims).numpy(), op=MPI.SUM) / (2 * s)
+    return float(np.max(np.abs(c)))
 
 
 def run_fixed(theory, start, n_steps, n_traj, seed, batch):
@@ -115,6 +134,11 @@ def main(argv=None) -> None:
     rms_t, max_t = force_stats(triv, v)
     say(f"# force at the starts: plain rms {rms_p:.3g} max {max_p:.3g}; ")
     say(f"#   trivialized rms {rms_t:.3g} max {max_t:.3g}")
+    c_p, c_t = curvature(theory, u, args.seed), curvature(triv, v, args.seed)
+    say(
+        f"# curvature along a random direction (max over chains): plain {c_p:.3g} "
+        f"(stable eps < {2 / c_p**0.5:.3g}), trivialized {c_t:.3g} (eps < {2 / c_t**0.5:.3g})"
+    )
     say("")
     say(
         "| steps | eps | plain <\\|dH\\|> | plain acc. | plain s/traj/chain "
