@@ -78,6 +78,14 @@ def test_md_stiffness_table(bench, tmp_path, capsys):
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    force = importlib.util.spec_from_file_location(
+        "bench_flow_force", ROOT / "benchmarks" / "bench_flow_force.py"
+    )
+    fmod = importlib.util.module_from_spec(force)
+    force.loader.exec_module(fmod)
+    fmod.main(["--model", ref, "--models", models, "--batches", "1,3", "--repeat", "2"])
+    out = capsys.readouterr().out
+    assert len(re.findall(r"^\| [13] \| \S+ \| \S+ \| \S+ \|$", out, re.M)) == 2
     mod.main(
         ["--model", ref, "--models", models, "--steps", "2,16", "--batch", "2"]
         + ["--traj", "1", "--therm", "8"]

@@ -1,0 +1,91 @@
+"""Cost of the trivialized force against the plain force, per chain, for several batch sizes.
+
+    python benchmarks/bench_flow_force.py --model minimal-phi4-L18 --models /tmp/models \\
+        --batches 16,64,256,1024 --threads 1
+
+For a flow from the model registry (its card gives the theory, couplings and lattice), times
+the theory's force ``dS/dU`` and the trivialized force ``dS~/dV`` (autograd through the flow,
+:class:`kernels.samplers.trivialized.TransformedTheory`) on hot-start fields and prints the
+median seconds per call divided by the number of chains, and their ratio. The ratio bounds
+what trivialized HMC must gain in ``tau_int`` (and step count) to be cheaper than plain HMC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime
+
+import torch
+from mpi4py import MPI
+
+from app.registry import load_model, read_card
+from kernels.samplers.trivialized import TransformedTheory
+from kernels.theories.phi4 import Phi4
+from kernels.theories.u1 import U1Gauge
+from parallel import ProcessGrid
+from parallel.rng import SiteRNG
+
+ROOT = MPI.COMM_WORLD.Get_rank() == 0
+THEORIES = {"u1": U1Gauge, "phi4": Phi4}
+
+
+def say(*a) -> None:
+    if ROOT:
+        print(*a, flush=True)
+
+
+def seconds_per_call(fn, repeat: int) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` calls (after one warm-up), max over ranks."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        MPI.COMM_WORLD.Barrier()
+        t0 = time.perf_counter()
+        fn()
+        times.append(MPI.COMM_WORLD.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+    return statistics.median(times)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="registry reference name[@hash]")
+    ap.add_argument("--models", default=None, help="registry root (default $TRIVHMC_MODELS)")
+    ap.add_argument("--batches", default="16,64,256", help="chains per call, comma list")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = ap.parse_args(argv)
+    torch.set_default_dtype(torch.float64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    card = read_card(args.model, root=args.models)
+    if card["theory"] not in THEORIES:
+        raise SystemExit(f"bench_flow_force: theory {card['theory']!r} not supported")
+    grid = ProcessGrid(tuple(card["lattice"]))
+    theory = THEORIES[card["theory"]](grid, **card["couplings"], dtype=torch.float64)
+    flow, _ = load_model(args.model, grid, theory, root=args.models, dtype=torch.float64)
+    flow.eval()
+    triv = TransformedTheory(theory, flow)
+    say(f"# bench_flow_force  {datetime.now().isoformat(timespec='seconds')}")
+    say(f"# machine: {platform.node()} ({platform.processor() or platform.machine()})")
+    say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {grid.describe()}")
+    say(f"# command: {' '.join(sys.argv)}")
+    say(
+        f"# flow {card['name']}@{card['hash'][:16]}: {card['architecture']['builder']}, "
+        f"{card['n_parameters']} parameters; theory {card['theory']} {card['couplings']}"
+    )
+    say("")
+    say("| chains | plain force s / chain | trivialized force s / chain | ratio |")
+    say("|---|---|---|---|")
+    for batch in (int(b) for b in args.batches.split(",") if b.strip()):
+        field = theory.hot_start(SiteRNG(1), 0, batch, grid.replica * batch)
+        plain = seconds_per_call(lambda f=field: theory.force(f), args.repeat) / batch
+        flowed = seconds_per_call(lambda f=field: triv.force(f), args.repeat) / batch
+        say(f"| {batch} | {plain:.2e} | {flowed:.2e} | {flowed / plain:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
