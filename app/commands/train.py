@@ -24,5 +24,7 @@ def main(args: argparse.Namespace) -> int:
     if MPI.COMM_WORLD.Get_rank() == 0:
         summary = {k: last[k] for k in ("loss", "kl", "ess", "force_rms") if k in last}
         print(f"trained model: {ref}  {json.dumps(summary)}")
-        print(f"use it with:  sampler: {{name: trivialized_hmc, flow: {{model: {ref}}}}}")
+        # the deck's own flow sampler if it names one, else trivialized HMC
+        name = deck.sampler.name if deck.sampler.name != "hmc" else "trivialized_hmc"
+        print(f"use it with:  sampler: {{name: {name}, flow: {{model: {ref}}}}}")
     return 0
