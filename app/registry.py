@@ -298,6 +298,30 @@ def load_model(
     return flow, card
 
 
+def load_model_and_theory(
+    ref: str,
+    root: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float64,
+    grid: ProcessGrid | None = None,
+) -> tuple[Any, Flow, dict[str, Any]]:
+    """The card's theory with its couplings and the flow ``ref`` on it: ``(theory, flow,
+    card)``, on the lattice the model was trained on (a new :class:`ProcessGrid` over all
+    ranks) or on ``grid``; theory and flow in ``dtype``."""
+    from kernels.theories import make_theory
+
+    card = read_card(ref, root)
+    grid = grid if grid is not None else ProcessGrid(tuple(card["lattice"]))
+    try:
+        theory = make_theory(card["theory"], grid, **card["couplings"], dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(
+            f"model {ref!r}: cannot build theory {card['theory']!r} with couplings "
+            f"{card['couplings']}: {exc}"
+        ) from exc
+    flow, card = load_model(ref, grid, theory, root=root, dtype=dtype)
+    return theory, flow, card
+
+
 def list_models(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Short summaries (name, hash, theory, lattice, parameters, created) of every model."""
     root = Path(root) if root is not None else default_root()

@@ -22,15 +22,11 @@ from datetime import datetime
 import torch
 from mpi4py import MPI
 
-from app.registry import load_model, read_card
+from app.registry import load_model_and_theory
 from kernels.samplers.trivialized import TransformedTheory
-from kernels.theories.phi4 import Phi4
-from kernels.theories.u1 import U1Gauge
-from parallel import ProcessGrid
 from parallel.rng import SiteRNG
 
 ROOT = MPI.COMM_WORLD.Get_rank() == 0
-THEORIES = {"u1": U1Gauge, "phi4": Phi4}
 
 
 def say(*a) -> None:
@@ -61,12 +57,8 @@ def main(argv=None) -> None:
     torch.set_default_dtype(torch.float64)
     if args.threads:
         torch.set_num_threads(args.threads)
-    card = read_card(args.model, root=args.models)
-    if card["theory"] not in THEORIES:
-        raise SystemExit(f"bench_flow_force: theory {card['theory']!r} not supported")
-    grid = ProcessGrid(tuple(card["lattice"]))
-    theory = THEORIES[card["theory"]](grid, **card["couplings"], dtype=torch.float64)
-    flow, _ = load_model(args.model, grid, theory, root=args.models, dtype=torch.float64)
+    theory, flow, card = load_model_and_theory(args.model, root=args.models)
+    grid = theory.grid
     flow.eval()
     triv = TransformedTheory(theory, flow)
     say(f"# bench_flow_force  {datetime.now().isoformat(timespec='seconds')}")

@@ -13,6 +13,7 @@ from app.registry import (
     RegistryError,
     list_models,
     load_model,
+    load_model_and_theory,
     read_card,
     resolve,
     save_model,
@@ -165,3 +166,17 @@ def test_trained_at_L_runs_at_2L(tmp_path, kind: str) -> None:
     v, ld_inv = big.inverse(u)
     assert torch.allclose(v, y, atol=1e-10) and abs(float((ld + ld_inv).detach())) < 1e-10
     assert math.isclose(_brute_logdet(big, y), float(ld.detach()), rel_tol=1e-10, abs_tol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["phi4", "u1"])
+def test_load_model_and_theory_rebuilds_the_cards_theory(tmp_path, kind) -> None:
+    flow, theory = _u1() if kind == "u1" else _trained_phi4()[:2]
+    ref = save_model(flow, theory, f"{kind}-mt", root=tmp_path)
+    th2, flow2, card = load_model_and_theory(ref, root=tmp_path, grid=SMALL)
+    assert type(th2) is type(theory) and th2.params == theory.params
+    assert card["hash"].startswith(ref.split("@")[1])
+    x = theory.hot_start(SiteRNG(3), 0, 2)
+    assert torch.equal(th2.action(x), theory.action(x))
+    assert torch.equal(flow2(x)[0], flow(x)[0].detach())
+    th3, _, _ = load_model_and_theory(ref, root=tmp_path)  # the card's lattice, all ranks
+    assert list(th3.grid.shape) == card["lattice"]
