@@ -9,6 +9,8 @@ by a halo of width ``r`` (:func:`parallel.halo.halo_pad`) and then convolved wit
 On one rank this equals ``torch.nn.ConvNd(..., padding=r, padding_mode="circular")``. For
 D = 1, 2, 3 the torch convolution kernels are used; for other D (4D lattices) a generic
 shift-and-contract implementation. Gradients flow through the halo exchange's adjoint.
+``LatticeConv.at_sites(x, index)`` evaluates the same formula at selected local sites only
+(e.g. the active sites of a masked coupling layer), after the same halo exchange.
 """
 
 from __future__ import annotations
@@ -72,6 +74,37 @@ class LatticeConv(nn.Module):
         if conv is not None:
             return conv(xp, self.weight, self.bias)
         return _generic_valid_conv(xp, self.weight, self.bias, self.grid.local_shape)
+
+    def at_sites(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` at the local sites with flat (C-order) indices ``index`` only:
+        shape ``(B, C_out, n)``. Same halo exchange, same formula; the contraction runs on
+        the ``n`` sites' ``k^D`` neighbourhoods (gathered from the padded field), so a layer
+        that needs its output on a few sites does not pay for the whole lattice."""
+        r = self.kernel_size // 2
+        xp = halo_pad(x, self.grid, r, first=2, bc=self.bc) if r else x
+        gather = self._neighbourhoods(index, tuple(xp.shape[2:]))
+        patches = xp.reshape(xp.shape[0], xp.shape[1], -1)[:, :, gather]  # (B, C_in, n, k^D)
+        w = self.weight.reshape(self.weight.shape[0], self.weight.shape[1], -1)
+        y = torch.einsum("oik,bink->bon", w, patches)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1)
+
+    def _neighbourhoods(self, index: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
+        """Flat indices into the padded block of each site's ``k^D`` window, ``(n, k^D)``,
+        the window offsets in the weight's C order. Cached for one index tensor: the cache
+        holds a reference to it (so its address cannot be reused while cached) and keys on
+        its version counter (in-place changes)."""
+        key = (index.data_ptr(), index.numel(), index._version, index.device, padded)
+        cache = self.__dict__.setdefault("_window_cache", {})
+        if key not in cache:
+            local = self.grid.local_shape
+            coords = torch.stack(torch.unravel_index(index.cpu(), local), dim=1)  # (n, D)
+            k = self.kernel_size
+            offsets = torch.tensor(list(itertools.product(range(k), repeat=len(local))))
+            pos = coords[:, None, :] + offsets[None, :, :]  # padded coordinates (n, k^D, D)
+            strides = torch.tensor([math.prod(padded[m + 1 :]) for m in range(len(padded))])
+            cache.clear()
+            cache[key] = (index, (pos * strides).sum(-1).to(index.device))
+        return cache[key][1]
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]

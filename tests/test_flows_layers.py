@@ -231,3 +231,26 @@ def test_composition_is_the_product() -> None:
     ub, ldb = b(ua)
     u, ld = comp(x)
     assert torch.allclose(u, ub, atol=1e-14) and torch.allclose(ld, lda + ldb, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,k", [((6,), 3), ((4, 8), 3), ((4, 4), 1), ((2, 4, 2, 4), 3)])
+def test_conv_at_sites_equals_the_full_convolution(shape, k):
+    """LatticeConv.at_sites / ConvNet.at_sites give forward() at the chosen sites (values and
+    gradients), in 1D, 2D (also k = 1) and 4D (the generic convolution)."""
+    from kernels.flows.phi4 import ConvNet
+
+    grid = single_rank_grid(shape)
+    torch.manual_seed(3)
+    net = ConvNet(grid, 2, 5, hidden=(3,), kernel_size=k).double()
+    x = torch.randn((2, 2, *shape), dtype=torch.float64, requires_grad=True)
+    n = math.prod(shape)
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: max(1, n // 3)]
+    full = net(x).reshape(2, 5, n)[:, :, index]
+    some = net.at_sites(x, index)
+    assert some.shape == (2, 5, index.numel())
+    assert torch.allclose(some, full, atol=1e-13, rtol=0)
+    w = torch.randn_like(full)
+    g_full = torch.autograd.grad((w * full).sum(), [x, *net.parameters()])
+    g_some = torch.autograd.grad((w * some).sum(), [x, *net.parameters()])
+    for a, b in zip(g_full, g_some):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)

@@ -74,6 +74,15 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def at_sites(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` at the local sites with flat indices ``index``: ``(B, C_out, n)``.
+        The hidden layers run on the whole local lattice (the last one's receptive field
+        needs them); the output layer only on the ``n`` sites."""
+        *hidden, last = self.net
+        for module in hidden:
+            x = module(x)
+        return last.at_sites(x, index)
+
 
 class AffineCoupling(Flow):
     """Checkerboard affine coupling ``u = m v + (1 - m)(v e^s + t)``, ``(s, t) = CNN(m v)``.

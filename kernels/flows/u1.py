@@ -175,12 +175,6 @@ class U1PlaquetteCoupling(Flow):
     def _plaq(self, theta: torch.Tensor) -> torch.Tensor:
         return plaquette(theta, self.grid, 0, 1)
 
-    def _params(self, plaq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx = torch.stack((self.frozen * torch.cos(plaq), self.frozen * torch.sin(plaq)), dim=1)
-        out = self.net(ctx)
-        k = out.shape[1] - 1
-        return out[:, :k], out[:, k]
-
     def _knots(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = self.n_mix
         return circular_spline_knots(raw[:, :k], raw[:, k : 2 * k], raw[:, 2 * k :])
@@ -190,9 +184,9 @@ class U1PlaquetteCoupling(Flow):
         parts = [theta[:, d] + upd if d == self.mu else theta[:, d] for d in range(2)]
         return torch.stack(parts, dim=1)
 
-    # The element-wise transform runs on the active plaquettes only (a quarter of the sites
-    # for the stripe masks, one row or one site for the sweep masks of u1_sweep.py): the
-    # conditioner output is gathered there and the link update scattered back.
+    # The conditioner's output layer and the element-wise transform run on the active
+    # plaquettes only (a quarter of the sites for the stripe masks, one row or one site for
+    # the sweep masks of u1_sweep.py); the link update is scattered back.
     def _active_index(self) -> torch.Tensor:
         """Flat local indices of the active plaquettes (cached per mask and device)."""
         key = (self.active.data_ptr(), self.active.device)
@@ -203,11 +197,12 @@ class U1PlaquetteCoupling(Flow):
 
     def _gather(self, plaq: torch.Tensor, shift: float = 0.0):
         """``(p, raw, t)`` at the active sites: ``p = (plaq - shift t) mod 2 pi`` ``(B, n)``,
-        raw transform parameters ``(B, k, n)`` and shift ``t`` ``(B, n)``."""
-        raw, t = self._params(plaq)
+        raw transform parameters ``(B, k, n)`` and shift ``t`` ``(B, n)``, from the network on
+        the frozen plaquettes ``frozen * (cos P, sin P)``."""
         idx = self._active_index()
-        t = t.reshape(t.shape[0], -1).index_select(1, idx)
-        raw = raw.reshape(raw.shape[0], raw.shape[1], -1).index_select(2, idx)
+        ctx = torch.stack((self.frozen * torch.cos(plaq), self.frozen * torch.sin(plaq)), dim=1)
+        out = self.net.at_sites(ctx, idx)  # conditioner output at the active sites only
+        raw, t = out[:, :-1], out[:, -1]
         p = wrap_2pi(plaq.reshape(plaq.shape[0], -1).index_select(1, idx) - shift * t)
         return p, raw, t
 
