@@ -13,25 +13,13 @@ what trivialized HMC must gain in ``tau_int`` (and step count) to be cheaper tha
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import sys
 import time
-from datetime import datetime
 
-import torch
+from flow_bench_setup import add_flow_arguments, load_trivialized, say
 from mpi4py import MPI
 
-from app.registry import load_model_and_theory
-from kernels.samplers.trivialized import TransformedTheory
 from parallel.rng import SiteRNG
-
-ROOT = MPI.COMM_WORLD.Get_rank() == 0
-
-
-def say(*a) -> None:
-    if ROOT:
-        print(*a, flush=True)
 
 
 def seconds_per_call(fn, repeat: int) -> float:
@@ -48,27 +36,12 @@ def seconds_per_call(fn, repeat: int) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="registry reference name[@hash]")
-    ap.add_argument("--models", default=None, help="registry root (default $TRIVHMC_MODELS)")
+    add_flow_arguments(ap)
     ap.add_argument("--batches", default="16,64,256", help="chains per call, comma list")
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args(argv)
-    torch.set_default_dtype(torch.float64)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    theory, flow, card = load_model_and_theory(args.model, root=args.models)
+    theory, triv, _ = load_trivialized(args, "bench_flow_force")
     grid = theory.grid
-    flow.eval()
-    triv = TransformedTheory(theory, flow)
-    say(f"# bench_flow_force  {datetime.now().isoformat(timespec='seconds')}")
-    say(f"# machine: {platform.node()} ({platform.processor() or platform.machine()})")
-    say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {grid.describe()}")
-    say(f"# command: {' '.join(sys.argv)}")
-    say(
-        f"# flow {card['name']}@{card['hash'][:16]}: {card['architecture']['builder']}, "
-        f"{card['n_parameters']} parameters; theory {card['theory']} {card['couplings']}"
-    )
     say("")
     say("| chains | plain force s / chain | trivialized force s / chain | ratio |")
     say("|---|---|---|---|")

@@ -19,27 +19,16 @@ stiff trivialized action shows as ``|dH|`` that stays large until ``eps`` is bel
 from __future__ import annotations
 
 import argparse
-import platform
-import sys
 import time
-from datetime import datetime
 
 import numpy as np
 import torch
+from flow_bench_setup import add_flow_arguments, load_trivialized, say
 from mpi4py import MPI
 
-from app.registry import load_model_and_theory
 from kernels.integrators import make_integrator
 from kernels.samplers.hmc import HMC
-from kernels.samplers.trivialized import TransformedTheory
 from parallel.rng import SiteRNG
-
-ROOT = MPI.COMM_WORLD.Get_rank() == 0
-
-
-def say(*a) -> None:
-    if ROOT:
-        print(*a, flush=True)
 
 
 def force_stats(theory, field) -> tuple[float, float]:
@@ -59,14 +48,14 @@ def curvature(theory, field, seed: int, s: float = 1e-7) -> float:
     ``eps > 2 / sqrt(curvature)`` along that direction."""
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(field.shape, generator=gen, dtype=field.dtype)
-    comm = theory.grid.comm
+    domain = theory.grid.domain_comm  # per-chain sums over the chain's lattice
     dims = tuple(range(1, d.ndim))
     d = d / torch.from_numpy(
-        np.sqrt(comm.allreduce(d.pow(2).sum(dim=dims).numpy(), op=MPI.SUM))
+        np.sqrt(domain.allreduce(d.pow(2).sum(dim=dims).numpy(), op=MPI.SUM))
     ).reshape((-1,) + (1,) * (d.ndim - 1))
     df = theory.force(field + s * d) - theory.force(field - s * d)
-    c = comm.allreduce((d * df).sum(dim=dims).numpy(), op=MPI.SUM) / (2 * s)
-    return float(np.max(np.abs(c)))
+    c = domain.allreduce((d * df).sum(dim=dims).numpy(), op=MPI.SUM) / (2 * s)
+    return theory.grid.comm.allreduce(float(np.max(np.abs(c))), op=MPI.MAX)
 
 
 def run_fixed(theory, start, n_steps, n_traj, seed, batch):
@@ -84,28 +73,15 @@ def run_fixed(theory, start, n_steps, n_traj, seed, batch):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="registry reference name[@hash]")
-    ap.add_argument("--models", default=None, help="registry root (default $TRIVHMC_MODELS)")
+    add_flow_arguments(ap)
     ap.add_argument("--steps", default="4,16,64,256", help="Omelyan step counts, comma list")
     ap.add_argument("--batch", type=int, default=4, help="chains")
     ap.add_argument("--traj", type=int, default=2, help="trajectories per step count")
     ap.add_argument("--therm", type=int, default=200, help="plain-HMC thermalisation")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = ap.parse_args(argv)
-    torch.set_default_dtype(torch.float64)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    theory, flow, card = load_model_and_theory(args.model, root=args.models)
+    theory, triv, _ = load_trivialized(args, "bench_md_stiffness")
     grid = theory.grid
-    flow.eval()
-    triv = TransformedTheory(theory, flow)
-    say(f"# bench_md_stiffness  {datetime.now().isoformat(timespec='seconds')}")
-    say(f"# machine: {platform.node()} ({platform.processor() or platform.machine()})")
-    say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {grid.describe()}")
-    say(f"# command: {' '.join(sys.argv)}")
-    say(f"# flow {card['name']}@{card['hash'][:16]}: {card['architecture']['builder']}, ")
-    say(f"#   {card['n_parameters']} parameters; theory {card['theory']} {card['couplings']}")
 
     rng = SiteRNG(args.seed)
     hmc = HMC(theory, make_integrator(theory, "omelyan", 4, 1.0), rng, target_acceptance=0.9)
