@@ -15,12 +15,8 @@ the interface the run loop uses (:class:`app.run.Sampler`): ``trajectory``, ``st
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from app.deck import Deck
 from app.errors import InputError
@@ -56,9 +52,8 @@ def load_flow(deck: Deck, theory: Theory):
     return flow, card
 
 
-def build_flow_sampler(deck: Deck, theory: Theory, rng):
-    from app.run import Sampler
-
+def build_flow_sampler(deck: Deck, theory: Theory, rng) -> tuple[Any, dict[str, Any]]:
+    """The deck's flow sampler (protocol object) and its flow reference ``{model, hash}``."""
     flow, card = load_flow(deck, theory)
     ref = {"model": deck.sampler.flow.model, "hash": card.get("hash")}
     s = deck.sampler
@@ -75,89 +70,11 @@ def build_flow_sampler(deck: Deck, theory: Theory, rng):
             target_acceptance=s.target_acceptance,
             reversibility_every=deck.run.check_reversibility,
         )
-        return Sampler(hmc, tt.to_physical, tt.from_physical, ref)
+        return hmc, ref
     if s.name == "flow_metropolis":
         from kernels.flows.priors import prior_for
-        from kernels.samplers.flow_metropolis import FlowMetropolis
+        from kernels.samplers.flow_metropolis import FlowMetropolis, FlowMetropolisSampler
 
         fm = FlowMetropolis(theory, flow, prior_for(theory), rng)
-        return Sampler(FlowMetropolisChain(fm), flow_ref=ref)
+        return FlowMetropolisSampler(fm), ref
     raise InputError(f"sampler.name: unknown sampler {s.name!r}")
-
-
-@dataclass
-class FlowMetropolisRecord:
-    """What the run loop reads of a step (the fields of an HMC TrajectoryRecord it uses)."""
-
-    dH: torch.Tensor
-    accepted: torch.Tensor
-    exp_minus_dH: torch.Tensor
-    wall_time: float
-    ess: float
-    step_size: float = 0.0
-    n_steps: int = 0
-    n_nonfinite: int = 0
-    reversibility_field_error: Any = None
-    reversibility_dH_error: Any = None
-
-
-class FlowMetropolisChain:
-    """Flow independence Metropolis with the run loop's sampler interface.
-
-    The per-chain log weight ``log w = -S(U) - log q(U)`` of the current state is part of the
-    checkpointed state, so a resumed chain continues bit for bit.
-    """
-
-    def __init__(self, fm) -> None:
-        self.fm = fm
-        self._state = None
-        self._log_w: list[float] | None = None
-
-    def trajectory(
-        self,
-        u: torch.Tensor,
-        counter: int,
-        chain_offset: int = 0,
-        *,
-        tune: bool = False,
-        check_reversibility: bool | None = None,
-    ):
-        from kernels.samplers.flow_metropolis import FlowState
-
-        start = time.perf_counter()
-        if self._state is None or self._state.u is not u:
-            if self._log_w is not None and len(self._log_w) == u.shape[0]:
-                lw = torch.tensor(self._log_w, dtype=torch.float64, device=u.device)
-                self._state = FlowState(u, lw.to(u.dtype.to_real()))
-            else:
-                self._state = self.fm.state_of(u)
-        old = self._state.log_w
-        new_state, rec = self.fm.step(self._state, counter, chain_offset)
-        self._state = new_state
-        self._log_w = None
-        dh = -(rec.proposal_log_w - old)
-        return new_state.u, FlowMetropolisRecord(
-            dH=dh,
-            accepted=rec.accepted,
-            exp_minus_dH=torch.exp(-dh),
-            wall_time=time.perf_counter() - start,
-            ess=float(rec.ess),
-        )
-
-    def finish_tuning(self) -> None:
-        """Nothing to tune."""
-
-    def state_dict(self) -> dict[str, Any]:
-        lw = None if self._state is None else [float(x) for x in self._state.log_w.double()]
-        return {
-            "sampler": "flow_metropolis",
-            "log_w": lw,
-            "n_accepted": self.fm.n_accepted,
-            "n_proposed": self.fm.n_proposed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._log_w = state.get("log_w")
-        self._state = None
-        self.fm.n_accepted = int(state.get("n_accepted", 0))
-        self.fm.n_proposed = int(state.get("n_proposed", 0))

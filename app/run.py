@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from app.io.atomic import atomic_write_bytes
 from app.progress import write_progress
 from kernels.integrators import make_integrator
 from kernels.samplers.hmc import HMC
+from kernels.samplers.protocol import Sampler
 from kernels.theories import make_theory
 from kernels.theory import Theory
 from parallel import ProcessGrid, set_gpu_aware
@@ -78,17 +78,9 @@ def build_theory(deck: Deck, grid: ProcessGrid) -> Theory:
     )
 
 
-@dataclass
-class Sampler:
-    """What the run loop needs of a sampler: a trajectory, a state, and the physical field."""
-
-    hmc: HMC
-    to_physical: Callable[[torch.Tensor], torch.Tensor] = lambda v: v
-    from_physical: Callable[[torch.Tensor], torch.Tensor] = lambda u: u
-    flow_ref: dict[str, Any] = field(default_factory=dict)
-
-
-def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> Sampler:
+def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> tuple[Sampler, dict[str, Any]]:
+    """The deck's sampler (protocol :class:`kernels.samplers.protocol.Sampler`) and the
+    reference of its flow model (``{}`` without one)."""
     s = deck.sampler
     if s.name == "hmc":
         integ = make_integrator(theory, s.integrator, s.steps, s.trajectory_length)
@@ -100,7 +92,7 @@ def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> Sampler:
             target_acceptance=s.target_acceptance,
             reversibility_every=deck.run.check_reversibility,
         )
-        return Sampler(hmc)
+        return hmc, {}
     from app.flow_samplers import build_flow_sampler
 
     return build_flow_sampler(deck, theory, rng)
@@ -256,13 +248,13 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
         (out / "configs").mkdir(exist_ok=True)
     grid.comm.Barrier()
 
-    sampler = build_sampler(deck, theory, rng)
+    sampler, flow_ref = build_sampler(deck, theory, rng)
     physics = physics_of(deck)
     run_info = {
         "seed": deck.run.seed,
         "chains_total": grid.replicas * chains,
         "sampler": deck.sampler.name,
-        "flow": sampler.flow_ref,
+        "flow": flow_ref,
     }
 
     ckpt = find_latest(out / "checkpoints") if world0 else None
@@ -276,7 +268,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 f"sampler: checkpoint has {ckpt.run.get('sampler')!r}, "
                 f"deck has {deck.sampler.name!r}"
             )
-        if ckpt.run.get("flow", {}).get("hash") != sampler.flow_ref.get("hash"):
+        if ckpt.run.get("flow", {}).get("hash") != flow_ref.get("hash"):
             diffs.append("flow model: the checkpoint was made with another flow model")
         if diffs:
             raise CheckpointError(
@@ -288,7 +280,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
         # checkpoints hold the chain variable (V for trivialized HMC), not U = F(V)
         field_v = read_local_fields(ckpt, grid, theory.first, chains, theory.device)
         field_v = field_v.to(theory.dtype)
-        sampler.hmc.load_state_dict(ckpt.sampler_state)
+        sampler.load_state_dict(ckpt.sampler_state)
         start_traj = ckpt.trajectory
     else:
         if world0 and (out / RECORDS).exists():
@@ -309,7 +301,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
         offset,
         out,
         resume=ckpt is not None,
-        flow_hash=sampler.flow_ref.get("hash"),
+        flow_hash=flow_ref.get("hash"),
     )
     writers.truncate_after(start_traj - 1)
 
@@ -327,8 +319,8 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             therm = traj < deck.run.thermalization
             tune = therm and deck.sampler.target_acceptance is not None
             if not therm and traj == deck.run.thermalization and deck.run.thermalization > 0:
-                sampler.hmc.finish_tuning()
-            field_v, rec = sampler.hmc.trajectory(field_v, traj, offset, tune=tune)
+                sampler.finish_tuning()
+            field_v, rec = sampler.trajectory(field_v, traj, offset, tune=tune)
             n_acc += float(rec.accepted.double().sum())
             n_done += chains
             prod_index = traj - deck.run.thermalization
@@ -390,7 +382,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 for w, _ in writers:
                     w.set_rng_counters({"next_trajectory": traj})
                     w.flush()
-                ck = Checkpoint(traj, physics, run_info, sampler.hmc.state_dict())
+                ck = Checkpoint(traj, physics, run_info, sampler.state_dict())
                 write_checkpoint(out / "checkpoints", ck, field_v, grid, theory.first)
                 _write_progress(out, traj, total, grid)
             if out_of_time and traj < total:

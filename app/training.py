@@ -122,3 +122,26 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
         grid=grid,
     )
     return ref, (history[-1] if history else {})
+
+
+def save_trainer_checkpoint(trainer, path) -> None:
+    """Write a trainer's state (flow, optimiser, scheduler, RNG, history) atomically on the
+    world root (temp file, fsync, rename); collective over the trainer's grid."""
+    import io
+
+    from app.io.atomic import atomic_write_bytes
+
+    if trainer.grid.comm.Get_rank() == 0:
+        buf = io.BytesIO()
+        torch.save(trainer.state_dict(), buf)
+        atomic_write_bytes(path, buf.getvalue())
+    trainer.grid.comm.Barrier()
+
+
+def load_trainer_checkpoint(trainer, path) -> None:
+    """Restore :func:`save_trainer_checkpoint` (every rank reads it; weights re-broadcast)."""
+    from parallel import broadcast_parameters
+
+    state = torch.load(str(path), map_location="cpu", weights_only=False)
+    trainer.load_state_dict(state)
+    broadcast_parameters(trainer.flow, trainer.grid)

@@ -252,17 +252,52 @@ def _step_ops(scheme: str, lam: float) -> tuple[tuple[str, float], ...]:
     raise ValueError(f"unknown integrator scheme {scheme!r}; known: {SCHEMES}")
 
 
+@dataclass(frozen=True)
+class LevelSpec:
+    """A time scale as a deck names it: the action terms it integrates, its step count
+    (per drift of the level above; per trajectory for the outermost) and its scheme."""
+
+    terms: tuple[str, ...]
+    steps: int
+    scheme: str | None = None
+
+
 def make_integrator(
     theory: Theory,
     scheme: str = "omelyan",
     n_steps: int = 10,
     trajectory_length: float = 1.0,
+    levels: Sequence[LevelSpec] | None = None,
 ) -> Integrator:
-    """Single time scale with the theory's full force: ``n_steps`` steps over
-    ``trajectory_length``."""
-    return Integrator(
-        theory,
-        [Level(theory.force, n_steps, name=getattr(theory, "name", "force"))],
-        scheme=scheme,
-        trajectory_length=trajectory_length,
-    )
+    """The integrator of a deck.
+
+    Without ``levels``: a single time scale with the theory's full force, ``n_steps`` steps
+    over ``trajectory_length``. With ``levels`` (outermost first): level ``k`` kicks with the
+    summed force of its terms (:meth:`Theory.term_force`) and takes ``levels[k].steps`` steps;
+    ``n_steps`` is then ignored in favour of ``levels[0].steps``. Every action term of the
+    theory must appear on exactly one level.
+    """
+    if not levels:
+        return Integrator(
+            theory,
+            [Level(theory.force, n_steps, name=getattr(theory, "name", "force"))],
+            scheme=scheme,
+            trajectory_length=trajectory_length,
+        )
+    known = [t.name for t in theory.action_terms()]
+    seen: list[str] = []
+    for spec in levels:
+        seen.extend(spec.terms)
+    missing = [n for n in known if n not in seen]
+    doubled = sorted({n for n in seen if seen.count(n) > 1})
+    unknown = [n for n in seen if n not in known]
+    if missing or doubled or unknown:
+        raise ValueError(
+            f"integrator levels must name every action term of {theory.name!r} once "
+            f"(terms: {known}); missing {missing}, repeated {doubled}, unknown {unknown}"
+        )
+    built = [
+        Level(theory.term_force(list(spec.terms)), spec.steps, spec.scheme, "+".join(spec.terms))
+        for spec in levels
+    ]
+    return Integrator(theory, built, scheme=scheme, trajectory_length=trajectory_length)

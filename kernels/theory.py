@@ -25,6 +25,8 @@ import torch
 
 from parallel import ProcessGrid
 
+from .action import ActionTerm, WholeAction, select_terms, summed_force
+
 
 class Theory(ABC):
     """A lattice field theory on a distributed lattice."""
@@ -97,6 +99,37 @@ class Theory(ABC):
     def project(self, field: torch.Tensor) -> torch.Tensor:
         """Bring a field back onto its manifold (reunitarise links); identity by default."""
         return field
+
+    # ------------------------------------------------------------ action terms
+    def action_terms(self) -> list[ActionTerm]:
+        """The named parts ``S = sum_t S_t`` of the action (:mod:`kernels.action`).
+
+        Default: the whole action as one term, called ``gauge`` for gauge theories and
+        ``action`` otherwise. Theories with auxiliary fields or a useful split (the Schwinger
+        model: ``gauge``, ``fermion``) return one object per term, the same objects on every
+        call (they hold the auxiliary fields).
+        """
+        if getattr(self, "_whole_action", None) is None:
+            self._whole_action = [WholeAction(self, "gauge" if self.is_gauge else "action")]
+        return self._whole_action
+
+    def refresh(self, field: torch.Tensor, rng, counter: int, chain_offset: int = 0) -> None:
+        """Draw every term's auxiliary fields for a trajectory starting at ``field``."""
+        for term in self.action_terms():
+            term.refresh(field, rng, counter, chain_offset)
+
+    def term_force(self, names: list[str]):
+        """``field -> F`` of the sum of the named terms (one level of a nested integrator)."""
+        return summed_force(select_terms(self.action_terms(), list(names), f"theory {self.name!r}"))
+
+    def reset_costs(self) -> None:
+        """Zero every term's work counters (start of a trajectory)."""
+        for term in self.action_terms():
+            term.reset_costs()
+
+    def costs(self) -> dict[str, object]:
+        """Work counters of every term since :meth:`reset_costs`, as ``"<term>.<counter>"``."""
+        return {f"{t.name}.{k}": v for t in self.action_terms() for k, v in t.costs().items()}
 
 
 class RealFieldTheory(Theory):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.training import load_trainer_checkpoint, save_trainer_checkpoint
 from kernels.flows import phi4_affine_flow, u1_ncp_flow
 from kernels.flows.metrics import ess_from_log_weights, kl_estimate
 from kernels.flows.train import TrainConfig, Trainer, with_params
@@ -73,9 +74,9 @@ def test_checkpoint_resume_is_exact(tmp_path) -> None:
     first = _trainer(6)
     first.train(steps=3)
     path = tmp_path / "ckpt.pt"
-    first.save_checkpoint(path)
+    save_trainer_checkpoint(first, path)
     resumed = _trainer(6)
-    resumed.load_checkpoint(path)
+    load_trainer_checkpoint(resumed, path)
     assert resumed.step_count == 3 and len(resumed.history) == 3
     resumed.train()
     for a, b in zip(straight.flow.parameters(), resumed.flow.parameters()):

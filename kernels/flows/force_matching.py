@@ -39,8 +39,8 @@ from parallel import allreduce_gradients, broadcast_parameters, global_sum
 from ..samplers.trivialized import TransformedTheory
 from ..theory import Theory
 from .base import Flow
-from .lie import lie_force_from_gradient
 from .metrics import replica_mean
+from .pullback import pullback_force
 from .train import StepLoop
 
 Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -51,18 +51,13 @@ def trivialized_force(
 ) -> torch.Tensor:
     """``F~ = dS~/dV`` in the momentum space (SU(N): left Lie derivative), local block.
 
-    With ``create_graph=True`` the result stays differentiable with respect to the flow's
+    The one trivialized force (:func:`kernels.flows.pullback.pullback_force`). With
+    ``create_graph=True`` the result stays differentiable with respect to the flow's
     parameters (double backward); ``v`` itself is treated as data.
     """
-    with torch.enable_grad():
-        x = v.detach().requires_grad_(True)
-        s = theory.action(x)
-        (grad,) = torch.autograd.grad(s.sum(), x, create_graph=create_graph)
-    tangent = getattr(theory.theory, "force_from_gradient", None)
-    if tangent is None and x.is_complex():
-        tangent = lie_force_from_gradient
-    f = tangent(x, grad) if tangent is not None else grad
-    return f if create_graph else f.detach()
+    return pullback_force(
+        theory.flow, theory.theory, v, theory.theory.force, create_graph=create_graph
+    )
 
 
 def variable_norms(f: torch.Tensor, theory: Theory) -> torch.Tensor:

@@ -31,7 +31,6 @@ trivialized force ``dS~/dV`` on the batch.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from ..theory import Theory
 from .base import Flow
 from .metrics import ess_from_log_weights, kl_estimate, replica_mean
 from .priors import PURPOSE_TRAIN, Prior, prior_for
+from .pullback import pullback_force
 
 
 @dataclass
@@ -191,12 +191,12 @@ class Trainer(StepLoop):
         theory = self.theory_at(step)
         want_force = cfg.force_every > 0 and step % cfg.force_every == 0
         self.flow.train()
-        terms = self.loss_terms(step, theory, need_v_grad=want_force)
+        terms = self.loss_terms(step, theory)
         metrics: dict[str, float] = {}
         if want_force:
-            s_tilde = (terms["action"] - terms["logdet"]).sum()
-            (gv,) = torch.autograd.grad(s_tilde, terms["v"], retain_graph=True)
-            metrics["force_trivialized_rms"] = rms_per_variable(gv, theory)
+            v = terms["v"].detach()
+            f_v = pullback_force(self.flow, theory, v, theory.force)
+            metrics["force_trivialized_rms"] = rms_per_variable(f_v, theory)
             with torch.no_grad():
                 metrics["force_rms"] = rms_per_variable(theory.force(terms["u"].detach()), theory)
         self.optimizer.zero_grad(set_to_none=True)
@@ -266,21 +266,3 @@ class Trainer(StepLoop):
         self.rng = SiteRNG.from_state(state["rng"])
         self.history = list(state.get("history", []))
         self.train_time = float(state.get("train_time", 0.0))
-
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write the state atomically (temp file, fsync, rename) on the world root."""
-        if self.grid.comm.Get_rank() == 0:
-            path = os.fspath(path)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                torch.save(self.state_dict(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        self.grid.comm.Barrier()
-
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` (every rank reads it)."""
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=False)
-        self.load_state_dict(state)
-        broadcast_parameters(self.flow, self.grid)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ from ..flows.base import Flow
 from ..flows.metrics import ess_from_log_weights
 from ..flows.priors import Prior
 from ..theory import Theory
+from .protocol import Record, metropolis
 
 #: purpose of the accept/reject uniforms (distinct from HMC's ``PURPOSE_ACCEPT``)
 PURPOSE_FLOW_ACCEPT = PURPOSE_USER + 2
@@ -104,10 +106,10 @@ class FlowMetropolis:
         r = self.rng.chain_uniform(PURPOSE_FLOW_ACCEPT, counter, batch, chain_offset)
         r = r.to(device=lw_new.device)
         with torch.no_grad():
-            log_ratio = lw_new - state.log_w
-            prob = torch.exp(torch.clamp(log_ratio, max=0.0))
-            prob = torch.where(torch.isfinite(lw_new), prob, torch.zeros_like(prob))
-            accepted = (r.to(prob.dtype) < prob) & torch.isfinite(lw_new)
+            # the shared Metropolis test with dH = -(log w' - log w)
+            dh = -(lw_new - state.log_w)
+            decision = metropolis(dh, r.to(dh.dtype), bad=~torch.isfinite(lw_new))
+            accepted, prob = decision.accepted, decision.acceptance_probability
             mask = accepted.view((batch,) + (1,) * (state.u.ndim - 1))
             u = torch.where(mask, u_new, state.u)
             lw = torch.where(accepted, lw_new, state.log_w)
@@ -128,3 +130,75 @@ class FlowMetropolis:
     def acceptance(self) -> float:
         """Acceptance rate of this sampler so far (this replica's chains)."""
         return self.n_accepted / self.n_proposed if self.n_proposed else float("nan")
+
+
+class FlowMetropolisSampler:
+    """Flow independence Metropolis behind the sampler protocol (:mod:`.protocol`).
+
+    The chain variable is the physical field ``U``. The record's ``dH`` is ``-(log w' -
+    log w)``, so ``exp(-dH)`` is the Metropolis ratio and ``<exp(-dH)> = 1`` holds as for HMC;
+    ``n_steps = 0``; ``extra["ess"]`` is the reweighting ESS of the proposals. The per-chain
+    log weight ``log w = -S(U) - log q(U)`` of the current state is part of
+    :meth:`state_dict`, so a resumed chain continues bit for bit.
+    """
+
+    name = "flow_metropolis"
+
+    def __init__(self, fm: FlowMetropolis) -> None:
+        self.fm = fm
+        self._state: FlowState | None = None
+        self._log_w: list[float] | None = None
+
+    def to_physical(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def from_physical(self, u: torch.Tensor) -> torch.Tensor:
+        return u
+
+    def trajectory(
+        self, u: torch.Tensor, counter: int, chain_offset: int = 0, *, tune: bool = False
+    ) -> tuple[torch.Tensor, Record]:
+        """One independence-Metropolis step of every chain (``tune`` is ignored)."""
+        start = time.perf_counter()
+        if self._state is None or self._state.u is not u:
+            if self._log_w is not None and len(self._log_w) == u.shape[0]:
+                lw = torch.tensor(self._log_w, dtype=torch.float64, device=u.device)
+                self._state = FlowState(u, lw.to(u.dtype.to_real()))
+            else:
+                self._state = self.fm.state_of(u)
+        old = self._state.log_w
+        new_state, rec = self.fm.step(self._state, counter, chain_offset)
+        self._state = new_state
+        self._log_w = None
+        dh = -(rec.proposal_log_w - old)
+        bad = ~torch.isfinite(rec.proposal_log_w)
+        record = Record(
+            counter=int(counter),
+            dH=dh,
+            accepted=rec.accepted,
+            acceptance_probability=rec.acceptance_probability,
+            exp_minus_dH=torch.exp(-dh),
+            nonfinite=bad,
+            n_nonfinite=int(bad.sum()),
+            wall_time=time.perf_counter() - start,
+            extra={"ess": float(rec.ess)},
+        )
+        return new_state.u, record
+
+    def finish_tuning(self) -> None:
+        """Nothing to tune."""
+
+    def state_dict(self) -> dict[str, Any]:
+        lw = None if self._state is None else [float(x) for x in self._state.log_w.double()]
+        return {
+            "sampler": "flow_metropolis",
+            "log_w": lw,
+            "n_accepted": self.fm.n_accepted,
+            "n_proposed": self.fm.n_proposed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._log_w = state.get("log_w")
+        self._state = None
+        self.fm.n_accepted = int(state.get("n_accepted", 0))
+        self.fm.n_proposed = int(state.get("n_proposed", 0))

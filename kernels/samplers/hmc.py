@@ -54,6 +54,7 @@ from parallel.rng import PURPOSE_ACCEPT
 
 from ..integrators import Integrator
 from ..theory import Theory
+from .protocol import Record, metropolis
 from .stepsize import DualAveraging
 
 
@@ -61,54 +62,20 @@ class NonFiniteTrajectoryWarning(RuntimeWarning):
     """Some chains had a NaN/Inf force or energy change; they were rejected."""
 
 
-@dataclass
-class TrajectoryRecord:
-    """What one HMC trajectory did, per chain where it has a batch axis ``(B,)``.
+@dataclass(kw_only=True)
+class TrajectoryRecord(Record):
+    """What one HMC trajectory did: the shared :class:`Record` core plus the HMC specifics.
 
     All per-chain tensors are global quantities, identical on every rank of a domain group.
     """
 
-    counter: int
-    #: ``H(end) - H(start)``; NaN/Inf for non-finite chains
-    dH: torch.Tensor
-    #: Metropolis decision (always False for non-finite chains)
-    accepted: torch.Tensor
-    #: ``min(1, exp(-dH))`` (0 for non-finite chains)
-    acceptance_probability: torch.Tensor
-    #: ``exp(-dH)`` as computed (its mean should be 1 at equilibrium)
-    exp_minus_dH: torch.Tensor
-    #: chains with a non-finite force or dH
-    nonfinite: torch.Tensor
-    n_nonfinite: int
-    #: outer step size ``trajectory_length / n_steps`` and the outer step count
-    step_size: float
-    n_steps: int
     trajectory_length: float
-    #: seconds for this trajectory on this rank (reversibility check included)
-    wall_time: float
     #: action ``S`` of the returned field, per chain
     action: torch.Tensor
     #: force evaluations per integrator level (outermost first)
     force_evaluations: list[int] = field(default_factory=list)
     #: True when the step size was being tuned during this trajectory
     tuning: bool = False
-    #: reversibility check (None when not done): ``max |phi_back - phi_0|`` and ``|dH_back|``
-    reversibility_field_error: torch.Tensor | None = None
-    reversibility_dH_error: torch.Tensor | None = None
-
-    @property
-    def acceptance(self) -> float:
-        """Fraction of chains that accepted."""
-        return float(self.accepted.double().mean())
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain Python values (lists per chain) for JSON lines and HDF5 tables."""
-        out: dict[str, Any] = {}
-        for key, value in self.__dict__.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().tolist()
-            out[key] = value
-        return out
 
 
 class HMC:
@@ -167,6 +134,22 @@ class HMC:
         self.tuner: DualAveraging | None = None
         self.n_trajectories = 0
         self.n_nonfinite_total = 0
+
+    # ------------------------------------------------------------ protocol
+    @property
+    def name(self) -> str:
+        """``trivialized_hmc`` on a flow-transformed theory, else ``hmc``."""
+        return "trivialized_hmc" if hasattr(self.theory, "flow") else "hmc"
+
+    def to_physical(self, field: torch.Tensor) -> torch.Tensor:
+        """The measured field: ``U = F(V)`` for a transformed theory, else the field itself."""
+        fn = getattr(self.theory, "to_physical", None)
+        return field if fn is None else fn(field)
+
+    def from_physical(self, field: torch.Tensor) -> torch.Tensor:
+        """The chain variable of a physical field (``V = F^{-1}(U)`` or the field itself)."""
+        fn = getattr(self.theory, "from_physical", None)
+        return field if fn is None else fn(field)
 
     # ------------------------------------------------------------ step size
     @property
@@ -227,6 +210,9 @@ class HMC:
         tau, n_steps, eps = self.trajectory_length, self.n_steps, self.step_size
 
         p0 = theory.random_momentum(self.rng, counter, batch, chain_offset)
+        # auxiliary fields (pseudofermions) for this trajectory, drawn at the start field
+        theory.reset_costs()
+        theory.refresh(field, self.rng, counter, chain_offset)
         with torch.no_grad():
             s0 = theory.action(field)
             h0 = theory.kinetic(p0) + s0
@@ -240,11 +226,14 @@ class HMC:
         # the decision of the domain root is the decision of the lattice
         dh, bad = broadcast(dh, grid), broadcast(bad, grid)
 
-        u = self.rng.chain_uniform(PURPOSE_ACCEPT, counter, batch, chain_offset).to(dh.device)
+        u = self.rng.chain_uniform(PURPOSE_ACCEPT, counter, batch, chain_offset)
+        decision = metropolis(dh, u, bad=bad)
+        accepted, prob, exp_mdh = (
+            decision.accepted,
+            decision.acceptance_probability,
+            decision.exp_minus_dH,
+        )
         with torch.no_grad():
-            exp_mdh = torch.exp(-dh)
-            accepted = (u < exp_mdh) & ~bad
-            prob = torch.where(bad, torch.zeros_like(dh), exp_mdh.clamp(max=1.0))
             mask = accepted.view((batch,) + (1,) * (field.ndim - 1))
             if self.project and bool(accepted.any()):
                 proposal = theory.project(proposal)
@@ -282,6 +271,7 @@ class HMC:
             n_nonfinite=n_bad,
             step_size=eps,
             n_steps=n_steps,
+            n_force=int(sum(res.force_evaluations)),
             trajectory_length=tau,
             wall_time=time.perf_counter() - start,
             action=action,
@@ -289,6 +279,7 @@ class HMC:
             tuning=bool(tune),
             reversibility_field_error=rev_field,
             reversibility_dH_error=rev_dh,
+            costs=theory.costs(),
         )
         return new_field, record
 

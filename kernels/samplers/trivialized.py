@@ -11,13 +11,18 @@ momentum space and kinetic term as the wrapped theory), so plain
 ``HMC(TransformedTheory(theory, flow), ...)`` is trivialized HMC, exact for *any* invertible
 flow (trained or not); the Metropolis step uses ``H = K + S~``.
 
-Force: ``dS~/dV`` by autograd through the distributed flow (``torch.autograd.grad`` of the
-per-chain global ``S~`` summed over the batch, w.r.t. the local ``V``; the halo exchanges and
-the all-reduce of the log-det carry the gradient across ranks). For fields in a group manifold
-the theory may define ``force_from_gradient(field, grad)`` to turn the Euclidean gradient into
-its momentum-space force; complex fields (SU(N) links) without that hook get the left Lie
-derivative ``F = -TA(V G^+)/2`` of :func:`kernels.flows.lie.lie_force_from_gradient`; otherwise
-the gradient is the force (phi^4, U(1) angles).
+Force: the physical force at ``U = F(V)`` pulled back through the distributed flow by one
+vector-Jacobian product, minus the log-det gradient (:func:`kernels.flows.pullback.
+pullback_force`; the halo exchanges and the all-reduce of the log-det carry the gradient across
+ranks). The physical theory's analytic force is used, never autograd through the action or a
+solver; the SU(N) Lie-derivative conversions live in :mod:`kernels.flows.pullback`.
+
+Action terms (:mod:`kernels.action`): the transformed theory has one term per physical term
+(same name, ``S_t(F(V))``) plus ``logdet`` (``-log|det dF/dV|``), so a deck can put, e.g., the
+pulled-back fermion force on an outer time scale and ``gauge`` + ``logdet`` inside it; a level
+with several terms costs one flow forward/backward. Auxiliary fields are drawn at the physical
+field: ``refresh(V)`` refreshes the physical theory at ``U = F(V)`` (pseudofermion heatbath
+``phi = D(U)^+ chi``).
 
 Measurements and saved configurations use the physical field ``U = F(V)``
 (:meth:`TransformedTheory.to_physical`); :meth:`TransformedTheory.observables` measures on it.
@@ -29,9 +34,32 @@ from __future__ import annotations
 
 import torch
 
+from ..action import ActionTerm, select_terms
 from ..flows.base import Flow
-from ..flows.lie import lie_force_from_gradient
+from ..flows.pullback import pullback_force
 from ..theory import Theory
+
+LOGDET_TERM = "logdet"
+
+
+class _NamedTerm(ActionTerm):
+    """A term of the transformed theory: its action through the flow; forces go through
+    :meth:`TransformedTheory.term_force` (one pullback per level)."""
+
+    def __init__(self, owner: TransformedTheory, name: str) -> None:
+        self.owner = owner
+        self.name = name
+
+    def action(self, v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            u, logdet = self.owner.flow(v)
+            if self.name == LOGDET_TERM:
+                return -logdet
+            phys = select_terms(self.owner.theory.action_terms(), [self.name], "theory")[0]
+            return phys.action(u)
+
+    def force(self, v: torch.Tensor) -> torch.Tensor:
+        return self.owner.term_force([self.name])(v)
 
 
 class TransformedTheory(Theory):
@@ -88,16 +116,43 @@ class TransformedTheory(Theory):
         return self.action_and_physical(v)[0]
 
     def force(self, v: torch.Tensor) -> torch.Tensor:
-        """``dS~/dV`` by autograd through the flow (any dtype the flow runs in)."""
-        with torch.enable_grad():
-            x = v.detach().requires_grad_(True)
-            s = self.action(x)
-            (grad,) = torch.autograd.grad(s.sum(), x)
-        tangent = getattr(self.theory, "force_from_gradient", None)
-        if tangent is None and v.is_complex():
-            # SU(N) links: the left Lie derivative of S~ (kernels/flows/lie.py)
-            tangent = lie_force_from_gradient
-        return tangent(v, grad) if tangent is not None else grad
+        """``dS~/dV``: the physical force pulled back through the flow, minus the log-det
+        gradient (:func:`kernels.flows.pullback.pullback_force`)."""
+        return pullback_force(self.flow, self.theory, v, self.theory.force)
+
+    # ------------------------------------------------------------ action terms
+    def action_terms(self) -> list[ActionTerm]:
+        """One term per physical term (same names) plus ``logdet``."""
+        if getattr(self, "_terms", None) is None:
+            names = [t.name for t in self.theory.action_terms()] + [LOGDET_TERM]
+            self._terms = [_NamedTerm(self, n) for n in names]
+        return self._terms
+
+    def term_force(self, names: list[str]):
+        """Force of the named terms: one pullback of their summed physical force (and the
+        log-det gradient if ``logdet`` is among them)."""
+        names = list(names)
+        select_terms(self.action_terms(), names, f"trivialized {self.name!r}")
+        physical = [n for n in names if n != LOGDET_TERM]
+        with_logdet = LOGDET_TERM in names
+        phys_force = self.theory.term_force(physical) if physical else None
+
+        def force(v: torch.Tensor) -> torch.Tensor:
+            return pullback_force(self.flow, self.theory, v, phys_force, with_logdet=with_logdet)
+
+        return force
+
+    def refresh(self, v: torch.Tensor, rng, counter: int, chain_offset: int = 0) -> None:
+        """Auxiliary fields of the physical theory, drawn at ``U = F(V)``."""
+        terms = self.theory.action_terms()
+        if any(type(t).refresh is not ActionTerm.refresh for t in terms):
+            self.theory.refresh(self.to_physical(v), rng, counter, chain_offset)
+
+    def reset_costs(self) -> None:
+        self.theory.reset_costs()
+
+    def costs(self) -> dict[str, object]:
+        return self.theory.costs()
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
         return self.theory.kinetic(momentum)
