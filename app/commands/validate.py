@@ -40,7 +40,7 @@ def summary(deck: Deck) -> str:
     couplings = ", ".join(f"{k}={v}" for k, v in t.couplings.items())
     shape = "x".join(map(str, deck.lattice.shape))
     return (
-        f"{t.name} ({couplings}) on {shape}; {s.name} {s.integrator} {s.steps} steps "
+        f"{t.name} ({couplings}) on {shape}; {s.name} {s.integrator} {s.outer_steps} steps "
         f"(eps = {s.step_size:.4g}); {r.thermalization} + {r.trajectories} trajectories x "
         f"{r.chains} chain(s) x {deck.parallel.replicas} replica(s); output {deck.output_dir}"
     )
