@@ -621,7 +621,8 @@ def _allowed(models: list[type[BaseModel]], value: Any) -> tuple[type[BaseModel]
 
 
 def _unknown_key(path: KeyPath, key: Any, allowed: list[str], model: Any) -> Problem:
-    what = f" for theory {_tag(model)}" if model is not None and _tag(model) else ""
+    section = "sampler" if path[:1] == ("sampler",) else "theory"  # the models with a name tag
+    what = f" for {section} {_tag(model)}" if model is not None and _tag(model) else ""
     return Problem(
         path,
         f"unknown key {key!r}{what}{_suggest(str(key), allowed)} "
@@ -805,10 +806,20 @@ def _locate(problem: Problem, lines: dict[KeyPath, int], overridden: dict[KeyPat
     for opath, spec in overridden.items():
         if path[: len(opath)] == opath:
             return problem._replace(where=f"--set {spec}")
-    for n in range(len(path), -1, -1):
-        if path[:n] in lines:
-            return problem._replace(where=f"line {lines[path[:n]]}")
+    n = next(n for n in range(len(path), -1, -1) if path[:n] in lines or n == 0)
+    # an override that reaches deeper into this path than any deck line (e.g. --set
+    # sampler.name=... on a deck without a sampler section) is the cause, not line 1
+    best = max(overridden, key=lambda o: _common(o, path), default=None)
+    if best is not None and _common(best, path) > n:
+        return problem._replace(where=f"--set {overridden[best]}")
+    if path[:n] in lines:
+        return problem._replace(where=f"line {lines[path[:n]]}")
     return problem
+
+
+def _common(a: KeyPath, b: KeyPath) -> int:
+    """Length of the common prefix of two key paths."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def loads_deck(

@@ -291,7 +291,8 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
         sampler.hmc.load_state_dict(ckpt.sampler_state)
         start_traj = ckpt.trajectory
     else:
-        if world0 and (out / RECORDS).exists():
+        # measure (issue 14): decided on rank 0, raised on every rank (a collective error)
+        if grid.comm.bcast(world0 and (out / RECORDS).exists(), root=0):
             raise CheckpointError(
                 f"{out} holds records of an earlier run but no usable checkpoint; "
                 "move it away or choose another output.directory"

@@ -49,8 +49,8 @@ def test_validate(deck, capsys):
     assert "valid" in out and "u1 (beta=2.0) on 8x8" in out and "10 + 40 trajectories" in out
     assert main(["validate", str(deck), "--ranks", "4"]) == 0
     assert "process grid [2, 2]" in capsys.readouterr().out
-    assert main(["validate", str(deck), "--ranks", "3"]) == 2
-    assert "3 ranks" in capsys.readouterr().err
+    assert main(["validate", str(deck), "--ranks", "3"]) == 4  # LayoutError
+    assert "on 3 rank(s)" in capsys.readouterr().err
     assert main(["validate", str(deck), "--print", "--set", "run.seed=11"]) == 0
     out = capsys.readouterr().out
     assert "seed: 11" in out and "integrator: omelyan" in out
@@ -169,7 +169,7 @@ def test_run_status_exit_codes(deck, tmp_path, capsys):
 
 
 def test_exit_code_mapping(monkeypatch, deck, capsys):
-    """0 ok, 2 bad input (message, no traceback), 1 anything else (traceback)."""
+    """0 ok, 2 bad input (message, no traceback), 1 anything else (traceback with --debug)."""
 
     def raising(exc):
         def f(args):
@@ -186,6 +186,10 @@ def test_exit_code_mapping(monkeypatch, deck, capsys):
     assert "not yet available" in capsys.readouterr().err
     monkeypatch.setattr(train_cmd, "main", raising(RuntimeError("boom")))
     assert main(["train", str(deck)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "--debug" in err
+    assert "Traceback" not in err
+    assert main(["--debug", "train", str(deck)]) == 1
     assert "Traceback" in capsys.readouterr().err
     monkeypatch.setattr(train_cmd, "main", lambda args: 0)
     assert main(["train", str(deck)]) == 0

@@ -32,10 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..analysis import analyze_data, format_table, load_run, plot
-    from ..errors import InputError
+    from ..errors import InputError, MissingDependency
 
     if args.S < 0:
         raise InputError("--S must be >= 0")
+    if args.plot:  # before any output: a missing extra is one message, not a half result
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise MissingDependency("matplotlib", "analysis", "analyze --plot") from None
     run = load_run(args.path)
     result = analyze_data(run, skip=args.skip, S=args.S, names=args.names)
     if args.json:

@@ -30,9 +30,12 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return code
     from ..deck import load_deck
-    from ..run import run
+    from ..preflight import preflight
 
     deck = load_deck(args.deck, args.overrides)
+    preflight(deck, args.deck)  # layout, device, flow model: one message before any output
+    from ..run import run
+
     result = run(deck, progress=False if args.no_progress else None)
     from mpi4py import MPI
 
