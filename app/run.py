@@ -8,7 +8,9 @@ Run directory (docs/run-output.md)::
 
     records.jsonl              one JSON object per trajectory (all chains), appended by rank 0
     ensemble_c<chain>.h5       HDF5 ensemble of each chain (configs + observables), if "hdf5"
-    configs/<name>_c<chain>_<traj>.lime|.nersc   SU(3) files, if "ildg" / "nersc"
+    run.log                    one human-readable line per trajectory (app/runlog.py)
+    configs/<name>_c<chain>_<n>.lime|.nersc   SU(3) files, if "ildg" / "nersc"; n = the
+                               1-based trajectory count (records' "trajectory" + 1)
     checkpoints/ckpt_<traj>.h5, checkpoints/LATEST
     progress.json              {"trajectory", "total", "finished"} (for chained jobs)
 
@@ -44,6 +46,7 @@ from app.deck import Deck
 from app.errors import InputError
 from app.io.atomic import atomic_write_bytes
 from app.progress import write_progress
+from app.runlog import RunLog
 from kernels.integrators import make_integrator
 from kernels.samplers.hmc import HMC
 from kernels.theories import make_theory
@@ -233,6 +236,7 @@ class RunResult:
     finished: bool
     acceptance: float
     directory: Path
+    start: int = 0  # measure (issue 14): first trajectory of this invocation (summary)
 
 
 def physics_of(deck: Deck) -> dict[str, Any]:
@@ -302,6 +306,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
 
     records = Records(out / RECORDS, grid)
     records.truncate(start_traj)
+    runlog = RunLog(out, world0, start_traj)  # measure (issue 14): run.log, one line/traj
     writers = _open_ensembles(
         deck,
         grid,
@@ -369,6 +374,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                     line["reversibility_field_error"] = _plain(rec.reversibility_field_error)
                     line["reversibility_dH_error"] = _plain(rec.reversibility_dH_error)
                 records.append(line)
+                runlog.trajectory(line)  # measure (issue 14)
             save = (
                 not therm
                 and deck.run.save_every > 0
@@ -401,7 +407,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             bar.close()
     # chains of this replica, averaged over the replica groups
     acc = grid.replica_comm.allreduce(n_acc / max(n_done, 1), op=MPI.SUM) / grid.replicas
-    return RunResult(traj, total, traj >= total, acc, out)
+    return RunResult(traj, total, traj >= total, acc, out, start=start_traj)
 
 
 def _write_progress(out: Path, traj: int, total: int, grid: ProcessGrid) -> None:
@@ -454,11 +460,12 @@ def _save_configs(deck, grid, theory, physical, traj, offset, out, writers) -> N
         name = deck.output_dir.name
         for b in range(physical.shape[0]):
             links = physical[b]
-            stem = out / "configs" / f"{name}_c{offset + b}_{traj:06d}"
+            # measure (issue 14): files numbered by the 1-based trajectory count
+            stem = out / "configs" / f"{name}_c{offset + b}_{traj + 1:06d}"
             if "ildg" in fmts:
                 from app.io.ildg import write_ildg
 
-                lfn = f"{deck.output.ildg_lfn}{traj}" if deck.output.ildg_lfn else None
+                lfn = f"{deck.output.ildg_lfn}{traj + 1}" if deck.output.ildg_lfn else None
                 prec = "double" if deck.output.ildg_precision == 64 else "single"
                 write_ildg(stem.with_suffix(".lime"), links, grid, precision=prec, lfn=lfn)
             if "nersc" in fmts:

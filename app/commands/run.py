@@ -40,9 +40,18 @@ def main(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     if MPI.COMM_WORLD.Get_rank() == 0:
-        state = "finished" if result.finished else "stopped (max_runtime); resume to continue"
+        from ..run import RECORDS
+        from ..runlog import summarize
+
+        if result.start >= result.total:
+            state = "already complete, nothing to do"
+        elif result.finished:
+            state = f"finished (this invocation ran {result.trajectory - result.start})"
+        else:
+            state = "stopped (max_runtime); resume to continue"
+        summary = summarize(result.directory / RECORDS, result.start)
         print(
             f"trivhmc run: {result.trajectory}/{result.total} trajectories, {state}; "
-            f"acceptance {result.acceptance:.3f}; output in {result.directory}"
+            f"{summary.text()}; output in {result.directory}"
         )
     return 0
