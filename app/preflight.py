@@ -34,11 +34,11 @@ def fitting_rank_counts(
     step: int = 1,
 ) -> list[int]:
     """The valid rank counts nearest to ``ranks`` (the closest below and above), in units of
-    ``step`` ranks (e.g. ranks per node); empty if none exists up to the lattice volume."""
+    ``step`` ranks (e.g. ranks per node); empty if none exists below ``4 (ranks + step)``."""
     volume = 1
     for s in shape:
         volume *= int(s)
-    limit = volume * replicas
+    limit = min(volume * replicas, 4 * (ranks + step))  # "nearest": look close by only
     below = next(
         (
             n

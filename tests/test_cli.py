@@ -93,10 +93,14 @@ def test_jobscript(deck, tmp_path, capsys):
     assert "SETS=(--set parallel.device=cuda)" in text
     assert "submit with: qsub" in capsys.readouterr().out
     out_path = tmp_path / "sub" / "job.slurm"
-    assert main(["jobscript", "--system", "frontier", str(deck), "-o", str(out_path)]) == 0
+    # a CPU deck for a GPU system: an error naming the fix, a warning with --force
+    assert main(["jobscript", "--system", "frontier", str(deck), "-o", str(out_path)]) == 2
+    assert "--force" in capsys.readouterr().err and not out_path.exists()
+    cmd = ["jobscript", "--system", "frontier", str(deck), "-o", str(out_path), "--force"]
+    assert main(cmd) == 0
     assert "#SBATCH -N 1" in out_path.read_text()
     err = capsys.readouterr().err
-    assert "parallel.device=cpu" in err  # warning, not an error
+    assert "warning: the deck runs on parallel.device=cpu" in err
     # inconsistent with the deck -> exit 2 with the reason
     deck.write_text(DECK.replace("lattice:", "parallel: {grid: [2, 2]}\nlattice:"))
     assert main(["jobscript", "--system", "aurora", str(deck), "--nodes", "1", "--dry-run"]) == 2
