@@ -222,6 +222,7 @@ def read_records(path: str | Path) -> RunData:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
     by_traj: dict[int, dict[str, Any]] = {}
+    lattice = None
     last = max((i for i, s in enumerate(lines) if s.strip()), default=-1)
     for i, line in enumerate(lines):
         if not line.strip():
@@ -238,8 +239,10 @@ def read_records(path: str | Path) -> RunData:
         if rec.get("thermalization", False):
             continue
         by_traj[rec["trajectory"]] = rec
+        if isinstance(rec.get("lattice"), list):  # measurements.jsonl (app/measure.py)
+            lattice = tuple(int(x) for x in rec["lattice"])
     recs = [by_traj[t] for t in sorted(by_traj)]
-    run = RunData(source=str(path))
+    run = RunData(source=str(path), lattice=lattice)
     if not recs:
         return run
     n_chains = None
@@ -340,7 +343,7 @@ def load_run(path: str | Path) -> RunData:
         files = sorted(path.glob("ensemble_c*.h5"))
         if rec.is_file():
             run = read_records(rec)
-            run.lattice = _lattice_of(files)
+            run.lattice = run.lattice or _lattice_of(files)
             return run
         if not files:
             raise InputError(f"{path} holds neither {RECORDS_FILE} nor ensemble_c*.h5 files")

@@ -34,6 +34,7 @@ COMMANDS = {
     "convert": "convert a configuration between ILDG, NERSC and HDF5",
     "jobscript": "render a batch script (Aurora, Polaris, Frontier, local) for a deck",
     "validate": "check an input deck",
+    "measure": "measure saved configurations: flow scales t0/w0, Q(t), loops, correlators",
 }
 
 

@@ -18,6 +18,8 @@ Quantities (each computed when its inputs are in the run; V = lattice volume):
 * ``binder`` (phi^4): Binder cumulant ``U_4 = 1 - <M^4> / (3 <M^2>^2)``;
 * ``chi_t``: topological susceptibility ``<Q^2> / V`` from ``Q_int`` (else ``Q``) and from
   every ``Q@t=...`` (flowed charge of ``trivhmc measure``); lattice units;
+* ``V_eff[R][T]``: static potential estimate ``ln[W(R, T) / W(R, T + 1)]`` (lattice units)
+  from the Wilson loops ``W_R{R}_T{T}`` of ``trivhmc measure``;
 * ``m_eff[t]``: effective mass of each correlator family ``NAME_0 .. NAME_{T-1}`` (e.g.
   ``two_point``), ``cosh`` form for a periodic time direction,
   ``m_eff(t) = arccosh[(C(t-1) + C(t+1)) / (2 C(t))]`` for ``t = 1 .. T/2 - 1`` (NaN where
@@ -151,6 +153,23 @@ def derived_quantities(
             out[f"chi_t{tag}"] = Derived(
                 derived_gamma(lambda a: a[0] / volume, [q2], S), f"<{q}^2> / V"
             )
+    loops = {}
+    for key in series:
+        m = re.fullmatch(r"W_R(\d+)_T(\d+)", key)
+        if m:
+            loops[(int(m.group(1)), int(m.group(2)))] = key
+    for (r, t), key in sorted(loops.items()):
+        nxt = loops.get((r, t + 1))
+        if nxt is None:
+            continue
+
+        def veff(a: np.ndarray) -> float:
+            return math.log(a[0] / a[1]) if a[0] > 0 and a[1] > 0 else float("nan")
+
+        out[f"V_eff[{r}][{t}]"] = Derived(
+            derived_gamma(veff, [_replicas(series[key]), _replicas(series[nxt])], S),
+            f"ln[W({r},{t}) / W({r},{t + 1})]",
+        )
     for base, keys in sorted(_family(series).items()):
         cs = [_replicas(series[k]) for k in keys]
         lt = len(keys)

@@ -45,6 +45,7 @@ from app.checkpoint import (
 from app.deck import Deck
 from app.errors import InputError
 from app.io.atomic import atomic_write_bytes
+from app.measure import open_on_the_fly
 from app.progress import write_progress
 from app.runlog import RunLog
 from kernels.integrators import make_integrator
@@ -307,6 +308,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
     records = Records(out / RECORDS, grid)
     records.truncate(start_traj)
     runlog = RunLog(out, world0, start_traj)  # measure (issue 14): run.log, one line/traj
+    measurer = open_on_the_fly(deck, theory, out, world0, start_traj)  # measure (issue 14)
     writers = _open_ensembles(
         deck,
         grid,
@@ -375,6 +377,10 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                     line["reversibility_dH_error"] = _plain(rec.reversibility_dH_error)
                 records.append(line)
                 runlog.trajectory(line)  # measure (issue 14)
+            if measurer is not None and measurer.due(therm, prod_index):  # measure (issue 14)
+                if physical is None:
+                    physical = sampler.to_physical(field_v)
+                measurer.record(traj, records.gather(measurer.measure(physical)))
             save = (
                 not therm
                 and deck.run.save_every > 0
