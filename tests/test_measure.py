@@ -154,3 +154,23 @@ def test_offline_on_two_ranks_equals_one(run_dir, tmp_path):
     for t in one:
         for k, v in one[t]["observables"].items():
             assert two[t]["observables"][k] == pytest.approx(v, rel=1e-12, abs=1e-14), k
+
+
+def test_phi4_correlators_on_the_fly(tmp_path, capsys):
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(
+        "theory: {name: phi4, beta: 0.2, lambda: 0.1}\nlattice: {shape: [4, 6]}\n"
+        "run: {seed: 1, thermalization: 2, trajectories: 6, chains: 2}\n"
+        "output: {directory: out, progress: false}\n"
+        "measure: {every: 2, correlators: true}\n"
+    )
+    assert main(["run", str(deck)]) == 0
+    capsys.readouterr()
+    got = lines(tmp_path / "out" / "measurements.jsonl")
+    rec = {r["trajectory"]: r for r in map(json.loads, (tmp_path / "out" / "records.jsonl").open())}
+    assert sorted(got) == [2, 4, 6]
+    for t, m in got.items():
+        names = [f"two_point_{i}" for i in range(6)]
+        assert list(m["observables"]) == names
+        for n in names:  # the theory's own correlator, both chains
+            assert m["observables"][n] == pytest.approx(rec[t]["observables"][n], rel=1e-14)
