@@ -18,9 +18,10 @@ model's correlators: ``register("schwinger", fn)`` with ``fn(section, theory, fi
 
 Output: JSON lines (one object per configuration: ``trajectory``, ``observables`` with a list
 over chains, ``flow`` histories, ``lattice``): ``measurements.jsonl`` on the fly,
-``measurements_offline.jsonl`` offline over a run; and offline for an HDF5 ensemble a group
-``measurements`` in the ensemble file (datasets ``trajectory``, one per column, and
-``flow_t``, ``t2E``, ``tdt2E``), replaced on every offline measurement.
+``measurements_offline.jsonl`` offline over a run; and a group ``measurements`` in each HDF5
+ensemble file (datasets ``trajectory``, one per column, and ``flow_t``, ``t2E``,
+``tdt2E``): offline from the measured ensemble, on the fly copied from
+``measurements.jsonl`` when ``trivhmc run`` ends (:func:`write_run_groups`).
 """
 
 from __future__ import annotations
@@ -277,8 +278,31 @@ def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[
     return out, len(lines)
 
 
-def write_hdf5_group(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
-    """Replace the ``measurements`` group of an ensemble file with ``rows`` (one chain)."""
+def write_run_groups(directory: Path) -> list[Path]:
+    """Copy the run's on-the-fly ``measurements.jsonl`` into the ``measurements`` group of
+    each chain's ensemble file ``ensemble_c<k>.h5`` (column ``k`` of every list); called by
+    ``trivhmc run`` on world rank 0 after the run loop has ended."""
+    path = Path(directory) / MEASUREMENTS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows.append((int(rec["trajectory"]), rec))
+    written = []
+    for ens in sorted(Path(directory).glob("ensemble_c*.h5")):
+        k = int(ens.stem.split("_c")[-1])
+        write_hdf5_group(ens, rows, chain=k)
+        written.append(ens)
+    return written
+
+
+def write_hdf5_group(path: Path, rows: list[tuple[int, dict[str, Any]]], chain: int = 0) -> None:
+    """Replace the ``measurements`` group of an ensemble file with ``rows`` (the lists in
+    each row hold every chain; column ``chain`` is this file's)."""
     import h5py
 
     names = sorted({k for _, r in rows for k in r["observables"]})
@@ -290,10 +314,16 @@ def write_hdf5_group(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None
         g["trajectory"] = np.array([t for t, _ in rows], dtype=np.int64)
         for name in names:
             g[name] = np.array(
-                [r["observables"].get(name, [math.nan])[0] for _, r in rows], dtype=float
+                [_col(r["observables"].get(name), chain) for _, r in rows], dtype=float
             )
         flows = [r.get("flow") for _, r in rows]
         if flows and all(flows):
             g["flow_t"] = np.array(flows[0]["t"], dtype=float)
             for key in ("t2E", "tdt2E"):
-                g[key] = np.array([fl[key][0] for fl in flows], dtype=float)
+                g[key] = np.array([fl[key][chain] for fl in flows], dtype=float)
+
+
+def _col(values: list[float] | None, chain: int) -> float:
+    if not values or chain >= len(values) or values[chain] is None:
+        return math.nan
+    return float(values[chain])

@@ -169,6 +169,13 @@ def test_phi4_correlators_on_the_fly(tmp_path, capsys):
     got = lines(tmp_path / "out" / "measurements.jsonl")
     rec = {r["trajectory"]: r for r in map(json.loads, (tmp_path / "out" / "records.jsonl").open())}
     assert sorted(got) == [2, 4, 6]
+    for k in range(2):  # each chain's ensemble file got its column
+        with h5py.File(tmp_path / "out" / f"ensemble_c{k}.h5", "r") as f:
+            g = f["measurements"]
+            assert list(g["trajectory"][:]) == [2, 4, 6]
+            assert g["two_point_3"][:].tolist() == [
+                got[t]["observables"]["two_point_3"][k] for t in (2, 4, 6)
+            ]
     for t, m in got.items():
         names = [f"two_point_{i}" for i in range(6)]
         assert list(m["observables"]) == names

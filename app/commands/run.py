@@ -39,6 +39,10 @@ def main(args: argparse.Namespace) -> int:
     result = run(deck, progress=False if args.no_progress else None)
     from mpi4py import MPI
 
+    if MPI.COMM_WORLD.Get_rank() == 0 and deck.measure is not None and deck.measure.every:
+        from ..measure import write_run_groups
+
+        write_run_groups(result.directory)  # on-the-fly measurements into the ensembles
     if MPI.COMM_WORLD.Get_rank() == 0:
         from ..run import RECORDS
         from ..runlog import summarize
