@@ -433,6 +433,100 @@ class TrainSection(_Section):
     )
 
 
+# ---------------------------------------------------------------- measure (issue 14)
+def _measure_problems(deck: Deck) -> list[Problem]:
+    """The measure section against the theory and the lattice."""
+    m = deck.measure
+    if m is None:
+        return []
+    out = []
+    su3_only = {"flow": m.flow, "wilson_loops": m.wilson_loops, "polyakov": m.polyakov or None}
+    for key, value in su3_only.items():
+        if value is not None and deck.theory.name != "su3":
+            out.append(Problem(("measure", key), f"{key} needs theory su3, not {deck.theory.name}"))
+    if m.flow is not None:
+        f = m.flow
+        for i, tq in enumerate(f.charge_times):
+            k = round(tq / f.eps)
+            if not 0 <= tq <= f.t_max or abs(k * f.eps - tq) > 1e-9 * max(1.0, tq):
+                out.append(
+                    Problem(
+                        ("measure", "flow", "charge_times", i),
+                        f"{tq} is not a multiple of eps = {f.eps} in [0, t_max = {f.t_max}]",
+                    )
+                )
+        k = round(f.t_max / f.eps)
+        if k < 3 or abs(k * f.eps - f.t_max) > 1e-9 * max(1.0, f.t_max):
+            out.append(
+                Problem(
+                    ("measure", "flow", "t_max"),
+                    f"t_max = {f.t_max} must be a multiple of eps = {f.eps} (at least 3 steps)",
+                )
+            )
+    w = m.wilson_loops
+    if w is not None and deck.theory.name == "su3":
+        shape = deck.lattice.shape
+        if w.t_max > shape[-1] or any(w.r_max > n for n in shape[:-1]):
+            out.append(
+                Problem(
+                    ("measure", "wilson_loops"),
+                    f"loops up to {w.r_max} x {w.t_max} do not fit the lattice {shape}",
+                )
+            )
+    if m.correlators and deck.theory.name == "su3":
+        out.append(Problem(("measure", "correlators"), "su3 has no correlators; use flow"))
+    return out
+
+
+class FlowMeasurement(_Section):
+    """Wilson (gradient) flow of SU(3) fields: t0, w0, histories, clover Q (docs/measure.md)."""
+
+    t_max: float = Field(gt=0, description="Flow time to flow to (lattice units, required).")
+    eps: float = Field(default=0.02, gt=0, description="Flow step (Luscher's RK3).")
+    charge_times: list[float] = Field(
+        default_factory=list,
+        description="Flow times (multiples of eps, <= t_max) at which the clover "
+        "topological charge Q is measured (columns Q@t=T).",
+    )
+    scales: bool = Field(
+        default=True,
+        description="Determine t0 (t^2 E = 0.3) and w0 (t d/dt t^2 E = 0.3); NaN with a "
+        "warning when t_max is too short.",
+    )
+    history: bool = Field(
+        default=True, description="Store the t^2 E(t) and t d/dt t^2 E(t) histories."
+    )
+
+
+class WilsonLoopMeasurement(_Section):
+    """Rectangular Wilson loops W(R, T), R x T up to r_max x t_max (static potential)."""
+
+    r_max: int = Field(default=2, ge=1, description="Largest spatial extent R.")
+    t_max: int = Field(default=2, ge=1, description="Largest temporal extent T.")
+
+
+class MeasureSection(_Section):
+    """Measurements beyond the theory's own observables (``trivhmc measure``, docs/measure.md).
+    On the fly every ``every`` production trajectories, or offline over saved
+    configurations."""
+
+    every: int = Field(
+        default=0,
+        ge=0,
+        description="Measure on the fly every N production trajectories (0: only offline "
+        "with `trivhmc measure`).",
+    )
+    flow: FlowMeasurement | None = Field(default=None, description="Wilson flow (su3).")
+    wilson_loops: WilsonLoopMeasurement | None = Field(
+        default=None, description="Wilson loops W(R, T) (su3)."
+    )
+    polyakov: bool = Field(default=False, description="Polyakov loop (su3).")
+    correlators: bool = Field(
+        default=False,
+        description="The theory's correlators (phi4: two_point; others: see docs/measure.md).",
+    )
+
+
 class Deck(_Section):
     """A validated input deck. Build it with :func:`load_deck` or :func:`loads_deck`."""
 
@@ -444,6 +538,9 @@ class Deck(_Section):
     output: OutputSection
     train: TrainSection | None = Field(
         default=None, description="Flow training settings (for `trivhmc train`)."
+    )
+    measure: MeasureSection | None = Field(
+        default=None, description="Extra measurements (`trivhmc measure`, docs/measure.md)."
     )
 
     _source: Path | None = PrivateAttr(default=None)
@@ -460,6 +557,7 @@ class Deck(_Section):
             *self._sampler_problems(),
             *self._output_problems(),
             *self._start_problems((info.context or {}).get("base_dir")),
+            *_measure_problems(self),  # measure (issue 14)
         ]
         if problems:
             raise DeckError(problems)
@@ -653,7 +751,7 @@ class Deck(_Section):
         }
 
 
-SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output", "train")
+SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output", "train", "measure")
 
 
 # ---------------------------------------------------------------------------- schema walking
@@ -711,7 +809,8 @@ def _allowed(models: list[type[BaseModel]], value: Any) -> tuple[type[BaseModel]
 
 
 def _unknown_key(path: KeyPath, key: Any, allowed: list[str], model: Any) -> Problem:
-    what = f" for theory {_tag(model)}" if model is not None and _tag(model) else ""
+    section = "sampler" if path[:1] == ("sampler",) else "theory"  # the models with a name tag
+    what = f" for {section} {_tag(model)}" if model is not None and _tag(model) else ""
     return Problem(
         path,
         f"unknown key {key!r}{what}{_suggest(str(key), allowed)} "
@@ -895,10 +994,20 @@ def _locate(problem: Problem, lines: dict[KeyPath, int], overridden: dict[KeyPat
     for opath, spec in overridden.items():
         if path[: len(opath)] == opath:
             return problem._replace(where=f"--set {spec}")
-    for n in range(len(path), -1, -1):
-        if path[:n] in lines:
-            return problem._replace(where=f"line {lines[path[:n]]}")
+    n = next(n for n in range(len(path), -1, -1) if path[:n] in lines or n == 0)
+    # an override that reaches deeper into this path than any deck line (e.g. --set
+    # sampler.name=... on a deck without a sampler section) is the cause, not line 1
+    best = max(overridden, key=lambda o: _common(o, path), default=None)
+    if best is not None and _common(best, path) > n:
+        return problem._replace(where=f"--set {overridden[best]}")
+    if path[:n] in lines:
+        return problem._replace(where=f"line {lines[path[:n]]}")
     return problem
+
+
+def _common(a: KeyPath, b: KeyPath) -> int:
+    """Length of the common prefix of two key paths."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def loads_deck(

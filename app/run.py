@@ -8,7 +8,9 @@ Run directory (docs/run-output.md)::
 
     records.jsonl              one JSON object per trajectory (all chains), appended by rank 0
     ensemble_c<chain>.h5       HDF5 ensemble of each chain (configs + observables), if "hdf5"
-    configs/<name>_c<chain>_<traj>.lime|.nersc   SU(3) files, if "ildg" / "nersc"
+    run.log                    one human-readable line per trajectory (app/runlog.py)
+    configs/<name>_c<chain>_<n>.lime|.nersc   SU(3) files, if "ildg" / "nersc"; n = the
+                               1-based trajectory count (records' "trajectory" + 1)
     checkpoints/ckpt_<traj>.h5, checkpoints/LATEST
     progress.json              {"trajectory", "total", "finished"} (for chained jobs)
 
@@ -38,6 +40,7 @@ from app.checkpoint import (
     write_checkpoint,
 )
 from app.deck import Deck
+from app.measure import open_on_the_fly
 from app.progress import write_progress
 from app.records import (
     RECORDS,
@@ -47,6 +50,7 @@ from app.records import (
     plain,
     scalar_columns,
 )
+from app.runlog import RunLog
 from app.setup import build_grid, build_sampler, build_theory, initial_field
 from app.writers import Writers, open_ensembles, save_configs
 from kernels.samplers.protocol import Record, Sampler
@@ -66,6 +70,8 @@ class RunResult:
     finished: bool
     acceptance: float
     directory: Path
+    #: first trajectory of this invocation (for the summary)
+    start: int = 0
 
 
 def physics_of(deck: Deck) -> dict[str, Any]:
@@ -143,7 +149,8 @@ def _start_state(ctx: _Context, rng: SiteRNG) -> tuple[torch.Tensor, int, Checkp
         state = read_local_fields(ckpt, grid, theory.first, ctx.chains, theory.device)
         ctx.sampler.load_state_dict(ckpt.sampler_state)
         return state.to(theory.dtype), ckpt.trajectory, ckpt
-    if grid.is_world_root and (ctx.out / RECORDS).exists():
+    # decided on rank 0, raised on every rank (a collective error)
+    if grid.comm.bcast(grid.is_world_root and (ctx.out / RECORDS).exists(), root=0):
         raise CheckpointError(
             f"{ctx.out} holds records of an earlier run but no usable checkpoint; "
             "move it away or choose another output.directory"
@@ -206,6 +213,67 @@ def _progress_bar(ctx: _Context, start: int, progress: bool | None):
     return tqdm(total=total, initial=start, unit="traj", dynamic_ncols=True, disable=None)
 
 
+@dataclass
+class _Outputs:
+    """Where a trajectory's results go: records, run.log, on-the-fly measurements, files."""
+
+    records: Records
+    runlog: RunLog
+    measurer: Any
+    writers: Writers
+
+
+def _open_outputs(ctx: _Context, traj: int, resume: bool) -> _Outputs:
+    """Open (and cut back to the checkpoint at ``traj``) every per-trajectory output."""
+    root, out = ctx.grid.is_world_root, ctx.out
+    records = Records(out / RECORDS, ctx.grid)
+    records.truncate(traj)
+    runlog = RunLog(out, root, traj)
+    measurer = open_on_the_fly(ctx.deck, ctx.theory, out, root, traj)
+    writers = open_ensembles(
+        ctx.deck,
+        ctx.grid,
+        ctx.theory,
+        ctx.chains,
+        ctx.offset,
+        out,
+        resume=resume,
+        flow_hash=ctx.run_info["flow"].get("hash"),
+    )
+    writers.truncate_after(traj - 1)
+    return _Outputs(records, runlog, measurer, writers)
+
+
+def _write_outputs(
+    ctx: _Context, outputs: _Outputs, state: torch.Tensor, rec: Record, traj: int
+) -> None:
+    """Observables, the records line, run.log, on-the-fly measurements and saved
+    configurations of trajectory ``traj``."""
+    deck = ctx.deck
+    therm = traj < deck.run.thermalization
+    prod_index = traj - deck.run.thermalization
+    measure = not therm and prod_index % deck.run.measure_every == 0
+    per_chain = per_chain_columns(rec)
+    physical = None
+    if measure or therm:
+        physical, per_chain["observables"] = _measure(
+            ctx, state, rec, traj, outputs.writers, measure
+        )
+    merged = outputs.records.gather(per_chain)
+    if merged is not None:
+        line = {"trajectory": traj, "thermalization": therm, **merged, **scalar_columns(rec)}
+        outputs.records.append(line)
+        outputs.runlog.trajectory(line)
+    measurer = outputs.measurer
+    if measurer is not None and measurer.due(therm, prod_index):
+        if physical is None:
+            physical = ctx.sampler.to_physical(state)
+        measurer.record(traj, outputs.records.gather(measurer.measure(physical)))
+    save_every = deck.run.save_every
+    if not therm and save_every > 0 and (prod_index + 1) % save_every == 0:
+        _save(ctx, state, physical, traj, outputs.writers)
+
+
 def run(deck: Deck, progress: bool | None = None) -> RunResult:
     """Run (or resume) the deck's ensemble generation. Collective over MPI.COMM_WORLD."""
     ctx, rng = _prepare(deck)
@@ -213,19 +281,9 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
     total, therm_n = deck.run.total_trajectories, deck.run.thermalization
     state, traj, ckpt = _start_state(ctx, rng)
 
-    records = Records(out / RECORDS, grid)
-    records.truncate(traj)
-    writers = open_ensembles(
-        deck,
-        grid,
-        ctx.theory,
-        ctx.chains,
-        ctx.offset,
-        out,
-        resume=ckpt is not None,
-        flow_hash=ctx.run_info["flow"].get("hash"),
-    )
-    writers.truncate_after(traj - 1)
+    start_traj = traj
+    outputs = _open_outputs(ctx, traj, resume=ckpt is not None)
+    writers = outputs.writers
 
     bar = _progress_bar(ctx, traj, progress)
     t_start = time.perf_counter()
@@ -239,21 +297,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             state, rec = sampler.trajectory(state, traj, ctx.offset, tune=tune)
             n_acc += float(rec.accepted.double().sum())
             n_done += ctx.chains
-            prod_index = traj - therm_n
-            measure = not therm and prod_index % deck.run.measure_every == 0
-            per_chain = per_chain_columns(rec)
-            physical = None
-            if measure or therm:
-                physical, per_chain["observables"] = _measure(
-                    ctx, state, rec, traj, writers, measure
-                )
-            merged = records.gather(per_chain)
-            if merged is not None:
-                line = {"trajectory": traj, "thermalization": therm, **merged}
-                records.append({**line, **scalar_columns(rec)})
-            save_every = deck.run.save_every
-            if not therm and save_every > 0 and (prod_index + 1) % save_every == 0:
-                _save(ctx, state, physical, traj, writers)
+            _write_outputs(ctx, outputs, state, rec, traj)
             traj += 1
             if bar is not None:
                 bar.update(1)
@@ -272,4 +316,4 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             bar.close()
     # chains of this replica, averaged over the replica groups
     acc = grid.replica_comm.allreduce(n_acc / max(n_done, 1), op=MPI.SUM) / grid.replicas
-    return RunResult(traj, total, traj >= total, acc, out)
+    return RunResult(traj, total, traj >= total, acc, out, start=start_traj)

@@ -57,11 +57,12 @@ def save_configs(deck, grid, theory, physical, traj, offset, out, writers) -> No
         name = deck.output_dir.name
         for b in range(physical.shape[0]):
             links = physical[b]
-            stem = out / "configs" / f"{name}_c{offset + b}_{traj:06d}"
+            # files numbered by the 1-based trajectory count (records' "trajectory" + 1)
+            stem = out / "configs" / f"{name}_c{offset + b}_{traj + 1:06d}"
             if "ildg" in fmts:
                 from app.io.ildg import write_ildg
 
-                lfn = f"{deck.output.ildg_lfn}{traj}" if deck.output.ildg_lfn else None
+                lfn = f"{deck.output.ildg_lfn}{traj + 1}" if deck.output.ildg_lfn else None
                 prec = "double" if deck.output.ildg_precision == 64 else "single"
                 write_ildg(stem.with_suffix(".lime"), links, grid, precision=prec, lfn=lfn)
             if "nersc" in fmts:
