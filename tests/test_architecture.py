@@ -286,3 +286,31 @@ def test_deck_levels_build_the_nested_integrator() -> None:
         build_integrator(bad, theory)
     with pytest.raises(InputError, match="remove sampler.steps"):
         loads_deck(DECK.replace("name: hmc,", "name: hmc, steps: 4,"))
+
+
+def test_a_descriptor_becomes_a_strict_deck_section() -> None:
+    from pydantic import ValidationError
+
+    from app.deck import _theory_section
+    from kernels.theories.descriptor import Coupling, TheoryDescriptor
+
+    desc = TheoryDescriptor(
+        name="toy",
+        factory="kernels.theories.u1:U1Gauge",
+        dims=2,
+        summary="A toy theory.",
+        couplings=(
+            Coupling("beta", float, "beta", gt=0),
+            Coupling("kappas", list, "extra masses", default=[], gt=0),
+            Coupling("lambda", float, "quartic", default=0.5, ge=0, arg="lam"),
+        ),
+    )
+    section = _theory_section(desc)
+    t = section.model_validate({"name": "toy", "beta": 2, "kappas": [0.1, 0.2]})
+    assert t.couplings == {"beta": 2.0, "kappas": [0.1, 0.2], "lambda": 0.5}
+    assert desc.constructor_kwargs(t.couplings) == {"beta": 2.0, "kappas": [0.1, 0.2], "lam": 0.5}
+    assert section.model_validate({"name": "toy", "beta": 1.0}).couplings["kappas"] == []
+    for bad in ({"beta": -1.0}, {"beta": 1.0, "kappas": [-0.1]}, {"beta": 1.0, "x": 1}):
+        with pytest.raises(ValidationError):
+            section.model_validate({"name": "toy", **bad})
+    assert section.__doc__ == "A toy theory."
