@@ -9,11 +9,13 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc train``."""
     add_deck_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc train``; returns the exit status."""
     from mpi4py import MPI
 
     from ..deck import load_deck
