@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from parallel import ProcessGrid, global_sum, shift
+from parallel import ProcessGrid, exact_segment_sum, lattice_sum, shift
 from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
 from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta, reunitarize, su_expm
@@ -75,8 +75,8 @@ def _forward_links(u: torch.Tensor, grid: ProcessGrid) -> list[torch.Tensor]:
 
 
 def _site_sum(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
-    """Global sum over every dim but the batch dim 0, shape ``(B,)``."""
-    return global_sum(x.sum(tuple(range(1, x.ndim))), grid)
+    """Global sum over every dim but the batch dim 0, shape ``(B,)`` (exact, grid-independent)."""
+    return lattice_sum(x, grid, 1)
 
 
 def wilson_loops(
@@ -197,25 +197,23 @@ def ordered_product(m: torch.Tensor, grid: ProcessGrid, axis: int, first: int) -
     """``prod_{n=0}^{L-1} m(.., n, ..)`` along lattice ``axis`` in increasing order, with the
     axis removed; the global product, the same on every rank of a line along ``axis``.
 
-    Local slices are multiplied in order, then the per-rank products are gathered along the
-    line of ranks (``MPI_Allgather`` in the line communicator, whose ranks are ordered by the
-    coordinate along ``axis``) and multiplied in rank order. Not autograd-aware.
+    The slices of the other ranks on the line along ``axis`` are gathered (``MPI_Allgather``
+    in the line communicator, ordered by the coordinate along ``axis``) and all ``L`` factors
+    are multiplied in one sequence, so the rounding is that of the single-rank product on
+    every process grid. Not autograd-aware.
     """
     dim = first + axis
+    if grid.grid[axis] > 1:
+        comm = _line_comm(grid, axis)
+        local = np.ascontiguousarray(m.detach().cpu().numpy())
+        blocks = np.empty((comm.Get_size(),) + local.shape, dtype=local.dtype)
+        comm.Allgather(local, blocks)
+        order = sorted(range(comm.Get_size()), key=lambda r: comm.Get_coords(r)[0])
+        m = torch.from_numpy(np.concatenate([blocks[r] for r in order], axis=dim)).to(m.device)
     prod = m.select(dim, 0)
     for n in range(1, m.shape[dim]):
         prod = prod @ m.select(dim, n)
-    if grid.grid[axis] == 1:
-        return prod
-    comm = _line_comm(grid, axis)
-    local = np.ascontiguousarray(prod.detach().cpu().numpy())
-    blocks = np.empty((comm.Get_size(),) + local.shape, dtype=local.dtype)
-    comm.Allgather(local, blocks)
-    order = sorted(range(comm.Get_size()), key=lambda r: comm.Get_coords(r)[0])
-    total = torch.from_numpy(blocks[order[0]]).to(m.device)
-    for r in order[1:]:
-        total = total @ torch.from_numpy(blocks[r]).to(m.device)
-    return total
+    return prod
 
 
 def polyakov_loop(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
@@ -228,11 +226,13 @@ def polyakov_loop(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     t = nd - 1
     line = ordered_product(u[:, t], grid, t, first=1)  # (B, *local_spatial, 3, 3)
     tr = torch.diagonal(line, dim1=-2, dim2=-1).sum(-1) / NC
-    local = tr.sum(tuple(range(1, tr.ndim)))
     if grid.coords[t] != 0:
-        local = torch.zeros_like(local)
+        tr = torch.zeros_like(tr)
     vs = grid.volume // grid.shape[t]
-    return global_sum(local, grid) / vs
+    comm = grid.cart if grid.size > 1 else None
+    flat = tr.reshape(tr.shape[0], -1)
+    re, im = (exact_segment_sum(x, comm).to(tr.real.dtype) for x in (flat.real, flat.imag))
+    return torch.complex(re, im) / vs
 
 
 # --------------------------------------------------------------------------- theory
@@ -278,10 +278,11 @@ class SU3Gauge(Theory):
     # ------------------------------------------------------------ dynamics
     def action(self, field: torch.Tensor) -> torch.Tensor:
         plaq, rect = wilson_loops(field, self.grid, rectangles=bool(self.c1))
-        s = self.c0 * sum((NC - p).sum(tuple(range(1, p.ndim))) for p in plaq.values())
+        # per-site density first, then one exact lattice sum (grid-independent)
+        s = self.c0 * sum(NC - p for p in plaq.values())
         if self.c1:
-            s = s + self.c1 * sum((NC - r).sum(tuple(range(1, r.ndim))) for r in rect.values())
-        return (self.beta / NC) * global_sum(s, self.grid)
+            s = s + self.c1 * sum(NC - r for r in rect.values())
+        return (self.beta / NC) * lattice_sum(s, self.grid, 1)
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
         return gauge_force(field, self.grid, self.beta, self.c0, self.c1)
@@ -336,8 +337,7 @@ class SU3Gauge(Theory):
             vol = self.grid.volume
 
             def mean(loops: list[torch.Tensor]) -> torch.Tensor:
-                tot = sum(p.sum(tuple(range(1, p.ndim))) for p in loops)
-                return global_sum(tot, self.grid) / (NC * vol * len(loops))
+                return lattice_sum(sum(loops), self.grid, 1) / (NC * vol * len(loops))
 
             spatial = [p for (mu, nu), p in plaq.items() if nu != t]
             temporal = [p for (mu, nu), p in plaq.items() if nu == t]
