@@ -96,6 +96,17 @@ def test_su3_kernels_match_eager(name, c1):
     close(b.su3_force(u, grid, 5.7, c0, c1), eager.gauge_force(u, grid, 5.7, c0, c1), "force")
     close(b.su3_action_local(u, grid, c0, c1), eager.su3_action_local(u, grid, c0, c1), "S")
     close(b.su3_flow_generator(u, grid, c1), eager.flow_generator(u, grid, c1), "flow Z")
+    step = eager.flow_step_rk3(u, grid, 0.05, c1)
+    close(b.su3_flow_step_rk3(u, grid, 0.05, c1), step, "RK3 flow step")
+
+
+def test_eager_flow_step_is_wilson_flow_step():
+    """The seam's RK3 step is bit for bit kernels.wilson_flow.flow_step_rk3."""
+    from kernels.wilson_flow import flow_step_rk3
+
+    grid, u = _links()
+    for c1 in (0.0, -0.331):
+        assert torch.equal(eager.flow_step_rk3(u, grid, 0.02, c1), flow_step_rk3(u, grid, 0.02, c1))
 
 
 @pytest.mark.parametrize("name", FAST)

@@ -230,6 +230,56 @@ def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
                         out[b, mu, o + x] += np.sin(p) - np.sin(pm)
                 for x in range(rowlen):
                     out[b, mu, o + x] *= beta
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def expm_mul(X, W, out, chunk):
+    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series to order 18 of
+    X / 2^s with |X / 2^s|_F <= 1/4 (remainder < 1e-22), then s squarings."""
+    n = X.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        e = np.empty((3, 3), np.complex128)
+        t = np.empty((3, 3), np.complex128)
+        y = np.empty((3, 3), np.complex128)
+        a = np.empty((3, 3), np.complex128)
+        for m in range(c * chunk, min(n, (c + 1) * chunk)):
+            nrm = 0.0
+            for i in range(3):
+                for j in range(3):
+                    nrm += X[m, i, j].real ** 2 + X[m, i, j].imag ** 2
+            nrm = np.sqrt(nrm)
+            s = 0
+            while nrm > 0.25:
+                nrm *= 0.5
+                s += 1
+            scale = 0.5**s
+            for i in range(3):
+                for j in range(3):
+                    a[i, j] = X[m, i, j] * scale
+                    e[i, j] = a[i, j]
+                    t[i, j] = a[i, j]
+                e[i, i] += 1.0
+            for k in range(2, 19):
+                for i in range(3):
+                    for j in range(3):
+                        y[i, j] = (t[i, 0] * a[0, j] + t[i, 1] * a[1, j] + t[i, 2] * a[2, j]) / k
+                for i in range(3):
+                    for j in range(3):
+                        t[i, j] = y[i, j]
+                        e[i, j] += y[i, j]
+            for _ in range(s):
+                for i in range(3):
+                    for j in range(3):
+                        y[i, j] = e[i, 0] * e[0, j] + e[i, 1] * e[1, j] + e[i, 2] * e[2, j]
+                for i in range(3):
+                    for j in range(3):
+                        e[i, j] = y[i, j]
+            for i in range(3):
+                for j in range(3):
+                    out[m, i, j] = (
+                        e[i, 0] * W[m, 0, j] + e[i, 1] * W[m, 1, j] + e[i, 2] * W[m, 2, j]
+                    )
 '''
 
 
@@ -342,6 +392,27 @@ def u1_kernel(theta: torch.Tensor, grid: ProcessGrid, beta: float, force: bool) 
     return t.reshape(theta.shape) if force else t.reshape(b, *grid.local_shape)
 
 
+def expm_mul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``exp(X) W`` for ``(..., 3, 3)`` complex128 ``X`` (traceless anti-Hermitian), ``W``."""
+    _threads()
+    xs = np.ascontiguousarray(x.detach().reshape(-1, 3, 3).numpy())
+    ws = np.ascontiguousarray(w.detach().reshape(-1, 3, 3).numpy())
+    out = np.empty_like(ws)
+    kernels().expm_mul(xs, ws, out, 256)
+    return torch.from_numpy(out).reshape(w.shape)
+
+
+def su3_flow_step_rk3(u: torch.Tensor, grid: ProcessGrid, eps: float) -> torch.Tensor:
+    """Luscher's RK3 Wilson-flow step (:func:`kernels.backends.eager.flow_step_rk3`) with the
+    fused generator and exponential."""
+    z0 = eps * su3_ta_staples(u, grid, -1.0, ta=True)
+    w1 = expm_mul(0.25 * z0, u)
+    z1 = eps * su3_ta_staples(w1, grid, -1.0, ta=True)
+    w2 = expm_mul((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0, w1)
+    z2 = eps * su3_ta_staples(w2, grid, -1.0, ta=True)
+    return expm_mul(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0, w2)
+
+
 # --------------------------------------------------------------------------- autograd
 class _SU3WilsonAction(torch.autograd.Function):
     """Local ``c0 sum_P (3 - Re Tr U_P)`` per chain; backward ``-c0 g A^+`` (module doc)."""
@@ -416,6 +487,12 @@ class NumbaBackend(EagerBackend):
         if c1 or not _fusable(u) or _graph(u):
             return super().su3_flow_generator(u, grid, c1)
         return su3_ta_staples(u, grid, -1.0, ta=True)
+
+    def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
+        """RK3 Wilson-flow step; fused for Wilson without a graph."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_flow_step_rk3(u, grid, eps, c1)
+        return su3_flow_step_rk3(u, grid, eps)
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; fused forward, analytic backward (:class:`_SU3WilsonAction`)."""
