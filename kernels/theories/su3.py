@@ -49,7 +49,9 @@ from mpi4py import MPI
 from parallel import ProcessGrid, exact_segment_sum, lattice_sum, shift
 from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
-from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta, reunitarize, su_expm
+from ..backends import get_backend
+from ..backends.eager import _site_sum, wilson_loops
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, reunitarize, su_expm
 from ..theory import Theory
 
 #: rectangle coefficient c1 of each named action
@@ -58,120 +60,24 @@ ACTIONS: dict[str, float] = {"wilson": 0.0, "symanzik": -1.0 / 12.0, "iwasaki": 
 NC = 3
 
 
-# --------------------------------------------------------------------------- helpers
-def _retr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Re Tr(a b^+) = Re sum_ij a_ij conj(b_ij)`` without forming the product."""
-    return (a.real * b.real + a.imag * b.imag).sum((-1, -2))
-
-
+# --------------------------------------------------------------------------- kernels
+# The hot kernels live behind the backend seam (kernels/backends); the eager reference
+# implementations are re-exported here under their historical names.
 def _sh(x: torch.Tensor, grid: ProcessGrid, mu: int, k: int = 1) -> torch.Tensor:
     """Shift of a single-direction field ``(B, *local, 3, 3)`` (lattice axes from dim 1)."""
     return shift(x, grid, mu, k, first=1)
 
 
-def _forward_links(u: torch.Tensor, grid: ProcessGrid) -> list[torch.Tensor]:
-    """``fwd[mu][:, a] = U_a(x + mu)``: all directions shifted once along each axis."""
-    return [shift(u, grid, mu, 1, first=2) for mu in range(u.shape[1])]
-
-
-def _site_sum(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
-    """Global sum over every dim but the batch dim 0, shape ``(B,)`` (exact, grid-independent)."""
-    return lattice_sum(x, grid, 1)
-
-
-def wilson_loops(
-    u: torch.Tensor, grid: ProcessGrid, rectangles: bool = True
-) -> tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], torch.Tensor]]:
-    """``Re Tr`` (not divided by 3) of plaquettes ``{(mu, nu): (B, *local)}`` for ``mu < nu``
-    and of rectangles ``R_{mu nu}`` (2 along ``mu``) for all ordered ``mu != nu``."""
-    nd = u.shape[1]
-    fwd = _forward_links(u, grid)
-    plaq, rect = {}, {}
-    for mu in range(nd):
-        umu = u[:, mu]
-        for nu in range(mu + 1, nd):
-            # Re Tr(U_mu(x) U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^+)
-            plaq[(mu, nu)] = _retr(umu @ fwd[mu][:, nu], u[:, nu] @ fwd[nu][:, mu])
-    if rectangles:
-        for mu in range(nd):
-            dbl = u[:, mu] @ fwd[mu][:, mu]
-            for nu in range(nd):
-                if nu == mu:
-                    continue
-                unu_2mu = _sh(fwd[mu][:, nu], grid, mu, 1)
-                rect[(mu, nu)] = _retr(dbl @ unu_2mu, u[:, nu] @ _sh(dbl, grid, nu, 1))
-    return plaq, rect
-
-
-def _pairs(nd: int) -> tuple[list[int], list[int]]:
-    """The ordered planes ``(mu, nu)``, ``nu != mu``, mu-major: their mu's and nu's."""
-    pairs = [(mu, nu) for mu in range(nd) for nu in range(nd) if nu != mu]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def _group_shift(x: torch.Tensor, grid: ProcessGrid, axes: list[int], k: int) -> torch.Tensor:
-    """Shift entry ``p`` of the stacked field ``x`` ``(B, P, *local, ...)`` by ``k`` along
-    lattice axis ``axes[p]``: one :func:`parallel.shift` per distinct axis."""
-    parts, order = [], []
-    for axis in sorted(set(axes)):
-        idx = [p for p, a in enumerate(axes) if a == axis]
-        sel = x[:, idx] if len(idx) < len(axes) else x
-        parts.append(shift(sel, grid, axis, k, first=2))
-        order += idx
-    if len(parts) == 1:
-        return parts[0]
-    inverse = torch.argsort(torch.tensor(order, device=x.device))
-    return torch.cat(parts, dim=1).index_select(1, inverse)
-
-
 def staple_sum(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torch.Tensor:
-    """``A_mu(x)``: ``c0`` x plaquette staples + ``c1`` x rectangle staples, ``(B, Nd, *local,
-    3, 3)``, so that ``Re Tr(U_mu(x) A_mu(x))`` sums (weighted) every loop holding the link.
-
-    Plaquette staples (``nu != mu``): ``U_nu(x+mu) U_mu(x+nu)^+ U_nu(x)^+`` (up) and
-    ``U_nu(x+mu-nu)^+ U_mu(x-nu)^+ U_nu(x-nu)`` (down). Rectangle staples (6 per ``nu``):
-    the up/down staple extended along ``nu`` (``U_nu(x+mu) S_up(x+nu) U_nu(x)^+`` and its
-    mirror), and the double-link staples ``Sigma(x) = U_nu(x+2mu) L_mu(x+nu)^+ U_nu(x)^+`` +
-    mirror, entering as ``U_mu(x+mu) Sigma(x)`` and ``Sigma(x-mu) U_mu(x-mu)``.
-
-    All ``Nd (Nd - 1)`` ordered planes are stacked along dim 1 and processed together (one
-    batched product per step, one shift per axis), so the op count does not grow with the
-    number of planes.
-    """
-    b, nd = u.shape[:2]
-    mus, nus = _pairs(nd)
-    fwd = torch.stack(_forward_links(u, grid))  # fwd[s, :, a] = U_a(x + s)
-    umu = u[:, mus]
-    unu = u[:, nus]
-    unu_mu = fwd[mus, :, nus].transpose(0, 1)  # U_nu(x + mu)
-    umu_nu = fwd[nus, :, mus].transpose(0, 1)  # U_mu(x + nu)
-    up = unu_mu @ dagger(unu @ umu_nu)
-    down = _group_shift(dagger(umu @ unu_mu) @ unu, grid, nus, -1)
-    per_mu = (b, nd, nd - 1) + tuple(u.shape[2:])
-    a = c0 * (up + down) if c0 else torch.zeros_like(up)
-    if c1:
-        dirs = list(range(nd))
-        umu_mu = fwd[dirs, :, dirs].transpose(0, 1)  # U_mu(x + mu)
-        dbl = (u @ umu_mu)[:, mus]  # L_mu(x)
-        # rectangles 1 along mu, 2 along nu
-        r_up = unu_mu @ _group_shift(up, grid, nus, 1) @ dagger(unu)
-        r_down = _group_shift(dagger(unu_mu) @ down @ unu, grid, nus, -1)
-        a = a + c1 * (r_up + r_down)
-        # rectangles 2 along mu: staples Sigma of the double link
-        unu_2mu = _group_shift(unu_mu, grid, mus, 1)
-        sigma = unu_2mu @ dagger(unu @ _group_shift(dbl, grid, nus, 1))
-        sigma = sigma + _group_shift(dagger(dbl @ unu_2mu) @ unu, grid, nus, -1)
-        sigma = sigma.reshape(per_mu).sum(2)
-        ends = umu_mu @ sigma + _group_shift(sigma @ u, grid, dirs, -1)
-        return a.reshape(per_mu).sum(2) + c1 * ends
-    return a.reshape(per_mu).sum(2)
+    """``A_mu(x)`` (:func:`kernels.backends.eager.staple_sum`) from the active backend."""
+    return get_backend().su3_staple_sum(u, grid, c0, c1)
 
 
 def gauge_force(
     u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float = 1.0, c1: float = 0.0
 ) -> torch.Tensor:
-    """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring), ``(B, Nd, *local, 3, 3)``."""
-    return (beta / (2.0 * NC)) * project_ta(u @ staple_sum(u, grid, c0, c1))
+    """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring) from the active backend."""
+    return get_backend().su3_force(u, grid, beta, c0, c1)
 
 
 def gauge_transform(u: torch.Tensor, g: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
