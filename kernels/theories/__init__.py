@@ -16,6 +16,7 @@ REGISTRY = {
     "phi4": "kernels.theories.phi4:Phi4",
     "u1": "kernels.theories.u1:U1Gauge",
     "su3": "kernels.theories.su3:SU3Gauge",
+    "schwinger": "kernels.theories.schwinger:Schwinger",
 }
 
 
