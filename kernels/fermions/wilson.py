@@ -61,6 +61,7 @@ class WilsonDirac:
     """``D[U]`` for a batch of U(1) gauge fields ``theta`` (layout ``(B, 2, Lx, Lt)``).
 
     All methods take and return spinors of layout ``(B, 2, Lx, Lt)`` (complex, local block).
+    The links are detached from ``theta`` unless ``differentiable`` (dense log-dets by autograd).
     """
 
     first = 2  # lattice axis 0 of a spinor
@@ -71,6 +72,7 @@ class WilsonDirac:
         theta: torch.Tensor,
         kappa: float,
         bc: tuple[str, str] = FERMION_BC,
+        differentiable: bool = False,
     ) -> None:
         if grid.ndim != 2:
             raise ValueError(f"the Wilson-Dirac operator here is 2D, lattice {grid.shape}")
@@ -78,7 +80,8 @@ class WilsonDirac:
         self.kappa = float(kappa)
         #: spinor boundary conditions per axis (the physics default: :data:`FERMION_BC`)
         self.bc = tuple(bc)
-        theta = theta.detach()
+        if not differentiable:
+            theta = theta.detach()
         cdtype = torch.complex128 if theta.dtype == torch.float64 else torch.complex64
         self.dtype = cdtype
         #: links ``U_mu(x)``, shape ``(B, 2, Lx, Lt)``

@@ -105,7 +105,7 @@ def prior_for(theory, sigma: float = 1.0) -> Prior:
     """The natural prior of a theory: Haar for U(1) angles, ``N(0, sigma^2)`` otherwise."""
     lead = theory.field_shape(1)[1 : theory.first]
     kw = {"dtype": theory.dtype, "device": theory.device}
-    if getattr(theory, "name", "") == "u1":
+    if getattr(theory, "name", "") in ("u1", "schwinger", "schwinger_marginal"):
         return UniformAnglePrior(theory.grid, lead, **kw)
     if theory.field_shape(1)[theory.first + theory.grid.ndim :]:
         raise ValueError(f"no default prior for the field layout of theory {theory.name!r}")
