@@ -21,7 +21,7 @@ from .reduce import (
     scatter_from_root,
 )
 from .rng import SiteRNG
-from .shift import shift
+from .shifts import shift
 
 __all__ = [
     "GridError",

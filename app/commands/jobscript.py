@@ -32,7 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "10%% (at least 5 min) before it and the script resubmits itself.",
     )
     parser.add_argument("--account", help="project / allocation to charge")
-    parser.add_argument("--queue", help="queue or partition (default: by system and size)")
+    parser.add_argument(
+        "--queue",
+        help="queue or partition (default: the system's production queue, docs/jobscripts.md)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a deck whose parallel.device is not the system's GPUs (e.g. cpu)",
+    )
     parser.add_argument("--job-name", help="job name (default trivhmc-DECK_STEM)")
     parser.add_argument("--filesystems", help="PBS filesystems (aurora/polaris)")
     parser.add_argument(
@@ -72,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
         setup=args.setup,
         overrides=list(args.overrides),
         max_jobs=args.max_jobs,
+        force=args.force,
     )
     for w in r.warnings:
         print(f"trivhmc jobscript: warning: {w}", file=sys.stderr)

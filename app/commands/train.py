@@ -20,6 +20,10 @@ def main(args: argparse.Namespace) -> int:
     from ..training import train
 
     deck = load_deck(args.deck, args.overrides)
+    from ..preflight import check_device, check_layout
+
+    check_layout(deck, MPI.COMM_WORLD.Get_size())
+    check_device(deck.parallel.device)
     ref, last = train(deck, progress=not args.no_progress)
     if MPI.COMM_WORLD.Get_rank() == 0:
         summary = {k: last[k] for k in ("loss", "kl", "ess", "force_rms") if k in last}

@@ -102,11 +102,16 @@ class UniformAnglePrior(Prior):
 
 
 def prior_for(theory, sigma: float = 1.0) -> Prior:
-    """The natural prior of a theory: Haar for U(1) angles, ``N(0, sigma^2)`` otherwise."""
+    """The natural prior of a theory, from its descriptor (:mod:`kernels.theories`): Haar
+    for U(1) angles (``uniform_angle``), ``N(0, sigma^2)`` for real fields (``normal``)."""
+    from ..theories import REGISTRY
+
     lead = theory.field_shape(1)[1 : theory.first]
     kw = {"dtype": theory.dtype, "device": theory.device}
-    if getattr(theory, "name", "") in ("u1", "schwinger", "schwinger_marginal"):
+    desc = REGISTRY.get(getattr(theory, "name", ""))
+    kind = desc.prior if desc is not None else "normal"
+    if kind == "uniform_angle":
         return UniformAnglePrior(theory.grid, lead, **kw)
-    if theory.field_shape(1)[theory.first + theory.grid.ndim :]:
+    if kind != "normal" or theory.field_shape(1)[theory.first + theory.grid.ndim :]:
         raise ValueError(f"no default prior for the field layout of theory {theory.name!r}")
     return NormalPrior(theory.grid, lead, sigma=sigma, **kw)

@@ -50,7 +50,8 @@ def dense_dirac(theta: torch.Tensor, grid, kappa: float) -> torch.Tensor:
 class SchwingerMarginal(U1Gauge):
     """Theory with ``S_eff = S_G - 2 log|det D|`` (module docstring) on U(1) angles."""
 
-    name = "schwinger_marginal"
+    #: the physics of "schwinger" (same field, prior and observables), marginalised
+    name = "schwinger"
 
     def __init__(self, theory: Schwinger) -> None:
         grid = theory.grid
