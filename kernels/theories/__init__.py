@@ -115,3 +115,50 @@ register_theory(
         ),
     )
 )
+register_theory(
+    TheoryDescriptor(
+        name="schwinger",
+        factory="kernels.theories.schwinger:Schwinger",
+        dims=2,
+        summary="2D Schwinger model: U(1) Wilson gauge action ``beta sum_P (1 - cos theta_P)`` "
+        "+ Nf = 2 Wilson fermions (hopping parameter kappa, antiperiodic in t) with "
+        "pseudofermions ``phi^+ (D^+ D)^{-1} phi`` (docs/conventions.md); action terms "
+        "``gauge``, ``fermion`` and ``hasenbusch_<i>`` for sampler.levels.",
+        prior="uniform_angle",
+        couplings=(
+            Coupling("beta", float, "Gauge coupling beta (required).", gt=0),
+            Coupling(
+                "kappa", float, "Hopping parameter kappa (required; free kappa_c = 1/4).", ge=0
+            ),
+            Coupling(
+                "hasenbusch",
+                list,
+                "Hasenbusch mass-preconditioning kappas, increasing and below kappa "
+                "(terms hasenbusch_0, hasenbusch_1, ...; default none).",
+                default=[],
+                gt=0,
+            ),
+            Coupling(
+                "cg_tol",
+                float,
+                "CG relative residual |b - A x| / |b| (default 1e-10).",
+                default=1e-10,
+                gt=0,
+            ),
+            Coupling(
+                "cg_max_iter",
+                int,
+                "CG iteration cap per solve (default 2000).",
+                default=2000,
+                ge=1,
+            ),
+            Coupling(
+                "n_noise",
+                int,
+                "Noise vectors of the chiral condensate estimator (default 4).",
+                default=4,
+                ge=1,
+            ),
+        ),
+    )
+)
