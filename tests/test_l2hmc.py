@@ -208,3 +208,28 @@ def test_phi4_untrained_matches_hmc_short():
 @pytest.mark.slow
 def test_phi4_untrained_matches_hmc_long():
     phi4_vs_hmc((8, 8), batch=64, n_therm=100, n_meas=400, init_scale=0.3)
+
+
+def test_architecture_record_rebuilds_the_model():
+    from kernels.l2hmc import build_l2hmc_model
+
+    theory = theory_for("u1")
+    model = random_model(theory)
+    arch = model.architecture
+    assert arch["builder"] == "kernels.l2hmc.layers:build_l2hmc_model"
+    again = build_l2hmc_model(theory.grid, **arch["kwargs"])
+    again.load_state_dict(model.state_dict())
+    assert again.n_parameters() == model.n_parameters() > 0
+    x, v = start(theory)
+    with torch.no_grad():
+        a = model.forward_map(x, v, theory.force)
+        b = again.forward_map(x, v, theory.force)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    # the networks are local: the same weights run on a larger lattice
+    big = build_l2hmc_model(
+        single_rank_grid((8, 8)),
+        "u1",
+        dtype="float64",
+        **{k: v for k, v in arch["kwargs"].items() if k != "theory"},
+    )
+    big.load_state_dict(model.state_dict())

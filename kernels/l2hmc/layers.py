@@ -125,14 +125,18 @@ class L2HMCModel(nn.Module):
         self.grid = grid
         self.theory_name = theory_name
         self.kind: FieldKind = field_kind(theory_name, grid)
+        #: how to rebuild it (the registry's ``{"builder", "kwargs"}`` record)
         self.architecture: dict[str, Any] = {
-            "theory": theory_name,
-            "n_layers": int(n_layers),
-            "hidden": [int(h) for h in hidden],
-            "kernel_size": int(kernel_size),
-            "activation": activation,
-            "step_size": float(step_size),
-            "init_scale": float(init_scale),
+            "builder": "kernels.l2hmc.layers:build_l2hmc_model",
+            "kwargs": {
+                "theory": theory_name,
+                "n_layers": int(n_layers),
+                "hidden": [int(h) for h in hidden],
+                "kernel_size": int(kernel_size),
+                "activation": activation,
+                "step_size": float(step_size),
+                "init_scale": float(init_scale),
+            },
         }
         c = self.kind.components
         masks = checkerboard_masks(grid, c, per_component=theory_name == "u1")
@@ -150,6 +154,10 @@ class L2HMCModel(nn.Module):
         log_eps = math.log(step_size)
         self.log_eps_v = nn.Parameter(torch.full((n_layers,), log_eps, dtype=dtype))
         self.log_eps_x = nn.Parameter(torch.full((n_layers,), log_eps, dtype=dtype))
+
+    def n_parameters(self) -> int:
+        """Number of trainable scalars."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @property
     def n_layers(self) -> int:
@@ -270,9 +278,10 @@ class L2HMCModel(nn.Module):
 
 
 def build_l2hmc_model(
-    grid: ProcessGrid, architecture: dict[str, Any], dtype: torch.dtype = torch.float64
+    grid: ProcessGrid, theory: str, dtype: torch.dtype | str | None = None, **kwargs: Any
 ) -> L2HMCModel:
-    """An :class:`L2HMCModel` from its ``architecture`` dict (as stored with a trained model)."""
-    arch = dict(architecture)
-    name = arch.pop("theory")
-    return L2HMCModel(grid, name, dtype=dtype, **arch)
+    """An :class:`L2HMCModel` from the ``kwargs`` of its architecture record (the registry's
+    builder; ``dtype`` a torch dtype or its name, default float64)."""
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    return L2HMCModel(grid, theory, dtype=dtype or torch.float64, **kwargs)

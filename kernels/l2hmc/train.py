@@ -284,14 +284,14 @@ class L2HMCTrainer:
             "chains": self.chains.detach().clone(),
             "history": [dict(h) for h in self.history],
             "config": asdict(self.config),
-            "architecture": dict(self.model.architecture),
+            "architecture": self.model.architecture["kwargs"],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if dict(state["architecture"]) != dict(self.model.architecture):
+        arch = self.model.architecture["kwargs"]
+        if dict(state["architecture"]) != arch:
             raise ValueError(
-                f"checkpoint architecture {state['architecture']} differs from the model's "
-                f"{self.model.architecture}"
+                f"checkpoint architecture {state['architecture']} differs from the model's {arch}"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
