@@ -216,10 +216,11 @@ class FlowRef(_Section):
 class SamplerSection(_Section):
     """The Markov chain: HMC on the original or the flow-transformed (trivialized) action."""
 
-    name: Literal["hmc", "trivialized_hmc", "flow_metropolis"] = Field(
+    name: Literal["hmc", "trivialized_hmc", "flow_metropolis", "l2hmc"] = Field(
         default="hmc",
         description="hmc; trivialized_hmc (HMC on S(F(V)) - log det J_F, needs `flow`); "
-        "flow_metropolis (independence Metropolis with flow proposals, needs `flow`).",
+        "flow_metropolis (independence Metropolis with flow proposals, needs `flow`); "
+        "l2hmc (learned generalized leapfrog, needs `model`; docs/l2hmc.md).",
     )
     integrator: Literal["leapfrog", "omelyan"] = Field(
         default="omelyan",
@@ -240,6 +241,19 @@ class SamplerSection(_Section):
     )
     flow: FlowRef | None = Field(
         default=None, description="Trained flow; required by trivialized_hmc, flow_metropolis."
+    )
+    # --- l2hmc (docs/l2hmc.md)
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="l2hmc only: registry reference (name or name@hash) of a model trained "
+        "with train.objective: l2hmc (registry: $TRIVHMC_MODELS, else ./models next to the "
+        "deck).",
+    )
+    leapfrog_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="l2hmc only: expected number of leapfrog layers of the model (checked).",
     )
 
     @property
@@ -344,11 +358,25 @@ ARCHITECTURES = {
 class TrainSection(_Section):
     """Training of a flow model by ``trivhmc train deck.yaml`` (docs/flows.md)."""
 
-    architecture: Literal[
-        "phi4_minimal", "phi4_affine", "u1_ncp", "u1_stout", "u1_sweep", "su3_stout"
-    ] = Field(
-        description="Flow architecture; must act on the deck's theory (phi4_*, u1_*, su3_*). "
-        "u1_sweep (2D) starts from the fitted single-plaquette map before training."
+    objective: Literal["flow", "l2hmc"] = Field(
+        default="flow",
+        description="flow: train a flow (`architecture`, `loss`); l2hmc: train an L2HMC "
+        "sampler (options: n_layers, hidden, kernel_size, activation, step_size, init_scale, "
+        "dtype; loss settings in `l2hmc`; docs/l2hmc.md).",
+    )
+    architecture: (
+        Literal["phi4_minimal", "phi4_affine", "u1_ncp", "u1_stout", "u1_sweep", "su3_stout"] | None
+    ) = Field(
+        default=None,
+        description="Flow architecture (objective flow, required); must act on the deck's "
+        "theory (phi4_*, u1_*, su3_*). u1_sweep (2D) starts from the fitted single-plaquette "
+        "map before training.",
+    )
+    l2hmc: dict[str, Any] | None = Field(
+        default=None,
+        description="objective l2hmc: loss and annealing (charge_weight, plaquette_weight, "
+        "field_weight, loss_form: esjd|levy, levy_scale, gamma_start; the action is scaled by "
+        "gamma from gamma_start to 1 over anneal_steps).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -440,7 +468,17 @@ class Deck(_Section):
                             )
                         )
         t = self.train
-        if t is not None and ARCHITECTURES[t.architecture][0] != self.theory.name:
+        if t is not None and t.objective == "flow" and t.architecture is None:
+            problems.append(Problem(("train", "architecture"), "objective flow needs one"))
+        if t is not None and t.objective == "l2hmc" and self.theory.name not in ("u1", "phi4"):
+            problems.append(
+                Problem(("train", "objective"), f"l2hmc is for u1 and phi4, not {self.theory.name}")
+            )
+        if (
+            t is not None
+            and t.architecture is not None
+            and ARCHITECTURES[t.architecture][0] != self.theory.name
+        ):
             problems.append(
                 Problem(
                     ("train", "architecture"),
@@ -463,6 +501,15 @@ class Deck(_Section):
                     ("sampler", "flow"),
                     f"sampler {s.name} does not use a flow; use trivialized_hmc or "
                     "flow_metropolis, or set flow: null",
+                )
+            )
+        if (s.name == "l2hmc") != (s.model is not None):
+            problems.append(
+                Problem(
+                    ("sampler", "model"),
+                    "sampler l2hmc needs model: REF"
+                    if s.name == "l2hmc"
+                    else f"sampler {s.name} does not use an l2hmc model",
                 )
             )
         if s.target_acceptance is not None and self.run.thermalization == 0:

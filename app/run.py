@@ -93,6 +93,10 @@ def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> tuple[Sampler, di
             reversibility_every=deck.run.check_reversibility,
         )
         return hmc, {}
+    if s.name == "l2hmc":
+        from app.l2hmc import build_l2hmc_sampler
+
+        return build_l2hmc_sampler(deck, theory, rng)
     from app.flow_samplers import build_flow_sampler
 
     return build_flow_sampler(deck, theory, rng)
