@@ -230,3 +230,17 @@ def test_every_error_class_has_its_own_status():
     table = (ROOT / "docs" / "errors.md").read_text()
     for c in codes + [130, 141]:
         assert f"| {c} " in table
+
+
+def test_failed_start_leaves_no_empty_run_directory(deck, capsys):
+    (deck.parent / "start.lime").write_bytes(b"not a configuration")
+    code = main(["run", str(deck), "--set", "run.start=start.lime"])
+    err = capsys.readouterr().err
+    assert code == InputError.exit_code and "run.start: cannot read" in err
+    assert "Traceback" not in err
+    assert not (deck.parent / "out").exists()
+
+
+def test_deck_error_under_mpi_printed_once(deck):
+    proc = trivhmc("run", str(deck), "--set", "theory.betta=2", ranks=2)
+    assert_clean(proc, InputError.exit_code, "unknown key 'betta' for theory u1")
