@@ -184,16 +184,17 @@ def test_broken_pipe(tmp_path):
 
 
 # ------------------------------------------------------------------ files and disk
-def test_damaged_checkpoint_is_one_warning_line(deck):
-    assert trivhmc("run", str(deck)).returncode == 0
+def test_damaged_checkpoint_is_one_warning_line(deck, capsys):
+    assert main(["run", str(deck)]) == 0
     ckpt = deck.parent / "out" / "checkpoints"
     newest = sorted(ckpt.glob("ckpt_*.h5"))[-1]
     newest.write_bytes(b"garbage")
-    proc = trivhmc("run", str(deck), "--set", "run.trajectories=8")
-    assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    capsys.readouterr()
+    assert main(["run", str(deck), "--set", "run.trajectories=8"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("trivhmc run: warning: skipping damaged")
-    assert "warnings.warn" not in proc.stderr and "UserWarning" not in proc.stderr
+    assert "warnings.warn" not in err and "UserWarning" not in err
 
 
 def test_disk_full(deck, capsys, monkeypatch):
