@@ -104,6 +104,9 @@ def test_ildg_files_and_analyze(run_dir, capsys, tmp_path):
     w12 = j["observables"]["W_R1_T2"]["mean"]
     assert j["derived"]["V_eff[1][1]"]["mean"] == pytest.approx(np.log(w11 / w12), rel=1e-12)
     assert "chi_t@t=0.6" in j["derived"]
+    png = tmp_path / "png"
+    assert main(["analyze", str(out / "measurements_offline.jsonl"), "--plot", str(png)]) == 0
+    assert (png / "flow.png").exists() and (png / "derived.png").exists()
 
 
 def test_resume_drops_measurements_after_the_checkpoint(run_dir, capsys):
