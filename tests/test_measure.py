@@ -143,12 +143,13 @@ def test_measure_errors(tmp_path, capsys):
     assert "measure.flow: flow needs theory su3, not phi4" in capsys.readouterr().err
 
 
-def test_offline_on_two_ranks_equals_one(run_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["parallel.grid=[1,1,1,2]", "parallel.replicas=2"])
+def test_offline_on_two_ranks_equals_one(run_dir, tmp_path, layout):
     deck, out = run_dir / "deck.yaml", run_dir / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     target = tmp_path / "two.jsonl"
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "app.cli", "measure", str(deck)]
-    cmd += [str(out / "ensemble_c0.h5"), "-o", str(target), "--set", "parallel.grid=[1,1,1,2]"]
+    cmd += [str(out / "ensemble_c0.h5"), "-o", str(target), "--set", layout]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
     two = lines(target)
