@@ -7,8 +7,11 @@ Wilson stencil, corners included, is then local) and stored as real planes
 ``P[b, mu, c, k]`` with ``c = 2 (3 i + j) + {0: re, 1: im}`` and ``k`` the flat padded site.
 Neighbours are constant offsets ``k +- stride[nu]``. Each kernel walks the interior rows of
 the last (fastest) lattice axis and, per row, runs straight-line generated code over the
-sites of the row (contiguous loads, so the compiler can vectorise across sites); the outer
-loop over (chain, row) is ``numba.prange`` (threads = ``torch.get_num_threads()``).
+sites of the row; the outer loop over (chain, row) is ``numba.prange`` (threads =
+``torch.get_num_threads()``). Floating point: ``fastmath={'contract'}`` only (fused
+multiply-adds; no reassociation, NaN/Inf kept). With numba 0.68 / LLVM the row loop is not
+vectorised across sites (scalar FMA code, checked in the assembly): the next step toward the
+roofline is an explicit site-blocked (SIMD-width) formulation.
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
 
@@ -55,13 +58,31 @@ def _c(i: int, j: int, r: int) -> int:
     return 2 * (NC * i + j) + r
 
 
-def _load(name: str, d: str, k: str) -> list[str]:
-    return [
-        f"{name}{i}{j}{'ri'[r]} = P[b, {d}, {_c(i, j, r)}, {k}]"
-        for i in range(NC)
-        for j in range(NC)
-        for r in range(2)
-    ]
+class _Views:
+    """Row views ``P[b, d, :, p0 + off : p0 + off + rowlen]`` used by a generated loop body:
+    loads index them with ``[c, x]`` (``x`` from ``range``: provably non-negative, so the
+    compiler drops negative-index handling and can vectorise across the row)."""
+
+    def __init__(self, arr: str = "P") -> None:
+        self.arr, self.defs = arr, {}
+
+    def load(self, name: str, d: str, off: str) -> list[str]:
+        key = (d, off)
+        if key not in self.defs:
+            self.defs[key] = f"v{len(self.defs)}"
+        v = self.defs[key]
+        return [
+            f"{name}{i}{j}{'ri'[r]} = {v}[{_c(i, j, r)}, x]"
+            for i in range(NC)
+            for j in range(NC)
+            for r in range(2)
+        ]
+
+    def setup(self) -> list[str]:
+        return [
+            f"{v} = {self.arr}[b, {d}, :, p0 + {off} : p0 + {off} + rowlen]"
+            for (d, off), v in self.defs.items()
+        ]
 
 
 def _mm(out: str, a: str, b: str, da: bool = False, db: bool = False) -> list[str]:
@@ -88,23 +109,27 @@ def _indent(lines: list[str], n: int) -> str:
     return "".join(" " * n + ln + "\n" for ln in lines)
 
 
-def _staple_body() -> list[str]:
-    """Lines adding the plane (mu, nu) staples at padded site ``k`` to ``acc[:, x]``."""
-    lines = _load("a", "nu", "k") + _load("b", "mu", "k + snu") + _mm("t", "a", "b")
-    lines += _load("a", "nu", "k + smu") + _mm("s", "a", "t", db=True)  # up
-    lines += _load("a", "mu", "k - snu") + _load("b", "nu", "k - snu + smu") + _mm("t", "a", "b")
-    lines += _load("b", "nu", "k - snu") + _mm("d", "t", "b", da=True)  # down
+def _staple_body() -> tuple[list[str], list[str]]:
+    """(setup, body): the body adds the plane (mu, nu) staples at row site ``x`` to
+    ``acc[:, x]``; up ``U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+``, down
+    ``(U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)``."""
+    v = _Views()
+    lines = v.load("a", "nu", "0") + v.load("b", "mu", "snu") + _mm("t", "a", "b")
+    lines += v.load("a", "nu", "smu") + _mm("s", "a", "t", db=True)  # up
+    lines += v.load("a", "mu", "-snu") + v.load("b", "nu", "smu - snu") + _mm("t", "a", "b")
+    lines += v.load("b", "nu", "-snu") + _mm("d", "t", "b", da=True)  # down
     for i in range(NC):
         for j in range(NC):
             for r in "ri":
                 c = _c(i, j, "ri".index(r))
                 lines.append(f"acc[{c}, x] += s{i}{j}{r} + d{i}{j}{r}")
-    return lines
+    return v.setup(), lines
 
 
-def _ta_body() -> list[str]:
-    """Lines writing ``coef TA(U_mu(k) acc[:, x])`` to ``out[b, mu, :, o + x]``."""
-    lines = _load("a", "mu", "k")
+def _ta_body() -> tuple[list[str], list[str]]:
+    """(setup, body): the body writes ``coef TA(U_mu(x) acc[:, x])`` to ``orow[:, x]``."""
+    v = _Views()
+    lines = v.load("a", "mu", "0")
     lines += [
         f"b{i}{j}{r} = acc[{_c(i, j, 'ri'.index(r))}, x]"
         for i in range(NC)
@@ -117,23 +142,24 @@ def _ta_body() -> list[str]:
         for j in range(NC):
             cr, ci = _c(i, j, 0), _c(i, j, 1)
             if i == j:
-                lines.append(f"out[b, mu, {cr}, o + x] = 0.0")
-                lines.append(f"out[b, mu, {ci}, o + x] = coef * (m{i}{i}i - tr)")
+                lines.append(f"orow[{cr}, x] = 0.0")
+                lines.append(f"orow[{ci}, x] = coef * (m{i}{i}i - tr)")
             else:
-                lines.append(f"out[b, mu, {cr}, o + x] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
-                lines.append(f"out[b, mu, {ci}, o + x] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
-    return lines
+                lines.append(f"orow[{cr}, x] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
+                lines.append(f"orow[{ci}, x] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    return v.setup(), lines
 
 
-def _plaq_body() -> list[str]:
-    """Lines adding ``3 - Re Tr U_{mu nu}(k)`` to ``out[b, o + x]``."""
-    lines = _load("a", "mu", "k") + _load("b", "nu", "k + smu") + _mm("t", "a", "b")
-    lines += _load("a", "nu", "k") + _load("b", "mu", "k + snu") + _mm("s", "a", "b")
+def _plaq_body() -> tuple[list[str], list[str]]:
+    """(setup, body): the body adds ``3 - Re Tr U_{mu nu}(x)`` to ``orow[x]``."""
+    v = _Views()
+    lines = v.load("a", "mu", "0") + v.load("b", "nu", "smu") + _mm("t", "a", "b")
+    lines += v.load("a", "nu", "0") + v.load("b", "mu", "snu") + _mm("s", "a", "b")
     terms = " + ".join(
         f"t{i}{j}r * s{i}{j}r + t{i}{j}i * s{i}{j}i" for i in range(NC) for j in range(NC)
     )
-    lines.append(f"out[b, o + x] += 3.0 - ({terms})")
-    return lines
+    lines.append(f"orow[x] += 3.0 - ({terms})")
+    return v.setup(), lines
 
 
 _HEADER = '''"""Generated by kernels/backends/fused.py (do not edit)."""
@@ -142,7 +168,7 @@ from numba import njit, prange
 '''
 
 _SU3_STAPLES = '''
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
     """ta: out[b, mu] = coef TA(U_mu A_mu); else out[b, mu] = coef A_mu."""
     nb, nd = P.shape[0], P.shape[1]
@@ -160,12 +186,13 @@ def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
                 if nu == mu:
                     continue
                 snu = strides[nu]
+{staple_setup}
                 for x in range(rowlen):
-                    k = p0 + x
 {staple}
             if ta:
+                orow = out[b, mu, :, o : o + rowlen]
+{ta_setup}
                 for x in range(rowlen):
-                    k = p0 + x
 {ta}
             else:
                 for x in range(rowlen):
@@ -173,7 +200,7 @@ def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
                         out[b, mu, c, o + x] = coef * acc[c, x]
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def su3_plaquette_density(P, rows_p, rows_o, rowlen, strides, out):
     """out[b, site] = sum_{{mu<nu}} (3 - Re Tr U_{{mu nu}}) (out zeroed by the caller)."""
     nb, nd = P.shape[0], P.shape[1]
@@ -183,16 +210,17 @@ def su3_plaquette_density(P, rows_p, rows_o, rowlen, strides, out):
         row = q % nrows
         p0 = rows_p[row]
         o = rows_o[row]
+        orow = out[b, o : o + rowlen]
         for mu in range(nd):
             smu = strides[mu]
             for nu in range(mu + 1, nd):
                 snu = strides[nu]
+{plaq_setup}
                 for x in range(rowlen):
-                    k = p0 + x
 {plaq}
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
     """force: out[b, mu, site] = U(1) force; else out[b, 0, site] = action density."""
     nb, nd = T.shape[0], T.shape[1]
@@ -232,7 +260,7 @@ def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
                     out[b, mu, o + x] *= beta
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def expm_mul(X, W, out, chunk):
     """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series to order 18 of
     X / 2^s with |X / 2^s|_F <= 1/4 (remainder < 1e-22), then s squarings."""
@@ -284,10 +312,14 @@ def expm_mul(X, W, out, chunk):
 
 
 def _source() -> str:
+    (ss, sb), (ts, tb), (ps, pb) = _staple_body(), _ta_body(), _plaq_body()
     return _HEADER + _SU3_STAPLES.format(
-        staple=_indent(_staple_body(), 20),
-        ta=_indent(_ta_body(), 20),
-        plaq=_indent(_plaq_body(), 20),
+        staple_setup=_indent(ss, 16),
+        staple=_indent(sb, 20),
+        ta_setup=_indent(ts, 16),
+        ta=_indent(tb, 20),
+        plaq_setup=_indent(ps, 16),
+        plaq=_indent(pb, 20),
     )
 
 
