@@ -238,6 +238,10 @@ class EagerBackend:
         """Wilson-flow generator ``-TA(V A)`` (:func:`flow_generator`)."""
         return flow_generator(u, grid, c1)
 
+    def su3_expm_mul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``exp(X) W`` for traceless anti-Hermitian ``X`` (the MD link update)."""
+        return su_expm(x) @ w
+
     def su3_flow_step_rk3(self, u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0):
         """One RK3 Wilson-flow step (:func:`flow_step_rk3`) with this backend's generator."""
         return flow_step_rk3(u, grid, eps, c1, self.su3_flow_generator)

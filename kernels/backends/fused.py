@@ -4,7 +4,8 @@ Formulation
 -----------
 The links are halo-padded once (:func:`parallel.halo_pad`, width 1: every neighbour of the
 Wilson stencil, corners included, is then local) and stored as real planes
-``P[b, mu, c, k]`` with ``c = 2 (3 i + j) + {0: re, 1: im}`` and ``k`` the flat padded site.
+``P[b, mu, k, c]`` with ``k`` the flat padded site and ``c = 2 (3 i + j) + {0: re, 1: im}``
+(the complex128 array itself, viewed as real: no copy in or out).
 Neighbours are constant offsets ``k +- stride[nu]``. Each kernel walks the interior rows of
 the last (fastest) lattice axis and, per row, runs straight-line generated code over the
 sites of the row; the outer loop over (chain, row) is ``numba.prange`` (threads =
@@ -59,8 +60,8 @@ def _c(i: int, j: int, r: int) -> int:
 
 
 class _Views:
-    """Row views ``P[b, d, :, p0 + off : p0 + off + rowlen]`` used by a generated loop body:
-    loads index them with ``[c, x]`` (``x`` from ``range``: provably non-negative, so the
+    """Row views ``P[b, d, p0 + off : p0 + off + rowlen, :]`` used by a generated loop body:
+    loads index them with ``[x, c]`` (``x`` from ``range``: provably non-negative, so the
     compiler drops negative-index handling and can vectorise across the row)."""
 
     def __init__(self, arr: str = "P") -> None:
@@ -72,7 +73,7 @@ class _Views:
             self.defs[key] = f"v{len(self.defs)}"
         v = self.defs[key]
         return [
-            f"{name}{i}{j}{'ri'[r]} = {v}[{_c(i, j, r)}, x]"
+            f"{name}{i}{j}{'ri'[r]} = {v}[x, {_c(i, j, r)}]"
             for i in range(NC)
             for j in range(NC)
             for r in range(2)
@@ -80,7 +81,7 @@ class _Views:
 
     def setup(self) -> list[str]:
         return [
-            f"{v} = {self.arr}[b, {d}, :, p0 + {off} : p0 + {off} + rowlen]"
+            f"{v} = {self.arr}[b, {d}, p0 + {off} : p0 + {off} + rowlen, :]"
             for (d, off), v in self.defs.items()
         ]
 
@@ -127,7 +128,7 @@ def _staple_body() -> tuple[list[str], list[str]]:
 
 
 def _ta_body() -> tuple[list[str], list[str]]:
-    """(setup, body): the body writes ``coef TA(U_mu(x) acc[:, x])`` to ``orow[:, x]``."""
+    """(setup, body): the body writes ``coef TA(U_mu(x) acc[:, x])`` to ``orow[x, :]``."""
     v = _Views()
     lines = v.load("a", "mu", "0")
     lines += [
@@ -142,11 +143,11 @@ def _ta_body() -> tuple[list[str], list[str]]:
         for j in range(NC):
             cr, ci = _c(i, j, 0), _c(i, j, 1)
             if i == j:
-                lines.append(f"orow[{cr}, x] = 0.0")
-                lines.append(f"orow[{ci}, x] = coef * (m{i}{i}i - tr)")
+                lines.append(f"orow[x, {cr}] = 0.0")
+                lines.append(f"orow[x, {ci}] = coef * (m{i}{i}i - tr)")
             else:
-                lines.append(f"orow[{cr}, x] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
-                lines.append(f"orow[{ci}, x] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+                lines.append(f"orow[x, {cr}] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
+                lines.append(f"orow[x, {ci}] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
     return v.setup(), lines
 
 
@@ -190,14 +191,14 @@ def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
                 for x in range(rowlen):
 {staple}
             if ta:
-                orow = out[b, mu, :, o : o + rowlen]
+                orow = out[b, mu, o : o + rowlen, :]
 {ta_setup}
                 for x in range(rowlen):
 {ta}
             else:
                 for x in range(rowlen):
                     for c in range(18):
-                        out[b, mu, c, o + x] = coef * acc[c, x]
+                        out[b, mu, o + x, c] = coef * acc[c, x]
 
 
 @njit(parallel=True, fastmath={{'contract'}}, cache=True)
@@ -368,18 +369,16 @@ def _rows(local: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
-    """Halo-padded real planes ``(B, Nd, 18, V_padded)`` of complex links."""
-    p = halo_pad(u.detach(), grid, 1, first=2)
+    """Halo-padded links as real ``(B, Nd, V_padded, 18)`` (a view of the padded array)."""
+    p = halo_pad(u.detach().resolve_conj(), grid, 1, first=2).contiguous()
     b, nd = p.shape[:2]
-    r = torch.view_as_real(p).reshape(b, nd, -1, 18).transpose(2, 3)
-    return np.ascontiguousarray(r.numpy())
+    return torch.view_as_real(p).reshape(b, nd, -1, 18).numpy()
 
 
 def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """``(B, Nd, 18, V)`` real planes -> complex ``(B, Nd, *local, 3, 3)``."""
-    b, nd = out.shape[:2]
-    t = torch.from_numpy(out).transpose(2, 3).reshape(*like.shape, 2)
-    return torch.view_as_complex(t.contiguous())
+    """``(B, Nd, V, 18)`` real -> complex ``(B, Nd, *local, 3, 3)`` (no copy)."""
+    t = torch.from_numpy(out).reshape(*like.shape, 2)
+    return torch.view_as_complex(t)
 
 
 def _threads() -> None:
@@ -392,7 +391,7 @@ def su3_ta_staples(u: torch.Tensor, grid: ProcessGrid, coef: float, ta: bool) ->
     planes = _su3_planes(u, grid)
     rows_p, rows_o, strides = _rows(grid.local_shape, 1)
     b, nd = u.shape[:2]
-    out = np.empty((b, nd, 18, int(np.prod(grid.local_shape))))
+    out = np.empty((b, nd, int(np.prod(grid.local_shape)), 18))
     kernels().su3_ta_staples(
         planes, rows_p, rows_o, grid.local_shape[-1], strides, float(coef), ta, out
     )
@@ -525,6 +524,12 @@ class NumbaBackend(EagerBackend):
         if c1 or not _fusable(u) or _graph(u):
             return super().su3_flow_step_rk3(u, grid, eps, c1)
         return su3_flow_step_rk3(u, grid, eps)
+
+    def su3_expm_mul(self, x, w):
+        """``exp(X) W``; fused (Taylor + squaring, :func:`expm_mul`) without a graph."""
+        if not (_fusable(x) and _fusable(w)) or _graph(x) or _graph(w):
+            return super().su3_expm_mul(x, w)
+        return expm_mul(x, w)
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; fused forward, analytic backward (:class:`_SU3WilsonAction`)."""
