@@ -330,7 +330,13 @@ def _load_kernels():
     src = _source()
     tag = hashlib.sha256((src + numba.__version__).encode()).hexdigest()[:16]
     root = Path(os.environ.get("TRIVHMC_CACHE", Path(tempfile.gettempdir()) / "trivhmc-cache"))
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:  # not writable: a private directory (compiled again by each process)
+        root = Path(tempfile.mkdtemp(prefix="trivhmc-cache-"))
     path = root / f"fused_kernels_{tag}.py"
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
