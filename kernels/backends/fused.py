@@ -263,8 +263,9 @@ def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
 
 @njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def expm_mul(X, W, out, chunk):
-    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series to order 18 of
-    X / 2^s with |X / 2^s|_F <= 1/4 (remainder < 1e-22), then s squarings."""
+    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series of X / 2^s with
+    |X / 2^s|_F <= 1/4, summed until a term is below 1e-20 (order <= 18, remainder
+    < 1e-22), then s squarings."""
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     for c in prange(nchunks):
@@ -290,13 +291,17 @@ def expm_mul(X, W, out, chunk):
                     t[i, j] = a[i, j]
                 e[i, i] += 1.0
             for k in range(2, 19):
+                tn = 0.0
                 for i in range(3):
                     for j in range(3):
                         y[i, j] = (t[i, 0] * a[0, j] + t[i, 1] * a[1, j] + t[i, 2] * a[2, j]) / k
+                        tn += y[i, j].real ** 2 + y[i, j].imag ** 2
                 for i in range(3):
                     for j in range(3):
                         t[i, j] = y[i, j]
                         e[i, j] += y[i, j]
+                if tn < 1e-40:  # |term|_F < 1e-20: the rest of the series is below rounding
+                    break
             for _ in range(s):
                 for i in range(3):
                     for j in range(3):
