@@ -138,7 +138,7 @@ def plain_configs(theory, batch, n_therm, n_keep, every, target, seed, counter=1
     return torch.cat(kept), hmc, u, c
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--L", type=int, default=16)
     ap.add_argument("--beta", type=float, default=4.0)
@@ -163,10 +163,21 @@ def main() -> None:
     ap.add_argument("--mts-inner", type=int, default=0, help="plain-force steps per outer step")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    if a.quick:
-        a.L, a.beta, a.therm, a.traj, a.traj_nthmc, a.train_steps = 8, 3.0, 20, 60, 10, 10
-        a.batch, a.train_configs, a.val, a.tune_traj = 4, 3, 4, 4
+    a = ap.parse_args(argv)
+    if a.quick:  # small lattice; explicit options still override the counts below
+        a.L, a.beta = 8, 3.0
+        for key, val in dict(
+            therm=20,
+            traj=60,
+            traj_nthmc=10,
+            train_steps=10,
+            batch=4,
+            train_configs=3,
+            val=4,
+            tune_traj=4,
+        ).items():
+            if getattr(a, key) == ap.get_default(key):
+                setattr(a, key, val)
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(a.seed)
     train_L = a.train_L or a.L
