@@ -402,6 +402,23 @@ class OutputSection(_Section):
 ARCHITECTURES = _architectures()
 
 
+class ForceNormSection(_Section):
+    """Settings of ``train.loss: force_norm`` (kernels/flows/force_norm.py, docs/nthmc.md)."""
+
+    objective: Literal["force_p", "force_linf"] = Field(
+        default="force_p",
+        description="force_p: mean |F~|^power; force_linf: log-mean-exp soft maximum of |F~|.",
+    )
+    power: float = Field(default=2.0, gt=0, description="Exponent p of force_p.")
+    kappa: float = Field(default=2.0, gt=0, description="Sharpness of the soft maximum.")
+    linf_weight: float = Field(default=0.0, ge=0, description="force_p: + weight * soft max.")
+    validate_every: int = Field(default=10, ge=0, description="Validate every N steps.")
+    patience: int = Field(
+        default=0, ge=0, description="Stop after N validations without improvement (0: never)."
+    )
+    min_delta: float = Field(default=0.0, ge=0, description="Smallest improvement that counts.")
+
+
 class TrainSection(_Section):
     """Training of a flow model by ``trivhmc train deck.yaml`` (docs/flows.md)."""
 
@@ -427,14 +444,25 @@ class TrainSection(_Section):
         default_factory=dict,
         description="Keyword arguments of the architecture's builder (e.g. n_layers, hidden).",
     )
-    loss: Literal["reverse_kl", "force_matching"] = Field(
+    loss: Literal["reverse_kl", "force_matching", "force_norm"] = Field(
         default="reverse_kl",
         description="reverse_kl: self-training from the prior; force_matching: make the "
-        "trivialized force small on the configurations of `configurations`.",
+        "trivialized force small on the configurations of `configurations`; force_norm "
+        "(NTHMC, docs/nthmc.md): |F~|^p or soft-max force objective on `configurations`, "
+        "settings in `force_norm`, held-out `validation`.",
     )
     configurations: list[str] = Field(
         default_factory=list,
-        description="HDF5 ensemble files (relative to the deck) for force_matching.",
+        description="HDF5 ensemble files (relative to the deck) for force_matching/force_norm.",
+    )
+    # ---- NTHMC (issue 15): loss force_norm
+    validation: list[str] = Field(
+        default_factory=list,
+        description="force_norm: held-out HDF5 ensemble files for validation/early stopping.",
+    )
+    force_norm: ForceNormSection = Field(
+        default_factory=lambda: ForceNormSection(),
+        description="force_norm settings (objective force_p|force_linf, power, kappa, ...).",
     )
     steps: int = Field(default=500, ge=0, description="Optimizer steps.")
     batch: int = Field(default=64, ge=1, description="Samples (chains) per step and replica.")
@@ -646,10 +674,8 @@ class Deck(_Section):
                     f", the deck's theory is {self.theory.name}",
                 )
             )
-        if t.loss == "force_matching" and not t.configurations:
-            problems.append(
-                Problem(("train", "configurations"), "force_matching needs configurations")
-            )
+        if t.loss in ("force_matching", "force_norm") and not t.configurations:
+            problems.append(Problem(("train", "configurations"), f"{t.loss} needs configurations"))
         return problems
 
     def _sampler_problems(self) -> list[Problem]:

@@ -26,12 +26,12 @@ from parallel import ProcessGrid
 from parallel.rng import SiteRNG
 
 
-def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory) -> torch.Tensor:
-    """Every configuration of ``train.configurations`` (HDF5 ensembles), this rank's block."""
+def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory, key: str = "configurations"):
+    """Every configuration of ``train.<key>`` (HDF5 ensembles), this rank's block."""
     import h5py
 
     blocks = []
-    for name in deck.train.configurations:
+    for name in getattr(deck.train, key):
         path = deck.resolve(name)
         try:
             with h5py.File(path, "r") as f:
@@ -40,11 +40,11 @@ def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory) -> torch.Tensor:
                 index = (slice(None),) + (slice(None),) * first + grid.local_slices()
                 blocks.append(np.asarray(ds[index]))
         except (OSError, KeyError) as exc:
-            raise InputError(f"train.configurations: cannot read {path}: {exc}") from None
+            raise InputError(f"train.{key}: cannot read {path}: {exc}") from None
     field = torch.from_numpy(np.concatenate(blocks)).to(theory.device, theory.dtype)
     if tuple(field.shape[1:]) != tuple(theory.field_shape(1)[1:]):
         raise InputError(
-            f"train.configurations hold fields of local shape "
+            f"train.{key} hold fields of local shape "
             f"{tuple(field.shape[1:])}, the deck needs {theory.field_shape(1)[1:]}"
         )
     return field
@@ -101,6 +101,22 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
                 anneal_start=t.anneal_start,
             )
             trainer = Trainer(flow, theory, cfg, rng=rng)
+        elif t.loss == "force_norm":  # NTHMC (issue 15)
+            from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
+
+            fn = t.force_norm
+            cfg = ForceNormConfig(
+                steps=t.steps,
+                batch=t.batch,
+                lr=t.lr,
+                lr_schedule=t.lr_schedule,
+                grad_clip=t.grad_clip,
+                **fn.model_dump(),
+            )
+            val = _ensemble_blocks(deck, grid, theory, "validation") if t.validation else None
+            trainer = ForceNormTrainer(
+                flow, theory, _ensemble_blocks(deck, grid, theory), cfg, validation=val
+            )
         else:
             from kernels.flows.force_matching import ForceMatchingConfig, ForceMatchingTrainer
 

@@ -20,14 +20,17 @@ Per case, in one run with ``--batch`` chains each (Omelyan, trajectory length 1)
 4. NTHMC (``HMC(TransformedTheory(theory, flow))``) from ``V = F^{-1}(U)`` of plain HMC's last
    configurations: step size tuned on ``--tune-chains`` chains for ``--tune-traj``
    trajectories (:func:`kernels.samplers.nthmc.tune_on_few_chains`, timed), frozen, then
-   ``--traj-nthmc`` trajectories of all chains.
+   ``--traj-nthmc`` trajectories of all chains. With ``--mts-inner M`` the action is split
+   (:class:`kernels.samplers.nthmc.FlowSplitTheory`): the flow correction on the outer time
+   scale (tuned step count), the plain gauge force ``M`` times per outer step inside.
 
 Reported per sampler: acceptance, ``<dH>``, ``tau_int`` of ``Q_int`` and of the plaquette
 (Gamma method, :func:`app.analysis.gamma_method`, chains as replicas), ``Q_int`` changes
-(tunnelling events per chain and trajectory), force evaluations and wall time per trajectory
-(whole batch), and the cost per independent ``Q``: ``2 tau_int(Q) x wall per trajectory per
-chain``. Break-even: NTHMC pays after ``N* = T_train / (c_HMC - c_NTHMC)`` independent
-configurations when ``c_NTHMC < c_HMC``, never otherwise.
+(tunnelling events per chain and trajectory), force evaluations (``nFlow``: those through the
+flow) and wall time per trajectory (whole batch), and the cost per independent ``Q``:
+``2 tau_int(Q) x wall per trajectory per chain``. Break-even: NTHMC pays after
+``N* = T_train / (c_HMC - c_NTHMC)`` independent configurations when ``c_NTHMC < c_HMC``,
+never otherwise.
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ from mpi4py import MPI
 from app.analysis import gamma_method
 from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer, trivialized_force
 from kernels.flows.nthmc_u1 import u1_nthmc_flow
-from kernels.integrators import make_integrator
+from kernels.integrators import LevelSpec, make_integrator
 from kernels.samplers.hmc import HMC
-from kernels.samplers.nthmc import tune_on_few_chains
+from kernels.samplers.nthmc import FlowSplitTheory, tune_on_few_chains
 from kernels.samplers.trivialized import TransformedTheory
 from kernels.theories.u1 import U1Gauge
 from kernels.theories.u1_exact import mean_plaquette, topological_charge_squared
@@ -73,7 +76,7 @@ def force_stats(f: torch.Tensor, grid) -> tuple[float, float]:
 
 def run_hmc(hmc: HMC, theory, v, n_traj: int, counter: int, physical) -> dict:
     """``n_traj`` trajectories; per-chain series of ``Q_int`` and the plaquette."""
-    q, plaq, acc, dh, nf = [], [], [], [], []
+    q, plaq, acc, dh, nf, nflow = [], [], [], [], [], []
     t0 = time.perf_counter()
     for t in range(n_traj):
         v, rec = hmc.trajectory(v, counter + t)
@@ -83,6 +86,7 @@ def run_hmc(hmc: HMC, theory, v, n_traj: int, counter: int, physical) -> dict:
         acc.append(float(rec.accepted.double().mean()))
         dh.append(float(rec.dH.double().mean()))
         nf.append(rec.n_force)
+        nflow.append(rec.force_evaluations[0] if hasattr(theory, "flow") else 0)
     wall = (time.perf_counter() - t0) / n_traj
     return {
         "v": v,
@@ -91,6 +95,7 @@ def run_hmc(hmc: HMC, theory, v, n_traj: int, counter: int, physical) -> dict:
         "acc": float(np.mean(acc)),
         "dH": float(np.mean(dh)),
         "n_force": float(np.mean(nf)),
+        "n_flow": float(np.mean(nflow)),
         "wall": wall,
         "n_steps": hmc.n_steps,
     }
@@ -133,7 +138,7 @@ def plain_configs(theory, batch, n_therm, n_keep, every, target, seed, counter=1
     return torch.cat(kept), hmc, u, c
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--L", type=int, default=16)
     ap.add_argument("--beta", type=float, default=4.0)
@@ -155,12 +160,24 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, nargs="*", default=[8])
     ap.add_argument("--tune-chains", type=int, default=2)
     ap.add_argument("--tune-traj", type=int, default=12)
+    ap.add_argument("--mts-inner", type=int, default=0, help="plain-force steps per outer step")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    if a.quick:
-        a.L, a.beta, a.therm, a.traj, a.traj_nthmc, a.train_steps = 8, 3.0, 20, 60, 10, 10
-        a.batch, a.train_configs, a.val, a.tune_traj = 4, 3, 4, 4
+    a = ap.parse_args(argv)
+    if a.quick:  # small lattice; explicit options still override the counts below
+        a.L, a.beta = 8, 3.0
+        for key, val in dict(
+            therm=20,
+            traj=60,
+            traj_nthmc=10,
+            train_steps=10,
+            batch=4,
+            train_configs=3,
+            val=4,
+            tune_traj=4,
+        ).items():
+            if getattr(a, key) == ap.get_default(key):
+                setattr(a, key, val)
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(a.seed)
     train_L = a.train_L or a.L
@@ -231,8 +248,21 @@ def main() -> None:
 
     # 4. NTHMC: tune on few chains, freeze, run
     rng = SiteRNG(a.seed + 100)
-    integ = make_integrator(tt, "omelyan", hmc.n_steps, 1.0)
-    nt = HMC(tt, integ, rng, target_acceptance=a.target)
+    if a.mts_inner:
+        tt = FlowSplitTheory(theory, flow)
+
+        def integrator(n: int):
+            levels = [LevelSpec(("flow_correction",), n), LevelSpec(("gauge_plain",), a.mts_inner)]
+            return make_integrator(tt, "omelyan", trajectory_length=1.0, levels=levels)
+
+        start = max(1, hmc.n_steps // a.mts_inner)
+    else:
+
+        def integrator(n: int):
+            return make_integrator(tt, "omelyan", n, 1.0)
+
+        start = hmc.n_steps
+    nt = HMC(tt, integrator(start), rng, target_acceptance=a.target)
     t0 = time.perf_counter()
     n_steps, _ = tune_on_few_chains(nt, v_held[: a.tune_chains].clone(), a.tune_traj, 1)
     t_tune = time.perf_counter() - t0
@@ -240,7 +270,7 @@ def main() -> None:
         f"# NTHMC step size tuned on {a.tune_chains} chains x {a.tune_traj} traj: "
         f"n_steps={n_steps} ({t_tune:.1f} s)"
     )
-    prod = HMC(tt, make_integrator(tt, "omelyan", n_steps, 1.0), rng)
+    prod = HMC(tt, integrator(n_steps), rng)
     ntres = run_hmc(prod, tt, v_held, a.traj_nthmc, 1000, theory)
 
     # table
@@ -250,7 +280,7 @@ def main() -> None:
     hdr = (
         f"{'sampler':8s} {'traj':>5s} {'n_st':>4s} {'acc':>5s} {'<dH>':>7s} "
         f"{'tau_Q':>12s} {'tau_P':>6s} {'tunnel':>7s} {'plaq':>17s} {'Q^2':>14s} "
-        f"{'nF/tr':>6s} {'s/traj':>8s} {'cost/indepQ':>11s}"
+        f"{'nF/tr':>6s} {'nFlow':>5s} {'s/traj':>8s} {'cost/indepQ':>11s}"
     )
     say(hdr)
     rows = {}
@@ -261,7 +291,7 @@ def main() -> None:
             f"{name:8s} {n:5d} {res['n_steps']:4d} {res['acc']:5.3f} {res['dH']:7.4f} "
             f"{an['tau_Q']:6.2f}({an['tau_Q_err']:4.2f}) {an['tau_plaq']:6.2f} "
             f"{an['tunnel']:7.4f} {an['plaq'][0]:.5f}({an['plaq'][1]:.5f}) "
-            f"{an['Q2'][0]:6.3f}({an['Q2'][1]:.3f}) {res['n_force']:6.1f} "
+            f"{an['Q2'][0]:6.3f}({an['Q2'][1]:.3f}) {res['n_force']:6.1f} {res['n_flow']:5.1f} "
             f"{res['wall']:8.4f} {an['cost']:11.4g}"
         )
     c_h, c_n = rows["hmc"]["cost"], rows["nthmc"]["cost"]

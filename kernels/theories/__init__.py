@@ -88,6 +88,7 @@ register_theory(
             "u1_ncp": "kernels.flows.u1:u1_ncp_flow",
             "u1_stout": "kernels.flows.u1:u1_stout_flow",
             "u1_sweep": "kernels.flows.u1_sweep:u1_sweep_flow",
+            "u1_nthmc": "kernels.flows.nthmc_u1:u1_nthmc_flow",
         },
         couplings=(Coupling("beta", float, "Gauge coupling beta (required).", gt=0),),
     )
