@@ -205,6 +205,12 @@ class ParallelSection(_Section):
         description="Real precision of fields (complex128 / complex64 for SU(3)). HMC needs "
         "float64 for reversibility.",
     )
+    kernels: Literal["eager", "soa", "compiled", "numba"] | None = Field(
+        default=None,
+        description="Gauge-kernel backend (kernels/backends): eager (reference), soa, compiled "
+        "(torch.compile), numba (needs the `fast` extra). null: $TRIVHMC_KERNELS, else eager. "
+        "All give the same results to rounding.",
+    )
     gpu_aware_mpi: bool | None = Field(
         default=None,
         description="Pass device buffers to MPI directly. null: follow the environment "

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from app.deck import Deck
-from app.errors import InputError
+from app.errors import InputError, MissingDependency
 from app.flow_samplers import load_flow
 from kernels.flows.priors import prior_for
 from kernels.integrators import Integrator, LevelSpec, make_integrator
@@ -38,8 +38,25 @@ def build_grid(deck: Deck) -> ProcessGrid:
     return ProcessGrid(deck.lattice.shape, deck.parallel.grid, deck.parallel.replicas)
 
 
+def select_kernels(deck: Deck) -> None:
+    """Activate the deck's kernel backend (``parallel.kernels``), if it names one."""
+    name = deck.parallel.kernels
+    if name is None:
+        return
+    from kernels.backends import BackendError, set_backend
+
+    try:
+        set_backend(name)
+    except BackendError as exc:
+        if "optional dependency" in str(exc):
+            raise MissingDependency("numba", "fast", f"parallel.kernels: {name}") from None
+        raise InputError(f"parallel.kernels: {exc}") from None
+
+
 def build_theory(deck: Deck, grid: ProcessGrid) -> Theory:
-    """The deck's theory on ``grid`` with its couplings, dtype and device."""
+    """The deck's theory on ``grid`` with its couplings, dtype and device (and the deck's
+    kernel backend activated)."""
+    select_kernels(deck)
     return make_theory(
         deck.theory.name,
         grid,

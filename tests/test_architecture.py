@@ -314,3 +314,16 @@ def test_a_descriptor_becomes_a_strict_deck_section() -> None:
         with pytest.raises(ValidationError):
             section.model_validate({"name": "toy", **bad})
     assert section.__doc__ == "A toy theory."
+
+
+def test_deck_selects_the_kernel_backend() -> None:
+    from app.setup import select_kernels
+    from kernels.backends import get_backend, set_backend
+
+    try:
+        select_kernels(loads_deck(DECK.replace("lattice:", "parallel: {kernels: soa}\nlattice:")))
+        assert get_backend().name == "soa"
+    finally:
+        set_backend("eager")
+    with pytest.raises(InputError, match="parallel.kernels"):
+        loads_deck(DECK.replace("lattice:", "parallel: {kernels: fast}\nlattice:"))
