@@ -75,6 +75,7 @@ class GammaResult:
         return out
 
     def as_dict(self) -> dict[str, float]:
+        """The scalar results (mean, errors, ``tau_int``, window, ``n``, replicas) as a dict."""
         return {
             "mean": self.mean,
             "error": self.error,
@@ -201,6 +202,7 @@ class RunData:
 
     @property
     def volume(self) -> int | None:
+        """Number of lattice sites (product of :attr:`lattice`), None if the extents are unknown."""
         return None if self.lattice is None else int(np.prod(self.lattice))
 
 
@@ -219,6 +221,28 @@ def read_records(path: str | Path) -> RunData:
     checkpoint), sorted by trajectory. A truncated last line (a killed run) is ignored with
     a warning; any other malformed line is an error."""
     path = Path(path)
+    recs, lattice = _production_records(path)
+    run = RunData(source=str(path), lattice=lattice)
+    if not recs:
+        return run
+    cols, obs = _record_columns(path, recs)
+    run.flow = _flow_histories(recs)
+    for key, vals in cols.items():
+        if vals:
+            if len(vals) != len(recs):
+                raise InputError(f"{path}: {key} is missing in some production records")
+            setattr(run, key, np.stack(vals))
+    for name, vals in obs.items():
+        try:
+            run.observables[name] = np.stack(vals)
+        except ValueError:
+            raise InputError(f"{path}: observable {name} changes shape between records") from None
+    return run
+
+
+def _production_records(path: Path) -> tuple[list[dict[str, Any]], tuple[int, ...] | None]:
+    """The production records of a JSON-lines file, the last one of each trajectory, sorted
+    by trajectory, and the lattice extents if a record gives them (see :func:`read_records`)."""
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -233,7 +257,8 @@ def read_records(path: str | Path) -> RunData:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             if i == last:
-                warnings.warn(f"{path}:{i + 1}: ignoring a truncated last record", stacklevel=2)
+                # stacklevel 3: the caller of read_records
+                warnings.warn(f"{path}:{i + 1}: ignoring a truncated last record", stacklevel=3)
                 continue
             raise InputError(f"{path}:{i + 1}: not a JSON object: {exc}") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("trajectory"), int):
@@ -243,10 +268,14 @@ def read_records(path: str | Path) -> RunData:
         by_traj[rec["trajectory"]] = rec
         if isinstance(rec.get("lattice"), list):  # measurements.jsonl (app/measure.py)
             lattice = tuple(int(x) for x in rec["lattice"])
-    recs = [by_traj[t] for t in sorted(by_traj)]
-    run = RunData(source=str(path), lattice=lattice)
-    if not recs:
-        return run
+    return [by_traj[t] for t in sorted(by_traj)], lattice
+
+
+def _record_columns(
+    path: Path, recs: list[dict[str, Any]]
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    """Per-record chain arrays of ``dH``/``accepted``/``exp_minus_dH`` and of each observable,
+    with the number of chains checked to be the same throughout."""
     n_chains = None
     cols: dict[str, list[np.ndarray]] = {"dH": [], "accepted": [], "exp_minus_dH": []}
     obs: dict[str, list[np.ndarray]] = {}
@@ -261,26 +290,23 @@ def read_records(path: str | Path) -> RunData:
             a = _chain_array(value, n_chains, f"{where}: observables.{name}")
             n_chains = a.shape[0]
             obs.setdefault(name, []).append(a)
+    return cols, obs
+
+
+def _flow_histories(recs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Wilson-flow histories ``t`` and, where every record has them, ``t2E``/``tdt2E``; empty
+    unless every record has a flow history, or when the histories differ in length."""
     flows = [rec.get("flow") for rec in recs]
-    if flows and all(isinstance(f, dict) and "t" in f for f in flows):
-        try:
-            run.flow = {"t": np.asarray(flows[0]["t"], dtype=float)}
-            for key in ("t2E", "tdt2E"):
-                if all(key in f for f in flows):
-                    run.flow[key] = np.array([f[key] for f in flows], dtype=float)
-        except ValueError:
-            run.flow = {}  # histories of different lengths: not plotted
-    for key, vals in cols.items():
-        if vals:
-            if len(vals) != len(recs):
-                raise InputError(f"{path}: {key} is missing in some production records")
-            setattr(run, key, np.stack(vals))
-    for name, vals in obs.items():
-        try:
-            run.observables[name] = np.stack(vals)
-        except ValueError:
-            raise InputError(f"{path}: observable {name} changes shape between records") from None
-    return run
+    if not (flows and all(isinstance(f, dict) and "t" in f for f in flows)):
+        return {}
+    try:
+        out = {"t": np.asarray(flows[0]["t"], dtype=float)}
+        for key in ("t2E", "tdt2E"):
+            if all(key in f for f in flows):
+                out[key] = np.array([f[key] for f in flows], dtype=float)
+    except ValueError:
+        return {}  # histories of different lengths: not plotted
+    return out
 
 
 def read_hdf5(path: str | Path) -> RunData:

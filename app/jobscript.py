@@ -36,6 +36,9 @@ from .errors import InputError, LayoutError
 
 @dataclass(frozen=True)
 class System:
+    """A batch system: its template, scheduler, GPU devices and threads per node/rank, the deck
+    device it expects, GPU-aware-MPI environment, filesystems and a module-load hint."""
+
     name: str
     template: str
     scheduler: str  # pbs | slurm | none
@@ -131,6 +134,8 @@ def max_runtime(walltime_s: int) -> int:
 
 @dataclass
 class Layout:
+    """Nodes, ranks per node, total ranks and the process grid of one job (:func:`plan`)."""
+
     nodes: int
     ranks_per_node: int
     total_ranks: int
@@ -253,11 +258,14 @@ def default_setup(system: System) -> list[str]:
 
 
 def default_output(deck_path: Path, system: System) -> Path:
+    """``<deck stem>.<system><.pbs|.slurm|.sh>`` next to the deck."""
     return deck_path.with_name(f"{deck_path.stem}.{system.name}{SUFFIX[system.scheduler]}")
 
 
 @dataclass
 class Rendered:
+    """A rendered job script: its text, the layout and the warnings to show the user."""
+
     text: str
     layout: Layout
     warnings: list[str]
@@ -297,44 +305,16 @@ def render(
         raise InputError("--max-jobs must be >= 1")
     layout = plan(deck, system, nodes, ranks_per_node)
     warnings = []
-    if system.device and deck.parallel.device != system.device:
-        text = (
-            f"the deck runs on parallel.device={deck.parallel.device} but {system.name}'s "
-            f"GPUs are '{system.device}' devices (--set parallel.device={system.device})"
-        )
-        if deck.parallel.device == "cpu" and not force:  # a CPU run on a GPU machine
-            raise InputError(f"{text}; or add --force to run it on the CPUs")
-        warnings.append(text)
-    runtime_set = ""
-    if walltime is None:
-        if system.scheduler != "none":
-            raise InputError(f"{system.name} needs --walltime")
-        wall = "unlimited"
-    else:
-        seconds = max_runtime(parse_walltime(walltime))
-        if deck.run.max_runtime is not None:
-            seconds = min(seconds, int(deck.run.max_runtime))
-        runtime_set = f"--set run.max_runtime={seconds}"
-        wall = walltime
+    device_warning = _device_warning(deck, system, force)
+    if device_warning:
+        warnings.append(device_warning)
+    runtime_set, wall = _runtime(deck, system, walltime)
     if system.scheduler != "none" and not account:
         warnings.append("no --account given; set it in the script before submitting")
-    gpu_aware = deck.parallel.gpu_aware_mpi
-    if system.gpus_per_node and gpu_aware is not False:
-        gpu_env = [f"export {v}" for v in system.gpu_env] + ["export TRIVHMC_GPU_AWARE_MPI=1"]
-    elif gpu_aware:
-        gpu_env = ["export TRIVHMC_GPU_AWARE_MPI=1"]
-    else:
-        gpu_env = ["export TRIVHMC_GPU_AWARE_MPI=0"]
+    gpu_env = _gpu_env(deck, system)
     name = job_name or f"trivhmc-{Path(deck_path).stem}"
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
-    if system.scheduler == "pbs":
-        account_line = f"#PBS -A {account}" if account else "#PBS -A <project>  # set --account"
-    elif system.scheduler == "slurm":
-        account_line = (
-            f"#SBATCH -A {account}" if account else "#SBATCH -A <project>  # set --account"
-        )
-    else:
-        account_line = ""
+    account_line = _account_line(system, account)
     q = lambda v: shlex.quote(str(v))  # noqa: E731
     overrides_sh = " ".join(f"--set {q(o)}" for o in overrides)
     values = {
@@ -379,6 +359,55 @@ def render(
     return Rendered(text, layout, warnings)
 
 
+def _device_warning(deck: Deck, system: System, force: bool) -> str | None:
+    """The warning for a deck whose ``parallel.device`` is not the system's GPU type, or
+    None; a CPU deck on a GPU system is an :class:`InputError` unless ``force``."""
+    if not system.device or deck.parallel.device == system.device:
+        return None
+    text = (
+        f"the deck runs on parallel.device={deck.parallel.device} but {system.name}'s "
+        f"GPUs are '{system.device}' devices (--set parallel.device={system.device})"
+    )
+    if deck.parallel.device == "cpu" and not force:  # a CPU run on a GPU machine
+        raise InputError(f"{text}; or add --force to run it on the CPUs")
+    return text
+
+
+def _runtime(deck: Deck, system: System, walltime: str | None) -> tuple[str, str]:
+    """``(--set run.max_runtime=... or "", scheduler wall time)``; the run's limit is the
+    wall time minus the margin of :func:`max_runtime`, or the deck's if that is shorter."""
+    if walltime is None:
+        if system.scheduler != "none":
+            raise InputError(f"{system.name} needs --walltime")
+        return "", "unlimited"
+    seconds = max_runtime(parse_walltime(walltime))
+    if deck.run.max_runtime is not None:
+        seconds = min(seconds, int(deck.run.max_runtime))
+    return f"--set run.max_runtime={seconds}", walltime
+
+
+def _gpu_env(deck: Deck, system: System) -> list[str]:
+    """``export`` lines for GPU-aware MPI: the system's variables and
+    ``TRIVHMC_GPU_AWARE_MPI=1`` on a GPU system unless the deck says
+    ``gpu_aware_mpi: false``; elsewhere ``TRIVHMC_GPU_AWARE_MPI=1`` only if the deck asks."""
+    gpu_aware = deck.parallel.gpu_aware_mpi
+    if system.gpus_per_node and gpu_aware is not False:
+        return [f"export {v}" for v in system.gpu_env] + ["export TRIVHMC_GPU_AWARE_MPI=1"]
+    if gpu_aware:
+        return ["export TRIVHMC_GPU_AWARE_MPI=1"]
+    return ["export TRIVHMC_GPU_AWARE_MPI=0"]
+
+
+def _account_line(system: System, account: str | None) -> str:
+    """The scheduler's account directive (a placeholder to edit when ``account`` is not
+    given); empty without a scheduler."""
+    if system.scheduler == "pbs":
+        return f"#PBS -A {account}" if account else "#PBS -A <project>  # set --account"
+    if system.scheduler == "slurm":
+        return f"#SBATCH -A {account}" if account else "#SBATCH -A <project>  # set --account"
+    return ""
+
+
 # ---------------------------------------------------------------------------- examples
 EXAMPLES = [
     # system, deck, options, overrides
@@ -417,6 +446,7 @@ def render_examples(repo: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m app.jobscript --examples | --check``: re-render (or check) ``jobscripts/``."""
     ap = argparse.ArgumentParser(prog="python -m app.jobscript")
     ap.add_argument("--examples", action="store_true", help="re-render jobscripts/ examples")
     ap.add_argument("--check", action="store_true", help="exit 1 if the examples are stale")

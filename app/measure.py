@@ -163,12 +163,16 @@ class OnTheFly:
             atomic_write_bytes(self.path, "".join(f"{x}\n" for x in keep).encode())
 
     def due(self, thermalization: bool, production_index: int) -> bool:
+        """True after a production trajectory whose index (from 0) is a multiple of ``every``."""
         return not thermalization and production_index % self.every == 0
 
     def measure(self, field: torch.Tensor) -> dict[str, Any]:
+        """Measurements of the batch ``field`` (:meth:`Measurer.measure`, collective)."""
         return self.measurer.measure(field)
 
     def record(self, trajectory: int, merged: dict[str, Any] | None) -> None:
+        """Append the line of ``trajectory`` (the writer only; ``merged`` is the gathered result,
+        None on the other ranks)."""
         if self.is_writer and merged is not None:
             with open(self.path, "a") as f:
                 f.write(record_line(trajectory, merged, self.measurer.lattice) + "\n")

@@ -13,6 +13,7 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc run``."""
     add_deck_arguments(parser)
     parser.add_argument(
         "--status",
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc run``; returns the exit status (``--status``: 0 complete, 3 more needed)."""
     if args.status:
         from ..progress import status
 

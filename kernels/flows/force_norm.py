@@ -140,6 +140,8 @@ class ForceNormTrainer(ForceMatchingTrainer):
         return out
 
     def loss(self, configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean objective, F~)`` on a batch (differentiable in the parameters); with ``map_back``
+        and ``exact_gradient`` also through ``V = F^{-1}(U)`` (:func:`force_through_inverse`)."""
         if self.config.map_back and self.config.exact_gradient:
             f = force_through_inverse(self.transformed, configs)
             return self.objective(f).mean(), f
@@ -148,6 +150,7 @@ class ForceNormTrainer(ForceMatchingTrainer):
         return self.objective(f).mean(), f
 
     def evaluate(self, configs: torch.Tensor) -> float:
+        """The mean objective on ``configs`` (mean over replica groups), no parameter update."""
         v = self.inputs(configs)
         f = trivialized_force(self.transformed, v, create_graph=False)
         with torch.no_grad():
@@ -161,6 +164,7 @@ class ForceNormTrainer(ForceMatchingTrainer):
         return sum(parts) / len(val)
 
     def step(self) -> dict[str, float]:
+        """One Adam step, plus a validation (best-state bookkeeping, patience) when due."""
         t0 = time.perf_counter()
         m = super().step()
         cfg = self.config
@@ -182,6 +186,8 @@ class ForceNormTrainer(ForceMatchingTrainer):
         return m
 
     def train(self, steps: int | None = None, callback=None) -> list[dict[str, float]]:
+        """Run up to ``config.steps`` steps in total (or ``steps`` more), stopping early when
+        patience runs out; restores the best validated parameters and returns the history."""
         end = self.config.steps if steps is None else self.step_count + int(steps)
         while self.step_count < end and not self.stopped_early:
             m = self.step()

@@ -269,12 +269,17 @@ class U1NeuralLayer(Flow):
 
     # ------------------------------------------------------------ flow
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(F(v), sum_active log(1 + g'(theta_l)))``: every active link moved by ``g`` (module
+        docstring), log-det summed over this rank's active links, ``(B,)``."""
         c = self.coefficients(self.features(v))
         r = self._rest(v)
         y, dg = self._g(self._gather(v), c, r)
         return self._scatter(v, y), torch.log(dg).sum(1)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(F^{-1}(u), -sum_active log(1 + g'(x_l)))`` by safeguarded Newton per active link
+        (module docstring); sets ``last_iterations``; :class:`kernels.flows.base.FlowError` if not
+        converged."""
         c = self.coefficients(self.features(u))
         r = self._rest(u)
         y = self._gather(u)

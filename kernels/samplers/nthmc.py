@@ -76,6 +76,7 @@ class FlowSplitTheory(TransformedTheory):
         return select_terms(self.theory.action_terms(), list(names), f"theory {self.name!r}")
 
     def action_terms(self) -> list[ActionTerm]:
+        """The split terms ``<t>_plain`` for each ``t`` in ``inner``, then ``flow_correction``."""
         if getattr(self, "_split_terms", None) is None:
             names = [t + PLAIN_SUFFIX for t in self.inner] + [CORRECTION_TERM]
             self._split_terms = [_SplitTerm(self, n) for n in names]

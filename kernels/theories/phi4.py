@@ -66,10 +66,12 @@ class Phi4(RealFieldTheory):
 
     # ------------------------------------------------------------ layout
     def field_shape(self, batch: int) -> tuple[int, ...]:
+        """``(B, *local)``: one real ``phi(x)`` per local site."""
         return (batch, *self.grid.local_shape)
 
     @property
     def params(self) -> dict[str, float]:
+        """The couplings ``beta`` and ``lambda``."""
         return {"beta": self.beta, "lambda": self.lam}
 
     def _shift(self, phi: torch.Tensor, mu: int, k: int) -> torch.Tensor:
@@ -83,9 +85,12 @@ class Phi4(RealFieldTheory):
         return -self.beta * phi * hop + phi2 + self.lam * (phi2 - 1.0) ** 2
 
     def action(self, phi: torch.Tensor) -> torch.Tensor:
+        """``S = sum_x s(x)`` per chain (global, exact sum), see :meth:`action_density`."""
         return lattice_sum(self.action_density(phi), self.grid, 1)
 
     def force(self, phi: torch.Tensor) -> torch.Tensor:
+        """``F(x) = dS/dphi(x) = -beta sum_mu [phi(x+mu) + phi(x-mu)] + 2 phi(x)
+        + 4 lambda phi(x) (phi(x)^2 - 1)``."""
         nb = sum(self._shift(phi, mu, 1) + self._shift(phi, mu, -1) for mu in range(self.grid.ndim))
         return -self.beta * nb + 2.0 * phi + 4.0 * self.lam * phi * (phi * phi - 1.0)
 

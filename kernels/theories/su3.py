@@ -175,14 +175,17 @@ class SU3Gauge(Theory):
 
     # ------------------------------------------------------------ layout
     def field_shape(self, batch: int) -> tuple[int, ...]:
+        """``(B, Nd, *local, 3, 3)``: one complex 3x3 link ``U_mu(x)`` per direction and site."""
         return (batch, self.nd, *self.grid.local_shape, NC, NC)
 
     @property
     def params(self) -> dict[str, float]:
+        """``beta``, ``c0 = 1 - 8 c1`` and the rectangle coefficient ``c1``."""
         return {"beta": self.beta, "c0": self.c0, "c1": self.c1}
 
     # ------------------------------------------------------------ dynamics
     def action(self, field: torch.Tensor) -> torch.Tensor:
+        """``S = (beta/3) sum_x [c0 sum_P (3 - Re Tr U_P) + c1 sum_R (3 - Re Tr U_R)]`` (B,)."""
         plaq, rect = wilson_loops(field, self.grid, rectangles=bool(self.c1))
         # per-site density first, then one exact lattice sum (grid-independent)
         s = self.c0 * sum(NC - p for p in plaq.values())
@@ -191,15 +194,21 @@ class SU3Gauge(Theory):
         return (self.beta / NC) * lattice_sum(s, self.grid, 1)
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
+        """Gauge force ``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (left Lie derivative), see
+        :func:`gauge_force`."""
         return gauge_force(field, self.grid, self.beta, self.c0, self.c1)
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
+        """``K = -sum_{x,mu} Re Tr P_mu(x)^2 = (1/2) sum p_a^2`` per chain (global, exact sum)."""
         return _site_sum(algebra_norm2(momentum), self.grid)
 
     def evolve_field(self, field: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
+        """MD drift ``U -> exp(eps P) U`` link by link, from the active backend."""
         return get_backend().su3_expm_mul(eps * momentum, field)
 
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        """Gaussian su(3) momenta ``P = sum_a p_a T_a``, ``p_a`` standard normal (``P ~ exp(-K)``),
+        site-keyed with purpose ``PURPOSE_MOMENTUM`` (:meth:`parallel.rng.SiteRNG.su_algebra`)."""
         return rng.su_algebra(
             self.grid,
             PURPOSE_MOMENTUM,
@@ -214,6 +223,7 @@ class SU3Gauge(Theory):
 
     # ------------------------------------------------------------ starts
     def cold_start(self, batch: int) -> torch.Tensor:
+        """Unit links, ``U_mu(x) = 1``."""
         eye = torch.eye(NC, dtype=self.dtype, device=self.device)
         return eye.expand(self.field_shape(batch)).clone()
 
@@ -233,10 +243,13 @@ class SU3Gauge(Theory):
         return haar_su_n(normals, dtype=self.dtype)
 
     def project(self, field: torch.Tensor) -> torch.Tensor:
+        """Reunitarise every link (:func:`kernels.groups.su_n.reunitarize`)."""
         return reunitarize(field)
 
     # ------------------------------------------------------------ measurements
     def observables(self, field: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-chain plaquette (all, spatial, temporal planes), rectangle, Polyakov loop (re, im,
+        abs) and link trace; loops averaged as ``Re Tr / 3`` (module docstring)."""
         with torch.no_grad():
             plaq, rect = wilson_loops(field, self.grid, rectangles=True)
             t = self.nd - 1

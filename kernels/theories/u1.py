@@ -73,10 +73,12 @@ class U1Gauge(RealFieldTheory):
 
     # ------------------------------------------------------------ layout
     def field_shape(self, batch: int) -> tuple[int, ...]:
+        """``(B, Nd, *local)``: one real link angle ``theta_mu(x)`` per direction and local site."""
         return (batch, self.nd, *self.grid.local_shape)
 
     @property
     def params(self) -> dict[str, float]:
+        """The coupling ``beta``."""
         return {"beta": self.beta}
 
     # ------------------------------------------------------------ plaquettes
@@ -87,10 +89,14 @@ class U1Gauge(RealFieldTheory):
 
     # ------------------------------------------------------------ dynamics
     def action(self, theta: torch.Tensor) -> torch.Tensor:
+        """``S = beta sum_x sum_{mu<nu} (1 - cos theta_{mu nu}(x))`` per chain (global)."""
         density = get_backend().u1_action_density(theta, self.grid, self.planes)
         return self.beta * lattice_sum(density, self.grid, 1)
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
+        """``F_mu(x) = beta sum_{nu != mu} [sin theta_{mu nu}(x) - sin theta_{mu nu}(x - nu)]``
+        ``= dS/dtheta_mu(x)``, from the active backend (:func:`kernels.backends.eager.u1_force`).
+        """
         return get_backend().u1_force(theta, self.grid, self.planes, self.beta)
 
     def project(self, theta: torch.Tensor) -> torch.Tensor:
