@@ -194,6 +194,12 @@ class RunData:
     exp_minus_dH: np.ndarray | None = None
     #: name -> (T_measured, chains, *components)
     observables: dict[str, np.ndarray] = field(default_factory=dict)
+    #: global lattice extents, when the file says (HDF5 ensembles)
+    lattice: tuple[int, ...] | None = None
+
+    @property
+    def volume(self) -> int | None:
+        return None if self.lattice is None else int(np.prod(self.lattice))
 
 
 def _chain_array(value: Any, n_chains: int | None, what: str) -> np.ndarray:
@@ -216,6 +222,7 @@ def read_records(path: str | Path) -> RunData:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
     by_traj: dict[int, dict[str, Any]] = {}
+    lattice = None
     last = max((i for i, s in enumerate(lines) if s.strip()), default=-1)
     for i, line in enumerate(lines):
         if not line.strip():
@@ -232,8 +239,10 @@ def read_records(path: str | Path) -> RunData:
         if rec.get("thermalization", False):
             continue
         by_traj[rec["trajectory"]] = rec
+        if isinstance(rec.get("lattice"), list):  # measurements.jsonl (app/measure.py)
+            lattice = tuple(int(x) for x in rec["lattice"])
     recs = [by_traj[t] for t in sorted(by_traj)]
-    run = RunData(source=str(path))
+    run = RunData(source=str(path), lattice=lattice)
     if not recs:
         return run
     n_chains = None
@@ -273,6 +282,8 @@ def read_hdf5(path: str | Path) -> RunData:
     run = RunData(source=str(path))
     try:
         with h5py.File(path, "r") as f:
+            if "lattice" in f.attrs:
+                run.lattice = tuple(int(x) for x in np.asarray(f.attrs["lattice"]).ravel())
             for key in ("dH", "accepted", "exp_minus_dH"):
                 ds = f.get(key)
                 if ds is None and "observables" in f:
@@ -296,7 +307,7 @@ def read_hdf5(path: str | Path) -> RunData:
 def merge_chains(runs: list[RunData], source: str) -> RunData:
     """Combine single-run data (e.g. one HDF5 file per chain) along the chain axis; series
     of unequal length are cut to the shortest."""
-    out = RunData(source=source)
+    out = RunData(source=source, lattice=runs[0].lattice if runs else None)
     for key in ("dH", "accepted", "exp_minus_dH"):
         parts = [getattr(r, key) for r in runs]
         if all(p is not None for p in parts):
@@ -310,14 +321,30 @@ def merge_chains(runs: list[RunData], source: str) -> RunData:
     return out
 
 
+def _lattice_of(files: list[Path]) -> tuple[int, ...] | None:
+    """The lattice an ensemble file of the run records (None if there is none)."""
+    import h5py
+
+    for f in files:
+        try:
+            with h5py.File(f, "r") as h:
+                if "lattice" in h.attrs:
+                    return tuple(int(x) for x in np.asarray(h.attrs["lattice"]).ravel())
+        except OSError:
+            continue
+    return None
+
+
 def load_run(path: str | Path) -> RunData:
     """A run directory (its ``records.jsonl``), a ``.jsonl`` file or an HDF5 file."""
     path = Path(path)
     if path.is_dir():
         rec = path / RECORDS_FILE
-        if rec.is_file():
-            return read_records(rec)
         files = sorted(path.glob("ensemble_c*.h5"))
+        if rec.is_file():
+            run = read_records(rec)
+            run.lattice = run.lattice or _lattice_of(files)
+            return run
         if not files:
             raise InputError(f"{path} holds neither {RECORDS_FILE} nor ensemble_c*.h5 files")
         return merge_chains([read_hdf5(f) for f in files], source=str(path))
@@ -342,10 +369,15 @@ class Analysis:
     acceptance: float | None
     exp_minus_dH: GammaResult | None
     observables: dict[str, GammaResult]
+    #: derived quantities (app/derived.py): name -> Derived(result, formula)
+    derived: dict[str, Any] = field(default_factory=dict)
+    bin_size: int = 1
+    volume: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         """JSON-safe summary (non-finite numbers become null)."""
         obs = {k: v.as_dict() for k, v in self.observables.items()}
+        derived = {k: {**d.result.as_dict(), "formula": d.formula} for k, d in self.derived.items()}
         e = self.exp_minus_dH
         return _finite(
             {
@@ -353,7 +385,10 @@ class Analysis:
                 "trajectories": self.n_trajectories,
                 "chains": self.n_chains,
                 "skip": self.skip,
+                "bin_size": self.bin_size,
+                "volume": self.volume,
                 "observables": obs,
+                "derived": derived,
                 "acceptance": self.acceptance,
                 "exp_minus_dH": None if e is None else e.mean,
                 "exp_minus_dH_error": None if e is None else e.error,
@@ -374,7 +409,7 @@ def _components(name: str, a: np.ndarray) -> dict[str, np.ndarray]:
     if a.ndim == 2:
         return {name: a.T}
     out = {}
-    for idx in np.ndindex(*a.shape[2:]):
+    for idx in np.ndindex(*a.shape[2:]):  # row-major: numeric order of the indices
         out[f"{name}[{','.join(map(str, idx))}]"] = a[(slice(None), slice(None)) + idx].T
     return out
 
@@ -387,7 +422,9 @@ def series(run: RunData, skip: int = 0) -> dict[str, np.ndarray]:
         raise InputError("--skip must be >= 0")
     out: dict[str, np.ndarray] = {}
     n_all = None if run.dH is None else run.dH.shape[0]
-    for name in sorted(run.observables):
+    from .derived import natural_key
+
+    for name in sorted(run.observables, key=natural_key):  # C_2 before C_10
         a = run.observables[name]
         cut = skip if not n_all else int(math.ceil(skip * a.shape[0] / n_all))
         for comp, s in _components(name, a[cut:]).items():
@@ -399,10 +436,23 @@ def series(run: RunData, skip: int = 0) -> dict[str, np.ndarray]:
 
 
 def analyze_data(
-    run: RunData, skip: int = 0, S: float = DEFAULT_S, names: list[str] | None = None
+    run: RunData,
+    skip: int = 0,
+    S: float = DEFAULT_S,
+    names: list[str] | None = None,
+    bin_size: int = 1,
+    volume: int | None = None,
+    derived: bool = True,
 ) -> Analysis:
-    """Gamma-method analysis of every observable (each chain a replica), acceptance and
-    ``<exp(-dH)>``, after dropping the first ``skip`` production trajectories."""
+    """Gamma-method analysis of every observable (each chain a replica), acceptance,
+    ``<exp(-dH)>`` and the derived quantities of :mod:`app.derived`, after dropping the first
+    ``skip`` production trajectories (the thermalization cut) and averaging ``bin_size``
+    consecutive measurements per chain. ``volume`` overrides the run's lattice volume."""
+    from .derived import bin_series, derived_quantities
+
+    if bin_size < 1:
+        raise InputError(f"--bin {bin_size}: the bin size must be >= 1")
+    volume = volume or run.volume
     data = series(run, skip)
     if names:
         unknown = set(names) - set(run.observables) - set(data)
@@ -420,7 +470,7 @@ def analyze_data(
     for name, s in data.items():
         base = name.split("[")[0]
         n_chains = max(n_chains, s.shape[0])
-        chains = [c[np.isfinite(c)] for c in s]  # NaN: not measured in that row
+        chains = [bin_series(c[np.isfinite(c)], bin_size) for c in s]  # NaN: not measured
         if not any(len(c) for c in chains):
             continue
         if name == "exp_minus_dH":
@@ -429,21 +479,31 @@ def analyze_data(
             obs[name] = gamma_method(chains, S=S)
             if run.dH is None:
                 n_traj = max(n_traj, s.shape[1])
-    return Analysis(run.source, n_traj, n_chains, skip, acceptance, emd, obs)
+    der = {}
+    if derived:
+        der = derived_quantities(data, volume, S=S, bin_size=bin_size)
+        if names:
+            der = {k: v for k, v in der.items() if k in names or k.split("[")[0] in names}
+    return Analysis(run.source, n_traj, n_chains, skip, acceptance, emd, obs, der, bin_size, volume)
 
 
 def analyze(
-    path: str | Path, skip: int = 0, S: float = DEFAULT_S, names: list[str] | None = None
+    path: str | Path,
+    skip: int = 0,
+    S: float = DEFAULT_S,
+    names: list[str] | None = None,
+    bin_size: int = 1,
 ) -> Analysis:
     """Read a run directory, records file or HDF5 ensemble and analyse it."""
-    return analyze_data(load_run(path), skip=skip, S=S, names=names)
+    return analyze_data(load_run(path), skip=skip, S=S, names=names, bin_size=bin_size)
 
 
 def format_table(a: Analysis) -> str:
     """Human-readable report."""
     lines = [
         f"source: {a.source}",
-        f"trajectories: {a.n_trajectories} x {a.n_chains} chain(s) (first {a.skip} skipped)",
+        f"trajectories: {a.n_trajectories} x {a.n_chains} chain(s) (first {a.skip} skipped)"
+        + (f", bins of {a.bin_size}" if a.bin_size > 1 else ""),
     ]
     if a.acceptance is not None:
         lines.append(f"acceptance:   {a.acceptance:.4f}")
@@ -464,6 +524,17 @@ def format_table(a: Analysis) -> str:
             )
     else:
         lines.append("no observables recorded")
+    if a.derived:
+        width = max(12, *(len(k) for k in a.derived))
+        lines.append("")
+        vol = f", V = {a.volume}" if a.volume else ""
+        lines.append(f"derived (Gamma method, errors propagated linearly{vol}):")
+        for name, d in a.derived.items():
+            r = d.result
+            lines.append(
+                f"{name:<{width}}  {r.mean:>14.8g}  {r.error:>10.3g}  {r.tau_int:>8.3f}  "
+                f"{r.tau_int_error:>7.3f}  {r.window:>5d}   {d.formula}"
+            )
     return "\n".join(lines)
 
 
@@ -506,6 +577,65 @@ def plot(run: RunData, a: Analysis, directory: str | Path) -> list[Path]:
         ax2.legend(fontsize=7, loc="upper right")
         fig.tight_layout()
         p = out_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") + ".png")
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    written += _plot_derived(a, out_dir, plt)
+    return written
+
+
+def _plot_derived(a: Analysis, out_dir: Path, plt) -> list[Path]:
+    """``correlator_NAME.png`` (C(t) and m_eff(t) with errors) per correlator family and
+    ``derived.png`` (every scalar derived quantity with its error)."""
+    from .derived import _family
+
+    written = []
+    families = _family({k: None for k in a.observables})
+    for base, keys in sorted(families.items()):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        c = np.array([a.observables[k].mean for k in keys])
+        dc = np.array([a.observables[k].error for k in keys])
+        ax1.errorbar(np.arange(len(c)), np.abs(c), yerr=dc, fmt="o", ms=3, capsize=2)
+        if np.all(np.abs(c) > 0):
+            ax1.set_yscale("log")
+        ax1.set_xlabel("t")
+        ax1.set_ylabel(f"|{base}(t)|")
+        ax1.set_title(base)
+        meff = [
+            (int(k.rsplit("[", 1)[1][:-1]), d.result)
+            for k, d in a.derived.items()
+            if k.startswith(f"m_eff[{base}][")
+        ]
+        if meff:
+            t = [x for x, _ in meff]
+            ax2.errorbar(
+                t,
+                [r.mean for _, r in meff],
+                yerr=[r.error for _, r in meff],
+                fmt="o",
+                ms=3,
+                capsize=2,
+            )
+        ax2.set_xlabel("t")
+        ax2.set_ylabel("m_eff(t)")
+        ax2.set_title("effective mass, arccosh form")
+        fig.tight_layout()
+        p = out_dir / f"correlator_{re.sub(r'[^A-Za-z0-9_.-]+', '_', base)}.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    scalars = [(k, d) for k, d in a.derived.items() if not k.startswith("m_eff[")]
+    if scalars:
+        fig, axes = plt.subplots(
+            len(scalars), 1, figsize=(6, 1.2 + 0.9 * len(scalars)), squeeze=False
+        )
+        for ax, (name, d) in zip(axes[:, 0], scalars):
+            r = d.result
+            ax.errorbar([r.mean], [0], xerr=[r.error], fmt="o", capsize=3)
+            ax.set_yticks([])
+            ax.set_title(f"{name} = {d.formula} = {r.mean:.6g} +- {r.error:.2g}", fontsize=8)
+        fig.tight_layout()
+        p = out_dir / "derived.png"
         fig.savefig(p, dpi=100)
         plt.close(fig)
         written.append(p)

@@ -1,20 +1,29 @@
 """The ``trivhmc`` command line: ``trivhmc <command> ...``.
 
 Each subcommand lives in its own module ``app/commands/<name>.py`` (see
-:mod:`app.commands`); only the chosen one is imported. Exit status: 0 success, 2 bad input
-(deck, file or option; one clear message, no traceback), 1 anything else; a subcommand may
-define more (``run --status`` exits 3 while a run is incomplete).
+:mod:`app.commands`); only the chosen one is imported. Every failure ends in one message
+(from world rank 0 under MPI) and an exit status naming its kind: the table is in
+:mod:`app.errors` and docs/errors.md. ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
-from .errors import InputError, NotAvailableError
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    classify,
+    world_rank,
+    world_size,
+)
 
 #: subcommand -> one-line help (the module is app.commands.<name>)
 COMMANDS = {
@@ -25,6 +34,7 @@ COMMANDS = {
     "convert": "convert a configuration between ILDG, NERSC and HDF5",
     "jobscript": "render a batch script (Aurora, Polaris, Frontier, local) for a deck",
     "validate": "check an input deck",
+    "measure": "measure saved configurations: flow scales t0/w0, Q(t), loops, correlators",
 }
 
 
@@ -44,6 +54,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Trivialized-action HMC for lattice field theory, distributed over MPI.",
     )
     parser.add_argument("--version", action="version", version=f"trivhmc {_version()}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks (also TRIVHMC_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
         if name == command:
@@ -61,29 +74,68 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``trivhmc COMMAND: warning: ...``, from world rank 0 only."""
+    if world_rank() == 0:
+        print(f"trivhmc {_current[0]}: warning: {message}", file=sys.stderr)
+
+
+_current = ["?"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``trivhmc`` console script; returns the exit status."""
+    """Entry point of the ``trivhmc`` console script; returns the exit status.
+
+    Every exception is mapped to one message and an exit status by
+    :func:`app.errors.classify` (table in docs/errors.md). ``--debug`` (anywhere on the
+    command line, or ``TRIVHMC_DEBUG=1``) adds the Python traceback on every rank.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TRIVHMC_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2), --help / --version (0)
         return int(exc.code or 0)
-    try:
-        return int(args._main(args) or 0)
-    except InputError as exc:
-        print(f"trivhmc {args.command}: error: {exc}", file=sys.stderr)
-        return InputError.exit_code
-    except NotAvailableError as exc:
-        print(f"trivhmc {args.command}: {exc}", file=sys.stderr)
-        return NotAvailableError.exit_code
-    except KeyboardInterrupt:
-        print(f"trivhmc {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return 1
+    _current[0] = args.command
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        try:
+            return int(args._main(args) or 0)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an exit status
+            if isinstance(exc, SystemExit):
+                raise
+            return _report(exc, args.command, debug)
+
+
+def _report(exc: BaseException, command: str, debug: bool) -> int:
+    """Print ``exc`` once and return its exit status (see :func:`app.errors.classify`)."""
+    code, message, collective = classify(exc)
+    if code == EXIT_BROKEN_PIPE:
+        # the reader went away: silence the interpreter's own flush of stdout at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return code
+    collective = collective or code == EXIT_INTERRUPTED
+    rank, size = world_rank(), world_size()
+    if debug:
+        traceback.print_exception(exc)
+    if rank == 0 or not collective:
+        where = f" (rank {rank})" if size > 1 and not collective else ""
+        hint = "; rerun with --debug for the traceback" if code == EXIT_INTERNAL else ""
+        print(f"trivhmc {command}{where}: {message}{hint}", file=sys.stderr)
+    sys.stderr.flush()
+    if not collective and size > 1:
+        # only this rank failed: the others would wait forever in their next collective call
+        mpi = sys.modules.get("mpi4py.MPI")
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+            mpi.COMM_WORLD.Abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -39,17 +39,23 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    create_model,
     model_validator,
 )
+
+from kernels.theories import REGISTRY as THEORY_REGISTRY
+from kernels.theories import architectures as _architectures
+from kernels.theories import descriptor as theory_descriptor
+from kernels.theories.descriptor import Coupling, TheoryDescriptor
 
 from .errors import InputError
 
 KeyPath = tuple[str | int, ...]
 
-#: number of lattice dimensions each theory is defined in (as used by the decks)
-THEORY_DIMS = {"phi4": 2, "u1": 2, "su3": 4}
+#: number of lattice dimensions of each theory (from kernels/theories descriptors)
+THEORY_DIMS = {name: d.dims for name, d in THEORY_REGISTRY.items()}
 #: theories whose configurations ILDG / NERSC files can hold
-GAUGE_FILE_THEORIES = ("su3",)
+GAUGE_FILE_THEORIES = tuple(n for n, d in THEORY_REGISTRY.items() if "ildg" in d.file_formats)
 #: samplers that need a trained flow (``sampler.flow``)
 FLOW_SAMPLERS = ("trivialized_hmc", "flow_metropolis")
 
@@ -80,6 +86,7 @@ class DeckError(InputError):
         super().__init__(self.format())
 
     def format(self) -> str:
+        """The message: one line per problem with its location."""
         src = self.source or "input deck"
         lines = []
         for p in self.problems:
@@ -104,50 +111,63 @@ class _Section(BaseModel):
 _THEORY_NAME_DOC = "Theory name; selects which couplings are allowed."
 
 
-class Phi4Theory(_Section):
-    """Real scalar phi^4 theory in 2D, hopping-parameter form (docs/conventions.md):
-    ``S = sum_x [ -beta sum_mu phi_{x+mu} phi_x + phi_x^2 + lambda (phi_x^2 - 1)^2 ]``."""
+class _TheoryBase(_Section):
+    """Base of the generated theory sections (one per registered theory descriptor)."""
 
-    name: Literal["phi4"] = Field(description=_THEORY_NAME_DOC)
-    beta: float = Field(ge=0, description="Hopping coupling beta (required).")
-    lam: float = Field(
-        alias="lambda", ge=0, description="Quartic coupling lambda (required; key `lambda`)."
+    @property
+    def descriptor(self) -> TheoryDescriptor:
+        """The theory's facts (kernels/theories)."""
+        return theory_descriptor(self.name)  # type: ignore[attr-defined]
+
+    @property
+    def couplings(self) -> dict[str, Any]:
+        """The couplings by deck key (``lambda``, not ``lam``)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"name"})
+
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the theory class."""
+        return self.descriptor.constructor_kwargs(self.couplings)
+
+
+def _coupling_field(c: Coupling) -> tuple[Any, Any]:
+    """(annotation, Field) of one coupling for pydantic."""
+    if c.choices:
+        ann: Any = Literal[c.choices]  # type: ignore[valid-type]
+    elif c.kind is list:
+        item: Any = float
+        if c.gt is not None or c.ge is not None:
+            item = Annotated[float, Field(gt=c.gt, ge=c.ge)]
+        ann = list[item]
+    else:
+        ann = c.kind
+    bounds = {} if c.kind is list else {"gt": c.gt, "ge": c.ge}
+    default = c.default
+    if isinstance(default, list):
+        value = list(default)
+        return ann, Field(default_factory=lambda: list(value), description=c.description)
+    extra = {"alias": c.key} if c.argument != c.key else {}
+    return ann, Field(default, description=c.description, **bounds, **extra)
+
+
+def _theory_section(desc: TheoryDescriptor) -> type[_TheoryBase]:
+    fields: dict[str, Any] = {
+        "name": (Literal[desc.name], Field(description=_THEORY_NAME_DOC))  # type: ignore[valid-type]
+    }
+    for c in desc.couplings:
+        fields[c.argument] = _coupling_field(c)
+    model = create_model(  # type: ignore[call-overload]
+        f"{desc.name.capitalize()}Theory", __base__=_TheoryBase, **fields
     )
-
-    @property
-    def couplings(self) -> dict[str, Any]:
-        return {"beta": self.beta, "lambda": self.lam}
+    model.__doc__ = desc.summary
+    return model
 
 
-class U1Theory(_Section):
-    """Compact U(1) gauge theory in 2D, Wilson action
-    ``S = beta sum_P (1 - cos theta_P)``."""
-
-    name: Literal["u1"] = Field(description=_THEORY_NAME_DOC)
-    beta: float = Field(gt=0, description="Gauge coupling beta (required).")
-
-    @property
-    def couplings(self) -> dict[str, Any]:
-        return {"beta": self.beta}
-
-
-class SU3Theory(_Section):
-    """SU(3) gauge theory in 4D with the Wilson or a rectangle-improved gauge action
-    ``S = beta sum [c0 sum_P (1 - ReTr U_P/3) + c1 sum_R (1 - ReTr U_R/3)]``, c0 = 1 - 8 c1;
-    c1 = 0 (wilson), -1/12 (symanzik, tree level), -0.331 (iwasaki)."""
-
-    name: Literal["su3"] = Field(description=_THEORY_NAME_DOC)
-    beta: float = Field(gt=0, description="Gauge coupling beta = 6/g0^2 (required).")
-    action: Literal["wilson", "symanzik", "iwasaki"] = Field(
-        description="Gauge action (required): wilson, symanzik (tree level) or iwasaki."
-    )
-
-    @property
-    def couplings(self) -> dict[str, Any]:
-        return {"beta": self.beta, "action": self.action}
-
-
-TheorySection = Annotated[Phi4Theory | U1Theory | SU3Theory, Field(discriminator="name")]
+#: one deck section per registered theory (kernels/theories), discriminated by ``name``
+THEORY_SECTIONS = {name: _theory_section(d) for name, d in THEORY_REGISTRY.items()}
+TheorySection = Annotated[
+    Union[tuple(THEORY_SECTIONS.values())],  # type: ignore[valid-type]  # noqa: UP007
+    Field(discriminator="name"),
+]
 
 
 class LatticeSection(_Section):
@@ -213,6 +233,26 @@ class FlowRef(_Section):
     )
 
 
+class LevelSection(_Section):
+    """One time scale of a nested integrator (Sexton-Weingarten): the action terms whose
+    force kicks on it, its step count and scheme."""
+
+    terms: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        description="Action terms integrated on this level (the theory's term names, e.g. "
+        "gauge, fermion, hasenbusch_0; logdet for trivialized HMC). Every term on exactly "
+        "one level.",
+    )
+    steps: int = Field(
+        ge=1,
+        description="Steps per trajectory on the outermost level; steps per drift of the "
+        "level above on inner levels.",
+    )
+    integrator: Literal["leapfrog", "omelyan", "forest_ruth"] | None = Field(
+        default=None, description="Scheme of this level; null: sampler.integrator."
+    )
+
+
 class SamplerSection(_Section):
     """The Markov chain: HMC on the original or the flow-transformed (trivialized) action."""
 
@@ -242,13 +282,20 @@ class SamplerSection(_Section):
     flow: FlowRef | None = Field(
         default=None, description="Trained flow; required by trivialized_hmc, flow_metropolis."
     )
+    levels: list[LevelSection] | None = Field(
+        default=None,
+        description="Nested time scales, outermost first (expensive, small forces outside, "
+        "e.g. [{terms: [fermion], steps: 8}, {terms: [gauge], steps: 4}]); null: one level "
+        "with the whole force and `steps` steps. With levels, levels[0].steps replaces "
+        "`steps`.",
+    )
     # --- l2hmc (docs/l2hmc.md)
     model: str | None = Field(
         default=None,
         min_length=1,
         description="l2hmc only: registry reference (name or name@hash) of a model trained "
-        "with train.objective: l2hmc (registry: $TRIVHMC_MODELS, else ./models next to the "
-        "deck).",
+        "with train.objective: l2hmc (registry: train.registry, else $TRIVHMC_MODELS, else "
+        "./models next to the deck).",
     )
     leapfrog_layers: int | None = Field(
         default=None,
@@ -257,8 +304,14 @@ class SamplerSection(_Section):
     )
 
     @property
+    def outer_steps(self) -> int:
+        """Steps per trajectory of the outermost level."""
+        return self.levels[0].steps if self.levels else self.steps
+
+    @property
     def step_size(self) -> float:
-        return self.trajectory_length / self.steps
+        """Outer step size ``trajectory_length / outer_steps``."""
+        return self.trajectory_length / self.outer_steps
 
 
 class RunSection(_Section):
@@ -318,6 +371,7 @@ class RunSection(_Section):
 
     @property
     def total_trajectories(self) -> int:
+        """Thermalization plus production trajectories."""
         return self.thermalization + self.trajectories
 
 
@@ -345,14 +399,7 @@ class OutputSection(_Section):
 
 
 #: flow architectures (builders in kernels/flows) and the theories they act on
-ARCHITECTURES = {
-    "phi4_minimal": ("phi4", "kernels.flows.phi4:phi4_minimal_flow"),
-    "phi4_affine": ("phi4", "kernels.flows.phi4:phi4_affine_flow"),
-    "u1_ncp": ("u1", "kernels.flows.u1:u1_ncp_flow"),
-    "u1_stout": ("u1", "kernels.flows.u1:u1_stout_flow"),
-    "u1_sweep": ("u1", "kernels.flows.u1_sweep:u1_sweep_flow"),
-    "su3_stout": ("su3", "kernels.flows.su3:su3_stout_flow"),
-}
+ARCHITECTURES = _architectures()
 
 
 class TrainSection(_Section):
@@ -364,9 +411,7 @@ class TrainSection(_Section):
         "sampler (options: n_layers, hidden, kernel_size, activation, step_size, init_scale, "
         "dtype; loss settings in `l2hmc`; docs/l2hmc.md).",
     )
-    architecture: (
-        Literal["phi4_minimal", "phi4_affine", "u1_ncp", "u1_stout", "u1_sweep", "su3_stout"] | None
-    ) = Field(
+    architecture: Literal[tuple(ARCHITECTURES)] | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Flow architecture (objective flow, required); must act on the deck's "
         "theory (phi4_*, u1_*, su3_*). u1_sweep (2D) starts from the fitted single-plaquette "
@@ -416,6 +461,100 @@ class TrainSection(_Section):
     )
 
 
+# ---------------------------------------------------------------- measure (issue 14)
+def _measure_problems(deck: Deck) -> list[Problem]:
+    """The measure section against the theory and the lattice."""
+    m = deck.measure
+    if m is None:
+        return []
+    out = []
+    su3_only = {"flow": m.flow, "wilson_loops": m.wilson_loops, "polyakov": m.polyakov or None}
+    for key, value in su3_only.items():
+        if value is not None and deck.theory.name != "su3":
+            out.append(Problem(("measure", key), f"{key} needs theory su3, not {deck.theory.name}"))
+    if m.flow is not None:
+        f = m.flow
+        for i, tq in enumerate(f.charge_times):
+            k = round(tq / f.eps)
+            if not 0 <= tq <= f.t_max or abs(k * f.eps - tq) > 1e-9 * max(1.0, tq):
+                out.append(
+                    Problem(
+                        ("measure", "flow", "charge_times", i),
+                        f"{tq} is not a multiple of eps = {f.eps} in [0, t_max = {f.t_max}]",
+                    )
+                )
+        k = round(f.t_max / f.eps)
+        if k < 3 or abs(k * f.eps - f.t_max) > 1e-9 * max(1.0, f.t_max):
+            out.append(
+                Problem(
+                    ("measure", "flow", "t_max"),
+                    f"t_max = {f.t_max} must be a multiple of eps = {f.eps} (at least 3 steps)",
+                )
+            )
+    w = m.wilson_loops
+    if w is not None and deck.theory.name == "su3":
+        shape = deck.lattice.shape
+        if w.t_max > shape[-1] or any(w.r_max > n for n in shape[:-1]):
+            out.append(
+                Problem(
+                    ("measure", "wilson_loops"),
+                    f"loops up to {w.r_max} x {w.t_max} do not fit the lattice {shape}",
+                )
+            )
+    if m.correlators and deck.theory.name == "su3":
+        out.append(Problem(("measure", "correlators"), "su3 has no correlators; use flow"))
+    return out
+
+
+class FlowMeasurement(_Section):
+    """Wilson (gradient) flow of SU(3) fields: t0, w0, histories, clover Q (docs/measure.md)."""
+
+    t_max: float = Field(gt=0, description="Flow time to flow to (lattice units, required).")
+    eps: float = Field(default=0.02, gt=0, description="Flow step (Luscher's RK3).")
+    charge_times: list[float] = Field(
+        default_factory=list,
+        description="Flow times (multiples of eps, <= t_max) at which the clover "
+        "topological charge Q is measured (columns Q@t=T).",
+    )
+    scales: bool = Field(
+        default=True,
+        description="Determine t0 (t^2 E = 0.3) and w0 (t d/dt t^2 E = 0.3); NaN with a "
+        "warning when t_max is too short.",
+    )
+    history: bool = Field(
+        default=True, description="Store the t^2 E(t) and t d/dt t^2 E(t) histories."
+    )
+
+
+class WilsonLoopMeasurement(_Section):
+    """Rectangular Wilson loops W(R, T), R x T up to r_max x t_max (static potential)."""
+
+    r_max: int = Field(default=2, ge=1, description="Largest spatial extent R.")
+    t_max: int = Field(default=2, ge=1, description="Largest temporal extent T.")
+
+
+class MeasureSection(_Section):
+    """Measurements beyond the theory's own observables (``trivhmc measure``, docs/measure.md).
+    On the fly every ``every`` production trajectories, or offline over saved
+    configurations."""
+
+    every: int = Field(
+        default=0,
+        ge=0,
+        description="Measure on the fly every N production trajectories (0: only offline "
+        "with `trivhmc measure`).",
+    )
+    flow: FlowMeasurement | None = Field(default=None, description="Wilson flow (su3).")
+    wilson_loops: WilsonLoopMeasurement | None = Field(
+        default=None, description="Wilson loops W(R, T) (su3)."
+    )
+    polyakov: bool = Field(default=False, description="Polyakov loop (su3).")
+    correlators: bool = Field(
+        default=False,
+        description="The theory's correlators (phi4: two_point; others: see docs/measure.md).",
+    )
+
+
 class Deck(_Section):
     """A validated input deck. Build it with :func:`load_deck` or :func:`loads_deck`."""
 
@@ -428,6 +567,9 @@ class Deck(_Section):
     train: TrainSection | None = Field(
         default=None, description="Flow training settings (for `trivhmc train`)."
     )
+    measure: MeasureSection | None = Field(
+        default=None, description="Extra measurements (`trivhmc measure`, docs/measure.md)."
+    )
 
     _source: Path | None = PrivateAttr(default=None)
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -437,6 +579,19 @@ class Deck(_Section):
     # ------------------------------------------------------------------ cross checks
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Deck:
+        problems = [
+            *self._lattice_problems(),
+            *self._train_problems(),
+            *self._sampler_problems(),
+            *self._output_problems(),
+            *self._start_problems((info.context or {}).get("base_dir")),
+            *_measure_problems(self),  # measure (issue 14)
+        ]
+        if problems:
+            raise DeckError(problems)
+        return self
+
+    def _lattice_problems(self) -> list[Problem]:
         problems = []
         shape = self.lattice.shape
         need = THEORY_DIMS[self.theory.name]
@@ -449,36 +604,41 @@ class Deck(_Section):
                 )
             )
         grid = self.parallel.grid
-        if grid is not None:
-            if len(grid) != len(shape):
+        if grid is None:
+            return problems
+        if len(grid) != len(shape):
+            problems.append(
+                Problem(
+                    ("parallel", "grid"),
+                    f"process grid {grid} has {len(grid)} entries but the lattice "
+                    f"{shape} has {len(shape)} dimensions",
+                )
+            )
+            return problems
+        for mu, (g, n) in enumerate(zip(grid, shape)):
+            if g > 0 and n % g:
                 problems.append(
                     Problem(
-                        ("parallel", "grid"),
-                        f"process grid {grid} has {len(grid)} entries but the lattice "
-                        f"{shape} has {len(shape)} dimensions",
+                        ("parallel", "grid", mu),
+                        f"{g} ranks do not divide the lattice extent {n} of axis {mu}",
                     )
                 )
-            else:
-                for mu, (g, n) in enumerate(zip(grid, shape)):
-                    if g > 0 and n % g:
-                        problems.append(
-                            Problem(
-                                ("parallel", "grid", mu),
-                                f"{g} ranks do not divide the lattice extent {n} of axis {mu}",
-                            )
-                        )
+        return problems
+
+    def _train_problems(self) -> list[Problem]:
         t = self.train
-        if t is not None and t.objective == "flow" and t.architecture is None:
+        if t is None:
+            return []
+        problems = []
+        if t.objective == "l2hmc":
+            if self.theory.name not in ("u1", "phi4"):
+                msg = f"l2hmc is for u1 and phi4, not {self.theory.name}"
+                problems.append(Problem(("train", "objective"), msg))
+            return problems
+        if t.architecture is None:
             problems.append(Problem(("train", "architecture"), "objective flow needs one"))
-        if t is not None and t.objective == "l2hmc" and self.theory.name not in ("u1", "phi4"):
-            problems.append(
-                Problem(("train", "objective"), f"l2hmc is for u1 and phi4, not {self.theory.name}")
-            )
-        if (
-            t is not None
-            and t.architecture is not None
-            and ARCHITECTURES[t.architecture][0] != self.theory.name
-        ):
+            return problems
+        if ARCHITECTURES[t.architecture][0] != self.theory.name:
             problems.append(
                 Problem(
                     ("train", "architecture"),
@@ -486,11 +646,15 @@ class Deck(_Section):
                     f", the deck's theory is {self.theory.name}",
                 )
             )
-        if t is not None and t.loss == "force_matching" and not t.configurations:
+        if t.loss == "force_matching" and not t.configurations:
             problems.append(
                 Problem(("train", "configurations"), "force_matching needs configurations")
             )
+        return problems
+
+    def _sampler_problems(self) -> list[Problem]:
         s = self.sampler
+        problems = []
         if s.name in FLOW_SAMPLERS and s.flow is None:
             problems.append(
                 Problem(("sampler", "flow"), f"sampler {s.name} needs a flow: {{model: ...}}")
@@ -504,13 +668,23 @@ class Deck(_Section):
                 )
             )
         if (s.name == "l2hmc") != (s.model is not None):
+            msg = "sampler l2hmc needs model: REF"
+            if s.name != "l2hmc":
+                msg = f"sampler {s.name} does not use an l2hmc model"
+            problems.append(Problem(("sampler", "model"), msg))
+        if s.levels and s.name == "l2hmc":
+            problems.append(Problem(("sampler", "levels"), "l2hmc has its own learned layers"))
+        if s.levels and "steps" in s.model_fields_set:
             problems.append(
                 Problem(
-                    ("sampler", "model"),
-                    "sampler l2hmc needs model: REF"
-                    if s.name == "l2hmc"
-                    else f"sampler {s.name} does not use an l2hmc model",
+                    ("sampler", "steps"),
+                    "with sampler.levels the outer step count is levels[0].steps; "
+                    "remove sampler.steps",
                 )
+            )
+        if s.levels and s.name == "flow_metropolis":
+            problems.append(
+                Problem(("sampler", "levels"), "flow_metropolis has no molecular dynamics")
             )
         if s.target_acceptance is not None and self.run.thermalization == 0:
             problems.append(
@@ -519,42 +693,50 @@ class Deck(_Section):
                     "step-size tuning happens during thermalization, but run.thermalization is 0",
                 )
             )
+        return problems
+
+    def _output_problems(self) -> list[Problem]:
+        problems = []
         fmts = self.output.formats
+        allowed = THEORY_REGISTRY[self.theory.name].file_formats
         for i, f in enumerate(fmts):
             if f in fmts[:i]:
                 problems.append(Problem(("output", "formats", i), f"format {f} listed twice"))
-            elif f in ("ildg", "nersc") and self.theory.name not in GAUGE_FILE_THEORIES:
+            elif f not in allowed:
                 problems.append(
                     Problem(
                         ("output", "formats", i),
                         f"{f} files hold SU(3) gauge fields; theory {self.theory.name} can "
-                        "be written as hdf5 only",
+                        f"be written as {', '.join(allowed)} only",
                     )
                 )
-        if self.run.start not in ("hot", "cold"):
-            base = (info.context or {}).get("base_dir")
-            p = Path(self.run.start)
-            if base is not None and not p.is_absolute():
-                p = Path(base) / p
-            if not p.is_file():
-                problems.append(
-                    Problem(
-                        ("run", "start"),
-                        f"expected hot, cold or an existing configuration file; {str(p)!r} "
-                        "does not exist" + _suggest(self.run.start, ["hot", "cold"]),
-                    )
-                )
-        if problems:
-            raise DeckError(problems)
-        return self
+        return problems
+
+    def _start_problems(self, base: Any) -> list[Problem]:
+        if self.run.start in ("hot", "cold"):
+            return []
+        p = Path(self.run.start)
+        if base is not None and not p.is_absolute():
+            p = Path(base) / p
+        if p.is_file():
+            return []
+        return [
+            Problem(
+                ("run", "start"),
+                f"expected hot, cold or an existing configuration file; {str(p)!r} "
+                "does not exist" + _suggest(self.run.start, ["hot", "cold"]),
+            )
+        ]
 
     # ------------------------------------------------------------------ helpers
     @property
     def ndim(self) -> int:
+        """Number of lattice dimensions."""
         return len(self.lattice.shape)
 
     @property
     def volume(self) -> int:
+        """Number of lattice sites."""
         return math.prod(self.lattice.shape)
 
     @property
@@ -584,6 +766,7 @@ class Deck(_Section):
 
     @property
     def output_dir(self) -> Path:
+        """The run directory (``output.directory`` resolved against the deck's directory)."""
         return self.resolve(self.output.directory)
 
     @property
@@ -599,6 +782,7 @@ class Deck(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
     def to_yaml(self) -> str:
+        """The deck as YAML (overrides applied), as stored in ensembles and checkpoints."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def physics(self) -> dict[str, Any]:
@@ -610,7 +794,7 @@ class Deck(_Section):
         }
 
 
-SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output", "train")
+SECTIONS = ("theory", "lattice", "parallel", "sampler", "run", "output", "train", "measure")
 
 
 # ---------------------------------------------------------------------------- schema walking
@@ -668,7 +852,8 @@ def _allowed(models: list[type[BaseModel]], value: Any) -> tuple[type[BaseModel]
 
 
 def _unknown_key(path: KeyPath, key: Any, allowed: list[str], model: Any) -> Problem:
-    what = f" for theory {_tag(model)}" if model is not None and _tag(model) else ""
+    section = "sampler" if path[:1] == ("sampler",) else "theory"  # the models with a name tag
+    what = f" for {section} {_tag(model)}" if model is not None and _tag(model) else ""
     return Problem(
         path,
         f"unknown key {key!r}{what}{_suggest(str(key), allowed)} "
@@ -852,10 +1037,20 @@ def _locate(problem: Problem, lines: dict[KeyPath, int], overridden: dict[KeyPat
     for opath, spec in overridden.items():
         if path[: len(opath)] == opath:
             return problem._replace(where=f"--set {spec}")
-    for n in range(len(path), -1, -1):
-        if path[:n] in lines:
-            return problem._replace(where=f"line {lines[path[:n]]}")
+    n = next(n for n in range(len(path), -1, -1) if path[:n] in lines or n == 0)
+    # an override that reaches deeper into this path than any deck line (e.g. --set
+    # sampler.name=... on a deck without a sampler section) is the cause, not line 1
+    best = max(overridden, key=lambda o: _common(o, path), default=None)
+    if best is not None and _common(best, path) > n:
+        return problem._replace(where=f"--set {overridden[best]}")
+    if path[:n] in lines:
+        return problem._replace(where=f"line {lines[path[:n]]}")
     return problem
+
+
+def _common(a: KeyPath, b: KeyPath) -> int:
+    """Length of the common prefix of two key paths."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def loads_deck(

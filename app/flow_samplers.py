@@ -1,13 +1,14 @@
-"""Flow-based samplers for the run loop: trivialized HMC and flow independence Metropolis.
+"""The flow of a deck's flow sampler, loaded from the model registry (``sampler.flow``).
 
-Both load a trained flow from the model registry (``sampler.flow`` in the deck) and present
-the interface the run loop uses (:class:`app.run.Sampler`): ``trajectory``, ``state_dict``,
-``to_physical`` (``U = F(V)``, what is measured and saved) and ``from_physical``.
+:func:`load_flow` finds the registry (:func:`registry_root`), loads the model on the theory's
+grid and checks its hash; :func:`app.setup.build_sampler` then builds the sampler, a
+:class:`kernels.samplers.protocol.Sampler` (``trajectory``, ``state_dict``, ``to_physical``
+(``U = F(V)``, what is measured and saved) and ``from_physical``):
 
 * ``trivialized_hmc``: plain :class:`kernels.samplers.hmc.HMC` on
   :class:`kernels.samplers.trivialized.TransformedTheory` (``S~(V) = S(F(V)) - log det``); the
   chain variable is ``V``; checkpoints hold ``V``.
-* ``flow_metropolis``: :class:`kernels.samplers.flow_metropolis.FlowMetropolis`; the chain
+* ``flow_metropolis``: :class:`kernels.samplers.flow_metropolis.FlowMetropolisSampler`; the chain
   variable is ``U``; the record's ``dH`` is ``-(log w' - log w)`` (so ``exp(-dH)`` is the
   Metropolis ratio and ``<exp(-dH)> = 1`` holds as for HMC), ``n_steps = 0``.
 """
@@ -16,12 +17,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from app.deck import Deck
 from app.errors import InputError
-from kernels.integrators import make_integrator
-from kernels.samplers.hmc import HMC
 from kernels.theory import Theory
 
 
@@ -50,31 +48,3 @@ def load_flow(deck: Deck, theory: Theory):
     flow = flow.to(theory.device)
     flow.requires_grad_(False)
     return flow, card
-
-
-def build_flow_sampler(deck: Deck, theory: Theory, rng) -> tuple[Any, dict[str, Any]]:
-    """The deck's flow sampler (protocol object) and its flow reference ``{model, hash}``."""
-    flow, card = load_flow(deck, theory)
-    ref = {"model": deck.sampler.flow.model, "hash": card.get("hash")}
-    s = deck.sampler
-    if s.name == "trivialized_hmc":
-        from kernels.samplers.trivialized import TransformedTheory
-
-        tt = TransformedTheory(theory, flow)
-        integ = make_integrator(tt, s.integrator, s.steps, s.trajectory_length)
-        hmc = HMC(
-            tt,
-            integ,
-            rng,
-            trajectory_length=s.trajectory_length,
-            target_acceptance=s.target_acceptance,
-            reversibility_every=deck.run.check_reversibility,
-        )
-        return hmc, ref
-    if s.name == "flow_metropolis":
-        from kernels.flows.priors import prior_for
-        from kernels.samplers.flow_metropolis import FlowMetropolis, FlowMetropolisSampler
-
-        fm = FlowMetropolis(theory, flow, prior_for(theory), rng)
-        return FlowMetropolisSampler(fm), ref
-    raise InputError(f"sampler.name: unknown sampler {s.name!r}")

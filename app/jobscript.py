@@ -22,6 +22,7 @@ filled and every value given must be used (:func:`fill`). Each script
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -30,7 +31,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from .deck import Deck, load_deck
-from .errors import InputError
+from .errors import InputError, LayoutError
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def plan(deck: Deck, system: System, nodes: int | None, ranks_per_node: int | No
             raise InputError("--system local runs on one node; drop --nodes")
         nodes = 1
         if ranks_per_node is None:
-            ranks_per_node = need if need is not None else reps
+            ranks_per_node = need if need is not None else local_ranks(deck)
     elif ranks_per_node is None:
         ranks_per_node = system.gpus_per_node
     if system.gpus_per_node and ranks_per_node > system.gpus_per_node:
@@ -183,16 +184,62 @@ def plan(deck: Deck, system: System, nodes: int | None, ranks_per_node: int | No
     try:
         grid = choose_grid(deck.lattice.shape, total // reps, deck.parallel.grid)
     except GridError as exc:
-        raise InputError(f"{total} ranks ({nodes} x {ranks_per_node}): {exc}") from None
+        raise LayoutError(
+            f"{nodes} node(s) x {ranks_per_node} ranks per node = {total} ranks: "
+            f"{str(exc).split('; use a rank count')[0]}; "
+            + _layout_hint(deck, system, nodes, ranks_per_node)
+        ) from None
     return Layout(nodes, ranks_per_node, total, tuple(grid))
 
 
+def _layout_hint(deck: Deck, system: System, nodes: int, ranks_per_node: int) -> str:
+    """What would work instead: the nearest node counts at this many ranks per node, and
+    the ranks per node that fit on this many nodes."""
+    from .preflight import _fits, fitting_rank_counts
+
+    shape, reps, grid = deck.lattice.shape, deck.parallel.replicas, deck.parallel.grid
+    near = fitting_rank_counts(shape, nodes * ranks_per_node, reps, grid, step=ranks_per_node)
+    hints = []
+    if near and system.scheduler != "none":
+        hints.append(
+            "--nodes "
+            + " or ".join(str(n // ranks_per_node) for n in near)
+            + f" (at {ranks_per_node} ranks per node)"
+        )
+    top = system.gpus_per_node or (os.cpu_count() or 1)
+    rpn = [r for r in range(top, 0, -1) if _fits(shape, nodes * r, reps, grid)]
+    if rpn:
+        hints.append(f"--ranks-per-node {rpn[0]} ({nodes * rpn[0]} ranks on {nodes} node(s))")
+    if not hints:
+        return "no node count near this one fits the lattice; change the lattice or grid"
+    return "use " + ", or ".join(hints)
+
+
+def local_ranks(deck: Deck) -> int:
+    """Ranks for a local run of a deck with a free grid: the most that fit the lattice and
+    the replicas on this machine's cores."""
+    from .preflight import _fits
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    reps = deck.parallel.replicas
+    fit = [n for n in range(cores, 0, -1) if _fits(deck.lattice.shape, n, reps, None)]
+    return fit[0] if fit else reps
+
+
+#: production queue per system (docs/jobscripts.md); debug queues only with --queue
+PRODUCTION_QUEUES = {"aurora": "prod", "polaris": "prod", "frontier": "batch"}
+#: Polaris' prod routing queue takes 10 nodes or more; smaller jobs go to preemptable
+POLARIS_PROD_MIN_NODES = 10
+
+
 def default_queue(system: System, nodes: int) -> str:
-    if system.name == "frontier":
-        return "batch"
-    if system.name == "polaris":
-        return "debug" if nodes <= 2 else ("debug-scaling" if nodes <= 10 else "prod")
-    return "debug" if nodes <= 2 else "prod"
+    """The production queue of ``system`` for a job of ``nodes`` nodes."""
+    if system.name == "polaris" and nodes < POLARIS_PROD_MIN_NODES:
+        return "preemptable"
+    return PRODUCTION_QUEUES.get(system.name, "batch")
 
 
 def default_setup(system: System) -> list[str]:
@@ -233,11 +280,14 @@ def render(
     overrides: list[str] = (),
     max_jobs: int = 50,
     workdir: str | Path | None = None,
+    force: bool = False,
 ) -> Rendered:
     """The job script text for ``deck`` (already loaded with ``overrides``).
 
     ``deck_path``, ``script_path`` and ``workdir`` are written into the script as given
     (absolute paths for real use). ``walltime=None`` (local only): no run-time limit.
+    A CPU deck for a GPU system is refused unless ``force`` (then, like a deck for another
+    GPU type, it is a warning).
     """
     try:
         system = SYSTEMS[system_name]
@@ -248,10 +298,13 @@ def render(
     layout = plan(deck, system, nodes, ranks_per_node)
     warnings = []
     if system.device and deck.parallel.device != system.device:
-        warnings.append(
+        text = (
             f"the deck runs on parallel.device={deck.parallel.device} but {system.name}'s "
             f"GPUs are '{system.device}' devices (--set parallel.device={system.device})"
         )
+        if deck.parallel.device == "cpu" and not force:  # a CPU run on a GPU machine
+            raise InputError(f"{text}; or add --force to run it on the CPUs")
+        warnings.append(text)
     runtime_set = ""
     if walltime is None:
         if system.scheduler != "none":
@@ -292,14 +345,23 @@ def render(
         "max_jobs": str(max_jobs),
     }
     chain = fill(template_text("chain.sh"), values).rstrip("\n")
+    threads = str(system.threads_per_rank)
+    if system.scheduler == "none":  # the machine's cores, shared by the ranks
+        threads = "$(( $(nproc) > NRANKS ? $(nproc) / NRANKS : 1 ))"
     values = {
         "chain": chain,
         "workdir": q(workdir if workdir is not None else Path(deck_path).parent),
         "setup": "\n".join(setup if setup is not None else default_setup(system)),
         "total_ranks": str(layout.total_ranks),
-        "threads": str(system.threads_per_rank),
+        "threads": threads,
         "gpu_env": "\n".join(gpu_env),
     }
+    if system.name == "polaris" and not queue and layout.nodes < POLARIS_PROD_MIN_NODES:
+        warnings.append(
+            f"queue preemptable ({layout.nodes} node(s) < {POLARIS_PROD_MIN_NODES}, the "
+            "minimum of prod): a preempted job does not resubmit itself; rerun the script "
+            "(the run resumes from its last checkpoint) or choose --queue"
+        )
     if system.scheduler != "none":
         values.update(
             job_name=name,

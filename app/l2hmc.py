@@ -153,7 +153,7 @@ def train_l2hmc(deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     """Train and save an L2HMC model for the deck; ``(reference, last metrics)``. Collective."""
     from app.flow_samplers import registry_root
     from app.registry import save_model
-    from app.run import build_grid
+    from app.setup import build_grid
     from parallel.rng import SiteRNG
 
     t = deck.train

@@ -20,7 +20,7 @@ import torch
 from app.deck import ARCHITECTURES, Deck
 from app.errors import InputError
 from app.flow_samplers import registry_root
-from app.run import build_grid, build_theory
+from app.setup import build_grid, build_theory
 from kernels.flows.base import build_flow
 from parallel import ProcessGrid
 from parallel.rng import SiteRNG

@@ -9,7 +9,7 @@ cd /path/to/project/inputs || exit 1
 # environment
 source /path/to/project/.venv/bin/activate
 
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=$(( $(nproc) > NRANKS ? $(nproc) / NRANKS : 1 ))
 export TRIVHMC_GPU_AWARE_MPI=0
 
 launch() {

@@ -66,9 +66,11 @@ class WholeAction(ActionTerm):
         self.name = name
 
     def action(self, field: torch.Tensor) -> torch.Tensor:
+        """The theory's action."""
         return self.theory.action(field)
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
+        """The theory's force."""
         return self.theory.force(field)
 
 

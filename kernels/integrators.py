@@ -78,6 +78,7 @@ class Level:
             raise ValueError(f"unknown integrator scheme {self.scheme!r}; known: {SCHEMES}")
 
     def evaluate(self, phi: torch.Tensor) -> torch.Tensor:
+        """The force of this level at ``phi`` (the sum of its terms)."""
         if callable(self.force):
             return self.force(phi)
         terms = [f(phi) for f in self.force]
@@ -156,6 +157,7 @@ class Integrator:
         return tau / (self.n_steps if n_steps is None else n_steps)
 
     def scheme_of(self, k: int) -> str:
+        """The scheme of level ``k`` (its own, else the integrator's)."""
         return self.levels[k].scheme or self.scheme
 
     def __repr__(self) -> str:

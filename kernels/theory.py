@@ -140,14 +140,17 @@ class RealFieldTheory(Theory):
     """
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
+        """``K = (1/2) sum pi^2`` per chain (global)."""
         from parallel import lattice_sum
 
         return 0.5 * lattice_sum(momentum * momentum, self.grid, 1)
 
     def evolve_field(self, field: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
+        """``phi + eps pi``."""
         return field + eps * momentum
 
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        """Standard normal momenta per real degree of freedom (site-keyed, ``PURPOSE_MOMENTUM``)."""
         from parallel.rng import PURPOSE_MOMENTUM
 
         return rng.normal(

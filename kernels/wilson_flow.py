@@ -31,7 +31,13 @@ at ``x``, all with the same orientation. Energy densities (averaged over the lat
       = -(1 / 4 pi^2) sum_x tr(G_01 G_23 + G_02 G_31 + G_03 G_12)
 
 normalised so that an abelian field with ``n_12`` / ``n_34`` flux quanta per colour gives
-``Q -> sum_c n12_c n34_c`` as the lattice becomes fine. ``t0`` solves ``t^2 E(t) = 0.3``.
+``Q -> sum_c n12_c n34_c`` as the lattice becomes fine.
+
+Scales: ``t0`` solves ``t^2 E(t) = 0.3`` (Luscher 2010); ``w0`` solves
+``W(t) = t d/dt [t^2 E(t)] = 0.3`` at ``t = w0^2`` (BMW, Borsanyi et al., JHEP 1209 (2012)
+010). ``W`` is taken from the measured history by second-order finite differences
+(:func:`numpy.gradient`, one-sided at the ends), so the measurements should be dense
+(``measure_every = 1``); the crossing is linearly interpolated between measurements.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from parallel import ProcessGrid, global_sum, shift
+from parallel import ProcessGrid, lattice_sum, shift
 
 from .groups.su_n import dagger, project_ta, su_expm
 from .theories.su3 import staple_sum, wilson_loops
@@ -58,6 +64,8 @@ __all__ = [
     "flow_step_rk3",
     "plaquette_energy_density",
     "t0_from_flow",
+    "w0_from_flow",
+    "t_dt_t2e",
     "topological_charge",
     "wilson_flow",
 ]
@@ -69,7 +77,7 @@ def _sh(x: torch.Tensor, grid: ProcessGrid, mu: int, k: int) -> torch.Tensor:
 
 def _lattice_mean(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """Mean over the global lattice of a per-site ``(B, *local)`` density, shape ``(B,)``."""
-    return global_sum(x.sum(tuple(range(1, x.ndim))), grid) / grid.volume
+    return lattice_sum(x, grid, 1) / grid.volume  # exact: grid-independent records
 
 
 # --------------------------------------------------------------------------- flow
@@ -144,7 +152,7 @@ def topological_charge(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
         return torch.einsum("...ij,...ji->...", a, b).real
 
     dens = trp(g[(0, 1)], g[(2, 3)]) - trp(g[(0, 2)], g[(1, 3)]) + trp(g[(0, 3)], g[(1, 2)])
-    return -global_sum(dens.sum(tuple(range(1, dens.ndim))), grid) / (4.0 * math.pi**2)
+    return -lattice_sum(dens, grid, 1) / (4.0 * math.pi**2)  # exact: grid-independent
 
 
 # --------------------------------------------------------------------------- driver
@@ -156,6 +164,8 @@ class FlowResult:
     e_clover: np.ndarray
     e_plaq: np.ndarray
     q: np.ndarray | None = None
+    #: clover Q per chain at the requested flow times (``charge_times``), ``{t: (B,)}``
+    q_at: dict[float, np.ndarray] = field(default_factory=dict)
     field: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -163,9 +173,18 @@ class FlowResult:
         """``t^2 E_clover(t)``, shape ``(n, B)``."""
         return self.t[:, None] ** 2 * self.e_clover
 
+    @property
+    def tdt2e(self) -> np.ndarray:
+        """``W(t) = t d/dt [t^2 E_clover(t)]``, shape ``(n, B)`` (:func:`t_dt_t2e`)."""
+        return t_dt_t2e(self.t, self.t2e)
+
     def t0(self, target: float = 0.3) -> np.ndarray:
         """``t0`` per chain from the clover ``t^2 E`` (see :func:`t0_from_flow`)."""
         return t0_from_flow(self.t, self.t2e, target)
+
+    def w0(self, target: float = 0.3) -> np.ndarray:
+        """``w0`` per chain from the clover ``W(t)`` (see :func:`w0_from_flow`)."""
+        return w0_from_flow(self.t, self.t2e, target)
 
 
 def wilson_flow(
@@ -177,9 +196,12 @@ def wilson_flow(
     topology: bool = False,
     integrator: str = "rk3",
     c1: float = 0.0,
+    charge_times: tuple[float, ...] = (),
 ) -> FlowResult:
     """Flow ``u`` to ``t_max`` in steps of ``eps``; measure E (clover and plaquette) and
     optionally the clover ``Q`` at ``t = 0`` and every ``measure_every`` steps (and at the end).
+    ``charge_times``: flow times (multiples of ``eps``, ``<= t_max``) at which the clover
+    ``Q`` is measured in any case (``FlowResult.q_at``).
 
     ``integrator`` is ``"rk3"`` (Luscher) or ``"euler"``. Runs without autograd.
     """
@@ -191,6 +213,19 @@ def wilson_flow(
     if n_steps < 1 or abs(n_steps * eps - t_max) > 1e-9 * max(1.0, t_max):
         raise ValueError(f"t_max = {t_max} is not a positive multiple of eps = {eps}")
     ts, ec, ep, qs = [], [], [], []
+    q_steps = {}
+    for tq in charge_times:
+        k = int(round(tq / eps))
+        if k < 0 or k > n_steps or abs(k * eps - tq) > 1e-9 * max(1.0, tq):
+            raise ValueError(f"charge time {tq} is not a multiple of eps = {eps} in [0, {t_max}]")
+        q_steps.setdefault(k, []).append(float(tq))
+    q_at: dict[float, np.ndarray] = {}
+
+    def charge(v: torch.Tensor, n: int) -> None:
+        if n in q_steps:
+            q = topological_charge(v, grid).cpu().numpy()
+            for tq in q_steps[n]:
+                q_at[tq] = q
 
     def measure(v: torch.Tensor, t: float) -> None:
         ts.append(t)
@@ -202,16 +237,19 @@ def wilson_flow(
     with torch.no_grad():
         v = u
         measure(v, 0.0)
+        charge(v, 0)
         for n in range(1, n_steps + 1):
             v = step(v, grid, eps, c1)
             if n % measure_every == 0 or n == n_steps:
                 measure(v, n * eps)
+            charge(v, n)
     return FlowResult(
         t=np.array(ts),
         e_clover=np.array(ec),
         e_plaq=np.array(ep),
         q=np.array(qs) if topology else None,
         field=v,
+        q_at=q_at,
     )
 
 
@@ -244,3 +282,25 @@ def t0_from_flow(t: np.ndarray, t2e: np.ndarray, target: float = 0.3) -> np.ndar
             f"(max {np.max(y[:, missing]):.4g}); flow longer or use a larger lattice"
         )
     return out
+
+
+def t_dt_t2e(t: np.ndarray, t2e: np.ndarray) -> np.ndarray:
+    """``W(t) = t d/dt [t^2 E(t)]`` from a measured history ``t2e`` of shape ``(n, B)`` (or
+    ``(n,)``) at flow times ``t``: second-order finite differences (exact for quadratics)."""
+    t = np.asarray(t, dtype=float)
+    y = np.asarray(t2e, dtype=float)
+    if len(t) < 3:
+        raise ValueError("t d/dt t^2 E needs at least 3 measurements along the flow")
+    d = np.gradient(y, t, axis=0, edge_order=2)
+    return (t[:, None] * d) if y.ndim == 2 else t * d
+
+
+def w0_from_flow(t: np.ndarray, t2e: np.ndarray, target: float = 0.3) -> np.ndarray:
+    """``w0`` (lattice units, ``W(w0^2) = target``) per chain: the square root of the first
+    flow time at which ``t d/dt t^2 E`` reaches ``target`` (linear interpolation)."""
+    t = np.asarray(t, dtype=float)
+    w = t_dt_t2e(t, t2e)
+    try:
+        return np.sqrt(t0_from_flow(t, w, target))
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("t^2 E(t)", "t d/dt t^2 E(t)")) from None

@@ -13,15 +13,18 @@ from .reduce import (
     allreduce_gradients,
     broadcast,
     broadcast_parameters,
+    exact_segment_sum,
+    exact_sum,
     gather_to_root,
     global_max,
     global_sum,
     lattice_mean,
     lattice_sum,
+    row_sum,
     scatter_from_root,
 )
 from .rng import SiteRNG
-from .shift import shift
+from .shifts import shift
 
 __all__ = [
     "GridError",
@@ -34,6 +37,8 @@ __all__ = [
     "broadcast",
     "broadcast_parameters",
     "choose_grid",
+    "exact_segment_sum",
+    "exact_sum",
     "gather_to_root",
     "global_max",
     "global_sum",
@@ -42,6 +47,7 @@ __all__ = [
     "halo_pad_adjoint",
     "lattice_mean",
     "lattice_sum",
+    "row_sum",
     "scatter_from_root",
     "set_gpu_aware",
     "shift",

@@ -49,8 +49,8 @@ def test_validate(deck, capsys):
     assert "valid" in out and "u1 (beta=2.0) on 8x8" in out and "10 + 40 trajectories" in out
     assert main(["validate", str(deck), "--ranks", "4"]) == 0
     assert "process grid [2, 2]" in capsys.readouterr().out
-    assert main(["validate", str(deck), "--ranks", "3"]) == 2
-    assert "3 ranks" in capsys.readouterr().err
+    assert main(["validate", str(deck), "--ranks", "3"]) == 4  # LayoutError
+    assert "on 3 rank(s)" in capsys.readouterr().err
     assert main(["validate", str(deck), "--print", "--set", "run.seed=11"]) == 0
     out = capsys.readouterr().out
     assert "seed: 11" in out and "integrator: omelyan" in out
@@ -93,10 +93,14 @@ def test_jobscript(deck, tmp_path, capsys):
     assert "SETS=(--set parallel.device=cuda)" in text
     assert "submit with: qsub" in capsys.readouterr().out
     out_path = tmp_path / "sub" / "job.slurm"
-    assert main(["jobscript", "--system", "frontier", str(deck), "-o", str(out_path)]) == 0
+    # a CPU deck for a GPU system: an error naming the fix, a warning with --force
+    assert main(["jobscript", "--system", "frontier", str(deck), "-o", str(out_path)]) == 2
+    assert "--force" in capsys.readouterr().err and not out_path.exists()
+    cmd = ["jobscript", "--system", "frontier", str(deck), "-o", str(out_path), "--force"]
+    assert main(cmd) == 0
     assert "#SBATCH -N 1" in out_path.read_text()
     err = capsys.readouterr().err
-    assert "parallel.device=cpu" in err  # warning, not an error
+    assert "warning: the deck runs on parallel.device=cpu" in err
     # inconsistent with the deck -> exit 2 with the reason
     deck.write_text(DECK.replace("lattice:", "parallel: {grid: [2, 2]}\nlattice:"))
     assert main(["jobscript", "--system", "aurora", str(deck), "--nodes", "1", "--dry-run"]) == 2
@@ -169,7 +173,7 @@ def test_run_status_exit_codes(deck, tmp_path, capsys):
 
 
 def test_exit_code_mapping(monkeypatch, deck, capsys):
-    """0 ok, 2 bad input (message, no traceback), 1 anything else (traceback)."""
+    """0 ok, 2 bad input (message, no traceback), 1 anything else (traceback with --debug)."""
 
     def raising(exc):
         def f(args):
@@ -186,6 +190,10 @@ def test_exit_code_mapping(monkeypatch, deck, capsys):
     assert "not yet available" in capsys.readouterr().err
     monkeypatch.setattr(train_cmd, "main", raising(RuntimeError("boom")))
     assert main(["train", str(deck)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: boom" in err and "--debug" in err
+    assert "Traceback" not in err
+    assert main(["--debug", "train", str(deck)]) == 1
     assert "Traceback" in capsys.readouterr().err
     monkeypatch.setattr(train_cmd, "main", lambda args: 0)
     assert main(["train", str(deck)]) == 0

@@ -63,7 +63,7 @@ def test_aurora(tmp_path):
     assert r.layout.grid == (2, 2, 3, 2) and r.warnings == []
     assert "#PBS -l select=2\n" in t and "#PBS -l place=scatter" in t
     assert "#PBS -l walltime=02:00:00" in t and "#PBS -A LQCD" in t
-    assert "#PBS -l filesystems=home:flare" in t and "#PBS -q debug" in t
+    assert "#PBS -l filesystems=home:flare" in t and "#PBS -q prod" in t  # production by default
     assert "NRANKS=24 " in t and "RANKS_PER_NODE=12\n" in t
     assert 'mpiexec -n "$NRANKS" -ppn "$RANKS_PER_NODE"' in t
     assert "ZE_AFFINITY_MASK=${PALS_LOCAL_RANKID" in t
@@ -140,7 +140,9 @@ def test_local_and_overrides(tmp_path):
 def test_gpu_aware_off_and_device_warning():
     deck = su3_deck(grid=[2, 2, 1, 1], reps=1, device="cpu")
     deck.parallel.gpu_aware_mpi = False
-    r = render(deck, "polaris", "/p/d.yaml", "/p/s.pbs")
+    with pytest.raises(InputError, match="parallel.device=cpu.*--force"):
+        render(deck, "polaris", "/p/d.yaml", "/p/s.pbs")
+    r = render(deck, "polaris", "/p/d.yaml", "/p/s.pbs", force=True)
     assert "MPICH_GPU_SUPPORT_ENABLED" not in r.text
     assert "export TRIVHMC_GPU_AWARE_MPI=0" in r.text
     assert any("parallel.device=cpu" in w for w in r.warnings)
@@ -152,7 +154,7 @@ def test_gpu_aware_off_and_device_warning():
         ("aurora", [2, 2, 2, 2], 1, 1, 12, "needs 16"),  # 12 ranks != 16
         ("aurora", [2, 2, 2, 2], 1, None, 12, "multiple of 12"),
         ("polaris", [2, 2, 2, 2], 1, 4, 5, "4 GPU devices per node"),
-        ("aurora", "null", 1, 1, 12, "no process grid"),  # 12 does not divide 8^3 x 16
+        ("aurora", "null", 1, 1, 12, "no process grid.*--ranks-per-node 8"),  # 12 ∤ 8^3 x 16
         ("frontier", "null", 3, 1, 8, "replica groups"),
         ("local", [2, 1, 1, 1], 1, 2, None, "one node"),
     ],
@@ -273,6 +275,7 @@ def run_script(system, tmp_path, deck, env, walltime="00:10:00", max_jobs=50, **
         max_jobs=max_jobs,
         ranks_per_node={"local": 1, "aurora": 4}.get(system),
         nodes=1,
+        force=True,  # a CPU deck under a fake scheduler
     )
     script.write_text(r.text)
     env = {**env, **extra}
@@ -346,3 +349,42 @@ def test_slurm_job_resubmits_itself(chain_env):
     assert p.returncode == 0, p.stdout + p.stderr
     assert len(launches) == 1 and "--gpus-per-task=1 --gpu-bind=closest" in launches[0]
     assert submits == [f"--export=ALL,TRIVHMC_CHAIN_INDEX=2 {script}"]
+
+
+def test_production_queues_by_default():
+    deck = su3_deck(grid="null", reps=1)
+    q = {}
+    for system, nodes in (("aurora", 2), ("polaris", 2), ("polaris", 16), ("frontier", 2)):
+        dev = "xpu" if system == "aurora" else "cuda"
+        deck.parallel.device = dev
+        r = render(deck, system, "/p/d.yaml", "/p/s", nodes=nodes, ranks_per_node=4)
+        q[(system, nodes)] = re.search(r"#(?:PBS -q|SBATCH -p) (\S+)", r.text).group(1)
+        if (system, nodes) == ("polaris", 2):
+            assert any("preemptable" in w for w in r.warnings)
+    assert q == {
+        ("aurora", 2): "prod",
+        ("polaris", 2): "preemptable",
+        ("polaris", 16): "prod",
+        ("frontier", 2): "batch",
+    }
+    r = render(deck, "frontier", "/p/d.yaml", "/p/s", nodes=1, queue="debug")
+    assert "#SBATCH -p debug" in r.text
+
+
+def test_node_count_that_cannot_fit_names_the_nearest(tmp_path):
+    deck = su3_deck(grid="null", reps=1, device="xpu", shape=(8, 8, 8, 8))
+    with pytest.raises(InputError) as err:  # 3 x 8 = 24 ranks on 8^4
+        render(deck, "aurora", "/p/d.yaml", "/p/s", nodes=3, ranks_per_node=8)
+    assert "24 ranks" in str(err.value) and "--nodes 2 or 4 (at 8 ranks per node)" in str(err.value)
+    with pytest.raises(InputError, match=r"--ranks-per-node 8 \(16 ranks on 2 node"):
+        render(deck, "aurora", "/p/d.yaml", "/p/s", nodes=2)  # 12 tiles per node: 24
+
+
+def test_local_uses_the_machines_cores(monkeypatch):
+    import app.jobscript as js
+
+    monkeypatch.setattr(js.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    deck = su3_deck(grid="null", reps=1, device="cpu", shape=(8, 8, 8, 8))
+    r = render(deck, "local", "/p/d.yaml", "/p/s", walltime=None)
+    assert r.layout.total_ranks == 4  # the most ranks <= 6 cores that divide 8^4
+    assert "export OMP_NUM_THREADS=$(( $(nproc) > NRANKS ? $(nproc) / NRANKS : 1 ))" in r.text

@@ -89,7 +89,7 @@ def test_log_jacobian_matches_slogdet(name, direction):
     sign, logabs = torch.linalg.slogdet(jac)
     _, _, logj, _ = fmap(x, v, theory.force)
     assert float(sign) != 0.0
-    lj = float(logj.detach()[0])
+    lj = float(logj.detach()[0].sum())
     assert abs(lj - float(logabs)) < 1e-10, (lj, float(logabs))
     assert abs(float(logabs)) > 1e-2  # the map is not volume preserving
 
@@ -105,7 +105,7 @@ def test_zero_networks_are_leapfrog(name):
     res = make_integrator(theory, "leapfrog", n_layers, n_layers * eps).integrate(x, v, None, None)
     assert (x1 - res.field).abs().max() < 1e-12
     assert (v1 - res.momentum).abs().max() < 1e-12
-    assert logj.abs().max() < 1e-13 and n_force == n_layers + 1
+    assert logj.abs().max() < 1e-14 and n_force == n_layers + 1
 
 
 def test_sampler_protocol_and_record():
@@ -173,7 +173,7 @@ def u1_exactness(
         cfg = L2HMCTrainConfig(steps=train_steps, batch=8, lr=lr, plaquette_weight=1.0)
         before = [p.detach().clone() for p in model.parameters()]
         L2HMCTrainer(model, theory, SiteRNG(SEED + 5), cfg).train()
-        moved = max(float((p - q).abs().max()) for p, q in zip(model.parameters(), before))
+        moved = max(float((p.detach() - q).abs().max()) for p, q in zip(model.parameters(), before))
         assert moved > 0.01  # the weights really changed
     sampler = L2HMC(theory, model, SiteRNG(SEED))
     x = theory.hot_start(SiteRNG(SEED), 0, batch)

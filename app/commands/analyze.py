@@ -1,5 +1,7 @@
 """Error analysis of a run: per observable mean, error and integrated autocorrelation time
-(Gamma method, Wolff 2004), acceptance and <exp(-dH)>.
+(Gamma method, Wolff 2004), acceptance and <exp(-dH)>, and derived quantities with
+propagated errors: susceptibility and Binder cumulant (phi^4), topological susceptibility
+chi_t = <Q^2>/V, effective masses of correlators (app/derived.py).
 
 PATH is a run directory (its records.jsonl), a records file or an HDF5 ensemble
 (docs/run-output.md). Each chain is analysed as a replica of the same ensemble.
@@ -12,12 +14,31 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc analyze``."""
     parser.add_argument("path", help="run directory, records.jsonl or HDF5 ensemble file")
     parser.add_argument(
-        "--skip", type=int, default=0, help="drop the first N production trajectories"
+        "--skip",
+        type=int,
+        default=0,
+        metavar="N",
+        help="thermalization cut: drop the first N production trajectories (the deck's "
+        "run.thermalization trajectories are never analysed)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument(
+        "--bin",
+        dest="bin_size",
+        type=int,
+        default=1,
+        metavar="B",
+        help="average B consecutive measurements per chain before the analysis (default 1)",
+    )
+    parser.add_argument(
+        "--volume",
+        type=int,
+        help="lattice volume for chi, chi_t (default: from the run's HDF5 ensemble)",
+    )
     parser.add_argument(
         "--S", dest="S", type=float, default=1.5, help="Wolff's window parameter (default 1.5)"
     )
@@ -31,13 +52,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc analyze``; returns the exit status."""
     from ..analysis import analyze_data, format_table, load_run, plot
-    from ..errors import InputError
+    from ..errors import InputError, MissingDependency
 
     if args.S < 0:
         raise InputError("--S must be >= 0")
+    if args.plot:  # before any output: a missing extra is one message, not a half result
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise MissingDependency("matplotlib", "analysis", "analyze --plot") from None
     run = load_run(args.path)
-    result = analyze_data(run, skip=args.skip, S=args.S, names=args.names)
+    if args.volume is not None and args.volume < 1:
+        raise InputError(f"--volume {args.volume}: must be >= 1")
+    result = analyze_data(
+        run,
+        skip=args.skip,
+        S=args.S,
+        names=args.names,
+        bin_size=args.bin_size,
+        volume=args.volume,
+    )
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
     else:

@@ -8,6 +8,7 @@ from ..errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc convert``."""
     parser.add_argument("input", help="input configuration file")
     parser.add_argument("output", help="output file")
     parser.add_argument(
@@ -25,9 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..io.convert import convert
+    """Run ``trivhmc convert``; returns the exit status."""
+    from ..io.convert import FORMATS, convert, format_from_name
     from ..io.errors import ConfigFormatError
 
+    if args.to is None and format_from_name(args.output) not in FORMATS:
+        raise InputError(
+            f"cannot tell the format of {args.output} from its suffix; add --to "
+            f"{{{','.join(FORMATS)}}} or name it .lime/.ildg, .nersc or .h5/.hdf5"
+        )
     try:
         fmt = convert(args.input, args.output, args.to, index=args.index, precision=args.precision)
     except (ConfigFormatError, OSError, IndexError, ValueError) as exc:

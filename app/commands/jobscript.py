@@ -19,6 +19,7 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc jobscript``."""
     parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     add_deck_arguments(parser)
     parser.add_argument("--nodes", type=int, help="nodes (default: from the deck's grid)")
@@ -32,7 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "10%% (at least 5 min) before it and the script resubmits itself.",
     )
     parser.add_argument("--account", help="project / allocation to charge")
-    parser.add_argument("--queue", help="queue or partition (default: by system and size)")
+    parser.add_argument(
+        "--queue",
+        help="queue or partition (default: the system's production queue, docs/jobscripts.md)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a deck whose parallel.device is not the system's GPUs (e.g. cpu)",
+    )
     parser.add_argument("--job-name", help="job name (default trivhmc-DECK_STEM)")
     parser.add_argument("--filesystems", help="PBS filesystems (aurora/polaris)")
     parser.add_argument(
@@ -48,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc jobscript``; returns the exit status."""
     deck_path = Path(args.deck).resolve()
     deck = load_deck(deck_path, args.overrides)
     system = SYSTEMS[args.system]
@@ -72,6 +82,7 @@ def main(args: argparse.Namespace) -> int:
         setup=args.setup,
         overrides=list(args.overrides),
         max_jobs=args.max_jobs,
+        force=args.force,
     )
     for w in r.warnings:
         print(f"trivhmc jobscript: warning: {w}", file=sys.stderr)

@@ -30,16 +30,32 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return code
     from ..deck import load_deck
-    from ..run import run
+    from ..preflight import preflight
 
     deck = load_deck(args.deck, args.overrides)
+    preflight(deck, args.deck)  # layout, device, flow model: one message before any output
+    from ..run import run
+
     result = run(deck, progress=False if args.no_progress else None)
     from mpi4py import MPI
 
+    if MPI.COMM_WORLD.Get_rank() == 0 and deck.measure is not None and deck.measure.every:
+        from ..measure import write_run_groups
+
+        write_run_groups(result.directory)  # on-the-fly measurements into the ensembles
     if MPI.COMM_WORLD.Get_rank() == 0:
-        state = "finished" if result.finished else "stopped (max_runtime); resume to continue"
+        from ..run import RECORDS
+        from ..runlog import summarize
+
+        if result.start >= result.total:
+            state = "already complete, nothing to do"
+        elif result.finished:
+            state = f"finished (this invocation ran {result.trajectory - result.start})"
+        else:
+            state = "stopped (max_runtime); resume to continue"
+        summary = summarize(result.directory / RECORDS, result.start)
         print(
             f"trivhmc run: {result.trajectory}/{result.total} trajectories, {state}; "
-            f"acceptance {result.acceptance:.3f}; output in {result.directory}"
+            f"{summary.text()}; output in {result.directory}"
         )
     return 0

@@ -9,17 +9,23 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc train``."""
     add_deck_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc train``; returns the exit status."""
     from mpi4py import MPI
 
     from ..deck import load_deck
     from ..training import train
 
     deck = load_deck(args.deck, args.overrides)
+    from ..preflight import check_device, check_layout
+
+    check_layout(deck, MPI.COMM_WORLD.Get_size())
+    check_device(deck.parallel.device)
     ref, last = train(deck, progress=not args.no_progress)
     if MPI.COMM_WORLD.Get_rank() == 0:
         summary = {k: last[k] for k in ("loss", "kl", "ess", "force_rms") if k in last}

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..deck import Deck, load_deck
-from ..errors import InputError
 from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc validate``."""
     add_deck_arguments(parser)
     parser.add_argument("--ranks", type=int, help="also check the layout on this many ranks")
     out = parser.add_mutually_exclusive_group()
@@ -23,30 +24,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_ranks(deck: Deck, ranks: int) -> tuple[int, ...]:
-    """The process grid ``deck`` gets on ``ranks`` ranks (InputError if none fits)."""
-    from parallel.grid import GridError, choose_grid
+    """The process grid ``deck`` gets on ``ranks`` ranks (LayoutError if none fits)."""
+    from ..preflight import check_layout
 
-    reps = deck.parallel.replicas
-    if ranks < 1 or ranks % reps:
-        raise InputError(f"{ranks} ranks cannot be split into {reps} replica groups")
-    try:
-        return choose_grid(deck.lattice.shape, ranks // reps, deck.parallel.grid)
-    except GridError as exc:
-        raise InputError(f"{ranks} ranks: {exc}") from None
+    return check_layout(deck, ranks)
 
 
 def summary(deck: Deck) -> str:
+    """One line that says what the deck will run."""
     t, s, r = deck.theory, deck.sampler, deck.run
     couplings = ", ".join(f"{k}={v}" for k, v in t.couplings.items())
     shape = "x".join(map(str, deck.lattice.shape))
+    if s.name == "flow_metropolis":  # independence proposals: no molecular dynamics
+        how = f"{s.name} (model {s.flow.model})"
+    else:
+        how = f"{s.name} {s.integrator} {s.outer_steps} steps (eps = {s.step_size:.4g})"
     return (
-        f"{t.name} ({couplings}) on {shape}; {s.name} {s.integrator} {s.steps} steps "
-        f"(eps = {s.step_size:.4g}); {r.thermalization} + {r.trajectories} trajectories x "
+        f"{t.name} ({couplings}) on {shape}; {how}; {r.thermalization} + {r.trajectories} "
+        "trajectories x "
         f"{r.chains} chain(s) x {deck.parallel.replicas} replica(s); output {deck.output_dir}"
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc validate``; returns the exit status."""
     deck = load_deck(args.deck, args.overrides)
     if args.print:
         print(deck.to_yaml(), end="")
@@ -55,6 +56,10 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(deck.to_dict(), indent=2))
         return 0
     grid = None if args.ranks is None else check_ranks(deck, args.ranks)
+    from ..preflight import deck_warnings
+
+    for w in deck_warnings(deck):
+        print(f"trivhmc validate: warning: {w}", file=sys.stderr)
     print(f"{args.deck}: valid")
     print("  " + summary(deck))
     if grid is not None:

@@ -218,6 +218,7 @@ class ForceMatchingTrainer(StepLoop):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
+        """Trainer state (flow, optimiser, scheduler, step, history) for checkpoints."""
         return {
             "flow": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -229,6 +230,7 @@ class ForceMatchingTrainer(StepLoop):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

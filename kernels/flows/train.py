@@ -148,6 +148,7 @@ class Trainer(StepLoop):
 
     # ------------------------------------------------------------ annealing
     def coupling_at(self, step: int) -> float:
+        """The annealed coupling at optimisation step ``step``."""
         cfg = self.config
         target = float(self.theory.params[cfg.anneal_param])
         if cfg.anneal_steps <= 0 or step >= cfg.anneal_steps:
@@ -155,6 +156,7 @@ class Trainer(StepLoop):
         return cfg.anneal_start + (target - cfg.anneal_start) * step / cfg.anneal_steps
 
     def theory_at(self, step: int) -> Theory:
+        """The theory at the annealed coupling of ``step`` (cached per value)."""
         value = self.coupling_at(step)
         if value == float(self.theory.params.get(self.config.anneal_param, math.nan)):
             return self.theory
@@ -246,6 +248,7 @@ class Trainer(StepLoop):
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
+        """Trainer state (flow, optimiser, scheduler, RNG, step, history) for checkpoints."""
         return {
             "flow": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -259,6 +262,7 @@ class Trainer(StepLoop):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

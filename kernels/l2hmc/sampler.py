@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from parallel import broadcast, global_sum
+from parallel import broadcast, global_sum, lattice_sum
 from parallel.rng import PURPOSE_USER
 
 from ..samplers.protocol import Record, metropolis
@@ -82,8 +82,8 @@ def propose(
         f = theory.force(field)
         return f if gamma == 1.0 else gamma * f
 
-    x1, v1, logj_local, n_force = model.directed_map(x, v, direction, force)
-    logj = global_sum(logj_local, grid)
+    x1, v1, logj_sites, n_force = model.directed_map(x, v, direction, force)
+    logj = lattice_sum(logj_sites.movedim(1, -1), grid, 1)  # all sites and components
     h0 = gamma * theory.action(x) + theory.kinetic(v)
     h1 = gamma * theory.action(x1) + theory.kinetic(v1)
     return {"x1": x1, "v1": v1, "log_jacobian": logj, "dH": h1 - h0, "n_force": n_force}

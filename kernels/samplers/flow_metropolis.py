@@ -47,6 +47,8 @@ class FlowState:
 
 @dataclass
 class FlowMetropolisRecord:
+    """What one independence-Metropolis step did, per chain."""
+
     counter: int
     accepted: torch.Tensor
     acceptance_probability: torch.Tensor
@@ -58,6 +60,7 @@ class FlowMetropolisRecord:
 
     @property
     def acceptance(self) -> float:
+        """Fraction of chains that accepted."""
         return float(self.accepted.double().mean())
 
 
@@ -150,9 +153,11 @@ class FlowMetropolisSampler:
         self._log_w: list[float] | None = None
 
     def to_physical(self, u: torch.Tensor) -> torch.Tensor:
+        """The chain variable is the physical field."""
         return u
 
     def from_physical(self, u: torch.Tensor) -> torch.Tensor:
+        """The chain variable is the physical field."""
         return u
 
     def trajectory(
@@ -189,6 +194,7 @@ class FlowMetropolisSampler:
         """Nothing to tune."""
 
     def state_dict(self) -> dict[str, Any]:
+        """Log weights of the current states and acceptance counters, for checkpoints."""
         lw = None if self._state is None else [float(x) for x in self._state.log_w.double()]
         return {
             "sampler": "flow_metropolis",
@@ -198,6 +204,7 @@ class FlowMetropolisSampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the log weights are re-attached at the next step)."""
         self._log_w = state.get("log_w")
         self._state = None
         self.fm.n_accepted = int(state.get("n_accepted", 0))

@@ -4,14 +4,20 @@ One trajectory for a batch of ``B`` independent chains (Duane, Kennedy, Pendleto
 Phys. Lett. B195 (1987) 216):
 
 1. momenta ``pi ~ exp(-K)`` from ``theory.random_momentum(rng, counter, B, chain_offset)``
-   (keyed by global site, so any process grid draws the same global field);
-2. ``H0 = K(pi) + S(phi)``; integrate the equations of motion over the trajectory length
+   (keyed by global site, so any process grid draws the same global field); the auxiliary
+   fields of the theory's action terms (pseudofermions, :mod:`kernels.action`) are drawn by
+   ``theory.refresh(phi, rng, counter, chain_offset)`` and the terms' work counters reset;
+2. ``H0 = K(pi) + S(phi)`` (``S`` the sum of the terms, with those auxiliary fields);
+   integrate the equations of motion over the trajectory length
    with the :class:`kernels.integrators.Integrator`; ``H1 = K(pi') + S(phi')``;
 3. Metropolis: chain ``b`` accepts the proposal iff ``u_b < exp(-dH_b)``,
    ``dH = H1 - H0``, ``u_b = rng.chain_uniform(PURPOSE_ACCEPT, counter, B, chain_offset)``.
    ``dH`` is a global sum and ``u`` is the same on every rank; in addition ``dH`` and the
    decisions are broadcast from the domain root, so all ranks of a lattice take the same
-   decision even if the all-reduce were not bitwise identical everywhere.
+   decision even if the all-reduce were not bitwise identical everywhere. The test is the
+   shared :func:`kernels.samplers.protocol.metropolis`; HMC implements the sampler protocol
+   (``name`` is ``trivialized_hmc`` on a flow-transformed theory, whose ``to_physical`` gives
+   ``U = F(V)``), and its record carries the per-term ``costs`` (e.g. CG iterations).
 
 Non-finite policy: a chain whose force (on any rank, any level, any step) or ``dH`` is NaN/Inf
 is rejected (keeps its old field), counted in the record (``nonfinite``, ``n_nonfinite``) and in
@@ -154,6 +160,7 @@ class HMC:
     # ------------------------------------------------------------ step size
     @property
     def grid(self):
+        """The process grid of the theory."""
         return self.theory.grid
 
     @property

@@ -68,6 +68,7 @@ class DualAveraging:
         return self.step_size
 
     def state_dict(self) -> dict[str, Any]:
+        """Controller state (plain Python values) for checkpoints."""
         return {
             "target": self.target,
             "gamma": self.gamma,
@@ -81,12 +82,14 @@ class DualAveraging:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         for key in ("target", "gamma", "t0", "kappa", "mu", "h_bar", "log_eps", "log_eps_bar"):
             setattr(self, key, float(state[key]))
         self.t = int(state["t"])
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> DualAveraging:
+        """A controller restored from :meth:`state_dict`."""
         obj = cls(1.0, float(state["target"]))
         obj.load_state_dict(state)
         return obj

@@ -86,13 +86,16 @@ class TransformedTheory(Theory):
 
     # ------------------------------------------------------------ layout
     def field_shape(self, batch: int) -> tuple[int, ...]:
+        """The wrapped theory's field layout."""
         return self.theory.field_shape(batch)
 
     def momentum_shape(self, batch: int) -> tuple[int, ...]:
+        """The wrapped theory's momentum layout."""
         return self.theory.momentum_shape(batch)
 
     @property
     def params(self) -> dict[str, float]:
+        """The wrapped theory's couplings."""
         return self.theory.params
 
     # ------------------------------------------------------------ the map
@@ -113,6 +116,7 @@ class TransformedTheory(Theory):
         return self.theory.action(u) - logdet, u
 
     def action(self, v: torch.Tensor) -> torch.Tensor:
+        """``S~(V) = S(F(V)) - log|det dF/dV|`` per chain."""
         return self.action_and_physical(v)[0]
 
     def force(self, v: torch.Tensor) -> torch.Tensor:
@@ -149,18 +153,23 @@ class TransformedTheory(Theory):
             self.theory.refresh(self.to_physical(v), rng, counter, chain_offset)
 
     def reset_costs(self) -> None:
+        """Zero the physical theory's work counters."""
         self.theory.reset_costs()
 
     def costs(self) -> dict[str, object]:
+        """The physical theory's work counters."""
         return self.theory.costs()
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
+        """The wrapped theory's kinetic energy."""
         return self.theory.kinetic(momentum)
 
     def evolve_field(self, v: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
+        """The wrapped theory's drift (``V`` lives where ``U`` does)."""
         return self.theory.evolve_field(v, momentum, eps)
 
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
+        """The wrapped theory's momenta."""
         return self.theory.random_momentum(rng, counter, batch, chain_offset)
 
     def project(self, v: torch.Tensor) -> torch.Tensor:

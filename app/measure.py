@@ -1,0 +1,330 @@
+"""Measurements of a deck's ``measure:`` section, on the fly (from the run loop) or offline
+(``trivhmc measure``) over a saved ensemble or a list of configuration files
+(docs/measure.md).
+
+Per configuration and chain the measurements give scalar columns (names as in records,
+so ``trivhmc analyze`` reads the output and forms derived quantities from them):
+
+* su3 ``flow``: ``t0``, ``w0`` (lattice units; NaN with a warning if ``t_max`` is too short),
+  ``Q@t=T`` (clover charge at each charge time), and the histories ``t``, ``t2E``
+  (``t^2 E_clover``), ``tdt2E`` (``t d/dt t^2 E``) under ``"flow"``;
+* su3 ``wilson_loops``: ``W_R{R}_T{T}`` (kernels/static_loops.py);
+* su3 ``polyakov``: ``polyakov_re``, ``polyakov_im``, ``polyakov_abs``;
+* ``correlators``: the theory's correlators (phi4: ``two_point_{t}``).
+
+Extension point: a theory adds its measurements with :func:`register`, e.g. the Schwinger
+model's correlators: ``register("schwinger", fn)`` with ``fn(section, theory, field) ->
+{name: (B,) or (B, n) tensor}`` (vectors become ``name_0 .. name_{n-1}``).
+
+Output: JSON lines (one object per configuration: ``trajectory``, ``observables`` with a list
+over chains, ``flow`` histories, ``lattice``): ``measurements.jsonl`` on the fly,
+``measurements_offline.jsonl`` offline over a run; and a group ``measurements`` in each HDF5
+ensemble file (datasets ``trajectory``, one per column, and ``flow_t``, ``t2E``,
+``tdt2E``): offline from the measured ensemble, on the fly copied from
+``measurements.jsonl`` when ``trivhmc run`` ends (:func:`write_run_groups`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.deck import Deck, MeasureSection
+from app.errors import InputError
+
+MEASUREMENTS = "measurements.jsonl"
+OFFLINE = "measurements_offline.jsonl"
+HDF5_GROUP = "measurements"
+
+Measure = Callable[[MeasureSection, Any, torch.Tensor], dict[str, torch.Tensor]]
+_REGISTRY: dict[str, list[Measure]] = {}
+
+
+def register(theory_name: str, fn: Measure) -> None:
+    """Add measurements for a theory (called once at import of the theory's module)."""
+    _REGISTRY.setdefault(theory_name, []).append(fn)
+
+
+# ------------------------------------------------------------------ built-in measurements
+def _su3(cfg: MeasureSection, theory, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    from kernels.static_loops import wilson_loop_table
+    from kernels.theories.su3 import polyakov_loop
+
+    grid = theory.grid
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if cfg.polyakov:
+            p = polyakov_loop(u, grid)
+            out.update(polyakov_re=p.real, polyakov_im=p.imag, polyakov_abs=p.abs())
+        if cfg.wilson_loops is not None:
+            w = cfg.wilson_loops
+            for (r, t), val in wilson_loop_table(u, grid, w.r_max, w.t_max).items():
+                out[f"W_R{r}_T{t}"] = val
+    return out
+
+
+def _phi4(cfg: MeasureSection, theory, phi: torch.Tensor) -> dict[str, torch.Tensor]:
+    if not cfg.correlators:
+        return {}
+    with torch.no_grad():
+        return {"two_point": theory.two_point(phi)}
+
+
+register("su3", _su3)
+register("phi4", _phi4)
+
+
+def _flow(cfg: MeasureSection, grid, u: torch.Tensor) -> tuple[dict[str, np.ndarray], dict]:
+    """Scalars per chain and histories ``{"t", "t2E", "tdt2E"}`` of the Wilson flow."""
+    from kernels.wilson_flow import wilson_flow
+
+    f = cfg.flow
+    res = wilson_flow(u, grid, f.t_max, f.eps, charge_times=tuple(f.charge_times))
+    scalars: dict[str, np.ndarray] = {}
+    b = u.shape[0]
+    if f.scales:
+        for name, fn in (("t0", res.t0), ("w0", res.w0)):
+            try:
+                scalars[name] = np.asarray(fn(), dtype=float)
+            except ValueError as exc:
+                warnings.warn(f"measure.flow: {name}: {exc}", stacklevel=2)
+                scalars[name] = np.full(b, math.nan)
+    for tq in f.charge_times:
+        scalars[f"Q@t={tq:g}"] = np.asarray(res.q_at[float(tq)], dtype=float)
+    hist = {}
+    if f.history:
+        hist = {"t": res.t.tolist(), "t2E": res.t2e.T.tolist(), "tdt2E": res.tdt2e.T.tolist()}
+    return scalars, hist
+
+
+class Measurer:
+    """Applies a deck's measure section to a batch of configurations ``(B, ...)``."""
+
+    def __init__(self, deck: Deck, theory) -> None:
+        if deck.measure is None:
+            raise InputError("the deck has no `measure:` section (docs/measure.md)")
+        self.cfg = deck.measure
+        self.theory = theory
+        self.lattice = list(deck.lattice.shape)
+
+    def measure(self, field: torch.Tensor) -> dict[str, Any]:
+        """``{"observables": {name: [per chain]}, "flow": {...}}`` for the batch ``field``."""
+        from app.records import flatten_observables
+        from app.records import plain as _plain
+
+        cols: dict[str, torch.Tensor] = {}
+        for fn in _REGISTRY.get(self.theory.name, []):
+            cols.update(fn(self.cfg, self.theory, field))
+        obs = {k: _plain(v) for k, v in flatten_observables(cols).items()}
+        out: dict[str, Any] = {"observables": obs}
+        if self.cfg.flow is not None:
+            scalars, hist = _flow(self.cfg, self.theory.grid, field)
+            obs.update({k: [float(x) for x in v] for k, v in scalars.items()})
+            if hist:
+                out["flow"] = hist
+        return out
+
+
+def record_line(trajectory: int, merged: dict[str, Any], lattice: list[int], **extra) -> str:
+    """One JSON line of ``measurements.jsonl`` (readable by ``trivhmc analyze``)."""
+    rec = {"trajectory": trajectory, "thermalization": False, **extra, "lattice": lattice}
+    rec.update(merged)
+    return json.dumps(rec, allow_nan=True)
+
+
+# ------------------------------------------------------------------ on the fly
+class OnTheFly:
+    """The run loop's measurements every ``measure.every`` production trajectories, appended
+    to ``measurements.jsonl`` by world rank 0 (lines after the checkpoint are dropped on
+    resume, as records are)."""
+
+    def __init__(self, deck: Deck, theory, directory: Path, is_writer: bool, start: int):
+        self.measurer = Measurer(deck, theory)
+        self.every = deck.measure.every
+        self.path = Path(directory) / MEASUREMENTS
+        self.is_writer = is_writer
+        if is_writer and self.path.exists():
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line)["trajectory"] < start:
+                        keep.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+            from app.io.atomic import atomic_write_bytes
+
+            atomic_write_bytes(self.path, "".join(f"{x}\n" for x in keep).encode())
+
+    def due(self, thermalization: bool, production_index: int) -> bool:
+        return not thermalization and production_index % self.every == 0
+
+    def measure(self, field: torch.Tensor) -> dict[str, Any]:
+        return self.measurer.measure(field)
+
+    def record(self, trajectory: int, merged: dict[str, Any] | None) -> None:
+        if self.is_writer and merged is not None:
+            with open(self.path, "a") as f:
+                f.write(record_line(trajectory, merged, self.measurer.lattice) + "\n")
+
+
+def open_on_the_fly(deck: Deck, theory, directory: Path, is_writer: bool, start: int):
+    """An :class:`OnTheFly` if the deck measures during the run, else None."""
+    if deck.measure is None or deck.measure.every == 0:
+        return None
+    return OnTheFly(deck, theory, directory, is_writer, start)
+
+
+# ------------------------------------------------------------------ offline
+def _sources(deck: Deck, files: list[str]) -> list[tuple[Path, str]]:
+    """``(path, format)`` of what to measure: the given files, else the run's ensembles,
+    else its ILDG/NERSC files."""
+    from app.io.errors import ConfigFormatError
+    from app.io.formats import detect_format
+
+    if files:
+        paths = [Path(f) for f in files]
+    else:
+        out = deck.output_dir
+        paths = sorted(out.glob("ensemble_c*.h5"))
+        if not paths:
+            paths = sorted((out / "configs").glob("*.lime")) or sorted(
+                (out / "configs").glob("*.nersc")
+            )
+        if not paths:
+            raise InputError(
+                f"no saved configurations in {out} (ensemble_c*.h5 or configs/); run the "
+                "deck first with output.save_every > 0, or give configuration files"
+            )
+    result = []
+    for p in paths:
+        try:
+            result.append((p, detect_format(p)))
+        except (ConfigFormatError, OSError) as exc:
+            raise InputError(f"cannot read {p}: {exc}") from None
+    return result
+
+
+def _configs(path: Path, fmt: str):
+    """Yield ``(trajectory, global field array)`` of every configuration in a file."""
+    from app.io.errors import ConfigFormatError
+
+    try:
+        if fmt == "hdf5":
+            from app.io.hdf5 import read_config, read_metadata
+
+            trajs = read_metadata(path)["config_trajectory"]
+            for i, t in enumerate(trajs):
+                yield int(t), read_config(path, i)
+        else:
+            from app.io.convert import read_any
+
+            links, info = read_any(path)
+            yield int(info.get("trajectory", 0)), links
+    except (ConfigFormatError, OSError, KeyError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+
+
+def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[Path, int]:
+    """Measure every saved configuration; returns (JSON lines path, configurations).
+
+    Collective over MPI.COMM_WORLD (one lattice over all ranks, one configuration at a
+    time; every rank reads the file and keeps its block)."""
+    from app.setup import build_theory
+    from parallel import ProcessGrid
+
+    grid = ProcessGrid(deck.lattice.shape, deck.parallel.grid, 1)
+    theory = build_theory(deck, grid)
+    measurer = Measurer(deck, theory)
+    sources = _sources(deck, files)
+    if output:
+        out = Path(output)
+    elif files:
+        out = Path.cwd() / MEASUREMENTS
+    else:  # beside the run's own (on the fly) measurements.jsonl
+        out = deck.output_dir / OFFLINE
+    lines: list[str] = []
+    per_file: dict[Path, list[tuple[int, dict[str, Any]]]] = {}
+    for path, fmt in sources:
+        for traj, full in _configs(path, fmt):
+            expected = tuple(theory.field_shape(1)[1 : theory.first]) + grid.shape
+            got = tuple(full.shape[: theory.first - 1 + grid.ndim])
+            if got != expected:
+                raise InputError(
+                    f"{path} holds a field of shape {tuple(full.shape)}; the deck needs "
+                    f"lattice {list(grid.shape)} ({theory.name})"
+                )
+            block = full[(slice(None),) * (theory.first - 1) + grid.local_slices()]
+            field = torch.from_numpy(np.ascontiguousarray(block)).to(
+                device=theory.device, dtype=theory.dtype
+            )
+            merged = measurer.measure(field.unsqueeze(0))
+            lines.append(record_line(traj, merged, measurer.lattice, file=str(path)))
+            per_file.setdefault(path, []).append((traj, merged))
+    if grid.is_world_root:
+        from app.io.atomic import atomic_write_bytes
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, "".join(f"{x}\n" for x in lines).encode())
+        for path, fmt in sources:
+            if fmt == "hdf5" and per_file.get(path):
+                write_hdf5_group(path, per_file[path])
+    grid.comm.Barrier()
+    return out, len(lines)
+
+
+def write_run_groups(directory: Path) -> list[Path]:
+    """Copy the run's on-the-fly ``measurements.jsonl`` into the ``measurements`` group of
+    each chain's ensemble file ``ensemble_c<k>.h5`` (column ``k`` of every list); called by
+    ``trivhmc run`` on world rank 0 after the run loop has ended."""
+    path = Path(directory) / MEASUREMENTS
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows.append((int(rec["trajectory"]), rec))
+    written = []
+    for ens in sorted(Path(directory).glob("ensemble_c*.h5")):
+        k = int(ens.stem.split("_c")[-1])
+        write_hdf5_group(ens, rows, chain=k)
+        written.append(ens)
+    return written
+
+
+def write_hdf5_group(path: Path, rows: list[tuple[int, dict[str, Any]]], chain: int = 0) -> None:
+    """Replace the ``measurements`` group of an ensemble file with ``rows`` (the lists in
+    each row hold every chain; column ``chain`` is this file's)."""
+    import h5py
+
+    names = sorted({k for _, r in rows for k in r["observables"]})
+    with h5py.File(path, "a") as f:
+        if HDF5_GROUP in f:
+            del f[HDF5_GROUP]
+        g = f.create_group(HDF5_GROUP)
+        g.attrs["description"] = "trivhmc measure (docs/measure.md); one row per configuration"
+        g["trajectory"] = np.array([t for t, _ in rows], dtype=np.int64)
+        for name in names:
+            g[name] = np.array(
+                [_col(r["observables"].get(name), chain) for _, r in rows], dtype=float
+            )
+        flows = [r.get("flow") for _, r in rows]
+        if flows and all(flows):
+            g["flow_t"] = np.array(flows[0]["t"], dtype=float)
+            for key in ("t2E", "tdt2E"):
+                g[key] = np.array([fl[key][chain] for fl in flows], dtype=float)
+
+
+def _col(values: list[float] | None, chain: int) -> float:
+    if not values or chain >= len(values) or values[chain] is None:
+        return math.nan
+    return float(values[chain])

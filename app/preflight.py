@@ -1,0 +1,198 @@
+"""Checks run before a command touches MPI, devices or files, so that a deck which cannot run
+here fails at once with one message that says what would work (docs/errors.md).
+
+Every check depends only on the deck, the rank count and files every rank can read, so under
+MPI all ranks reach the same verdict (the errors are collective, see :mod:`app.errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.deck import Deck
+from app.errors import DeviceError, LayoutError, MissingModelError
+
+
+# ---------------------------------------------------------------------- layout
+def _fits(shape: Sequence[int], ranks: int, replicas: int, grid: Sequence[int] | None) -> bool:
+    from parallel.grid import GridError, choose_grid
+
+    if ranks < 1 or ranks % replicas:
+        return False
+    try:
+        choose_grid(shape, ranks // replicas, grid)
+    except GridError:
+        return False
+    return True
+
+
+def fitting_rank_counts(
+    shape: Sequence[int],
+    ranks: int,
+    replicas: int = 1,
+    grid: Sequence[int] | None = None,
+    step: int = 1,
+) -> list[int]:
+    """The valid rank counts nearest to ``ranks`` (the closest below and above), in units of
+    ``step`` ranks (e.g. ranks per node); empty if none exists below ``4 (ranks + step)``."""
+    volume = 1
+    for s in shape:
+        volume *= int(s)
+    limit = min(volume * replicas, 4 * (ranks + step))  # "nearest": look close by only
+    below = next(
+        (
+            n
+            for n in range((ranks // step) * step, 0, -step)
+            if n != ranks and _fits(shape, n, replicas, grid)
+        ),
+        None,
+    )
+    above = next(
+        (
+            n
+            for n in range((ranks // step + 1) * step, limit + 1, step)
+            if _fits(shape, n, replicas, grid)
+        ),
+        None,
+    )
+    return [n for n in (below, above) if n is not None]
+
+
+def check_layout(deck: Deck, ranks: int) -> tuple[int, ...]:
+    """The process grid of ``deck`` on ``ranks`` ranks; :class:`LayoutError` naming the
+    problem, the values and the nearest rank counts that work if it does not fit."""
+    from parallel.grid import GridError, choose_grid
+
+    shape = deck.lattice.shape
+    reps = deck.parallel.replicas
+    grid = deck.parallel.grid
+    lattice = "x".join(map(str, shape))
+    try:
+        if ranks < 1 or ranks % reps:
+            raise GridError(
+                f"{ranks} rank(s) cannot be split into parallel.replicas = {reps} replica "
+                "groups of equal size"
+            )
+        return choose_grid(shape, ranks // reps, grid)
+    except GridError as exc:
+        problem = str(exc).replace(
+            "; use a rank count whose factors divide the lattice extents", ""
+        )
+    hints = []
+    near = fitting_rank_counts(shape, ranks, reps, grid)
+    if near:
+        hints.append("run on " + " or ".join(map(str, near)) + " ranks")
+    if grid is not None and ranks % reps == 0 and _fits(shape, ranks, reps, None):
+        hints.append(f"remove parallel.grid ({list(grid)}) to choose the grid automatically")
+    if reps > 1 and ranks >= 1 and _fits(shape, ranks, 1, grid):
+        hints.append("set parallel.replicas: 1")
+    hint = "; ".join(hints) if hints else "change the lattice or the process grid"
+    raise LayoutError(f"the {lattice} lattice does not fit on {ranks} rank(s): {problem}; {hint}")
+
+
+# ---------------------------------------------------------------------- device
+def check_device(device: str) -> None:
+    """:class:`DeviceError` if torch cannot use ``device`` (cpu, cuda, xpu, mps) here."""
+    import torch
+
+    if device == "cpu":
+        return
+    build = torch.__version__
+    where = f"parallel.device: {device}, but"
+    if device == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise DeviceError(
+                f"{where} this torch ({build}) was built without CUDA or ROCm; install a "
+                "CUDA or ROCm build of torch (https://pytorch.org/get-started/locally/, e.g. "
+                "`pip install torch --index-url https://download.pytorch.org/whl/cu124`) or "
+                "set parallel.device: cpu"
+            )
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"{where} torch ({build}) sees no GPU on this node; check the job's GPU "
+                "request and CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES, or set "
+                "parallel.device: cpu"
+            )
+    elif device == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        if xpu is None or not xpu.is_available():
+            raise DeviceError(
+                f"{where} this torch ({build}) has no usable Intel GPU (torch.xpu); on Aurora "
+                "load the frameworks module or install an XPU build of torch "
+                "(https://pytorch.org/get-started/locally/), or set parallel.device: cpu"
+            )
+    elif device == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(
+                f"{where} this torch ({build}) has no Apple GPU backend (MPS); set "
+                "parallel.device: cpu"
+            )
+
+
+# ---------------------------------------------------------------------- flow model
+FLOW_SAMPLERS = ("trivialized_hmc", "flow_metropolis")
+
+
+def check_flow_model(deck: Deck, deck_path: str) -> None:
+    """:class:`MissingModelError` if the deck's flow sampler names a model the registry does
+    not hold (saying how to train one); other registry problems surface when it loads."""
+    flow = getattr(deck.sampler, "flow", None)
+    if deck.sampler.name not in FLOW_SAMPLERS or flow is None:
+        return
+    from app.flow_samplers import registry_root
+    from app.registry import _versions
+
+    train = f"`trivhmc train {deck_path}`" if deck.train is not None else "`trivhmc train`"
+    if "/" in flow.model or flow.model.endswith(".pt"):  # a model file, not a registry name
+        path = deck.resolve(flow.model)
+        if not path.exists():
+            raise MissingModelError(
+                f"sampler.flow.model: the model file {path} does not exist; train a model "
+                f"first with {train}"
+            )
+        return
+    root = registry_root(deck, flow.registry)
+    name, _, prefix = str(flow.model).partition("@")
+    versions = _versions(root, name)
+    if not versions:
+        raise MissingModelError(
+            f"sampler.flow.model: no model {name!r} in the registry {root}; train it first "
+            f"with {train} (a deck with a train section), or point sampler.flow.registry / "
+            "$TRIVHMC_MODELS at the registry that holds it"
+        )
+    if prefix and not any(h.startswith(prefix.lower()) for h, _ in versions):
+        have = ", ".join(f"{name}@{h[:16]}" for h, _ in versions)
+        raise MissingModelError(
+            f"sampler.flow.model: the registry {root} holds no version {prefix!r} of "
+            f"{name!r} (it has {have}); use one of those or train it with {train}"
+        )
+
+
+# ---------------------------------------------------------------------- warnings
+def deck_warnings(deck: Deck) -> list[str]:
+    """Settings that are valid but probably not meant (printed by validate and run)."""
+    out = []
+    if deck.parallel.dtype == "float32" and deck.sampler.name in ("hmc", "trivialized_hmc"):
+        out.append(
+            f"parallel.dtype: float32 with {deck.sampler.name}: the molecular dynamics is "
+            "reversible and dH is accurate only to single precision (errors grow with the "
+            "volume), which biases the accept/reject step; use float64 for production"
+        )
+    return out
+
+
+def preflight(deck: Deck, deck_path: str, ranks: int | None = None) -> tuple[int, ...]:
+    """Every check above for a command that runs the deck on ``ranks`` ranks (default: the
+    MPI world); warnings go through :mod:`warnings`. Returns the process grid."""
+    import warnings
+
+    if ranks is None:
+        from mpi4py import MPI
+
+        ranks = MPI.COMM_WORLD.Get_size()
+    grid = check_layout(deck, ranks)
+    check_device(deck.parallel.device)
+    check_flow_model(deck, deck_path)
+    for w in deck_warnings(deck):
+        warnings.warn(w, stacklevel=2)
+    return grid

@@ -1,0 +1,232 @@
+"""Every failure a user can trigger: one message (rank 0 only under MPI), its documented exit
+status (app/errors.py, docs/errors.md), no traceback unless --debug, no MPI abort banner."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import app.commands.train as train_cmd
+from app.cli import main
+from app.errors import (
+    EXIT_BROKEN_PIPE,
+    DeviceError,
+    InputError,
+    LayoutError,
+    MissingDependency,
+    MissingModelError,
+    StorageError,
+)
+from tests.mpi_launch import mpiexec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DECK = """\
+theory: {name: u1, beta: 2.0}
+lattice: {shape: [4, 4]}
+sampler: {steps: 4}
+run: {seed: 3, thermalization: 2, trajectories: 6, checkpoint_every: 4, save_every: 2}
+output: {directory: out, progress: false}
+"""
+
+
+@pytest.fixture
+def deck(tmp_path) -> Path:
+    p = tmp_path / "deck.yaml"
+    p.write_text(DECK)
+    return p
+
+
+def trivhmc(*args: str, ranks: int = 0, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``trivhmc ARGS`` in a fresh process, under ``mpiexec -n ranks`` if ranks > 0."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "app.cli", *args]
+    if ranks:
+        cmd = [mpiexec(), "-n", str(ranks), *cmd]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def assert_clean(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """Exit ``code``; exactly one error message, containing ``words``; no traceback/abort."""
+    err = proc.stderr
+    assert proc.returncode == code, (proc.returncode, err)
+    assert "Traceback" not in err and "MPI_Abort" not in err and "BAD TERMINATION" not in err
+    assert err.count("error:") == 1, err  # printed once, by rank 0
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+# ------------------------------------------------------------------ layout (under MPI)
+@pytest.mark.parametrize(
+    "ranks, sets, words",
+    [
+        (2, ["lattice.shape=[9,9]"], ["9x9 lattice", "2 rank(s)", "run on 1 or 3 ranks"]),
+        (3, ["parallel.grid=[2,1]"], ["process grid [2, 1]", "3 ranks", "run on 2 ranks"]),
+        (2, ["parallel.replicas=3"], ["parallel.replicas = 3", "run on 3 ranks", "replicas: 1"]),
+    ],
+)
+def test_layout_errors_under_mpi(deck, ranks, sets, words):
+    args = [a for s in sets for a in ("--set", s)]
+    proc = trivhmc("run", str(deck), *args, ranks=ranks)
+    assert_clean(proc, LayoutError.exit_code, "trivhmc run: error:", *words)
+    assert not (deck.parent / "out").exists()  # nothing created
+
+
+def test_validate_ranks_suggests(deck, capsys):
+    assert main(["validate", str(deck), "--ranks", "3"]) == LayoutError.exit_code
+    err = capsys.readouterr().err
+    assert "4x4 lattice does not fit on 3 rank(s)" in err and "run on 2 or 4 ranks" in err
+
+
+# ------------------------------------------------------------------ device
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "xpu"])
+def test_device_without_support(deck, capsys, device):
+    if device == "xpu" and getattr(torch, "xpu", None) and torch.xpu.is_available():
+        pytest.skip("this torch has an XPU")
+    code = main(["run", str(deck), "--set", f"parallel.device={device}"])
+    err = capsys.readouterr().err
+    assert code == DeviceError.exit_code == 5
+    assert f"parallel.device: {device}" in err and torch.__version__ in err
+    assert "parallel.device: cpu" in err and "Traceback" not in err
+    assert not (deck.parent / "out").exists()
+
+
+# ------------------------------------------------------------------ flow model (under MPI)
+def test_missing_flow_model_under_mpi(deck):
+    deck.write_text(
+        DECK.replace(
+            "sampler: {steps: 4}",
+            "sampler: {name: trivialized_hmc, steps: 4, flow: {model: u1flow}}",
+        )
+    )
+    proc = trivhmc("run", str(deck), ranks=2)
+    assert_clean(
+        proc, MissingModelError.exit_code, "no model 'u1flow' in the registry", "trivhmc train"
+    )
+    assert sorted(p.name for p in deck.parent.iterdir()) == ["deck.yaml"]  # no empty run dir
+
+
+# ------------------------------------------------------------------ deck wording
+def test_deck_wording(deck, capsys):
+    assert main(["validate", str(deck), "--set", "sampler.stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'stepz' for sampler hmc; did you mean 'steps'?" in err
+    # a --set that makes a section invalid is blamed on the --set, not on a deck line
+    deck.write_text(DECK.replace("sampler: {steps: 4}\n", ""))
+    assert main(["validate", str(deck), "--set", "sampler.name=trivialized_hmc"]) == 2
+    err = capsys.readouterr().err
+    assert "--set sampler.name=trivialized_hmc: sampler.flow" in err and "line" not in err
+    # flow Metropolis has no integrator; float32 with HMC warns
+    deck.write_text(DECK)
+    fm = "sampler={name: flow_metropolis, flow: {model: m}}"
+    assert main(["validate", str(deck), "--set", fm]) == 0
+    out = capsys.readouterr().out
+    assert "flow_metropolis (model m)" in out and "steps" not in out
+    assert main(["validate", str(deck), "--set", "parallel.dtype=float32"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: parallel.dtype: float32 with hmc" in err
+
+
+def test_convert_names_the_option(tmp_path, capsys):
+    src = tmp_path / "x.h5"
+    assert main(["convert", str(src), str(tmp_path / "y.dat")]) == 2
+    err = capsys.readouterr().err
+    assert "--to {ildg,nersc,hdf5}" in err and "to=" not in err
+
+
+# ------------------------------------------------------------------ analyze
+def _records(run: Path, n: int = 40) -> None:
+    run.mkdir()
+    lines = [
+        json.dumps(
+            {
+                "trajectory": t,
+                "thermalization": False,
+                "dH": [0.1],
+                "accepted": [True],
+                "exp_minus_dH": [0.9],
+                "observables": {"plaquette": [0.7 + 0.01 * (t % 3)]},
+            }
+        )
+        for t in range(n)
+    ]
+    (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
+    _records(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
+    code = main(["analyze", str(tmp_path / "run"), "--plot", str(tmp_path / "png")])
+    captured = capsys.readouterr()
+    assert code == MissingDependency.exit_code == 6
+    assert "pip install 'trivhmc[analysis]'" in captured.err and "matplotlib" in captured.err
+    assert captured.out == "" and not (tmp_path / "png").exists()
+
+
+def test_broken_pipe(tmp_path):
+    _records(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "app.cli", "analyze", str(tmp_path / "run"), "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader (`| head`) went away before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == EXIT_BROKEN_PIPE == 141
+    assert err == ""
+
+
+# ------------------------------------------------------------------ files and disk
+def test_damaged_checkpoint_is_one_warning_line(deck):
+    assert trivhmc("run", str(deck)).returncode == 0
+    ckpt = deck.parent / "out" / "checkpoints"
+    newest = sorted(ckpt.glob("ckpt_*.h5"))[-1]
+    newest.write_bytes(b"garbage")
+    proc = trivhmc("run", str(deck), "--set", "run.trajectories=8")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("trivhmc run: warning: skipping damaged")
+    assert "warnings.warn" not in proc.stderr and "UserWarning" not in proc.stderr
+
+
+def test_disk_full(deck, capsys, monkeypatch):
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "out/records.jsonl")
+
+    monkeypatch.setattr(train_cmd, "main", full)
+    assert main(["train", str(deck)]) == StorageError.exit_code == 8
+    err = capsys.readouterr().err
+    assert "cannot write (out/records.jsonl): No space left on device" in err
+    assert "resumes from its last checkpoint" in err and "Traceback" not in err
+
+    class QuotaError(StorageError):  # what app/io may define
+        pass
+
+    monkeypatch.setattr(train_cmd, "main", lambda a: (_ for _ in ()).throw(QuotaError("quota")))
+    assert main(["train", str(deck)]) == 8
+    assert isinstance(QuotaError("x"), OSError)
+
+
+def test_every_error_class_has_its_own_status():
+    codes = [
+        c.exit_code
+        for c in (
+            InputError,
+            LayoutError,
+            DeviceError,
+            MissingDependency,
+            MissingModelError,
+            StorageError,
+        )
+    ]
+    assert len(set(codes)) == len(codes) and 0 not in codes and 1 not in codes and 3 not in codes
+    table = (ROOT / "docs" / "errors.md").read_text()
+    for c in codes + [130, 141]:
+        assert f"| {c} " in table
