@@ -159,6 +159,7 @@ class L2HMCModel(nn.Module):
 
     @property
     def n_layers(self) -> int:
+        """``N``, the number of generalized leapfrog layers."""
         return len(self.vnets)
 
     def step_sizes(self) -> tuple[list[float], list[float]]:

@@ -118,13 +118,16 @@ class L2HMC:
 
     @property
     def grid(self):
+        """The theory's process grid."""
         return self.theory.grid
 
     # ------------------------------------------------------------ protocol
     def to_physical(self, state: torch.Tensor) -> torch.Tensor:
+        """The chain variable is the field itself."""
         return state
 
     def from_physical(self, field: torch.Tensor) -> torch.Tensor:
+        """The chain variable is the field itself."""
         return field
 
     def finish_tuning(self) -> None:
@@ -192,6 +195,7 @@ class L2HMC:
 
     # ------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
+        """Counters for checkpoints (the weights live in the model registry)."""
         return {
             "n_trajectories": self.n_trajectories,
             "n_nonfinite_total": self.n_nonfinite_total,
@@ -199,6 +203,7 @@ class L2HMC:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.n_trajectories = int(state.get("n_trajectories", 0))
         self.n_nonfinite_total = int(state.get("n_nonfinite_total", 0))
 
