@@ -59,7 +59,7 @@ def charge_change(theory: Theory, x0: torch.Tensor, x1: torch.Tensor) -> dict[st
         return {}
     q_int = theory.topological_charge_int(x1) - theory.topological_charge_int(x0)
     dq_sin = theory.topological_charge(x1) - theory.topological_charge(x0)
-    return {"dQ_int": torch.round(q_int), "dQ_sin": dq_sin}
+    return {"dQ_int": torch.round(q_int) + 0.0, "dQ_sin": dq_sin}  # + 0.0: no -0.0
 
 
 def propose(
