@@ -196,6 +196,8 @@ class RunData:
     observables: dict[str, np.ndarray] = field(default_factory=dict)
     #: global lattice extents, when the file says (HDF5 ensembles)
     lattice: tuple[int, ...] | None = None
+    #: Wilson-flow histories of measurements.jsonl: "t" (m,), "t2E"/"tdt2E" (T, chains, m)
+    flow: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def volume(self) -> int | None:
@@ -259,6 +261,15 @@ def read_records(path: str | Path) -> RunData:
             a = _chain_array(value, n_chains, f"{where}: observables.{name}")
             n_chains = a.shape[0]
             obs.setdefault(name, []).append(a)
+    flows = [rec.get("flow") for rec in recs]
+    if flows and all(isinstance(f, dict) and "t" in f for f in flows):
+        try:
+            run.flow = {"t": np.asarray(flows[0]["t"], dtype=float)}
+            for key in ("t2E", "tdt2E"):
+                if all(key in f for f in flows):
+                    run.flow[key] = np.array([f[key] for f in flows], dtype=float)
+        except ValueError:
+            run.flow = {}  # histories of different lengths: not plotted
     for key, vals in cols.items():
         if vals:
             if len(vals) != len(recs):
@@ -581,7 +592,40 @@ def plot(run: RunData, a: Analysis, directory: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(p)
     written += _plot_derived(a, out_dir, plt)
+    if run.flow.get("t2E") is not None:
+        written.append(_plot_flow(run, a, out_dir, plt))
     return written
+
+
+def _plot_flow(run: RunData, a: Analysis, out_dir: Path, plt) -> Path:
+    """``flow.png``: t^2 E(t) and t d/dt t^2 E(t), mean over configurations and chains with
+    the naive standard error, the reference value 0.3 and t0, w0^2 (Gamma-method errors)."""
+    t = run.flow["t"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("t2E", "t^2 E(t)"), ("tdt2E", "t d/dt t^2 E(t)")):
+        h = run.flow.get(key)
+        if h is None:
+            continue
+        h = h.reshape(-1, h.shape[-1])
+        mean = h.mean(axis=0)
+        err = h.std(axis=0, ddof=1) / np.sqrt(len(h)) if len(h) > 1 else 0 * mean
+        ax.plot(t, mean, label=label)
+        ax.fill_between(t, mean - err, mean + err, alpha=0.3)
+    ax.axhline(0.3, color="k", lw=0.7, ls=":")
+    for name, square, color in (("t0", False, "C0"), ("w0", True, "C1")):
+        r = a.observables.get(name)
+        if r is not None and math.isfinite(r.mean):
+            x, dx = (r.mean**2, 2 * r.mean * r.error) if square else (r.mean, r.error)
+            ax.axvspan(x - dx, x + dx, color=color, alpha=0.2)
+            ax.axvline(x, color=color, lw=0.8, label=f"{name}{'^2' if square else ''} = {x:.4g}")
+    ax.set_xlabel("flow time t / a^2")
+    ax.legend(fontsize=8)
+    ax.set_title("Wilson flow (naive errors of the histories)")
+    fig.tight_layout()
+    p = out_dir / "flow.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
 
 
 def _plot_derived(a: Analysis, out_dir: Path, plt) -> list[Path]:

@@ -501,8 +501,10 @@ def _measure_problems(deck: Deck) -> list[Problem]:
                     f"loops up to {w.r_max} x {w.t_max} do not fit the lattice {shape}",
                 )
             )
-    if m.correlators and deck.theory.name == "su3":
-        out.append(Problem(("measure", "correlators"), "su3 has no correlators; use flow"))
+    if m.correlators and deck.theory.name in ("su3", "u1"):  # phi4 (and registered ones)
+        out.append(
+            Problem(("measure", "correlators"), f"theory {deck.theory.name} has no correlators")
+        )
     return out
 
 

@@ -211,72 +211,108 @@ def _sources(deck: Deck, files: list[str]) -> list[tuple[Path, str]]:
     return result
 
 
-def _configs(path: Path, fmt: str):
-    """Yield ``(trajectory, global field array)`` of every configuration in a file."""
+def _entries(sources: list[tuple[Path, str]]) -> list[tuple[Path, str, int, int]]:
+    """``(path, format, index in file, trajectory)`` of every configuration to measure."""
+    from app.io.errors import ConfigFormatError
+
+    out = []
+    for path, fmt in sources:
+        try:
+            if fmt == "hdf5":
+                from app.io.hdf5 import read_metadata
+
+                trajs = read_metadata(path)["config_trajectory"]
+                out += [(path, fmt, i, int(t)) for i, t in enumerate(trajs)]
+            else:
+                out.append((path, fmt, -1, -1))  # trajectory from the file when read
+        except (ConfigFormatError, OSError, KeyError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+    return out
+
+
+def _read(path: Path, fmt: str, index: int) -> tuple[np.ndarray, int | None]:
+    """The global field of one configuration and, for ILDG/NERSC, its trajectory number."""
     from app.io.errors import ConfigFormatError
 
     try:
         if fmt == "hdf5":
-            from app.io.hdf5 import read_config, read_metadata
+            from app.io.hdf5 import read_config
 
-            trajs = read_metadata(path)["config_trajectory"]
-            for i, t in enumerate(trajs):
-                yield int(t), read_config(path, i)
-        else:
-            from app.io.convert import read_any
+            return read_config(path, index), None
+        from app.io.convert import read_any
 
-            links, info = read_any(path)
-            yield int(info.get("trajectory", 0)), links
-    except (ConfigFormatError, OSError, KeyError) as exc:
+        links, info = read_any(path)
+        return links, int(info.get("trajectory", 0))
+    except (ConfigFormatError, OSError, KeyError, IndexError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
 
 
 def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[Path, int]:
     """Measure every saved configuration; returns (JSON lines path, configurations).
 
-    Collective over MPI.COMM_WORLD (one lattice over all ranks, one configuration at a
-    time; every rank reads the file and keeps its block)."""
-    from app.setup import build_theory
-    from parallel import ProcessGrid
+    Collective over MPI.COMM_WORLD and distributed like the run: the world is split into
+    ``parallel.replicas`` groups, each spreading one lattice over its ranks
+    (``parallel.grid``); group ``r`` measures configurations ``r, r + R, r + 2R, ...`` and
+    world rank 0 writes the results in file order. Every rank of a group reads the file and
+    keeps its block. Unreadable files fail on every rank (all ranks list and check them
+    first)."""
+    from app.setup import build_grid, build_theory
 
-    grid = ProcessGrid(deck.lattice.shape, deck.parallel.grid, 1)
+    grid = build_grid(deck)
     theory = build_theory(deck, grid)
     measurer = Measurer(deck, theory)
-    sources = _sources(deck, files)
+    entries = _entries(_sources(deck, files))
     if output:
         out = Path(output)
     elif files:
         out = Path.cwd() / MEASUREMENTS
     else:  # beside the run's own (on the fly) measurements.jsonl
         out = deck.output_dir / OFFLINE
-    lines: list[str] = []
-    per_file: dict[Path, list[tuple[int, dict[str, Any]]]] = {}
-    for path, fmt in sources:
-        for traj, full in _configs(path, fmt):
-            expected = tuple(theory.field_shape(1)[1 : theory.first]) + grid.shape
-            got = tuple(full.shape[: theory.first - 1 + grid.ndim])
-            if got != expected:
-                raise InputError(
-                    f"{path} holds a field of shape {tuple(full.shape)}; the deck needs "
-                    f"lattice {list(grid.shape)} ({theory.name})"
-                )
-            block = full[(slice(None),) * (theory.first - 1) + grid.local_slices()]
-            field = torch.from_numpy(np.ascontiguousarray(block)).to(
-                device=theory.device, dtype=theory.dtype
-            )
-            merged = measurer.measure(field.unsqueeze(0))
-            lines.append(record_line(traj, merged, measurer.lattice, file=str(path)))
-            per_file.setdefault(path, []).append((traj, merged))
+    mine: list[tuple[int, int, dict[str, Any]]] = []
+    error = None
+    try:
+        _measure_share(grid, theory, measurer, entries, mine)
+    except InputError as exc:  # a bad file seen by one replica group: fail on every rank
+        error = str(exc)
+    errors = [e for e in grid.comm.allgather(error) if e]
+    if errors:
+        raise InputError(errors[0])
+    parts = grid.comm.gather(mine if grid.is_root else [], root=0)
     if grid.is_world_root:
         from app.io.atomic import atomic_write_bytes
 
+        rows = sorted((r for part in parts for r in part), key=lambda r: r[0])
+        lines = [record_line(t, m, measurer.lattice, file=str(entries[j][0])) for j, t, m in rows]
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, "".join(f"{x}\n" for x in lines).encode())
-        for path, fmt in sources:
-            if fmt == "hdf5" and per_file.get(path):
-                write_hdf5_group(path, per_file[path])
+        per_file: dict[Path, list[tuple[int, dict[str, Any]]]] = {}
+        for j, t, m in rows:
+            if entries[j][1] == "hdf5":
+                per_file.setdefault(entries[j][0], []).append((t, m))
+        for path, file_rows in per_file.items():
+            write_hdf5_group(path, file_rows)
     grid.comm.Barrier()
-    return out, len(lines)
+    return out, len(entries)
+
+
+def _measure_share(grid, theory, measurer, entries, mine) -> None:
+    """Measure this replica group's share of ``entries`` into ``mine``."""
+    for j in range(grid.replica, len(entries), grid.replicas):
+        path, fmt, index, traj = entries[j]
+        full, file_traj = _read(path, fmt, index)
+        expected = tuple(theory.field_shape(1)[1 : theory.first]) + grid.shape
+        got = tuple(full.shape[: theory.first - 1 + grid.ndim])
+        if got != expected:
+            raise InputError(
+                f"{path} holds a field of shape {tuple(full.shape)}; the deck needs "
+                f"lattice {list(grid.shape)} ({theory.name})"
+            )
+        block = full[(slice(None),) * (theory.first - 1) + grid.local_slices()]
+        field = torch.from_numpy(np.ascontiguousarray(block)).to(
+            device=theory.device, dtype=theory.dtype
+        )
+        merged = measurer.measure(field.unsqueeze(0))
+        mine.append((j, traj if file_traj is None else file_traj, merged))
 
 
 def write_run_groups(directory: Path) -> list[Path]:

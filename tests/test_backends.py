@@ -96,6 +96,9 @@ def test_su3_kernels_match_eager(name, c1):
     close(b.su3_force(u, grid, 5.7, c0, c1), eager.gauge_force(u, grid, 5.7, c0, c1), "force")
     close(b.su3_action_local(u, grid, c0, c1), eager.su3_action_local(u, grid, c0, c1), "S")
     close(b.su3_flow_generator(u, grid, c1), eager.flow_generator(u, grid, c1), "flow Z")
+    p = SU3Gauge(grid, 6.0).random_momentum(SiteRNG(4), 1, u.shape[0])
+    for eps in (0.1, 3.0):  # 3.0: |eps P| > 1/4, exercises the squaring
+        close(b.su3_expm_mul(eps * p, u), eager.su_expm(eps * p) @ u, f"exp({eps} P) U")
     step = eager.flow_step_rk3(u, grid, 0.05, c1)
     close(b.su3_flow_step_rk3(u, grid, 0.05, c1), step, "RK3 flow step")
 

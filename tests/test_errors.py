@@ -184,16 +184,17 @@ def test_broken_pipe(tmp_path):
 
 
 # ------------------------------------------------------------------ files and disk
-def test_damaged_checkpoint_is_one_warning_line(deck):
-    assert trivhmc("run", str(deck)).returncode == 0
+def test_damaged_checkpoint_is_one_warning_line(deck, capsys):
+    assert main(["run", str(deck)]) == 0
     ckpt = deck.parent / "out" / "checkpoints"
     newest = sorted(ckpt.glob("ckpt_*.h5"))[-1]
     newest.write_bytes(b"garbage")
-    proc = trivhmc("run", str(deck), "--set", "run.trajectories=8")
-    assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    capsys.readouterr()
+    assert main(["run", str(deck), "--set", "run.trajectories=8"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("trivhmc run: warning: skipping damaged")
-    assert "warnings.warn" not in proc.stderr and "UserWarning" not in proc.stderr
+    assert "warnings.warn" not in err and "UserWarning" not in err
 
 
 def test_disk_full(deck, capsys, monkeypatch):
@@ -230,3 +231,17 @@ def test_every_error_class_has_its_own_status():
     table = (ROOT / "docs" / "errors.md").read_text()
     for c in codes + [130, 141]:
         assert f"| {c} " in table
+
+
+def test_failed_start_leaves_no_empty_run_directory(deck, capsys):
+    (deck.parent / "start.lime").write_bytes(b"not a configuration")
+    code = main(["run", str(deck), "--set", "run.start=start.lime"])
+    err = capsys.readouterr().err
+    assert code == InputError.exit_code and "run.start: cannot read" in err
+    assert "Traceback" not in err
+    assert not (deck.parent / "out").exists()
+
+
+def test_deck_error_under_mpi_printed_once(deck):
+    proc = trivhmc("run", str(deck), "--set", "theory.betta=2", ranks=2)
+    assert_clean(proc, InputError.exit_code, "unknown key 'betta' for theory u1")

@@ -104,6 +104,9 @@ def test_ildg_files_and_analyze(run_dir, capsys, tmp_path):
     w12 = j["observables"]["W_R1_T2"]["mean"]
     assert j["derived"]["V_eff[1][1]"]["mean"] == pytest.approx(np.log(w11 / w12), rel=1e-12)
     assert "chi_t@t=0.6" in j["derived"]
+    png = tmp_path / "png"
+    assert main(["analyze", str(out / "measurements_offline.jsonl"), "--plot", str(png)]) == 0
+    assert (png / "flow.png").exists() and (png / "derived.png").exists()
 
 
 def test_resume_drops_measurements_after_the_checkpoint(run_dir, capsys):
@@ -140,12 +143,13 @@ def test_measure_errors(tmp_path, capsys):
     assert "measure.flow: flow needs theory su3, not phi4" in capsys.readouterr().err
 
 
-def test_offline_on_two_ranks_equals_one(run_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["parallel.grid=[1,1,1,2]", "parallel.replicas=2"])
+def test_offline_on_two_ranks_equals_one(run_dir, tmp_path, layout):
     deck, out = run_dir / "deck.yaml", run_dir / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     target = tmp_path / "two.jsonl"
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "app.cli", "measure", str(deck)]
-    cmd += [str(out / "ensemble_c0.h5"), "-o", str(target), "--set", "parallel.grid=[1,1,1,2]"]
+    cmd += [str(out / "ensemble_c0.h5"), "-o", str(target), "--set", layout]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
     two = lines(target)

@@ -6,7 +6,8 @@ Without FILES every configuration of the run (its ensemble_c*.h5, else configs/*
 *.nersc) is measured; results go to OUTPUT_DIR/measurements_offline.jsonl and into a
 ``measurements`` group of each ensemble file. With FILES (ILDG, NERSC or HDF5) the JSON lines
 go to ./measurements.jsonl or --output. Distributed over MPI like the run
-(``mpiexec -n N trivhmc measure DECK``); ``trivhmc analyze measurements.jsonl`` gives errors.
+(``mpiexec -n N trivhmc measure DECK``: parallel.replicas groups measure different
+configurations, each over parallel.grid); ``trivhmc analyze`` of the output gives errors.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def main(args: argparse.Namespace) -> int:
     deck = load_deck(args.deck, args.overrides)
     if deck.measure is None:
         raise InputError(f"{args.deck} has no `measure:` section (docs/measure.md)")
-    one = deck.model_copy(update={"parallel": deck.parallel.model_copy(update={"replicas": 1})})
-    check_layout(one, MPI.COMM_WORLD.Get_size())
+    check_layout(deck, MPI.COMM_WORLD.Get_size())
     check_device(deck.parallel.device)
     from ..measure import measure_offline
 

@@ -34,10 +34,18 @@ def main(args: argparse.Namespace) -> int:
 
     deck = load_deck(args.deck, args.overrides)
     preflight(deck, args.deck)  # layout, device, flow model: one message before any output
+    from mpi4py import MPI
+
     from ..run import run
 
-    result = run(deck, progress=False if args.no_progress else None)
-    from mpi4py import MPI
+    out = deck.output_dir
+    existed = out.exists()
+    try:
+        result = run(deck, progress=False if args.no_progress else None)
+    except BaseException:
+        if not existed and MPI.COMM_WORLD.Get_rank() == 0:
+            _remove_empty_tree(out)  # a run that failed before writing anything
+        raise
 
     if MPI.COMM_WORLD.Get_rank() == 0 and deck.measure is not None and deck.measure.every:
         from ..measure import write_run_groups
@@ -59,3 +67,15 @@ def main(args: argparse.Namespace) -> int:
             f"{summary.text()}; output in {result.directory}"
         )
     return 0
+
+
+def _remove_empty_tree(directory) -> None:
+    """Remove ``directory`` and its subdirectories if they hold no file at all."""
+    from pathlib import Path
+
+    root = Path(directory)
+    if not root.is_dir() or any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
+        return
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        d.rmdir()
+    root.rmdir()

@@ -14,9 +14,16 @@ Backends
 ``compiled``  the ``soa`` arithmetic fused by ``torch.compile`` (compiles once per process,
               minutes on a small CPU; any device torch.compile supports).
 ``numba``     site-fused CPU kernels (optional dependency, ``pip install trivhmc[fast]``):
-              SU(3) Wilson staples, force, action and flow generator, U(1) action and force,
-              on halo-padded real/imaginary planes; the action is a
-              ``torch.autograd.Function`` whose backward is the analytic force.
+              SU(3) Wilson staples, force, action, flow generator and RK3 flow step,
+              ``exp(X) W`` (MD link update), U(1) action and force, on halo-padded arrays;
+              the action is a ``torch.autograd.Function`` whose backward is the analytic
+              force.
+
+Interface (:class:`kernels.backends.eager.EagerBackend`, which every backend subclasses):
+``su3_staple_sum``, ``su3_force``, ``su3_action_local``, ``su3_flow_generator``,
+``su3_flow_step_rk3``, ``su3_expm_mul``, ``u1_action_density``, ``u1_force``. Adding a backend:
+subclass, override what it fuses, register its ``"module:class"`` in :data:`BACKENDS`, and it is
+picked up by tests/test_backends.py and tests/mpi/test_backends_mpi.py.
 
 Kernels a backend does not implement natively (e.g. the rectangle terms ``c1 != 0`` in
 ``soa``/``numba``, non-CPU tensors in ``numba``, or any call that needs an autograd graph

@@ -162,18 +162,23 @@ def flow_generator(u: torch.Tensor, grid: ProcessGrid, c1: float = 0.0) -> torch
     return -project_ta(u @ staple_sum(u, grid, 1.0 - 8.0 * c1, c1))
 
 
-def flow_step_rk3(u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0) -> torch.Tensor:
+def flow_step_rk3(
+    u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0, generator=None
+) -> torch.Tensor:
     """One step of Luscher's RK3 Wilson-flow integrator (JHEP 1008 (2010) 071, (C.1)-(C.3)),
     the same arithmetic as :func:`kernels.wilson_flow.flow_step_rk3`::
 
         W1 = exp(Z0/4) V,  W2 = exp(8/9 Z1 - 17/36 Z0) W1,
         V' = exp(3/4 Z2 - 8/9 Z1 + 17/36 Z0) W2,      Z_i = eps Z(W_i)
+
+    ``generator(u, grid, c1)`` computes ``Z`` (default :func:`flow_generator`).
     """
-    z0 = eps * flow_generator(u, grid, c1)
+    flow_generator_ = generator or flow_generator
+    z0 = eps * flow_generator_(u, grid, c1)
     w1 = su_expm(0.25 * z0) @ u
-    z1 = eps * flow_generator(w1, grid, c1)
+    z1 = eps * flow_generator_(w1, grid, c1)
     w2 = su_expm((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0) @ w1
-    z2 = eps * flow_generator(w2, grid, c1)
+    z2 = eps * flow_generator_(w2, grid, c1)
     return su_expm(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0) @ w2
 
 
@@ -233,9 +238,13 @@ class EagerBackend:
         """Wilson-flow generator ``-TA(V A)`` (:func:`flow_generator`)."""
         return flow_generator(u, grid, c1)
 
+    def su3_expm_mul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``exp(X) W`` for traceless anti-Hermitian ``X`` (the MD link update)."""
+        return su_expm(x) @ w
+
     def su3_flow_step_rk3(self, u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0):
-        """One RK3 Wilson-flow step (:func:`flow_step_rk3`)."""
-        return flow_step_rk3(u, grid, eps, c1)
+        """One RK3 Wilson-flow step (:func:`flow_step_rk3`) with this backend's generator."""
+        return flow_step_rk3(u, grid, eps, c1, self.su3_flow_generator)
 
     # U(1)
     def u1_action_density(self, theta: torch.Tensor, grid: ProcessGrid, planes):

@@ -4,11 +4,15 @@ Formulation
 -----------
 The links are halo-padded once (:func:`parallel.halo_pad`, width 1: every neighbour of the
 Wilson stencil, corners included, is then local) and stored as real planes
-``P[b, mu, c, k]`` with ``c = 2 (3 i + j) + {0: re, 1: im}`` and ``k`` the flat padded site.
+``P[b, mu, k, c]`` with ``k`` the flat padded site and ``c = 2 (3 i + j) + {0: re, 1: im}``
+(the complex128 array itself, viewed as real: no copy in or out).
 Neighbours are constant offsets ``k +- stride[nu]``. Each kernel walks the interior rows of
 the last (fastest) lattice axis and, per row, runs straight-line generated code over the
-sites of the row (contiguous loads, so the compiler can vectorise across sites); the outer
-loop over (chain, row) is ``numba.prange`` (threads = ``torch.get_num_threads()``).
+sites of the row; the outer loop over (chain, row) is ``numba.prange`` (threads =
+``torch.get_num_threads()``). Floating point: ``fastmath={'contract'}`` only (fused
+multiply-adds; no reassociation, NaN/Inf kept). With numba 0.68 / LLVM the row loop is not
+vectorised across sites (scalar FMA code, checked in the assembly): the next step toward the
+roofline is an explicit site-blocked (SIMD-width) formulation.
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
 
@@ -55,13 +59,31 @@ def _c(i: int, j: int, r: int) -> int:
     return 2 * (NC * i + j) + r
 
 
-def _load(name: str, d: str, k: str) -> list[str]:
-    return [
-        f"{name}{i}{j}{'ri'[r]} = P[b, {d}, {_c(i, j, r)}, {k}]"
-        for i in range(NC)
-        for j in range(NC)
-        for r in range(2)
-    ]
+class _Views:
+    """Row views ``P[b, d, p0 + off : p0 + off + rowlen, :]`` used by a generated loop body:
+    loads index them with ``[x, c]`` (``x`` from ``range``: provably non-negative, so the
+    compiler drops negative-index handling and can vectorise across the row)."""
+
+    def __init__(self, arr: str = "P") -> None:
+        self.arr, self.defs = arr, {}
+
+    def load(self, name: str, d: str, off: str) -> list[str]:
+        key = (d, off)
+        if key not in self.defs:
+            self.defs[key] = f"v{len(self.defs)}"
+        v = self.defs[key]
+        return [
+            f"{name}{i}{j}{'ri'[r]} = {v}[x, {_c(i, j, r)}]"
+            for i in range(NC)
+            for j in range(NC)
+            for r in range(2)
+        ]
+
+    def setup(self) -> list[str]:
+        return [
+            f"{v} = {self.arr}[b, {d}, p0 + {off} : p0 + {off} + rowlen, :]"
+            for (d, off), v in self.defs.items()
+        ]
 
 
 def _mm(out: str, a: str, b: str, da: bool = False, db: bool = False) -> list[str]:
@@ -88,23 +110,27 @@ def _indent(lines: list[str], n: int) -> str:
     return "".join(" " * n + ln + "\n" for ln in lines)
 
 
-def _staple_body() -> list[str]:
-    """Lines adding the plane (mu, nu) staples at padded site ``k`` to ``acc[:, x]``."""
-    lines = _load("a", "nu", "k") + _load("b", "mu", "k + snu") + _mm("t", "a", "b")
-    lines += _load("a", "nu", "k + smu") + _mm("s", "a", "t", db=True)  # up
-    lines += _load("a", "mu", "k - snu") + _load("b", "nu", "k - snu + smu") + _mm("t", "a", "b")
-    lines += _load("b", "nu", "k - snu") + _mm("d", "t", "b", da=True)  # down
+def _staple_body() -> tuple[list[str], list[str]]:
+    """(setup, body): the body adds the plane (mu, nu) staples at row site ``x`` to
+    ``acc[:, x]``; up ``U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+``, down
+    ``(U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)``."""
+    v = _Views()
+    lines = v.load("a", "nu", "0") + v.load("b", "mu", "snu") + _mm("t", "a", "b")
+    lines += v.load("a", "nu", "smu") + _mm("s", "a", "t", db=True)  # up
+    lines += v.load("a", "mu", "-snu") + v.load("b", "nu", "smu - snu") + _mm("t", "a", "b")
+    lines += v.load("b", "nu", "-snu") + _mm("d", "t", "b", da=True)  # down
     for i in range(NC):
         for j in range(NC):
             for r in "ri":
                 c = _c(i, j, "ri".index(r))
                 lines.append(f"acc[{c}, x] += s{i}{j}{r} + d{i}{j}{r}")
-    return lines
+    return v.setup(), lines
 
 
-def _ta_body() -> list[str]:
-    """Lines writing ``coef TA(U_mu(k) acc[:, x])`` to ``out[b, mu, :, o + x]``."""
-    lines = _load("a", "mu", "k")
+def _ta_body() -> tuple[list[str], list[str]]:
+    """(setup, body): the body writes ``coef TA(U_mu(x) acc[:, x])`` to ``orow[x, :]``."""
+    v = _Views()
+    lines = v.load("a", "mu", "0")
     lines += [
         f"b{i}{j}{r} = acc[{_c(i, j, 'ri'.index(r))}, x]"
         for i in range(NC)
@@ -117,23 +143,24 @@ def _ta_body() -> list[str]:
         for j in range(NC):
             cr, ci = _c(i, j, 0), _c(i, j, 1)
             if i == j:
-                lines.append(f"out[b, mu, {cr}, o + x] = 0.0")
-                lines.append(f"out[b, mu, {ci}, o + x] = coef * (m{i}{i}i - tr)")
+                lines.append(f"orow[x, {cr}] = 0.0")
+                lines.append(f"orow[x, {ci}] = coef * (m{i}{i}i - tr)")
             else:
-                lines.append(f"out[b, mu, {cr}, o + x] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
-                lines.append(f"out[b, mu, {ci}, o + x] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
-    return lines
+                lines.append(f"orow[x, {cr}] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
+                lines.append(f"orow[x, {ci}] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    return v.setup(), lines
 
 
-def _plaq_body() -> list[str]:
-    """Lines adding ``3 - Re Tr U_{mu nu}(k)`` to ``out[b, o + x]``."""
-    lines = _load("a", "mu", "k") + _load("b", "nu", "k + smu") + _mm("t", "a", "b")
-    lines += _load("a", "nu", "k") + _load("b", "mu", "k + snu") + _mm("s", "a", "b")
+def _plaq_body() -> tuple[list[str], list[str]]:
+    """(setup, body): the body adds ``3 - Re Tr U_{mu nu}(x)`` to ``orow[x]``."""
+    v = _Views()
+    lines = v.load("a", "mu", "0") + v.load("b", "nu", "smu") + _mm("t", "a", "b")
+    lines += v.load("a", "nu", "0") + v.load("b", "mu", "snu") + _mm("s", "a", "b")
     terms = " + ".join(
         f"t{i}{j}r * s{i}{j}r + t{i}{j}i * s{i}{j}i" for i in range(NC) for j in range(NC)
     )
-    lines.append(f"out[b, o + x] += 3.0 - ({terms})")
-    return lines
+    lines.append(f"orow[x] += 3.0 - ({terms})")
+    return v.setup(), lines
 
 
 _HEADER = '''"""Generated by kernels/backends/fused.py (do not edit)."""
@@ -142,7 +169,7 @@ from numba import njit, prange
 '''
 
 _SU3_STAPLES = '''
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
     """ta: out[b, mu] = coef TA(U_mu A_mu); else out[b, mu] = coef A_mu."""
     nb, nd = P.shape[0], P.shape[1]
@@ -160,20 +187,21 @@ def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
                 if nu == mu:
                     continue
                 snu = strides[nu]
+{staple_setup}
                 for x in range(rowlen):
-                    k = p0 + x
 {staple}
             if ta:
+                orow = out[b, mu, o : o + rowlen, :]
+{ta_setup}
                 for x in range(rowlen):
-                    k = p0 + x
 {ta}
             else:
                 for x in range(rowlen):
                     for c in range(18):
-                        out[b, mu, c, o + x] = coef * acc[c, x]
+                        out[b, mu, o + x, c] = coef * acc[c, x]
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def su3_plaquette_density(P, rows_p, rows_o, rowlen, strides, out):
     """out[b, site] = sum_{{mu<nu}} (3 - Re Tr U_{{mu nu}}) (out zeroed by the caller)."""
     nb, nd = P.shape[0], P.shape[1]
@@ -183,16 +211,17 @@ def su3_plaquette_density(P, rows_p, rows_o, rowlen, strides, out):
         row = q % nrows
         p0 = rows_p[row]
         o = rows_o[row]
+        orow = out[b, o : o + rowlen]
         for mu in range(nd):
             smu = strides[mu]
             for nu in range(mu + 1, nd):
                 snu = strides[nu]
+{plaq_setup}
                 for x in range(rowlen):
-                    k = p0 + x
 {plaq}
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
     """force: out[b, mu, site] = U(1) force; else out[b, 0, site] = action density."""
     nb, nd = T.shape[0], T.shape[1]
@@ -232,10 +261,11 @@ def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
                     out[b, mu, o + x] *= beta
 
 
-@njit(parallel=True, fastmath=False, cache=True)
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def expm_mul(X, W, out, chunk):
-    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series to order 18 of
-    X / 2^s with |X / 2^s|_F <= 1/4 (remainder < 1e-22), then s squarings."""
+    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series of X / 2^s with
+    |X / 2^s|_F <= 1/4, summed until a term is below 1e-20 (order <= 18, remainder
+    < 1e-22), then s squarings."""
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     for c in prange(nchunks):
@@ -261,13 +291,17 @@ def expm_mul(X, W, out, chunk):
                     t[i, j] = a[i, j]
                 e[i, i] += 1.0
             for k in range(2, 19):
+                tn = 0.0
                 for i in range(3):
                     for j in range(3):
                         y[i, j] = (t[i, 0] * a[0, j] + t[i, 1] * a[1, j] + t[i, 2] * a[2, j]) / k
+                        tn += y[i, j].real ** 2 + y[i, j].imag ** 2
                 for i in range(3):
                     for j in range(3):
                         t[i, j] = y[i, j]
                         e[i, j] += y[i, j]
+                if tn < 1e-40:  # |term|_F < 1e-20: the rest of the series is below rounding
+                    break
             for _ in range(s):
                 for i in range(3):
                     for j in range(3):
@@ -284,10 +318,14 @@ def expm_mul(X, W, out, chunk):
 
 
 def _source() -> str:
+    (ss, sb), (ts, tb), (ps, pb) = _staple_body(), _ta_body(), _plaq_body()
     return _HEADER + _SU3_STAPLES.format(
-        staple=_indent(_staple_body(), 20),
-        ta=_indent(_ta_body(), 20),
-        plaq=_indent(_plaq_body(), 20),
+        staple_setup=_indent(ss, 16),
+        staple=_indent(sb, 20),
+        ta_setup=_indent(ts, 16),
+        ta=_indent(tb, 20),
+        plaq_setup=_indent(ps, 16),
+        plaq=_indent(pb, 20),
     )
 
 
@@ -297,7 +335,13 @@ def _load_kernels():
     src = _source()
     tag = hashlib.sha256((src + numba.__version__).encode()).hexdigest()[:16]
     root = Path(os.environ.get("TRIVHMC_CACHE", Path(tempfile.gettempdir()) / "trivhmc-cache"))
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:  # not writable: a private directory (compiled again by each process)
+        root = Path(tempfile.mkdtemp(prefix="trivhmc-cache-"))
     path = root / f"fused_kernels_{tag}.py"
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -336,18 +380,16 @@ def _rows(local: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
-    """Halo-padded real planes ``(B, Nd, 18, V_padded)`` of complex links."""
-    p = halo_pad(u.detach(), grid, 1, first=2)
+    """Halo-padded links as real ``(B, Nd, V_padded, 18)`` (a view of the padded array)."""
+    p = halo_pad(u.detach().resolve_conj(), grid, 1, first=2).contiguous()
     b, nd = p.shape[:2]
-    r = torch.view_as_real(p).reshape(b, nd, -1, 18).transpose(2, 3)
-    return np.ascontiguousarray(r.numpy())
+    return torch.view_as_real(p).reshape(b, nd, -1, 18).numpy()
 
 
 def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """``(B, Nd, 18, V)`` real planes -> complex ``(B, Nd, *local, 3, 3)``."""
-    b, nd = out.shape[:2]
-    t = torch.from_numpy(out).transpose(2, 3).reshape(*like.shape, 2)
-    return torch.view_as_complex(t.contiguous())
+    """``(B, Nd, V, 18)`` real -> complex ``(B, Nd, *local, 3, 3)`` (no copy)."""
+    t = torch.from_numpy(out).reshape(*like.shape, 2)
+    return torch.view_as_complex(t)
 
 
 def _threads() -> None:
@@ -360,7 +402,7 @@ def su3_ta_staples(u: torch.Tensor, grid: ProcessGrid, coef: float, ta: bool) ->
     planes = _su3_planes(u, grid)
     rows_p, rows_o, strides = _rows(grid.local_shape, 1)
     b, nd = u.shape[:2]
-    out = np.empty((b, nd, 18, int(np.prod(grid.local_shape))))
+    out = np.empty((b, nd, int(np.prod(grid.local_shape)), 18))
     kernels().su3_ta_staples(
         planes, rows_p, rows_o, grid.local_shape[-1], strides, float(coef), ta, out
     )
@@ -493,6 +535,12 @@ class NumbaBackend(EagerBackend):
         if c1 or not _fusable(u) or _graph(u):
             return super().su3_flow_step_rk3(u, grid, eps, c1)
         return su3_flow_step_rk3(u, grid, eps)
+
+    def su3_expm_mul(self, x, w):
+        """``exp(X) W``; fused (Taylor + squaring, :func:`expm_mul`) without a graph."""
+        if not (_fusable(x) and _fusable(w)) or _graph(x) or _graph(w):
+            return super().su3_expm_mul(x, w)
+        return expm_mul(x, w)
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; fused forward, analytic backward (:class:`_SU3WilsonAction`)."""

@@ -51,7 +51,7 @@ from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
 from ..backends import get_backend
 from ..backends.eager import _site_sum, wilson_loops
-from ..groups.su_n import algebra_norm2, dagger, haar_su_n, reunitarize, su_expm
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, reunitarize
 from ..theory import Theory
 
 #: rectangle coefficient c1 of each named action
@@ -197,7 +197,7 @@ class SU3Gauge(Theory):
         return _site_sum(algebra_norm2(momentum), self.grid)
 
     def evolve_field(self, field: torch.Tensor, momentum: torch.Tensor, eps: float) -> torch.Tensor:
-        return su_expm(eps * momentum) @ field
+        return get_backend().su3_expm_mul(eps * momentum, field)
 
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
         return rng.su_algebra(

@@ -1,0 +1,69 @@
+"""Cost of the `measure:` measurements per SU(3) configuration: Wilson flow (RK3 steps with
+E measured every step; Q at one flow time), Wilson loops up to R x T, Polyakov loop.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_measure.py [--shape 8 8 8 8] [--device cpu]
+
+Prints a table (seconds per configuration and per flow step). Single rank; under mpiexec the
+flow and the loops are distributed like the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from kernels.groups import su_expm
+from kernels.static_loops import wilson_loop_table
+from kernels.theories.su3 import SU3Gauge, polyakov_loop
+from kernels.wilson_flow import wilson_flow
+from parallel import single_rank_grid
+from parallel.rng import SiteRNG
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", type=int, nargs=4, default=[8, 8, 8, 8])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--t-max", type=float, default=1.0)
+    ap.add_argument("--eps", type=float, default=0.02)
+    ap.add_argument("--loops", type=int, default=4, help="R x T up to loops x loops")
+    args = ap.parse_args()
+    grid = single_rank_grid(tuple(args.shape))
+    th = SU3Gauge(grid, 6.0, device=args.device)
+    u = su_expm(0.5 * th.random_momentum(SiteRNG(1), 0, 1)) @ th.cold_start(1)
+    rows = []
+
+    def timed(name, fn, per=1):
+        t0 = time.perf_counter()
+        fn()
+        if args.device != "cpu":
+            torch.cuda.synchronize() if args.device == "cuda" else None
+        dt = time.perf_counter() - t0
+        rows.append((name, dt, dt / per))
+
+    n = round(args.t_max / args.eps)
+    timed(
+        f"flow t_max={args.t_max} eps={args.eps} (+Q at t_max)",
+        lambda: wilson_flow(u, grid, args.t_max, args.eps, charge_times=(args.t_max,)),
+        per=n,
+    )
+    timed(
+        f"Wilson loops up to {args.loops}x{args.loops}",
+        lambda: wilson_loop_table(u, grid, args.loops, args.loops),
+    )
+    timed("Polyakov loop", lambda: polyakov_loop(u, grid))
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}, lattice {args.shape}, "
+        f"device {args.device}"
+    )
+    print(f"{'measurement':<48} {'s/config':>10} {'s/step':>10}")
+    for name, dt, per in rows:
+        print(f"{name:<48} {dt:>10.3f} {per:>10.4f}")
+
+
+if __name__ == "__main__":
+    main()
