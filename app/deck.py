@@ -300,8 +300,8 @@ class SamplerSection(_Section):
         default=None,
         min_length=1,
         description="l2hmc only: registry reference (name or name@hash) of a model trained "
-        "with train.objective: l2hmc (registry: $TRIVHMC_MODELS, else ./models next to the "
-        "deck).",
+        "with train.objective: l2hmc (registry: train.registry, else $TRIVHMC_MODELS, else "
+        "./models next to the deck).",
     )
     leapfrog_layers: int | None = Field(
         default=None,
@@ -666,13 +666,15 @@ class Deck(_Section):
         if t is None:
             return []
         problems = []
-        if t.objective == "flow" and t.architecture is None:
+        if t.objective == "l2hmc":
+            if self.theory.name not in ("u1", "phi4"):
+                msg = f"l2hmc is for u1 and phi4, not {self.theory.name}"
+                problems.append(Problem(("train", "objective"), msg))
+            return problems
+        if t.architecture is None:
             problems.append(Problem(("train", "architecture"), "objective flow needs one"))
-        if t.objective == "l2hmc" and self.theory.name not in ("u1", "phi4"):
-            problems.append(
-                Problem(("train", "objective"), f"l2hmc is for u1 and phi4, not {self.theory.name}")
-            )
-        if t.architecture is not None and ARCHITECTURES[t.architecture][0] != self.theory.name:
+            return problems
+        if ARCHITECTURES[t.architecture][0] != self.theory.name:
             problems.append(
                 Problem(
                     ("train", "architecture"),
@@ -699,6 +701,13 @@ class Deck(_Section):
                     "flow_metropolis, or set flow: null",
                 )
             )
+        if (s.name == "l2hmc") != (s.model is not None):
+            msg = "sampler l2hmc needs model: REF"
+            if s.name != "l2hmc":
+                msg = f"sampler {s.name} does not use an l2hmc model"
+            problems.append(Problem(("sampler", "model"), msg))
+        if s.levels and s.name == "l2hmc":
+            problems.append(Problem(("sampler", "levels"), "l2hmc has its own learned layers"))
         if s.levels and "steps" in s.model_fields_set:
             problems.append(
                 Problem(
@@ -710,15 +719,6 @@ class Deck(_Section):
         if s.levels and s.name == "flow_metropolis":
             problems.append(
                 Problem(("sampler", "levels"), "flow_metropolis has no molecular dynamics")
-            )
-        if (s.name == "l2hmc") != (s.model is not None):
-            problems.append(
-                Problem(
-                    ("sampler", "model"),
-                    "sampler l2hmc needs model: REF"
-                    if s.name == "l2hmc"
-                    else f"sampler {s.name} does not use an l2hmc model",
-                )
             )
         if s.target_acceptance is not None and self.run.thermalization == 0:
             problems.append(

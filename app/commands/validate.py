@@ -37,6 +37,9 @@ def summary(deck: Deck) -> str:
     shape = "x".join(map(str, deck.lattice.shape))
     if s.name == "flow_metropolis":  # independence proposals: no molecular dynamics
         how = f"{s.name} (model {s.flow.model})"
+    elif s.name == "l2hmc":  # learned layers and step sizes
+        layers = "" if s.leapfrog_layers is None else f", {s.leapfrog_layers} layers"
+        how = f"l2hmc (model {s.model}{layers})"
     else:
         how = f"{s.name} {s.integrator} {s.outer_steps} steps (eps = {s.step_size:.4g})"
     return (

@@ -38,7 +38,9 @@ The inverse map runs the inverse updates in reverse order (same networks, same i
 frozen part and ``v`` of a masked update are unchanged by it; the v half-step's ``x`` and
 ``f(x)`` are the same before and after), and returns ``log|det d(x,v)/d(x',v')|``, the negative
 of the forward log-Jacobian at the returned point. Force evaluations: ``N + 1`` per map (the end
-of layer ``k`` is the start of layer ``k + 1``).
+of layer ``k`` is the start of layer ``k + 1``). The per-site log-Jacobians are accumulated
+site by site and summed over the lattice once, exactly (:func:`parallel.lattice_sum`), so
+``log|J|`` does not depend on the process grid.
 
 Masks: checkerboard over (component, site) in global coordinates (any process grid sees the
 same global pattern): U(1) ``m_mu(x) = [(mu + sum_nu x_nu) even]``, scalar ``m(x) = [sum x even]``;
@@ -66,10 +68,6 @@ TWO_PI = 2.0 * math.pi
 def _wrap(a: torch.Tensor) -> torch.Tensor:
     """``[a]`` in ``(-pi, pi]``."""
     return a - TWO_PI * torch.ceil((a - math.pi) / TWO_PI)
-
-
-def _local_sum(x: torch.Tensor) -> torch.Tensor:
-    return x.sum(dim=tuple(range(1, x.ndim)))
 
 
 def checkerboard_masks(grid: ProcessGrid, components: int, per_component: bool) -> torch.Tensor:
@@ -161,6 +159,7 @@ class L2HMCModel(nn.Module):
 
     @property
     def n_layers(self) -> int:
+        """``N``, the number of generalized leapfrog layers."""
         return len(self.vnets)
 
     def step_sizes(self) -> tuple[list[float], list[float]]:
@@ -174,8 +173,8 @@ class L2HMCModel(nn.Module):
         half = 0.5 * eps
         kick = half * (f * torch.exp(eps * q) + t)
         if not inverse:
-            return v * torch.exp(half * s) - kick, half * _local_sum(s)
-        return (v + kick) * torch.exp(-half * s), -half * _local_sum(s)
+            return v * torch.exp(half * s) - kick, half * s
+        return (v + kick) * torch.exp(-half * s), -half * s
 
     def _x_step(self, net, x, v, mask, eps, inverse: bool):
         s, q, t = net(self.kind.x_features(x, v, mask))
@@ -204,18 +203,18 @@ class L2HMCModel(nn.Module):
             logd = es
         logd = torch.where(mask, logd, torch.zeros_like(logd))
         out = torch.where(mask, new, x)
-        total = _local_sum(logd)
-        return out, (total if not inverse else -total)
+        return out, (logd if not inverse else -logd)
 
     # ------------------------------------------------------------ maps
     def forward_map(
         self, x: torch.Tensor, v: torch.Tensor, force: ForceFn
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """``(x, v) -> (x', v')`` (direction ``d = +1``) with the *local* log-Jacobian per chain
-        (sum it over the lattice) and the number of force evaluations."""
+        """``(x, v) -> (x', v')`` (direction ``d = +1``), the log-Jacobian per site and component
+        (channel layout ``(B, C, *local)``; its lattice sum is ``log|J|``) and the number of
+        force evaluations."""
         kind = self.kind
         x, v = kind.to_channels(x), kind.to_channels(v)
-        logj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        logj = torch.zeros_like(x)
         eps_v, eps_x = torch.exp(self.log_eps_v), torch.exp(self.log_eps_x)
         masks = (self.mask, ~self.mask)
         f = kind.to_channels(force(kind.from_channels(x)))
@@ -236,10 +235,11 @@ class L2HMCModel(nn.Module):
         self, x: torch.Tensor, v: torch.Tensor, force: ForceFn
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """The exact inverse of :meth:`forward_map` (direction ``d = -1``): the inverse updates
-        in reverse order; local log-Jacobian of the inverse map per chain, force count."""
+        in reverse order; per-site log-Jacobian of the inverse map (as in :meth:`forward_map`),
+        force count."""
         kind = self.kind
         x, v = kind.to_channels(x), kind.to_channels(v)
-        logj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        logj = torch.zeros_like(x)
         eps_v, eps_x = torch.exp(self.log_eps_v), torch.exp(self.log_eps_x)
         masks = (self.mask, ~self.mask)
         f = kind.to_channels(force(kind.from_channels(x)))
@@ -261,7 +261,7 @@ class L2HMCModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Chains with ``direction = +1`` through :meth:`forward_map`, the others through
         :meth:`inverse_map` (``direction`` must be the same on every rank of a lattice, as the
-        site-keyed chain draws are). Returns ``x', v'``, local log-Jacobian, force count."""
+        site-keyed chain draws are). Returns ``x', v'``, per-site log-Jacobian, force count."""
         fwd = torch.nonzero(direction > 0).flatten()
         bwd = torch.nonzero(direction <= 0).flatten()
         if len(bwd) == 0:

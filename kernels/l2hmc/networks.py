@@ -74,6 +74,7 @@ class HeadNet(nn.Module):
         self.log_scale_q = nn.Parameter(torch.zeros((), dtype=dtype))
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(s, q, t)`` of the features ``(B, C_in, *local)``."""
         out = self.net(features)
         c = self.components
         s = torch.exp(self.log_scale_s) * torch.tanh(out[:, :c])
@@ -97,6 +98,7 @@ class FieldKind:
         return x.unsqueeze(1)
 
     def from_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """Channel layout ``->`` field layout."""
         return x.squeeze(1)
 
     def v_features(self, x: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
@@ -125,9 +127,11 @@ class U1Kind(FieldKind):
         self.x_channels = 4 * nd
 
     def to_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """The link angles are already in channel layout."""
         return x
 
     def from_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """The link angles are already in field layout."""
         return x
 
     def plaquettes(self, theta: torch.Tensor) -> torch.Tensor:
@@ -141,10 +145,12 @@ class U1Kind(FieldKind):
         return torch.stack(out, dim=1)
 
     def v_features(self, x: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
+        """``cos/sin`` of the links and plaquettes and the force."""
         p = self.plaquettes(x)
         return torch.cat([torch.cos(x), torch.sin(x), torch.cos(p), torch.sin(p), force], dim=1)
 
     def x_features(self, x: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``cos/sin`` of the frozen links (zero on active ones), ``v`` and the mask."""
         zero = torch.zeros_like(x)
         c = torch.where(mask, zero, torch.cos(x))
         s = torch.where(mask, zero, torch.sin(x))

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from parallel import broadcast, global_sum
+from parallel import broadcast, global_sum, lattice_sum
 from parallel.rng import PURPOSE_USER
 
 from ..samplers.protocol import Record, metropolis
@@ -59,7 +59,7 @@ def charge_change(theory: Theory, x0: torch.Tensor, x1: torch.Tensor) -> dict[st
         return {}
     q_int = theory.topological_charge_int(x1) - theory.topological_charge_int(x0)
     dq_sin = theory.topological_charge(x1) - theory.topological_charge(x0)
-    return {"dQ_int": torch.round(q_int), "dQ_sin": dq_sin}
+    return {"dQ_int": torch.round(q_int) + 0.0, "dQ_sin": dq_sin}  # + 0.0: no -0.0
 
 
 def propose(
@@ -82,8 +82,8 @@ def propose(
         f = theory.force(field)
         return f if gamma == 1.0 else gamma * f
 
-    x1, v1, logj_local, n_force = model.directed_map(x, v, direction, force)
-    logj = global_sum(logj_local, grid)
+    x1, v1, logj_sites, n_force = model.directed_map(x, v, direction, force)
+    logj = lattice_sum(logj_sites.movedim(1, -1), grid, 1)  # all sites and components
     h0 = gamma * theory.action(x) + theory.kinetic(v)
     h1 = gamma * theory.action(x1) + theory.kinetic(v1)
     return {"x1": x1, "v1": v1, "log_jacobian": logj, "dH": h1 - h0, "n_force": n_force}
@@ -118,13 +118,16 @@ class L2HMC:
 
     @property
     def grid(self):
+        """The theory's process grid."""
         return self.theory.grid
 
     # ------------------------------------------------------------ protocol
     def to_physical(self, state: torch.Tensor) -> torch.Tensor:
+        """The chain variable is the field itself."""
         return state
 
     def from_physical(self, field: torch.Tensor) -> torch.Tensor:
+        """The chain variable is the field itself."""
         return field
 
     def finish_tuning(self) -> None:
@@ -192,6 +195,7 @@ class L2HMC:
 
     # ------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
+        """Counters for checkpoints (the weights live in the model registry)."""
         return {
             "n_trajectories": self.n_trajectories,
             "n_nonfinite_total": self.n_nonfinite_total,
@@ -199,6 +203,7 @@ class L2HMC:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.n_trajectories = int(state.get("n_trajectories", 0))
         self.n_nonfinite_total = int(state.get("n_nonfinite_total", 0))
 

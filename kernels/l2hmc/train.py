@@ -288,6 +288,7 @@ class L2HMCTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (same architecture and batch shape)."""
         arch = self.model.architecture["kwargs"]
         if dict(state["architecture"]) != arch:
             raise ValueError(
