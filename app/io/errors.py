@@ -18,3 +18,8 @@ class ChecksumError(ConfigFormatError):
 
 class MissingChecksumWarning(UserWarning):
     """The file carries no checksum, so its payload could not be verified."""
+
+
+class InvalidFieldError(ConfigFormatError):
+    """The payload was read, but is not a valid field: non-finite entries, links that are
+    not unitary to the precision of the file, or a size that disagrees with the header."""
