@@ -33,8 +33,18 @@ def main(args: argparse.Namespace) -> int:
     from ..run import run
 
     deck = load_deck(args.deck, args.overrides)
-    result = run(deck, progress=False if args.no_progress else None)
     from mpi4py import MPI
+
+    # one run per output directory (app/lock.py): refused on every rank if held by a live run
+    from ..lock import acquire_run_lock
+
+    comm = MPI.COMM_WORLD
+    lock = acquire_run_lock(deck.output_dir, comm, comm.Get_rank() == 0)
+    try:
+        result = run(deck, progress=False if args.no_progress else None)
+    finally:
+        if lock is not None:
+            lock.release()
 
     if MPI.COMM_WORLD.Get_rank() == 0:
         state = "finished" if result.finished else "stopped (max_runtime); resume to continue"
