@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from .errors import InputError, NotAvailableError
+from .io.errors import StorageError
 
 #: subcommand -> one-line help (the module is app.commands.<name>)
 COMMANDS = {
@@ -78,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NotAvailableError as exc:
         print(f"trivhmc {args.command}: {exc}", file=sys.stderr)
         return NotAvailableError.exit_code
+    except StorageError as exc:  # full disk, quota, I/O error: one message (issue 12)
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == 0:  # the same error is raised on every rank
+            print(f"trivhmc {args.command}: error: {exc}", file=sys.stderr)
+        return StorageError.exit_code
     except KeyboardInterrupt:
         print(f"trivhmc {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -23,3 +23,15 @@ class MissingChecksumWarning(UserWarning):
 class InvalidFieldError(ConfigFormatError):
     """The payload was read, but is not a valid field: non-finite entries, links that are
     not unitary to the precision of the file, or a size that disagrees with the header."""
+
+
+class StorageError(Exception):
+    """Writing a file failed for lack of space/quota or an I/O error of the storage.
+
+    Raised (on every rank of the writing communicator) with one message naming the file, the
+    space the write needed and the space left; the write's temporary file has been removed
+    and the previous version of the file is intact. ``trivhmc`` exits with :attr:`exit_code`
+    (``EX_IOERR`` of sysexits.h) and no traceback.
+    """
+
+    exit_code = 74
