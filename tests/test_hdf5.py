@@ -212,3 +212,13 @@ def test_info_reports_checksum_mismatch(tmp_path):
     info = config_info(path)
     assert info["checksum"]["status"] == "mismatch"
     assert info["checksum"]["file"] != info["checksum"]["computed"]
+
+
+def test_stale_temporaries_of_a_killed_writer_are_reclaimed(tmp_path):
+    path = tmp_path / "ens.h5"
+    w = make_writer(path)
+    w.append_config(np.ones((2, 4, 6)), 1, first=1)
+    stale = tmp_path / ".ens.h5.tmp-4242-deadbeef"  # what SIGKILL during an update leaves
+    stale.write_bytes(path.read_bytes())
+    make_writer(path, mode="a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ens.h5"]

@@ -45,7 +45,7 @@ import numpy as np
 
 from parallel import ProcessGrid, gather_to_root
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temporaries
 from .collective import on_root
 from .errors import ChecksumError, InvalidFieldError, MissingChecksumWarning
 from .scidac_checksum import format_checksum, scidac_checksum
@@ -165,6 +165,9 @@ class EnsembleWriter:
         self._collective(lambda: self._open(mode, meta))
 
     def _open(self, mode: str, meta: dict[str, Any]) -> None:
+        # copies left by a writer killed mid-update (the output directory is locked to one
+        # run, app/lock.py): reclaim their space
+        remove_stale_temporaries(self.path)
         if mode == "w":
             meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
