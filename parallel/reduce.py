@@ -83,16 +83,22 @@ def _round_scaled(total: int, base: int) -> float:
 
 def _exponent_range(v: torch.Tensor) -> tuple[int, int]:
     """Smallest and largest biased exponent of the non-zero elements (``(_BIG, -_BIG)``
-    when there are none)."""
-    lo, hi = _BIG, -_BIG
-    for chunk in v.reshape(-1).split(_CHUNK):
-        bits = chunk.contiguous().view(torch.int64)
-        e = (bits >> 52) & 2047
-        nz = (bits & _ABS) != 0
-        if bool(nz.any()):
-            lo = min(lo, int(torch.where(nz, e, _BIG).min()))
-            hi = max(hi, int(torch.where(nz, e, -_BIG).max()))
-    return lo, hi
+    when there are none); NaN and inf have exponent 2047."""
+    if not v.numel():
+        return _BIG, -_BIG
+    a = v.abs()
+    top = a.max()
+    if bool(torch.isnan(top)):
+        top = torch.tensor(math.inf, dtype=a.dtype)
+    bottom = torch.where(a > 0, a, torch.full((), math.inf, dtype=a.dtype, device=a.device)).min()
+    mx, mn = float(top), float(bottom)
+    if mx == 0.0:
+        return _BIG, -_BIG
+
+    def field(x: float) -> int:
+        return int(np.array(x, dtype=np.float64).view(np.int64)) >> 52 & 2047
+
+    return field(mn) if mn != math.inf else field(mx), field(mx)
 
 
 def _local_bins(v: torch.Tensor, rows: torch.Tensor, nseg: int, e_lo: int, ne: int) -> torch.Tensor:
