@@ -40,6 +40,7 @@ _HALF = 26
 _MASK = (1 << _HALF) - 1
 _BIG = 1 << 20  # beyond any exponent of a double
 _CHUNK = 1 << 16  # elements per pass of the binning (cache-sized temporaries)
+_ABS = (1 << 63) - 1  # all bits but the sign
 
 
 class _GlobalSum(torch.autograd.Function):
@@ -80,23 +81,68 @@ def _round_scaled(total: int, base: int) -> float:
         return math.inf if total > 0 else -math.inf
 
 
-def _local_bins(v: torch.Tensor, rows: torch.Tensor, nseg: int) -> torch.Tensor:
-    """Per (output row, sign, biased exponent) bin: the integer sums of the upper and lower
-    26 mantissa bits (without the implicit bit) and the element count; ``(3, nseg, 2, 2048)``
-    int64. Works on the bit pattern (``v`` viewed as int64), in cache-sized chunks."""
-    nkey = 2 * 2048
+def _exponent_range(v: torch.Tensor) -> tuple[int, int]:
+    """Smallest and largest biased exponent of the non-zero elements (``(_BIG, -_BIG)``
+    when there are none); NaN and inf have exponent 2047."""
+    if not v.numel():
+        return _BIG, -_BIG
+    a = v.abs()
+    top = a.max()
+    if bool(torch.isnan(top)):
+        top = torch.tensor(math.inf, dtype=a.dtype)
+    bottom = torch.where(a > 0, a, torch.full((), math.inf, dtype=a.dtype, device=a.device)).min()
+    mx, mn = float(top), float(bottom)
+    if mx == 0.0:
+        return _BIG, -_BIG
+
+    def field(x: float) -> int:
+        return int(np.array(x, dtype=np.float64).view(np.int64)) >> 52 & 2047
+
+    return field(mn) if mn != math.inf else field(mx), field(mx)
+
+
+def _local_bins(v: torch.Tensor, rows: torch.Tensor, nseg: int, e_lo: int, ne: int) -> torch.Tensor:
+    """Per (output row, sign, biased exponent ``e_lo .. e_lo + ne - 1``) bin: the integer
+    sums of the upper and lower 26 mantissa bits (without the implicit bit) and the number
+    of normal elements (for the implicit bit); ``(3, nseg, 2, ne)`` int64. Works on the bit
+    pattern (``v`` viewed as int64), in cache-sized chunks; zeros add nothing."""
+    nkey = 2 * ne
     hi = torch.zeros(nseg * nkey, dtype=torch.int64, device=v.device)
     lo, cnt = torch.zeros_like(hi), torch.zeros_like(hi)
     off = (rows * nkey).unsqueeze(1)
     width = max(1, _CHUNK // max(v.shape[0], 1))
     for chunk in v.split(width, dim=1):
         bits = chunk.contiguous().view(torch.int64)
-        key = (((bits >> 52) & (nkey - 1)) + off).reshape(-1)  # sign bit, 11 exponent bits
+        e = (bits >> 52) & 2047
+        key = ((bits < 0).to(torch.int64) * ne + (e - e_lo).clamp(0, ne - 1) + off).reshape(-1)
         bits = bits.reshape(-1)
         hi.index_add_(0, key, (bits >> _HALF) & _MASK)
         lo.index_add_(0, key, bits & _MASK)
-        cnt += torch.bincount(key, minlength=nseg * nkey)
-    return torch.stack([hi, lo, cnt]).reshape(3, nseg, 2, 2048)
+        cnt.index_add_(0, key, (e > 0).to(torch.int64).reshape(-1))
+    return torch.stack([hi, lo, cnt]).reshape(3, nseg, 2, ne)
+
+
+def _combine_fast(buf: np.ndarray, e_lo: int) -> list[float] | None:
+    """Correctly rounded row sums from the bins with ``math.fsum`` per row (C speed), when
+    every bin value ``M = hi 2^26 + lo + cnt 2^52`` fits in int64 and its two 31/32-bit
+    halves scale to doubles exactly (no subnormal or overflowing terms); else None."""
+    hi, lo, cnt = (buf[k] for k in range(3))
+    ne = buf.shape[-1]
+    if cnt.max(initial=0) >= 1 << 9 or hi.max(initial=0) >= 1 << 35 or e_lo < 200:
+        return None
+    if e_lo + ne > 1900:
+        return None
+    normal = (np.arange(ne) + e_lo) > 0
+    m = (hi << _HALF) + lo + np.where(normal, cnt << 52, 0)  # < 2^62
+    m = np.where((np.arange(2) == 1)[:, None], -m, m)  # the sign bins
+    scale = np.arange(ne) + e_lo - 1075
+    top = np.ldexp((m >> 31).astype(np.float64), scale + 31)
+    bot = np.ldexp((m & ((1 << 31) - 1)).astype(np.float64), scale)
+    terms = np.concatenate([top, bot], axis=-1).reshape(buf.shape[1], -1)
+    nz = terms != 0
+    flat = terms[nz].tolist()
+    ends = np.cumsum(nz.sum(axis=1)).tolist()
+    return [math.fsum(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def exact_segment_sum(
@@ -129,33 +175,34 @@ def exact_segment_sum(
     rows = torch.as_tensor(rows, device=v.device).to(torch.int64)
     v = v.reshape(nrow, -1).to(torch.float64)
     parallel = comm is not None and comm.Get_size() > 1
-    bins = _local_bins(v, rows, nseg)
-    used = torch.nonzero(bins[2].sum(dim=(0, 1))).flatten()
-    rng = np.array([-_BIG, -_BIG], dtype=np.int64)
-    if used.numel():
-        rng = np.array([-int(used[0]), int(used[-1])], dtype=np.int64)
+    e_lo, e_hi = _exponent_range(v)
+    rng = np.array([-e_lo, e_hi], dtype=np.int64)
     if parallel:
         comm.Allreduce(MPI.IN_PLACE, rng, op=MPI.MAX)
     e_lo, e_hi = -int(rng[0]), int(rng[1])
-    if e_hi < e_lo:  # no elements anywhere
+    if e_hi < e_lo:  # no non-zero elements anywhere
         return torch.zeros(nseg, dtype=torch.float64, device=v.device)
-    buf = np.ascontiguousarray(bins[..., e_lo : e_hi + 1].cpu().numpy())
+    ne = e_hi - e_lo + 1
+    buf = np.ascontiguousarray(_local_bins(v, rows, nseg, e_lo, ne).cpu().numpy())
     if parallel:
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-    base = max(e_lo, 1)  # the total is an integer multiple of 2^(base - 1075)
-    out, bad = [], []
-    for seg in range(nseg):
-        total = 0
-        for sign in (0, 1):
-            hi, lo, cnt = (buf[k, seg, sign].tolist() for k in range(3))
-            for j, c in enumerate(cnt):
-                if c:
-                    e = e_lo + j
-                    m = (hi[j] << _HALF) + lo[j] + (c << 52 if e else 0)
-                    m <<= max(e, 1) - base
-                    total += -m if sign else m
-        out.append(_round_scaled(total, base - 1075))
-        bad.append(e_hi == 2047 and bool(buf[2, seg, :, -1].any()))
+    nonfinite = buf[2, :, :, -1].any(axis=1) if e_hi == 2047 else np.zeros(nseg, bool)
+    bad = nonfinite.tolist()
+    out = None if any(bad) else _combine_fast(buf, e_lo)
+    if out is None:  # exact big-integer combination
+        base = max(e_lo, 1)  # the total is an integer multiple of 2^(base - 1075)
+        out = []
+        for seg in range(nseg):
+            total = 0
+            for sign in (0, 1):
+                hi, lo, cnt = (buf[k, seg, sign].tolist() for k in range(3))
+                for j in range(ne):
+                    if hi[j] or lo[j] or cnt[j]:
+                        e = e_lo + j
+                        m = (hi[j] << _HALF) + lo[j] + (cnt[j] << 52 if e else 0)
+                        m <<= max(e, 1) - base
+                        total += -m if sign else m
+            out.append(_round_scaled(total, base - 1075))
     if any(bad):  # inf/nan elements: the ordinary float sum (inf or nan) for those rows
         fast = torch.zeros(nseg, dtype=torch.float64, device=v.device)
         fast = fast.index_add_(0, rows, v.sum(dim=1)).cpu().numpy()

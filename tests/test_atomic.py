@@ -12,6 +12,7 @@ from mpi4py import MPI
 
 from app.io import atomic, ildg, nersc
 from app.io.atomic import atomic_path, atomic_write, atomic_write_bytes, remove_stale_temporaries
+from app.io.errors import StorageError
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 
@@ -28,8 +29,10 @@ def test_replaces_content(tmp_path):
     assert names(tmp_path) == ["f.bin"]
 
 
-@pytest.mark.parametrize("failure", [ENOSPC, RuntimeError("boom")])
-def test_failure_in_callback_keeps_previous(tmp_path, failure):
+@pytest.mark.parametrize(
+    "failure,raised", [(ENOSPC, StorageError), (RuntimeError("boom"), RuntimeError)]
+)
+def test_failure_in_callback_keeps_previous(tmp_path, failure, raised):
     path = tmp_path / "f.bin"
     atomic_write_bytes(path, b"previous")
 
@@ -37,14 +40,17 @@ def test_failure_in_callback_keeps_previous(tmp_path, failure):
         f.write(b"partial data that must never be seen")
         raise failure
 
-    with pytest.raises(type(failure)):
+    with pytest.raises(raised) as err:
         atomic_write(path, write)
+    if raised is StorageError:  # one clear message: the file, the space needed and free
+        assert str(path) in str(err.value) and "No space left on device" in str(err.value)
+        assert "bytes" in str(err.value) and "MiB free" in str(err.value)
     assert path.read_bytes() == b"previous"
     assert names(tmp_path) == ["f.bin"]
 
 
 def test_failure_without_previous_file_leaves_nothing(tmp_path):
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError):
         with atomic_path(tmp_path / "new.h5") as tmp:
             tmp.write_bytes(b"half")
             raise ENOSPC
@@ -99,7 +105,7 @@ def test_ildg_write_failure_keeps_previous_config(tmp_path, monkeypatch):
     ildg.write_ildg(path, old)
     before = path.read_bytes()
     monkeypatch.setattr(ildg, "MPI", _MPIWithFullDisk())
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match="No space left"):
         ildg.write_ildg(path, random_links((2, 2, 2, 2), seed=2))
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -131,7 +137,7 @@ def test_nersc_write_failure_keeps_previous_config(tmp_path, monkeypatch):
         atomic.atomic_write(target, wrapped, mode)
 
     monkeypatch.setattr(nersc, "atomic_write", disk_fills_during_payload)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match="No space left"):
         nersc.write_nersc(path, random_links((2, 2, 2, 2), seed=4))
     assert path.read_bytes() == before
     assert names(tmp_path) == ["cfg.nersc"]

@@ -11,7 +11,12 @@ import torch
 from io_fields import configs_dir_or_skip, lime_records, random_links, write_lime
 
 from app.io import gauge_stats, lime
-from app.io.errors import ChecksumError, ConfigFormatError, MissingChecksumWarning
+from app.io.errors import (
+    ChecksumError,
+    ConfigFormatError,
+    InvalidFieldError,
+    MissingChecksumWarning,
+)
 from app.io.ildg import read_ildg, write_ildg
 from app.io.scidac_checksum import format_checksum, parse_checksum
 from parallel import single_rank_grid
@@ -259,7 +264,7 @@ def test_little_endian_payload_under_ildg_header(good_file):
         p = {"ildg-binary-data": le, "scidac-checksum": xml}.get(t, p)
         recs.append((t, p, mb, me))
     write_lime(path, recs)
-    with pytest.raises(ConfigFormatError, match="not unitary.*little-endian"):
+    with pytest.raises(InvalidFieldError, match="not (unitary|finite).*little-endian"):
         read_ildg(path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..errors import InputError
 
@@ -47,4 +48,15 @@ def main(args: argparse.Namespace) -> int:
     status = (
         info.get("checksum", {}).get("status") if isinstance(info.get("checksum"), dict) else None
     )
-    return 2 if status == "mismatch" else 0
+    if info.get("problem"):  # not a valid field (reliability, issue 12)
+        print(f"trivhmc info: {info['problem']}", file=sys.stderr)
+        return 2
+    if status == "mismatch":
+        c = info["checksum"]
+        print(
+            f"trivhmc info: {args.file}: checksum mismatch (file {c.get('file')}, data "
+            f"{c.get('computed')})",
+            file=sys.stderr,
+        )
+        return 2
+    return 0

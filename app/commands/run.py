@@ -38,18 +38,28 @@ def main(args: argparse.Namespace) -> int:
     preflight(deck, args.deck)  # layout, device, flow model: one message before any output
     from mpi4py import MPI
 
+    from ..lock import acquire_run_lock
     from ..run import run
 
     out = deck.output_dir
-    existed = out.exists()
+    comm = MPI.COMM_WORLD
+    existed = comm.bcast(out.exists() if comm.Get_rank() == 0 else None, root=0)
+    # one run per output directory (app/lock.py): refused on every rank if held by a live run
+    lock = acquire_run_lock(out, comm, comm.Get_rank() == 0)
     try:
         result = run(deck, progress=False if args.no_progress else None)
     except BaseException:
-        if not existed and MPI.COMM_WORLD.Get_rank() == 0:
+        if lock is not None:
+            lock.release()
+            lock = None
+        if not existed and comm.Get_rank() == 0:
             _remove_empty_tree(out)  # a run that failed before writing anything
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
-    if MPI.COMM_WORLD.Get_rank() == 0 and deck.measure is not None and deck.measure.every:
+    if comm.Get_rank() == 0 and deck.measure is not None and deck.measure.every:
         from ..measure import write_run_groups
 
         write_run_groups(result.directory)  # on-the-fly measurements into the ensembles

@@ -14,15 +14,53 @@ finished without an exception.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 from mpi4py import MPI
 
+from .errors import StorageError
+
 TMP_MARK = ".tmp-"
+#: errno values that mean "the storage cannot take this write" (not a bug of ours)
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS}
+_STORAGE_TEXT = ("no space left", "quota exceeded", "disk quota", "input/output error")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """An ``OSError`` (also h5py's, which often carries only the text) from full/quota/IO."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in STORAGE_ERRNOS:
+        return True
+    return any(t in str(exc).lower() for t in _STORAGE_TEXT)
+
+
+def storage_error(exc: OSError, path: Path, tmp: Path | None) -> StorageError:
+    """One clear :class:`StorageError` for a failed write of ``path``."""
+    written = 0
+    with contextlib.suppress(OSError, TypeError):
+        written = os.path.getsize(tmp)
+    old = 0
+    with contextlib.suppress(OSError):
+        old = os.path.getsize(path)
+    free = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(path.parent).free
+    need = max(written, old)
+    reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+    return StorageError(
+        f"cannot write {path}: {reason}. The write needed at least {need / 2**20:.1f} MiB "
+        f"({need} bytes: the new version is written next to the old one, then renamed); "
+        + (f"{free / 2**20:.1f} MiB free on its file system. " if free is not None else "")
+        + "Earlier data are intact (the previous file was kept, the temporary removed); "
+        "free space or raise the quota, then resume the run."
+    )
 
 
 def _tmp_name(path: Path) -> Path:
@@ -72,17 +110,32 @@ def atomic_path(path: str | os.PathLike, comm: MPI.Comm | None = None) -> Iterat
     if comm is not None:
         tmp = comm.bcast(tmp, root=0)
     ok = False
+    failure: str | None = "failed"  # this rank's failure, as text (for the other ranks)
     try:
         yield tmp
-        ok = True
+        ok, failure = True, None
+    except OSError as exc:
+        if is_storage_error(exc):
+            err = storage_error(exc, path, tmp)
+            failure = f"storage:{err}"
+            raise err from None
+        failure = f"other:{exc}"
+        raise
     finally:
-        all_ok = ok if comm is None else bool(comm.allreduce(int(ok), op=MPI.MIN))
+        failures = [failure] if comm is None else comm.allgather(failure)
+        all_ok = all(f is None for f in failures)
         if rank == 0:
             if all_ok:
                 try:
                     fsync_file(tmp)
                     os.replace(tmp, path)
                     fsync_dir(path.parent)
+                except OSError as exc:
+                    err = storage_error(exc, path, tmp) if is_storage_error(exc) else None
+                    _remove(tmp)
+                    if err is not None:
+                        raise err from None
+                    raise
                 except BaseException:
                     _remove(tmp)
                     raise
@@ -92,6 +145,9 @@ def atomic_path(path: str | os.PathLike, comm: MPI.Comm | None = None) -> Iterat
             comm.Barrier()
         if not all_ok and ok:
             # this rank succeeded but another failed: do not pretend the write happened
+            storage = [f for f in failures if f and f.startswith("storage:")]
+            if storage:
+                raise StorageError(storage[0].removeprefix("storage:"))
             raise OSError(f"writing {path} failed on another rank; previous file kept")
 
 

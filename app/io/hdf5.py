@@ -10,6 +10,9 @@ Layout (readable with plain h5py; documented in docs/formats.md)::
     /configs                (n_configs, *global field shape), chunked one config per chunk,
                             resizable; attrs: first (array dim of lattice axis 0 in a config)
     /config_trajectory      (n_configs,) int64: trajectory number of each stored config
+    /config_checksum        (n_configs, 2) uint32: SciDAC (suma, sumb) of each config (see
+                            :func:`field_checksum`; for SU(3) it equals the checksum of the
+                            double-precision ILDG file of the same field)
     /observables/trajectory (n_rows,) int64
     /observables/<name>     (n_rows,) float64, NaN where a row lacks the observable
     /rng                    attrs: the RNG counters (name -> int)
@@ -32,6 +35,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +45,11 @@ import numpy as np
 
 from parallel import ProcessGrid, gather_to_root
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_stale_temporaries
 from .collective import on_root
+from .errors import ChecksumError, InvalidFieldError, MissingChecksumWarning
+from .scidac_checksum import format_checksum, scidac_checksum
+from .validate import check_finite, check_links
 
 FORMAT = "trivhmc-ensemble"
 FORMAT_VERSION = 1
@@ -59,6 +66,40 @@ def _attr_value(value: Any) -> Any:
     if isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
         return np.asarray(value)
     return _json(value)
+
+
+def field_checksum(config: np.ndarray, first: int, ndim: int) -> tuple[int, int]:
+    """SciDAC (QIO) checksum ``(suma, sumb)`` of one configuration in global order.
+
+    Sites in ILDG order (x fastest, the last lattice axis slowest), each site's record being
+    all its values (the non-lattice dims in array order) as big-endian float64 (complex128
+    for complex fields). For SU(3) links ``(4, Lx, Ly, Lz, Lt, 3, 3)`` this is byte for byte
+    the payload of a double-precision ILDG file, so the checksums agree."""
+    config = np.asarray(config)
+    lat = list(range(first, first + ndim))
+    perm = lat[::-1] + [d for d in range(config.ndim) if d not in lat]
+    dtype = ">c16" if np.iscomplexobj(config) else ">f8"
+    nsites = int(np.prod([config.shape[d] for d in lat], dtype=np.int64))
+    sites = np.ascontiguousarray(np.transpose(config, perm), dtype=dtype).reshape(nsites, -1)
+    return scidac_checksum(sites.view(np.uint8), np.arange(nsites, dtype=np.int64))
+
+
+def _checksum_dataset(f: h5py.File) -> h5py.Dataset:
+    """``/config_checksum``, created (and filled for configs stored without one) if missing."""
+    if "config_checksum" in f:
+        return f["config_checksum"]
+    n = f["configs"].shape[0] if "configs" in f else 0
+    ds = f.create_dataset("config_checksum", (n, 2), np.uint32, maxshape=(None, 2), chunks=(256, 2))
+    ds.attrs["algorithm"] = (
+        "SciDAC/QIO suma,sumb: CRC32 per site (ILDG order, x fastest; big-endian float64 or "
+        "complex128 site record), rotated by site index mod 29 / mod 31, XOR-reduced"
+    )
+    if n:
+        first = int(f["configs"].attrs.get("first", 0))
+        ndim = len(f.attrs["lattice"])
+        for i in range(n):
+            ds[i] = field_checksum(f["configs"][i], first, ndim)
+    return ds
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -124,6 +165,9 @@ class EnsembleWriter:
         self._collective(lambda: self._open(mode, meta))
 
     def _open(self, mode: str, meta: dict[str, Any]) -> None:
+        # copies left by a writer killed mid-update (the output directory is locked to one
+        # run, app/lock.py): reclaim their space
+        remove_stale_temporaries(self.path)
         if mode == "w":
             meta["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -218,6 +262,7 @@ class EnsembleWriter:
                 f"dims {first}..., the ensemble lattice is {self.lattice}"
             )
         index: list[int] = []
+        checksum = field_checksum(full, first, len(self.lattice))
 
         def append(f: h5py.File) -> None:
             if "configs" not in f:
@@ -242,6 +287,9 @@ class EnsembleWriter:
             tr = f["config_trajectory"]
             tr.resize(n + 1, axis=0)
             tr[n] = trajectory
+            cs = _checksum_dataset(f)
+            cs.resize(n + 1, axis=0)
+            cs[n] = checksum
             self._write_pending(f)
             index.append(n)
 
@@ -330,6 +378,8 @@ class EnsembleWriter:
             f["config_trajectory"].resize(keep, axis=0)
             if "configs" in f:
                 f["configs"].resize(keep, axis=0)
+            if "config_checksum" in f:
+                f["config_checksum"].resize(keep, axis=0)
             obs = f["observables"]
             rows = int(np.count_nonzero(obs["trajectory"][:] <= trajectory))
             for name in obs:
@@ -339,15 +389,74 @@ class EnsembleWriter:
 
 
 # ---------------------------------------------------------------------- readers
-def read_config(path: str | os.PathLike, index: int = -1) -> np.ndarray:
-    """Configuration ``index`` (negative counts from the end) in global lattice order."""
+def read_config(path: str | os.PathLike, index: int = -1, *, verify: bool = True) -> np.ndarray:
+    """Configuration ``index`` (negative counts from the end) in global lattice order.
+
+    With ``verify`` (default) the configuration must match its stored SciDAC checksum
+    (:class:`ChecksumError`; a file without checksums warns with
+    :class:`MissingChecksumWarning`), have the lattice of the file's header and be a valid
+    field (:func:`check_config`; :class:`InvalidFieldError`)."""
     with h5py.File(path, "r") as f:
         if "configs" not in f or f["configs"].shape[0] == 0:
             raise IndexError(f"{path} holds no configurations")
         n = f["configs"].shape[0]
         if not -n <= index < n:
             raise IndexError(f"config index {index} out of range: {path} holds {n}")
-        return f["configs"][index]
+        config = f["configs"][index]
+        if not verify:
+            return config
+        status = config_checksum_status(f, index, config)
+        theory = f.attrs.get("theory")
+    if status["status"] == "mismatch":
+        raise ChecksumError(
+            f"SciDAC checksum mismatch in {path}, configuration {index % n}: the file records "
+            f"suma={status['file'][0]} sumb={status['file'][1]}, the data give "
+            f"suma={status['computed'][0]} sumb={status['computed'][1]} (corrupted data)"
+        )
+    if status["status"] == "none":
+        warnings.warn(
+            f"{path}: configuration {index % n} has no checksum; it could not be verified",
+            MissingChecksumWarning,
+            stacklevel=2,
+        )
+    check_config(config, str(path), theory)
+    return config
+
+
+def config_checksum_status(f: h5py.File, index: int, config: np.ndarray) -> dict[str, Any]:
+    """``{"kind", "status" (ok|mismatch|none), "file", "computed"}`` for one stored config;
+    raises :class:`InvalidFieldError` when the config's lattice disagrees with the header."""
+    first = int(f["configs"].attrs.get("first", 0))
+    lattice = tuple(int(x) for x in f.attrs["lattice"])
+    dims = tuple(config.shape[first : first + len(lattice)])
+    if dims != lattice:
+        raise InvalidFieldError(
+            f"{f.filename}: configuration of shape {config.shape} has lattice dims {dims}, the "
+            f"file's header says {list(lattice)}"
+        )
+    computed = field_checksum(config, first, len(lattice))
+    out: dict[str, Any] = {"kind": "scidac", "computed": [format_checksum(c) for c in computed]}
+    ds = f.get("config_checksum")
+    n = f["configs"].shape[0]
+    if ds is None or ds.shape[0] != n:
+        return {**out, "status": "none", "file": None}
+    stored = tuple(int(c) for c in ds[index])
+    out["file"] = [format_checksum(c) for c in stored]
+    out["status"] = "ok" if stored == computed else "mismatch"
+    return out
+
+
+def is_su3_links(config: np.ndarray) -> bool:
+    return config.ndim == 7 and config.shape[0] == 4 and config.shape[-2:] == (3, 3)
+
+
+def check_config(config: np.ndarray, path: str, theory: str | None = None) -> None:
+    """Finite entries; SU(3) links also unitary to the tolerance of their precision."""
+    if theory == "su3" or (theory is None and is_su3_links(config)):
+        precision = "single" if config.dtype == np.complex64 else "double"
+        check_links(config, path, precision)
+    else:
+        check_finite(config, path)
 
 
 def read_observables(path: str | os.PathLike) -> dict[str, np.ndarray]:

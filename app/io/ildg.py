@@ -48,6 +48,7 @@ from .atomic import atomic_path
 from .collective import on_root
 from .errors import ChecksumError, ConfigFormatError, MissingChecksumWarning
 from .scidac_checksum import format_checksum, lexicographic_index, parse_checksum, scidac_checksum
+from .validate import check_links
 from .xmlutil import clean_text, element, find_text, local_name, parse_xml, to_xml
 
 ND = 4
@@ -475,7 +476,7 @@ def read_ildg(
     verify_checksum: bool = True,
     check_unitarity: bool = True,
     check_header: bool = True,
-    unitarity_tol: float = 1e-5,
+    unitarity_tol: float | None = None,
     header_tol: float = 1e-5,
     device: Any = None,
 ) -> tuple[Any, IldgInfo]:
@@ -484,7 +485,10 @@ def read_ildg(
     Returns this rank's block ``(4, lx, ly, lz, lt, 3, 3)`` complex128 (numpy, or a torch
     tensor on ``device`` when given) and an :class:`IldgInfo`. With ``grid=None`` the whole
     lattice is read on this rank. Raises :class:`ChecksumError` on a checksum mismatch
-    (unless ``verify_checksum=False``), :class:`ConfigFormatError` for every other defect;
+    (unless ``verify_checksum=False``), :class:`InvalidFieldError` when the links are not
+    finite or not unitary to ``unitarity_tol`` (default: by the file's precision,
+    :mod:`app.io.validate`; with the byte-order diagnosis), :class:`ConfigFormatError` for every
+    other defect;
     warns with :class:`MissingChecksumWarning` when the file has no checksum.
     """
     path = str(path)
@@ -544,13 +548,14 @@ def read_ildg(
     with np.errstate(all="ignore"):
         links = file_order_to_links(block)
     if check_unitarity:
-        dev = gauge_stats.unitarity_deviation(links, grid)
-        if not dev <= unitarity_tol:
-            hint = on_root(lambda: _endianness_hint(block, prec), comm)
-            raise ConfigFormatError(
-                f"links read from {path} are not unitary (max |U U^+ - 1| = {dev:.3g} > "
-                f"{unitarity_tol:g}): {hint}; refusing to return a wrong field"
-            )
+        check_links(
+            links,
+            path,
+            prec.name,
+            grid,
+            hint=lambda: on_root(lambda: _endianness_hint(block, prec), comm),
+            tol=unitarity_tol,
+        )
     if check_header and (hdr.plaq is not None or hdr.linktr is not None):
         _check_header_values(path, links, grid, hdr.plaq, hdr.linktr, header_tol)
 

@@ -39,6 +39,7 @@ from .atomic import atomic_write
 from .collective import on_root
 from .errors import ChecksumError, ConfigFormatError
 from .ildg import NC, ND, _as_links, _check_grid, file_order_to_links
+from .validate import check_links
 
 BEGIN = b"BEGIN_HEADER"
 END = b"END_HEADER"
@@ -122,7 +123,7 @@ def _read_global(
     check_header: bool,
     header_tol: float,
     check_unitarity: bool = True,
-    unitarity_tol: float = 1e-5,
+    unitarity_tol: float | None = None,
 ) -> tuple[np.ndarray, NerscInfo]:
     header, offset = _parse_header(path)
     try:
@@ -189,12 +190,13 @@ def _read_global(
         block = gauge_stats.reconstruct_third_row(block)
     links = file_order_to_links(block)
     if check_unitarity:
-        dev = gauge_stats.unitarity_deviation(links)
-        if not dev <= unitarity_tol:
-            raise ConfigFormatError(
-                f"links read from {path} are not unitary (max |U U^+ - 1| = {dev:.3g}): wrong "
-                f"FLOATING_POINT = {fp} (byte order or precision) or corrupted data"
-            )
+        check_links(
+            links,
+            path,
+            precision,
+            hint=lambda: f"wrong FLOATING_POINT = {fp} (byte order or precision) or corrupted data",
+            tol=unitarity_tol,
+        )
     if check_header:
         checks = (
             ("PLAQUETTE", info.plaquette_header, lambda: gauge_stats.plaquette(links).total),
@@ -219,7 +221,7 @@ def read_nersc(
     check_header: bool = True,
     header_tol: float = 1e-6,
     check_unitarity: bool = True,
-    unitarity_tol: float = 1e-5,
+    unitarity_tol: float | None = None,
     device: Any = None,
 ) -> tuple[Any, NerscInfo]:
     """Read a NERSC configuration: this rank's block ``(4, lx, ly, lz, lt, 3, 3)`` complex128.

@@ -1,0 +1,94 @@
+"""A full disk during a 2-rank run: one clear message, a non-zero exit on every rank, no
+traceback or crash, nothing earlier damaged, no temporary left; resume completes the run
+bit for bit.
+
+The full disk is *simulated*: creating a small tmpfs needs root, so a ``sitecustomize`` put
+on the ``PYTHONPATH`` of the launched ranks makes ``shutil.copyfile`` of an ensemble file
+(the copy-on-write step of every HDF5 save) write a partial copy and then fail with
+``ENOSPC``, after the first few saves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+from mpi_launch import mpiexec
+
+from app.io.hdf5 import read_config
+
+DECK = """\
+theory:   {name: u1, beta: 2.0}
+lattice:  {shape: [8, 8]}
+sampler:  {name: hmc, integrator: omelyan, steps: 4, trajectory_length: 1.0}
+run:      {seed: 3, thermalization: 2, trajectories: 10, save_every: 2, checkpoint_every: 2,
+           chains: 2}
+output:   {directory: out, formats: [hdf5]}
+"""
+
+FULL_DISK = """\
+import errno, os, shutil
+_after = int(os.environ["FAKE_ENOSPC_AFTER_COPIES"])
+_orig = shutil.copyfile
+_count = [0]
+def copyfile(src, dst, *args, **kwargs):
+    if os.path.basename(str(src)).startswith("ensemble_c"):
+        _count[0] += 1
+        if _count[0] > _after:
+            with open(src, "rb") as a, open(dst, "wb") as b:
+                b.write(a.read()[: os.path.getsize(src) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+    return _orig(src, dst, *args, **kwargs)
+shutil.copyfile = copyfile
+"""
+
+
+def launch(tmp: Path, out: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    deck = tmp / "deck.yaml"
+    deck.write_text(DECK)
+    exe = str(Path(sys.executable).parent / "trivhmc")
+    cmd = [mpiexec(), "-n", "2", exe, "run", str(deck), "--no-progress"]
+    cmd += ["--set", f"output.directory={out}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+
+
+def test_full_disk_on_two_ranks_ends_cleanly_and_resume_completes(tmp_path):
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_DISK)
+    path = str(inject) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = launch(tmp_path, "out", {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_COPIES": "5"})
+    err = proc.stderr
+    assert proc.returncode == 8, err  # the storage exit status (docs/errors.md)
+    assert "Traceback" not in err and "Segmentation" not in err and "signal 11" not in err
+    assert err.count("No space left on device") == 1, err
+    assert "cannot write" in err and "ensemble_c" in err and "bytes" in err and "free" in err
+    out = tmp_path / "out"
+    assert not [p.name for p in out.rglob("*") if ".tmp-" in p.name]
+    # what was saved before the failure is intact and verifies
+    for c in (0, 1):
+        with h5py.File(out / f"ensemble_c{c}.h5") as f:
+            n = f["configs"].shape[0]
+        assert n >= 1
+        read_config(out / f"ensemble_c{c}.h5", n - 1)
+    # resume with space: the same ensemble as an uninterrupted run
+    assert launch(tmp_path, "out", {}).returncode == 0
+    ref = launch(tmp_path, "ref", {})
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    for c in (0, 1):
+        name = f"ensemble_c{c}.h5"
+        with h5py.File(out / name) as a, h5py.File(tmp_path / "ref" / name) as b:
+            np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
+            np.testing.assert_array_equal(a["observables/dH"][...], b["observables/dH"][...])
+
+    def records(d: Path) -> list[dict]:
+        lines = (d / "records.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in lines]
+
+    assert records(out) == records(tmp_path / "ref")
