@@ -53,6 +53,7 @@ class RunLockedError(InputError):
 
 
 def job_id() -> str | None:
+    """The scheduler job id of this process (PBS, Slurm, ...), or None."""
     for var in JOB_ID_VARS:
         if os.environ.get(var):
             return os.environ[var]
@@ -70,6 +71,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def describe(holder: dict[str, Any]) -> str:
+    """The holder of a lock in words (host, pid, job id, start time)."""
     job = holder.get("job_id")
     return (
         f"host {holder.get('host')!r}, pid {holder.get('pid')}"

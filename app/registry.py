@@ -77,11 +77,14 @@ def canonical_parameter_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
 
 
 def canonical_card_bytes(card: dict[str, Any]) -> bytes:
+    """The card as canonical JSON bytes (sorted keys, no ``hash``), for the content hash."""
     body = {k: v for k, v in card.items() if k != "hash"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=_json_default).encode()
 
 
 def content_hash(state_dict: dict[str, torch.Tensor], card: dict[str, Any]) -> str:
+    """SHA-256 over the canonical parameter bytes and the canonical card: the model's
+    content address."""
     h = hashlib.sha256()
     h.update(canonical_parameter_bytes(state_dict))
     h.update(canonical_card_bytes(card))

@@ -191,6 +191,7 @@ class EnsembleWriter:
     # ------------------------------------------------------------------ helpers
     @property
     def is_writer(self) -> bool:
+        """True on the rank that writes the file (the domain root, or without a grid)."""
         return self.grid is None or self.grid.is_root
 
     def _collective(self, fn, grid: ProcessGrid | None = None):
@@ -325,6 +326,7 @@ class EnsembleWriter:
             self._rng = None
 
     def close(self) -> None:
+        """Flush and close the file (writer rank only)."""
         self.flush()
 
     def __enter__(self) -> EnsembleWriter:
@@ -447,6 +449,7 @@ def config_checksum_status(f: h5py.File, index: int, config: np.ndarray) -> dict
 
 
 def is_su3_links(config: np.ndarray) -> bool:
+    """True for an SU(3) link field ``(4, *lattice, 3, 3)``."""
     return config.ndim == 7 and config.shape[0] == 4 and config.shape[-2:] == (3, 3)
 
 
@@ -499,5 +502,6 @@ def _plain(value: Any) -> Any:
 
 
 def is_hdf5(path: str | os.PathLike) -> bool:
+    """True if ``path`` starts with the HDF5 signature."""
     with open(path, "rb") as f:
         return f.read(8) == b"\x89HDF\r\n\x1a\n"

@@ -59,6 +59,9 @@ BINARY_RECORDS = ("ildg-binary-data", "scidac-binary-data")
 
 @dataclass(frozen=True)
 class Precision:
+    """Floating-point precision of an ILDG payload (name, bits, big-endian numpy dtype,
+    QDP letter)."""
+
     name: str  # "double" | "single"
     bits: int  # 64 | 32
     dtype: str  # big-endian complex numpy dtype
@@ -66,10 +69,12 @@ class Precision:
 
     @property
     def itemsize(self) -> int:
+        """Bytes per complex number."""
         return np.dtype(self.dtype).itemsize
 
     @property
     def site_bytes(self) -> int:
+        """Bytes of the four 3x3 links of one site."""
         return ND * NC * NC * self.itemsize
 
 
@@ -345,24 +350,21 @@ def _float_or_none(text: str | None) -> float | None:
         return None
 
 
-def _scan(path: str) -> _Header:
-    """Read and check the metadata records of an ILDG/SciDAC file (serial)."""
-    name = str(path)
-    with open(path, "rb") as f:
-        records = list(lime.iter_records(f, name))
-        texts: dict[str, str] = {}
-        for rec in records:
-            if rec.type in BINARY_RECORDS or rec.type in texts:
-                continue
-            if rec.length > 1 << 20:  # metadata records are small; do not slurp payloads
-                continue
-            texts[rec.type] = clean_text(lime.read_payload(f, rec))
+def _metadata_texts(f, name: str) -> tuple[list, dict[str, str]]:
+    """Every record header and the text of each small (metadata) record, by type."""
+    records = list(lime.iter_records(f, name))
+    texts: dict[str, str] = {}
+    for rec in records:
+        if rec.type in BINARY_RECORDS or rec.type in texts:
+            continue
+        if rec.length > 1 << 20:  # metadata records are small; do not slurp payloads
+            continue
+        texts[rec.type] = clean_text(lime.read_payload(f, rec))
+    return records, texts
 
-    binary = next((r for t in BINARY_RECORDS for r in records if r.type == t), None)
-    if binary is None:
-        types = ", ".join(r.type for r in records) or "none"
-        raise ConfigFormatError(f"{name}: no ildg-binary-data record (records: {types})")
 
+def _lattice_and_precision(texts: dict[str, str], name: str) -> tuple[tuple[int, ...], Precision]:
+    """Lattice size and precision from the ildg-format record, else SciDAC private XML."""
     lattice: tuple[int, ...] | None = None
     prec: Precision | None = None
     if "ildg-format" in texts:
@@ -391,33 +393,46 @@ def _scan(path: str) -> _Header:
             )
     if len(lattice) != ND or any(n < 1 for n in lattice):
         raise ConfigFormatError(f"{name}: lattice dims {list(lattice)} are not 4 positive sizes")
+    return lattice, prec
 
+
+def _check_payload_size(binary, lattice: tuple[int, ...], prec: Precision, name: str) -> None:
+    """The binary record must hold exactly the header's lattice at its precision."""
     volume = int(np.prod(lattice))
     expected = volume * prec.site_bytes
-    if binary.length != expected:
-        hint = ""
-        other = SINGLE if prec is DOUBLE else DOUBLE
-        if binary.length == volume * other.site_bytes:
-            hint = f" (that size would fit precision {other.bits}, not {prec.bits})"
-        elif binary.length % prec.site_bytes == 0:
-            hint = f" (the payload holds {binary.length // prec.site_bytes} sites, not {volume})"
-        raise ConfigFormatError(
-            f"{name}: lattice dims {list(lattice)} at precision {prec.bits} in the header "
-            f"need {expected} bytes of links, but {binary.type} holds {binary.length}{hint}"
-        )
+    if binary.length == expected:
+        return
+    hint = ""
+    other = SINGLE if prec is DOUBLE else DOUBLE
+    if binary.length == volume * other.site_bytes:
+        hint = f" (that size would fit precision {other.bits}, not {prec.bits})"
+    elif binary.length % prec.site_bytes == 0:
+        hint = f" (the payload holds {binary.length // prec.site_bytes} sites, not {volume})"
+    raise ConfigFormatError(
+        f"{name}: lattice dims {list(lattice)} at precision {prec.bits} in the header "
+        f"need {expected} bytes of links, but {binary.type} holds {binary.length}{hint}"
+    )
 
-    checksum = None
-    if "scidac-checksum" in texts:
-        what = f"{name}: scidac-checksum record"
-        root = parse_xml(texts["scidac-checksum"], what)
-        a, b = find_text(root, "suma"), find_text(root, "sumb")
-        if a is None or b is None:
-            raise ConfigFormatError(f"{what}: needs <suma> and <sumb>")
-        try:
-            checksum = (parse_checksum(a), parse_checksum(b))
-        except ValueError as err:
-            raise ConfigFormatError(f"{what}: {err}") from None
 
+def _checksum_of(texts: dict[str, str], name: str) -> tuple[int, int] | None:
+    """``(suma, sumb)`` of the scidac-checksum record, or None without one."""
+    if "scidac-checksum" not in texts:
+        return None
+    what = f"{name}: scidac-checksum record"
+    root = parse_xml(texts["scidac-checksum"], what)
+    a, b = find_text(root, "suma"), find_text(root, "sumb")
+    if a is None or b is None:
+        raise ConfigFormatError(f"{what}: needs <suma> and <sumb>")
+    try:
+        return (parse_checksum(a), parse_checksum(b))
+    except ValueError as err:
+        raise ConfigFormatError(f"{what}: {err}") from None
+
+
+def _plaquette_info(
+    texts: dict[str, str], name: str
+) -> tuple[float | None, float | None, str | None]:
+    """``(plaq, linktr, info)`` of a usqcdInfo record (Chroma/QIO) or tmLQCD's xlf-info."""
     plaq = linktr = None
     info = None
     for rtype in ("scidac-record-xml", "scidac-file-xml"):
@@ -435,7 +450,22 @@ def _scan(path: str) -> _Header:
             key, _, value = line.partition("=")
             if key.strip() == "plaquette":
                 plaq = _float_or_none(value.strip())
+    return plaq, linktr, info
 
+
+def _scan(path: str) -> _Header:
+    """Read and check the metadata records of an ILDG/SciDAC file (serial)."""
+    name = str(path)
+    with open(path, "rb") as f:
+        records, texts = _metadata_texts(f, name)
+    binary = next((r for t in BINARY_RECORDS for r in records if r.type == t), None)
+    if binary is None:
+        types = ", ".join(r.type for r in records) or "none"
+        raise ConfigFormatError(f"{name}: no ildg-binary-data record (records: {types})")
+    lattice, prec = _lattice_and_precision(texts, name)
+    _check_payload_size(binary, lattice, prec, name)
+    checksum = _checksum_of(texts, name)
+    plaq, linktr, info = _plaquette_info(texts, name)
     return _Header(
         lattice=lattice,
         prec=prec,

@@ -64,12 +64,14 @@ class NerscInfo:
 
     @property
     def checksum_status(self) -> str:
+        """``ok``, ``mismatch`` or ``missing``: the header checksum against the data's."""
         if self.checksum_file is None:
             return "missing"
         return "ok" if self.checksum_file == self.checksum_data else "mismatch"
 
 
 def is_nersc(path: str | os.PathLike) -> bool:
+    """True if ``path`` starts with the NERSC ``BEGIN_HEADER`` line."""
     with open(path, "rb") as f:
         return f.read(len(BEGIN)) == BEGIN
 
@@ -117,6 +119,37 @@ def nersc_checksum(data: np.ndarray, byteorder: str) -> int:
     return int(words.sum(dtype=np.uint64) & np.uint64(0xFFFFFFFF))
 
 
+def _layout(header: dict[str, str], path: str) -> tuple[tuple[int, ...], str, int]:
+    """``(lattice, DATATYPE, stored rows per link)`` from a NERSC header."""
+    try:
+        lattice = tuple(int(header[f"DIMENSION_{i}"]) for i in range(1, ND + 1))
+    except KeyError as err:
+        raise ConfigFormatError(f"{path}: header has no {err.args[0]}") from None
+    except ValueError as err:
+        raise ConfigFormatError(f"{path}: bad lattice dimension ({err})") from None
+    datatype = header.get("DATATYPE", "")
+    if datatype == "4D_SU3_GAUGE_3x3":
+        return lattice, datatype, 3
+    if datatype == "4D_SU3_GAUGE":
+        return lattice, datatype, 2
+    raise ConfigFormatError(f"{path}: unsupported DATATYPE = {datatype!r}")
+
+
+def _header_numbers(info: NerscInfo, header: dict[str, str], path: str) -> None:
+    """The header's CHECKSUM, PLAQUETTE and LINK_TRACE into ``info`` (clear errors)."""
+    if "CHECKSUM" in header:
+        try:
+            info.checksum_file = int(header["CHECKSUM"].lower().removeprefix("0x"), 16)
+        except ValueError:
+            raise ConfigFormatError(f"{path}: bad CHECKSUM = {header['CHECKSUM']!r}") from None
+    for key, attr in (("PLAQUETTE", "plaquette_header"), ("LINK_TRACE", "link_trace_header")):
+        if key in header:
+            try:
+                setattr(info, attr, float(header[key]))
+            except ValueError:
+                raise ConfigFormatError(f"{path}: bad {key} = {header[key]!r}") from None
+
+
 def _read_global(
     path: str,
     verify_checksum: bool,
@@ -126,19 +159,7 @@ def _read_global(
     unitarity_tol: float | None = None,
 ) -> tuple[np.ndarray, NerscInfo]:
     header, offset = _parse_header(path)
-    try:
-        lattice = tuple(int(header[f"DIMENSION_{i}"]) for i in range(1, ND + 1))
-    except KeyError as err:
-        raise ConfigFormatError(f"{path}: header has no {err.args[0]}") from None
-    except ValueError as err:
-        raise ConfigFormatError(f"{path}: bad lattice dimension ({err})") from None
-    datatype = header.get("DATATYPE", "")
-    if datatype == "4D_SU3_GAUGE_3x3":
-        rows = 3
-    elif datatype == "4D_SU3_GAUGE":
-        rows = 2
-    else:
-        raise ConfigFormatError(f"{path}: unsupported DATATYPE = {datatype!r}")
+    lattice, datatype, rows = _layout(header, path)
     fp = header.get("FLOATING_POINT", "IEEE32BIG")
     dtype, precision = _floating_point(fp, path)
     volume = int(np.prod(lattice))
@@ -167,17 +188,7 @@ def _read_global(
         checksum_data=nersc_checksum(data, dtype[0]),
         data_offset=offset,
     )
-    if "CHECKSUM" in header:
-        try:
-            info.checksum_file = int(header["CHECKSUM"].lower().removeprefix("0x"), 16)
-        except ValueError:
-            raise ConfigFormatError(f"{path}: bad CHECKSUM = {header['CHECKSUM']!r}") from None
-    for key, attr in (("PLAQUETTE", "plaquette_header"), ("LINK_TRACE", "link_trace_header")):
-        if key in header:
-            try:
-                setattr(info, attr, float(header[key]))
-            except ValueError:
-                raise ConfigFormatError(f"{path}: bad {key} = {header[key]!r}") from None
+    _header_numbers(info, header, path)
 
     if verify_checksum and info.checksum_status == "mismatch":
         raise ChecksumError(
