@@ -301,20 +301,12 @@ def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[
 
 def _measure_share(grid, theory, measurer, entries, mine) -> None:
     """Measure this replica group's share of ``entries`` into ``mine``."""
+    from app.setup import local_block
+
     for j in range(grid.replica, len(entries), grid.replicas):
         path, fmt, index, traj = entries[j]
         full, file_traj = _read(path, fmt, index)
-        expected = tuple(theory.field_shape(1)[1 : theory.first]) + grid.shape
-        got = tuple(full.shape[: theory.first - 1 + grid.ndim])
-        if got != expected:
-            raise InputError(
-                f"{path} holds a field of shape {tuple(full.shape)}; the deck needs "
-                f"lattice {list(grid.shape)} ({theory.name})"
-            )
-        block = full[(slice(None),) * (theory.first - 1) + grid.local_slices()]
-        field = torch.from_numpy(np.ascontiguousarray(block)).to(
-            device=theory.device, dtype=theory.dtype
-        )
+        field = local_block(full, theory, str(path))
         merged = measurer.measure(field.unsqueeze(0))
         mine.append((j, traj if file_traj is None else file_traj, merged))
 

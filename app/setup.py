@@ -128,7 +128,6 @@ def load_start_field(path: Path, theory: Theory, chains: int) -> torch.Tensor:
     from app.io.formats import detect_format
     from app.io.hdf5 import read_config, read_metadata
 
-    grid = theory.grid
     try:
         fmt = detect_format(path)
         if fmt == "hdf5":
@@ -145,13 +144,21 @@ def load_start_field(path: Path, theory: Theory, chains: int) -> torch.Tensor:
             full, _ = read_any(path)
     except (ConfigFormatError, OSError, IndexError) as exc:
         raise InputError(f"run.start: cannot read {path}: {exc}") from None
+    t = local_block(full, theory, f"run.start: {path}")
+    return t.unsqueeze(0).expand((chains,) + tuple(t.shape)).contiguous()
+
+
+def local_block(full, theory: Theory, what: str) -> torch.Tensor:
+    """This rank's block of one global field ``full`` (numpy, the theory's layout without the
+    batch axis) as a tensor of the theory's dtype and device; a clear error naming ``what``
+    when its lattice is not the theory's."""
+    grid = theory.grid
     expected = tuple(theory.field_shape(1)[1 : theory.first]) + grid.shape
     got = tuple(full.shape[: theory.first - 1 + grid.ndim])
     if got != expected:
         raise InputError(
-            f"run.start: {path} holds a field of shape {full.shape}; the deck "
-            f"needs lattice {list(grid.shape)} ({theory.name})"
+            f"{what} holds a field of shape {tuple(full.shape)}; the deck needs lattice "
+            f"{list(grid.shape)} ({theory.name})"
         )
     block = full[(slice(None),) * (theory.first - 1) + grid.local_slices()]
-    t = torch.from_numpy(block.copy()).to(device=theory.device, dtype=theory.dtype)
-    return t.unsqueeze(0).expand((chains,) + tuple(t.shape)).contiguous()
+    return torch.from_numpy(block.copy()).to(device=theory.device, dtype=theory.dtype)
