@@ -7,11 +7,15 @@ Every chain of the batch runs its own CG (Hestenes & Stiefel 1952): per iteratio
     beta = (r', r') / (r, r),   p = r' + beta p,
 
 and stops when its recursive residual satisfies ``|r| <= tol |b|``; a stopped chain is frozen
-(its step lengths are zero) while the others go on. The global dot products are
-:func:`parallel.lattice_sum` of per-site values (spin summed locally first), i.e. the
-project's reproducible global sum (correctly rounded and grid-independent where
-``parallel.reduce`` provides the exact sum), so the iterates, iteration counts and convergence
-decisions are the same on every process grid.
+(its step lengths are zero) while the others go on.
+
+Reproducible dot products: the per-site values (spin summed locally first) are summed over
+the global lattice by :func:`grid_independent_sum`: the exact, correctly rounded
+:func:`parallel.lattice_sum` where ``parallel.reduce`` provides it (``exact_segment_sum``);
+otherwise, on a split domain, the per-site values are all-gathered and summed in global site
+order (the same float sum as on one rank; ``O(V)`` traffic per dot product, fine for 2D).
+Either way the iterates, iteration counts and convergence decisions (hence HMC
+configurations) are bit for bit the same on every process grid.
 
 At the end the *true* residual ``|b - A x| / |b|`` is computed; chains whose true residual is
 above ``tol`` (the recursion drifted) restart from their ``x`` while iterations remain
@@ -27,7 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from parallel import ProcessGrid, lattice_sum
+import parallel.reduce
+from parallel import ProcessGrid, allgather_field, lattice_sum
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,14 +64,29 @@ class CGResult:
             )
 
 
+#: True when parallel.lattice_sum is the exact (grid-independent) sum
+EXACT_LATTICE_SUM = hasattr(parallel.reduce, "exact_segment_sum")
+
+
+def grid_independent_sum(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """Sum of ``x`` (``(B, *local)``, real) over the global lattice per chain, bit for bit the
+    same on every process grid (see the module docstring)."""
+    if EXACT_LATTICE_SUM:
+        return lattice_sum(x, grid, 1)
+    dims = tuple(range(1, x.ndim))
+    if grid.size == 1:
+        return x.sum(dim=dims)
+    return allgather_field(x.detach().contiguous(), grid, first=1).sum(dim=dims)
+
+
 def norm2(v: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """``(v, v) = sum_x sum_s |v_s(x)|^2`` per chain for spinors ``(B, 2, *local)``."""
-    return lattice_sum((v.real * v.real + v.imag * v.imag).sum(dim=1), grid, 1)
+    return grid_independent_sum((v.real * v.real + v.imag * v.imag).sum(dim=1), grid)
 
 
 def redot(a: torch.Tensor, b: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """``Re (a, b) = Re sum_x sum_s a_s(x)^* b_s(x)`` per chain."""
-    return lattice_sum((a.real * b.real + a.imag * b.imag).sum(dim=1), grid, 1)
+    return grid_independent_sum((a.real * b.real + a.imag * b.imag).sum(dim=1), grid)
 
 
 def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
