@@ -236,8 +236,10 @@ def mean_err(per_chain):
 EXACT_POINTS = [(1.0, 0.22), (2.0, 0.25)]
 
 
-def check_against_brute_force(beta, kappa, chains, n_traj, therm, sweeps, seed, sensitive=True):
-    per_chain, emdh = hmc_plaquette(beta, kappa, chains, n_traj, therm, seed)
+def check_against_brute_force(
+    beta, kappa, chains, n_traj, therm, sweeps, seed, sensitive=True, hasenbusch=()
+):
+    per_chain, emdh = hmc_plaquette(beta, kappa, chains, n_traj, therm, seed, hasenbusch)
     hmc_m, hmc_e = mean_err(per_chain)
     ref_m, ref_e = mean_err(link_metropolis(beta, kappa, (4, 4), chains, sweeps, 10, seed))
     sigma = math.hypot(hmc_e, ref_e)
@@ -263,6 +265,13 @@ def test_hmc_matches_brute_force_determinant_4x4_short(point):
 @pytest.mark.parametrize("point", EXACT_POINTS)
 def test_hmc_matches_brute_force_determinant_4x4_long(point):
     check_against_brute_force(*point, chains=64, n_traj=300, therm=10, sweeps=400, seed=2)
+
+
+@pytest.mark.slow
+def test_hmc_hasenbusch_matches_brute_force_determinant_4x4_long():
+    check_against_brute_force(
+        2.0, 0.25, chains=64, n_traj=200, therm=10, sweeps=400, seed=3, hasenbusch=(0.15, 0.2)
+    )
 
 
 def test_small_kappa_is_quenched_exact_u1():
