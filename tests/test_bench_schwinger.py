@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/bench_schwinger.py at tiny settings (plain HMC and flow
-Metropolis, one table row each; the others are exercised in tests/test_schwinger*.py); the numbers are meaningless at this size."""
+Metropolis, one table row each; the other samplers are exercised in tests/test_schwinger*.py);
+the numbers are meaningless at this size."""
 
 from __future__ import annotations
 
