@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~30 s on a loaded 2-core machine
 def test_bench_schwinger_prints_one_row_per_sampler():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_schwinger.py"), "--L", "4"]
     cmd += ["--chains", "2", "--traj", "3", "--therm", "1", "--train-steps", "2"]
