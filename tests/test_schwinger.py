@@ -155,6 +155,27 @@ def test_fermion_force_equals_numerical_derivative(hasenbusch):
     assert torch.all((s - n).abs() < 6 * math.sqrt(n))
 
 
+def test_heatbath_gives_chi_squared_for_plain_and_ratio_terms():
+    """Heatbath ``phi = M^+ chi`` (plain) / ``M_1^{-+} M^+ chi`` (ratio) means
+    ``S(phi) = chi^+ chi`` exactly at the start field, with each term's own noise slice."""
+    from kernels.theories.schwinger import PURPOSE_PSEUDOFERMION, complex_noise
+
+    shape = (4, 6)
+    grid = single_rank_grid(shape)
+    th = Schwinger(grid, 1.0, 0.25, hasenbusch=[0.1, 0.2], cg_tol=1e-13)
+    rng = SiteRNG(21)
+    theta = th.hot_start(rng, 0, 2)
+    th.refresh(theta, rng, 7)
+    chi = complex_noise(rng, grid, PURPOSE_PSEUDOFERMION, 7, 2, (3,))
+    for j, t in enumerate(th.pseudofermion_terms()):
+        want = (chi[:, j].abs() ** 2).sum(dim=(1, 2, 3))
+        torch.testing.assert_close(t.action(theta), want, rtol=1e-9, atol=1e-9)
+    # <|chi|^2> = 1 per component (|chi|^2 is exponential: standard deviation 1)
+    assert abs(float((chi.abs() ** 2).mean()) - 1.0) < 4 / math.sqrt(chi.numel())
+    # the terms draw different noise
+    assert not torch.allclose(chi[:, 0], chi[:, 1])
+
+
 def test_hamiltonian_and_force_are_gauge_invariant():
     shape = (4, 6)
     th = Schwinger(single_rank_grid(shape), 1.1, 0.22, hasenbusch=[0.15], cg_tol=1e-13)
