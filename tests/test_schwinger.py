@@ -359,5 +359,5 @@ def test_condensate_and_pion_correlator_against_dense_inverse():
     m = effective_mass(torch.from_numpy(c)).numpy()
     np.testing.assert_allclose(m, np.log(dens[:, :-1] / dens[:, 1:]), rtol=1e-9)
     obs = th.observables(theta)
-    assert {"plaquette", "Q", "Q_int", "pbp", "pion_C0", "pion_C5"} <= set(obs)
+    assert {"plaquette", "Q", "Q_int", "pbp", "pion_C_0", "pion_C_5"} <= set(obs)
     assert obs["pbp"].shape == (2,)

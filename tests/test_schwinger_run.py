@@ -50,7 +50,7 @@ def ensemble(out: Path) -> dict:
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("one_rank") / "out"
     run(out, 1, "--set", "run.trajectories=4")
-    return ensemble(out)
+    return {**ensemble(out), "out": out}
 
 
 def assert_same_configs(got, ref):
@@ -70,10 +70,15 @@ def test_deck_runs_and_records_cg_iterations(reference):
     last = recs[-1]
     assert all(n > 5 for n in last["fermion.cg_iterations"])
     assert last["fermion.cg_failures"] == [0.0, 0.0]
-    assert {"plaquette", "Q_int", "pbp", "pion_C0"} <= set(last["observables"])
+    assert {"plaquette", "Q_int", "pbp", "pion_C_0"} <= set(last["observables"])
     cfg, traj = reference["ensembles"][0]
     assert cfg.shape[1:] == (2, 4, 8) and len(traj) == 4  # after thermalization
     assert any(any(r["accepted"]) for r in recs)
+    # the analysis derives the pion effective mass from the pion_C_<t> columns
+    exe = str(Path(sys.executable).parent / "trivhmc")
+    proc = subprocess.run([exe, "analyze", str(reference["out"])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "m_eff[pion_C][1]" in proc.stdout and "pbp" in proc.stdout
 
 
 def test_restart_continues_bit_for_bit(reference, tmp_path):
