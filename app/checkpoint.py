@@ -46,6 +46,8 @@ class CheckpointError(InputError):
 
 @dataclass
 class Checkpoint:
+    """A checkpoint: the next trajectory, the run's physics and settings, the sampler state."""
+
     trajectory: int
     physics: dict[str, Any]
     run: dict[str, Any]

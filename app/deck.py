@@ -256,10 +256,11 @@ class LevelSection(_Section):
 class SamplerSection(_Section):
     """The Markov chain: HMC on the original or the flow-transformed (trivialized) action."""
 
-    name: Literal["hmc", "trivialized_hmc", "flow_metropolis"] = Field(
+    name: Literal["hmc", "trivialized_hmc", "flow_metropolis", "l2hmc"] = Field(
         default="hmc",
         description="hmc; trivialized_hmc (HMC on S(F(V)) - log det J_F, needs `flow`); "
-        "flow_metropolis (independence Metropolis with flow proposals, needs `flow`).",
+        "flow_metropolis (independence Metropolis with flow proposals, needs `flow`); "
+        "l2hmc (learned generalized leapfrog, needs `model`; docs/l2hmc.md).",
     )
     integrator: Literal["leapfrog", "omelyan"] = Field(
         default="omelyan",
@@ -287,6 +288,19 @@ class SamplerSection(_Section):
         "e.g. [{terms: [fermion], steps: 8}, {terms: [gauge], steps: 4}]); null: one level "
         "with the whole force and `steps` steps. With levels, levels[0].steps replaces "
         "`steps`.",
+    )
+    # --- l2hmc (docs/l2hmc.md)
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="l2hmc only: registry reference (name or name@hash) of a model trained "
+        "with train.objective: l2hmc (registry: $TRIVHMC_MODELS, else ./models next to the "
+        "deck).",
+    )
+    leapfrog_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="l2hmc only: expected number of leapfrog layers of the model (checked).",
     )
 
     @property
@@ -391,9 +405,23 @@ ARCHITECTURES = _architectures()
 class TrainSection(_Section):
     """Training of a flow model by ``trivhmc train deck.yaml`` (docs/flows.md)."""
 
-    architecture: Literal[tuple(ARCHITECTURES)] = Field(  # type: ignore[valid-type]
-        description="Flow architecture; must act on the deck's theory (phi4_*, u1_*, su3_*). "
-        "u1_sweep (2D) starts from the fitted single-plaquette map before training."
+    objective: Literal["flow", "l2hmc"] = Field(
+        default="flow",
+        description="flow: train a flow (`architecture`, `loss`); l2hmc: train an L2HMC "
+        "sampler (options: n_layers, hidden, kernel_size, activation, step_size, init_scale, "
+        "dtype; loss settings in `l2hmc`; docs/l2hmc.md).",
+    )
+    architecture: Literal[tuple(ARCHITECTURES)] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Flow architecture (objective flow, required); must act on the deck's "
+        "theory (phi4_*, u1_*, su3_*). u1_sweep (2D) starts from the fitted single-plaquette "
+        "map before training.",
+    )
+    l2hmc: dict[str, Any] | None = Field(
+        default=None,
+        description="objective l2hmc: loss and annealing (charge_weight, plaquette_weight, "
+        "field_weight, loss_form: esjd|levy, levy_scale, gamma_start; the action is scaled by "
+        "gamma from gamma_start to 1 over anneal_steps).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -602,7 +630,13 @@ class Deck(_Section):
         if t is None:
             return []
         problems = []
-        if ARCHITECTURES[t.architecture][0] != self.theory.name:
+        if t.objective == "flow" and t.architecture is None:
+            problems.append(Problem(("train", "architecture"), "objective flow needs one"))
+        if t.objective == "l2hmc" and self.theory.name not in ("u1", "phi4"):
+            problems.append(
+                Problem(("train", "objective"), f"l2hmc is for u1 and phi4, not {self.theory.name}")
+            )
+        if t.architecture is not None and ARCHITECTURES[t.architecture][0] != self.theory.name:
             problems.append(
                 Problem(
                     ("train", "architecture"),
@@ -642,6 +676,15 @@ class Deck(_Section):
         if s.levels and s.name == "flow_metropolis":
             problems.append(
                 Problem(("sampler", "levels"), "flow_metropolis has no molecular dynamics")
+            )
+        if (s.name == "l2hmc") != (s.model is not None):
+            problems.append(
+                Problem(
+                    ("sampler", "model"),
+                    "sampler l2hmc needs model: REF"
+                    if s.name == "l2hmc"
+                    else f"sampler {s.name} does not use an l2hmc model",
+                )
             )
         if s.target_acceptance is not None and self.run.thermalization == 0:
             problems.append(

@@ -161,6 +161,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write (or with ``--check`` compare) docs/deck.md; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m app.deck_docs", description=__doc__)
     ap.add_argument("--output", type=Path, default=DOC_PATH)
     ap.add_argument("--check", action="store_true", help="exit 1 if the file is out of date")

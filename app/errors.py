@@ -177,6 +177,7 @@ def world_rank() -> int:
 
 
 def world_size() -> int:
+    """Number of MPI processes (1 without MPI)."""
     comm = _mpi_world()
     if comm is not None:
         return comm.Get_size()

@@ -105,14 +105,18 @@ def format_line(rec: dict[str, Any]) -> str:
 
 @dataclass
 class Acceptance:
+    """Accepted and proposed chain updates of a range of trajectories."""
+
     accepted: float = 0.0
     total: int = 0
 
     def add(self, acc: list[Any]) -> None:
+        """Count one trajectory's per-chain decisions."""
         self.accepted += sum(float(a) for a in acc)
         self.total += len(acc)
 
     def text(self) -> str:
+        """``rate (accepted/proposed)``."""
         if not self.total:
             return "none"
         return f"{self.accepted / self.total:.3f} ({int(self.accepted)}/{self.total})"

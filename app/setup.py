@@ -79,6 +79,10 @@ def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> tuple[Sampler, di
     s = deck.sampler
     if s.name == "hmc":
         return build_hmc(deck, theory, rng), {}
+    if s.name == "l2hmc":
+        from app.l2hmc import build_l2hmc_sampler
+
+        return build_l2hmc_sampler(deck, theory, rng)
     flow, card = load_flow(deck, theory)
     ref = {"model": s.flow.model, "hash": card.get("hash")}
     if s.name == "trivialized_hmc":

@@ -57,6 +57,10 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     t = deck.train
     if t is None:
         raise InputError("the deck has no `train` section (see docs/deck.md)")
+    if t.objective == "l2hmc":
+        from app.l2hmc import train_l2hmc
+
+        return train_l2hmc(deck, progress)
     grid = build_grid(deck)
     theory = build_theory(deck, grid)
     real = theory.dtype.to_real()

@@ -29,15 +29,18 @@ Flop counts per site (complex multiply 6, complex add 2, real ops 1; sin/cos cou
 * U(1) (d dims, per site: ``d(d-1)/2`` plaquettes): action 5 per plaquette; force 9 per
   plaquette (angle 3, sin 1, two signed adds per link); bytes ``8d`` (+ ``8d`` force out).
 
-Variants of the SU(3) force:
+* SU(3) Wilson staple sum: 12 ordered planes x (4 products + 2 x 18 adds) = 9,936; bytes
+  4 links in + 4 staple sums out = 1152.
+* SU(3) Wilson flow step (Luscher RK3, kernels/wilson_flow.py): 3 generators ``-TA(V A)``
+  (a force each) + 3 x 4 link updates ``exp(Z) V`` (one product each; the exponential is not
+  counted, so its %roof is a lower bound); bytes: links in and out, 1152.
 
-* ``eager``: kernels.theories.su3.gauge_force as used by HMC: complex128 ``(..., 3, 3)``
-  tensors, batched ``torch.matmul`` per staple, ``parallel.shift`` for neighbours.
-* ``compiled-soa``: the same staples in a structure-of-arrays real layout
-  ``(B, 2, 3, 3, *local)`` (real/imag planes, each a contiguous lattice-sized array), the
-  shifts outside, the arithmetic of each ordered plane (two staples, four products) and of
-  each direction's ``TA(U A)`` fused by ``torch.compile`` into one loop each. Checked
-  against ``eager`` to 1e-12 in the run.
+Backends (kernels/backends, ``--backends``): ``eager`` (the reference, complex128 batched
+``matmul``), ``soa`` (real structure of arrays, unrolled products, plain torch ops),
+``numba`` (site-fused kernels on halo-padded planes, optional dependency), ``compiled``
+(``torch.compile`` of the SoA arithmetic; ``--compile``, minutes to compile). Each variant's
+force is checked against ``eager`` to 1e-12 in the run. ``--threads 1 2`` repeats stream,
+dgemm and every kernel for each thread count (torch and numba threads).
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ from datetime import datetime
 import numpy as np
 import torch
 
-from kernels.theories.su3 import SU3Gauge, gauge_force
-from parallel import shift, single_rank_grid
+import kernels.backends as kb
+from kernels.backends import eager
+from kernels.theories.su3 import SU3Gauge
+from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
 MM = 198  # flops of a 3x3 complex matrix product
@@ -63,6 +68,8 @@ SU3_ACTION_FLOPS = 6 * (2 * MM + 36) + 6
 SU3_ACTION_BYTES = 4 * 144
 SU3_FORCE_FLOPS = 12 * (4 * MM + 2 * 18) + 4 * (MM + 30 + 18)
 SU3_FORCE_BYTES = 8 * 144
+SU3_STAPLE_FLOPS = 12 * (4 * MM + 2 * 18)
+SU3_FLOW_FLOPS = 3 * SU3_FORCE_FLOPS + 3 * 4 * MM
 
 
 # --------------------------------------------------------------------------- timing
@@ -96,106 +103,11 @@ def dgemm_gflops(repeat: int) -> float:
     return 2 * n**3 / t / 1e9
 
 
-# --------------------------------------------------------------------------- SoA variant
-def _el(a: torch.Tensor, i: int, k: int, dag: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(re, im) planes of element (i, k) of ``a`` or of ``a^+``; ``a``: (B, 2, 3, 3, *L)."""
-    if dag:
-        return a[:, 0, k, i], -a[:, 1, k, i]
-    return a[:, 0, i, k], a[:, 1, i, k]
-
-
-def _mm(a: torch.Tensor, b: torch.Tensor, da: bool = False, db: bool = False) -> torch.Tensor:
-    """3x3 complex product on real planes, unrolled (fused into one loop when compiled)."""
-    re, im = [], []
-    for i in range(3):
-        for j in range(3):
-            r = m = None
-            for k in range(3):
-                ar, ai = _el(a, i, k, da)
-                br, bi = _el(b, k, j, db)
-                rr = ar * br - ai * bi
-                mm = ar * bi + ai * br
-                r = rr if r is None else r + rr
-                m = mm if m is None else m + mm
-            re.append(r)
-            im.append(m)
-    out = torch.stack((torch.stack(re, 1), torch.stack(im, 1)), 1)
-    return out.unflatten(2, (3, 3))
-
-
-def _plane_staples(umu, unu, unu_xmu, umu_xnu):
-    """Up staple ``U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^+`` and the down staple's local part
-    ``[U_mu(x) U_nu(x+mu)]^+ U_nu(x)`` (shifted by -nu afterwards)."""
-    up = _mm(unu_xmu, _mm(unu, umu_xnu), db=True)
-    down = _mm(_mm(umu, unu_xmu), unu, da=True)
-    return up, down
-
-
-def _force_mu(umu, s0, s1, s2, s3, s4, s5, coef: float):
-    """``coef * TA(U A)`` with ``A`` the sum of six staples, SoA layout."""
-    a = s0 + s1 + s2 + s3 + s4 + s5
-    m = _mm(umu, a)
-    re, im = m[:, 0], m[:, 1]
-    are = 0.5 * (re - re.transpose(1, 2))
-    aim = 0.5 * (im + im.transpose(1, 2))
-    tr = (aim[:, 0, 0] + aim[:, 1, 1] + aim[:, 2, 2]) / 3.0
-    eye = torch.eye(3, dtype=re.dtype, device=re.device).view(1, 3, 3, *([1] * (re.ndim - 3)))
-    aim = aim - eye * tr.unsqueeze(1).unsqueeze(1)
-    return coef * torch.stack((are, aim), 1)
-
-
-_COMPILED: dict[str, Callable] = {}
-
-
-def _compiled(name: str, fn: Callable) -> Callable:
-    """One ``torch.compile(dynamic=True)`` per kernel for all lattice sizes of the run."""
-    if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True)
-    return _COMPILED[name]
-
-
-class SoAForce:
-    """Wilson force in the real SoA layout ``(B, Nd, 2, 3, 3, *local)`` with fused kernels."""
-
-    def __init__(self, grid, beta: float, compile_kernels: bool = True) -> None:
-        self.grid, self.coef = grid, beta / 6.0
-        self.staples = _compiled("staples", _plane_staples) if compile_kernels else _plane_staples
-        self.force_mu = _compiled("force_mu", _force_mu) if compile_kernels else _force_mu
-
-    @staticmethod
-    def to_soa(u: torch.Tensor) -> torch.Tensor:
-        nd = u.ndim - 4
-        soa = torch.stack((u.real, u.imag), -3)  # (B, Nd, *L, 2, 3, 3)
-        perm = (0, 1, nd + 2, nd + 3, nd + 4, *range(2, nd + 2))
-        return soa.permute(perm).contiguous()
-
-    @staticmethod
-    def from_soa(x: torch.Tensor) -> torch.Tensor:
-        nd = x.ndim - 5
-        perm = (0, 1, *range(5, 5 + nd), 2, 3, 4)
-        y = x.permute(perm)
-        return torch.complex(y[..., 0, :, :], y[..., 1, :, :])
-
-    def __call__(self, u: torch.Tensor) -> torch.Tensor:
-        grid, nd = self.grid, u.shape[1]
-        fwd = [shift(u, grid, mu, 1, first=5) for mu in range(nd)]
-        out = []
-        for mu in range(nd):
-            staples = []
-            for nu in range(nd):
-                if nu == mu:
-                    continue
-                up, down = self.staples(u[:, mu], u[:, nu], fwd[mu][:, nu], fwd[nu][:, mu])
-                staples += [up, shift(down, grid, nu, -1, first=4)]
-            out.append(self.force_mu(u[:, mu], *staples, self.coef))
-        return torch.stack(out, 1)
-
-
 # --------------------------------------------------------------------------- table
 ROWS: list[dict] = []
 
 
-def record(kernel, variant, shape, batch, t_med, t_min, flops, nbytes, roof) -> None:
+def record(kernel, variant, threads, shape, batch, t_med, t_min, flops, nbytes, roof) -> None:
     sites = batch * int(np.prod(shape))
     gflops = flops * sites / t_min / 1e9
     gbs = nbytes * sites / t_min / 1e9
@@ -203,6 +115,7 @@ def record(kernel, variant, shape, batch, t_med, t_min, flops, nbytes, roof) -> 
         dict(
             kernel=kernel,
             variant=variant,
+            threads=threads,
             lattice="x".join(map(str, shape)),
             batch=batch,
             ms=1e3 * t_med,
@@ -215,50 +128,53 @@ def record(kernel, variant, shape, batch, t_med, t_min, flops, nbytes, roof) -> 
     )
     r = ROWS[-1]
     print(
-        f"{r['kernel']:<12} {r['variant']:<13} {r['lattice']:>12} {r['batch']:>3} "
-        f"{r['ms']:>9.2f} {r['best']:>9.2f} {r['msites']:>9.3f} {r['gflops']:>8.2f} "
-        f"{r['gbs']:>7.2f} {r['roof']:>7.2f}%",
+        f"{r['kernel']:<12} {r['variant']:<9} {r['threads']:>2} {r['lattice']:>12} "
+        f"{r['batch']:>3} {r['ms']:>9.2f} {r['best']:>9.2f} {r['msites']:>9.3f} "
+        f"{r['gflops']:>8.2f} {r['gbs']:>7.2f} {r['roof']:>7.1f}%",
         flush=True,
     )
 
 
-def bench_su3(L: int, batch: int, repeat: int, roof, use_compile: bool) -> None:
+def bench_su3(L, batch, repeat, roof, backends, threads) -> None:
     shape = (L,) * 4
     grid = single_rank_grid(shape)
     th = SU3Gauge(grid, 6.0)
     u = th.hot_start(SiteRNG(1), 0, batch)
-    with torch.no_grad():
-        tm, tb = timeit(lambda: th.action(u), repeat)
-        record(
-            "su3 action", "eager", shape, batch, tm, tb, SU3_ACTION_FLOPS, SU3_ACTION_BYTES, roof
-        )
-        tm, tb = timeit(lambda: gauge_force(u, grid, 6.0), repeat)
-        record("su3 force", "eager", shape, batch, tm, tb, SU3_FORCE_FLOPS, SU3_FORCE_BYTES, roof)
-        if use_compile:
-            soa = SoAForce(grid, 6.0)
-            us = SoAForce.to_soa(u)
+    f_ref = eager.gauge_force(u, grid, 6.0)
+    for name in backends:
+        kb.set_backend(name)
+        b = kb.get_backend()
+        with torch.no_grad():
             t0 = time.perf_counter()
-            f = SoAForce.from_soa(soa(us))
-            compile_s = time.perf_counter() - t0
-            err = float((f - gauge_force(u, grid, 6.0)).abs().max())
+            err = float((b.su3_force(u, grid, 6.0, 1.0, 0.0) - f_ref).abs().max())
+            first = time.perf_counter() - t0
             if err > 1e-12:
-                raise AssertionError(f"compiled SoA force differs from eager by {err:.2e}")
-            tm, tb = timeit(lambda: soa(us), repeat)
-            record(
-                "su3 force",
-                "compiled-soa",
-                shape,
-                batch,
-                tm,
-                tb,
-                SU3_FORCE_FLOPS,
-                SU3_FORCE_BYTES,
-                roof,
-            )
-            print(f"{'':<12} (compile + first call {compile_s:.1f} s, |F - F_eager| = {err:.1e})")
+                raise AssertionError(f"{name} SU(3) force differs from eager by {err:.2e}")
+            if first > 5.0:
+                print(f"# {name}: first call (compilation) {first:.1f} s, |F - F_eager| {err:.1e}")
+            cases = [
+                ("su3 action", lambda: th.action(u), SU3_ACTION_FLOPS, SU3_ACTION_BYTES),
+                (
+                    "su3 staples",
+                    lambda b=b: b.su3_staple_sum(u, grid, 1.0, 0.0),
+                    SU3_STAPLE_FLOPS,
+                    SU3_FORCE_BYTES,
+                ),
+                ("su3 force", lambda: th.force(u), SU3_FORCE_FLOPS, SU3_FORCE_BYTES),
+                (
+                    "su3 flowstep",
+                    lambda b=b: b.su3_flow_step_rk3(u, grid, 0.01),
+                    SU3_FLOW_FLOPS,
+                    SU3_FORCE_BYTES,
+                ),
+            ]
+            for kernel, fn, flops, nbytes in cases:
+                tm, tb = timeit(fn, repeat)
+                record(kernel, name, threads, shape, batch, tm, tb, flops, nbytes, roof)
+    kb.set_backend("eager")
 
 
-def bench_scalar(name: str, L: int, batch: int, repeat: int, roof) -> None:
+def bench_scalar(name, L, batch, repeat, roof, backends, threads) -> None:
     from kernels.theories import make_theory
 
     shape = (L, L)
@@ -268,69 +184,89 @@ def bench_scalar(name: str, L: int, batch: int, repeat: int, roof) -> None:
         th = make_theory("phi4", grid, beta=0.3, lam=0.5)
         x = torch.randn(th.field_shape(batch))
         cost = {"action": (d + 8, 8), "force": (2 * d + 6, 16)}
+        backends = ["eager"]  # phi^4 has no backend kernels
     else:
         th = make_theory("u1", grid, beta=2.0)
         x = torch.rand(th.field_shape(batch)) * 6.28
         npl = d * (d - 1) // 2
         cost = {"action": (5 * npl, 8 * d), "force": (9 * npl, 16 * d)}
-    with torch.no_grad():
-        for what in ("action", "force"):
-            fn = getattr(th, what)
-            tm, tb = timeit(lambda fn=fn: fn(x), repeat)
-            record(f"{name} {what}", "eager", shape, batch, tm, tb, *cost[what], roof)
+    for backend in backends:
+        kb.set_backend(backend)
+        with torch.no_grad():
+            for what in ("action", "force"):
+                fn = getattr(th, what)
+                tm, tb = timeit(lambda fn=fn: fn(x), repeat)
+                record(f"{name} {what}", backend, threads, shape, batch, tm, tb, *cost[what], roof)
+    kb.set_backend("eager")
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--volumes", type=int, nargs="+", default=[4, 8, 12], help="SU(3) L (L^4)")
-    ap.add_argument("--scalar-volumes", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--volumes", type=int, nargs="+", default=[8, 16], help="SU(3) L (L^4)")
+    ap.add_argument("--scalar-volumes", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        help="kernel backends to time (default: every available one but 'compiled')",
+    )
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="add the torch.compile SoA variant (compiles once, minutes on a small CPU)",
+        help="add the torch.compile SoA backend (compiles once, minutes on a small CPU)",
     )
     ap.add_argument("--quick", action="store_true", help="smallest sizes only, no compile")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.quick:
         args.volumes, args.scalar_volumes, args.compile = [4], [64], False
+    backends = args.backends or [n for n in kb.available_backends() if n != "compiled"]
+    if args.compile and "compiled" not in backends:
+        backends.append("compiled")
     torch.set_default_dtype(torch.float64)
 
     print(f"# bench_kernels {datetime.now().isoformat(timespec='seconds')}")
     print(
         f"# {platform.node()} {platform.machine()} {platform.processor() or ''} "
-        f"cpus={os.cpu_count()} torch={torch.__version__} threads={torch.get_num_threads()}"
+        f"cpus={os.cpu_count()} torch={torch.__version__} backends={backends}"
     )
     print(f"# command: {' '.join(sys.argv)}")
-    bw_torch, bw_np = stream_copy(max(3, args.repeat))
-    peak = dgemm_gflops(max(3, args.repeat))
-    bw = max(bw_torch, bw_np)
-    print(
-        f"# stream copy: torch {bw_torch:.2f} GB/s, numpy {bw_np:.2f} GB/s; "
-        f"dgemm {peak:.2f} GFLOP/s"
-    )
-    print(
-        f"# roofline(AI) = min({peak:.1f}, AI x {bw:.1f}) GFLOP/s; su3 force AI = "
-        f"{SU3_FORCE_FLOPS / SU3_FORCE_BYTES:.2f} flop/B, action AI = "
-        f"{SU3_ACTION_FLOPS / SU3_ACTION_BYTES:.2f} flop/B"
-    )
+    for threads in args.threads:
+        set_threads(threads)
+        bw_torch, bw_np = stream_copy(max(3, args.repeat))
+        peak = dgemm_gflops(max(3, args.repeat))
+        bw = max(bw_torch, bw_np)
+        print(
+            f"# threads={threads}: stream copy torch {bw_torch:.2f} GB/s, numpy {bw_np:.2f} "
+            f"GB/s; dgemm {peak:.2f} GFLOP/s; roofline(AI) = min({peak:.1f}, AI x {bw:.1f}); "
+            f"su3 force AI = {SU3_FORCE_FLOPS / SU3_FORCE_BYTES:.2f} flop/B, action AI = "
+            f"{SU3_ACTION_FLOPS / SU3_ACTION_BYTES:.2f} flop/B"
+        )
 
-    def roof(ai: float) -> float:
-        return min(peak, ai * bw)
+        def roof(ai: float, peak=peak, bw=bw) -> float:
+            return min(peak, ai * bw)
 
-    print(
-        f"{'kernel':<12} {'variant':<13} {'lattice':>12} {'B':>3} {'ms(med)':>9} "
-        f"{'ms(best)':>9} {'Msite/s':>9} {'GFLOP/s':>8} {'GB/s':>7} {'%roof':>8}"
-    )
-    for L in args.volumes:
-        bench_su3(L, args.batch, args.repeat, roof, args.compile)
-    for name in ("phi4", "u1"):
-        for L in args.scalar_volumes:
-            bench_scalar(name, L, args.batch, args.repeat, roof)
+        print(
+            f"{'kernel':<12} {'variant':<9} {'th':>2} {'lattice':>12} {'B':>3} {'ms(med)':>9} "
+            f"{'ms(best)':>9} {'Msite/s':>9} {'GFLOP/s':>8} {'GB/s':>7} {'%roof':>8}"
+        )
+        for L in args.volumes:
+            bench_su3(L, args.batch, args.repeat, roof, backends, threads)
+        for name in ("phi4", "u1"):
+            for L in args.scalar_volumes:
+                bench_scalar(name, L, args.batch, args.repeat, roof, backends, threads)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Physics and learning: theories, action terms, integrators, samplers, flows, training."""

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from parallel import ProcessGrid, global_sum, shift
+from parallel import ProcessGrid, lattice_sum, shift
 
 from .groups.su_n import dagger, project_ta, su_expm
 from .theories.su3 import staple_sum, wilson_loops
@@ -77,7 +77,7 @@ def _sh(x: torch.Tensor, grid: ProcessGrid, mu: int, k: int) -> torch.Tensor:
 
 def _lattice_mean(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """Mean over the global lattice of a per-site ``(B, *local)`` density, shape ``(B,)``."""
-    return global_sum(x.sum(tuple(range(1, x.ndim))), grid) / grid.volume
+    return lattice_sum(x, grid, 1) / grid.volume  # exact: grid-independent records
 
 
 # --------------------------------------------------------------------------- flow
@@ -152,7 +152,7 @@ def topological_charge(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
         return torch.einsum("...ij,...ji->...", a, b).real
 
     dens = trp(g[(0, 1)], g[(2, 3)]) - trp(g[(0, 2)], g[(1, 3)]) + trp(g[(0, 3)], g[(1, 2)])
-    return -global_sum(dens.sum(tuple(range(1, dens.ndim))), grid) / (4.0 * math.pi**2)
+    return -lattice_sum(dens, grid, 1) / (4.0 * math.pi**2)  # exact: grid-independent
 
 
 # --------------------------------------------------------------------------- driver

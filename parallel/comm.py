@@ -33,10 +33,12 @@ def set_gpu_aware(enabled: bool) -> None:
 
 
 def gpu_aware() -> bool:
+    """Whether device buffers are passed to MPI directly."""
     return _GPU_AWARE
 
 
 def is_torch(x: Array) -> bool:
+    """Whether ``x`` is a torch tensor (else numpy)."""
     return isinstance(x, torch.Tensor)
 
 

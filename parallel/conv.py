@@ -68,6 +68,7 @@ class LatticeConv(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution with circular boundaries through the halo exchange."""
         r = self.kernel_size // 2
         xp = halo_pad(x, self.grid, r, first=2, bc=self.bc) if r else x
         conv = _CONV.get(self.grid.ndim)
@@ -107,6 +108,7 @@ class LatticeConv(nn.Module):
         return cache[key][1]
 
     def extra_repr(self) -> str:
+        """Layer settings for ``repr``."""
         o, i = self.weight.shape[:2]
         return f"{i}, {o}, kernel_size={self.kernel_size}, ndim={self.grid.ndim}"
 

@@ -155,14 +155,17 @@ class ProcessGrid:
     # ---------------------------------------------------------------- geometry
     @property
     def ndim(self) -> int:
+        """Number of lattice dimensions."""
         return len(self.shape)
 
     @property
     def volume(self) -> int:
+        """Global number of sites."""
         return int(np.prod(self.shape))
 
     @property
     def local_volume(self) -> int:
+        """Sites on this rank."""
         return int(np.prod(self.local_shape))
 
     @property
@@ -172,6 +175,7 @@ class ProcessGrid:
 
     @property
     def is_world_root(self) -> bool:
+        """True on rank 0 of MPI.COMM_WORLD."""
         return self.comm.Get_rank() == 0
 
     def local_slices(self, coords: Sequence[int] | None = None) -> tuple[slice, ...]:
@@ -198,9 +202,11 @@ class ProcessGrid:
 
     # ---------------------------------------------------------------- helpers
     def barrier(self) -> None:
+        """Barrier over the whole grid."""
         self.cart.Barrier()
 
     def describe(self) -> str:
+        """One line describing the grid (for logs)."""
         return (
             f"lattice {list(self.shape)} on {self.comm.Get_size()} ranks: "
             f"{self.replicas} replica(s) x grid {list(self.grid)} "

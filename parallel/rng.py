@@ -35,7 +35,19 @@ Per-chain draws (:meth:`SiteRNG.chain_uniform`, e.g. Metropolis accept/reject) u
 reserved site index ``2^48 - 1``, which no lattice site can have (volumes must be smaller),
 block 0, slot 0. They are identical on every rank.
 
-All arithmetic is element-wise numpy (uint64 products, float64 ``log``/``cos``/``sin``), so a
+Device streams
+--------------
+When a draw is requested on a device that is not the CPU, the same Philox words are computed
+there with torch integer ops (:func:`philox4x32_torch`: uint32 values held in int64, the
+32x32 -> 64-bit products split into 16-bit halves so nothing overflows), so only the
+site indices go to the device and only the field comes back. Words and uniforms are
+bit-identical to the host stream (integer ops and exactly representable float64 steps);
+normals (``log``, ``cos``, ``sin``) are bit-identical where the device's math library rounds
+like the host's, and within an ulp or two otherwise, still independent of the process grid on
+a given device. :attr:`SiteRNG.device_philox` chooses the path (``"auto"``: device stream
+off the CPU; ``"always"``/``"never"``).
+
+All host arithmetic is element-wise numpy (uint64 products, float64 ``log``/``cos``/``sin``), so a
 value does not depend on where its site sits in the local array, provided the math library
 returns the same result for an element wherever it sits (true for libm and numpy's masked
 SIMD loops; the MPI tests check it bitwise on the machine they run on).
@@ -62,6 +74,7 @@ __all__ = [
     "SiteRNG",
     "gell_mann",
     "philox4x32",
+    "philox4x32_torch",
     "su_generators",
 ]
 
@@ -137,6 +150,52 @@ def philox4x32(counter: np.ndarray, key: np.ndarray, rounds: int = 10) -> np.nda
     return np.stack(out, axis=-1)
 
 
+_LO16 = 0xFFFF
+_LO32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hi, lo)`` 32-bit words of the 64-bit product ``a * m`` (``a`` uint32 values in int64,
+    ``m`` a 32-bit constant), from 16-bit halves: every partial product fits in int64."""
+    ah, al = a >> 16, a & _LO16
+    mh, ml = m >> 16, m & _LO16
+    mid = ah * ml + al * mh  # < 2^33
+    t = al * ml + ((mid & _LO16) << 16)  # < 2^33
+    hi = ah * mh + (mid >> 16) + (t >> 32)
+    return hi & _LO32, t & _LO32
+
+
+def philox4x32_torch(
+    c: Sequence[torch.Tensor], k0: int, k1: int, rounds: int = 10
+) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-``rounds`` on four broadcastable int64 tensors holding uint32 values, key
+    ``(k0, k1)``; the words of :func:`philox4x32`, on the tensors' device."""
+    c0, c1, c2, c3 = torch.broadcast_tensors(*c)
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + _W0) & _LO32
+            k1 = (k1 + _W1) & _LO32
+        hi0, lo0 = _mulhilo32(c0, int(_M0))
+        hi1, lo1 = _mulhilo32(c2, int(_M1))
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def _uniform_pair_torch(w: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_uniform_pair` in torch (exact: 52-bit integers, float64)."""
+    k0 = ((w[0] >> 6) << 26) | (w[1] >> 6)
+    k1 = ((w[2] >> 6) << 26) | (w[3] >> 6)
+    scale = 2.0**-52
+    return (k0.to(torch.float64) + 0.5) * scale, (k1.to(torch.float64) + 0.5) * scale
+
+
+def _box_muller_torch(u0: torch.Tensor, u1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_box_muller` in torch."""
+    r = torch.sqrt(-2.0 * torch.log(u0))
+    theta = (2.0 * np.pi) * u1
+    return r * torch.cos(theta), r * torch.sin(theta)
+
+
 def _uniform_pair(w: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Two float64 uniforms in (0, 1) from one Philox block (52 bits each)."""
     s6, s26 = np.uint64(6), np.uint64(26)
@@ -208,6 +267,10 @@ def _as_shape(dims: Sequence[int] | int) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
+def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+
+
 class SiteRNG:
     """Counter-based RNG: draws keyed by ``(seed, purpose, counter, global site, chain)``.
 
@@ -215,6 +278,10 @@ class SiteRNG:
     caller and passed with every draw. A draw for the local domain of ``grid`` equals the
     matching slice of the same draw made with :func:`parallel.single_rank_grid`, bitwise.
     """
+
+    #: where Philox runs: "auto" (on the draw's device when it is not the CPU), "always"
+    #: (torch on the draw's device, also the CPU), "never" (numpy on the host)
+    device_philox: str = "auto"
 
     def __init__(self, seed: int) -> None:
         self.seed = _check_width("seed", seed, 64)
@@ -249,8 +316,10 @@ class SiteRNG:
         batch: int,
         nblocks: int,
         chain_offset: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Uniform pairs of shape ``(batch, *sites.shape, nblocks)`` for blocks 0..nblocks-1."""
+        device: torch.device | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[torch.Tensor, torch.Tensor]:
+        """Uniform pairs of shape ``(batch, *sites.shape, nblocks)`` for blocks 0..nblocks-1:
+        numpy on the host, or torch tensors computed on ``device`` when one is given."""
         purpose = _check_width("purpose", purpose, 16)
         counter = _check_width("counter", counter, 32)
         batch = int(batch)
@@ -261,6 +330,8 @@ class SiteRNG:
             _check_width("chain (chain_offset + batch - 1)", chain_offset + batch - 1, 16)
         if nblocks:
             _check_width("block (values per site // 2)", nblocks - 1, 16)
+        if device is not None:
+            return self._blocks_torch(sites, purpose, counter, batch, nblocks, chain_offset, device)
         site = np.asarray(sites, dtype=np.uint64)[None, ..., None]
         chain = np.arange(chain_offset, chain_offset + batch, dtype=np.uint64)
         chain = chain.reshape((batch,) + (1,) * (site.ndim - 1))
@@ -273,6 +344,39 @@ class SiteRNG:
         words = (np.broadcast_to(w0, shape), w1, w2, w3)
         return _uniform_pair(_philox_words(words, *self._key))
 
+    def _blocks_torch(
+        self,
+        sites: np.ndarray,
+        purpose: int,
+        counter: int,
+        batch: int,
+        nblocks: int,
+        chain_offset: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_blocks` computed on ``device`` (same words, same layout)."""
+        site = torch.as_tensor(np.asarray(sites, dtype=np.int64), device=device)[None, ..., None]
+        chain = torch.arange(chain_offset, chain_offset + batch, device=device, dtype=torch.int64)
+        chain = chain.reshape((batch,) + (1,) * (site.ndim - 1))
+        block = torch.arange(nblocks, device=device, dtype=torch.int64)
+        w0 = site & _LO32
+        w1 = (((site >> 32) & _LO16) << 16) | block
+        w2 = (chain << 16) | purpose
+        w3 = torch.full((), counter, device=device, dtype=torch.int64)
+        shape = (batch,) + tuple(site.shape[1:-1]) + (nblocks,)
+        words = (w0.expand(shape), w1, w2, w3)
+        return _uniform_pair_torch(philox4x32_torch(words, *self._key))
+
+    def _device(self, device: torch.device | str) -> torch.device | None:
+        """The device to run Philox on for a draw requested on ``device`` (None: host)."""
+        mode = self.device_philox
+        if mode not in ("auto", "always", "never"):
+            raise ValueError(f"device_philox must be 'auto', 'always' or 'never', got {mode!r}")
+        dev = torch.device(device)
+        if mode == "never" or (mode == "auto" and dev.type == "cpu"):
+            return None
+        return dev
+
     def _site_values(
         self,
         grid: ProcessGrid,
@@ -282,14 +386,21 @@ class SiteRNG:
         nvals: int,
         chain_offset: int,
         normal: bool,
-    ) -> np.ndarray:
-        """float64 array ``(batch, *local_shape, nvals)`` of uniforms or normals."""
+        device: torch.device | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """float64 ``(batch, *local_shape, nvals)`` uniforms or normals (torch on ``device``)."""
         if grid.volume >= CHAIN_SITE:
             raise ValueError(
                 f"lattice volume {grid.volume} does not fit the 48-bit site index of the RNG"
             )
         nblocks = (nvals + 1) // 2
-        u0, u1 = self._blocks(grid.global_index, purpose, counter, batch, nblocks, chain_offset)
+        u0, u1 = self._blocks(
+            grid.global_index, purpose, counter, batch, nblocks, chain_offset, device
+        )
+        if device is not None:
+            a, b = _box_muller_torch(u0, u1) if normal else (u0, u1)
+            out = torch.stack((a, b), dim=-1).reshape(a.shape[:-1] + (2 * nblocks,))
+            return out[..., :nvals]
         a, b = _box_muller(u0, u1) if normal else (u0, u1)
         out = np.stack((a, b), axis=-1).reshape(a.shape[:-1] + (2 * nblocks,))
         return out[..., :nvals]
@@ -304,10 +415,11 @@ class SiteRNG:
         trail: Sequence[int] | int,
         chain_offset: int,
         normal: bool,
-    ) -> np.ndarray:
+        device: torch.device | None = None,
+    ) -> np.ndarray | torch.Tensor:
         lead, trail = _as_shape(lead), _as_shape(trail)
         nvals = int(np.prod(lead + trail, dtype=np.int64))
-        vals = self._site_values(grid, purpose, counter, batch, nvals, chain_offset, normal)
+        vals = self._site_values(grid, purpose, counter, batch, nvals, chain_offset, normal, device)
         nd, nl = grid.ndim, len(lead)
         vals = vals.reshape((batch,) + grid.local_shape + lead + trail)
         # (batch, *local, *lead, *trail) -> (batch, *lead, *local, *trail)
@@ -317,6 +429,8 @@ class SiteRNG:
             + tuple(range(1, 1 + nd))
             + tuple(range(1 + nd + nl, vals.ndim))
         )
+        if device is not None:
+            return vals.permute(perm).contiguous()
         return np.ascontiguousarray(vals.transpose(perm))
 
     # ------------------------------------------------------------ public draws
@@ -337,8 +451,9 @@ class SiteRNG:
         Computed in float64; a lower precision ``dtype`` is rounded and then clamped below
         1 so the open interval holds in that dtype too.
         """
-        vals = self._draw(grid, purpose, counter, batch, lead, trail, chain_offset, False)
-        out = torch.from_numpy(vals).to(device=device, dtype=dtype)
+        dev = self._device(device)
+        vals = self._draw(grid, purpose, counter, batch, lead, trail, chain_offset, False, dev)
+        out = _as_tensor(vals).to(device=device, dtype=dtype)
         if dtype != torch.float64:
             below_one = torch.nextafter(
                 torch.ones((), dtype=dtype, device=out.device),
@@ -363,8 +478,9 @@ class SiteRNG:
 
         Also the Gaussian U(1) momentum: ``pi ~ exp(-pi^2 / 2)`` per link.
         """
-        vals = self._draw(grid, purpose, counter, batch, lead, trail, chain_offset, True)
-        return torch.from_numpy(vals).to(device=device, dtype=dtype)
+        dev = self._device(device)
+        vals = self._draw(grid, purpose, counter, batch, lead, trail, chain_offset, True, dev)
+        return _as_tensor(vals).to(device=device, dtype=dtype)
 
     def su_algebra(
         self,
@@ -391,10 +507,15 @@ class SiteRNG:
             raise ValueError(f"su_algebra needs n >= 2, got {n} (for U(1) use normal())")
         ngen = n * n - 1
         lead = _as_shape(lead)
-        p = self._draw(grid, purpose, counter, batch, lead, (ngen,), chain_offset, True)
+        dev = self._device(device)
+        p = self._draw(grid, purpose, counter, batch, lead, (ngen,), chain_offset, True, dev)
         gens = su_generators(n)
-        re = np.zeros(p.shape[:-1] + (n, n))
-        im = np.zeros(p.shape[:-1] + (n, n))
+        if dev is not None:
+            re = torch.zeros(p.shape[:-1] + (n, n), dtype=torch.float64, device=dev)
+            im = torch.zeros_like(re)
+        else:
+            re = np.zeros(p.shape[:-1] + (n, n))
+            im = np.zeros(p.shape[:-1] + (n, n))
         for a in range(ngen):
             pa = p[..., a]
             for j, k in zip(*np.nonzero(gens[a])):
@@ -403,7 +524,7 @@ class SiteRNG:
                     re[..., j, k] += pa * t.real
                 if t.imag:
                     im[..., j, k] += pa * t.imag
-        out = torch.complex(torch.from_numpy(re), torch.from_numpy(im))
+        out = torch.complex(_as_tensor(re), _as_tensor(im))
         return out.to(device=device, dtype=dtype)
 
     def chain_uniform(

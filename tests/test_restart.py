@@ -96,7 +96,10 @@ def reference(tmp_path_factory):
     return final_state(d)
 
 
-def assert_same_ensemble(got: dict, ref: dict, bitwise_records: bool) -> None:
+def assert_same_ensemble(got: dict, ref: dict) -> None:
+    """Same fields, ensembles and records, bit for bit: the global sums are exact
+    (parallel/reduce.py), so this holds on any process grid, resume on another rank count
+    included. Only the wall-clock fields of the records may differ."""
     assert got["trajectory"] == ref["trajectory"] == 24
     np.testing.assert_array_equal(got["fields"], ref["fields"])  # bit for bit
     for c in (0, 1):
@@ -106,18 +109,12 @@ def assert_same_ensemble(got: dict, ref: dict, bitwise_records: bool) -> None:
         np.testing.assert_array_equal(cfg, rcfg)
         assert set(obs) == set(robs)
         for k in robs:
-            if bitwise_records:
-                np.testing.assert_array_equal(obs[k], robs[k])
-            else:  # global sums over another process grid round differently in the last bits
-                np.testing.assert_allclose(obs[k], robs[k], rtol=1e-12, atol=1e-12)
+            np.testing.assert_array_equal(obs[k], robs[k])
     assert sorted(got["records"]) == list(range(24))
     for t, r in ref["records"].items():
         g = got["records"][t]
-        assert g["accepted"] == r["accepted"], t
-        if bitwise_records:
-            assert g["dH"] == r["dH"], t
-        else:
-            np.testing.assert_allclose(g["dH"], r["dH"], rtol=1e-9, atol=1e-11)
+        same = {k: v for k, v in g.items() if "time" not in k}
+        assert same == {k: v for k, v in r.items() if "time" not in k}, t
 
 
 def test_kill_and_resume_same_ranks_is_bitwise_identical(reference, tmp_path):
@@ -127,7 +124,7 @@ def test_kill_and_resume_same_ranks_is_bitwise_identical(reference, tmp_path):
     run_and_kill(2, deck, after_trajectory=17)
     proc = run_to_end(2, deck)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=True)
+    assert_same_ensemble(final_state(tmp_path), reference)
 
 
 def test_kill_and_resume_on_other_rank_counts(reference, tmp_path):
@@ -138,7 +135,7 @@ def test_kill_and_resume_on_other_rank_counts(reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_to_end(1, deck)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=False)
+    assert_same_ensemble(final_state(tmp_path), reference)
 
 
 def test_changed_physics_is_refused_and_nothing_is_lost(reference, tmp_path):
@@ -164,7 +161,7 @@ def test_damaged_newest_checkpoint_falls_back(reference, tmp_path):
     proc = run_to_end(1, deck)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "skipping damaged checkpoint" in proc.stderr
-    assert_same_ensemble(final_state(tmp_path), reference, bitwise_records=False)
+    assert_same_ensemble(final_state(tmp_path), reference)
 
 
 def test_replica_groups_give_the_same_chains_on_any_rank_count(tmp_path):

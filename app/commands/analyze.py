@@ -14,6 +14,7 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc analyze``."""
     parser.add_argument("path", help="run directory, records.jsonl or HDF5 ensemble file")
     parser.add_argument(
         "--skip",
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc analyze``; returns the exit status."""
     from ..analysis import analyze_data, format_table, load_run, plot
     from ..errors import InputError, MissingDependency
 

@@ -8,6 +8,7 @@ from ..errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc convert``."""
     parser.add_argument("input", help="input configuration file")
     parser.add_argument("output", help="output file")
     parser.add_argument(
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc convert``; returns the exit status."""
     from ..io.convert import FORMATS, convert, format_from_name
     from ..io.errors import ConfigFormatError
 

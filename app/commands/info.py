@@ -10,6 +10,7 @@ from ..errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc info``."""
     parser.add_argument("file", help="configuration file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
@@ -34,6 +35,7 @@ def _format_text(info: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc info``; returns the exit status."""
     from ..io.errors import ConfigFormatError
     from ..io.info import config_info
 

@@ -19,6 +19,7 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc jobscript``."""
     parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     add_deck_arguments(parser)
     parser.add_argument("--nodes", type=int, help="nodes (default: from the deck's grid)")
@@ -56,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc jobscript``; returns the exit status."""
     deck_path = Path(args.deck).resolve()
     deck = load_deck(deck_path, args.overrides)
     system = SYSTEMS[args.system]

@@ -18,12 +18,14 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc measure``."""
     add_deck_arguments(parser)
     parser.add_argument("files", nargs="*", help="configuration files (default: the run's)")
     parser.add_argument("--output", "-o", type=Path, help="JSON lines file to write")
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc measure``; returns the exit status."""
     from mpi4py import MPI
 
     from ..deck import load_deck

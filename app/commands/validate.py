@@ -15,6 +15,7 @@ from ._common import add_deck_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``trivhmc validate``."""
     add_deck_arguments(parser)
     parser.add_argument("--ranks", type=int, help="also check the layout on this many ranks")
     out = parser.add_mutually_exclusive_group()
@@ -30,6 +31,7 @@ def check_ranks(deck: Deck, ranks: int) -> tuple[int, ...]:
 
 
 def summary(deck: Deck) -> str:
+    """One line that says what the deck will run."""
     t, s, r = deck.theory, deck.sampler, deck.run
     couplings = ", ".join(f"{k}={v}" for k, v in t.couplings.items())
     shape = "x".join(map(str, deck.lattice.shape))
@@ -45,6 +47,7 @@ def summary(deck: Deck) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``trivhmc validate``; returns the exit status."""
     deck = load_deck(args.deck, args.overrides)
     if args.print:
         print(deck.to_yaml(), end="")

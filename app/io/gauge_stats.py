@@ -21,9 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallel import ProcessGrid, global_max, shift
-
-from .exact_sum import exact_sum
+from parallel import ProcessGrid, exact_sum, global_max, shift
 
 
 @dataclass(frozen=True)

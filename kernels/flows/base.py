@@ -131,6 +131,7 @@ class Composition(Flow):
         return fn(x)
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         ld = _zeros_like_batch(v)
         for layer in self.layers:
             v, d = self._run(layer.forward_local, v)
@@ -138,6 +139,7 @@ class Composition(Flow):
         return v, ld
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         ld = _zeros_like_batch(u)
         for layer in reversed(self.layers):
             u, d = self._run(layer.inverse_local, u)
@@ -161,13 +163,16 @@ class IdentityFlow(Flow):
         }
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The identity: ``(v, 0)``."""
         return v, _zeros_like_batch(v)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The identity: ``(u, 0)``."""
         return u, _zeros_like_batch(u)
 
 
 def identity_flow(grid: ProcessGrid, first: int = 1) -> IdentityFlow:
+    """A flow that does nothing (trivialized HMC with it is plain HMC)."""
     return IdentityFlow(grid, first)
 
 
@@ -197,6 +202,8 @@ def stripe_mask(
 
 
 def require_divisible(grid: ProcessGrid, axis: int, period: int, what: str) -> None:
+    """A clear error unless the extent of ``axis`` is a multiple of ``period`` (masks
+    align with the domain decomposition)."""
     if grid.shape[axis] % period:
         raise ValueError(
             f"{what} needs the lattice extent along axis {axis} to be a multiple of {period}, "
@@ -240,6 +247,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 def make_activation(name: str | None) -> nn.Module:
+    """The activation module called ``name`` (``None``: identity)."""
     if name is None:
         return nn.Identity()
     try:

@@ -72,6 +72,7 @@ class ConvNet(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output at every site."""
         return self.net(x)
 
     def at_sites(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -117,11 +118,13 @@ class AffineCoupling(Flow):
         return self.s_act(out[:, 0]) * self.active, out[:, 1] * self.active
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         s, t = self._st(self.frozen * v)
         u = v * torch.exp(s) + t
         return u, local_sum(s)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         s, t = self._st(self.frozen * u)
         v = (u - t) * torch.exp(-s)
         return v, -local_sum(s)
@@ -140,10 +143,12 @@ class GlobalRescale(Flow):
         return v[0].numel()
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         ld = (self.log_scale * self._n(v)).expand(v.shape[0])
         return v * torch.exp(self.log_scale), ld
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         ld = (-self.log_scale * self._n(u)).expand(u.shape[0])
         return u * torch.exp(-self.log_scale), ld
 

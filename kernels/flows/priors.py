@@ -48,6 +48,7 @@ class Prior:
     def sample(
         self, rng, counter: int, batch: int, chain_offset: int = 0, purpose: int = PURPOSE_TRAIN
     ) -> torch.Tensor:
+        """A batch of ``batch`` draws keyed by (purpose, counter, global site, chain)."""
         raise NotImplementedError
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
@@ -63,6 +64,7 @@ class NormalPrior(Prior):
         self.sigma = float(sigma)
 
     def sample(self, rng, counter, batch, chain_offset=0, purpose=PURPOSE_TRAIN):
+        """Standard normal draws times ``sigma``, keyed by global site."""
         z = rng.normal(
             self.grid,
             purpose,
@@ -76,6 +78,7 @@ class NormalPrior(Prior):
         return self.sigma * z
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """``log r(v)`` per chain (global)."""
         quad = lattice_sum(v * v, self.grid, self.first) / (2.0 * self.sigma**2)
         return -quad - self.n_variables * (math.log(self.sigma) + 0.5 * math.log(2.0 * math.pi))
 
@@ -84,6 +87,7 @@ class UniformAnglePrior(Prior):
     """Haar measure on U(1) links: angles uniform on ``(-pi, pi)``."""
 
     def sample(self, rng, counter, batch, chain_offset=0, purpose=PURPOSE_TRAIN):
+        """Uniform angles on ``(-pi, pi)``, keyed by global site."""
         u = rng.uniform(
             self.grid,
             purpose,
@@ -97,6 +101,7 @@ class UniformAnglePrior(Prior):
         return 2.0 * math.pi * u - math.pi
 
     def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """``log r(v) = -n log(2 pi)`` per chain."""
         c = -self.n_variables * math.log(2.0 * math.pi)
         return torch.full((v.shape[0],), c, dtype=v.dtype, device=v.device)
 

@@ -272,6 +272,7 @@ class SU3StoutLayer(Flow):
 
     # ------------------------------------------------------------ Flow
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         c = self._context(v)
         x = self._gather(v[:, self.mu])
         q, omega = self._step(c, x)
@@ -280,6 +281,7 @@ class SU3StoutLayer(Flow):
         return self._scatter(v, new), ld
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         if torch.is_grad_enabled() and u.requires_grad:
             raise FlowError(
                 "SU3StoutLayer.inverse is not differentiable; call it under torch.no_grad() "

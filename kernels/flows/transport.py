@@ -89,6 +89,7 @@ class ParallelTransportConv(nn.Module):
         return shift(local, g, mu, -1, first=2, bc=self.bc)
 
     def forward(self, psi: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """The parallel-transported convolution of ``psi`` with the links ``u``."""
         nd = self.grid.ndim
         if psi.ndim != 2 + nd + self._trail:
             raise ValueError(
@@ -106,5 +107,6 @@ class ParallelTransportConv(nn.Module):
         return out
 
     def extra_repr(self) -> str:
+        """Layer settings for ``repr``."""
         o, i = self.weight_0.shape
         return f"{i}, {o}, representation={self.representation}, ndim={self.grid.ndim}"

@@ -213,6 +213,7 @@ class U1PlaquetteCoupling(Flow):
         return self._move(theta, sign * full.reshape(theta.shape[:1] + theta.shape[2:]))
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         if self.transform == "spline":
             return self._spline_forward(v)
         p, s, t = self._gather(self._plaq(v))
@@ -220,6 +221,7 @@ class U1PlaquetteCoupling(Flow):
         return self._scatter_move(v, h - p + t, 1.0), ncp_log_derivative(p, s).sum(dim=1)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         if self.transform == "spline":
             return self._spline_inverse(u)
         y, s, t = self._gather(self._plaq(u), shift=1.0)
@@ -313,6 +315,7 @@ class U1StoutLayer(Flow):
         return torch.stack(parts, dim=1)
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         staples = self._staples(v)
         x = v[:, self.mu]
         g, dg = self._g(x, staples, self.eps)
@@ -320,6 +323,7 @@ class U1StoutLayer(Flow):
         return self._replace(v, u_mu), local_sum(self.active * torch.log(dg))
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         staples = self._staples(u)
         y = u[:, self.mu]
         eps = self.eps

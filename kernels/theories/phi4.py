@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from parallel import ProcessGrid, global_sum, lattice_sum, shift
+from parallel import ProcessGrid, lattice_sum, row_sum, shift
 
 from ..theory import RealFieldTheory
 
@@ -116,16 +116,17 @@ class Phi4(RealFieldTheory):
     def time_slices(self, phi: torch.Tensor) -> torch.Tensor:
         """``Phi(t) = sum_{x: x_t = t} phi(x)`` on the global time axis, shape ``(B, L_t)``.
 
-        Time is the last lattice axis. Each rank sums its local spatial sites, places the
-        partial sums at its global t offset, and the vector is summed over the domain group.
+        Time is the last lattice axis. Each rank contributes its local time slices to the
+        rows ``(b, t0 + t)``; the sums are exact (correctly rounded, grid-independent).
         """
         t_axis = self.grid.ndim - 1
         lt, local_lt = self.grid.shape[t_axis], self.grid.local_shape[t_axis]
         t0 = self.grid.offset[t_axis]
-        spatial = tuple(range(1, 1 + t_axis))
-        part = phi.sum(dim=spatial) if spatial else phi
-        full = torch.nn.functional.pad(part, (t0, lt - t0 - local_lt))
-        return global_sum(full, self.grid)
+        batch = phi.shape[0]
+        slices = phi.movedim(1 + t_axis, 1).reshape(batch * local_lt, -1)
+        t_glob = torch.arange(t0, t0 + local_lt, device=phi.device)
+        rows = (torch.arange(batch, device=phi.device).unsqueeze(1) * lt + t_glob).reshape(-1)
+        return row_sum(slices, self.grid, rows, batch * lt).reshape(batch, lt)
 
     def two_point(self, phi: torch.Tensor) -> torch.Tensor:
         """Zero-momentum time-slice correlator per chain, shape ``(B, L_t)``::

@@ -46,10 +46,12 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from parallel import ProcessGrid, global_sum, shift
+from parallel import ProcessGrid, exact_segment_sum, lattice_sum, shift
 from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
-from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta, reunitarize, su_expm
+from ..backends import get_backend
+from ..backends.eager import _site_sum, wilson_loops
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, reunitarize, su_expm
 from ..theory import Theory
 
 #: rectangle coefficient c1 of each named action
@@ -58,120 +60,24 @@ ACTIONS: dict[str, float] = {"wilson": 0.0, "symanzik": -1.0 / 12.0, "iwasaki": 
 NC = 3
 
 
-# --------------------------------------------------------------------------- helpers
-def _retr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Re Tr(a b^+) = Re sum_ij a_ij conj(b_ij)`` without forming the product."""
-    return (a.real * b.real + a.imag * b.imag).sum((-1, -2))
-
-
+# --------------------------------------------------------------------------- kernels
+# The hot kernels live behind the backend seam (kernels/backends); the eager reference
+# implementations are re-exported here under their historical names.
 def _sh(x: torch.Tensor, grid: ProcessGrid, mu: int, k: int = 1) -> torch.Tensor:
     """Shift of a single-direction field ``(B, *local, 3, 3)`` (lattice axes from dim 1)."""
     return shift(x, grid, mu, k, first=1)
 
 
-def _forward_links(u: torch.Tensor, grid: ProcessGrid) -> list[torch.Tensor]:
-    """``fwd[mu][:, a] = U_a(x + mu)``: all directions shifted once along each axis."""
-    return [shift(u, grid, mu, 1, first=2) for mu in range(u.shape[1])]
-
-
-def _site_sum(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
-    """Global sum over every dim but the batch dim 0, shape ``(B,)``."""
-    return global_sum(x.sum(tuple(range(1, x.ndim))), grid)
-
-
-def wilson_loops(
-    u: torch.Tensor, grid: ProcessGrid, rectangles: bool = True
-) -> tuple[dict[tuple[int, int], torch.Tensor], dict[tuple[int, int], torch.Tensor]]:
-    """``Re Tr`` (not divided by 3) of plaquettes ``{(mu, nu): (B, *local)}`` for ``mu < nu``
-    and of rectangles ``R_{mu nu}`` (2 along ``mu``) for all ordered ``mu != nu``."""
-    nd = u.shape[1]
-    fwd = _forward_links(u, grid)
-    plaq, rect = {}, {}
-    for mu in range(nd):
-        umu = u[:, mu]
-        for nu in range(mu + 1, nd):
-            # Re Tr(U_mu(x) U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^+)
-            plaq[(mu, nu)] = _retr(umu @ fwd[mu][:, nu], u[:, nu] @ fwd[nu][:, mu])
-    if rectangles:
-        for mu in range(nd):
-            dbl = u[:, mu] @ fwd[mu][:, mu]
-            for nu in range(nd):
-                if nu == mu:
-                    continue
-                unu_2mu = _sh(fwd[mu][:, nu], grid, mu, 1)
-                rect[(mu, nu)] = _retr(dbl @ unu_2mu, u[:, nu] @ _sh(dbl, grid, nu, 1))
-    return plaq, rect
-
-
-def _pairs(nd: int) -> tuple[list[int], list[int]]:
-    """The ordered planes ``(mu, nu)``, ``nu != mu``, mu-major: their mu's and nu's."""
-    pairs = [(mu, nu) for mu in range(nd) for nu in range(nd) if nu != mu]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-def _group_shift(x: torch.Tensor, grid: ProcessGrid, axes: list[int], k: int) -> torch.Tensor:
-    """Shift entry ``p`` of the stacked field ``x`` ``(B, P, *local, ...)`` by ``k`` along
-    lattice axis ``axes[p]``: one :func:`parallel.shift` per distinct axis."""
-    parts, order = [], []
-    for axis in sorted(set(axes)):
-        idx = [p for p, a in enumerate(axes) if a == axis]
-        sel = x[:, idx] if len(idx) < len(axes) else x
-        parts.append(shift(sel, grid, axis, k, first=2))
-        order += idx
-    if len(parts) == 1:
-        return parts[0]
-    inverse = torch.argsort(torch.tensor(order, device=x.device))
-    return torch.cat(parts, dim=1).index_select(1, inverse)
-
-
 def staple_sum(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torch.Tensor:
-    """``A_mu(x)``: ``c0`` x plaquette staples + ``c1`` x rectangle staples, ``(B, Nd, *local,
-    3, 3)``, so that ``Re Tr(U_mu(x) A_mu(x))`` sums (weighted) every loop holding the link.
-
-    Plaquette staples (``nu != mu``): ``U_nu(x+mu) U_mu(x+nu)^+ U_nu(x)^+`` (up) and
-    ``U_nu(x+mu-nu)^+ U_mu(x-nu)^+ U_nu(x-nu)`` (down). Rectangle staples (6 per ``nu``):
-    the up/down staple extended along ``nu`` (``U_nu(x+mu) S_up(x+nu) U_nu(x)^+`` and its
-    mirror), and the double-link staples ``Sigma(x) = U_nu(x+2mu) L_mu(x+nu)^+ U_nu(x)^+`` +
-    mirror, entering as ``U_mu(x+mu) Sigma(x)`` and ``Sigma(x-mu) U_mu(x-mu)``.
-
-    All ``Nd (Nd - 1)`` ordered planes are stacked along dim 1 and processed together (one
-    batched product per step, one shift per axis), so the op count does not grow with the
-    number of planes.
-    """
-    b, nd = u.shape[:2]
-    mus, nus = _pairs(nd)
-    fwd = torch.stack(_forward_links(u, grid))  # fwd[s, :, a] = U_a(x + s)
-    umu = u[:, mus]
-    unu = u[:, nus]
-    unu_mu = fwd[mus, :, nus].transpose(0, 1)  # U_nu(x + mu)
-    umu_nu = fwd[nus, :, mus].transpose(0, 1)  # U_mu(x + nu)
-    up = unu_mu @ dagger(unu @ umu_nu)
-    down = _group_shift(dagger(umu @ unu_mu) @ unu, grid, nus, -1)
-    per_mu = (b, nd, nd - 1) + tuple(u.shape[2:])
-    a = c0 * (up + down) if c0 else torch.zeros_like(up)
-    if c1:
-        dirs = list(range(nd))
-        umu_mu = fwd[dirs, :, dirs].transpose(0, 1)  # U_mu(x + mu)
-        dbl = (u @ umu_mu)[:, mus]  # L_mu(x)
-        # rectangles 1 along mu, 2 along nu
-        r_up = unu_mu @ _group_shift(up, grid, nus, 1) @ dagger(unu)
-        r_down = _group_shift(dagger(unu_mu) @ down @ unu, grid, nus, -1)
-        a = a + c1 * (r_up + r_down)
-        # rectangles 2 along mu: staples Sigma of the double link
-        unu_2mu = _group_shift(unu_mu, grid, mus, 1)
-        sigma = unu_2mu @ dagger(unu @ _group_shift(dbl, grid, nus, 1))
-        sigma = sigma + _group_shift(dagger(dbl @ unu_2mu) @ unu, grid, nus, -1)
-        sigma = sigma.reshape(per_mu).sum(2)
-        ends = umu_mu @ sigma + _group_shift(sigma @ u, grid, dirs, -1)
-        return a.reshape(per_mu).sum(2) + c1 * ends
-    return a.reshape(per_mu).sum(2)
+    """``A_mu(x)`` (:func:`kernels.backends.eager.staple_sum`) from the active backend."""
+    return get_backend().su3_staple_sum(u, grid, c0, c1)
 
 
 def gauge_force(
     u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float = 1.0, c1: float = 0.0
 ) -> torch.Tensor:
-    """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring), ``(B, Nd, *local, 3, 3)``."""
-    return (beta / (2.0 * NC)) * project_ta(u @ staple_sum(u, grid, c0, c1))
+    """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring) from the active backend."""
+    return get_backend().su3_force(u, grid, beta, c0, c1)
 
 
 def gauge_transform(u: torch.Tensor, g: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
@@ -197,25 +103,23 @@ def ordered_product(m: torch.Tensor, grid: ProcessGrid, axis: int, first: int) -
     """``prod_{n=0}^{L-1} m(.., n, ..)`` along lattice ``axis`` in increasing order, with the
     axis removed; the global product, the same on every rank of a line along ``axis``.
 
-    Local slices are multiplied in order, then the per-rank products are gathered along the
-    line of ranks (``MPI_Allgather`` in the line communicator, whose ranks are ordered by the
-    coordinate along ``axis``) and multiplied in rank order. Not autograd-aware.
+    The slices of the other ranks on the line along ``axis`` are gathered (``MPI_Allgather``
+    in the line communicator, ordered by the coordinate along ``axis``) and all ``L`` factors
+    are multiplied in one sequence, so the rounding is that of the single-rank product on
+    every process grid. Not autograd-aware.
     """
     dim = first + axis
+    if grid.grid[axis] > 1:
+        comm = _line_comm(grid, axis)
+        local = np.ascontiguousarray(m.detach().cpu().numpy())
+        blocks = np.empty((comm.Get_size(),) + local.shape, dtype=local.dtype)
+        comm.Allgather(local, blocks)
+        order = sorted(range(comm.Get_size()), key=lambda r: comm.Get_coords(r)[0])
+        m = torch.from_numpy(np.concatenate([blocks[r] for r in order], axis=dim)).to(m.device)
     prod = m.select(dim, 0)
     for n in range(1, m.shape[dim]):
         prod = prod @ m.select(dim, n)
-    if grid.grid[axis] == 1:
-        return prod
-    comm = _line_comm(grid, axis)
-    local = np.ascontiguousarray(prod.detach().cpu().numpy())
-    blocks = np.empty((comm.Get_size(),) + local.shape, dtype=local.dtype)
-    comm.Allgather(local, blocks)
-    order = sorted(range(comm.Get_size()), key=lambda r: comm.Get_coords(r)[0])
-    total = torch.from_numpy(blocks[order[0]]).to(m.device)
-    for r in order[1:]:
-        total = total @ torch.from_numpy(blocks[r]).to(m.device)
-    return total
+    return prod
 
 
 def polyakov_loop(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
@@ -228,11 +132,13 @@ def polyakov_loop(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     t = nd - 1
     line = ordered_product(u[:, t], grid, t, first=1)  # (B, *local_spatial, 3, 3)
     tr = torch.diagonal(line, dim1=-2, dim2=-1).sum(-1) / NC
-    local = tr.sum(tuple(range(1, tr.ndim)))
     if grid.coords[t] != 0:
-        local = torch.zeros_like(local)
+        tr = torch.zeros_like(tr)
     vs = grid.volume // grid.shape[t]
-    return global_sum(local, grid) / vs
+    comm = grid.cart if grid.size > 1 else None
+    flat = tr.reshape(tr.shape[0], -1)
+    re, im = (exact_segment_sum(x, comm).to(tr.real.dtype) for x in (flat.real, flat.imag))
+    return torch.complex(re, im) / vs
 
 
 # --------------------------------------------------------------------------- theory
@@ -278,10 +184,11 @@ class SU3Gauge(Theory):
     # ------------------------------------------------------------ dynamics
     def action(self, field: torch.Tensor) -> torch.Tensor:
         plaq, rect = wilson_loops(field, self.grid, rectangles=bool(self.c1))
-        s = self.c0 * sum((NC - p).sum(tuple(range(1, p.ndim))) for p in plaq.values())
+        # per-site density first, then one exact lattice sum (grid-independent)
+        s = self.c0 * sum(NC - p for p in plaq.values())
         if self.c1:
-            s = s + self.c1 * sum((NC - r).sum(tuple(range(1, r.ndim))) for r in rect.values())
-        return (self.beta / NC) * global_sum(s, self.grid)
+            s = s + self.c1 * sum(NC - r for r in rect.values())
+        return (self.beta / NC) * lattice_sum(s, self.grid, 1)
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
         return gauge_force(field, self.grid, self.beta, self.c0, self.c1)
@@ -336,8 +243,7 @@ class SU3Gauge(Theory):
             vol = self.grid.volume
 
             def mean(loops: list[torch.Tensor]) -> torch.Tensor:
-                tot = sum(p.sum(tuple(range(1, p.ndim))) for p in loops)
-                return global_sum(tot, self.grid) / (NC * vol * len(loops))
+                return lattice_sum(sum(loops), self.grid, 1) / (NC * vol * len(loops))
 
             spatial = [p for (mu, nu), p in plaq.items() if nu != t]
             temporal = [p for (mu, nu), p in plaq.items() if nu == t]

@@ -34,8 +34,10 @@ import math
 
 import torch
 
-from parallel import ProcessGrid, lattice_sum, shift
+from parallel import ProcessGrid, lattice_sum
 
+from ..backends import get_backend
+from ..backends.eager import u1_plaquette_angles
 from ..theory import RealFieldTheory
 
 
@@ -77,33 +79,19 @@ class U1Gauge(RealFieldTheory):
     def params(self) -> dict[str, float]:
         return {"beta": self.beta}
 
-    def _shift(self, x: torch.Tensor, mu: int, k: int) -> torch.Tensor:
-        """Shift a per-direction slice ``(B, *local)``."""
-        return shift(x, self.grid, mu, k, first=1)
-
     # ------------------------------------------------------------ plaquettes
     def plaquette_angles(self, theta: torch.Tensor) -> torch.Tensor:
         """Unwrapped plaquette angles ``theta_{mu nu}(x)``, shape ``(B, n_planes, *local)``,
         planes ordered as :attr:`planes` (for 2D one plane, ``(0, 1)``)."""
-        out = []
-        for mu, nu in self.planes:
-            tm, tn = theta[:, mu], theta[:, nu]
-            out.append(tm + self._shift(tn, mu, 1) - self._shift(tm, nu, 1) - tn)
-        return torch.stack(out, dim=1)
+        return u1_plaquette_angles(theta, self.grid, self.planes)
 
     # ------------------------------------------------------------ dynamics
     def action(self, theta: torch.Tensor) -> torch.Tensor:
-        p = self.plaquette_angles(theta)
-        return self.beta * lattice_sum((1.0 - torch.cos(p)).sum(dim=1), self.grid, 1)
+        density = get_backend().u1_action_density(theta, self.grid, self.planes)
+        return self.beta * lattice_sum(density, self.grid, 1)
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
-        sin_p = torch.sin(self.plaquette_angles(theta))
-        f = [torch.zeros_like(theta[:, 0]) for _ in range(self.nd)]
-        for i, (mu, nu) in enumerate(self.planes):
-            s = sin_p[:, i]
-            f[mu] = f[mu] + s - self._shift(s, nu, -1)
-            f[nu] = f[nu] - s + self._shift(s, mu, -1)
-        return self.beta * torch.stack(f, dim=1)
+        return get_backend().u1_force(theta, self.grid, self.planes, self.beta)
 
     def project(self, theta: torch.Tensor) -> torch.Tensor:
         """Wrap the angles into ``(-pi, pi]`` (same links, same action)."""

@@ -1,0 +1,284 @@
+"""Plain HMC vs NTHMC (force-norm-trained gauge-covariant transformation) on 2D U(1).
+
+    python benchmarks/bench_nthmc.py --L 16 --beta 4                 # train at L, run at L
+    python benchmarks/bench_nthmc.py --L 32 --beta 6 --train-L 16    # train at 16, transfer
+    python benchmarks/bench_nthmc.py --quick                          # L = 8, a minute
+    mpiexec -n 2 python benchmarks/bench_nthmc.py --L 16              # lattice over 2 ranks
+
+Per case, in one run with ``--batch`` chains each (Omelyan, trajectory length 1):
+
+1. plain HMC from a hot start: ``--therm`` trajectories with dual-averaging step-size tuning
+   toward ``--target`` acceptance, then ``--traj`` trajectories; configurations along the
+   thermalised part (and, with ``--train-L`` != ``--L``, of a separate run at the training
+   size) are the training set (the last ``--val`` of them held out for validation);
+2. training (timed): :class:`kernels.flows.force_norm.ForceNormTrainer` (``--objective``,
+   ``--train-steps``, early stopping with ``--patience``) of
+   :func:`kernels.flows.nthmc_u1.u1_nthmc_flow` (``--layers``, ``--hidden``), rebuilt at ``L``
+   with the trained weights when trained at another size;
+3. force evidence on the held-out configurations: rms and maximum per link of the plain force
+   ``dS/dU`` at ``U`` and of the trivialized force ``dS~/dV`` at ``V = F^{-1}(U)``;
+4. NTHMC (``HMC(TransformedTheory(theory, flow))``) from ``V = F^{-1}(U)`` of plain HMC's last
+   configurations: step size tuned on ``--tune-chains`` chains for ``--tune-traj``
+   trajectories (:func:`kernels.samplers.nthmc.tune_on_few_chains`, timed), frozen, then
+   ``--traj-nthmc`` trajectories of all chains.
+
+Reported per sampler: acceptance, ``<dH>``, ``tau_int`` of ``Q_int`` and of the plaquette
+(Gamma method, :func:`app.analysis.gamma_method`, chains as replicas), ``Q_int`` changes
+(tunnelling events per chain and trajectory), force evaluations and wall time per trajectory
+(whole batch), and the cost per independent ``Q``: ``2 tau_int(Q) x wall per trajectory per
+chain``. Break-even: NTHMC pays after ``N* = T_train / (c_HMC - c_NTHMC)`` independent
+configurations when ``c_NTHMC < c_HMC``, never otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from app.analysis import gamma_method
+from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer, trivialized_force
+from kernels.flows.nthmc_u1 import u1_nthmc_flow
+from kernels.integrators import make_integrator
+from kernels.samplers.hmc import HMC
+from kernels.samplers.nthmc import tune_on_few_chains
+from kernels.samplers.trivialized import TransformedTheory
+from kernels.theories.u1 import U1Gauge
+from kernels.theories.u1_exact import mean_plaquette, topological_charge_squared
+from parallel import ProcessGrid, global_max, global_sum
+from parallel.rng import SiteRNG
+
+ROOT = MPI.COMM_WORLD.Get_rank() == 0
+
+
+def say(*a) -> None:
+    if ROOT:
+        print(*a, flush=True)
+
+
+def force_stats(f: torch.Tensor, grid) -> tuple[float, float]:
+    """(rms, max) of ``|f|`` per link over all chains and the whole lattice."""
+    sq = global_sum(float(f.square().sum()), grid)
+    n = f.numel() * grid.size
+    mx = global_max(float(f.abs().max()), grid)
+    return math.sqrt(sq / n), float(mx)
+
+
+def run_hmc(hmc: HMC, theory, v, n_traj: int, counter: int, physical) -> dict:
+    """``n_traj`` trajectories; per-chain series of ``Q_int`` and the plaquette."""
+    q, plaq, acc, dh, nf = [], [], [], [], []
+    t0 = time.perf_counter()
+    for t in range(n_traj):
+        v, rec = hmc.trajectory(v, counter + t)
+        obs = physical.observables(hmc.to_physical(v))
+        q.append(obs["Q_int"].numpy())
+        plaq.append(obs["plaquette"].numpy())
+        acc.append(float(rec.accepted.double().mean()))
+        dh.append(float(rec.dH.double().mean()))
+        nf.append(rec.n_force)
+    wall = (time.perf_counter() - t0) / n_traj
+    return {
+        "v": v,
+        "Q": np.array(q).T,
+        "plaq": np.array(plaq).T,
+        "acc": float(np.mean(acc)),
+        "dH": float(np.mean(dh)),
+        "n_force": float(np.mean(nf)),
+        "wall": wall,
+        "n_steps": hmc.n_steps,
+    }
+
+
+def analyse(res: dict, batch: int) -> dict:
+    q, p = res["Q"], res["plaq"]
+    gq = gamma_method(list(q)) if np.ptp(q) > 0 else None
+    gp = gamma_method(list(p))
+    g2 = gamma_method(list(q * q)) if np.ptp(q) > 0 else None
+    tunnel = float(np.mean(np.abs(np.diff(q, axis=1)) > 0.5))
+    tau_q = gq.tau_int if gq is not None else float("inf")
+    per_chain = res["wall"] / batch
+    return {
+        "tau_Q": tau_q,
+        "tau_Q_err": gq.tau_int_error if gq is not None else float("nan"),
+        "tau_plaq": gp.tau_int,
+        "plaq": (gp.mean, gp.error),
+        "Q2": (g2.mean, g2.error) if g2 is not None else (float(np.mean(q * q)), float("nan")),
+        "tunnel": tunnel,
+        "cost": 2.0 * tau_q * per_chain,
+    }
+
+
+def plain_configs(theory, batch, n_therm, n_keep, every, target, seed, counter=1):
+    """Thermalised plain-HMC configurations ``(n_keep * batch, ...)`` and the tuned HMC."""
+    rng = SiteRNG(seed)
+    hmc = HMC(theory, make_integrator(theory, "omelyan", 4, 1.0), rng, target_acceptance=target)
+    u = theory.hot_start(rng, 0, batch)
+    for t in range(n_therm):
+        u, _ = hmc.trajectory(u, counter + t, tune=True)
+    hmc.finish_tuning()
+    kept = []
+    c = counter + n_therm
+    for _k in range(n_keep):
+        for _ in range(every):
+            u, _ = hmc.trajectory(u, c)
+            c += 1
+        kept.append(u.clone())
+    return torch.cat(kept), hmc, u, c
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--L", type=int, default=16)
+    ap.add_argument("--beta", type=float, default=4.0)
+    ap.add_argument("--train-L", type=int, default=None, help="train at this size (default L)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--therm", type=int, default=50)
+    ap.add_argument("--traj", type=int, default=400, help="plain HMC trajectories")
+    ap.add_argument("--traj-nthmc", type=int, default=60)
+    ap.add_argument("--target", type=float, default=0.8)
+    ap.add_argument("--train-configs", type=int, default=6, help="snapshots of the batch")
+    ap.add_argument("--val", type=int, default=8, help="held-out configurations")
+    ap.add_argument("--train-steps", type=int, default=60)
+    ap.add_argument("--train-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--objective", default="force_p", choices=["force_p", "force_linf"])
+    ap.add_argument("--power", type=float, default=2.0)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, nargs="*", default=[8])
+    ap.add_argument("--tune-chains", type=int, default=2)
+    ap.add_argument("--tune-traj", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.L, a.beta, a.therm, a.traj, a.traj_nthmc, a.train_steps = 8, 3.0, 20, 60, 10, 10
+        a.batch, a.train_configs, a.val, a.tune_traj = 4, 3, 4, 4
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(a.seed)
+    train_L = a.train_L or a.L
+    grid = ProcessGrid((a.L, a.L))
+    theory = U1Gauge(grid, a.beta)
+    say(
+        f"# bench_nthmc  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.node()}  "
+        f"{platform.processor() or platform.machine()}  ranks={MPI.COMM_WORLD.Get_size()}  "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}  torch {torch.__version__}"
+    )
+    say(
+        f"# 2D U(1) L={a.L} beta={a.beta}  train at L={train_L}  batch={a.batch}  "
+        f"objective={a.objective} p={a.power}  layers={a.layers} hidden={a.hidden}"
+    )
+
+    # 1. plain HMC (+ training data at L)
+    t0 = time.perf_counter()
+    data, hmc, u, c = plain_configs(theory, a.batch, a.therm, a.train_configs, 5, a.target, a.seed)
+    say(
+        f"# plain HMC thermalised + {a.train_configs * 5} traj for data: "
+        f"{time.perf_counter() - t0:.1f} s, n_steps={hmc.n_steps}"
+    )
+    plain = run_hmc(hmc, theory, u, a.traj, c, theory)
+    if train_L != a.L:
+        tgrid = ProcessGrid((train_L, train_L))
+        ttheory = U1Gauge(tgrid, a.beta)
+        data, _, _, _ = plain_configs(
+            ttheory, a.batch, a.therm, a.train_configs, 5, a.target, a.seed + 7
+        )
+    else:
+        tgrid, ttheory = grid, theory
+    n_val = min(a.val, len(data) // 2)
+    train_set, val_set = data[:-n_val], data[-n_val:]
+
+    # 2. training
+    flow_t = u1_nthmc_flow(tgrid, n_layers=a.layers, hidden=tuple(a.hidden))
+    cfg = ForceNormConfig(
+        steps=a.train_steps,
+        batch=a.train_batch,
+        lr=a.lr,
+        objective=a.objective,
+        power=a.power,
+        validate_every=5,
+        patience=a.patience,
+    )
+    tr = ForceNormTrainer(flow_t, ttheory, train_set, cfg, validation=val_set)
+    val0 = tr.validate()
+    tr.train()
+    t_train = tr.train_time
+    say(
+        f"# training: {tr.step_count} steps, {t_train:.1f} s, validation loss {val0:.4g} -> "
+        f"{tr.best_val:.4g} (best step {tr.best_step}, stopped early: {tr.stopped_early})"
+    )
+    flow = flow_t if train_L == a.L else flow_t.rebuild_for(grid)
+    tt = TransformedTheory(theory, flow)
+
+    # 3. force evidence on held-out configurations at L
+    held = plain["v"]
+    f_plain = theory.force(held)
+    v_held = tt.from_physical(held)
+    f_triv = trivialized_force(tt, v_held, create_graph=False)
+    rp, mp = force_stats(f_plain, grid)
+    rt, mt = force_stats(f_triv, grid)
+    say(
+        f"# force per link on {len(held)} held-out configs: plain rms {rp:.3f} max {mp:.3f}; "
+        f"trivialized rms {rt:.3f} max {mt:.3f}"
+    )
+
+    # 4. NTHMC: tune on few chains, freeze, run
+    rng = SiteRNG(a.seed + 100)
+    integ = make_integrator(tt, "omelyan", hmc.n_steps, 1.0)
+    nt = HMC(tt, integ, rng, target_acceptance=a.target)
+    t0 = time.perf_counter()
+    n_steps, _ = tune_on_few_chains(nt, v_held[: a.tune_chains].clone(), a.tune_traj, 1)
+    t_tune = time.perf_counter() - t0
+    say(
+        f"# NTHMC step size tuned on {a.tune_chains} chains x {a.tune_traj} traj: "
+        f"n_steps={n_steps} ({t_tune:.1f} s)"
+    )
+    prod = HMC(tt, make_integrator(tt, "omelyan", n_steps, 1.0), rng)
+    ntres = run_hmc(prod, tt, v_held, a.traj_nthmc, 1000, theory)
+
+    # table
+    exact_p = mean_plaquette(a.beta, (a.L, a.L))
+    exact_q2 = topological_charge_squared(a.beta, (a.L, a.L))
+    say(f"# exact: plaquette {exact_p:.5f}  <Q^2> {exact_q2:.4f}")
+    hdr = (
+        f"{'sampler':8s} {'traj':>5s} {'n_st':>4s} {'acc':>5s} {'<dH>':>7s} "
+        f"{'tau_Q':>12s} {'tau_P':>6s} {'tunnel':>7s} {'plaq':>17s} {'Q^2':>14s} "
+        f"{'nF/tr':>6s} {'s/traj':>8s} {'cost/indepQ':>11s}"
+    )
+    say(hdr)
+    rows = {}
+    for name, res, n in (("hmc", plain, a.traj), ("nthmc", ntres, a.traj_nthmc)):
+        an = analyse(res, a.batch)
+        rows[name] = an
+        say(
+            f"{name:8s} {n:5d} {res['n_steps']:4d} {res['acc']:5.3f} {res['dH']:7.4f} "
+            f"{an['tau_Q']:6.2f}({an['tau_Q_err']:4.2f}) {an['tau_plaq']:6.2f} "
+            f"{an['tunnel']:7.4f} {an['plaq'][0]:.5f}({an['plaq'][1]:.5f}) "
+            f"{an['Q2'][0]:6.3f}({an['Q2'][1]:.3f}) {res['n_force']:6.1f} "
+            f"{res['wall']:8.4f} {an['cost']:11.4g}"
+        )
+    c_h, c_n = rows["hmc"]["cost"], rows["nthmc"]["cost"]
+    ratio = c_n / c_h if c_h > 0 else float("nan")
+    per_traj = ntres["wall"] / plain["wall"]
+    say(f"# NTHMC/HMC: wall per trajectory x{per_traj:.0f}, cost per independent Q x{ratio:.3g}")
+    if math.isfinite(c_n) and c_n < c_h:
+        say(
+            f"# break-even after {(t_train + t_tune) / (c_h - c_n):.0f} independent Q "
+            f"(training {t_train:.0f} s + tuning {t_tune:.0f} s)"
+        )
+    else:
+        say(
+            f"# no break-even: NTHMC costs more per independent Q even without its training "
+            f"({t_train:.0f} s) and tuning ({t_tune:.0f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Kernel backend seam: one dispatch point for the hot gauge kernels.
+
+The theories (kernels/theories/su3.py, u1.py) and the Wilson flow call the *active* backend
+for their hot kernels; every backend computes the same mathematics (docstrings of
+:mod:`kernels.backends.eager`) and is tested against ``eager`` in the default suite.
+
+Backends
+--------
+``eager``     the reference and the fallback: complex128 ``(..., 3, 3)`` torch tensors,
+              batched ``matmul``, :func:`parallel.shift` for neighbours; autograd everywhere.
+``soa``       SU(3) Wilson staples/force in a real structure-of-arrays layout
+              ``(B, Nd, 2, 3, 3, *local)`` with unrolled 3x3 products (plain torch ops,
+              autograd-capable, any device).
+``compiled``  the ``soa`` arithmetic fused by ``torch.compile`` (compiles once per process,
+              minutes on a small CPU; any device torch.compile supports).
+``numba``     site-fused CPU kernels (optional dependency, ``pip install trivhmc[fast]``):
+              SU(3) Wilson staples, force, action and flow generator, U(1) action and force,
+              on halo-padded real/imaginary planes; the action is a
+              ``torch.autograd.Function`` whose backward is the analytic force.
+
+Kernels a backend does not implement natively (e.g. the rectangle terms ``c1 != 0`` in
+``soa``/``numba``, non-CPU tensors in ``numba``, or any call that needs an autograd graph
+through a fused kernel) are delegated to ``eager``: the result is the same to rounding.
+
+Selection: :func:`set_backend` (the application maps the deck key ``parallel.kernels`` to
+it), else the environment variable ``TRIVHMC_KERNELS``, else ``eager``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import import_module
+
+from .eager import EagerBackend
+
+__all__ = [
+    "BACKENDS",
+    "BackendError",
+    "EagerBackend",
+    "available_backends",
+    "get_backend",
+    "make_backend",
+    "set_backend",
+]
+
+#: backend name -> "module:class" (imported on first use; optional dependencies stay optional)
+BACKENDS: dict[str, str] = {
+    "eager": "kernels.backends.eager:EagerBackend",
+    "soa": "kernels.backends.soa:SoABackend",
+    "compiled": "kernels.backends.soa:CompiledSoABackend",
+    "numba": "kernels.backends.fused:NumbaBackend",
+}
+
+ENV_VAR = "TRIVHMC_KERNELS"
+
+_active: EagerBackend | None = None
+
+
+class BackendError(ValueError):
+    """An unknown kernel backend, or one whose optional dependency is missing."""
+
+
+def make_backend(name: str) -> EagerBackend:
+    """A new instance of backend ``name`` (raises :class:`BackendError` with the reason)."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown kernel backend {name!r}; known: {sorted(BACKENDS)}")
+    module, cls = BACKENDS[name].split(":")
+    try:
+        return getattr(import_module(module), cls)()
+    except ImportError as exc:
+        raise BackendError(
+            f"kernel backend {name!r} needs an optional dependency that is not installed "
+            f"({exc}); install it (pip install 'trivhmc[fast]') or use 'eager'"
+        ) from exc
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can be built here (their dependencies import)."""
+    names = []
+    for name in BACKENDS:
+        try:
+            make_backend(name)
+        except BackendError:
+            continue
+        names.append(name)
+    return names
+
+
+def set_backend(name: str) -> EagerBackend:
+    """Make ``name`` the active backend for every later kernel call; returns it."""
+    global _active
+    _active = make_backend(name)
+    return _active
+
+
+def get_backend() -> EagerBackend:
+    """The active backend: the last :func:`set_backend`, else ``$TRIVHMC_KERNELS``, else eager."""
+    global _active
+    if _active is None:
+        _active = make_backend(os.environ.get(ENV_VAR, "eager") or "eager")
+    return _active

@@ -1,0 +1,517 @@
+"""The ``numba`` kernel backend: site-fused CPU kernels (optional dependency ``numba``).
+
+Formulation
+-----------
+The links are halo-padded once (:func:`parallel.halo_pad`, width 1: every neighbour of the
+Wilson stencil, corners included, is then local) and stored as real planes
+``P[b, mu, c, k]`` with ``c = 2 (3 i + j) + {0: re, 1: im}`` and ``k`` the flat padded site.
+Neighbours are constant offsets ``k +- stride[nu]``. Each kernel walks the interior rows of
+the last (fastest) lattice axis and, per row, runs straight-line generated code over the
+sites of the row (contiguous loads, so the compiler can vectorise across sites); the outer
+loop over (chain, row) is ``numba.prange`` (threads = ``torch.get_num_threads()``).
+
+Kernels (same mathematics as :mod:`kernels.backends.eager`):
+
+* SU(3) Wilson staple sum ``A_mu(x) = sum_{nu != mu} [U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+
+  + (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)]`` (accumulated per row in a small buffer),
+  then ``coef TA(U_mu A_mu)`` for the force (``coef = beta c0 / 6``) and the flow generator
+  (``coef = -1``);
+* SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))``;
+* U(1) action density ``sum_{mu<nu} (1 - cos theta_{mu nu})`` and force.
+
+Autograd: the SU(3) action is a ``torch.autograd.Function`` whose backward is the analytic
+derivative ``dS_loc/dU_mu(x) = -c0 g A_mu(x)^+`` (torch's convention for a real function
+of complex input, ``d/dRe + i d/dIm``; per-chain ``g``, identical on every rank, and the full
+staple, so the halo terms of neighbouring ranks are included); the U(1) action density is
+a Function whose backward is the force formula with per-site weights. When a graph through
+the backward is requested (``create_graph``, e.g. force matching) the backward is computed
+with the eager torch kernels, so double backward works. Staples, force and flow generator
+called with a graph, any non-CPU tensor, and ``c1 != 0`` (rectangles) go to ``eager``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from parallel import ProcessGrid, halo_pad, shift
+
+from . import eager
+from .eager import EagerBackend
+
+# --------------------------------------------------------------------------- code generation
+NC = 3
+
+
+def _c(i: int, j: int, r: int) -> int:
+    return 2 * (NC * i + j) + r
+
+
+def _load(name: str, d: str, k: str) -> list[str]:
+    return [
+        f"{name}{i}{j}{'ri'[r]} = P[b, {d}, {_c(i, j, r)}, {k}]"
+        for i in range(NC)
+        for j in range(NC)
+        for r in range(2)
+    ]
+
+
+def _mm(out: str, a: str, b: str, da: bool = False, db: bool = False) -> list[str]:
+    """``out = op(a) op(b)`` on scalar locals ``{name}{i}{j}{r,i}``; ``op`` daggers if set."""
+    lines = []
+    for i in range(NC):
+        for j in range(NC):
+            re, im = [], []
+            for k in range(NC):
+                ar, ai = (f"{a}{k}{i}r", f"{a}{k}{i}i") if da else (f"{a}{i}{k}r", f"{a}{i}{k}i")
+                br, bi = (f"{b}{j}{k}r", f"{b}{j}{k}i") if db else (f"{b}{k}{j}r", f"{b}{k}{j}i")
+                sa, sb = (-1 if da else 1), (-1 if db else 1)
+                re.append(f"{ar} * {br} {'-' if sa * sb > 0 else '+'} {ai} * {bi}")
+                # Im = sb ar bi + sa ai br
+                im.append(
+                    f"{'' if sb > 0 else '-'}{ar} * {bi} {'+' if sa > 0 else '-'} {ai} * {br}"
+                )
+            lines.append(f"{out}{i}{j}r = " + " + ".join(f"({t})" for t in re))
+            lines.append(f"{out}{i}{j}i = " + " + ".join(f"({t})" for t in im))
+    return lines
+
+
+def _indent(lines: list[str], n: int) -> str:
+    return "".join(" " * n + ln + "\n" for ln in lines)
+
+
+def _staple_body() -> list[str]:
+    """Lines adding the plane (mu, nu) staples at padded site ``k`` to ``acc[:, x]``."""
+    lines = _load("a", "nu", "k") + _load("b", "mu", "k + snu") + _mm("t", "a", "b")
+    lines += _load("a", "nu", "k + smu") + _mm("s", "a", "t", db=True)  # up
+    lines += _load("a", "mu", "k - snu") + _load("b", "nu", "k - snu + smu") + _mm("t", "a", "b")
+    lines += _load("b", "nu", "k - snu") + _mm("d", "t", "b", da=True)  # down
+    for i in range(NC):
+        for j in range(NC):
+            for r in "ri":
+                c = _c(i, j, "ri".index(r))
+                lines.append(f"acc[{c}, x] += s{i}{j}{r} + d{i}{j}{r}")
+    return lines
+
+
+def _ta_body() -> list[str]:
+    """Lines writing ``coef TA(U_mu(k) acc[:, x])`` to ``out[b, mu, :, o + x]``."""
+    lines = _load("a", "mu", "k")
+    lines += [
+        f"b{i}{j}{r} = acc[{_c(i, j, 'ri'.index(r))}, x]"
+        for i in range(NC)
+        for j in range(NC)
+        for r in "ri"
+    ]
+    lines += _mm("m", "a", "b")
+    lines.append("tr = (m00i + m11i + m22i) / 3.0")
+    for i in range(NC):
+        for j in range(NC):
+            cr, ci = _c(i, j, 0), _c(i, j, 1)
+            if i == j:
+                lines.append(f"out[b, mu, {cr}, o + x] = 0.0")
+                lines.append(f"out[b, mu, {ci}, o + x] = coef * (m{i}{i}i - tr)")
+            else:
+                lines.append(f"out[b, mu, {cr}, o + x] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
+                lines.append(f"out[b, mu, {ci}, o + x] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    return lines
+
+
+def _plaq_body() -> list[str]:
+    """Lines adding ``3 - Re Tr U_{mu nu}(k)`` to ``out[b, o + x]``."""
+    lines = _load("a", "mu", "k") + _load("b", "nu", "k + smu") + _mm("t", "a", "b")
+    lines += _load("a", "nu", "k") + _load("b", "mu", "k + snu") + _mm("s", "a", "b")
+    terms = " + ".join(
+        f"t{i}{j}r * s{i}{j}r + t{i}{j}i * s{i}{j}i" for i in range(NC) for j in range(NC)
+    )
+    lines.append(f"out[b, o + x] += 3.0 - ({terms})")
+    return lines
+
+
+_HEADER = '''"""Generated by kernels/backends/fused.py (do not edit)."""
+import numpy as np
+from numba import njit, prange
+'''
+
+_SU3_STAPLES = '''
+@njit(parallel=True, fastmath=False, cache=True)
+def su3_ta_staples(P, rows_p, rows_o, rowlen, strides, coef, ta, out):
+    """ta: out[b, mu] = coef TA(U_mu A_mu); else out[b, mu] = coef A_mu."""
+    nb, nd = P.shape[0], P.shape[1]
+    nrows = rows_p.shape[0]
+    for q in prange(nb * nrows):
+        b = q // nrows
+        row = q % nrows
+        p0 = rows_p[row]
+        o = rows_o[row]
+        acc = np.empty((18, rowlen))
+        for mu in range(nd):
+            acc[:, :] = 0.0
+            smu = strides[mu]
+            for nu in range(nd):
+                if nu == mu:
+                    continue
+                snu = strides[nu]
+                for x in range(rowlen):
+                    k = p0 + x
+{staple}
+            if ta:
+                for x in range(rowlen):
+                    k = p0 + x
+{ta}
+            else:
+                for x in range(rowlen):
+                    for c in range(18):
+                        out[b, mu, c, o + x] = coef * acc[c, x]
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def su3_plaquette_density(P, rows_p, rows_o, rowlen, strides, out):
+    """out[b, site] = sum_{{mu<nu}} (3 - Re Tr U_{{mu nu}}) (out zeroed by the caller)."""
+    nb, nd = P.shape[0], P.shape[1]
+    nrows = rows_p.shape[0]
+    for q in prange(nb * nrows):
+        b = q // nrows
+        row = q % nrows
+        p0 = rows_p[row]
+        o = rows_o[row]
+        for mu in range(nd):
+            smu = strides[mu]
+            for nu in range(mu + 1, nd):
+                snu = strides[nu]
+                for x in range(rowlen):
+                    k = p0 + x
+{plaq}
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
+    """force: out[b, mu, site] = U(1) force; else out[b, 0, site] = action density."""
+    nb, nd = T.shape[0], T.shape[1]
+    nrows = rows_p.shape[0]
+    for q in prange(nb * nrows):
+        b = q // nrows
+        row = q % nrows
+        p0 = rows_p[row]
+        o = rows_o[row]
+        if not force:
+            for x in range(rowlen):
+                out[b, 0, o + x] = 0.0
+            for mu in range(nd):
+                smu = strides[mu]
+                for nu in range(mu + 1, nd):
+                    snu = strides[nu]
+                    for x in range(rowlen):
+                        k = p0 + x
+                        p = T[b, mu, k] + T[b, nu, k + smu] - T[b, mu, k + snu] - T[b, nu, k]
+                        out[b, 0, o + x] += 1.0 - np.cos(p)
+        else:
+            for mu in range(nd):
+                smu = strides[mu]
+                for x in range(rowlen):
+                    out[b, mu, o + x] = 0.0
+                for nu in range(nd):
+                    if nu == mu:
+                        continue
+                    snu = strides[nu]
+                    for x in range(rowlen):
+                        k = p0 + x
+                        h = k - snu
+                        p = T[b, mu, k] + T[b, nu, k + smu] - T[b, mu, k + snu] - T[b, nu, k]
+                        pm = T[b, mu, h] + T[b, nu, h + smu] - T[b, mu, k] - T[b, nu, h]
+                        out[b, mu, o + x] += np.sin(p) - np.sin(pm)
+                for x in range(rowlen):
+                    out[b, mu, o + x] *= beta
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def expm_mul(X, W, out, chunk):
+    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series to order 18 of
+    X / 2^s with |X / 2^s|_F <= 1/4 (remainder < 1e-22), then s squarings."""
+    n = X.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        e = np.empty((3, 3), np.complex128)
+        t = np.empty((3, 3), np.complex128)
+        y = np.empty((3, 3), np.complex128)
+        a = np.empty((3, 3), np.complex128)
+        for m in range(c * chunk, min(n, (c + 1) * chunk)):
+            nrm = 0.0
+            for i in range(3):
+                for j in range(3):
+                    nrm += X[m, i, j].real ** 2 + X[m, i, j].imag ** 2
+            nrm = np.sqrt(nrm)
+            s = 0
+            while nrm > 0.25:
+                nrm *= 0.5
+                s += 1
+            scale = 0.5**s
+            for i in range(3):
+                for j in range(3):
+                    a[i, j] = X[m, i, j] * scale
+                    e[i, j] = a[i, j]
+                    t[i, j] = a[i, j]
+                e[i, i] += 1.0
+            for k in range(2, 19):
+                for i in range(3):
+                    for j in range(3):
+                        y[i, j] = (t[i, 0] * a[0, j] + t[i, 1] * a[1, j] + t[i, 2] * a[2, j]) / k
+                for i in range(3):
+                    for j in range(3):
+                        t[i, j] = y[i, j]
+                        e[i, j] += y[i, j]
+            for _ in range(s):
+                for i in range(3):
+                    for j in range(3):
+                        y[i, j] = e[i, 0] * e[0, j] + e[i, 1] * e[1, j] + e[i, 2] * e[2, j]
+                for i in range(3):
+                    for j in range(3):
+                        e[i, j] = y[i, j]
+            for i in range(3):
+                for j in range(3):
+                    out[m, i, j] = (
+                        e[i, 0] * W[m, 0, j] + e[i, 1] * W[m, 1, j] + e[i, 2] * W[m, 2, j]
+                    )
+'''
+
+
+def _source() -> str:
+    return _HEADER + _SU3_STAPLES.format(
+        staple=_indent(_staple_body(), 20),
+        ta=_indent(_ta_body(), 20),
+        plaq=_indent(_plaq_body(), 20),
+    )
+
+
+def _load_kernels():
+    """Write the generated module to a cache directory (so numba can cache the machine
+    code across processes) and import it."""
+    src = _source()
+    tag = hashlib.sha256((src + numba.__version__).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("TRIVHMC_CACHE", Path(tempfile.gettempdir()) / "trivhmc-cache"))
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"fused_kernels_{tag}.py"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(src)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(f"trivhmc_fused_{tag}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # numba's cache resolves the module by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_K = None
+
+
+def kernels():
+    """The compiled kernel module (generated and imported on first use)."""
+    global _K
+    if _K is None:
+        _K = _load_kernels()
+    return _K
+
+
+# --------------------------------------------------------------------------- layout
+def _rows(local: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded flat start of each interior row of the last axis, unpadded start, strides."""
+    padded = tuple(n + 2 * width for n in local)
+    strides = np.array([int(np.prod(padded[m + 1 :])) for m in range(len(local))], np.int64)
+    idx = np.indices(local[:-1]).reshape(len(local) - 1, -1) if len(local) > 1 else None
+    ostr = np.array([int(np.prod(local[m + 1 :])) for m in range(len(local))], np.int64)
+    if idx is None:
+        return np.array([width], np.int64), np.array([0], np.int64), strides
+    rows_p = ((idx + width) * strides[:-1, None]).sum(0) + width
+    rows_o = (idx * ostr[:-1, None]).sum(0)
+    return rows_p.astype(np.int64), rows_o.astype(np.int64), strides
+
+
+def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
+    """Halo-padded real planes ``(B, Nd, 18, V_padded)`` of complex links."""
+    p = halo_pad(u.detach(), grid, 1, first=2)
+    b, nd = p.shape[:2]
+    r = torch.view_as_real(p).reshape(b, nd, -1, 18).transpose(2, 3)
+    return np.ascontiguousarray(r.numpy())
+
+
+def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``(B, Nd, 18, V)`` real planes -> complex ``(B, Nd, *local, 3, 3)``."""
+    b, nd = out.shape[:2]
+    t = torch.from_numpy(out).transpose(2, 3).reshape(*like.shape, 2)
+    return torch.view_as_complex(t.contiguous())
+
+
+def _threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def su3_ta_staples(u: torch.Tensor, grid: ProcessGrid, coef: float, ta: bool) -> torch.Tensor:
+    """Fused ``coef TA(U A)`` (``ta``) or ``coef A`` for the Wilson staples, complex out."""
+    _threads()
+    planes = _su3_planes(u, grid)
+    rows_p, rows_o, strides = _rows(grid.local_shape, 1)
+    b, nd = u.shape[:2]
+    out = np.empty((b, nd, 18, int(np.prod(grid.local_shape))))
+    kernels().su3_ta_staples(
+        planes, rows_p, rows_o, grid.local_shape[-1], strides, float(coef), ta, out
+    )
+    return _from_planes(out, u)
+
+
+def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``sum_x sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` on this rank, per chain ``(B,)``."""
+    _threads()
+    planes = _su3_planes(u, grid)
+    rows_p, rows_o, strides = _rows(grid.local_shape, 1)
+    out = np.zeros((u.shape[0], int(np.prod(grid.local_shape))))
+    kernels().su3_plaquette_density(planes, rows_p, rows_o, grid.local_shape[-1], strides, out)
+    return torch.from_numpy(out).sum(1)
+
+
+def u1_kernel(theta: torch.Tensor, grid: ProcessGrid, beta: float, force: bool) -> torch.Tensor:
+    """Fused U(1) force ``(B, Nd, *local)`` or action density ``(B, *local)``."""
+    _threads()
+    p = halo_pad(theta.detach(), grid, 1, first=2)
+    b, nd = p.shape[:2]
+    tp = np.ascontiguousarray(p.reshape(b, nd, -1).numpy())
+    rows_p, rows_o, strides = _rows(grid.local_shape, 1)
+    out = np.empty((b, nd if force else 1, int(np.prod(grid.local_shape))))
+    kernels().u1_density_force(
+        tp, rows_p, rows_o, grid.local_shape[-1], strides, float(beta), force, out
+    )
+    t = torch.from_numpy(out)
+    return t.reshape(theta.shape) if force else t.reshape(b, *grid.local_shape)
+
+
+def expm_mul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``exp(X) W`` for ``(..., 3, 3)`` complex128 ``X`` (traceless anti-Hermitian), ``W``."""
+    _threads()
+    xs = np.ascontiguousarray(x.detach().reshape(-1, 3, 3).numpy())
+    ws = np.ascontiguousarray(w.detach().reshape(-1, 3, 3).numpy())
+    out = np.empty_like(ws)
+    kernels().expm_mul(xs, ws, out, 256)
+    return torch.from_numpy(out).reshape(w.shape)
+
+
+def su3_flow_step_rk3(u: torch.Tensor, grid: ProcessGrid, eps: float) -> torch.Tensor:
+    """Luscher's RK3 Wilson-flow step (:func:`kernels.backends.eager.flow_step_rk3`) with the
+    fused generator and exponential."""
+    z0 = eps * su3_ta_staples(u, grid, -1.0, ta=True)
+    w1 = expm_mul(0.25 * z0, u)
+    z1 = eps * su3_ta_staples(w1, grid, -1.0, ta=True)
+    w2 = expm_mul((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0, w1)
+    z2 = eps * su3_ta_staples(w2, grid, -1.0, ta=True)
+    return expm_mul(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0, w2)
+
+
+# --------------------------------------------------------------------------- autograd
+class _SU3WilsonAction(torch.autograd.Function):
+    """Local ``c0 sum_P (3 - Re Tr U_P)`` per chain; backward ``-c0 g A^+`` (module doc)."""
+
+    @staticmethod
+    def forward(ctx, u, grid, c0):  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.grid, ctx.c0 = grid, c0
+        return c0 * su3_plaquette_sum(u, grid)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiable eager staples
+            a = eager.staple_sum(u, ctx.grid, 1.0, 0.0)
+        else:
+            a = su3_ta_staples(u, ctx.grid, 1.0, ta=False)
+        w = (-ctx.c0 * g).to(u.dtype).reshape(-1, *([1] * (u.ndim - 1)))
+        return w * a.conj().transpose(-1, -2), None, None
+
+
+class _U1ActionDensity(torch.autograd.Function):
+    """``sum_{mu<nu} (1 - cos theta_{mu nu}(x))``; backward: the force with weights ``g(x)``."""
+
+    @staticmethod
+    def forward(ctx, theta, grid, planes):  # type: ignore[override]
+        ctx.save_for_backward(theta)
+        ctx.grid, ctx.planes = grid, planes
+        return u1_kernel(theta, grid, 1.0, force=False)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (theta,) = ctx.saved_tensors
+        grid, nd = ctx.grid, theta.shape[1]
+        sin_p = torch.sin(eager.u1_plaquette_angles(theta, grid, ctx.planes))
+        f = [torch.zeros_like(theta[:, 0]) for _ in range(nd)]
+        for i, (mu, nu) in enumerate(ctx.planes):
+            s = g * sin_p[:, i]
+            f[mu] = f[mu] + s - shift(s, grid, nu, -1, first=1)
+            f[nu] = f[nu] - s + shift(s, grid, mu, -1, first=1)
+        return torch.stack(f, dim=1), None, None
+
+
+# --------------------------------------------------------------------------- backend
+def _fusable(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.complex128, torch.float64)
+
+
+def _graph(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+class NumbaBackend(EagerBackend):
+    """Site-fused numba kernels on CPU float64/complex128; eager for everything else."""
+
+    name = "numba"
+
+    def su3_staple_sum(self, u, grid, c0, c1):
+        """Staple sum ``A_mu(x)``; fused for Wilson (``c1 == 0``) without a graph."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_staple_sum(u, grid, c0, c1)
+        return su3_ta_staples(u, grid, c0, ta=False)
+
+    def su3_force(self, u, grid, beta, c0, c1):
+        """``(beta/6) TA(U A)``; fused for Wilson without a graph."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_force(u, grid, beta, c0, c1)
+        return su3_ta_staples(u, grid, beta * c0 / 6.0, ta=True)
+
+    def su3_flow_generator(self, u, grid, c1=0.0):
+        """``-TA(V A)``; fused for Wilson without a graph."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_flow_generator(u, grid, c1)
+        return su3_ta_staples(u, grid, -1.0, ta=True)
+
+    def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
+        """RK3 Wilson-flow step; fused for Wilson without a graph."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_flow_step_rk3(u, grid, eps, c1)
+        return su3_flow_step_rk3(u, grid, eps)
+
+    def su3_action_local(self, u, grid, c0, c1):
+        """Wilson loop sum; fused forward, analytic backward (:class:`_SU3WilsonAction`)."""
+        if c1 or not _fusable(u):
+            return super().su3_action_local(u, grid, c0, c1)
+        if _graph(u):
+            return _SU3WilsonAction.apply(u, grid, c0)
+        return c0 * su3_plaquette_sum(u, grid)
+
+    def u1_action_density(self, theta, grid, planes):
+        """U(1) action density; fused forward, analytic backward (:class:`_U1ActionDensity`)."""
+        if not _fusable(theta):
+            return super().u1_action_density(theta, grid, planes)
+        if _graph(theta):
+            return _U1ActionDensity.apply(theta, grid, planes)
+        return u1_kernel(theta, grid, 1.0, force=False)
+
+    def u1_force(self, theta, grid, planes, beta):
+        """U(1) force; fused without a graph."""
+        if not _fusable(theta) or _graph(theta):
+            return super().u1_force(theta, grid, planes, beta)
+        return u1_kernel(theta, grid, beta, force=True)

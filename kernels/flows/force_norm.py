@@ -1,0 +1,206 @@
+"""Training a field transformation *for HMC*: force-norm losses, validation, early stopping.
+
+NTHMC (Jin, arXiv:2201.01862; He, Jin, Osborn, Zhao, arXiv:2511.02018) does not trivialize the
+theory; it makes HMC's job easier by lowering (and evening out) the trivialized force
+``F~ = dS~/dV`` with ``S~(V) = S(F(V)) - log|det dF/dV|``, whose largest values set the stable
+step size. On configurations ``U`` of a plain-HMC ensemble, mapped to ``V = F^{-1}(U)`` (no
+gradient through the inverse), the objectives per chain are (``a_i = |F~_i|`` per variable,
+``n`` variables on the whole lattice)::
+
+    force_p:    L_p   = (1/n) sum_i a_i^p                       (+ linf_weight * L_inf)
+    force_linf: L_inf = M + (1/kappa) log[(1/n) sum_i exp(kappa (a_i - M))],   M = max_i a_i
+
+``L_inf`` (log-mean-exp) lies between the mean and the maximum of ``a`` and tends to the
+maximum as ``kappa -> infinity``; ``M`` is a detached global maximum (the value is independent
+of it). The force comes from :func:`kernels.flows.pullback.pullback_force` with
+``create_graph=True`` (double backward through the distributed flow).
+
+Held-out validation: every ``validate_every`` steps the loss on the validation configurations
+(no parameter gradient); the best parameters so far are kept, and training stops when the
+validation loss has not improved by ``min_delta`` in ``patience`` validations; the best
+parameters are restored at the end. Distributed exactly like
+:class:`kernels.flows.force_matching.ForceMatchingTrainer` (replicated weights, gradients
+summed over the domain group and averaged over replica groups; the global max and the sums are
+over the domain group).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from parallel import global_max, global_sum
+
+from .force_matching import (
+    ForceMatchingConfig,
+    ForceMatchingTrainer,
+    force_loss_per_chain,
+    trivialized_force,
+    variable_norms,
+)
+from .metrics import replica_mean
+from .pullback import force_from_gradient, gradient_from_force
+
+OBJECTIVES = ("force_p", "force_linf")
+
+
+def force_through_inverse(transformed, u: torch.Tensor) -> torch.Tensor:
+    """``F~(V)`` at ``V = F^{-1}(U)`` differentiable in the parameters along *both* paths:
+    the force's own dependence and ``V``'s (the implicit gradient of the iterative inverse,
+    :func:`kernels.flows.base.implicit_newton_step`), i.e. the exact gradient of
+    ``E_U[L(F~(F^{-1}(U)))]`` over a fixed ensemble of ``U``. Same VJP as
+    :func:`kernels.flows.pullback.pullback_force`, without detaching ``V``."""
+    flow, theory = transformed.flow, transformed.theory
+    with torch.enable_grad():
+        v, _ = flow.inverse(u.detach())
+        x = v if v.requires_grad else v.requires_grad_(True)
+        uu, logdet = flow(x)
+        g = gradient_from_force(theory, uu, theory.force(uu))
+        (grad,) = torch.autograd.grad(
+            [uu, logdet], x, [g, -torch.ones_like(logdet)], create_graph=True
+        )
+    return force_from_gradient(theory, x, grad)
+
+
+def log_mean_exp_norm(f: torch.Tensor, theory, kappa: float) -> torch.Tensor:
+    """Soft maximum ``M + (1/kappa) log mean exp(kappa (|f_i| - M))`` per chain, ``(B,)``."""
+    a = variable_norms(f, theory)
+    m_local = a.detach().max(dim=1).values.cpu().numpy()
+    m = torch.as_tensor(
+        np.asarray(global_max(m_local, theory.grid)), dtype=a.dtype, device=a.device
+    )
+    s = global_sum(torch.exp(kappa * (a - m.unsqueeze(1))).sum(1), theory.grid)
+    n = a.shape[1] * theory.grid.size
+    return m + torch.log(s / n) / kappa
+
+
+@dataclass
+class ForceNormConfig(ForceMatchingConfig):
+    """Hyper-parameters of force-norm training (on top of :class:`ForceMatchingConfig`)."""
+
+    #: ``force_p`` | ``force_linf``
+    objective: str = "force_p"
+    #: ``kappa`` of the log-mean-exp soft maximum
+    kappa: float = 2.0
+    #: weight of ``L_inf`` added to ``L_p`` (objective ``force_p``)
+    linf_weight: float = 0.0
+    #: validate every this many steps (0: never; then no early stopping)
+    validate_every: int = 10
+    #: stop after this many validations without improvement (0: never stop early)
+    patience: int = 0
+    min_delta: float = 0.0
+    #: with ``map_back``: differentiate through ``V = F^{-1}(U)`` too (the exact gradient
+    #: over a fixed ensemble; without it the data move under the optimiser)
+    exact_gradient: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {list(OBJECTIVES)}")
+        if not self.kappa > 0 or self.linf_weight < 0:
+            raise ValueError("kappa must be > 0 and linf_weight >= 0")
+        if self.validate_every < 0 or self.patience < 0:
+            raise ValueError("validate_every and patience must be >= 0")
+
+
+class ForceNormTrainer(ForceMatchingTrainer):
+    """``ForceNormTrainer(flow, theory, train_configs, config, validation=val_configs)``.
+
+    ``history`` rows add ``val_loss`` on validation steps; after :meth:`train`,
+    ``best_step``/``best_val`` describe the restored parameters, ``stopped_early`` says
+    whether patience ran out, ``train_time`` is the wall time of the steps.
+    """
+
+    def __init__(self, flow, theory, configurations, config=None, validation=None) -> None:
+        super().__init__(flow, theory, configurations, config or ForceNormConfig())
+        if not isinstance(self.config, ForceNormConfig):
+            raise TypeError("ForceNormTrainer needs a ForceNormConfig")
+        self.validation = validation
+        self.best_val = math.inf
+        self.best_step = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_validations = 0
+        self.stopped_early = False
+        self.train_time = 0.0
+
+    def objective(self, f: torch.Tensor) -> torch.Tensor:
+        """Per-chain objective of the trivialized force ``f`` (see module docstring)."""
+        cfg = self.config
+        if cfg.objective == "force_linf":
+            return log_mean_exp_norm(f, self.theory, cfg.kappa)
+        out = force_loss_per_chain(f, self.theory, None, cfg.power)
+        if cfg.linf_weight > 0:
+            out = out + cfg.linf_weight * log_mean_exp_norm(f, self.theory, cfg.kappa)
+        return out
+
+    def loss(self, configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.map_back and self.config.exact_gradient:
+            f = force_through_inverse(self.transformed, configs)
+            return self.objective(f).mean(), f
+        v = self.inputs(configs)
+        f = trivialized_force(self.transformed, v, create_graph=True)
+        return self.objective(f).mean(), f
+
+    def evaluate(self, configs: torch.Tensor) -> float:
+        v = self.inputs(configs)
+        f = trivialized_force(self.transformed, v, create_graph=False)
+        with torch.no_grad():
+            return replica_mean(float(self.objective(f).mean()), self.grid)
+
+    def validate(self) -> float:
+        """Validation loss over all validation configurations (in batches)."""
+        val = self.validation
+        b = self.config.batch
+        parts = [self.evaluate(val[i : i + b]) * len(val[i : i + b]) for i in range(0, len(val), b)]
+        return sum(parts) / len(val)
+
+    def step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = super().step()
+        cfg = self.config
+        if (
+            self.validation is not None
+            and cfg.validate_every
+            and (self.step_count % cfg.validate_every == 0)
+        ):
+            val = self.validate()
+            m["val_loss"] = val
+            if val < self.best_val - cfg.min_delta:
+                self.best_val, self.best_step, self.bad_validations = val, self.step_count, 0
+                self.best_state = copy.deepcopy(self.flow.state_dict())
+            else:
+                self.bad_validations += 1
+                if cfg.patience and self.bad_validations >= cfg.patience:
+                    self.stopped_early = True
+        self.train_time += time.perf_counter() - t0
+        return m
+
+    def train(self, steps: int | None = None, callback=None) -> list[dict[str, float]]:
+        end = self.config.steps if steps is None else self.step_count + int(steps)
+        while self.step_count < end and not self.stopped_early:
+            m = self.step()
+            if callback is not None:
+                callback(m)
+        if self.best_state is not None:
+            self.flow.load_state_dict(self.best_state)
+        return self.history
+
+    def summary(self) -> dict[str, Any]:
+        """What to record with the model: objective, steps, best validation, timing."""
+        cfg = self.config
+        return {
+            "objective": cfg.objective,
+            "power": cfg.power,
+            "kappa": cfg.kappa,
+            "steps": self.step_count,
+            "best_step": self.best_step,
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "stopped_early": self.stopped_early,
+            "train_time": self.train_time,
+        }

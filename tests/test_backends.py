@@ -1,0 +1,168 @@
+"""Kernel backend seam (kernels/backends): dispatch, and every backend against ``eager``.
+
+Each fast backend must give the eager reference's staple sum, force, action, flow generator
+(SU(3), Wilson and Symanzik) and U(1) action/force to 1e-13 relative, on small lattices, and
+keep autograd through the action (first and second derivatives equal to eager's).
+The ``compiled`` backend (torch.compile: minutes to compile on a small CPU) runs in the slow
+suite; its arithmetic is the ``soa`` one, tested here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.backends as kb
+from kernels.backends import eager
+from kernels.theories.su3 import SU3Gauge
+from kernels.theories.u1 import U1Gauge
+from parallel import single_rank_grid
+from parallel.rng import SiteRNG
+
+TOL = 1e-13
+FAST = [n for n in kb.available_backends() if n not in ("eager", "compiled")]
+
+
+def close(got: torch.Tensor, ref: torch.Tensor, what: str, tol: float = TOL) -> None:
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert got.dtype == ref.dtype, f"{what}: dtype {got.dtype} != {ref.dtype}"
+    err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+    assert err <= tol, f"{what}: differs from eager by {err:.2e} (relative)"
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend():
+    saved = kb._active
+    yield
+    kb._active = saved
+
+
+def _links(shape=(4, 4, 2, 6), batch=2, seed=3):
+    grid = single_rank_grid(shape)
+    return grid, SU3Gauge(grid, 6.0).hot_start(SiteRNG(seed), 0, batch)
+
+
+# --------------------------------------------------------------------------- dispatch
+def test_default_is_eager(monkeypatch):
+    monkeypatch.delenv(kb.ENV_VAR, raising=False)
+    kb._active = None
+    assert kb.get_backend().name == "eager"
+    assert "eager" in kb.available_backends()
+
+
+def test_environment_selects(monkeypatch):
+    monkeypatch.setenv(kb.ENV_VAR, "soa")
+    kb._active = None
+    assert kb.get_backend().name == "soa"
+
+
+def test_set_backend_and_unknown_name():
+    assert kb.set_backend("soa").name == "soa"
+    assert kb.get_backend().name == "soa"
+    with pytest.raises(kb.BackendError, match="unknown kernel backend 'nope'"):
+        kb.set_backend("nope")
+    assert kb.get_backend().name == "soa"  # a failed selection changes nothing
+
+
+def test_theory_uses_active_backend():
+    """SU3Gauge/U1Gauge route force and action through the active backend."""
+    grid, u = _links()
+    th = SU3Gauge(grid, 5.7)
+    calls = []
+
+    class Spy(eager.EagerBackend):
+        name = "spy"
+
+        def su3_force(self, *a):
+            calls.append("force")
+            return super().su3_force(*a)
+
+        def su3_action_local(self, *a):
+            calls.append("action")
+            return super().su3_action_local(*a)
+
+    kb._active = Spy()
+    th.force(u), th.action(u)
+    assert calls == ["force", "action"]
+
+
+# --------------------------------------------------------------------------- SU(3)
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("c1", [0.0, -1.0 / 12.0], ids=["wilson", "symanzik"])
+def test_su3_kernels_match_eager(name, c1):
+    grid, u = _links()
+    b, c0 = kb.make_backend(name), 1.0 - 8.0 * c1
+    close(b.su3_staple_sum(u, grid, c0, c1), eager.staple_sum(u, grid, c0, c1), "staples")
+    close(b.su3_force(u, grid, 5.7, c0, c1), eager.gauge_force(u, grid, 5.7, c0, c1), "force")
+    close(b.su3_action_local(u, grid, c0, c1), eager.su3_action_local(u, grid, c0, c1), "S")
+    close(b.su3_flow_generator(u, grid, c1), eager.flow_generator(u, grid, c1), "flow Z")
+    step = eager.flow_step_rk3(u, grid, 0.05, c1)
+    close(b.su3_flow_step_rk3(u, grid, 0.05, c1), step, "RK3 flow step")
+
+
+def test_eager_flow_step_is_wilson_flow_step():
+    """The seam's RK3 step is bit for bit kernels.wilson_flow.flow_step_rk3."""
+    from kernels.wilson_flow import flow_step_rk3
+
+    grid, u = _links()
+    for c1 in (0.0, -0.331):
+        assert torch.equal(eager.flow_step_rk3(u, grid, 0.02, c1), flow_step_rk3(u, grid, 0.02, c1))
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_su3_theory_with_backend(name):
+    """The whole theory (action, force, HMC-facing API) under the backend equals eager."""
+    grid, u = _links(shape=(2, 4, 4, 4), batch=1, seed=8)
+    th = SU3Gauge(grid, 5.9)
+    kb.set_backend("eager")
+    s_ref, f_ref = th.action(u), th.force(u)
+    kb.set_backend(name)
+    close(th.action(u), s_ref, "action")
+    close(th.force(u), f_ref, "force")
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_su3_action_autograd_matches_eager(name):
+    """Gradient of the action w.r.t. the links (what flows differentiate), and a second
+    derivative (gradient of a function of that gradient), equal eager's."""
+    grid, u = _links(shape=(2, 2, 4, 4), batch=2, seed=4)
+    th = SU3Gauge(grid, 5.7)
+    w = torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for which in ("eager", name):
+        kb.set_backend(which)
+        x = u.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(th.action(x).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g.real * w.real + g.imag * w.imag).sum(), x)
+        out[which] = (g.detach(), h)
+    close(out[name][0], out["eager"][0], "dS/dU")
+    close(out[name][1], out["eager"][1], "d(w.dS/dU)/dU")
+
+
+# --------------------------------------------------------------------------- U(1)
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("shape", [(6, 8), (4, 2, 4, 6)], ids=["2d", "4d"])
+def test_u1_kernels_match_eager(name, shape):
+    grid = single_rank_grid(shape)
+    th = U1Gauge(grid, 2.5)
+    theta = 4.0 * th.hot_start(SiteRNG(2), 0, 3)  # unwrapped angles too
+    b = kb.make_backend(name)
+    close(
+        b.u1_action_density(theta, grid, th.planes),
+        eager.u1_action_density(theta, grid, th.planes),
+        "S",
+    )
+    close(b.u1_force(theta, grid, th.planes, 2.5), eager.u1_force(theta, grid, th.planes, 2.5), "F")
+    x = theta.clone().requires_grad_(True)
+    kb.set_backend(name)
+    (g,) = torch.autograd.grad(th.action(x).sum(), x)
+    close(g, eager.u1_force(theta, grid, th.planes, 2.5), "dS/dtheta")
+
+
+# --------------------------------------------------------------------------- compiled
+@pytest.mark.slow
+def test_compiled_matches_eager():
+    """torch.compile of the SoA force kernels (slow: minutes of compilation on a small CPU)."""
+    grid, u = _links(shape=(4, 4, 4, 4), batch=1)
+    b = kb.make_backend("compiled")
+    close(b.su3_force(u, grid, 6.0, 1.0, 0.0), eager.gauge_force(u, grid, 6.0), "force")
