@@ -164,6 +164,8 @@ def _measure(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Observables of the physical field into the per-chain columns and the ensembles."""
     physical = ctx.sampler.to_physical(state)
+    if hasattr(ctx.theory, "noise_counter"):  # stochastic estimators: fresh noise per trajectory
+        ctx.theory.noise_counter = traj
     with torch.no_grad():
         obs = flatten_observables(ctx.theory.observables(physical))
     if measure:

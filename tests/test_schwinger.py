@@ -155,6 +155,27 @@ def test_fermion_force_equals_numerical_derivative(hasenbusch):
     assert torch.all((s - n).abs() < 6 * math.sqrt(n))
 
 
+def test_heatbath_gives_chi_squared_for_plain_and_ratio_terms():
+    """Heatbath ``phi = M^+ chi`` (plain) / ``M_1^{-+} M^+ chi`` (ratio) means
+    ``S(phi) = chi^+ chi`` exactly at the start field, with each term's own noise slice."""
+    from kernels.theories.schwinger import PURPOSE_PSEUDOFERMION, complex_noise
+
+    shape = (4, 6)
+    grid = single_rank_grid(shape)
+    th = Schwinger(grid, 1.0, 0.25, hasenbusch=[0.1, 0.2], cg_tol=1e-13)
+    rng = SiteRNG(21)
+    theta = th.hot_start(rng, 0, 2)
+    th.refresh(theta, rng, 7)
+    chi = complex_noise(rng, grid, PURPOSE_PSEUDOFERMION, 7, 2, (3,))
+    for j, t in enumerate(th.pseudofermion_terms()):
+        want = (chi[:, j].abs() ** 2).sum(dim=(1, 2, 3))
+        torch.testing.assert_close(t.action(theta), want, rtol=1e-9, atol=1e-9)
+    # <|chi|^2> = 1 per component (|chi|^2 is exponential: standard deviation 1)
+    assert abs(float((chi.abs() ** 2).mean()) - 1.0) < 4 / math.sqrt(chi.numel())
+    # the terms draw different noise
+    assert not torch.allclose(chi[:, 0], chi[:, 1])
+
+
 def test_hamiltonian_and_force_are_gauge_invariant():
     shape = (4, 6)
     th = Schwinger(single_rank_grid(shape), 1.1, 0.22, hasenbusch=[0.15], cg_tol=1e-13)
@@ -236,8 +257,10 @@ def mean_err(per_chain):
 EXACT_POINTS = [(1.0, 0.22), (2.0, 0.25)]
 
 
-def check_against_brute_force(beta, kappa, chains, n_traj, therm, sweeps, seed, sensitive=True):
-    per_chain, emdh = hmc_plaquette(beta, kappa, chains, n_traj, therm, seed)
+def check_against_brute_force(
+    beta, kappa, chains, n_traj, therm, sweeps, seed, sensitive=True, hasenbusch=()
+):
+    per_chain, emdh = hmc_plaquette(beta, kappa, chains, n_traj, therm, seed, hasenbusch)
     hmc_m, hmc_e = mean_err(per_chain)
     ref_m, ref_e = mean_err(link_metropolis(beta, kappa, (4, 4), chains, sweeps, 10, seed))
     sigma = math.hypot(hmc_e, ref_e)
@@ -263,6 +286,13 @@ def test_hmc_matches_brute_force_determinant_4x4_short(point):
 @pytest.mark.parametrize("point", EXACT_POINTS)
 def test_hmc_matches_brute_force_determinant_4x4_long(point):
     check_against_brute_force(*point, chains=64, n_traj=300, therm=10, sweeps=400, seed=2)
+
+
+@pytest.mark.slow
+def test_hmc_hasenbusch_matches_brute_force_determinant_4x4_long():
+    check_against_brute_force(
+        2.0, 0.25, chains=64, n_traj=200, therm=10, sweeps=400, seed=3, hasenbusch=(0.15, 0.2)
+    )
 
 
 def test_small_kappa_is_quenched_exact_u1():
@@ -329,5 +359,5 @@ def test_condensate_and_pion_correlator_against_dense_inverse():
     m = effective_mass(torch.from_numpy(c)).numpy()
     np.testing.assert_allclose(m, np.log(dens[:, :-1] / dens[:, 1:]), rtol=1e-9)
     obs = th.observables(theta)
-    assert {"plaquette", "Q", "Q_int", "pbp", "pion_C0", "pion_C5"} <= set(obs)
+    assert {"plaquette", "Q", "Q_int", "pbp", "pion_C_0", "pion_C_5"} <= set(obs)
     assert obs["pbp"].shape == (2,)

@@ -7,11 +7,16 @@ Every chain of the batch runs its own CG (Hestenes & Stiefel 1952): per iteratio
     beta = (r', r') / (r, r),   p = r' + beta p,
 
 and stops when its recursive residual satisfies ``|r| <= tol |b|``; a stopped chain is frozen
-(its step lengths are zero) while the others go on. The global dot products are
-:func:`parallel.lattice_sum` of per-site values (spin summed locally first), i.e. the
-project's reproducible global sum (correctly rounded and grid-independent where
-``parallel.reduce`` provides the exact sum), so the iterates, iteration counts and convergence
-decisions are the same on every process grid.
+(its step lengths are zero) while the others go on.
+
+Reproducible dot products (:func:`grid_independent_sum`): on one rank the per-site values
+(spin summed locally first) are summed by ``torch.sum`` over the whole lattice; on a split
+domain they are all-gathered (``O(V)`` traffic per dot product, fine for 2D lattices) and
+summed by the same ``torch.sum`` over the same global array, so the result is bit for bit the
+one of a single rank. Hence iterates, iteration counts and convergence decisions (and HMC
+configurations) are identical on every process grid. (The exact ``parallel.lattice_sum`` is
+grid-independent too, but its per-call cost, a Python loop over exponent bins per chain, made
+CG-heavy HMC ~30x slower on small lattices.)
 
 At the end the *true* residual ``|b - A x| / |b|`` is computed; chains whose true residual is
 above ``tol`` (the recursion drifted) restart from their ``x`` while iterations remain
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from parallel import ProcessGrid, lattice_sum
+from parallel import ProcessGrid, allgather_field
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,14 +64,23 @@ class CGResult:
             )
 
 
+def grid_independent_sum(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """Sum of ``x`` (``(B, *local)``, real) over the global lattice per chain, bit for bit the
+    same on every process grid (see the module docstring)."""
+    dims = tuple(range(1, x.ndim))
+    if grid.size == 1:
+        return x.contiguous().sum(dim=dims)
+    return allgather_field(x.detach().contiguous(), grid, first=1).sum(dim=dims)
+
+
 def norm2(v: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """``(v, v) = sum_x sum_s |v_s(x)|^2`` per chain for spinors ``(B, 2, *local)``."""
-    return lattice_sum((v.real * v.real + v.imag * v.imag).sum(dim=1), grid, 1)
+    return grid_independent_sum((v.real * v.real + v.imag * v.imag).sum(dim=1), grid)
 
 
 def redot(a: torch.Tensor, b: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """``Re (a, b) = Re sum_x sum_s a_s(x)^* b_s(x)`` per chain."""
-    return lattice_sum((a.real * b.real + a.imag * b.imag).sum(dim=1), grid, 1)
+    return grid_independent_sum((a.real * b.real + a.imag * b.imag).sum(dim=1), grid)
 
 
 def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ Observables (per chain): those of :class:`.u1.U1Gauge` (plaquette, action, Q, Q_
 chiral condensate ``pbp = (1/V) Re tr D^{-1}`` (per flavour, spin trace, unsubtracted, hopping
 normalisation) from ``n_noise`` complex Gaussian noise vectors (RNG purpose
 :data:`PURPOSE_CONDENSATE_NOISE`, counter :attr:`Schwinger.noise_counter`), and the pion
-correlator ``C(t) = sum_x sum_{s,s'} |D^{-1}(x, t; 0, 0)_{s s'}|^2`` (columns ``pion_C<t>``;
+correlator ``C(t) = sum_x sum_{s,s'} |D^{-1}(x, t; 0, 0)_{s s'}|^2`` (columns ``pion_C_<t>``;
 :func:`effective_mass` gives ``m_eff``). Measurement solves use the even-odd Schur operator.
 """
 
@@ -381,14 +381,14 @@ class Schwinger(U1Gauge):
         return lattice_sum(dens.unsqueeze(1) * onehot.to(dens.dtype), self.grid, 2)
 
     def observables(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The U(1) observables plus ``pbp`` and (``pion``) ``pion_C<t>``, ``t = 0..Lt-1``."""
+        """The U(1) observables plus ``pbp`` and (``pion``) ``pion_C_<t>``, ``t = 0..Lt-1``."""
         out = super().observables(theta)
         with torch.no_grad():
             out["pbp"] = self.chiral_condensate(theta)
             if self.pion:
                 c = self.pion_correlator(theta)
                 for t in range(c.shape[1]):
-                    out[f"pion_C{t}"] = c[:, t]
+                    out[f"pion_C_{t}"] = c[:, t]
         return out
 
 
