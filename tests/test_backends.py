@@ -77,9 +77,9 @@ def test_theory_uses_active_backend():
             calls.append("force")
             return super().su3_force(*a)
 
-        def su3_action_local(self, *a):
+        def su3_action_density(self, *a):
             calls.append("action")
-            return super().su3_action_local(*a)
+            return super().su3_action_density(*a)
 
     kb._active = Spy()
     th.force(u), th.action(u)

@@ -157,6 +157,17 @@ def su3_action_local(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -
     return s
 
 
+def su3_action_density(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torch.Tensor:
+    """Per-site ``c0 sum_P (3 - Re Tr U_P) + c1 sum_R (3 - Re Tr U_R)``, shape ``(B, *local)``
+    (the loops rooted at each site; the action is ``(beta / 3)`` times its exact lattice
+    sum, so the result does not depend on the process grid)."""
+    plaq, rect = wilson_loops(u, grid, rectangles=bool(c1))
+    s = c0 * sum(NC - p for p in plaq.values())
+    if c1:
+        s = s + c1 * sum(NC - r for r in rect.values())
+    return s
+
+
 def flow_generator(u: torch.Tensor, grid: ProcessGrid, c1: float = 0.0) -> torch.Tensor:
     """``Z(V) = -TA(V A)`` with the staples of ``c0 = 1 - 8 c1``, ``c1`` (Wilson flow)."""
     return -project_ta(u @ staple_sum(u, grid, 1.0 - 8.0 * c1, c1))
@@ -229,6 +240,10 @@ class EagerBackend:
     def su3_force(self, u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float, c1: float):
         """``(beta/6) TA(U A)`` (:func:`gauge_force`)."""
         return gauge_force(u, grid, beta, c0, c1)
+
+    def su3_action_density(self, u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float):
+        """Per-site weighted loop sum (:func:`su3_action_density`), used by the theory."""
+        return su3_action_density(u, grid, c0, c1)
 
     def su3_action_local(self, u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float):
         """Local weighted loop sum per chain (:func:`su3_action_local`)."""

@@ -72,6 +72,7 @@ class SchwingerMarginal(U1Gauge):
 
     @property
     def params(self) -> dict[str, float]:
+        """The couplings ``beta`` and ``kappa``."""
         return {"beta": self.beta, "kappa": self.kappa}
 
     def log_det(self, theta: torch.Tensor) -> torch.Tensor:
@@ -79,6 +80,7 @@ class SchwingerMarginal(U1Gauge):
         return torch.linalg.slogdet(dense_dirac(theta, self.grid, self.kappa))[1]
 
     def action(self, theta: torch.Tensor) -> torch.Tensor:
+        """``S_eff = S_G - 2 log|det D|`` per chain (the Nf = 2 marginal, dense determinant)."""
         return U1Gauge.action(self, theta) - 2.0 * self.log_det(theta).to(theta.dtype)
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
@@ -89,4 +91,5 @@ class SchwingerMarginal(U1Gauge):
         return g
 
     def observables(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The Schwinger theory's observables."""
         return self.theory.observables(theta)

@@ -118,9 +118,11 @@ class GaugeTerm(ActionTerm):
         self.theory = theory
 
     def action(self, theta: torch.Tensor) -> torch.Tensor:
+        """The U(1) Wilson action ``beta sum_P (1 - cos theta_P)``."""
         return U1Gauge.action(self.theory, theta)
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
+        """The U(1) Wilson force ``dS_G/dtheta``."""
         return U1Gauge.force(self.theory, theta)
 
 
@@ -155,11 +157,13 @@ class PseudofermionTerm(ActionTerm):
             self._fails += fail
 
     def costs(self) -> dict[str, torch.Tensor]:
+        """``cg_iterations`` and ``cg_failures`` per chain since :meth:`reset_costs`."""
         if self._iters is None:
             return {}
         return {"cg_iterations": self._iters.clone(), "cg_failures": self._fails.clone()}
 
     def reset_costs(self) -> None:
+        """Zero the CG counters."""
         self._iters: torch.Tensor | None = None
         self._fails: torch.Tensor | None = None
 
@@ -215,6 +219,7 @@ class PseudofermionTerm(ActionTerm):
         return torch.where(res.converged, s, torch.full_like(s, math.nan))
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
+        """Analytic ``dS/dtheta`` from one CG solve (NaN for chains whose CG did not converge)."""
         op, eta = self._eta(theta)
         res = self._solve(op, eta)
         x = res.x
@@ -286,6 +291,7 @@ class Schwinger(U1Gauge):
 
     @property
     def params(self) -> dict[str, object]:
+        """``beta``, ``kappa`` and the Hasenbusch kappas."""
         out: dict[str, object] = {"beta": self.beta, "kappa": self.kappa}
         if self.hasenbusch:
             out["hasenbusch"] = list(self.hasenbusch)
@@ -297,9 +303,11 @@ class Schwinger(U1Gauge):
 
     # ------------------------------------------------------------ action terms
     def action_terms(self) -> list[ActionTerm]:
+        """``gauge``, ``fermion`` and ``hasenbusch_<i>`` (the same objects on every call)."""
         return self._terms
 
     def pseudofermion_terms(self) -> list[PseudofermionTerm]:
+        """The pseudofermion terms (fermion and Hasenbusch)."""
         return [t for t in self._terms if isinstance(t, PseudofermionTerm)]
 
     def action(self, theta: torch.Tensor) -> torch.Tensor:
@@ -310,12 +318,14 @@ class Schwinger(U1Gauge):
         return out
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
+        """The total force with the current pseudofermions."""
         out = self._terms[0].force(theta)
         for t in self._terms[1:]:
             out = out + t.force(theta)
         return out
 
     def gauge_action(self, theta: torch.Tensor) -> torch.Tensor:
+        """The gauge action ``S_G`` alone."""
         return U1Gauge.action(self, theta)
 
     # ------------------------------------------------------------ propagators

@@ -186,11 +186,8 @@ class SU3Gauge(Theory):
     # ------------------------------------------------------------ dynamics
     def action(self, field: torch.Tensor) -> torch.Tensor:
         """``S = (beta/3) sum_x [c0 sum_P (3 - Re Tr U_P) + c1 sum_R (3 - Re Tr U_R)]`` (B,)."""
-        plaq, rect = wilson_loops(field, self.grid, rectangles=bool(self.c1))
-        # per-site density first, then one exact lattice sum (grid-independent)
-        s = self.c0 * sum(NC - p for p in plaq.values())
-        if self.c1:
-            s = s + self.c1 * sum(NC - r for r in rect.values())
+        # per-site density from the backend, then one exact lattice sum (grid-independent)
+        s = get_backend().su3_action_density(field, self.grid, self.c0, self.c1)
         return (self.beta / NC) * lattice_sum(s, self.grid, 1)
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
