@@ -487,6 +487,10 @@ class TrainSection(_Section):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Registry name the trained model is stored under (required).",
     )
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:+-]+$")]] = Field(
+        default_factory=list,
+        description="Tags stored in the model card, for `trivhmc models list --tag`.",
+    )
     registry: str | None = Field(
         default=None,
         min_length=1,

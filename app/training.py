@@ -140,6 +140,7 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
         history,
         train_config=t.model_dump(mode="json"),
         grid=grid,
+        tags=t.tags,
     )
     return ref, (history[-1] if history else {})
 
