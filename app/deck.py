@@ -491,6 +491,12 @@ class TrainSection(_Section):
         default_factory=list,
         description="Tags stored in the model card, for `trivhmc models list --tag`.",
     )
+    tracking: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow tracking URI (the `tracking` extra; docs/registry.md); null: "
+        "$MLFLOW_TRACKING_URI if set, else no tracking.",
+    )
     registry: str | None = Field(
         default=None,
         min_length=1,

@@ -276,3 +276,54 @@ def test_models_list_queries_and_show(tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert "a@0123456789abcdef: unreadable card" in captured.err
     assert resolve(a, tmp_path).name == a.split("@")[1]
+
+
+# ------------------------------------------------------------------ MLflow (optional extra)
+def _tracking_deck(tmp_path: Path, tracking: str) -> Path:
+    deck = DECK.format(beta=0.3, seed=1, name="tracked", registry=tmp_path / "reg", tag="prod")
+    deck = deck.replace("tags: [prod]}", f"tags: [prod], tracking: '{tracking}'}}")
+    (tmp_path / "deck.yaml").write_text(deck)
+    return tmp_path / "deck.yaml"
+
+
+def test_mlflow_tracking_logs_steps_and_registers_the_model(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = (tmp_path / "mlruns").as_uri()
+    assert main(["train", str(_tracking_deck(tmp_path, uri)), "--no-progress"]) == 0
+    (model,) = list_models(tmp_path / "reg")
+    card, _ = load_verified(model["ref"], tmp_path / "reg")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name='tracked'")
+    assert version.tags["trivhmc.ref"] == model["ref"]
+    assert version.tags["trivhmc.hash"] == card["hash"] and version.tags["tags"] == "prod"
+    loss = client.get_metric_history(version.run_id, "loss")
+    assert [m.step for m in loss] == [0, 1, 2]
+    assert [m.value for m in loss] == [h["loss"] for h in card["history"]]
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["theory.beta"] == "0.3"
+    local = client.download_artifacts(version.run_id, "model", str(tmp_path / "dl"))
+    assert json.loads((Path(local) / "card.json").read_text()) == card
+    # the downloaded copy is a valid registry version: it imports, hash checked
+    assert import_model(local, tmp_path / "other")[0] == model["ref"]
+
+
+def test_tracking_is_optional(tmp_path, monkeypatch, capsys) -> None:
+    import importlib.util
+
+    deck = _tracking_deck(tmp_path, "file:///nonexistent-dir/x")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "mlflow" else real(n, *a)
+    )
+    assert main(["train", str(deck), "--no-progress"]) == 6  # asked for, not installed
+    assert "trivhmc[tracking]" in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    if real("mlflow") is not None:  # asked for, but unusable: one warning, model saved
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+        assert main(["train", str(deck), "--no-progress"]) == 0
+        assert "MLflow tracking off" in capsys.readouterr().err
+        assert len(list_models(tmp_path / "reg")) == 1
