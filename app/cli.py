@@ -35,6 +35,7 @@ COMMANDS = {
     "jobscript": "render a batch script (Aurora, Polaris, Frontier, local) for a deck",
     "validate": "check an input deck",
     "measure": "measure saved configurations: flow scales t0/w0, Q(t), loops, correlators",
+    "models": "model registry: list, show, verify, export, import trained models",
 }
 
 

@@ -487,6 +487,16 @@ class TrainSection(_Section):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Registry name the trained model is stored under (required).",
     )
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:+-]+$")]] = Field(
+        default_factory=list,
+        description="Tags stored in the model card, for `trivhmc models list --tag`.",
+    )
+    tracking: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow tracking URI (the `tracking` extra; docs/registry.md); null: "
+        "$MLFLOW_TRACKING_URI if set, else no tracking.",
+    )
     registry: str | None = Field(
         default=None,
         min_length=1,

@@ -47,9 +47,9 @@ def load_l2hmc_model(
     dtype: torch.dtype = torch.float64,
 ) -> tuple[L2HMCModel, dict[str, Any]]:
     """The registry model ``ref`` (hash verified) rebuilt on ``grid``: ``(model, card)``."""
-    from app.registry import RegistryError, _load_verified, resolve
+    from app.registry import RegistryError, load_verified
 
-    card, state = _load_verified(resolve(ref, root))
+    card, state = load_verified(ref, root)
     arch = card.get("architecture", {})
     if arch.get("builder") != BUILDER:
         raise RegistryError(
@@ -216,6 +216,7 @@ def train_l2hmc(deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
         trainer.history,
         train_config=train_cfg,
         grid=grid,
+        tags=t.tags,
     )
     if grid.is_world_root and path.exists():
         path.unlink()

@@ -140,7 +140,7 @@ def check_flow_model(deck: Deck, deck_path: str) -> None:
     if deck.sampler.name not in FLOW_SAMPLERS or flow is None:
         return
     from app.flow_samplers import registry_root
-    from app.registry import _versions
+    from app.registry import versions as model_versions
 
     train = f"`trivhmc train {deck_path}`" if deck.train is not None else "`trivhmc train`"
     if "/" in flow.model or flow.model.endswith(".pt"):  # a model file, not a registry name
@@ -153,7 +153,7 @@ def check_flow_model(deck: Deck, deck_path: str) -> None:
         return
     root = registry_root(deck, flow.registry)
     name, _, prefix = str(flow.model).partition("@")
-    versions = _versions(root, name)
+    versions = model_versions(root, name)
     if not versions:
         raise MissingModelError(
             f"sampler.flow.model: no model {name!r} in the registry {root}; train it first "

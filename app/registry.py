@@ -8,12 +8,24 @@ Layout under the registry root (default ``$TRIVHMC_MODELS`` or ``./models``)::
 
 A reference is ``name`` (the most recently created version) or ``name@<hash prefix>``.
 
+Shared store (issue 12). The registry is meant to live on a parallel file system (Lustre,
+GPFS) shared by many jobs on many nodes, where POSIX locks are unreliable, so it takes no
+locks: a version is written under a unique temporary name (``.<hash16>.tmp-<host>-<pid>-<random>``)
+and published by one atomic ``rename`` to its content address ``<name>/<hash16>``. Two
+writers of different models, or of different versions of one name, never touch the same
+path; two writers of the *same* content race on one rename, the loser finds the version
+already published and discards its copy. A killed writer leaves only a dot-named temporary
+that readers ignore. ``<root>/index.json`` is a cache of the cards' summaries for listing and
+queries (:mod:`app.registry_index`), rebuilt from the cards when it is missing or stale; it is
+never trusted for loading: every load recomputes the content hash.
+
 Model card (JSON, ``format = "trivhmc-flow-card"``, ``version = 1``): ``name``, ``theory``
 (deck name), ``couplings``, ``lattice`` (global shape trained on), ``architecture``
 (``{"builder": "module:function", "kwargs": {...}}``, enough to rebuild the flow on any grid,
 see :func:`kernels.flows.base.build_flow`), ``n_parameters``, ``dtype``, ``history`` (per-step
 training metrics), ``train_config``, ``created`` (UTC ISO 8601), ``code_version``,
-``description``, and ``hash``.
+``description``, ``tags`` (a list of strings; absent on cards written before tags
+existed) and ``hash``.
 
 Content hash: ``sha256`` of the canonical parameter bytes followed by the canonical card:
 for every state_dict entry in sorted key order ``key \\0 dtype \\0 shape \\0`` and the raw
@@ -32,7 +44,9 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
+import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,6 +130,7 @@ def make_card(
     history: list[dict[str, Any]] | None = None,
     train_config: dict[str, Any] | None = None,
     description: str = "",
+    tags: list[str] | None = None,
 ) -> dict[str, Any]:
     """The model card of ``flow`` trained for ``theory`` (without the hash)."""
     if flow.architecture is None:
@@ -140,6 +155,7 @@ def make_card(
             "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             "code_version": code_version(),
             "description": description,
+            "tags": _check_tags(tags),
         }
     )
 
@@ -149,7 +165,63 @@ def _check_name(name: str) -> None:
         raise RegistryError(f"invalid model name {name!r} (no '@', '/', leading '.')")
 
 
+def _check_tags(tags: list[str] | None) -> list[str]:
+    out = []
+    for t in tags or []:
+        if not isinstance(t, str) or not t or any(c in t for c in ",=@/") or t != t.strip():
+            raise RegistryError(f"invalid model tag {t!r} (non-empty, no ',', '=', '@', '/')")
+        if t not in out:
+            out.append(t)
+    return out
+
+
 # ------------------------------------------------------------------ save
+def _tmp_dir(folder: Path, short: str) -> Path:
+    """A temporary name unique across nodes (host, pid, random), dot-named so readers skip it."""
+    host = socket.gethostname().split(".")[0].replace("/", "_") or "host"
+    return folder / f".{short}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def publish(root: Path, name: str, card: dict[str, Any], state: dict[str, torch.Tensor]) -> bool:
+    """Write a verified ``(card, state)`` as ``<root>/<name>/<hash16>/`` by one atomic rename.
+
+    No locks: the version is written in full under a unique temporary name, then renamed to
+    its content address. If another process published the same content first, the rename
+    fails, the copy is discarded and the existing version kept. Returns ``True`` if this call
+    published it, ``False`` if it was already there.
+    """
+    short = str(card["hash"])[:HASH_LEN]
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / short
+    if (folder / f"{short}.pt").is_file():
+        return False  # already there in the single-file layout
+    tmp = _tmp_dir(folder, short)
+    tmp.mkdir()
+    try:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with open(tmp / "model.pt", "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp / "card.json", "w") as f:
+            f.write(json.dumps(card, indent=1, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if (final / "card.json").exists():
+                return False  # the same content, published by another writer first
+            raise
+        fsync_dir(folder)
+        return True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_model(
     flow: Flow,
     theory,
@@ -160,15 +232,17 @@ def save_model(
     description: str = "",
     single_file: bool = False,
     grid: ProcessGrid | None = None,
+    tags: list[str] | None = None,
 ) -> str:
     """Save ``flow`` with its card; returns the reference ``name@<hash16>``.
 
     Only the world root of ``grid`` (default: the theory's grid) writes; every rank gets the
     reference. The card's creation time is hashed too, so every save is a new version.
+    Several processes may save into one registry at once (see the module docstring).
     """
     grid = grid or theory.grid
     root = Path(root) if root is not None else default_root()
-    card = make_card(flow, theory, name, history, train_config, description)
+    card = make_card(flow, theory, name, history, train_config, description, tags)
     state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
     digest = content_hash(state, card)
     card["hash"] = digest
@@ -180,24 +254,17 @@ def save_model(
             buf = io.BytesIO()
             torch.save({"card": card, "state_dict": state}, buf)
             atomic_write_bytes(folder / f"{short}.pt", buf.getvalue())
-        elif not (folder / short).exists():
-            tmp = folder / f".{short}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            (tmp / "model.pt").write_bytes(buf.getvalue())
-            (tmp / "card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-            fsync_dir(tmp)
-            os.replace(tmp, folder / short)
-            fsync_dir(folder)
+        else:
+            publish(root, name, card, state)
     grid.comm.Barrier()
     return f"{name}@{short}"
 
 
 # ------------------------------------------------------------------ find and load
-def _versions(root: Path, name: str) -> list[tuple[str, Path]]:
-    folder = root / name
+def versions(root: str | os.PathLike, name: str) -> list[tuple[str, Path]]:
+    """``(hash16, path)`` of every published version of ``name`` under ``root`` (a directory
+    listing only: cards are not read, temporaries and other dot names are skipped)."""
+    folder = Path(root) / name
     if not folder.is_dir():
         return []
     out = []
@@ -229,28 +296,34 @@ def resolve(ref: str, root: str | os.PathLike | None = None) -> Path:
     root = Path(root) if root is not None else default_root()
     name, _, prefix = ref.partition("@")
     _check_name(name)
-    versions = _versions(root, name)
-    if not versions:
+    found = versions(root, name)
+    if not found:
         raise RegistryError(f"no model {name!r} in registry {root}")
     if prefix:
-        hits = [(h, p) for h, p in versions if h.startswith(prefix.lower())]
+        hits = [(h, p) for h, p in found if h.startswith(prefix.lower())]
         if not hits:
             raise RegistryError(f"model {name!r} has no version with hash {prefix!r} in {root}")
         if len({h for h, _ in hits}) > 1:
             raise RegistryError(f"hash prefix {prefix!r} of {name!r} is ambiguous: {hits}")
         return hits[0][1]
-    if len(versions) == 1:
-        return versions[0][1]
-    created = []
-    for h, p in versions:
-        card, _ = _read(p)
-        created.append((card.get("created", ""), h, p))
-    return max(created)[2]
+    if len(found) == 1:
+        return found[0][1]
+    from .registry_index import newest
+
+    return newest(root, name, found)
 
 
 def read_card(ref: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """The model card of ``ref`` (hash verified)."""
     return _load_verified(resolve(ref, root))[0]
+
+
+def load_verified(
+    ref: str, root: str | os.PathLike | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(card, state_dict)`` of the model ``ref``, its content hash checked (any model kind:
+    flows, L2HMC models); :class:`RegistryError` if it is missing, unreadable or corrupt."""
+    return _load_verified(resolve(ref, root))
 
 
 def _load_verified(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -326,25 +399,8 @@ def load_model_and_theory(
 
 
 def list_models(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Short summaries (name, hash, theory, lattice, parameters, created) of every model."""
-    root = Path(root) if root is not None else default_root()
-    out = []
-    if not root.is_dir():
-        return out
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for h, p in sorted(_versions(root, folder.name)):
-            try:
-                card, _ = _read(p)
-            except RegistryError:
-                continue
-            out.append(
-                {
-                    "ref": f"{folder.name}@{h}",
-                    "theory": card.get("theory"),
-                    "couplings": card.get("couplings"),
-                    "lattice": card.get("lattice"),
-                    "n_parameters": card.get("n_parameters"),
-                    "created": card.get("created"),
-                }
-            )
-    return out
+    """Short summaries (ref, theory, couplings, lattice, parameters, created, tags) of every
+    readable model, from the index (:func:`app.registry_index.find_models`)."""
+    from .registry_index import find_models
+
+    return find_models(root)

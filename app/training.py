@@ -21,6 +21,7 @@ from app.deck import ARCHITECTURES, Deck
 from app.errors import InputError
 from app.flow_samplers import registry_root
 from app.setup import build_grid, build_theory
+from app.tracking import Tracker, tracking_uri
 from kernels.flows.base import build_flow
 from parallel import ProcessGrid
 from parallel.rng import SiteRNG
@@ -82,7 +83,19 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
 
         bar = tqdm(total=t.steps, unit="step", disable=None)
 
+    tracker = Tracker(tracking_uri(t.tracking), grid.is_world_root)
+    couplings = deck.theory.model_dump(exclude={"name"})
+    tracker.start(
+        t.model_name,
+        {
+            **t.model_dump(mode="json"),
+            "theory": deck.theory.name,
+            **{f"theory.{k}": v for k, v in couplings.items()},
+        },
+    )
+
     def callback(m: dict[str, float]) -> None:
+        tracker.log_step(m)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{m[k]:.4g}" for k in ("loss", "ess", "force_rms") if k in m})
@@ -129,6 +142,9 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
             )
             trainer = ForceMatchingTrainer(flow, theory, _ensemble_blocks(deck, grid, theory), cfg)
         history = trainer.train(callback=callback)
+    except BaseException:
+        tracker.close(failed=True)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -140,7 +156,13 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
         history,
         train_config=t.model_dump(mode="json"),
         grid=grid,
+        tags=t.tags,
     )
+    if tracker.on:
+        from app.registry import load_verified, resolve
+
+        root = registry_root(deck, t.registry)
+        tracker.finish(ref, resolve(ref, root), load_verified(ref, root)[0])
     return ref, (history[-1] if history else {})
 
 
