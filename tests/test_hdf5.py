@@ -40,7 +40,21 @@ def make_writer(path, **kw) -> EnsembleWriter:
 
 
 def digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Hash of what a plain h5py reader sees: every dataset's shape, dtype and contents and
+    every attribute (the bytes change in place; the contents must not)."""
+    h = hashlib.sha256()
+
+    def visit(name, obj):
+        h.update(name.encode())
+        for key in sorted(obj.attrs):
+            h.update(f"{key}={obj.attrs[key]!r}".encode())
+        if isinstance(obj, h5py.Dataset):
+            h.update(f"{obj.shape}{obj.dtype}".encode() + obj[()].tobytes())
+
+    with h5py.File(path, "r") as f:
+        visit("/", f)
+        f.visititems(visit)
+    return h.hexdigest()
 
 
 def test_layout_readable_with_plain_h5py(tmp_path):
@@ -142,8 +156,8 @@ def test_failed_append_keeps_earlier_configs(tmp_path, monkeypatch, failure):
     before = digest(path)
     original = EnsembleWriter._write_pending
 
-    def fail_midway(self, f):
-        original(self, f)  # the new config and rows are already in the temporary copy
+    def fail_midway(self, f, n0):
+        original(self, f, n0)  # the new config and rows are already in the file, uncommitted
         raise failure
 
     monkeypatch.setattr(EnsembleWriter, "_write_pending", fail_midway)

@@ -3,9 +3,9 @@ traceback or crash, nothing earlier damaged, no temporary left; resume completes
 bit for bit.
 
 The full disk is *simulated*: creating a small tmpfs needs root, so a ``sitecustomize`` put
-on the ``PYTHONPATH`` of the launched ranks makes ``shutil.copyfile`` of an ensemble file
-(the copy-on-write step of every HDF5 save) write a partial copy and then fail with
-``ENOSPC``, after the first few saves.
+on the ``PYTHONPATH`` of the launched ranks makes ``os.fsync`` of an ensemble file (each
+HDF5 save, appended in place, fsyncs its new rows, then its commit marker) fail with
+``ENOSPC`` after the first few, as a file system with delayed allocation reports it.
 """
 
 from __future__ import annotations
@@ -32,19 +32,21 @@ output:   {directory: out, formats: [hdf5]}
 """
 
 FULL_DISK = """\
-import errno, os, shutil
-_after = int(os.environ["FAKE_ENOSPC_AFTER_COPIES"])
-_orig = shutil.copyfile
+import errno, os
+_after = int(os.environ["FAKE_ENOSPC_AFTER_FSYNCS"])
+_orig = os.fsync
 _count = [0]
-def copyfile(src, dst, *args, **kwargs):
-    if os.path.basename(str(src)).startswith("ensemble_c"):
+def fsync(fd):
+    try:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{int(fd)}"))
+    except (OSError, TypeError, ValueError):
+        name = ""
+    if name.startswith("ensemble_c"):
         _count[0] += 1
         if _count[0] > _after:
-            with open(src, "rb") as a, open(dst, "wb") as b:
-                b.write(a.read()[: os.path.getsize(src) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-    return _orig(src, dst, *args, **kwargs)
-shutil.copyfile = copyfile
+    return _orig(fd)
+os.fsync = fsync
 """
 
 
@@ -63,7 +65,7 @@ def test_full_disk_on_two_ranks_ends_cleanly_and_resume_completes(tmp_path):
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(FULL_DISK)
     path = str(inject) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    proc = launch(tmp_path, "out", {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_COPIES": "5"})
+    proc = launch(tmp_path, "out", {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_FSYNCS": "12"})
     err = proc.stderr
     assert proc.returncode == 8, err  # the storage exit status (docs/errors.md)
     assert "Traceback" not in err and "Segmentation" not in err and "signal 11" not in err

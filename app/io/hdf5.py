@@ -16,21 +16,32 @@ Layout (readable with plain h5py; documented in docs/formats.md)::
     /observables/trajectory (n_rows,) int64
     /observables/<name>     (n_rows,) float64, NaN where a row lacks the observable
     /rng                    attrs: the RNG counters (name -> int)
+    / attrs ``committed``   int64 [n_configs, n_rows]: the commit marker (see Durability)
 
 Configurations are stored in the global lattice order of the in-memory convention (e.g.
 SU(3): ``(4, Lx, Ly, Lz, Lt, 3, 3)``). A distributed field is gathered to the root rank of
 its domain group, which alone touches the file (h5py without parallel HDF5).
 
-Durability: with ``atomic=True`` (default) every update is copy-on-write: the file is copied
-to a temporary name, updated, fsynced and renamed over the original, so a crash or a full
-disk at any moment leaves every earlier configuration intact. The cost is one file copy per
-update (configs are written when appended, observables are buffered until the next config,
-:meth:`EnsembleWriter.flush` or :meth:`EnsembleWriter.close`). ``atomic=False`` appends in
-place (fast, no crash guarantee).
+Durability: the datasets grow in place (chunked, unlimited first axis), so a save costs O(1)
+in the ensemble length. With ``atomic=True`` (default) each update is a two-phase commit:
+(1) the new rows (config, trajectory, checksum, buffered observables) are written past the
+committed ones, ``H5Fflush`` + ``fsync``; (2) the root attribute ``committed`` =
+``[n_configs, n_rows]`` and the RNG counters are written, ``H5Fflush`` + ``fsync``. Only the
+first ``committed`` rows are valid: the readers here use only those, and a writer opened
+with ``mode="a"`` (resume) cuts a tail left by a crash back to them and verifies the last
+committed configuration against its checksum. A failed update (full disk, I/O error) is
+rolled back the same way at once. ``atomic=False`` skips the fsyncs (fast, no crash
+guarantee). Plain h5py readers see exactly the committed rows, except after a crash
+before the next resume (then read ``committed``). Limits (measured, docs/formats.md):
+HDF5 has no journal, so a kill in the middle of an ``H5Fflush`` can in principle leave
+damaged metadata; opening such a file raises :class:`EnsembleDamagedError` naming it.
+Files written before the marker existed (no ``committed``) count every row as committed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -45,14 +56,94 @@ import numpy as np
 
 from parallel import ProcessGrid, gather_to_root
 
-from .atomic import atomic_path, remove_stale_temporaries
+from .atomic import atomic_path, is_storage_error, remove_stale_temporaries
 from .collective import on_root
-from .errors import ChecksumError, InvalidFieldError, MissingChecksumWarning
+from .errors import (
+    ChecksumError,
+    ConfigFormatError,
+    InvalidFieldError,
+    MissingChecksumWarning,
+    StorageError,
+)
 from .scidac_checksum import format_checksum, scidac_checksum
 from .validate import check_finite, check_links
 
 FORMAT = "trivhmc-ensemble"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ``committed`` marker (version 1 files are read as fully committed)
+COMMITTED = "committed"
+#: free space required beyond the bytes of one update before it is started
+SPACE_MARGIN = 1 << 20
+
+
+class EnsembleDamagedError(ConfigFormatError):
+    """An ensemble file cannot be opened by HDF5 (its metadata is damaged)."""
+
+
+@contextlib.contextmanager
+def open_ensemble(path: str | os.PathLike, mode: str = "r"):
+    """``h5py.File(path, mode)``; a file HDF5 cannot open raises :class:`EnsembleDamagedError`
+    naming it (a missing file keeps ``FileNotFoundError``)."""
+    if mode == "r" and not os.path.exists(path):
+        raise FileNotFoundError(f"no such ensemble file: {path}")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        if is_storage_error(exc) or isinstance(exc, FileNotFoundError):
+            raise
+        raise EnsembleDamagedError(
+            f"cannot open HDF5 ensemble {path}: {str(exc).splitlines()[0]}. The file is not "
+            "HDF5 or its HDF5 metadata is damaged (e.g. the process was killed while HDF5 "
+            "flushed its metadata, docs/formats.md 'Durability'); h5py cannot read it"
+        ) from exc
+    with f:
+        yield f
+
+
+def committed_counts(f: h5py.File) -> tuple[int, int]:
+    """``(n_configs, n_rows)`` committed in an open ensemble file (the valid rows)."""
+    n_cfg = int(f["config_trajectory"].shape[0])
+    n_obs = int(f["observables"]["trajectory"].shape[0])
+    if COMMITTED in f.attrs:
+        c = [int(x) for x in np.asarray(f.attrs[COMMITTED]).ravel()]
+        if len(c) != 2 or not (0 <= c[0] <= n_cfg and 0 <= c[1] <= n_obs):
+            raise EnsembleDamagedError(
+                f"{f.filename}: commit marker {c} is inconsistent with the stored "
+                f"{n_cfg} configurations and {n_obs} observable rows"
+            )
+        return c[0], c[1]
+    return n_cfg, n_obs
+
+
+def _config_datasets(f: h5py.File) -> list[h5py.Dataset]:
+    return [f[name] for name in ("configs", "config_trajectory", "config_checksum") if name in f]
+
+
+def _resize_to(f: h5py.File, n_cfg: int, n_obs: int) -> bool:
+    """Cut every dataset back to the committed rows; True if something was cut."""
+    cut = False
+    for ds in _config_datasets(f):
+        if ds.shape[0] > n_cfg:
+            ds.resize(n_cfg, axis=0)
+            cut = True
+    for ds in f["observables"].values():
+        if ds.shape[0] > n_obs:
+            ds.resize(n_obs, axis=0)
+            cut = True
+    return cut
+
+
+def _dataset_names(f: h5py.File) -> set[str]:
+    names: set[str] = set()
+    f.visititems(lambda name, obj: names.add(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def _fsync_h5(f: h5py.File) -> None:
+    """``H5Fflush`` and fsync of the file's descriptor (sec2 driver)."""
+    f.flush()
+    fd = f.id.get_vfd_handle()
+    if isinstance(fd, int):
+        os.fsync(fd)
 
 
 def _json(obj: Any) -> str:
@@ -184,9 +275,35 @@ class EnsembleWriter:
                 )
                 f.create_group("rng")
 
-            self._update(create, fresh=True)
+                f.attrs[COMMITTED] = np.zeros(2, np.int64)
+
+            with atomic_path(self.path) as tmp:  # an empty file: O(1)
+                with h5py.File(tmp, "w") as f:
+                    create(f)
         else:
             self._check_compatible(meta)
+            self._repair()
+
+    def _repair(self) -> None:
+        """Cut a tail left by a crash back to the commit marker; verify the last config."""
+        with open_ensemble(self.path, "r") as f:
+            n_cfg, n_obs = committed_counts(f)
+            tail = _config_datasets(f) + list(f["observables"].values())
+            needs_cut = any(
+                ds.shape[0] > (n_obs if ds.parent.name == "/observables" else n_cfg) for ds in tail
+            )
+            last = None
+            if n_cfg and "configs" in f and "config_checksum" in f:
+                last = config_checksum_status(f, n_cfg - 1, f["configs"][n_cfg - 1])
+        if last is not None and last["status"] == "mismatch":
+            raise ChecksumError(
+                f"cannot continue ensemble {self.path}: its last committed configuration "
+                f"({n_cfg - 1}) does not match its SciDAC checksum (damaged file)"
+            )
+        if needs_cut:
+            with open_ensemble(self.path, "a") as f:
+                _resize_to(f, n_cfg, n_obs)
+                self._sync(f)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -201,23 +318,82 @@ class EnsembleWriter:
             return fn()
         return on_root(fn, grid.cart, broadcast=False)
 
-    def _update(self, fn, fresh: bool = False) -> None:
-        """Apply ``fn(h5py.File)`` to the file, atomically (copy-on-write) when requested."""
-        if not self.atomic:
-            with h5py.File(self.path, "w" if fresh else "a") as f:
-                fn(f)
-                f.flush()
+    def _sync(self, f: h5py.File) -> None:
+        if self.atomic:
+            _fsync_h5(f)
+        else:
+            f.flush()
+
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse (:class:`StorageError`, file untouched) an update the disk cannot take."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
             return
-        with atomic_path(self.path) as tmp:
-            if not fresh:
-                shutil.copyfile(self.path, tmp)
-            with h5py.File(tmp, "w" if fresh else "a") as f:
-                fn(f)
+        need = nbytes + SPACE_MARGIN
+        if free < need:
+            raise self._storage_error(OSError(errno.ENOSPC, ""), need, free, started=False)
+
+    def _storage_error(
+        self, exc: OSError, need: int, free: int | None = None, started: bool = True
+    ) -> StorageError:
+        if free is None:
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(self.path.parent).free
+        reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+        return StorageError(
+            f"cannot write {self.path}: {reason}. The update needed about "
+            f"{need / 2**20:.1f} MiB ({need} bytes, appended in place); "
+            + (f"{free / 2**20:.1f} MiB free on its file system. " if free is not None else "")
+            + (
+                "Earlier data are intact (the partial update was rolled back to the last commit); "
+                if started
+                else "Nothing was written; "
+            )
+            + "free space or raise the quota, then resume the run."
+        )
+
+    def _update(self, fn, nbytes: int = 0) -> None:
+        """Two-phase in-place update: ``fn(f, n_cfg, n_obs) -> (n_cfg', n_obs')`` writes rows
+        past the committed ones (flushed, fsynced), then the commit marker (flushed, fsynced).
+        On an error the uncommitted rows are cut off again; storage errors become
+        :class:`StorageError`."""
+        self._check_space(nbytes)
+        known: set[str] | None = None
+        try:
+            with open_ensemble(self.path, "a") as f:
+                n_cfg, n_obs = committed_counts(f)
+                _resize_to(f, n_cfg, n_obs)
+                known = _dataset_names(f)
+                new = fn(f, n_cfg, n_obs)
+                self._sync(f)
+                f.attrs[COMMITTED] = np.asarray(new, np.int64)
+                if self._rng is not None:
+                    f["rng"].attrs.update(self._rng)
+                self._sync(f)
+        except BaseException as exc:
+            self._rollback(known)
+            if (
+                isinstance(exc, OSError)
+                and not isinstance(exc, StorageError)
+                and is_storage_error(exc)
+            ):
+                raise self._storage_error(exc, nbytes) from None
+            raise
+
+    def _rollback(self, known: set[str] | None) -> None:
+        """Best effort: cut uncommitted rows after a failed update (resume also does it) and
+        delete datasets the update created (``known``: the names before it)."""
+        with contextlib.suppress(Exception), open_ensemble(self.path, "a") as f:
+            _resize_to(f, *committed_counts(f))
+            for name in sorted(_dataset_names(f) - (known or _dataset_names(f))):
+                del f[name]
+            f.flush()
 
     def _check_compatible(self, meta: dict[str, Any]) -> None:
         if not self.path.exists():
             raise FileNotFoundError(f"cannot continue ensemble {self.path}: no such file")
-        with h5py.File(self.path, "r") as f:
+        with open_ensemble(self.path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise ValueError(f"{self.path} is not a {FORMAT} file")
             diffs = []
@@ -265,7 +441,7 @@ class EnsembleWriter:
         index: list[int] = []
         checksum = field_checksum(full, first, len(self.lattice))
 
-        def append(f: h5py.File) -> None:
+        def append(f: h5py.File, n: int, n_obs: int) -> tuple[int, int]:
             if "configs" not in f:
                 f.create_dataset(
                     "configs",
@@ -282,7 +458,6 @@ class EnsembleWriter:
                     f"configuration {full.shape} {full.dtype} does not match the stored "
                     f"{ds.shape[1:]} {ds.dtype}"
                 )
-            n = ds.shape[0]
             ds.resize(n + 1, axis=0)
             ds[n] = full
             tr = f["config_trajectory"]
@@ -291,10 +466,10 @@ class EnsembleWriter:
             cs = _checksum_dataset(f)
             cs.resize(n + 1, axis=0)
             cs[n] = checksum
-            self._write_pending(f)
             index.append(n)
+            return n + 1, self._write_pending(f, n_obs)
 
-        self._update(append)
+        self._update(append, full.nbytes + 64 * len(self._rows) + 4096)
         self._rows.clear()
         self._rng = None
         return index[0]
@@ -321,7 +496,7 @@ class EnsembleWriter:
 
     def _flush(self) -> None:
         if self._rows or self._rng is not None:
-            self._update(self._write_pending)
+            self._update(lambda f, n_cfg, n_obs: (n_cfg, self._write_pending(f, n_obs)))
             self._rows.clear()
             self._rng = None
 
@@ -336,13 +511,11 @@ class EnsembleWriter:
         if exc[0] is None:
             self.close()
 
-    def _write_pending(self, f: h5py.File) -> None:
-        if self._rng is not None:
-            f["rng"].attrs.update(self._rng)
+    def _write_pending(self, f: h5py.File, n0: int) -> int:
+        """Write the buffered observable rows after row ``n0``; the new row count."""
         if not self._rows:
-            return
+            return n0
         obs = f["observables"]
-        n0 = obs["trajectory"].shape[0]
         n1 = n0 + len(self._rows)
         names = sorted({k for _, row in self._rows for k in row} | set(obs) - {"trajectory"})
         obs["trajectory"].resize(n1, axis=0)
@@ -357,6 +530,7 @@ class EnsembleWriter:
             ds = obs[name]
             ds.resize(n1, axis=0)
             ds[n0:n1] = [row.get(name, np.nan) for _, row in self._rows]
+        return n1
 
     # ------------------------------------------------------------------ restart
     def truncate_after(self, trajectory: int) -> None:
@@ -369,25 +543,19 @@ class EnsembleWriter:
 
     def _truncate(self, trajectory: int) -> None:
         self._rows = [(t, r) for t, r in self._rows if t <= trajectory]
-        with h5py.File(self.path, "r") as f:
-            extra = np.count_nonzero(f["config_trajectory"][:] > trajectory)
-            extra += np.count_nonzero(f["observables"]["trajectory"][:] > trajectory)
-        if not extra:
-            return
-
-        def cut(f: h5py.File) -> None:
-            keep = int(np.count_nonzero(f["config_trajectory"][:] <= trajectory))
-            f["config_trajectory"].resize(keep, axis=0)
-            if "configs" in f:
-                f["configs"].resize(keep, axis=0)
-            if "config_checksum" in f:
-                f["config_checksum"].resize(keep, axis=0)
-            obs = f["observables"]
-            rows = int(np.count_nonzero(obs["trajectory"][:] <= trajectory))
-            for name in obs:
-                obs[name].resize(rows, axis=0)
-
-        self._update(cut)
+        with open_ensemble(self.path, "a") as f:
+            n_cfg, n_obs = committed_counts(f)
+            # rows are in trajectory order: search only the committed ones (O(log N) reads
+            # would do; the trajectory columns are 8 bytes a row)
+            keep = int(np.count_nonzero(f["config_trajectory"][:n_cfg] <= trajectory))
+            rows = int(np.count_nonzero(f["observables"]["trajectory"][:n_obs] <= trajectory))
+            if (keep, rows) == (n_cfg, n_obs) and not _resize_to(f, n_cfg, n_obs):
+                return
+            # marker first, then the cut: a crash in between leaves an uncommitted tail
+            f.attrs[COMMITTED] = np.asarray([keep, rows], np.int64)
+            self._sync(f)
+            _resize_to(f, keep, rows)
+            self._sync(f)
 
 
 # ---------------------------------------------------------------------- readers
@@ -398,13 +566,13 @@ def read_config(path: str | os.PathLike, index: int = -1, *, verify: bool = True
     (:class:`ChecksumError`; a file without checksums warns with
     :class:`MissingChecksumWarning`), have the lattice of the file's header and be a valid
     field (:func:`check_config`; :class:`InvalidFieldError`)."""
-    with h5py.File(path, "r") as f:
-        if "configs" not in f or f["configs"].shape[0] == 0:
+    with open_ensemble(path, "r") as f:
+        n = committed_counts(f)[0] if "configs" in f else 0
+        if n == 0:
             raise IndexError(f"{path} holds no configurations")
-        n = f["configs"].shape[0]
         if not -n <= index < n:
             raise IndexError(f"config index {index} out of range: {path} holds {n}")
-        config = f["configs"][index]
+        config = f["configs"][index % n]
         if not verify:
             return config
         status = config_checksum_status(f, index, config)
@@ -439,10 +607,10 @@ def config_checksum_status(f: h5py.File, index: int, config: np.ndarray) -> dict
     computed = field_checksum(config, first, len(lattice))
     out: dict[str, Any] = {"kind": "scidac", "computed": [format_checksum(c) for c in computed]}
     ds = f.get("config_checksum")
-    n = f["configs"].shape[0]
-    if ds is None or ds.shape[0] != n:
+    n = committed_counts(f)[0]
+    if ds is None or ds.shape[0] < n:
         return {**out, "status": "none", "file": None}
-    stored = tuple(int(c) for c in ds[index])
+    stored = tuple(int(c) for c in ds[index % n])
     out["file"] = [format_checksum(c) for c in stored]
     out["status"] = "ok" if stored == computed else "mismatch"
     return out
@@ -464,13 +632,15 @@ def check_config(config: np.ndarray, path: str, theory: str | None = None) -> No
 
 def read_observables(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The per-trajectory table: ``{"trajectory": ..., name: ...}``."""
-    with h5py.File(path, "r") as f:
-        return {name: ds[:] for name, ds in f["observables"].items()}
+    with open_ensemble(path, "r") as f:
+        rows = committed_counts(f)[1]
+        return {name: ds[:rows] for name, ds in f["observables"].items()}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes (JSON ones decoded), parameters, RNG counters and counts."""
-    with h5py.File(path, "r") as f:
+    with open_ensemble(path, "r") as f:
+        n_cfg, n_obs = committed_counts(f)
         meta: dict[str, Any] = {}
         for key, value in f.attrs.items():
             if isinstance(value, np.ndarray):
@@ -483,9 +653,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                 meta[key] = json.loads(meta[key])
         meta["parameters"] = {k: _plain(v) for k, v in f["parameters"].attrs.items()}
         meta["rng"] = {k: int(v) for k, v in f["rng"].attrs.items()}
-        meta["n_configs"] = int(f["configs"].shape[0]) if "configs" in f else 0
-        meta["config_trajectory"] = f["config_trajectory"][:].tolist()
-        meta["n_trajectories"] = int(f["observables"]["trajectory"].shape[0])
+        meta.pop(COMMITTED, None)
+        meta["n_configs"] = n_cfg if "configs" in f else 0
+        meta["config_trajectory"] = f["config_trajectory"][:n_cfg].tolist()
+        meta["n_trajectories"] = n_obs
         if "configs" in f:
             meta["config_shape"] = list(f["configs"].shape[1:])
             meta["config_dtype"] = str(f["configs"].dtype)
