@@ -141,11 +141,11 @@ def _coupling_field(c: Coupling) -> tuple[Any, Any]:
     else:
         ann = c.kind
     bounds = {} if c.kind is list else {"gt": c.gt, "ge": c.ge}
+    extra = {"alias": c.key} if c.argument != c.key else {}
     default = c.default
     if isinstance(default, list):
         value = list(default)
-        return ann, Field(default_factory=lambda: list(value), description=c.description)
-    extra = {"alias": c.key} if c.argument != c.key else {}
+        return ann, Field(default_factory=lambda: list(value), description=c.description, **extra)
     return ann, Field(default, description=c.description, **bounds, **extra)
 
 

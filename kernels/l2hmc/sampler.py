@@ -33,7 +33,7 @@ import torch
 from parallel import broadcast, global_sum, lattice_sum
 from parallel.rng import PURPOSE_USER
 
-from ..samplers.protocol import Record, metropolis
+from ..samplers.protocol import Record, metropolis, take_accepted
 from ..theory import Theory
 from .layers import L2HMCModel
 
@@ -160,9 +160,7 @@ class L2HMC:
             accepted = dec.accepted
             extra: dict[str, Any] = {"direction": d}
             extra.update(charge_change(theory, x, torch.where(_rows(bad, x), x, x1)))
-            if self.project and bool(accepted.any()):
-                x1 = theory.project(x1)
-            new = torch.where(_rows(accepted, x), x1, x)
+            new = take_accepted(accepted, x1, x, theory.project if self.project else None)
             extra["action"] = theory.action(new)
         n_bad = int(bad.sum())
         if n_bad:

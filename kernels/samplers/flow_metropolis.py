@@ -31,7 +31,7 @@ from ..flows.base import Flow
 from ..flows.metrics import ess_from_log_weights
 from ..flows.priors import Prior
 from ..theory import Theory
-from .protocol import Record, metropolis
+from .protocol import Record, metropolis, take_accepted
 
 #: purpose of the accept/reject uniforms (distinct from HMC's ``PURPOSE_ACCEPT``)
 PURPOSE_FLOW_ACCEPT = PURPOSE_USER + 2
@@ -113,8 +113,7 @@ class FlowMetropolis:
             dh = -(lw_new - state.log_w)
             decision = metropolis(dh, r.to(dh.dtype), bad=~torch.isfinite(lw_new))
             accepted, prob = decision.accepted, decision.acceptance_probability
-            mask = accepted.view((batch,) + (1,) * (state.u.ndim - 1))
-            u = torch.where(mask, u_new, state.u)
+            u = take_accepted(accepted, u_new, state.u)
             lw = torch.where(accepted, lw_new, state.log_w)
         self.n_steps += 1
         self.n_accepted += int(accepted.sum())

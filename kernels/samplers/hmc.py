@@ -60,7 +60,7 @@ from parallel.rng import PURPOSE_ACCEPT
 
 from ..integrators import Integrator
 from ..theory import Theory
-from .protocol import Record, metropolis
+from .protocol import Record, metropolis, take_accepted
 from .stepsize import DualAveraging
 
 
@@ -240,12 +240,10 @@ class HMC:
             decision.acceptance_probability,
             decision.exp_minus_dH,
         )
-        with torch.no_grad():
-            mask = accepted.view((batch,) + (1,) * (field.ndim - 1))
-            if self.project and bool(accepted.any()):
-                proposal = theory.project(proposal)
-            new_field = torch.where(mask, proposal, field)
-            action = torch.where(accepted, s1, s0)
+        new_field = take_accepted(
+            accepted, proposal, field, theory.project if self.project else None
+        )
+        action = torch.where(accepted, s1, s0)
 
         rev_field = rev_dh = None
         if check_reversibility is None:

@@ -32,6 +32,7 @@ The record (:class:`Record`) has a shared core written by the run loop for every
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -129,6 +130,24 @@ def metropolis(
         accepted = (u < ratio) & ~invalid
         prob = torch.where(invalid, torch.zeros_like(ratio), ratio.clamp(max=1.0))
     return MetropolisResult(accepted, prob, exp_mdh)
+
+
+def take_accepted(
+    accepted: torch.Tensor,
+    proposal: torch.Tensor,
+    current: torch.Tensor,
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Per chain: the proposal where ``accepted``, else the current field (bit for bit).
+
+    ``project`` (e.g. ``theory.project``: reunitarise links, wrap angles) is applied to the
+    proposal when any chain accepts, so rejected chains keep their field unchanged.
+    """
+    with torch.no_grad():
+        mask = accepted.to(current.device).view((current.shape[0],) + (1,) * (current.ndim - 1))
+        if project is not None and bool(accepted.any()):
+            proposal = project(proposal)
+        return torch.where(mask, proposal, current)
 
 
 @runtime_checkable
