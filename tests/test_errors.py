@@ -245,3 +245,15 @@ def test_failed_start_leaves_no_empty_run_directory(deck, capsys):
 def test_deck_error_under_mpi_printed_once(deck):
     proc = trivhmc("run", str(deck), "--set", "theory.betta=2", ranks=2)
     assert_clean(proc, InputError.exit_code, "unknown key 'betta' for theory u1")
+
+
+def test_failed_run_leaves_no_new_parent_directories(deck, capsys):
+    """A nested output directory whose parents are new: none of them is left behind."""
+    deck.write_text(
+        DECK.replace("sampler: {steps: 4}", "sampler: {levels: [{terms: [fermion], steps: 2}]}")
+    )
+    code = main(["run", str(deck), "--set", "output.directory=runs/deep/out"])
+    err = capsys.readouterr().err
+    assert code == InputError.exit_code and "sampler.levels" in err and "fermion" in err
+    assert "Traceback" not in err
+    assert not (deck.parent / "runs").exists()

@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
 
     out = deck.output_dir
     comm = MPI.COMM_WORLD
-    existed = comm.bcast(out.exists() if comm.Get_rank() == 0 else None, root=0)
+    # the outermost directory this run will create (its parents may be new too)
+    created = _first_missing(out) if comm.Get_rank() == 0 else None
     # one run per output directory (app/lock.py): refused on every rank if held by a live run
     lock = acquire_run_lock(out, comm, comm.Get_rank() == 0)
     try:
@@ -52,8 +53,8 @@ def main(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
             lock = None
-        if not existed and comm.Get_rank() == 0:
-            _remove_empty_tree(out)  # a run that failed before writing anything
+        if created is not None:
+            _remove_empty_tree(created)  # a run that failed before writing anything
         raise
     finally:
         if lock is not None:
@@ -79,6 +80,18 @@ def main(args: argparse.Namespace) -> int:
             f"{summary.text()}; output in {result.directory}"
         )
     return 0
+
+
+def _first_missing(path):
+    """The outermost of ``path`` and its parents that does not exist yet (None: it exists)."""
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def _remove_empty_tree(directory) -> None:
