@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,12 +59,14 @@ from parallel.rng import PURPOSE_ACCEPT
 
 from ..integrators import Integrator
 from ..theory import Theory
-from .protocol import Record, metropolis, take_accepted
+from .protocol import (
+    NonFiniteTrajectoryWarning,  # noqa: F401  (re-exported: kernels.samplers.hmc API)
+    Record,
+    metropolis,
+    report_nonfinite,
+    take_accepted,
+)
 from .stepsize import DualAveraging
-
-
-class NonFiniteTrajectoryWarning(RuntimeWarning):
-    """Some chains had a NaN/Inf force or energy change; they were rejected."""
 
 
 @dataclass(kw_only=True)
@@ -252,17 +253,8 @@ class HMC:
         if check_reversibility:
             rev_field, rev_dh = self._reversibility(field, p0, h0, res, tau, n_steps)
 
-        n_bad = int(bad.sum())
-        if n_bad:
-            self.n_nonfinite_total += n_bad
-            if grid.is_root:
-                chains = [chain_offset + int(b) for b in torch.nonzero(bad).flatten()]
-                warnings.warn(
-                    f"HMC trajectory {counter}: {n_bad} chain(s) {chains} had a non-finite "
-                    f"force or dH and were rejected",
-                    NonFiniteTrajectoryWarning,
-                    stacklevel=2,
-                )
+        n_bad = report_nonfinite("HMC", counter, bad, chain_offset, grid.is_root)
+        self.n_nonfinite_total += n_bad
         if tune:
             self._tune(prob)
         self.n_trajectories += 1

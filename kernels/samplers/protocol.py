@@ -32,6 +32,7 @@ The record (:class:`Record`) has a shared core written by the run loop for every
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -148,6 +149,35 @@ def take_accepted(
         if project is not None and bool(accepted.any()):
             proposal = project(proposal)
         return torch.where(mask, proposal, current)
+
+
+class NonFiniteTrajectoryWarning(RuntimeWarning):
+    """Some chains had a NaN/Inf force, energy change or log-Jacobian; they were rejected."""
+
+
+def report_nonfinite(
+    sampler: str,
+    counter: int,
+    bad: torch.Tensor,
+    chain_offset: int,
+    is_root: bool,
+    category: type[Warning] = NonFiniteTrajectoryWarning,
+) -> int:
+    """Count the rejected non-finite chains of one update and warn once (domain root only).
+
+    Returns the number of bad chains (for ``Record.n_nonfinite`` and the sampler's running
+    total). The warning names the sampler, the trajectory counter and the global chain indices.
+    """
+    n_bad = int(bad.sum())
+    if n_bad and is_root:
+        chains = [chain_offset + int(b) for b in torch.nonzero(bad).flatten()]
+        warnings.warn(
+            f"{sampler} trajectory {counter}: {n_bad} chain(s) {chains} had a non-finite "
+            f"force, dH or log-Jacobian and were rejected",
+            category,
+            stacklevel=3,
+        )
+    return n_bad
 
 
 @runtime_checkable
