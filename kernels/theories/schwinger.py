@@ -35,6 +35,14 @@ tolerance ``cg_tol``, cap ``cg_max_iter``. A chain whose solve does not converge
 action/force (HMC rejects and counts it) and is counted in the term's ``cg_failures``;
 ``cg_iterations`` (per chain, summed over every solve of the trajectory) is recorded.
 
+Solve cache: the solve ``(M^+ M)^{-1} eta`` of the action and the force is kept (one per term)
+together with a copy of the field it was made for and the pseudofermion object; an action or
+force at a field equal to it (``torch.equal``) with the same pseudofermion reuses the solution.
+In HMC this saves two CGs per term and trajectory (``S_F`` in ``H0`` and the first force at
+the start field, the last force and ``S_F`` in ``H1`` at the end field); the solution is the
+same bits as a new solve (CG is deterministic), so trajectories are unchanged.
+``cache_solves=False`` turns it off.
+
 Observables (per chain): those of :class:`.u1.U1Gauge` (plaquette, action, Q, Q_int, Q2), the
 chiral condensate ``pbp = (1/V) Re tr D^{-1}`` (per flavour, spin trace, unsubtracted, hopping
 normalisation) from ``n_noise`` complex Gaussian noise vectors (RNG purpose
@@ -138,6 +146,8 @@ class PseudofermionTerm(ActionTerm):
         self.kappa = float(kappa)
         self.kappa_1 = None if kappa_1 is None else float(kappa_1)
         self.phi: torch.Tensor | None = None
+        #: ``(field copy, phi, CGResult)`` of the last action/force solve (module docstring)
+        self._cache: tuple[torch.Tensor, torch.Tensor, CGResult] | None = None
         self.reset_costs()
 
     # ------------------------------------------------------------ solver and costs
@@ -171,6 +181,7 @@ class PseudofermionTerm(ActionTerm):
     def refresh(self, theta: torch.Tensor, rng, counter: int, chain_offset: int = 0) -> None:
         """``phi = M^+ chi`` (plain) or ``phi = M_1^{-+} M^+ chi`` (ratio)."""
         th = self.theory
+        self._cache = None
         chi = complex_noise(
             rng,
             th.grid,
@@ -210,18 +221,35 @@ class PseudofermionTerm(ActionTerm):
             return op, phi
         return op, self.theory.dirac(theta, self.kappa_1).apply_dag(phi)
 
+    def _solve_eta(self, theta: torch.Tensor) -> tuple[WilsonDirac, torch.Tensor, CGResult]:
+        """``(M, eta, CG of M^+ M x = eta)``, from the cache when ``theta`` and ``phi`` are
+        those of the last solve (module docstring)."""
+        op, eta = self._eta(theta)
+        key = theta.detach()
+        c = self._cache
+        if (
+            c is not None
+            and c[1] is self.phi
+            and c[0].shape == key.shape
+            and c[0].dtype == key.dtype
+            and torch.equal(c[0], key)
+        ):
+            return op, eta, c[2]
+        res = self._solve(op, eta)
+        if self.theory.cache_solves:
+            self._cache = (key.clone(), self.phi, res)
+        return op, eta, res
+
     # ------------------------------------------------------------ action and force
     def action(self, theta: torch.Tensor) -> torch.Tensor:
         """``S = (eta, (M^+ M)^{-1} eta)`` with ``eta = phi`` or ``M_1^+ phi``."""
-        op, eta = self._eta(theta)
-        res = self._solve(op, eta)
+        op, eta, res = self._solve_eta(theta)
         s = redot(eta, res.x, self.theory.grid)
         return torch.where(res.converged, s, torch.full_like(s, math.nan))
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
         """Analytic ``dS/dtheta`` from one CG solve (NaN for chains whose CG did not converge)."""
-        op, eta = self._eta(theta)
-        res = self._solve(op, eta)
+        op, eta, res = self._solve_eta(theta)
         x = res.x
         y = op.apply(x)
         f = -hopping_derivative(op, y, x, self.kappa)
@@ -251,6 +279,7 @@ class Schwinger(U1Gauge):
         n_noise: int = 4,
         noise_seed: int = 0,
         pion: bool = True,
+        cache_solves: bool = True,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -282,6 +311,8 @@ class Schwinger(U1Gauge):
         #: counter of the condensate noise (set it per measurement for fresh noise)
         self.noise_counter = 0
         self.pion = bool(pion)
+        #: reuse the action/force solve at an unchanged field (module docstring)
+        self.cache_solves = bool(cache_solves)
         terms: list[ActionTerm] = [GaugeTerm(self)]
         kappas = hb + [self.kappa]
         for i, k in enumerate(kappas):
