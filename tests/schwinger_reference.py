@@ -97,17 +97,37 @@ def _link_entries(shape, mu, x, t, antiperiodic_t=True):
     return out
 
 
-def link_metropolis(beta, kappa, shape, chains, sweeps, therm, seed, width=1.5):
+def condensate(theta, kappa):
+    """Exact ``(1/V) Re tr D^{-1}`` per configuration (dense inverse)."""
+    d_mat = dense_dirac(theta, kappa)
+    vol = d_mat.shape[-1] // 2
+    return np.trace(np.linalg.inv(d_mat), axis1=-2, axis2=-1).real / vol
+
+
+def link_metropolis(
+    beta,
+    kappa,
+    shape,
+    chains,
+    sweeps,
+    therm,
+    seed,
+    width=1.5,
+    with_condensate=False,
+    return_fields=False,
+):
     """Brute-force link-by-link Metropolis for ``exp(-S_G) det(D)^2`` (the dense ``D`` is
     patched at the entries of the updated link, the determinant recomputed); returns the
-    per-chain mean plaquette ``<cos theta_P>`` over the sweeps after ``therm``."""
+    per-chain mean plaquette ``<cos theta_P>`` over the sweeps after ``therm`` (and, with
+    ``with_condensate``, the per-chain mean of the exact :func:`condensate`; with
+    ``return_fields``, the last configurations as a further element)."""
     gen = np.random.default_rng(seed)
     theta = gen.uniform(-math.pi, math.pi, size=(chains, 2, *shape))
     d_mat = dense_dirac(theta, kappa)
     logdet = np.linalg.slogdet(d_mat)[1]
     sg = beta * (1.0 - np.cos(plaquettes(theta))).sum(axis=(1, 2))
     idx = np.arange(chains)
-    meas = []
+    meas, pbp = [], []
     for sweep in range(sweeps + therm):
         for mu in range(2):
             for x in range(shape[0]):
@@ -128,4 +148,11 @@ def link_metropolis(beta, kappa, shape, chains, sweeps, therm, seed, width=1.5):
                     sg[acc], logdet[acc] = sg_new[acc], logdet_new[acc]
         if sweep >= therm:
             meas.append(np.cos(plaquettes(theta)).mean(axis=(1, 2)))
-    return np.mean(meas, axis=0)
+            if with_condensate:
+                pbp.append(condensate(theta, kappa))
+    out = (np.mean(meas, axis=0),)
+    if with_condensate:
+        out += (np.mean(pbp, axis=0),)
+    if return_fields:
+        out += (theta,)
+    return out if len(out) > 1 else out[0]

@@ -15,9 +15,7 @@ from parallel.rng import SiteRNG
 
 
 def run(cache: bool, hasenbusch, n_traj=2):
-    th = Schwinger(
-        single_rank_grid((4, 4)), 2.0, 0.25, hasenbusch=hasenbusch, cache_solves=cache
-    )
+    th = Schwinger(single_rank_grid((4, 4)), 2.0, 0.25, hasenbusch=hasenbusch, cache_solves=cache)
     solves = {t.name: 0 for t in th.pseudofermion_terms()}
     for t in th.pseudofermion_terms():
         orig = t._solve
