@@ -437,8 +437,8 @@ class TrainSection(_Section):
     architecture: Literal[tuple(ARCHITECTURES)] | None = Field(  # type: ignore[valid-type]
         default=None,
         description="Flow architecture (objective flow, required); must act on the deck's "
-        "theory (phi4_*, u1_*, su3_*). u1_sweep (2D) starts from the fitted single-plaquette "
-        "map before training.",
+        "theory (phi4_*, u1_*, su3_*, schwinger_*). u1_sweep (2D) starts from the fitted "
+        "single-plaquette map before training.",
     )
     l2hmc: dict[str, Any] | None = Field(
         default=None,

@@ -100,6 +100,10 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
             bar.update(1)
             bar.set_postfix({k: f"{m[k]:.4g}" for k in ("loss", "ess", "force_rms") if k in m})
 
+    if theory.name == "schwinger":  # flows with fermions (issue 11)
+        from app.schwinger_flows import check_loss
+
+        check_loss(t.loss)
     try:
         if t.loss == "reverse_kl":
             from kernels.flows.train import TrainConfig, Trainer
@@ -113,7 +117,12 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
                 anneal_steps=t.anneal_steps,
                 anneal_start=t.anneal_start,
             )
-            trainer = Trainer(flow, theory, cfg, rng=rng)
+            if theory.name == "schwinger":
+                from app.schwinger_flows import reverse_kl_trainer
+
+                trainer = reverse_kl_trainer(flow, theory, cfg, rng)
+            else:
+                trainer = Trainer(flow, theory, cfg, rng=rng)
         elif t.loss == "force_norm":  # NTHMC (issue 15)
             from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
 

@@ -126,6 +126,13 @@ register_theory(
         "pseudofermions ``phi^+ (D^+ D)^{-1} phi`` (docs/conventions.md); action terms "
         "``gauge``, ``fermion`` and ``hasenbusch_<i>`` for sampler.levels.",
         prior="uniform_angle",
+        # gauge flows (U(1) builders: exact marginal / trivialized HMC) and the joint (U, phi)
+        # flow of Abbott et al.; which trainer and sampler each gets: app/schwinger_flows.py
+        architectures={
+            "schwinger_ncp": "kernels.flows.u1:u1_ncp_flow",
+            "schwinger_stout": "kernels.flows.u1:u1_stout_flow",
+            "schwinger_joint": "kernels.flows.schwinger_joint:schwinger_joint_flow",
+        },
         couplings=(
             Coupling("beta", float, "Gauge coupling beta (required).", gt=0),
             Coupling(

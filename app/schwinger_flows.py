@@ -1,0 +1,78 @@
+"""Flows of the Schwinger model from a deck: which trainer and which sampler a flow gets.
+
+The deck architectures of ``schwinger`` (kernels/theories/__init__.py) are of two kinds:
+
+* gauge flows (``schwinger_ncp``, ``schwinger_stout``: the U(1) builders of kernels/flows/u1.py
+  acting on the links). ``trivhmc train`` (``loss: reverse_kl``) fits them to the exact
+  marginal ``exp(-S_G) det(D^+ D)`` with the dense determinant
+  (:class:`kernels.flows.schwinger_marginal.SchwingerMarginal`: small lattices, one rank per
+  lattice; a clear error otherwise). ``sampler: trivialized_hmc`` runs pseudofermion HMC on
+  ``S_G(F(V)) + S_F(F(V)) - log det`` (any lattice, any grid); ``sampler: flow_metropolis``
+  runs independence Metropolis on the exact marginal (small lattices).
+* the joint flow ``schwinger_joint`` on ``(U, phi)``
+  (:mod:`kernels.flows.schwinger_joint`): reverse KL on the joint density with one CG per
+  sample (any lattice and grid), sampled by ``flow_metropolis`` (joint independence
+  Metropolis); it is not a gauge flow, so ``trivialized_hmc`` refuses it.
+
+Only ``reverse_kl`` training is offered for Schwinger flows (force matching would need a
+force without pseudofermions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import InputError
+from kernels.flows.schwinger_joint import JointFlow, JointFlowMetropolis, JointTrainer
+from kernels.flows.schwinger_marginal import MarginalSizeError, SchwingerMarginal
+from kernels.samplers.flow_metropolis import FlowMetropolis, FlowMetropolisSampler
+from kernels.samplers.trivialized import TransformedTheory
+
+
+def _marginal(theory, what: str) -> SchwingerMarginal:
+    try:
+        return SchwingerMarginal(theory)
+    except MarginalSizeError as exc:
+        raise InputError(
+            f"{what}: a Schwinger gauge flow uses the exact-determinant marginal here: {exc}; "
+            f"or use the joint flow (architecture schwinger_joint)"
+        ) from None
+
+
+def reverse_kl_trainer(flow, theory, config, rng):
+    """The reverse-KL trainer of a Schwinger flow: :class:`JointTrainer` for the joint flow,
+    :class:`kernels.flows.train.Trainer` on the exact marginal for a gauge flow."""
+    if isinstance(flow, JointFlow):
+        return JointTrainer(flow, theory, config, rng=rng)
+    from kernels.flows.priors import prior_for
+    from kernels.flows.train import Trainer
+
+    return Trainer(flow, _marginal(theory, "train"), config, prior=prior_for(theory), rng=rng)
+
+
+def check_loss(loss: str) -> None:
+    """Schwinger flows train by reverse KL only (clear error otherwise)."""
+    if loss != "reverse_kl":
+        raise InputError(
+            f"train.loss: Schwinger flows train with reverse_kl (exact marginal or joint "
+            f"pseudofermion density), not {loss}"
+        )
+
+
+def build_flow_sampler(deck, theory, flow, rng, build_hmc) -> Any:
+    """The deck's flow sampler for a Schwinger flow (module docstring)."""
+    name = deck.sampler.name
+    joint = isinstance(flow, JointFlow)
+    if name == "trivialized_hmc":
+        if joint:
+            raise InputError(
+                "sampler.flow: trivialized_hmc needs a gauge flow (schwinger_ncp, "
+                "schwinger_stout); the joint (U, phi) flow runs with flow_metropolis"
+            )
+        return build_hmc(deck, TransformedTheory(theory, flow), rng)
+    if joint:
+        return FlowMetropolisSampler(JointFlowMetropolis(theory, flow, rng))
+    from kernels.flows.priors import prior_for
+
+    marg = _marginal(theory, "sampler")
+    return FlowMetropolisSampler(FlowMetropolis(marg, flow, prior_for(theory), rng))
