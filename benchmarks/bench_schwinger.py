@@ -8,7 +8,11 @@ L = 8 by default. Prints one table:
   marginal ``exp(-S_G) det(D^+ D)`` (dense log-det, :mod:`kernels.flows.schwinger_marginal`),
   then independence Metropolis (training time is counted in the cost);
 * ``trivialized_hmc``: HMC with pseudofermions on ``S(F(V)) - log det`` with that flow
-  (``--triv-steps`` outer fermion steps, default 16: the pulled-back forces are stiffer).
+  (``--triv-steps`` outer fermion steps, default 16: the pulled-back forces are stiffer);
+* ``joint_metropolis``: the joint (U, phi) flow of Abbott et al. (U(1) NCP gauge flow +
+  conditional pseudofermion flow, :mod:`kernels.flows.schwinger_joint`) trained by reverse KL
+  on the joint density (one CG per sample, ``--train-steps``/``--train-batch``), then joint
+  independence Metropolis (CG: one solve per proposal; training CG not in the column).
 
 Columns: acceptance, CG iterations per trajectory and chain (sampler only; the condensate
 measurement is extra), seconds per step and chain, tau_int (Gamma method, app/analysis.py,
@@ -32,6 +36,7 @@ import torch
 from app.analysis import gamma_method
 from kernels.flows import u1_ncp_flow
 from kernels.flows.priors import UniformAnglePrior
+from kernels.flows.schwinger_joint import JointFlowMetropolis, JointTrainer, schwinger_joint_flow
 from kernels.flows.schwinger_marginal import SchwingerMarginal
 from kernels.flows.train import TrainConfig, Trainer
 from kernels.integrators import LevelSpec, make_integrator
@@ -106,7 +111,11 @@ def main() -> None:
     p.add_argument("--therm", type=int, default=20)
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--samplers", default="hmc,hmc_hasenbusch,flow_metropolis,trivialized_hmc")
+    p.add_argument(
+        "--samplers",
+        default="hmc,hmc_hasenbusch,flow_metropolis,trivialized_hmc,joint_metropolis",
+    )
+    p.add_argument("--joint-lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--triv-steps", type=int, default=16, help="outer steps of trivialized HMC")
     args = p.parse_args()
@@ -188,6 +197,35 @@ def main() -> None:
 
         out = run_chain(tr_step, u_therm, th, args.traj)
         summarise("trivialized_hmc", *out, args.chains, args.traj, train_time)
+
+    if "joint_metropolis" in wanted:
+        torch.manual_seed(0)
+        gauge = {
+            "builder": "kernels.flows.u1:u1_ncp_flow",
+            "kwargs": {"n_layers": 8, "hidden": [8, 8], "n_mix": 2},
+        }
+        jflow = schwinger_joint_flow(grid, gauge, pf_layers=4, pf_hidden=8, init_kappa=args.kappa)
+        cfg = TrainConfig(steps=args.train_steps, batch=args.train_batch, lr=args.joint_lr)
+        trainer = JointTrainer(jflow, th, cfg, rng=SiteRNG(6))
+        t0 = time.perf_counter()
+        hist = trainer.train()
+        joint_time = time.perf_counter() - t0
+        jflow.requires_grad_(False)
+        print(
+            f"# joint flow training: {joint_time:.0f} s, final ESS {hist[-1]['ess']:.3f}, "
+            f"CG iterations per training sample {trainer.cg.iterations / trainer.cg.solves:.0f}"
+        )
+        jm = JointFlowMetropolis(th, jflow, SiteRNG(7))
+        jstate = {"s": jm.state_of(u_therm)}
+
+        def jm_step(u, c):
+            before = jm.cg.iterations
+            st, rec = jm.step(jstate["s"], c)
+            jstate["s"] = st
+            return st.u, rec.accepted.numpy(), (jm.cg.iterations - before) / args.chains
+
+        out = run_chain(jm_step, u_therm, th, args.traj)
+        summarise("joint_metropolis", *out, args.chains, args.traj, joint_time)
 
 
 if __name__ == "__main__":
