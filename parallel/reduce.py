@@ -4,15 +4,16 @@ Two kinds of global sum (docs/conventions.md, "Reductions"):
 
 * **Exact, grid-independent** (:func:`lattice_sum`, :func:`lattice_mean`,
   :func:`exact_segment_sum`, :func:`exact_sum`): the *correctly rounded* sum of every local
-  element over the domain group. Each double ``v = m 2^(e-53)`` (``m`` a 53-bit integer,
-  from ``frexp``) is split into 26-bit halves ``m = hi 2^26 + lo`` that are accumulated in
-  int64 per (output, exponent) bin with ``index_add_`` on the tensor's device; the bins
-  are summed over ranks with an integer ``Allreduce`` (exact, so order-free), combined in
-  Python integers and rounded once. The result is a pure function of the global field:
-  identical for every process grid, rank order and device. Use it for everything that feeds
-  a decision or a record (actions, kinetic energy, ``dH``, observables, file headers).
-  Exact for up to ``2^36`` summed elements; a non-finite element gives the ordinary
-  (non-finite) float sum for its output.
+  element over the domain group. Every double is an integer multiple of ``2^-1074``; the
+  values are split exactly over fixed-point slots of 28 bits at absolute positions
+  (``q = (r + 1.5 2^(c+52)) - 1.5 2^(c+52)``: a few vectorized float64 passes on the
+  tensor's device), each slot is summed exactly in float64 and becomes an int64, the slots
+  are summed over ranks with one integer ``Allreduce`` (exact, so order-free), and each
+  output is rounded once from a Python integer. The result is a pure function of the global
+  field: identical for every process grid, rank order and device. Use it for everything that
+  feeds a decision or a record (actions, kinetic energy, ``dH``, observables, CG dot
+  products, file headers). Exact for up to ``2^34`` summed elements; nan/inf elements give
+  the IEEE value of the exact sum (see :func:`exact_segment_sum`).
 * **Fast** (:func:`global_sum`): a float ``Allreduce`` of per-rank values. Its rounding depends
   on how the lattice is split, in the last bits. Use it for training losses and gradients,
   diagnostics, and counts.
@@ -35,12 +36,6 @@ from mpi4py import MPI
 
 from .comm import Array, allreduce, bcast_array, is_torch
 from .grid import ProcessGrid
-
-_HALF = 26
-_MASK = (1 << _HALF) - 1
-_BIG = 1 << 20  # beyond any exponent of a double
-_CHUNK = 1 << 16  # elements per pass of the binning (cache-sized temporaries)
-_ABS = (1 << 63) - 1  # all bits but the sign
 
 
 class _GlobalSum(torch.autograd.Function):
@@ -69,80 +64,130 @@ def global_sum(x: Array, grid: ProcessGrid) -> Array:
 
 
 # --------------------------------------------------------------------------- exact sums
-def _round_scaled(total: int, base: int) -> float:
+#: bits per slot of the fixed-point accumulator (see :func:`exact_segment_sum`)
+_W = 28
+#: slots ``k`` hold multiples of ``2^(-1074 + k W)``; enough to reach ``2^1024``
+_NSLOT = (1023 + 1074) // _W + 1
+#: per-row elements summed in float64 per level (each level term is ``< 2^(W+1)`` units)
+_CHUNK = 1 << (52 - _W - 1)
+#: largest number of summed elements (global) for which the int64 slot sums cannot overflow
+MAX_EXACT_ELEMENTS = 1 << (62 - _W)
+#: columns after the slots: counts of nan, +inf, -inf elements, and of all elements
+_NAN, _PINF, _NINF, _COUNT = range(_NSLOT, _NSLOT + 4)
+#: the dense Allreduce buffer is used up to this many int64 entries (else: a range first)
+_DENSE = 1 << 14
+_SMALLEST_NORMAL = 2.2250738585072014e-308
+
+
+def _slot_of(e: int) -> int:
+    """The slot ``k`` with ``c_k = -1074 + k W <= e < c_k + W`` (clamped to the slot range)."""
+    return min(max((e + 1074) // _W, 0), _NSLOT - 1)
+
+
+def _levels(r: torch.Tensor, q: torch.Tensor, k_top: int, k_bot: int) -> torch.Tensor:
+    """Split ``r`` (``(rows, n)`` float64; consumed, ``q`` is scratch of its shape) into its
+    parts on the slots ``k_top .. k_bot`` and sum each part per row. Returns
+    ``(k_top - k_bot + 1, rows)`` float64: in units of ``2^c_k`` (so integers below
+    ``2^53``, exact) for the slots with ``c_k > 971``, else the plain sums (multiples of
+    ``2^c_k`` below ``2^(c_k + 53)``, exact).
+
+    Slot ``c``: ``q = (r + M) - M`` with ``M = 1.5 2^(c+52)`` is ``r`` rounded to a multiple of
+    ``2^c`` (exact IEEE arithmetic for ``|r| < 2^(c+51)``), and ``r - q`` is exact; above
+    ``c = 971`` (``M`` would overflow) ``q = r - fmod(r, 2^c)`` (truncation, also exact), scaled
+    by ``2^-c`` so that its sum cannot overflow. The last slot takes what is left (all of it
+    multiples of ``2^c``)."""
+    sums = []
+    for k in range(k_top, k_bot - 1, -1):
+        c = -1074 + k * _W
+        if k == k_bot:
+            q, r = r, q  # the rest
+        elif c + 52 <= 1023:
+            m = 1.5 * 2.0 ** (c + 52)
+            torch.add(r, m, out=q)
+            q.sub_(m)
+            r.sub_(q)
+        else:
+            torch.fmod(r, 2.0**c, out=q)  # the remainder
+            r, q = q, r.sub_(q)
+        if c > 971:
+            q.mul_(2.0**-c)
+        sums.append(q.sum(dim=1))
+    return torch.stack(sums)
+
+
+def _rounded(total: int, base: int) -> float:
     """The double nearest to ``total * 2^base`` (round half even; +-inf on overflow)."""
     if total == 0:
         return 0.0
     try:
+        if total.bit_length() <= 1000:
+            f = math.ldexp(float(total), base)  # float(int) is correctly rounded
+            if abs(f) >= _SMALLEST_NORMAL:  # a normal result: that one rounding is all
+                return f
         if base >= 0:
             return float(total << base)
-        return total / (1 << -base)  # int / int is correctly rounded in Python
+        return total / (1 << -base)  # int / int is correctly rounded, subnormals included
     except OverflowError:
         return math.inf if total > 0 else -math.inf
 
 
-def _exponent_range(v: torch.Tensor) -> tuple[int, int]:
-    """Smallest and largest biased exponent of the non-zero elements (``(_BIG, -_BIG)``
-    when there are none); NaN and inf have exponent 2047."""
-    if not v.numel():
-        return _BIG, -_BIG
-    a = v.abs()
-    top = a.max()
-    if bool(torch.isnan(top)):
-        top = torch.tensor(math.inf, dtype=a.dtype)
-    bottom = torch.where(a > 0, a, torch.full((), math.inf, dtype=a.dtype, device=a.device)).min()
-    mx, mn = float(top), float(bottom)
-    if mx == 0.0:
-        return _BIG, -_BIG
-
-    def field(x: float) -> int:
-        return int(np.array(x, dtype=np.float64).view(np.int64)) >> 52 & 2047
-
-    return field(mn) if mn != math.inf else field(mx), field(mx)
+_WORK: dict[torch.device, torch.Tensor] = {}
+#: the largest workspace kept between calls (float64 elements, two buffers)
+_WORK_MAX = 1 << 21
 
 
-def _local_bins(v: torch.Tensor, rows: torch.Tensor, nseg: int, e_lo: int, ne: int) -> torch.Tensor:
-    """Per (output row, sign, biased exponent ``e_lo .. e_lo + ne - 1``) bin: the integer
-    sums of the upper and lower 26 mantissa bits (without the implicit bit) and the number
-    of normal elements (for the implicit bit); ``(3, nseg, 2, ne)`` int64. Works on the bit
-    pattern (``v`` viewed as int64), in cache-sized chunks; zeros add nothing."""
-    nkey = 2 * ne
-    hi = torch.zeros(nseg * nkey, dtype=torch.int64, device=v.device)
-    lo, cnt = torch.zeros_like(hi), torch.zeros_like(hi)
-    off = (rows * nkey).unsqueeze(1)
-    width = max(1, _CHUNK // max(v.shape[0], 1))
-    for chunk in v.split(width, dim=1):
-        bits = chunk.contiguous().view(torch.int64)
-        e = (bits >> 52) & 2047
-        key = ((bits < 0).to(torch.int64) * ne + (e - e_lo).clamp(0, ne - 1) + off).reshape(-1)
-        bits = bits.reshape(-1)
-        hi.index_add_(0, key, (bits >> _HALF) & _MASK)
-        lo.index_add_(0, key, bits & _MASK)
-        cnt.index_add_(0, key, (e > 0).to(torch.int64).reshape(-1))
-    return torch.stack([hi, lo, cnt]).reshape(3, nseg, 2, ne)
+def _workspace(shape: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float64 scratch tensors of ``shape``; up to ``_WORK_MAX`` elements they are kept
+    between calls (fresh large allocations cost page faults on every call on CPU)."""
+    n = shape[0] * shape[1]
+    if n > _WORK_MAX:
+        return torch.empty(shape, dtype=torch.float64, device=device), torch.empty(
+            shape, dtype=torch.float64, device=device
+        )
+    work = _WORK.get(device)
+    if work is None or work.shape[1] < n:
+        work = _WORK[device] = torch.empty((2, max(n, 1 << 12)), dtype=torch.float64, device=device)
+    return work[0, :n].view(shape), work[1, :n].view(shape)
 
 
-def _combine_fast(buf: np.ndarray, e_lo: int) -> list[float] | None:
-    """Correctly rounded row sums from the bins with ``math.fsum`` per row (C speed), when
-    every bin value ``M = hi 2^26 + lo + cnt 2^52`` fits in int64 and its two 31/32-bit
-    halves scale to doubles exactly (no subnormal or overflowing terms); else None."""
-    hi, lo, cnt = (buf[k] for k in range(3))
-    ne = buf.shape[-1]
-    if cnt.max(initial=0) >= 1 << 9 or hi.max(initial=0) >= 1 << 35 or e_lo < 200:
-        return None
-    if e_lo + ne > 1900:
-        return None
-    normal = (np.arange(ne) + e_lo) > 0
-    m = (hi << _HALF) + lo + np.where(normal, cnt << 52, 0)  # < 2^62
-    m = np.where((np.arange(2) == 1)[:, None], -m, m)  # the sign bins
-    scale = np.arange(ne) + e_lo - 1075
-    top = np.ldexp((m >> 31).astype(np.float64), scale + 31)
-    bot = np.ldexp((m & ((1 << 31) - 1)).astype(np.float64), scale)
-    terms = np.concatenate([top, bot], axis=-1).reshape(buf.shape[1], -1)
-    nz = terms != 0
-    flat = terms[nz].tolist()
-    ends = np.cumsum(nz.sum(axis=1)).tolist()
-    return [math.fsum(flat[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
+def _prepare(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, float, float]:
+    """``(r, q, specials, top, bottom)``: ``r`` a float64 copy of ``v`` (``(rows, n)``) with its
+    nan/inf elements set to 0, ``q`` scratch of the same shape, the nan/+inf/-inf counts per
+    row ``(rows, 3)``, and the largest and smallest non-zero ``|r|`` (0 if none)."""
+    r, q = _workspace(tuple(v.shape), v.device)
+    r.copy_(v)
+    specials = np.zeros((r.shape[0], 3), dtype=np.int64)
+    if not r.numel():
+        return r, q, specials, 0.0, 0.0
+    top = float(torch.abs(r, out=q).amax(dim=1).max())
+    if not math.isfinite(top):
+        for j, mask in enumerate((torch.isnan(r), r == math.inf, r == -math.inf)):
+            specials[:, j] = mask.sum(dim=1).cpu().numpy()
+        r.masked_fill_(~torch.isfinite(r), 0.0)
+        top = float(torch.abs(r, out=q).amax(dim=1).max())
+    if top == 0.0:
+        return r, q, specials, 0.0, 0.0
+    # smallest non-zero |r|: the bit patterns of |r| are ordered like the values; 0 -> max
+    bits = q.view(torch.int64).sub_(1).bitwise_and_((1 << 63) - 1)
+    low = int(bits.amin(dim=1).min()) + 1
+    return r, q, specials, top, float(np.array(low, dtype=np.int64).view(np.float64))
+
+
+def _combine(buf: np.ndarray, width: int, k_lo: int) -> list[float]:
+    """The rounded outputs from the all-reduced slots ``buf[:, :width]`` (slot ``k_lo`` first)
+    and the nan/+inf/-inf counts ``buf[:, width:width+3]``."""
+    out = [0.0] * buf.shape[0]
+    used = np.flatnonzero(buf[:, :width].any(axis=0))
+    if used.size:
+        lo, hi = int(used[0]), int(used[-1])
+        shifts = [_W * j for j in range(hi - lo + 1)]
+        base = -1074 + _W * (k_lo + lo)
+        for i, row in enumerate(buf[:, lo : hi + 1].tolist()):
+            out[i] = _rounded(sum(x << s for x, s in zip(row, shifts) if x), base)
+    for i in np.flatnonzero(buf[:, width : width + 3].any(axis=1)).tolist():
+        nan, pinf, ninf = buf[i, width : width + 3].tolist()
+        out[i] = math.nan if nan or (pinf and ninf) else (math.inf if pinf else -math.inf)
+    return out
 
 
 def exact_segment_sum(
@@ -159,57 +204,78 @@ def exact_segment_sum(
     ``rows`` (``(r,)`` integers) and ``nseg = S`` (the same on every rank), row ``i`` adds to
     output ``rows[i]``, so ranks may hold different parts (e.g. their time slices).
 
-    A double with sign ``s``, biased exponent ``e`` and mantissa bits ``f`` is
-    ``(-1)^s (2^52 [e > 0] + f) 2^(max(e, 1) - 1075)``; per bin ``(row, s, e)`` the integer
-    sums of ``f``'s two 26-bit halves and the count (for the implicit bit) are exact in int64
-    (up to ``2^37`` elements), are summed over ranks with an integer ``Allreduce`` over the
-    exponent range in use, and are combined into one Python integer that is rounded once.
+    Method (a fixed-point accumulator with absolute, rank-independent slots): every double is
+    an integer multiple of ``2^-1074``; slot ``k`` holds the multiples of
+    ``2^c_k, c_k = -1074 + 28 k`` below ``2^(c_k + 28)``. The values are split exactly over
+    the slots their bits occupy (three float64 passes per slot, vectorized on the tensor's
+    device); each slot part is summed per row in float64, which is exact (integers below
+    ``2^53`` in units of ``2^c_k``), and becomes an int64. One integer ``Allreduce`` sums the
+    slots over ranks (exact, so order-free), and each output is rounded once from the Python
+    integer ``sum_k S_k 2^(28 k)``. The result is a pure function of the global values:
+    identical for every process grid, rank order and device.
+
+    Limits and special values: exact for up to ``2^34`` elements in all (a ``ValueError`` on
+    every rank beyond). An output with a NaN element, or with both ``+inf`` and ``-inf``, is
+    NaN; else one with ``+inf`` (``-inf``) elements is ``+inf`` (``-inf``) - the IEEE value of
+    the exact sum, independent of order. A finite sum beyond the double range is ``+-inf``.
+    Subnormal elements and results are exact / correctly rounded.
     """
     v = torch.as_tensor(values).detach()
     if v.is_complex():
         raise TypeError("exact_segment_sum of a complex tensor: sum .real and .imag")
     nrow = v.shape[0]
     nseg = nrow if nseg is None else int(nseg)
-    if rows is None:
-        rows = torch.arange(nrow, device=v.device)
-    rows = torch.as_tensor(rows, device=v.device).to(torch.int64)
-    v = v.reshape(nrow, -1).to(torch.float64)
+    v2 = v.reshape(nrow, math.prod(v.shape[1:]))
+    n = v2.shape[1]
     parallel = comm is not None and comm.Get_size() > 1
-    e_lo, e_hi = _exponent_range(v)
-    rng = np.array([-e_lo, e_hi], dtype=np.int64)
-    if parallel:
+    seg = np.arange(nrow) if rows is None else torch.as_tensor(rows).cpu().numpy().astype(np.int64)
+    if seg.shape != (nrow,) or (nrow and (seg.min() < 0 or seg.max() >= nseg)):
+        raise ValueError(f"rows must be {nrow} integers in [0, {nseg}), got {seg.tolist()}")
+    r, q, specials, top, bottom = _prepare(v2)
+    pieces = max(1, -(-n // _CHUNK))
+    if pieces > 1:  # rows in pieces of _CHUNK elements, each summed exactly in float64
+        r = torch.nn.functional.pad(r, (0, pieces * _CHUNK - n)).reshape(nrow * pieces, _CHUNK)
+        q = torch.empty_like(r)
+    if top > 0.0:
+        k_top = _slot_of(math.frexp(top)[1] - 1)
+        k_bot = _slot_of(max(math.frexp(bottom)[1] - 1 - 52, -1074))
+        sums = _levels(r, q, k_top, k_bot).cpu().numpy()  # (levels, rows), slot k_top first
+        scale = -1074 + _W * np.arange(k_top, k_bot - 1, -1)
+        scale[scale > 971] = 0  # those come in units of 2^c (see _levels)
+        local = np.ldexp(sums, -scale[:, None]).astype(np.int64)  # exact integers < 2^53
+    else:
+        k_top, k_bot, local = -1, _NSLOT, None
+    # the slot columns k_lo .. k_hi of the one integer Allreduce (the same on every rank)
+    if not parallel:
+        k_lo, k_hi = (k_bot, k_top) if local is not None else (0, -1)
+    elif nseg * (_NSLOT + 4) <= _DENSE:
+        k_lo, k_hi = 0, _NSLOT - 1
+    else:  # many outputs: agree on the slot range first
+        rng = np.array([-k_bot, k_top], dtype=np.int64)
         comm.Allreduce(MPI.IN_PLACE, rng, op=MPI.MAX)
-    e_lo, e_hi = -int(rng[0]), int(rng[1])
-    if e_hi < e_lo:  # no non-zero elements anywhere
-        return torch.zeros(nseg, dtype=torch.float64, device=v.device)
-    ne = e_hi - e_lo + 1
-    buf = np.ascontiguousarray(_local_bins(v, rows, nseg, e_lo, ne).cpu().numpy())
+        k_lo, k_hi = -int(rng[0]), int(rng[1])
+    width = max(k_hi - k_lo + 1, 0)
+    buf = np.zeros((nseg, width + 4), dtype=np.int64)
+    cols = np.arange(k_top, k_bot - 1, -1) - k_lo
+    if rows is None and pieces == 1:  # row i -> output i
+        if local is not None:
+            buf[:, cols] = local.T
+        buf[:, width : width + 3] = specials
+        buf[:, width + 3] = n
+    else:
+        if local is not None:
+            np.add.at(buf, (np.repeat(seg, pieces)[None, :], cols[:, None]), local)
+        np.add.at(buf, (seg[:, None], width + np.arange(3)[None, :]), specials)
+        np.add.at(buf, (seg, width + 3), n)
     if parallel:
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-    nonfinite = buf[2, :, :, -1].any(axis=1) if e_hi == 2047 else np.zeros(nseg, bool)
-    bad = nonfinite.tolist()
-    out = None if any(bad) else _combine_fast(buf, e_lo)
-    if out is None:  # exact big-integer combination
-        base = max(e_lo, 1)  # the total is an integer multiple of 2^(base - 1075)
-        out = []
-        for seg in range(nseg):
-            total = 0
-            for sign in (0, 1):
-                hi, lo, cnt = (buf[k, seg, sign].tolist() for k in range(3))
-                for j in range(ne):
-                    if hi[j] or lo[j] or cnt[j]:
-                        e = e_lo + j
-                        m = (hi[j] << _HALF) + lo[j] + (cnt[j] << 52 if e else 0)
-                        m <<= max(e, 1) - base
-                        total += -m if sign else m
-            out.append(_round_scaled(total, base - 1075))
-    if any(bad):  # inf/nan elements: the ordinary float sum (inf or nan) for those rows
-        fast = torch.zeros(nseg, dtype=torch.float64, device=v.device)
-        fast = fast.index_add_(0, rows, v.sum(dim=1)).cpu().numpy()
-        if parallel:
-            comm.Allreduce(MPI.IN_PLACE, fast, op=MPI.SUM)
-        out = [float(fast[k]) if bad[k] else out[k] for k in range(nseg)]
-    return torch.tensor(out, dtype=torch.float64, device=v.device)
+    count = int(buf[:, width + 3].sum())
+    if count > MAX_EXACT_ELEMENTS:
+        raise ValueError(
+            f"exact sum over {count} elements: at most 2^{62 - _W} = {MAX_EXACT_ELEMENTS} "
+            "are supported (int64 slot sums)"
+        )
+    return torch.tensor(_combine(buf, width, k_lo), dtype=torch.float64, device=v.device)
 
 
 def exact_sum(values: Array, comm: MPI.Comm | None = None) -> float:

@@ -82,6 +82,49 @@ def test_lattice_sum_is_correctly_rounded_on_every_grid(g):
     grid.free()
 
 
+def _split(xs: list, rank: int, size: int) -> list:
+    return xs[rank * len(xs) // size : (rank + 1) * len(xs) // size]
+
+
+def test_adversarial_values_split_over_ranks():
+    """Huge cancelling terms, the ends of the double range and subnormals, spread over the
+    ranks in different orders: always the correctly rounded (math.fsum / Fraction) sum."""
+    from fractions import Fraction
+
+    comm, rank = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank()
+    big = 1.7976931348623157e308
+    lists = [
+        [1e300, 1.0, -1e300, 5e-324, 2.0**-1060, -3e-320, 7.0],
+        [big, big, -big, 1e-300],  # exact sum fits, any partial float sum would overflow
+        [1.0, 2.0**-53, 2.0**-1074, -(2.0**-1074), 2.0**-80, -(2.0**-80)],
+    ]
+    rnd = np.random.default_rng(7)
+    for xs in lists:
+        for perm in range(4):
+            order = rnd.permutation(len(xs)) if perm else np.arange(len(xs))
+            mine = _split([xs[i] for i in order], rank, comm.Get_size())
+            got = exact_sum(np.array(mine, dtype=np.float64), comm)
+            ref = float(sum((Fraction(x) for x in xs), Fraction(0)))
+            ok = comm.allreduce(int(got == ref), op=MPI.MIN)
+            assert ok, f"{xs}: {got!r} != {ref!r}"
+
+
+def test_non_finite_on_one_rank_and_many_outputs():
+    """A nan/inf on the last rank only gives the IEEE value of the exact sum on every rank; with
+    more outputs than the dense buffer holds, the ranks first agree on the slot range."""
+    comm, rank, size = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    x = hard_values((600, 4 * size), seed=11)
+    x[5, 2] = math.inf
+    x[6, 0], x[6, -1] = math.inf, -math.inf
+    x[7, -1] = math.nan
+    x[8] = 0.0
+    mine = x[:, rank * 4 : rank * 4 + 4]
+    got = exact_segment_sum(mine, comm)
+    ref = [math.fsum(row) if np.isfinite(row).all() else math.nan for row in x.tolist()]
+    ref[5] = math.inf
+    all_equal(ProcessGrid((size,)), "rows", got, np.array(ref))
+
+
 @pytest.mark.parametrize("g", GRIDS_2D)
 def test_rows_spread_over_ranks(g):
     """``exact_segment_sum`` with ``rows``: each rank adds its own time slices."""
