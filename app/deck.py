@@ -237,6 +237,13 @@ class FlowRef(_Section):
         description="Model registry directory (relative to the deck's directory); null: "
         "$TRIVHMC_MODELS, else ./models next to the deck.",
     )
+    checkpoint_layers: bool | None = Field(
+        default=None,
+        description="Recompute each flow layer's activations in the backward pass of the "
+        "trivialized force instead of storing them (per-layer activation checkpointing: "
+        "less memory, one more flow forward per force; docs/performance.md). null: the "
+        "model's own setting.",
+    )
 
 
 class LevelSection(_Section):

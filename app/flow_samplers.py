@@ -45,6 +45,13 @@ def load_flow(deck: Deck, theory: Theory):
             f"sampler.flow: model {ref.model!r} has sha256 {card.get('hash')}, the deck "
             f"expects {ref.sha256}"
         )
+    if ref.checkpoint_layers is not None:
+        if not hasattr(flow, "checkpoint_layers"):
+            raise InputError(
+                f"sampler.flow.checkpoint_layers: model {ref.model!r} "
+                f"({type(flow).__name__}) is not a composition of layers; remove the key"
+            )
+        flow.checkpoint_layers = ref.checkpoint_layers
     flow = flow.to(theory.device)
     flow.requires_grad_(False)
     return flow, card

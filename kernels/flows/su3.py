@@ -110,6 +110,29 @@ def _jacobian_tensors(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, to
     return w1, w1 - w2
 
 
+@cache
+def _adjoint_maps(dtype: torch.dtype, device: str) -> torch.Tensor:
+    """For complex ``dtype``: real ``(2, 18, 64)`` matrices ``M`` with ``ad_Q = q18 @ M[0]``
+    and ``L = o18 @ M[1]`` (flattened to 64), ``x18`` the real view ``(Re x_jk, Im x_jk)`` of
+    a 3x3 matrix: the real parts ``Re sum_jk W_abjk X_jk = sum_jk (Re W Re X - Im W Im X)``
+    of the einsums in :func:`link_jacobian` as one real GEMM each."""
+    w1, wad = _jacobian_tensors(dtype, device)
+    mats = []
+    for w, scale in ((wad, -2.0), (w1, 2.0)):
+        m = torch.stack((w.real, -w.imag), dim=-1)  # (a, b, j, k, re/im)
+        mats.append(scale * m.reshape(NG * NG, 2 * NC * NC).transpose(0, 1))
+    return torch.stack(mats)
+
+
+def _ad_and_l(q: torch.Tensor, omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ad_Q, L)``, real ``(..., 8, 8)`` each (module docstring)."""
+    maps = _adjoint_maps(q.dtype, str(q.device))
+    lead = q.shape[:-2]
+    ad = torch.view_as_real(q).reshape(-1, 2 * NC * NC) @ maps[0]
+    lmat = torch.view_as_real(omega).reshape(-1, 2 * NC * NC) @ maps[1]
+    return ad.reshape(*lead, NG, NG), lmat.reshape(*lead, NG, NG)
+
+
 def link_jacobian(q: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     """The real 8x8 ``J = exp(ad_Q) + phi(ad_Q) L`` of ``U -> exp(TA(C U^+)) U`` (module
     docstring) for ``Q = TA(Omega)``, ``Omega = C U^+``; shapes ``(..., 3, 3)`` -> ``(..., 8, 8)``.
@@ -155,9 +178,7 @@ def link_log_det(q: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     ``log det J = log det(1 + phi(-A) L)`` (``> 0``, module docstring); ``phi`` by its series
     (cheaper than the 16x16 exponential of :func:`link_jacobian`, also in the backward).
     """
-    w1, wad = _jacobian_tensors(q.dtype, str(q.device))
-    ad = -2.0 * torch.einsum("abjk,...jk->...ab", wad, q).real
-    lmat = 2.0 * torch.einsum("abjk,...jk->...ab", w1, omega).real
+    ad, lmat = _ad_and_l(q.resolve_conj(), omega.resolve_conj())
     eye = torch.eye(NG, dtype=ad.dtype, device=ad.device)
     return torch.linalg.slogdet(eye + _phi_series(-ad) @ lmat).logabsdet
 
@@ -209,32 +230,58 @@ class SU3StoutLayer(Flow):
         self.register_buffer("active_index", idx, persistent=False)
 
     # ------------------------------------------------------------ pieces
+    # Everything after the shifts runs on the active sites only (half the lattice, one
+    # direction): the staples, the loops fed to the network and the update. The shifts
+    # (halo exchanges) still move whole fields.
+    def _gather(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, *local, 3, 3)`` -> ``(B, n_active, 3, 3)``."""
+        b = x.shape[0]
+        return x.reshape(b, -1, NC, NC).index_select(1, self.active_index)
+
     def staples(self, u: torch.Tensor) -> list[torch.Tensor]:
-        """``[C^up_nu, C^dn_nu for nu != mu]``, each ``(B, *local, 3, 3)`` (x -> x + mu)."""
-        g, mu = self.grid, self.mu
+        """``[C^up_nu, C^dn_nu for nu != mu]`` on the active sites, each ``(B, n_active, 3,
+        3)`` (paths from ``x`` to ``x + mu``, module docstring)."""
+        g, mu, a = self.grid, self.mu, self._gather
         umu = u[:, mu]
         out = []
         for nu in self.others:
             unu = u[:, nu]
             unu_mu = _sh(unu, g, mu, 1)  # U_nu(x + mu)
-            up = unu @ _sh(umu, g, nu, 1) @ dagger(unu_mu)
-            dn = _sh(dagger(unu) @ umu @ unu_mu, g, nu, -1)
+            up = a(unu) @ a(_sh(umu, g, nu, 1)) @ dagger(a(unu_mu))
+            # U_nu(x - nu), U_mu(x - nu), U_nu(x - nu + mu): one shift of the three
+            back = _sh(torch.stack((unu, umu, unu_mu), dim=-3), g, nu, -1)
+            b0, b1, b2 = (a(back[..., i, :, :]) for i in range(3))
+            dn = dagger(b0) @ b1 @ b2
             out += [up, dn]
         return out
 
     def features(self, u: torch.Tensor, staples: list[torch.Tensor]) -> torch.Tensor:
-        """Gauge-invariant frozen-link loops on the active sites, ``(B, n_features, *local)``."""
+        """Gauge-invariant frozen-link loops on the active sites (zero elsewhere),
+        ``(B, n_features, *local)``; ``staples`` from :meth:`staples`."""
         g = self.grid
-        feats = [
-            _retr(staples[k], staples[m]) / NC
-            for k in range(len(staples))
-            for m in range(k + 1, len(staples))
-        ]
-        for a, b in self.planes:
-            ua, ub = u[:, a], u[:, b]
-            feats.append(_retr(ua @ _sh(ub, g, a, 1), ub @ _sh(ua, g, b, 1)) / NC)
-        f = torch.stack(feats, dim=1)
-        return f * self.active.to(f.dtype)
+        b, n_act = staples[0].shape[:2]
+        # Re Tr(C_k C_l^+) for all pairs at once: Gram matrix of the real views
+        sv = torch.view_as_real(torch.stack(staples, dim=2).resolve_conj())
+        sv = sv.reshape(b, n_act, len(staples), 2 * NC * NC)
+        gram = sv @ sv.transpose(-1, -2)
+        k, m = torch.triu_indices(len(staples), len(staples), 1, device=sv.device)
+        feats = [gram[:, :, k, m] / NC]
+        for p, q in self.planes:
+            up, uq = u[:, p], u[:, q]
+            left = self._gather(up) @ self._gather(_sh(uq, g, p, 1))
+            right = self._gather(uq) @ self._gather(_sh(up, g, q, 1))
+            feats.append((_retr(left, right) / NC)[..., None])
+        f = torch.cat(feats, dim=-1).transpose(1, 2)  # (B, n_features, n_active)
+        full = f.new_zeros(b, self.n_features, self.active.numel())
+        full = full.index_copy(2, self.active_index, f)
+        return full.reshape(b, self.n_features, *self.active.shape)
+
+    def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor]) -> torch.Tensor:
+        """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``."""
+        f = self.features(u, staples)
+        pdt = self.active.dtype
+        r = self.net.at_sites(f.to(pdt), self.active_index).to(f.dtype)
+        return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
     def coefficients(self, u: torch.Tensor, staples: list[torch.Tensor]) -> torch.Tensor:
         """``rho_nu(x)``, shape ``(B, Nd - 1, *local)`` (meaningful on active sites)."""
@@ -246,16 +293,11 @@ class SU3StoutLayer(Flow):
     def _context(self, u: torch.Tensor) -> torch.Tensor:
         """``C`` on the active sites, ``(B, n_active, 3, 3)``."""
         staples = self.staples(u)
-        rho = self.coefficients(u, staples).to(u.dtype)
-        c = sum(
-            rho[:, i, ..., None, None] * (staples[2 * i] + staples[2 * i + 1])
+        rho = self._rho_active(u, staples).to(u.dtype)
+        return sum(
+            rho[:, i, :, None, None] * (staples[2 * i] + staples[2 * i + 1])
             for i in range(len(self.others))
         )
-        return self._gather(c)
-
-    def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        return x.reshape(b, -1, NC, NC).index_select(1, self.active_index)
 
     def _scatter(self, u: torch.Tensor, new_active: torch.Tensor) -> torch.Tensor:
         b = u.shape[0]
