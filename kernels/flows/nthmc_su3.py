@@ -49,7 +49,10 @@ frozen links only, ``rho`` does not depend on the active links (triangular Jacob
 Inverse: fixed-point iteration ``U_{k+1} = exp(-Q(U_k)) U'`` from ``U_0 = U'`` until
 ``max |U_{k+1} - U_k| <= tol`` (default ``1e3`` machine epsilon) or ``max_iter``
 (:class:`kernels.flows.base.FlowError` on every rank); ``last_iterations`` holds the count of
-the layer's last inverse, :func:`inverse_iterations` those of a composition. Translation
+the layer's last inverse, :func:`inverse_iterations` those of a composition. With autograd on,
+one implicit Newton step makes the inverse differentiable (the exact gradient of a loss on
+``V = F^{-1}(U)`` over a fixed ensemble, :func:`kernels.flows.force_norm.force_through_inverse`).
+Translation
 covariant by steps of 2: a model trained on one lattice runs on any lattice with even extents
 (:meth:`kernels.flows.base.Flow.rebuild_for`).
 """
@@ -62,17 +65,22 @@ import torch
 
 from parallel import ProcessGrid, global_max, shift
 
-from ..groups.su_n import su_expm
+from ..groups.su_n import (
+    algebra_to_components,
+    components_to_algebra,
+    dagger,
+    project_ta,
+    su_expm,
+)
 from .base import (
     Composition,
     Flow,
-    FlowError,
     check_converged,
     dtype_from_name,
     record_architecture,
 )
 from .phi4 import ConvNet
-from .su3 import NC, SU3StoutLayer, link_log_det
+from .su3 import NC, SU3StoutLayer, link_jacobian, link_log_det
 
 
 def _sh(x: torch.Tensor, grid: ProcessGrid, steps: dict[int, int]) -> torch.Tensor:
@@ -220,12 +228,9 @@ class SU3NeuralLayer(SU3StoutLayer):
     # ------------------------------------------------------------ Flow
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)`` by the fixed-point iteration (module docstring); sets
-        ``last_iterations`` (maximum over the domain group)."""
-        if torch.is_grad_enabled() and u.requires_grad:
-            raise FlowError(
-                "SU3NeuralLayer.inverse is not differentiable; call it under torch.no_grad() "
-                "or on a detached field"
-            )
+        ``last_iterations`` (maximum over the domain group). With autograd on, one implicit
+        Newton step (:meth:`implicit_step`) makes ``v`` differentiable in ``u`` and the
+        parameters."""
         tol = self.tol if self.tol is not None else 1e3 * torch.finfo(u.real.dtype).eps
         with torch.no_grad():
             c = self._context(u)
@@ -239,9 +244,30 @@ class SU3NeuralLayer(SU3StoutLayer):
                 x, it = x_new, it + 1
             self.last_iterations = int(global_max(float(it), self.grid))
             check_converged(err <= tol, err, self.grid, "SU3NeuralLayer", tol, self.max_iter)
-            q, omega = self._step(c, x)
-            ld = -link_log_det(q, omega).sum(-1)
-            return self._scatter(u, x), ld
+        if torch.is_grad_enabled():
+            x, c = self.implicit_step(u, x)
+        q, omega = self._step(c, x)
+        ld = -link_log_det(q, omega).sum(-1)
+        return self._scatter(u, x), ld
+
+    def implicit_step(self, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x', C)``: one Newton step from the converged active links ``x`` of
+        ``G(x) = exp(TA(C x^+)) x = y`` with autograd through ``C`` and ``y``.
+
+        ``G(exp(w) x) = exp(J w) G(x) + O(w^2)`` with the per-link 8x8
+        :func:`kernels.flows.su3.link_jacobian` ``J`` (detached), so
+        ``x' = exp(-J^{-1} e) x`` with ``e = TA(G(x) y^+)`` (algebra components): the value
+        is unchanged up to the residual and the gradient is the implicit one,
+        ``dw = -J^{-1} de`` (the exact derivative of the inverse).
+        """
+        x = x.detach()
+        c = self._context(u)
+        y = self._gather(u[:, self.mu])
+        q, omega = self._step(c, x)
+        e = algebra_to_components(project_ta(su_expm(q) @ x @ dagger(y)))
+        jac = link_jacobian(q.detach(), omega.detach())
+        w = -torch.linalg.solve(jac, e.unsqueeze(-1)).squeeze(-1)
+        return su_expm(components_to_algebra(w, NC)) @ x, c
 
 
 def inverse_iterations(flow: Flow) -> list[int]:
