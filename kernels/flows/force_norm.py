@@ -24,7 +24,8 @@ of it). The force comes from :func:`kernels.flows.pullback.pullback_force` with
 Held-out validation: every ``validate_every`` steps the loss on the validation configurations
 (no parameter gradient); the best parameters so far are kept, and training stops when the
 validation loss has not improved by ``min_delta`` in ``patience`` validations; the best
-parameters are restored at the end. Distributed exactly like
+parameters are restored at the end (the starting parameters, validated first as
+``initial_val``, count as a candidate). Distributed exactly like
 :class:`kernels.flows.force_matching.ForceMatchingTrainer` (replicated weights, gradients
 summed over the domain group and averaged over replica groups; the global max and the sums are
 over the domain group).
@@ -138,6 +139,7 @@ class ForceNormTrainer(ForceMatchingTrainer):
         self.bad_validations = 0
         self.stopped_early = False
         self.train_time = 0.0
+        self.initial_val: float | None = None
 
     def objective(self, f: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
         """Per-chain objective of the trivialized force ``f`` at ``v``, of ``f - T(v)`` with a
@@ -203,6 +205,11 @@ class ForceNormTrainer(ForceMatchingTrainer):
         """Run up to ``config.steps`` steps in total (or ``steps`` more), stopping early when
         patience runs out; restores the best validated parameters and returns the history."""
         end = self.config.steps if steps is None else self.step_count + int(steps)
+        if self.validation is not None and self.config.validate_every and self.best_state is None:
+            # the starting point competes too: training that never improves on it restores it
+            self.initial_val = self.validate()
+            self.best_val, self.best_step = self.initial_val, self.step_count
+            self.best_state = copy.deepcopy(self.flow.state_dict())
         while self.step_count < end and not self.stopped_early:
             m = self.step()
             if callback is not None:
