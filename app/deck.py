@@ -471,7 +471,15 @@ class TrainSection(_Section):
     # ---- NTHMC (issue 15): loss force_norm
     validation: list[str] = Field(
         default_factory=list,
-        description="force_norm: held-out HDF5 ensemble files for validation/early stopping.",
+        description="force_norm (and force_matching with target_beta): held-out "
+        "configuration files for validation/early stopping.",
+    )
+    target_beta: float | None = Field(
+        default=None,
+        gt=0,
+        description="force_matching/force_norm: match the trivialized force to the plain force "
+        "of the deck's theory at this (coarser) beta (nthmc's SU(3) recipe, docs/nthmc.md); "
+        "settings, validation and early stopping as for force_norm. null: make it small.",
     )
     force_norm: ForceNormSection = Field(
         default_factory=lambda: ForceNormSection(),
@@ -701,6 +709,13 @@ class Deck(_Section):
             )
         if t.loss in ("force_matching", "force_norm") and not t.configurations:
             problems.append(Problem(("train", "configurations"), f"{t.loss} needs configurations"))
+        if t.target_beta is not None:
+            if t.loss not in ("force_matching", "force_norm"):
+                msg = f"target_beta needs loss force_matching or force_norm, not {t.loss}"
+                problems.append(Problem(("train", "target_beta"), msg))
+            if "beta" not in self.theory.constructor_kwargs():
+                msg = f"theory {self.theory.name} has no coupling beta"
+                problems.append(Problem(("train", "target_beta"), msg))
         return problems
 
     def _sampler_problems(self) -> list[Problem]:

@@ -51,6 +51,57 @@ def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory, key: str = "configur
     return field
 
 
+def _training_configurations(deck: Deck, grid: ProcessGrid, theory, key: str = "configurations"):
+    """This rank's block of every configuration named in ``train.<key>``: all of an HDF5
+    ensemble's (:func:`_ensemble_blocks`), or the one of an ILDG/NERSC file (SU(3); format
+    from the file's first bytes, checksums and unitarity verified by app.io)."""
+    from app.io.errors import ConfigFormatError
+    from app.io.formats import detect_format
+
+    names = list(getattr(deck.train, key))
+    fmts = []
+    for name in names:
+        try:
+            fmts.append(detect_format(deck.resolve(name)))
+        except (OSError, ConfigFormatError) as exc:
+            raise InputError(f"train.{key}: cannot read {deck.resolve(name)}: {exc}") from None
+    if all(f == "hdf5" for f in fmts):
+        return _ensemble_blocks(deck, grid, theory, key)
+    if deck.theory.name != "su3":
+        raise InputError(f"train.{key}: ILDG/NERSC files hold SU(3) links, not {deck.theory.name}")
+    from app.io.ildg import read_ildg
+    from app.io.nersc import read_nersc
+
+    parts = []
+    h5 = [n for n, f in zip(names, fmts, strict=True) if f == "hdf5"]
+    if h5:
+        sub = deck.model_copy(update={"train": deck.train.model_copy(update={key: h5})})
+        parts.append(_ensemble_blocks(sub, grid, theory, key))
+    for name, fmt in zip(names, fmts, strict=True):
+        if fmt == "hdf5":
+            continue
+        reader = read_ildg if fmt == "ildg" else read_nersc
+        try:
+            block, _ = reader(deck.resolve(name), grid)
+        except (OSError, ConfigFormatError) as exc:
+            raise InputError(f"train.{key}: cannot read {deck.resolve(name)}: {exc}") from None
+        parts.append(torch.as_tensor(np.asarray(block))[None].to(theory.device, theory.dtype))
+    return torch.cat(parts)
+
+
+def _target(deck: Deck, grid: ProcessGrid, theory):
+    """``train.target_beta``: the plain force of the deck's theory at that beta, or None."""
+    t = deck.train
+    if t.target_beta is None:
+        return None
+    from kernels.flows.force_matching import CouplingTarget
+    from kernels.theories import make_theory
+
+    kwargs = {**deck.theory.constructor_kwargs(), "beta": float(t.target_beta)}
+    target = make_theory(deck.theory.name, grid, **kwargs, dtype=theory.dtype, device=theory.device)
+    return CouplingTarget(theory, target)
+
+
 def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     """Train and save; returns ``(reference, last metrics)``. Collective over MPI.COMM_WORLD."""
     from app.registry import save_model
@@ -123,7 +174,7 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
                 trainer = reverse_kl_trainer(flow, theory, cfg, rng)
             else:
                 trainer = Trainer(flow, theory, cfg, rng=rng)
-        elif t.loss == "force_norm":  # NTHMC (issue 15)
+        elif t.loss == "force_norm" or t.target_beta is not None:  # NTHMC (issue 15)
             from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
 
             fn = t.force_norm
@@ -135,9 +186,15 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
                 grad_clip=t.grad_clip,
                 **fn.model_dump(),
             )
-            val = _ensemble_blocks(deck, grid, theory, "validation") if t.validation else None
+            blocks = _training_configurations
+            val = blocks(deck, grid, theory, "validation") if t.validation else None
             trainer = ForceNormTrainer(
-                flow, theory, _ensemble_blocks(deck, grid, theory), cfg, validation=val
+                flow,
+                theory,
+                blocks(deck, grid, theory),
+                cfg,
+                validation=val,
+                target=_target(deck, grid, theory),
             )
         else:
             from kernels.flows.force_matching import ForceMatchingConfig, ForceMatchingTrainer

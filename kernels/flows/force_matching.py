@@ -60,6 +60,37 @@ def trivialized_force(
     )
 
 
+class CouplingTarget:
+    """Force matching to another coupling: ``T(V) = dS_target/dV``, the plain force of
+    ``target`` (the same theory, e.g. at a coarser ``beta``) at the trivialized variables.
+
+    nthmc's SU(3) recipe (Jin, arXiv:2201.01862): with ``F~_beta(V) ~ F_target(V)`` the
+    trivialized action is ``S_target(V) + const``, so HMC on ``V`` moves like plain HMC at the
+    target coupling while ``U = F(V)`` samples ``beta`` exactly. Differentiable in ``V`` (the
+    exact-gradient path of :class:`kernels.flows.force_norm.ForceNormTrainer`).
+    """
+
+    def __init__(self, theory: Theory, target: Theory) -> None:
+        if type(target) is not type(theory):
+            raise ValueError(
+                f"the target force must come from the same theory ({type(theory).__name__}), "
+                f"got {type(target).__name__}"
+            )
+        if tuple(target.grid.shape) != tuple(theory.grid.shape):
+            raise ValueError(
+                f"target theory on lattice {list(target.grid.shape)}, the theory is on "
+                f"{list(theory.grid.shape)}"
+            )
+        self.target = target
+        self.description = "force at " + ", ".join(
+            f"{k}={v:g}" for k, v in target.params.items() if isinstance(v, (int, float))
+        )
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """``T(V)``: the target theory's force at ``V``."""
+        return self.target.force(v)
+
+
 def variable_norms(f: torch.Tensor, theory: Theory) -> torch.Tensor:
     """``|f_i|`` per variable: per link ``sqrt(sum_a f_a^2) = sqrt(2 sum_ij |F_ij|^2)`` for
     complex (algebra-matrix) forces, ``|f|`` per component for real ones; shape

@@ -10,6 +10,12 @@ gradient through the inverse), the objectives per chain are (``a_i = |F~_i|`` pe
     force_p:    L_p   = (1/n) sum_i a_i^p                       (+ linf_weight * L_inf)
     force_linf: L_inf = M + (1/kappa) log[(1/n) sum_i exp(kappa (a_i - M))],   M = max_i a_i
 
+With a *target force* ``T`` (force matching, nthmc's SU(3) recipe: ``T(V)`` the plain force
+of the same theory at a coarser coupling ``target_beta``, :func:`coupling_target`) both
+objectives act on ``a_i = |F~_i(V) - T_i(V)|``: trivialized HMC at ``beta`` then moves ``V``
+like plain HMC at ``target_beta`` (``S~ ~ S_target + const``), where the autocorrelations are
+shorter, while ``U = F(V)`` is exactly distributed at ``beta``.
+
 ``L_inf`` (log-mean-exp) lies between the mean and the maximum of ``a`` and tends to the
 maximum as ``kappa -> infinity``; ``M`` is a detached global maximum (the value is independent
 of it). The force comes from :func:`kernels.flows.pullback.pullback_force` with
@@ -18,7 +24,8 @@ of it). The force comes from :func:`kernels.flows.pullback.pullback_force` with
 Held-out validation: every ``validate_every`` steps the loss on the validation configurations
 (no parameter gradient); the best parameters so far are kept, and training stops when the
 validation loss has not improved by ``min_delta`` in ``patience`` validations; the best
-parameters are restored at the end. Distributed exactly like
+parameters are restored at the end (the starting parameters, validated first as
+``initial_val``, count as a candidate). Distributed exactly like
 :class:`kernels.flows.force_matching.ForceMatchingTrainer` (replicated weights, gradients
 summed over the domain group and averaged over replica groups; the global max and the sums are
 over the domain group).
@@ -50,12 +57,13 @@ from .pullback import force_from_gradient, gradient_from_force
 OBJECTIVES = ("force_p", "force_linf")
 
 
-def force_through_inverse(transformed, u: torch.Tensor) -> torch.Tensor:
+def force_through_inverse(transformed, u: torch.Tensor, with_v: bool = False):
     """``F~(V)`` at ``V = F^{-1}(U)`` differentiable in the parameters along *both* paths:
     the force's own dependence and ``V``'s (the implicit gradient of the iterative inverse,
     :func:`kernels.flows.base.implicit_newton_step`), i.e. the exact gradient of
     ``E_U[L(F~(F^{-1}(U)))]`` over a fixed ensemble of ``U``. Same VJP as
-    :func:`kernels.flows.pullback.pullback_force`, without detaching ``V``."""
+    :func:`kernels.flows.pullback.pullback_force`, without detaching ``V``. ``with_v``:
+    return ``(F~, V)`` (``V`` differentiable in the parameters, for a target ``T(V)``)."""
     flow, theory = transformed.flow, transformed.theory
     with torch.enable_grad():
         v, _ = flow.inverse(u.detach())
@@ -65,7 +73,8 @@ def force_through_inverse(transformed, u: torch.Tensor) -> torch.Tensor:
         (grad,) = torch.autograd.grad(
             [uu, logdet], x, [g, -torch.ones_like(logdet)], create_graph=True
         )
-    return force_from_gradient(theory, x, grad)
+    f = force_from_gradient(theory, x, grad)
+    return (f, x) if with_v else f
 
 
 def log_mean_exp_norm(f: torch.Tensor, theory, kappa: float) -> torch.Tensor:
@@ -117,8 +126,10 @@ class ForceNormTrainer(ForceMatchingTrainer):
     whether patience ran out, ``train_time`` is the wall time of the steps.
     """
 
-    def __init__(self, flow, theory, configurations, config=None, validation=None) -> None:
-        super().__init__(flow, theory, configurations, config or ForceNormConfig())
+    def __init__(
+        self, flow, theory, configurations, config=None, validation=None, target=None
+    ) -> None:
+        super().__init__(flow, theory, configurations, config or ForceNormConfig(), target)
         if not isinstance(self.config, ForceNormConfig):
             raise TypeError("ForceNormTrainer needs a ForceNormConfig")
         self.validation = validation
@@ -128,10 +139,15 @@ class ForceNormTrainer(ForceMatchingTrainer):
         self.bad_validations = 0
         self.stopped_early = False
         self.train_time = 0.0
+        self.initial_val: float | None = None
 
-    def objective(self, f: torch.Tensor) -> torch.Tensor:
-        """Per-chain objective of the trivialized force ``f`` (see module docstring)."""
+    def objective(self, f: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-chain objective of the trivialized force ``f`` at ``v``, of ``f - T(v)`` with a
+        target ``T`` (see module docstring)."""
         cfg = self.config
+        if self.target is not None:
+            t = self.target(v) if callable(self.target) else self.target
+            f = f - t
         if cfg.objective == "force_linf":
             return log_mean_exp_norm(f, self.theory, cfg.kappa)
         out = force_loss_per_chain(f, self.theory, None, cfg.power)
@@ -143,18 +159,18 @@ class ForceNormTrainer(ForceMatchingTrainer):
         """``(mean objective, F~)`` on a batch (differentiable in the parameters); with ``map_back``
         and ``exact_gradient`` also through ``V = F^{-1}(U)`` (:func:`force_through_inverse`)."""
         if self.config.map_back and self.config.exact_gradient:
-            f = force_through_inverse(self.transformed, configs)
-            return self.objective(f).mean(), f
+            f, v = force_through_inverse(self.transformed, configs, with_v=True)
+            return self.objective(f, v).mean(), f
         v = self.inputs(configs)
         f = trivialized_force(self.transformed, v, create_graph=True)
-        return self.objective(f).mean(), f
+        return self.objective(f, v).mean(), f
 
     def evaluate(self, configs: torch.Tensor) -> float:
         """The mean objective on ``configs`` (mean over replica groups), no parameter update."""
         v = self.inputs(configs)
         f = trivialized_force(self.transformed, v, create_graph=False)
         with torch.no_grad():
-            return replica_mean(float(self.objective(f).mean()), self.grid)
+            return replica_mean(float(self.objective(f, v).mean()), self.grid)
 
     def validate(self) -> float:
         """Validation loss over all validation configurations (in batches)."""
@@ -189,6 +205,11 @@ class ForceNormTrainer(ForceMatchingTrainer):
         """Run up to ``config.steps`` steps in total (or ``steps`` more), stopping early when
         patience runs out; restores the best validated parameters and returns the history."""
         end = self.config.steps if steps is None else self.step_count + int(steps)
+        if self.validation is not None and self.config.validate_every and self.best_state is None:
+            # the starting point competes too: training that never improves on it restores it
+            self.initial_val = self.validate()
+            self.best_val, self.best_step = self.initial_val, self.step_count
+            self.best_state = copy.deepcopy(self.flow.state_dict())
         while self.step_count < end and not self.stopped_early:
             m = self.step()
             if callback is not None:
@@ -202,6 +223,7 @@ class ForceNormTrainer(ForceMatchingTrainer):
         cfg = self.config
         return {
             "objective": cfg.objective,
+            "target": getattr(self.target, "description", None),
             "power": cfg.power,
             "kappa": cfg.kappa,
             "steps": self.step_count,

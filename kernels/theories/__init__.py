@@ -104,7 +104,10 @@ register_theory(
         field_kind="complex",
         file_formats=("hdf5", "ildg", "nersc"),
         prior="none",
-        architectures={"su3_stout": "kernels.flows.su3:su3_stout_flow"},
+        architectures={
+            "su3_stout": "kernels.flows.su3:su3_stout_flow",
+            "su3_nthmc": "kernels.flows.nthmc_su3:su3_nthmc_flow",
+        },
         couplings=(
             Coupling("beta", float, "Gauge coupling beta = 6/g0^2 (required).", gt=0),
             Coupling(
