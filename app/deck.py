@@ -677,8 +677,10 @@ class Deck(_Section):
             return []
         problems = []
         if t.objective == "l2hmc":
-            if self.theory.name not in ("u1", "phi4"):
-                msg = f"l2hmc is for u1 and phi4, not {self.theory.name}"
+            if self.theory.name not in ("u1", "phi4", "su3"):
+                msg = f"l2hmc training is for u1, phi4 and su3, not {self.theory.name}"
+                if self.theory.name == "schwinger":
+                    msg += " (train on u1 at the same beta: a U(1) model runs schwinger)"
                 problems.append(Problem(("train", "objective"), msg))
             return problems
         if t.architecture is None:
