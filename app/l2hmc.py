@@ -1,6 +1,8 @@
 """L2HMC in the application: training from a deck, the model registry, the run-loop sampler.
 
-* ``trivhmc train deck.yaml`` with ``train: {objective: l2hmc, ...}`` (:func:`train_l2hmc`):
+* ``trivhmc train deck.yaml`` with ``train: {objective: l2hmc, ...}`` (:func:`train_l2hmc`;
+  for a ``schwinger`` deck the model is a U(1) model trained on the quenched theory at the
+  deck's ``beta``, which then runs the Schwinger model with the full force):
   builds an :class:`kernels.l2hmc.L2HMCModel` from ``train.options`` (``n_layers``,
   ``hidden``, ``kernel_size``, ``activation``, ``step_size``, ``init_scale``, ``dtype``),
   trains it with :class:`kernels.l2hmc.L2HMCTrainer` (loss options under ``train.l2hmc``) and
@@ -170,12 +172,15 @@ def train_l2hmc(deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
         raise InputError(f"train.options: unknown L2HMC option(s) {unknown}; known {MODEL_OPTIONS}")
+    name = deck.theory.name
     couplings = deck.theory.model_dump(exclude={"name"})
+    if name == "schwinger":
+        # trained on the quenched theory at the deck's beta (no gradient through the
+        # pseudofermion solves); the U(1) model then runs the Schwinger model exactly
+        name, couplings = "u1", {"beta": couplings["beta"]}
     precision = "float32" if dtype == torch.float32 else "float64"
-    field_dtype = descriptor(deck.theory.name).torch_dtype(precision)
-    theory = make_theory(
-        deck.theory.name, grid, **couplings, dtype=field_dtype, device=deck.parallel.device
-    )
+    field_dtype = descriptor(name).torch_dtype(precision)
+    theory = make_theory(name, grid, **couplings, dtype=field_dtype, device=deck.parallel.device)
     try:
         torch.manual_seed(deck.run.seed)
         model = build_l2hmc_model(grid, theory.name, dtype=dtype, **options).to(theory.device)

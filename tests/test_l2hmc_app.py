@@ -151,12 +151,24 @@ def test_bad_decks_are_refused(tmp_path):
         loads_deck(DECK.replace("name: l2hmc", "name: hmc"))
     with pytest.raises(InputError, match="objective flow needs one"):
         loads_deck(DECK.replace("objective: l2hmc, ", ""))
-    with pytest.raises(InputError, match="train on u1 at the same beta"):
-        loads_deck(
-            DECK.replace(
-                "{name: u1, beta: 1.5}", "{name: schwinger, beta: 2.0, kappa: 0.2}"
-            ).replace("{name: l2hmc, model: tiny, leapfrog_layers: 2}", "{name: hmc}")
-        )
+
+
+def test_schwinger_deck_trains_quenched_and_runs_with_fermions(tmp_path, monkeypatch):
+    """A Schwinger deck trains a U(1) model on the quenched theory at its beta; the run uses
+    it with the pseudofermions (CG work recorded per chain)."""
+    monkeypatch.chdir(tmp_path)
+    deck = DECK.replace("{name: u1, beta: 1.5}", "{name: schwinger, beta: 2.0, kappa: 0.2}")
+    deck = deck.replace("model_name: tiny", "model_name: schw")
+    deck = deck.replace("model: tiny", "model: schw")
+    (tmp_path / "deck.yaml").write_text(deck.replace("trajectories: 8", "trajectories: 3"))
+    assert main(["train", "deck.yaml", "--no-progress"]) == 0
+    card = json.loads(next((tmp_path / "models" / "schw").glob("*/card.json")).read_text())
+    assert card["theory"] == "u1" and card["couplings"] == {"beta": 2.0}
+    assert main(["run", "deck.yaml"]) == 0
+    recs = records(tmp_path / "runs" / "l2hmc")
+    assert sorted(recs) == [0, 1, 2, 3, 4]
+    assert all(n > 5 for n in recs[4]["fermion.cg_iterations"])
+    assert recs[4]["n_force"] == 3
 
 
 SU3_DECK = """\
