@@ -439,7 +439,8 @@ class TrainSection(_Section):
         default="flow",
         description="flow: train a flow (`architecture`, `loss`); l2hmc: train an L2HMC "
         "sampler (options: n_layers, hidden, kernel_size, activation, step_size, init_scale, "
-        "dtype; loss settings in `l2hmc`; docs/l2hmc.md).",
+        "dtype; loss settings in `l2hmc`; a schwinger deck trains a U(1) model on the "
+        "quenched theory at its beta; docs/l2hmc.md).",
     )
     architecture: Literal[tuple(ARCHITECTURES)] | None = Field(  # type: ignore[valid-type]
         default=None,
@@ -692,8 +693,8 @@ class Deck(_Section):
             return []
         problems = []
         if t.objective == "l2hmc":
-            if self.theory.name not in ("u1", "phi4"):
-                msg = f"l2hmc is for u1 and phi4, not {self.theory.name}"
+            if self.theory.name not in ("u1", "phi4", "su3", "schwinger"):
+                msg = f"l2hmc training is for u1, schwinger, phi4 and su3, not {self.theory.name}"
                 problems.append(Problem(("train", "objective"), msg))
             return problems
         if t.architecture is None:

@@ -1,6 +1,8 @@
 """L2HMC in the application: training from a deck, the model registry, the run-loop sampler.
 
-* ``trivhmc train deck.yaml`` with ``train: {objective: l2hmc, ...}`` (:func:`train_l2hmc`):
+* ``trivhmc train deck.yaml`` with ``train: {objective: l2hmc, ...}`` (:func:`train_l2hmc`;
+  for a ``schwinger`` deck the model is a U(1) model trained on the quenched theory at the
+  deck's ``beta``, which then runs the Schwinger model with the full force):
   builds an :class:`kernels.l2hmc.L2HMCModel` from ``train.options`` (``n_layers``,
   ``hidden``, ``kernel_size``, ``activation``, ``step_size``, ``init_scale``, ``dtype``),
   trains it with :class:`kernels.l2hmc.L2HMCTrainer` (loss options under ``train.l2hmc``) and
@@ -27,7 +29,9 @@ import torch
 
 from kernels.l2hmc import L2HMC, L2HMCModel, L2HMCTrainConfig, L2HMCTrainer
 from kernels.l2hmc.layers import build_l2hmc_model
-from kernels.theories import make_theory
+from kernels.l2hmc.sampler import model_fits
+from kernels.l2hmc.su3 import SU3L2HMCModel
+from kernels.theories import descriptor, make_theory
 from parallel import ProcessGrid, broadcast_parameters
 from parallel.reduce import gather_to_root, scatter_from_root
 
@@ -45,8 +49,9 @@ def load_l2hmc_model(
     theory,
     root: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float64,
-) -> tuple[L2HMCModel, dict[str, Any]]:
-    """The registry model ``ref`` (hash verified) rebuilt on ``grid``: ``(model, card)``."""
+) -> tuple[L2HMCModel | SU3L2HMCModel, dict[str, Any]]:
+    """The registry model ``ref`` (hash verified) rebuilt on ``grid``: ``(model, card)``. A U(1)
+    model also drives the Schwinger model (:func:`kernels.l2hmc.sampler.model_fits`)."""
     from app.registry import RegistryError, load_verified
 
     card, state = load_verified(ref, root)
@@ -56,7 +61,7 @@ def load_l2hmc_model(
             f"model {ref!r} is not an L2HMC model (builder {arch.get('builder')!r}); "
             f"train one with train.objective: l2hmc"
         )
-    if card["theory"] != theory.name:
+    if not model_fits(card["theory"], theory.name):
         raise RegistryError(
             f"model {ref!r} was trained for theory {card['theory']!r}, not {theory.name!r}"
         )
@@ -167,13 +172,18 @@ def train_l2hmc(deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     unknown = sorted(set(options) - set(MODEL_OPTIONS))
     if unknown:
         raise InputError(f"train.options: unknown L2HMC option(s) {unknown}; known {MODEL_OPTIONS}")
+    name = deck.theory.name
     couplings = deck.theory.model_dump(exclude={"name"})
-    theory = make_theory(
-        deck.theory.name, grid, **couplings, dtype=dtype, device=deck.parallel.device
-    )
+    if name == "schwinger":
+        # trained on the quenched theory at the deck's beta (no gradient through the
+        # pseudofermion solves); the U(1) model then runs the Schwinger model exactly
+        name, couplings = "u1", {"beta": couplings["beta"]}
+    precision = "float32" if dtype == torch.float32 else "float64"
+    field_dtype = descriptor(name).torch_dtype(precision)
+    theory = make_theory(name, grid, **couplings, dtype=field_dtype, device=deck.parallel.device)
     try:
         torch.manual_seed(deck.run.seed)
-        model = L2HMCModel(grid, theory.name, dtype=dtype, **options).to(theory.device)
+        model = build_l2hmc_model(grid, theory.name, dtype=dtype, **options).to(theory.device)
     except (TypeError, ValueError) as exc:
         raise InputError(f"train.options: {exc}") from None
     broadcast_parameters(model, grid)

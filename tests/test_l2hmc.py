@@ -140,6 +140,8 @@ def test_model_needs_even_lattice():
     with pytest.raises(ValueError, match="even lattice extents"):
         L2HMCModel(single_rank_grid((4, 5)), "u1")
     with pytest.raises(ValueError, match="supports the theories"):
+        L2HMCModel(single_rank_grid((4, 4)), "o3")
+    with pytest.raises(ValueError, match="SU3L2HMCModel"):
         L2HMCModel(single_rank_grid((4, 4)), "su3")
 
 

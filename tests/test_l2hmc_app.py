@@ -151,12 +151,51 @@ def test_bad_decks_are_refused(tmp_path):
         loads_deck(DECK.replace("name: l2hmc", "name: hmc"))
     with pytest.raises(InputError, match="objective flow needs one"):
         loads_deck(DECK.replace("objective: l2hmc, ", ""))
-    with pytest.raises(InputError, match="l2hmc is for u1 and phi4"):
-        loads_deck(
-            DECK.replace("{name: u1, beta: 1.5}", "{name: su3, beta: 5.8, action: wilson}")
-            .replace("[4, 4]", "[2, 2, 2, 2]")
-            .replace("{name: l2hmc, model: tiny, leapfrog_layers: 2}", "{name: hmc}")
-        )
+
+
+def test_schwinger_deck_trains_quenched_and_runs_with_fermions(tmp_path, monkeypatch):
+    """A Schwinger deck trains a U(1) model on the quenched theory at its beta; the run uses
+    it with the pseudofermions (CG work recorded per chain)."""
+    monkeypatch.chdir(tmp_path)
+    deck = DECK.replace("{name: u1, beta: 1.5}", "{name: schwinger, beta: 2.0, kappa: 0.2}")
+    deck = deck.replace("model_name: tiny", "model_name: schw")
+    deck = deck.replace("model: tiny", "model: schw")
+    (tmp_path / "deck.yaml").write_text(deck.replace("trajectories: 8", "trajectories: 3"))
+    assert main(["train", "deck.yaml", "--no-progress"]) == 0
+    card = json.loads(next((tmp_path / "models" / "schw").glob("*/card.json")).read_text())
+    assert card["theory"] == "u1" and card["couplings"] == {"beta": 2.0}
+    assert main(["run", "deck.yaml"]) == 0
+    recs = records(tmp_path / "runs" / "l2hmc")
+    assert sorted(recs) == [0, 1, 2, 3, 4]
+    assert all(n > 5 for n in recs[4]["fermion.cg_iterations"])
+    assert recs[4]["n_force"] == 3
+
+
+SU3_DECK = """\
+theory:   {name: su3, beta: 5.0, action: wilson}
+lattice:  {shape: [2, 2, 2, 4]}
+sampler:  {name: l2hmc, model: su3tiny, leapfrog_layers: 1}
+run:      {seed: 3, thermalization: 1, trajectories: 3, chains: 2, save_every: 3,
+           checkpoint_every: 3}
+output:   {directory: runs/su3, progress: false}
+train:    {objective: l2hmc, options: {n_layers: 1, hidden: [2], step_size: 0.1},
+           l2hmc: {charge_weight: 0.0, plaquette_weight: 1.0}, steps: 2, batch: 2, lr: 0.01,
+           model_name: su3tiny}
+"""
+
+
+def test_su3_deck_trains_and_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deck.yaml").write_text(SU3_DECK)
+    assert main(["train", "deck.yaml", "--no-progress"]) == 0
+    card = json.loads(next((tmp_path / "models" / "su3tiny").glob("*/card.json")).read_text())
+    assert card["theory"] == "su3" and len(card["history"]) == 2
+    assert {"loss", "acceptance", "dP", "log_jacobian"} <= set(card["history"][0])
+    assert main(["run", "deck.yaml"]) == 0
+    recs = records(tmp_path / "runs" / "su3")
+    assert sorted(recs) == [0, 1, 2, 3]
+    r = recs[3]
+    assert r["n_force"] == 2 and all(abs(x) > 0 for x in r["log_jacobian"])
 
 
 def test_wrong_layers_and_wrong_models_are_refused(trained, capsys):

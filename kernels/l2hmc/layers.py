@@ -59,7 +59,9 @@ from torch import nn
 
 from parallel import ProcessGrid
 
-from .networks import FieldKind, HeadNet, field_kind
+from .networks import U1_LIKE, FieldKind, HeadNet, field_kind
+from .runner import run_layers
+from .su3 import SU3L2HMCModel
 
 ForceFn = Callable[[torch.Tensor], torch.Tensor]
 TWO_PI = 2.0 * math.pi
@@ -92,7 +94,7 @@ class L2HMCModel(nn.Module):
     grid:
         The process grid (the networks' convolutions run distributed on it).
     theory_name:
-        ``"u1"`` or ``"phi4"``.
+        ``"u1"``, ``"schwinger"`` (U(1) links) or ``"phi4"`` (SU(3): :mod:`.su3`).
     n_layers:
         ``N``, the number of generalized leapfrog layers.
     hidden, kernel_size, activation:
@@ -120,6 +122,10 @@ class L2HMCModel(nn.Module):
             raise ValueError(f"L2HMC needs at least one leapfrog layer, got {n_layers}")
         if not step_size > 0:
             raise ValueError(f"L2HMC step_size must be > 0, got {step_size}")
+        if theory_name == "su3":
+            raise ValueError(
+                "SU(3) links use kernels.l2hmc.su3.SU3L2HMCModel (build_l2hmc_model picks it)"
+            )
         self.grid = grid
         self.theory_name = theory_name
         self.kind: FieldKind = field_kind(theory_name, grid)
@@ -137,7 +143,7 @@ class L2HMCModel(nn.Module):
             },
         }
         c = self.kind.components
-        masks = checkerboard_masks(grid, c, per_component=theory_name == "u1")
+        masks = checkerboard_masks(grid, c, per_component=theory_name in U1_LIKE)
         self.register_buffer("mask", masks, persistent=False)
 
         def head(channels: int) -> HeadNet:
@@ -180,7 +186,7 @@ class L2HMCModel(nn.Module):
         s, q, t = net(self.kind.x_features(x, v, mask))
         es = eps * s
         shift_ = eps * (v * torch.exp(eps * q) + t)
-        if self.theory_name == "u1":
+        if self.theory_name in U1_LIKE:
             if not inverse:
                 w = _wrap(x)
                 h = 2.0 * torch.atan2(torch.exp(es) * torch.sin(0.5 * w), torch.cos(0.5 * w))
@@ -205,6 +211,32 @@ class L2HMCModel(nn.Module):
         out = torch.where(mask, new, x)
         return out, (logd if not inverse else -logd)
 
+    # ------------------------------------------------------------ layer pieces
+    def to_internal(self, x: torch.Tensor) -> torch.Tensor:
+        """Field layout ``->`` the channel layout the layers work in."""
+        return self.kind.to_channels(x)
+
+    def from_internal(self, x: torch.Tensor) -> torch.Tensor:
+        """Channel layout ``->`` field layout."""
+        return self.kind.from_channels(x)
+
+    def v_update(self, k: int, which: int, x, v, f, inverse: bool):
+        """Momentum half-step ``which`` (0: before, 1: after the x-updates) of layer ``k``:
+        ``(v', per-site log-Jacobian)``."""
+        eps = torch.exp(self.log_eps_v[k])
+        return self._v_step(self.vnets[k][which], x, v, f, eps, inverse)
+
+    def x_updates(self, k: int, x, v, inverse: bool):
+        """The two masked x-updates of layer ``k`` (reversed when ``inverse``):
+        ``(x', per-site log-Jacobian)``."""
+        eps = torch.exp(self.log_eps_x[k])
+        masks = (self.mask, ~self.mask)
+        logj = torch.zeros_like(x)
+        for j in (1, 0) if inverse else (0, 1):
+            x, lj = self._x_step(self.xnets[k][j], x, v, masks[j], eps, inverse)
+            logj = logj + lj
+        return x, logj
+
     # ------------------------------------------------------------ maps
     def forward_map(
         self, x: torch.Tensor, v: torch.Tensor, force: ForceFn
@@ -212,24 +244,7 @@ class L2HMCModel(nn.Module):
         """``(x, v) -> (x', v')`` (direction ``d = +1``), the log-Jacobian per site and component
         (channel layout ``(B, C, *local)``; its lattice sum is ``log|J|``) and the number of
         force evaluations."""
-        kind = self.kind
-        x, v = kind.to_channels(x), kind.to_channels(v)
-        logj = torch.zeros_like(x)
-        eps_v, eps_x = torch.exp(self.log_eps_v), torch.exp(self.log_eps_x)
-        masks = (self.mask, ~self.mask)
-        f = kind.to_channels(force(kind.from_channels(x)))
-        n_force = 1
-        for k in range(self.n_layers):
-            v, lj = self._v_step(self.vnets[k][0], x, v, f, eps_v[k], False)
-            logj = logj + lj
-            for j in range(2):
-                x, lj = self._x_step(self.xnets[k][j], x, v, masks[j], eps_x[k], False)
-                logj = logj + lj
-            f = kind.to_channels(force(kind.from_channels(x)))
-            n_force += 1
-            v, lj = self._v_step(self.vnets[k][1], x, v, f, eps_v[k], False)
-            logj = logj + lj
-        return kind.from_channels(x), kind.from_channels(v), logj, n_force
+        return run_layers(self, x, v, torch.ones(x.shape[0]), force)
 
     def inverse_map(
         self, x: torch.Tensor, v: torch.Tensor, force: ForceFn
@@ -237,51 +252,24 @@ class L2HMCModel(nn.Module):
         """The exact inverse of :meth:`forward_map` (direction ``d = -1``): the inverse updates
         in reverse order; per-site log-Jacobian of the inverse map (as in :meth:`forward_map`),
         force count."""
-        kind = self.kind
-        x, v = kind.to_channels(x), kind.to_channels(v)
-        logj = torch.zeros_like(x)
-        eps_v, eps_x = torch.exp(self.log_eps_v), torch.exp(self.log_eps_x)
-        masks = (self.mask, ~self.mask)
-        f = kind.to_channels(force(kind.from_channels(x)))
-        n_force = 1
-        for k in reversed(range(self.n_layers)):
-            v, lj = self._v_step(self.vnets[k][1], x, v, f, eps_v[k], True)
-            logj = logj + lj
-            for j in (1, 0):
-                x, lj = self._x_step(self.xnets[k][j], x, v, masks[j], eps_x[k], True)
-                logj = logj + lj
-            f = kind.to_channels(force(kind.from_channels(x)))
-            n_force += 1
-            v, lj = self._v_step(self.vnets[k][0], x, v, f, eps_v[k], True)
-            logj = logj + lj
-        return kind.from_channels(x), kind.from_channels(v), logj, n_force
+        return run_layers(self, x, v, -torch.ones(x.shape[0]), force)
 
     def directed_map(
         self, x: torch.Tensor, v: torch.Tensor, direction: torch.Tensor, force: ForceFn
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Chains with ``direction = +1`` through :meth:`forward_map`, the others through
-        :meth:`inverse_map` (``direction`` must be the same on every rank of a lattice, as the
-        site-keyed chain draws are). Returns ``x', v'``, per-site log-Jacobian, force count."""
-        fwd = torch.nonzero(direction > 0).flatten()
-        bwd = torch.nonzero(direction <= 0).flatten()
-        if len(bwd) == 0:
-            return self.forward_map(x, v, force)
-        if len(fwd) == 0:
-            return self.inverse_map(x, v, force)
-        xf, vf, lf, nf = self.forward_map(x[fwd], v[fwd], force)
-        xb, vb, lb, nb = self.inverse_map(x[bwd], v[bwd], force)
-        order = torch.argsort(torch.cat([fwd, bwd]))
-        x1 = torch.cat([xf, xb])[order]
-        v1 = torch.cat([vf, vb])[order]
-        logj = torch.cat([lf, lb])[order]
-        return x1, v1, logj, max(nf, nb)
+        :meth:`inverse_map`, in one pass (:func:`run_layers`). Returns ``x', v'``, per-site
+        log-Jacobian, force count."""
+        return run_layers(self, x, v, direction, force)
 
 
 def build_l2hmc_model(
     grid: ProcessGrid, theory: str, dtype: torch.dtype | str | None = None, **kwargs: Any
-) -> L2HMCModel:
-    """An :class:`L2HMCModel` from the ``kwargs`` of its architecture record (the registry's
-    builder; ``dtype`` a torch dtype or its name, default float64)."""
+) -> L2HMCModel | SU3L2HMCModel:
+    """An :class:`L2HMCModel` (or :class:`kernels.l2hmc.su3.SU3L2HMCModel` for ``su3``) from
+    the ``kwargs`` of its architecture record (the registry's builder; ``dtype`` a real torch
+    dtype or its name, default float64)."""
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    return L2HMCModel(grid, theory, dtype=dtype or torch.float64, **kwargs)
+    cls = SU3L2HMCModel if theory == "su3" else L2HMCModel
+    return cls(grid, theory, dtype=dtype or torch.float64, **kwargs)

@@ -157,10 +157,16 @@ class U1Kind(FieldKind):
         return torch.cat([c, s, v, mask.to(x.dtype).expand_as(x)], dim=1)
 
 
+#: theories whose field is U(1) link angles (the Schwinger model: U(1) + pseudofermions)
+U1_LIKE = ("u1", "schwinger")
+#: every theory with an L2HMC model (SU(3): :mod:`.su3`)
+THEORIES = ("u1", "schwinger", "phi4", "su3")
+
+
 def field_kind(theory_name: str, grid: ProcessGrid) -> FieldKind:
-    """The :class:`FieldKind` of a theory (``u1`` or ``phi4``)."""
-    if theory_name == "u1":
+    """The :class:`FieldKind` of a theory (``u1``, ``schwinger`` or ``phi4``)."""
+    if theory_name in U1_LIKE:
         return U1Kind(grid)
     if theory_name == "phi4":
         return ScalarKind(grid)
-    raise ValueError(f"L2HMC supports the theories 'u1' and 'phi4', not {theory_name!r}")
+    raise ValueError(f"L2HMC supports the theories {THEORIES}, not {theory_name!r}")

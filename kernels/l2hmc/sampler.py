@@ -11,6 +11,11 @@ Extended state ``xi = (x, v, d)``, target ``p(xi) ~ exp(-S(x) - K(v)) / 2``,
 3. accept iff ``u < exp(-dH + log|J|)`` (:func:`kernels.samplers.protocol.metropolis`,
    ``u = chain_uniform(PURPOSE_ACCEPT, counter)``); ``v`` and ``d`` are then discarded.
 
+Theories with auxiliary fields (the Schwinger model's pseudofermions) draw them at ``x`` before
+step 2 (``theory.refresh``, counter = trajectory number, as HMC does); they are fixed during the
+proposal, so ``H`` includes ``S_F = phi^+ (D^+ D)^{-1} phi`` and every v-update uses the full
+force, pseudofermion force included; the CG work is in the record's ``costs``.
+
 ``dH``, ``log|J|`` and the non-finite flags are global sums broadcast from the domain root, so
 every rank of a lattice takes the same decision. Accepted U(1) fields are wrapped into
 ``(-pi, pi]`` (``theory.project``); the proposal map commutes with ``2 pi`` shifts, so this
@@ -19,13 +24,13 @@ changes nothing but the representative.
 Record: the shared core (``log_jacobian`` = ``log|J|``, ``n_force = N + 1``, ``n_steps = N``,
 ``step_size`` = mean ``eps_x``) and in ``extra``: ``direction`` and, for 2D U(1), the
 proposal's charge changes ``dQ_int = Q_int(x') - Q_int(x)`` (geometric, rounded) and
-``dQ_sin = Q(x') - Q(x)`` (sine definition), and ``action`` (of the returned field).
+``dQ_sin = Q(x') - Q(x)`` (sine definition), and ``action`` (of the returned field; for the
+Schwinger model with the trajectory's pseudofermions).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import torch
@@ -33,9 +38,16 @@ import torch
 from parallel import broadcast, global_sum, lattice_sum
 from parallel.rng import PURPOSE_USER
 
-from ..samplers.protocol import Record, metropolis, take_accepted
+from ..samplers.protocol import (
+    NonFiniteTrajectoryWarning,
+    Record,
+    metropolis,
+    report_nonfinite,
+    take_accepted,
+)
 from ..theory import Theory
 from .layers import L2HMCModel
+from .networks import U1_LIKE
 
 #: site-keyed RNG purposes of L2HMC (docs: PURPOSE_USER + 5, 6, 7)
 PURPOSE_DIRECTION = PURPOSE_USER + 5
@@ -43,8 +55,10 @@ PURPOSE_L2HMC_ACCEPT = PURPOSE_USER + 6
 PURPOSE_L2HMC_TRAIN = PURPOSE_USER + 7
 
 
-class L2HMCNonFiniteWarning(RuntimeWarning):
-    """Some chains had a non-finite proposal, energy change or log-Jacobian; rejected."""
+class L2HMCNonFiniteWarning(NonFiniteTrajectoryWarning):
+    """Some L2HMC chains had a non-finite proposal, energy change or log-Jacobian; rejected
+    (the shared :class:`NonFiniteTrajectoryWarning`, raised by
+    :func:`kernels.samplers.protocol.report_nonfinite`)."""
 
 
 def directions(rng: Any, purpose: int, counter: int, batch: int, chain_offset: int) -> torch.Tensor:
@@ -55,7 +69,7 @@ def directions(rng: Any, purpose: int, counter: int, batch: int, chain_offset: i
 
 def charge_change(theory: Theory, x0: torch.Tensor, x1: torch.Tensor) -> dict[str, torch.Tensor]:
     """``dQ_int`` (geometric, rounded) and ``dQ_sin`` between two 2D U(1) fields; ``{}`` else."""
-    if getattr(theory, "name", "") != "u1" or theory.grid.ndim != 2:
+    if getattr(theory, "name", "") not in U1_LIKE or theory.grid.ndim != 2:
         return {}
     q_int = theory.topological_charge_int(x1) - theory.topological_charge_int(x0)
     dq_sin = theory.topological_charge(x1) - theory.topological_charge(x0)
@@ -73,7 +87,10 @@ def propose(
     """The L2HMC proposal of every chain, differentiable (training) or not (``no_grad``).
 
     Returns ``x1, v1`` and the *global* per-chain ``log_jacobian``, ``dH`` (of the action
-    ``action_scale * S``), ``n_force``. Used by the sampler and the trainer alike.
+    ``action_scale * S``), ``n_force`` and the unscaled actions ``action0 = S(x)``,
+    ``action1 = S(x1)``. The theory's auxiliary fields (pseudofermions) must have been drawn
+    for ``x`` (``theory.refresh``); the force of every v-update is the whole ``dS/dx``, the
+    pseudofermion force included. Used by the sampler and the trainer alike.
     """
     grid = theory.grid
     gamma = float(action_scale)
@@ -84,9 +101,25 @@ def propose(
 
     x1, v1, logj_sites, n_force = model.directed_map(x, v, direction, force)
     logj = lattice_sum(logj_sites.movedim(1, -1), grid, 1)  # all sites and components
-    h0 = gamma * theory.action(x) + theory.kinetic(v)
-    h1 = gamma * theory.action(x1) + theory.kinetic(v1)
-    return {"x1": x1, "v1": v1, "log_jacobian": logj, "dH": h1 - h0, "n_force": n_force}
+    s0, s1 = theory.action(x), theory.action(x1)
+    h0 = gamma * s0 + theory.kinetic(v)
+    h1 = gamma * s1 + theory.kinetic(v1)
+    return {
+        "x1": x1,
+        "v1": v1,
+        "log_jacobian": logj,
+        "dH": h1 - h0,
+        "n_force": n_force,
+        "action0": s0,
+        "action1": s1,
+    }
+
+
+def model_fits(model_theory: str, theory: str) -> bool:
+    """Whether a model built for ``model_theory`` can drive ``theory``: the same theory, or a
+    U(1) model on the Schwinger model (same link angles and layers; the networks then see the
+    whole force, pseudofermions included, and the chain is exact whatever they learned)."""
+    return model_theory == theory or (model_theory == "u1" and theory == "schwinger")
 
 
 class L2HMC:
@@ -99,7 +132,7 @@ class L2HMC:
     name = "l2hmc"
 
     def __init__(self, theory: Theory, model: L2HMCModel, rng: Any, project: bool = True) -> None:
-        if model.theory_name != theory.name:
+        if not model_fits(model.theory_name, theory.name):
             raise ValueError(
                 f"L2HMC model was built for theory {model.theory_name!r}, not {theory.name!r}"
             )
@@ -109,7 +142,8 @@ class L2HMC:
                 f"{list(theory.grid.shape)}"
             )
         self.theory = theory
-        self.model = model.to(dtype=theory.dtype, device=theory.device)
+        real = theory.dtype.to_real() if theory.dtype.is_complex else theory.dtype
+        self.model = model.to(dtype=real, device=theory.device)
         self.model.requires_grad_(False)
         self.rng = rng
         self.project = bool(project)
@@ -148,6 +182,9 @@ class L2HMC:
         batch = x.shape[0]
         v = theory.random_momentum(self.rng, counter, batch, chain_offset)
         d = directions(self.rng, PURPOSE_DIRECTION, counter, batch, chain_offset)
+        # auxiliary fields (pseudofermions) for this trajectory, drawn at the start field
+        theory.reset_costs()
+        theory.refresh(x, self.rng, counter, chain_offset)
         with torch.no_grad():
             prop = propose(self.model, theory, x, v, d.to(x.device))
             x1, dh, logj = prop["x1"], prop["dH"], prop["log_jacobian"]
@@ -161,17 +198,11 @@ class L2HMC:
             extra: dict[str, Any] = {"direction": d}
             extra.update(charge_change(theory, x, torch.where(_rows(bad, x), x, x1)))
             new = take_accepted(accepted, x1, x, theory.project if self.project else None)
-            extra["action"] = theory.action(new)
-        n_bad = int(bad.sum())
-        if n_bad:
-            self.n_nonfinite_total += n_bad
-            if grid.is_root:
-                warnings.warn(
-                    f"L2HMC trajectory {counter}: {n_bad} chain(s) had a non-finite proposal "
-                    f"and were rejected",
-                    L2HMCNonFiniteWarning,
-                    stacklevel=2,
-                )
+            extra["action"] = torch.where(accepted, prop["action1"], prop["action0"])
+        n_bad = report_nonfinite(
+            "L2HMC", counter, bad, chain_offset, grid.is_root, L2HMCNonFiniteWarning
+        )
+        self.n_nonfinite_total += n_bad
         self.n_trajectories += 1
         eps_v, eps_x = self.model.step_sizes()
         record = Record(
@@ -188,6 +219,7 @@ class L2HMC:
             wall_time=time.perf_counter() - start,
             log_jacobian=logj,
             extra=extra,
+            costs=theory.costs(),
         )
         return new, record
 

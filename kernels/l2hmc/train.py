@@ -9,7 +9,8 @@ One training step (Foreman et al., arXiv:2105.03418, sec. 3; Levy et al., arXiv:
 2. ``A = min(1, exp(-dH + log|J|))`` per chain and the per-chain jump
    ``delta = A (w_Q dQ_sin^2 + w_P dP + w_F dF)`` with ``dQ_sin = Q(x') - Q(x)`` (2D U(1), sine
    charge), ``dP = (1/V) sum_{x, mu<nu} (1 - cos(P'_{mu nu}(x) - P_{mu nu}(x)))`` (U(1)
-   plaquette ESJD) and ``dF = (1/V) sum_x (x' - x)^2`` (real fields);
+   plaquette ESJD; SU(3): ``(1/V) sum_{x, mu<nu} (1 - Re Tr(U'_{mu nu} U_{mu nu}^+)/3)``, gauge
+   invariant) and ``dF = (1/V) sum_x (x' - x)^2`` (real fields);
 3. loss ``-<delta>`` (``loss_form: esjd``, the seed's choice) or
    ``<lambda^2 / delta - delta / lambda^2>`` (``loss_form: levy``, Levy et al.'s mixed form,
    ``delta`` floored at 1e-8); Adam with the learning rate ``lr_t`` (linear warm-up over
@@ -43,7 +44,9 @@ from parallel import allreduce_gradients, lattice_sum
 
 from ..theory import Theory
 from .layers import L2HMCModel
+from .networks import U1_LIKE
 from .sampler import PURPOSE_L2HMC_TRAIN, directions, propose
+from .su3 import plaquette_matrices
 
 LOSS_FORMS = ("esjd", "levy")
 
@@ -102,14 +105,49 @@ def jump_terms(theory: Theory, x0: torch.Tensor, x1: torch.Tensor) -> dict[str, 
     ``dF`` (real fields); see the module docstring."""
     grid = theory.grid
     out: dict[str, torch.Tensor] = {}
-    if theory.name == "u1":
+    if theory.name in U1_LIKE:
         if grid.ndim == 2:
             out["dQ_sin"] = theory.topological_charge(x1) - theory.topological_charge(x0)
         p0, p1 = theory.plaquette_angles(x0), theory.plaquette_angles(x1)
         out["dP"] = lattice_sum((1.0 - torch.cos(p1 - p0)).sum(dim=1), grid, 1) / grid.volume
+    elif theory.name == "su3":
+        # 1 - Re Tr(U'_P U_P^+)/3 per plaquette: gauge invariant, 0 iff the plaquette is unchanged
+        p0 = plaquette_matrices(x0, grid, theory.planes)
+        p1 = plaquette_matrices(x1, grid, theory.planes)
+        pairs = zip(p1, p0, strict=True)
+        dens = sum(1.0 - (a * b.conj()).real.sum((-1, -2)) / 3.0 for a, b in pairs)
+        out["dP"] = lattice_sum(dens, grid, 1) / grid.volume
     else:
         out["dF"] = lattice_sum((x1 - x0) ** 2, grid, 1) / grid.volume
     return out
+
+
+def train_momentum(theory: Theory, rng: Any, counter: int, batch: int, offset: int) -> torch.Tensor:
+    """The momenta of a training step (purpose ``PURPOSE_L2HMC_TRAIN``): standard normal per
+    real component, su(3) Gaussian (``P = sum_a p_a T_a``) for SU(3) links."""
+    lead = tuple(theory.field_shape(1)[1 : theory.first])
+    if theory.name == "su3":
+        return rng.su_algebra(
+            theory.grid,
+            PURPOSE_L2HMC_TRAIN,
+            counter,
+            batch,
+            3,
+            lead=lead,
+            chain_offset=offset,
+            dtype=theory.dtype,
+            device=theory.device,
+        )
+    return rng.normal(
+        theory.grid,
+        PURPOSE_L2HMC_TRAIN,
+        counter,
+        batch,
+        lead=lead,
+        chain_offset=offset,
+        dtype=theory.dtype,
+        device=theory.device,
+    )
 
 
 class L2HMCTrainer:
@@ -130,10 +168,17 @@ class L2HMCTrainer:
         start: torch.Tensor | None = None,
     ) -> None:
         dtype = next(model.parameters()).dtype
-        if dtype != theory.dtype:
+        real = theory.dtype.to_real() if theory.dtype.is_complex else theory.dtype
+        if theory.name == "schwinger":
+            raise ValueError(
+                "l2hmc training on the Schwinger model is not supported (no gradient through "
+                "the pseudofermion solves); train on theory u1 at the same beta and lattice, "
+                "the U(1) model runs the Schwinger model as it is"
+            )
+        if dtype != real:
             raise ValueError(f"L2HMC model dtype {dtype} differs from the theory's {theory.dtype}")
         w = config
-        if w.charge_weight > 0 and not (theory.name == "u1" and theory.grid.ndim == 2):
+        if w.charge_weight > 0 and not (theory.name in U1_LIKE and theory.grid.ndim == 2):
             if w.plaquette_weight == 0 and w.field_weight == 0:
                 raise ValueError(
                     "the l2hmc charge objective needs 2D U(1); set plaquette_weight or "
@@ -146,7 +191,7 @@ class L2HMCTrainer:
         self.n_skipped = 0
         if start is None:
             start = theory.hot_start(rng, 0, config.batch, self.chain_offset)
-        self.chains = start.detach().to(dtype)
+        self.chains = start.detach().to(theory.dtype)
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------ loss
@@ -181,18 +226,8 @@ class L2HMCTrainer:
         t = self.step_count
         x = self.chains
         batch = x.shape[0]
-        lead = tuple(theory.field_shape(1)[1 : theory.first])
-        v = rng.normal(
-            grid,
-            PURPOSE_L2HMC_TRAIN,
-            2 * t,
-            batch,
-            lead=lead,
-            chain_offset=self.chain_offset,
-            dtype=theory.dtype,
-            device=theory.device,
-        )
-        d = directions(rng, PURPOSE_L2HMC_TRAIN, 2 * t, batch, self.chain_offset).to(x)
+        v = train_momentum(theory, rng, 2 * t, batch, self.chain_offset)
+        d = directions(rng, PURPOSE_L2HMC_TRAIN, 2 * t, batch, self.chain_offset).to(x.device)
         u = rng.chain_uniform(PURPOSE_L2HMC_TRAIN, 2 * t + 1, batch, self.chain_offset)
         gamma, lr = cfg.gamma(t), cfg.lr_at(t)
         for group in self.optimizer.param_groups:
