@@ -220,7 +220,8 @@ def crossing(t: np.ndarray, y: np.ndarray, target: float = 0.3) -> float:
     """First ``t`` where ``y`` reaches ``target`` (linear interpolation)."""
     above = np.nonzero(y >= target)[0]
     if above.size == 0 or above[0] == 0:
-        raise SystemExit(f"t^2 E = {target} not crossed within t <= {t[-1]:g}; raise --t-max")
+        print(f"t^2 E = {target} not crossed within t <= {t[-1]:g}; raise --t-max", file=sys.stderr)
+        return math.nan
     i = int(above[0])
     return float(t[i - 1] + (target - y[i - 1]) * (t[i] - t[i - 1]) / (y[i] - y[i - 1]))
 
@@ -312,9 +313,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--numpy-check", action="store_true", help="numpy flow of the first config")
     ap.add_argument("--out", type=Path, default=Path("t0_validation.jsonl"))
     ap.add_argument("--summary", type=Path, help="only summarize an existing --out file")
+    ap.add_argument("--save-first", type=Path, help="save the first configuration (.npy)")
+    ap.add_argument("--numpy-check-only", type=Path, help="numpy flow check of a --save-first file")
     args = ap.parse_args(argv)
     if args.summary:
         summarize(args.summary)
+        return
+    if args.numpy_check_only:
+        u = np.load(args.numpy_check_only)
+        info = json.load(open(f"{args.numpy_check_only}.json"))
+        with open(args.out, "a") as log:
+
+            def emit_only(rec: dict) -> None:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+
+            numpy_check(u, Lattice((info["L"],) * 4), info["t0"], args, emit_only)
         return
     lat = Lattice((args.L,) * 4)
     rng = np.random.default_rng(args.seed)
@@ -354,8 +368,10 @@ def main(argv: list[str] | None = None) -> None:
         t, t2e, e_plaq0 = trivhmc_flow(u, lat, args.t_max, args.eps, args.every)
         dt = time.perf_counter() - tic
         t0 = crossing(t, t2e)
-        i = int(np.nonzero(t >= t0)[0][0])
-        slope = float((t2e[i] - t2e[i - 1]) / (t[i] - t[i - 1]))
+        slope = math.nan
+        if not math.isnan(t0):
+            i = int(np.nonzero(t >= t0)[0][0])
+            slope = float((t2e[i] - t2e[i - 1]) / (t[i] - t[i - 1]))
         p = plaquette(u, lat)
         rec = {
             "kind": "config",
@@ -371,28 +387,35 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rec), file=sys.stderr, flush=True)
         if n == 0:
             first = (u.copy(), t0)
+            if args.save_first:
+                np.save(args.save_first, u)
+                json.dump({"L": args.L, "t0": t0}, open(f"{args.save_first}.json", "w"))
     if args.numpy_check:  # after the ensemble, so that a killed run still has its t0 values
-        v, t0 = first
-        tic = time.perf_counter()
-        steps = int(round(args.t_max / args.eps))
-        ts, ys = [0.0], [0.0]
-        for s in range(1, steps + 1):
-            v = numpy_flow_step(v, lat, args.eps)
-            if s % args.every == 0 or s == steps:
-                ts.append(s * args.eps)
-                ys.append(ts[-1] ** 2 * numpy_clover_e(v, lat))
-        t0_np = crossing(np.array(ts), np.array(ys))
-        emit(
-            {
-                "kind": "numpy_flow_check",
-                "t0_numpy": t0_np,
-                "t0_trivhmc": t0,
-                "abs_diff": abs(t0_np - t0),
-                "seconds": time.perf_counter() - tic,
-            }
-        )
+        numpy_check(first[0], lat, first[1], args, emit)
     log.close()
     summarize(args.out)
+
+
+def numpy_check(v: np.ndarray, lat: Lattice, t0: float, args, emit) -> None:
+    """Flow ``v`` with the numpy RK3 and numpy clover E; emit its t0 beside trivhmc's."""
+    tic = time.perf_counter()
+    steps = int(round(args.t_max / args.eps))
+    ts, ys = [0.0], [0.0]
+    for s in range(1, steps + 1):
+        v = numpy_flow_step(v, lat, args.eps)
+        if s % args.every == 0 or s == steps:
+            ts.append(s * args.eps)
+            ys.append(ts[-1] ** 2 * numpy_clover_e(v, lat))
+    t0_np = crossing(np.array(ts), np.array(ys))
+    emit(
+        {
+            "kind": "numpy_flow_check",
+            "t0_numpy": t0_np,
+            "t0_trivhmc": t0,
+            "abs_diff": abs(t0_np - t0),
+            "seconds": time.perf_counter() - tic,
+        }
+    )
 
 
 if __name__ == "__main__":
