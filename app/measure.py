@@ -18,10 +18,13 @@ model's correlators: ``register("schwinger", fn)`` with ``fn(section, theory, fi
 
 Output: JSON lines (one object per configuration: ``trajectory``, ``observables`` with a list
 over chains, ``flow`` histories, ``lattice``): ``measurements.jsonl`` on the fly,
-``measurements_offline.jsonl`` offline over a run; and a group ``measurements`` in each HDF5
-ensemble file (datasets ``trajectory``, one per column, and ``flow_t``, ``t2E``,
-``tdt2E``): offline from the measured ensemble, on the fly copied from
-``measurements.jsonl`` when ``trivhmc run`` ends (:func:`write_run_groups`).
+``measurements_offline.jsonl`` offline over a run; and groups in each HDF5 ensemble file
+(datasets ``trajectory``, one per column, and ``flow_t``, ``t2E``, ``tdt2E``):
+``measurements`` on the fly, one row appended per measured trajectory as it happens with
+the two-phase commit of the ensemble (rows past the group's ``committed`` attribute are
+written and fsynced, then the marker; a killed run keeps every committed row, a resume cuts
+the rest and the rows after its checkpoint), and ``measurements_offline`` (replaced by each
+offline measurement).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ from app.errors import InputError
 MEASUREMENTS = "measurements.jsonl"
 OFFLINE = "measurements_offline.jsonl"
 HDF5_GROUP = "measurements"
+OFFLINE_GROUP = "measurements_offline"
+#: datasets of a measurement group that are not observable columns
+_RESERVED = ("trajectory", "flow_t", "t2E", "tdt2E")
 
 Measure = Callable[[MeasureSection, Any, torch.Tensor], dict[str, torch.Tensor]]
 _REGISTRY: dict[str, list[Measure]] = {}
@@ -150,6 +156,9 @@ class OnTheFly:
         self.every = deck.measure.every
         self.path = Path(directory) / MEASUREMENTS
         self.is_writer = is_writer
+        self.start = start
+        self.writers: list = []
+        self.grid = None
         if is_writer and self.path.exists():
             keep = []
             for line in self.path.read_text().splitlines():
@@ -170,9 +179,38 @@ class OnTheFly:
         """Measurements of the batch ``field`` (:meth:`Measurer.measure`, collective)."""
         return self.measurer.measure(field)
 
-    def record(self, trajectory: int, merged: dict[str, Any] | None) -> None:
-        """Append the line of ``trajectory`` (the writer only; ``merged`` is the gathered result,
-        None on the other ranks)."""
+    def attach(self, writers: list, grid) -> None:
+        """Also append every measurement to the ``measurements`` group of this replica's
+        ensemble files (``writers``: ``(EnsembleWriter, local chain)``), cut back to the
+        rows before ``start`` (resume). Collective over ``grid.cart``."""
+        from app.io.collective import on_root
+
+        self.writers, self.grid = list(writers), grid
+        if self.writers:
+            on_root(
+                lambda: [truncate_group(w.path, self.start) for w, _ in self.writers],
+                grid.cart,
+                broadcast=False,
+            )
+
+    def record(
+        self, trajectory: int, merged: dict[str, Any] | None, local: dict[str, Any] | None = None
+    ) -> None:
+        """Commit the row of ``trajectory`` to the attached ensemble files (``local``: this
+        replica's :meth:`measure` result; collective over the replica when files are
+        attached), then append the JSON line (the writer only; ``merged`` is the gathered
+        result, None on the other ranks)."""
+        if self.writers and local is not None:
+            from app.io.collective import on_root
+
+            on_root(
+                lambda: [
+                    append_group_rows(w.path, [(trajectory, local)], chain=b)
+                    for w, b in self.writers
+                ],
+                self.grid.cart,
+                broadcast=False,
+            )
         if self.is_writer and merged is not None:
             with open(self.path, "a") as f:
                 f.write(record_line(trajectory, merged, self.measurer.lattice) + "\n")
@@ -294,7 +332,7 @@ def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[
             if entries[j][1] == "hdf5":
                 per_file.setdefault(entries[j][0], []).append((t, m))
         for path, file_rows in per_file.items():
-            write_hdf5_group(path, file_rows)
+            write_hdf5_group(path, file_rows, group=OFFLINE_GROUP)
     grid.comm.Barrier()
     return out, len(entries)
 
@@ -311,49 +349,139 @@ def _measure_share(grid, theory, measurer, entries, mine) -> None:
         mine.append((j, traj if file_traj is None else file_traj, merged))
 
 
-def write_run_groups(directory: Path) -> list[Path]:
-    """Copy the run's on-the-fly ``measurements.jsonl`` into the ``measurements`` group of
-    each chain's ensemble file ``ensemble_c<k>.h5`` (column ``k`` of every list); called by
-    ``trivhmc run`` on world rank 0 after the run loop has ended."""
-    path = Path(directory) / MEASUREMENTS
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        rows.append((int(rec["trajectory"]), rec))
-    written = []
-    for ens in sorted(Path(directory).glob("ensemble_c*.h5")):
-        k = int(ens.stem.split("_c")[-1])
-        write_hdf5_group(ens, rows, chain=k)
-        written.append(ens)
-    return written
+def _fsync(f) -> None:
+    """``H5Fflush`` and fsync of the file's descriptor (sec2 driver)."""
+    import os
+
+    f.flush()
+    fd = f.id.get_vfd_handle()
+    if isinstance(fd, int):
+        os.fsync(fd)
 
 
-def write_hdf5_group(path: Path, rows: list[tuple[int, dict[str, Any]]], chain: int = 0) -> None:
-    """Replace the ``measurements`` group of an ensemble file with ``rows`` (the lists in
-    each row hold every chain; column ``chain`` is this file's)."""
-    import h5py
+def _committed(g) -> int:
+    """Committed rows of a measurement group (all rows if it has no marker)."""
+    n = int(g["trajectory"].shape[0]) if "trajectory" in g else 0
+    return min(int(g.attrs.get("committed", n)), n)
 
-    names = sorted({k for _, r in rows for k in r["observables"]})
-    with h5py.File(path, "a") as f:
-        if HDF5_GROUP in f:
-            del f[HDF5_GROUP]
-        g = f.create_group(HDF5_GROUP)
-        g.attrs["description"] = "trivhmc measure (docs/measure.md); one row per configuration"
-        g["trajectory"] = np.array([t for t, _ in rows], dtype=np.int64)
-        for name in names:
-            g[name] = np.array(
-                [_col(r["observables"].get(name), chain) for _, r in rows], dtype=float
+
+def _cut(g, n: int) -> None:
+    """Cut every row-indexed dataset of a measurement group to ``n`` rows."""
+    for name, ds in g.items():
+        if name != "flow_t" and ds.shape[0] > n:
+            ds.resize(n, axis=0)
+
+
+def append_group_rows(
+    path: Path, rows: list[tuple[int, dict[str, Any]]], chain: int = 0, group: str = HDF5_GROUP
+) -> None:
+    """Append ``rows`` (``(trajectory, {"observables": {name: [per chain]}, "flow": ...})``,
+    column ``chain`` of each list) to ``group`` of an ensemble file, as one two-phase commit:
+    a tail left by a crash is cut back to the group's ``committed`` attribute, the new rows are
+    written and fsynced, then ``committed`` is raised and fsynced. Columns first seen now are
+    NaN in earlier rows; columns missing from a row are NaN. The flow times of every row must
+    agree with the group's ``flow_t``."""
+    from app.io.hdf5 import open_ensemble
+
+    with open_ensemble(path, "a") as f:
+        g = f.require_group(group)
+        if "trajectory" not in g:
+            g.attrs["description"] = (
+                "trivhmc measure (docs/measure.md); one row per measured configuration; only "
+                "the first `committed` rows are valid"
             )
+            g.attrs["committed"] = 0
+            g.create_dataset("trajectory", (0,), np.int64, maxshape=(None,), chunks=(256,))
+        n0 = _committed(g)
+        _cut(g, n0)
+        n1 = n0 + len(rows)
+        g["trajectory"].resize(n1, axis=0)
+        g["trajectory"][n0:n1] = [int(t) for t, _ in rows]
+        names = {k for _, r in rows for k in r["observables"]}
+        names |= {k for k in g if k not in _RESERVED}
+        for name in sorted(names):
+            if "/" in name or name in _RESERVED:
+                raise ValueError(f"measurement column {name!r} cannot be an HDF5 dataset name")
+            if name not in g:
+                ds = g.create_dataset(
+                    name, (n0,), float, maxshape=(None,), chunks=(256,), fillvalue=np.nan
+                )
+            ds = g[name]
+            ds.resize(n1, axis=0)
+            ds[n0:n1] = [_col(r["observables"].get(name), chain) for _, r in rows]
         flows = [r.get("flow") for _, r in rows]
-        if flows and all(flows):
-            g["flow_t"] = np.array(flows[0]["t"], dtype=float)
+        if any(flows) or "flow_t" in g:
+            t = next((fl["t"] for fl in flows if fl), None)
+            if "flow_t" not in g:
+                m = len(t)
+                g["flow_t"] = np.asarray(t, dtype=float)
+                for key in ("t2E", "tdt2E"):
+                    g.create_dataset(
+                        key, (n0, m), float, maxshape=(None, m), chunks=(16, m), fillvalue=np.nan
+                    )
+            m = g["flow_t"].shape[0]
+            for fl in flows:
+                if fl and not np.array_equal(np.asarray(fl["t"], float), g["flow_t"][:]):
+                    raise InputError(
+                        f"{path}: group {group!r} holds flows at {m} times up to "
+                        f"t = {g['flow_t'][-1]:g}; this measurement flows to a different set "
+                        f"({len(fl['t'])} times up to {fl['t'][-1]:g}). Keep measure.flow as "
+                        "it was for this run, or start a new output directory"
+                    )
             for key in ("t2E", "tdt2E"):
-                g[key] = np.array([fl[key][chain] for fl in flows], dtype=float)
+                ds = g[key]
+                ds.resize(n1, axis=0)
+                ds[n0:n1] = np.array(
+                    [fl[key][chain] if fl else np.full(m, np.nan) for fl in flows], dtype=float
+                ).reshape(len(rows), m)
+        _fsync(f)
+        g.attrs["committed"] = n1
+        _fsync(f)
+
+
+def truncate_group(path: Path, start: int, group: str = HDF5_GROUP) -> None:
+    """Drop the rows of ``group`` with trajectory ``>= start`` and any uncommitted tail
+    (a resume from the checkpoint at ``start``): marker first, then the cut."""
+    from app.io.hdf5 import open_ensemble
+
+    with open_ensemble(path, "a") as f:
+        if group not in f or "trajectory" not in f[group]:
+            return
+        g = f[group]
+        n = _committed(g)
+        keep = int(np.count_nonzero(g["trajectory"][:n] < start))
+        if keep == n == g["trajectory"].shape[0]:
+            return
+        g.attrs["committed"] = keep
+        _fsync(f)
+        _cut(g, keep)
+        _fsync(f)
+
+
+def read_group(path: Path, group: str = HDF5_GROUP) -> dict[str, np.ndarray]:
+    """The committed rows of a measurement group: ``{"trajectory", columns..., "flow_t",
+    "t2E", "tdt2E"}`` (empty if the file has no such group)."""
+    from app.io.hdf5 import open_ensemble
+
+    with open_ensemble(path, "r") as f:
+        if group not in f or "trajectory" not in f[group]:
+            return {}
+        g = f[group]
+        n = _committed(g)
+        return {k: (ds[:] if k == "flow_t" else ds[:n]) for k, ds in g.items()}
+
+
+def write_hdf5_group(
+    path: Path, rows: list[tuple[int, dict[str, Any]]], chain: int = 0, group: str = OFFLINE_GROUP
+) -> None:
+    """Replace ``group`` of an ensemble file with ``rows`` (the lists in each row hold every
+    chain; column ``chain`` is this file's); the rows are committed at once."""
+    from app.io.hdf5 import open_ensemble
+
+    with open_ensemble(path, "a") as f:
+        if group in f:
+            del f[group]
+    append_group_rows(path, rows, chain, group)
 
 
 def _col(values: list[float] | None, chain: int) -> float:

@@ -243,6 +243,8 @@ def _open_outputs(ctx: _Context, traj: int, resume: bool) -> _Outputs:
         flow_hash=ctx.run_info["flow"].get("hash"),
     )
     writers.truncate_after(traj - 1)
+    if measurer is not None:  # measurement rows committed to the ensembles as they happen
+        measurer.attach(writers, ctx.grid)
     return _Outputs(records, runlog, measurer, writers)
 
 
@@ -270,7 +272,8 @@ def _write_outputs(
     if measurer is not None and measurer.due(therm, prod_index):
         if physical is None:
             physical = ctx.sampler.to_physical(state)
-        measurer.record(traj, outputs.records.gather(measurer.measure(physical)))
+        local = measurer.measure(physical)
+        measurer.record(traj, outputs.records.gather(local), local)
     save_every = deck.run.save_every
     if not therm and save_every > 0 and (prod_index + 1) % save_every == 0:
         _save(ctx, state, physical, traj, outputs.writers)

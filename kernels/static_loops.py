@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from parallel import ProcessGrid, global_sum, shift
+from parallel import ProcessGrid, lattice_sum, shift
 
 from .groups.su_n import dagger
 
@@ -65,7 +65,7 @@ def wilson_loop_table(
                 t_far = _moved(temporal[tt - 1], grid, mu, r)  # T_T(x + R mu)
                 loop = s_r @ t_far @ dagger(s_up) @ dagger(temporal[tt - 1])
                 tr = torch.diagonal(loop, dim1=-2, dim2=-1).sum(-1).real
-                val = global_sum(tr.sum(tuple(range(1, tr.ndim))), grid)
+                val = lattice_sum(tr, grid, 1)  # exact: the same on every process grid
                 out[(r, tt)] = out.get((r, tt), 0) + val
     norm = n * grid.volume * t
     return {k: v / norm for k, v in out.items()}

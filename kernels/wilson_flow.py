@@ -23,9 +23,16 @@ Clover field strength (traceless, as in openQCD)::
 at ``x``, all with the same orientation. Energy densities (averaged over the lattice)::
 
     E_clover = -(1/2) sum_{mu,nu} tr(G_{mu nu} G_{mu nu}) = sum_{mu<nu} sum_ij |G_{mu nu, ij}|^2
-    E_plaq   = 2 sum_{oriented p at x} Re tr(1 - V(p)) = 4 sum_{mu<nu} (3 - Re Tr U_{mu nu})
+    E_plaq   = 2 sum_{mu<nu} Re tr(1 - U_{mu nu}(x)) = 2 sum_{mu<nu} (3 - Re Tr U_{mu nu})
 
-(Luscher eqs. (3.1)-(3.3)), and the clover topological charge (4D)::
+(Luscher 2010, section 3.1: both are lattice versions of ``E = -(1/2) tr G_{mu nu} G_{mu nu}``).
+The factor 2 of ``E_plaq`` follows from the small-``a`` expansion: ``U_{mu nu} = exp(a^2
+G_{mu nu} + ...)`` with traceless anti-hermitian ``G`` gives ``Re tr(1 - U_{mu nu}) =
+-(a^4/2) tr G_{mu nu}^2 + O(a^6)``, and ``-(1/2) sum_{mu,nu} = -sum_{mu<nu}``. Equivalently
+``E_plaq`` is the Wilson action density, ``S_w = (1/g0^2) sum_x E_plaq(x)``, i.e.
+``E_plaq = 36 (1 - P)`` for the average plaquette ``P = <Re Tr U_{mu nu}> / 3`` in 4D; at
+weak coupling equipartition ``<S_w> = (N^2 - 1)(d - 1) V / 2`` gives ``<E_plaq> = 12 g0^2``
+(``1 - P = g0^2 / 3 = 2 / beta``). The clover topological charge (4D)::
 
     Q = -(1 / 32 pi^2) sum_x eps_{mu nu rho sigma} tr(G_{mu nu} G_{rho sigma})
       = -(1 / 4 pi^2) sum_x tr(G_01 G_23 + G_02 G_31 + G_03 G_12)
@@ -136,9 +143,10 @@ def energy_density(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
 
 
 def plaquette_energy_density(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
-    """``E = 4 sum_{mu<nu} (3 - Re Tr U_{mu nu})``, lattice average per chain ``(B,)``."""
+    """``E = 2 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (``-(1/2) tr G G`` to ``O(a^2)``, module
+    docstring), lattice average per chain ``(B,)``."""
     plaq, _ = wilson_loops(u, grid, rectangles=False)
-    return _lattice_mean(4.0 * sum(NC - p for p in plaq.values()), grid)
+    return _lattice_mean(2.0 * sum(NC - p for p in plaq.values()), grid)
 
 
 def topological_charge(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:

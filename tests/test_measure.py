@@ -71,12 +71,17 @@ def test_on_the_fly_and_offline_agree(run_dir, capsys):
     # t^2 E grows along the flow; t0 lies inside the flowed range where it is finite
     t2e = np.array(off[5]["flow"]["t2E"][0])
     assert np.all(np.diff(t2e) > 0)
-    # the ensemble file got its own group, one row per saved configuration
+    # the ensemble file got its own groups: offline one row per saved configuration, on the
+    # fly one row per measured trajectory (written as they happened)
     with h5py.File(out / "ensemble_c0.h5", "r") as f:
-        g = f["measurements"]
+        g = f["measurements_offline"]
         assert list(g["trajectory"][:]) == [3, 5, 7]
         assert g["W_R2_T2"][1] == pytest.approx(b["W_R2_T2"][0], rel=1e-14)
         assert g["t2E"].shape == (3, 13) and g["flow_t"].shape == (13,)
+        g = f["measurements"]
+        assert list(g["trajectory"][:]) == [2, 5] and g.attrs["committed"] == 2
+        assert g["W_R2_T2"][1] == a["W_R2_T2"][0] and g["t0"][0] == fly[2]["observables"]["t0"][0]
+        assert g["t2E"][1].tolist() == fly[5]["flow"]["t2E"][0]
 
 
 def test_ildg_files_and_analyze(run_dir, capsys, tmp_path):

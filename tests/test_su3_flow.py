@@ -64,7 +64,7 @@ def _flux_expectations(vol, ph):
     ``ph[(a, b)]`` (per colour): G_ab = i (sin(phi) - mean_c sin(phi)) (traceless part)."""
     g = {p: np.sin(v) - np.sin(v).mean() for p, v in ph.items()}
     e_clover = sum(float((x * x).sum()) for x in g.values())
-    e_plaq = 4 * sum(float((1 - np.cos(v)).sum()) for v in ph.values())
+    e_plaq = 2 * sum(float((1 - np.cos(v)).sum()) for v in ph.values())
     zero = np.zeros(3)
     # Q = -(V/4pi^2) tr(G01 G23 + G02 G31 + G03 G12), tr(iA iB) = -sum_c a_c b_c
     q = (vol / (4 * math.pi**2)) * (

@@ -60,10 +60,6 @@ def main(args: argparse.Namespace) -> int:
         if lock is not None:
             lock.release()
 
-    if comm.Get_rank() == 0 and deck.measure is not None and deck.measure.every:
-        from ..measure import write_run_groups
-
-        write_run_groups(result.directory)  # on-the-fly measurements into the ensembles
     if MPI.COMM_WORLD.Get_rank() == 0:
         from ..run import RECORDS
         from ..runlog import summarize
