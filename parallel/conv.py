@@ -69,25 +69,30 @@ class LatticeConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution with circular boundaries through the halo exchange."""
-        r = self.kernel_size // 2
-        xp = halo_pad(x, self.grid, r, first=2, bc=self.bc) if r else x
-        conv = _CONV.get(self.grid.ndim)
-        if conv is not None:
-            return conv(xp, self.weight, self.bias)
-        return _generic_valid_conv(xp, self.weight, self.bias, self.grid.local_shape)
+        if not self.kernel_size // 2:
+            return _valid_conv(x, self.weight, self.bias, self.grid)
+        return _LatticeConvFn.apply(x, self.weight, self.bias, self, None)
 
     def at_sites(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``forward(x)`` at the local sites with flat (C-order) indices ``index`` only:
         shape ``(B, C_out, n)``. Same halo exchange, same formula; the contraction runs on
         the ``n`` sites' ``k^D`` neighbourhoods (gathered from the padded field), so a layer
         that needs its output on a few sites does not pay for the whole lattice."""
+        return _LatticeConvFn.apply(x, self.weight, self.bias, self, index)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
         r = self.kernel_size // 2
-        xp = halo_pad(x, self.grid, r, first=2, bc=self.bc) if r else x
+        return halo_pad(x, self.grid, r, first=2, bc=self.bc) if r else x
+
+    def _sites(self, xp: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The ``k^D`` windows of the sites ``index`` from the padded ``xp``: ``(B, C, n, k^D)``."""
         gather = self._neighbourhoods(index, tuple(xp.shape[2:]))
-        patches = xp.reshape(xp.shape[0], xp.shape[1], -1)[:, :, gather]  # (B, C_in, n, k^D)
-        w = self.weight.reshape(self.weight.shape[0], self.weight.shape[1], -1)
-        y = torch.einsum("oik,bink->bon", w, patches)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1)
+        return xp.reshape(xp.shape[0], xp.shape[1], -1)[:, :, gather]
+
+    def _at_sites_padded(self, xp, index, weight, bias) -> torch.Tensor:
+        w = weight.reshape(weight.shape[0], weight.shape[1], -1)
+        y = torch.einsum("oik,bink->bon", w, self._sites(xp, index))
+        return y if bias is None else y + bias.view(1, -1, 1)
 
     def _neighbourhoods(self, index: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
         """Flat indices into the padded block of each site's ``k^D`` window, ``(n, k^D)``,
@@ -111,6 +116,86 @@ class LatticeConv(nn.Module):
         """Layer settings for ``repr``."""
         o, i = self.weight.shape[:2]
         return f"{i}, {o}, kernel_size={self.kernel_size}, ndim={self.grid.ndim}"
+
+
+class _LatticeConvFn(torch.autograd.Function):
+    """``LatticeConv`` (all sites, or the sites ``index``) with a grid-independent input
+    gradient.
+
+    Autograd's own backward of "halo pad, then valid convolution" would add the taps of a
+    site's gradient that land in a neighbour's halo separately (through the halo adjoint),
+    so the rounding of the gradient at the edges of the local block would depend on the
+    process grid. Here the input gradient is computed like the forward: the output gradient
+    ``gy`` (scattered onto the lattice for ``at_sites``) is halo-padded and convolved with the
+    transposed, flipped kernel, ``dx[i, n] = sum_{o, e} w[o, i, 2r - e] gy[o, n + e - r]``:
+    every site sums the same terms in the same order on every grid (bit-identical pulled-back
+    forces in trivialized HMC). The weight and bias gradients are per-rank partial sums (they
+    are all-reduced for training). The backward is built from differentiable operations, so
+    double backward works."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv, index):  # type: ignore[override]
+        ctx.conv, ctx.index = conv, index
+        ctx.save_for_backward(x, weight, bias)
+        xp = conv._pad(x)
+        if index is None:
+            return _valid_conv(xp, weight, bias, conv.grid)
+        return conv._at_sites_padded(xp, index, weight, bias)
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        x, weight, bias = ctx.saved_tensors
+        conv, index = ctx.conv, ctx.index
+        nd = conv.grid.ndim
+        gx = gw = gb = None
+        if index is not None:  # the output gradient on the whole local lattice
+            full = gy.new_zeros(gy.shape[:2] + tuple(conv.grid.local_shape))
+            gy = full.reshape(gy.shape[0], gy.shape[1], -1).index_copy(2, index, gy)
+            gy = gy.reshape(full.shape)
+        if ctx.needs_input_grad[0]:
+            wt = weight.transpose(0, 1).flip(dims=tuple(range(2, 2 + nd)))
+            gx = _valid_conv(conv._pad(gy), wt, None, conv.grid)
+        if ctx.needs_input_grad[1]:
+            xp = conv._pad(x)
+            wfn = _CONV_WEIGHT.get(nd)
+            if wfn is not None:
+                gw = wfn(xp, weight.shape, gy)
+            else:
+                k = weight.shape[2]
+                out = conv.grid.local_shape
+                gw = torch.stack(
+                    [
+                        torch.einsum("bo...,bi...->oi", gy, _window(xp, d, out))
+                        for d in itertools.product(range(k), repeat=nd)
+                    ],
+                    dim=-1,
+                ).reshape(weight.shape)
+        if bias is not None and ctx.needs_input_grad[2]:
+            gb = gy.sum(dim=(0, *range(2, gy.ndim)))
+        return gx, gw, gb, None, None
+
+
+_CONV_WEIGHT = {
+    1: torch.nn.grad.conv1d_weight,
+    2: torch.nn.grad.conv2d_weight,
+    3: torch.nn.grad.conv3d_weight,
+}
+
+
+def _valid_conv(
+    xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: ProcessGrid
+) -> torch.Tensor:
+    """Valid cross-correlation of a padded field (the local block ``grid.local_shape`` out)."""
+    conv = _CONV.get(grid.ndim)
+    if conv is not None:
+        return conv(xp, weight, bias)
+    return _generic_valid_conv(xp, weight, bias, grid.local_shape)
+
+
+def _window(xp: torch.Tensor, d: tuple[int, ...], out: tuple[int, ...]) -> torch.Tensor:
+    return xp[
+        (slice(None), slice(None)) + tuple(slice(d[m], d[m] + out[m]) for m in range(len(out)))
+    ]
 
 
 def _generic_valid_conv(

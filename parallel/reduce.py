@@ -132,6 +132,7 @@ def _rounded(total: int, base: int) -> float:
 
 
 _WORK: dict[torch.device, torch.Tensor] = {}
+_VIEWS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 #: the largest workspace kept between calls (float64 elements, two buffers)
 _WORK_MAX = 1 << 21
 
@@ -144,10 +145,18 @@ def _workspace(shape: tuple[int, int], device: torch.device) -> tuple[torch.Tens
         return torch.empty(shape, dtype=torch.float64, device=device), torch.empty(
             shape, dtype=torch.float64, device=device
         )
-    work = _WORK.get(device)
-    if work is None or work.shape[1] < n:
-        work = _WORK[device] = torch.empty((2, max(n, 1 << 12)), dtype=torch.float64, device=device)
-    return work[0, :n].view(shape), work[1, :n].view(shape)
+    key = (device, shape)
+    views = _VIEWS.get(key)
+    if views is None:
+        work = _WORK.get(device)
+        if work is None or work.shape[1] < n:
+            work = _WORK[device] = torch.empty(
+                (2, max(n, 4096)), dtype=torch.float64, device=device
+            )
+            for k in [k for k in _VIEWS if k[0] == device]:
+                del _VIEWS[k]
+        views = _VIEWS[key] = (work[0, :n].view(shape), work[1, :n].view(shape))
+    return views
 
 
 def _prepare(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, float, float]:
@@ -228,9 +237,11 @@ def exact_segment_sum(
     v2 = v.reshape(nrow, math.prod(v.shape[1:]))
     n = v2.shape[1]
     parallel = comm is not None and comm.Get_size() > 1
-    seg = np.arange(nrow) if rows is None else torch.as_tensor(rows).cpu().numpy().astype(np.int64)
-    if seg.shape != (nrow,) or (nrow and (seg.min() < 0 or seg.max() >= nseg)):
-        raise ValueError(f"rows must be {nrow} integers in [0, {nseg}), got {seg.tolist()}")
+    seg = None
+    if rows is not None:
+        seg = torch.as_tensor(rows).cpu().numpy().astype(np.int64)
+        if seg.shape != (nrow,) or (nrow and (seg.min() < 0 or seg.max() >= nseg)):
+            raise ValueError(f"rows must be {nrow} integers in [0, {nseg}), got {seg.tolist()}")
     r, q, specials, top, bottom = _prepare(v2)
     pieces = max(1, -(-n // _CHUNK))
     if pieces > 1:  # rows in pieces of _CHUNK elements, each summed exactly in float64
@@ -257,12 +268,13 @@ def exact_segment_sum(
     width = max(k_hi - k_lo + 1, 0)
     buf = np.zeros((nseg, width + 4), dtype=np.int64)
     cols = np.arange(k_top, k_bot - 1, -1) - k_lo
-    if rows is None and pieces == 1:  # row i -> output i
+    if seg is None and pieces == 1:  # row i -> output i
         if local is not None:
             buf[:, cols] = local.T
         buf[:, width : width + 3] = specials
         buf[:, width + 3] = n
     else:
+        seg = np.arange(nrow) if seg is None else seg
         if local is not None:
             np.add.at(buf, (np.repeat(seg, pieces)[None, :], cols[:, None]), local)
         np.add.at(buf, (seg[:, None], width + np.arange(3)[None, :]), specials)
@@ -275,7 +287,8 @@ def exact_segment_sum(
             f"exact sum over {count} elements: at most 2^{62 - _W} = {MAX_EXACT_ELEMENTS} "
             "are supported (int64 slot sums)"
         )
-    return torch.tensor(_combine(buf, width, k_lo), dtype=torch.float64, device=v.device)
+    out = torch.from_numpy(np.array(_combine(buf, width, k_lo), dtype=np.float64))
+    return out if v.device.type == "cpu" else out.to(v.device)
 
 
 def exact_sum(values: Array, comm: MPI.Comm | None = None) -> float:

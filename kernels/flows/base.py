@@ -6,14 +6,19 @@ A *flow* ``F`` maps a field ``v`` in the theory's layout (``Theory.field_shape``
     forward(v) -> (u, log|det dF/dv|)          inverse(u) -> (v, log|det dF^{-1}/du|)
 
 with both log-dets of shape ``(B,)`` and *global*: summed over the whole lattice (all ranks of
-the domain group, with the autograd-aware :func:`parallel.global_sum`), identical on every
-rank. For a flow that is not a layer stack the two log-dets obey
-``logdet_inverse(F(v)) = -logdet(v)``.
+the domain group), identical on every rank and on every process grid. For a flow that is not
+a layer stack the two log-dets obey ``logdet_inverse(F(v)) = -logdet(v)``.
 
 Layers implement the rank-local halves, :meth:`Flow.forward_local` and
-:meth:`Flow.inverse_local`, returning the per-chain sum of the log-det over the *local* sites;
-:meth:`Flow.forward`/:meth:`Flow.inverse` add the single all-reduce. A :class:`Composition`
-sums the local parts of its layers and reduces once.
+:meth:`Flow.inverse_local`, returning the log-det as its *per-site terms* on this rank: a
+``(B, ...)`` tensor whose elements add up to the layer's log-det (e.g. ``log|du_x/dv_x|`` of
+each active site, :func:`logdet_terms`), in any order or layout. :meth:`Flow.forward` /
+:meth:`Flow.inverse` sum them over all ranks with the exact, correctly rounded
+:func:`parallel.row_sum` (autograd-aware), so the log-det is a pure function of the global
+field: trivialized-HMC and flow-Metropolis records are byte-identical on every process grid.
+A :class:`Composition` concatenates the terms of its layers and reduces once. (A layer that
+returns ``(B,)`` per-rank partial sums still works, but its float partial sums depend on the
+split of the lattice in the last bits.)
 
 Every layer is distributed through the parallel layer only (``LatticeConv`` for
 convolutions, :func:`parallel.shift` for stencils) and builds its masks from the global
@@ -37,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from parallel import ProcessGrid, global_sum
+from parallel import ProcessGrid, row_sum
 
 
 class FlowError(RuntimeError):
@@ -66,23 +71,25 @@ class Flow(nn.Module):
 
     # ------------------------------------------------------------ to implement
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(F(v), local log-det)``; the log-det summed over this rank's sites, ``(B,)``."""
+        """``(F(v), log-det terms)``: the per-site terms ``(B, ...)`` of ``log|det dF/dv|`` on
+        this rank's sites (module docstring)."""
         raise NotImplementedError
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(F^{-1}(u), local log|det dF^{-1}/du|)``, ``(B,)`` summed over this rank's sites."""
+        """``(F^{-1}(u), log-det terms)``: the per-site terms ``(B, ...)`` of
+        ``log|det dF^{-1}/du|`` on this rank's sites."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ public
     def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        """``(u, logdet)`` with the global log-det per chain, shape ``(B,)``."""
+        """``(u, logdet)`` with the global log-det per chain, shape ``(B,)`` (exact sum)."""
         u, ld = self.forward_local(v)
-        return u, global_sum(ld, self.grid)
+        return u, global_logdet(ld, self.grid)
 
     def inverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, logdet_inverse)`` with ``logdet_inverse = log|det dF^{-1}/du|``, global."""
         v, ld = self.inverse_local(u)
-        return v, global_sum(ld, self.grid)
+        return v, global_logdet(ld, self.grid)
 
     def rebuild_for(self, grid: ProcessGrid) -> Flow:
         """The same architecture and parameters on another grid/lattice (via the builder)."""
@@ -100,6 +107,17 @@ class Flow(nn.Module):
 def _zeros_like_batch(x: torch.Tensor) -> torch.Tensor:
     """Real per-chain zeros (a log-det is real also for complex fields, e.g. SU(N) links)."""
     return torch.zeros(x.shape[0], dtype=x.real.dtype, device=x.device)
+
+
+def logdet_terms(x: torch.Tensor) -> torch.Tensor:
+    """The log-det terms ``x`` (``(B, ...)``, e.g. ``log|du_x/dv_x|`` per site) as ``(B, n)``."""
+    return x.reshape(x.shape[0], -1)
+
+
+def global_logdet(terms: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``sum`` of the log-det terms (``(B, ...)`` on each rank) over all of them and all ranks
+    of the domain group, per chain: correctly rounded, grid-independent, autograd-aware."""
+    return row_sum(logdet_terms(terms), grid)
 
 
 class Composition(Flow):
@@ -131,20 +149,20 @@ class Composition(Flow):
         return fn(x)
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
-        ld = _zeros_like_batch(v)
+        """``(u, log-det terms)``: the layers in turn; their terms concatenated, ``(B, n)``."""
+        terms = []
         for layer in self.layers:
             v, d = self._run(layer.forward_local, v)
-            ld = ld + d
-        return v, ld
+            terms.append(logdet_terms(d))
+        return v, torch.cat(terms, dim=1)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
-        ld = _zeros_like_batch(u)
+        """``(v, log-det terms of the inverse)``: the exact inverse of :meth:`forward_local`."""
+        terms = []
         for layer in reversed(self.layers):
             u, d = self._run(layer.inverse_local, u)
-            ld = ld + d
-        return u, ld
+            terms.append(logdet_terms(d))
+        return u, torch.cat(terms, dim=1)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -228,11 +246,6 @@ def stout_sublattice(
     for nu in others:
         require_divisible(grid, nu, 2, f"the {what} stout layer's sublattice")
     return mu, parity, others
-
-
-def local_sum(x: torch.Tensor, start: int = 1) -> torch.Tensor:
-    """Sum over all dims from ``start`` on (per-chain local sum)."""
-    return x.sum(dim=tuple(range(start, x.ndim))) if x.ndim > start else x
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {

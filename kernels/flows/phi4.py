@@ -35,7 +35,7 @@ from .base import (
     Composition,
     Flow,
     dtype_from_name,
-    local_sum,
+    logdet_terms,
     make_activation,
     parity_mask,
     record_architecture,
@@ -121,13 +121,13 @@ class AffineCoupling(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         s, t = self._st(self.frozen * v)
         u = v * torch.exp(s) + t
-        return u, local_sum(s)
+        return u, logdet_terms(s)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
         s, t = self._st(self.frozen * u)
         v = (u - t) * torch.exp(-s)
-        return v, -local_sum(s)
+        return v, -logdet_terms(s)
 
 
 class GlobalRescale(Flow):
@@ -139,17 +139,14 @@ class GlobalRescale(Flow):
         super().__init__(grid)
         self.log_scale = nn.Parameter(torch.zeros((), dtype=dtype))
 
-    def _n(self, v: torch.Tensor) -> int:
-        return v[0].numel()
-
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
-        ld = (self.log_scale * self._n(v)).expand(v.shape[0])
+        """``(u, log-det terms)``: ``c`` per local site."""
+        ld = self.log_scale.expand(v.shape[0], v[0].numel())
         return v * torch.exp(self.log_scale), ld
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
-        ld = (-self.log_scale * self._n(u)).expand(u.shape[0])
+        """``(v, log-det terms)``: ``-c`` per local site."""
+        ld = (-self.log_scale).expand(u.shape[0], u[0].numel())
         return u * torch.exp(-self.log_scale), ld
 
 

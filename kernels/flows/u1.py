@@ -73,7 +73,7 @@ from .base import (
     check_converged,
     dtype_from_name,
     implicit_newton_step,
-    local_sum,
+    logdet_terms,
     parity_mask,
     record_architecture,
     require_divisible,
@@ -218,7 +218,7 @@ class U1PlaquetteCoupling(Flow):
             return self._spline_forward(v)
         p, s, t = self._gather(self._plaq(v))
         h, _ = ncp_mixture(p, s)
-        return self._scatter_move(v, h - p + t, 1.0), ncp_log_derivative(p, s).sum(dim=1)
+        return self._scatter_move(v, h - p + t, 1.0), ncp_log_derivative(p, s)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
@@ -238,18 +238,18 @@ class U1PlaquetteCoupling(Flow):
         check_converged(ok, err, self.grid, "U1PlaquetteCoupling", tol, self.max_iter)
         p = implicit_newton_step(fn, p, y)
         h, _ = ncp_mixture(p, s)
-        ld = -ncp_log_derivative(p, s).sum(dim=1)
+        ld = -ncp_log_derivative(p, s)
         return self._scatter_move(u, h - p + t, -1.0), ld
 
     def _spline_forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p, raw, t = self._gather(self._plaq(v))
         h, _, logdh = rq_spline(p, *self._knots(raw))
-        return self._scatter_move(v, h - p + t, 1.0), logdh.sum(dim=1)
+        return self._scatter_move(v, h - p + t, 1.0), logdh
 
     def _spline_inverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, raw, t = self._gather(self._plaq(u), shift=1.0)
         p, logdh = rq_spline_inverse(y, *self._knots(raw))
-        return self._scatter_move(u, y - p + t, -1.0), -logdh.sum(dim=1)
+        return self._scatter_move(u, y - p + t, -1.0), -logdh
 
 
 class U1StoutLayer(Flow):
@@ -320,7 +320,7 @@ class U1StoutLayer(Flow):
         x = v[:, self.mu]
         g, dg = self._g(x, staples, self.eps)
         u_mu = x + self.active * g
-        return self._replace(v, u_mu), local_sum(self.active * torch.log(dg))
+        return self._replace(v, u_mu), logdet_terms(self.active * torch.log(dg))
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
@@ -339,7 +339,7 @@ class U1StoutLayer(Flow):
         x = implicit_newton_step(fn, x, y)
         _, dg = self._g(x, staples, eps)
         v_mu = self.active * x + (1.0 - self.active) * y
-        return self._replace(u, v_mu), -local_sum(self.active * torch.log(dg))
+        return self._replace(u, v_mu), -logdet_terms(self.active * torch.log(dg))
 
 
 # ------------------------------------------------------------------ builders
