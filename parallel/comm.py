@@ -95,6 +95,113 @@ def sendrecv(
     return from_buffer(rbuf, send)
 
 
+class BufferPool:
+    """Reusable contiguous message buffers keyed by ``(shape, dtype, device path)``.
+
+    :meth:`acquire` hands out a free buffer of the key (allocating only when none is free,
+    counted in :attr:`allocations`); :meth:`release` returns it. A buffer is held from the
+    moment its message is posted until the request completes, so several exchanges may be
+    in flight at once without sharing storage. Host buffers are numpy arrays (the mpi4py
+    buffer interface, no pickling); with GPU-aware MPI, device buffers are torch tensors.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[Array]] = {}
+        self.allocations = 0
+
+    def acquire(self, like: Array, shape: tuple[int, ...]) -> Array:
+        """A buffer of ``shape`` for the kind/dtype/device path of ``like`` (contents undefined)."""
+        device = _buffer_device(like)
+        if device is None:
+            dtype = like.dtype if not is_torch(like) else _numpy_dtype(like.dtype)
+            key = (tuple(shape), str(np.dtype(dtype)), "host")
+        else:
+            key = (tuple(shape), str(like.dtype), str(device))
+        free = self._free.get(key)
+        if free:
+            return free.pop()
+        self.allocations += 1
+        if device is None:
+            return np.empty(tuple(shape), dtype=dtype)
+        return torch.empty(tuple(shape), dtype=like.dtype, device=device)
+
+    def release(self, buf: Array) -> None:
+        """Return ``buf`` to the pool (its message must have completed)."""
+        if is_torch(buf):
+            key = (tuple(buf.shape), str(buf.dtype), str(buf.device))
+        else:
+            key = (tuple(buf.shape), str(buf.dtype), "host")
+        self._free.setdefault(key, []).append(buf)
+
+    def clear(self) -> None:
+        """Drop every pooled buffer."""
+        self._free.clear()
+
+
+def _buffer_device(x: Array) -> torch.device | None:
+    """Device of the message buffer for ``x``: ``None`` for a host numpy buffer."""
+    if is_torch(x) and x.device.type != "cpu" and _GPU_AWARE:
+        return x.device
+    return None
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty((), dtype=dtype).numpy().dtype
+
+
+#: the process-wide pool used by the halo exchange and the shifts
+POOL = BufferPool()
+
+
+def pack(views: list[Array], pool: BufferPool = POOL) -> Array:
+    """Copy the (possibly strided) ``views``, one after the other, into one flat pooled
+    contiguous send buffer (the device stream is synchronised before it is sent)."""
+    sizes = [int(np.prod(tuple(v.shape))) for v in views]
+    buf = pool.acquire(views[0], (sum(sizes),))
+    at = 0
+    for v, size in zip(views, sizes):
+        seg = buf[at : at + size].reshape(tuple(v.shape))
+        if is_torch(seg):
+            seg.copy_(v)
+        elif is_torch(v):
+            torch.from_numpy(seg).copy_(v.detach())
+        else:
+            np.copyto(seg, v)
+        at += size
+    if is_torch(buf):
+        synchronize(buf.device)
+    return buf
+
+
+def unpack(buf: Array, out: Array, sign: int = 1) -> None:
+    """Write the received ``buf`` into the view ``out`` (times ``sign`` = +-1)."""
+    if is_torch(out):
+        src = buf if is_torch(buf) else torch.from_numpy(buf)
+        out.copy_(src)
+        if sign < 0:
+            out.neg_()
+    elif sign < 0:
+        np.negative(buf, out=out)
+    else:
+        np.copyto(out, buf)
+
+
+def isend(comm: MPI.Comm, buf: Array, dest: int, tag: int) -> MPI.Request:
+    """Post a non-blocking send of the contiguous ``buf``."""
+    return comm.Isend(buf, dest=dest, tag=tag)
+
+
+def irecv(comm: MPI.Comm, buf: Array, source: int, tag: int) -> MPI.Request:
+    """Post a non-blocking receive into the contiguous ``buf``."""
+    return comm.Irecv(buf, source=source, tag=tag)
+
+
+def waitall(requests: list[MPI.Request]) -> None:
+    """Complete every request (benchmarks time this call: it is the halo *wait*)."""
+    if requests:
+        MPI.Request.Waitall(requests)
+
+
 def allreduce(comm: MPI.Comm, x: Array, op: MPI.Op = MPI.SUM) -> Array:
     """Element-wise all-reduce of an array/tensor over ``comm`` (same kind returned)."""
     sbuf = to_buffer(x)
