@@ -202,6 +202,14 @@ def waitall(requests: list[MPI.Request]) -> None:
         MPI.Request.Waitall(requests)
 
 
+def progress(requests: list[MPI.Request]) -> bool:
+    """Drive pending transfers forward without blocking (``MPI_Testall``); True when all are
+    complete. MPI libraries without an asynchronous progress thread move a large
+    (rendezvous) message only inside MPI calls, so a caller that overlaps computation with
+    an exchange calls this now and then."""
+    return bool(MPI.Request.Testall(requests)) if requests else True
+
+
 def allreduce(comm: MPI.Comm, x: Array, op: MPI.Op = MPI.SUM) -> Array:
     """Element-wise all-reduce of an array/tensor over ``comm`` (same kind returned)."""
     sbuf = to_buffer(x)

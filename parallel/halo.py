@@ -216,6 +216,11 @@ class HaloHandle:
         self.messages = messages
         self.done = done
 
+    def progress(self) -> bool:
+        """Let the faces in flight advance (non-blocking ``MPI_Testall``); call it between
+        pieces of interior work. True when every face has arrived."""
+        return _comm.progress([r for m in self.messages for r in m.requests])
+
     @property
     def split_axes(self) -> tuple[int, ...]:
         """Lattice axes whose halos cross ranks (received in :func:`halo_end`)."""

@@ -41,6 +41,7 @@ orientations), each averaged ``Re Tr / 3``; the Polyakov loop
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -99,7 +100,9 @@ def _at(p: torch.Tensor, a: int, box: Box, step: dict[int, int]) -> torch.Tensor
     return p[tuple(idx)]
 
 
-def _staples_box(p: torch.Tensor, out: torch.Tensor, box: Box) -> None:
+def _staples_box(
+    p: torch.Tensor, out: torch.Tensor, box: Box, progress: Callable[[], object] | None = None
+) -> None:
     """Write the Wilson staple sum ``A_mu(x)`` (without ``c0``) of the sites in ``box`` into
     ``out``, the same products and association as :func:`kernels.backends.eager.staple_sum`::
 
@@ -119,6 +122,8 @@ def _staples_box(p: torch.Tensor, out: torch.Tensor, box: Box) -> None:
             )
             term = up + down
             acc = term if acc is None else acc + term
+            if progress is not None:
+                progress()  # let the faces in flight advance (MPI without a progress thread)
         out[(dst[0], mu, *dst[1:])] = acc
 
 
@@ -152,7 +157,7 @@ def wilson_staples_overlap(u: torch.Tensor, grid: ProcessGrid, c0: float = 1.0) 
     out = torch.empty_like(u)
     interior, slabs = _boxes(grid)
     if interior is not None:
-        _staples_box(handle.padded, out, interior)
+        _staples_box(handle.padded, out, interior, handle.progress)
     padded = halo_end(handle)
     for box in slabs:
         _staples_box(padded, out, box)
