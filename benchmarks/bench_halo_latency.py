@@ -2,15 +2,19 @@
 after (pooled buffers, ``Irecv``/``Isend`` + ``Waitall``), against bare mpi4py.
 
     mpiexec -n 2 python benchmarks/bench_halo_latency.py
+    python benchmarks/bench_halo_latency.py        # one rank: messages to itself
 
 Two ranks exchange one face of ``count`` float64 along x (process grid ``2 x 1``), both
-directions at once as in a halo. Columns (median microseconds per face exchange, slowest
-rank, ``--repeat`` timed calls after a warm-up):
+directions at once as in a halo. On one rank every message goes to the rank itself through
+MPI: that isolates the software cost per exchange (Python, copies, buffers, MPI calls) from
+the partner's scheduling, which dominates on an oversubscribed machine. Columns (median
+microseconds per exchange of both faces, slowest rank, ``--repeat`` timed calls after a
+warm-up):
 
 * ``raw``: ``comm.Sendrecv`` on preallocated numpy buffers (the floor on this machine);
-* ``before``: the previous path, still used by the adjoint: :func:`parallel.halo._exchange`
-  (contiguous copy, fresh receive buffer, blocking ``Sendrecv``, tensor wrap), one call per
-  direction;
+* ``before``: the previous path (still the adjoint's): :func:`parallel.comm.sendrecv` as
+  :func:`parallel.halo._exchange` calls it on a split axis (contiguous copy, fresh receive
+  buffer, blocking ``Sendrecv``, tensor wrap), one call per direction;
 * ``after``: :func:`parallel.halo._post` for both directions then one
   :func:`parallel.halo._complete` (pack into pooled buffers, all posted at once, one
   ``Waitall``, unpack into the output);
@@ -31,7 +35,8 @@ import torch
 from mpi4py import MPI
 
 from parallel import ProcessGrid, shift
-from parallel.halo import _complete, _exchange, _post
+from parallel.comm import sendrecv
+from parallel.halo import _complete, _post
 
 COUNTS = [1, 16, 128, 1024, 8192, 65536]
 
@@ -61,9 +66,9 @@ def measure(count: int, repeat: int, comm: MPI.Comm) -> tuple[float, ...]:
         grid.cart.Sendrecv(sb, dest=up, sendtag=1, recvbuf=rb, source=down, recvtag=1)
         grid.cart.Sendrecv(sb2, dest=down, sendtag=2, recvbuf=rb2, source=up, recvtag=2)
 
-    def before():
-        _exchange(grid, x[:, 1:2], 1, 0, +1, 11)
-        _exchange(grid, x[:, 0:1], 1, 0, -1, 12)
+    def before():  # parallel.halo._exchange on a split axis (no local-copy shortcut)
+        sendrecv(grid.cart, x[:, 1:2], up, (1, 1, count), down, 11)
+        sendrecv(grid.cart, x[:, 0:1], down, (1, 1, count), up, 12)
 
     out = torch.empty((1, 4, count), dtype=torch.float64)
     lo_send = (slice(None), slice(1, 2), slice(None))
@@ -72,8 +77,8 @@ def measure(count: int, repeat: int, comm: MPI.Comm) -> tuple[float, ...]:
     hi_recv = (slice(None), slice(3, 4), slice(None))
 
     def after():
-        m1 = _post(grid, x, 0, -1, [lo_send], [lo_recv], 21, 1)
-        m2 = _post(grid, x, 0, +1, [hi_send], [hi_recv], 22, 1)
+        m1 = _post(grid, x, 0, -1, [lo_send], [lo_recv], 21, 1, dst=out)
+        m2 = _post(grid, x, 0, +1, [hi_send], [hi_recv], 22, 1, dst=out)
         _complete(out, [m1, m2])
 
     def whole_shift():

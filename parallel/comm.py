@@ -14,6 +14,7 @@ CPU tensors always go through a zero-copy numpy view.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -113,24 +114,24 @@ class BufferPool:
         """A buffer of ``shape`` for the kind/dtype/device path of ``like`` (contents undefined)."""
         device = _buffer_device(like)
         if device is None:
-            dtype = like.dtype if not is_torch(like) else _numpy_dtype(like.dtype)
-            key = (tuple(shape), str(np.dtype(dtype)), "host")
+            dtype = _numpy_dtype(like.dtype) if isinstance(like, torch.Tensor) else like.dtype
+            key = (shape, dtype, None)
         else:
-            key = (tuple(shape), str(like.dtype), str(device))
+            key = (shape, like.dtype, device)
         free = self._free.get(key)
         if free:
             return free.pop()
         self.allocations += 1
         if device is None:
-            return np.empty(tuple(shape), dtype=dtype)
-        return torch.empty(tuple(shape), dtype=like.dtype, device=device)
+            return np.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=like.dtype, device=device)
 
     def release(self, buf: Array) -> None:
         """Return ``buf`` to the pool (its message must have completed)."""
-        if is_torch(buf):
-            key = (tuple(buf.shape), str(buf.dtype), str(buf.device))
+        if isinstance(buf, torch.Tensor):
+            key = (tuple(buf.shape), buf.dtype, buf.device)
         else:
-            key = (tuple(buf.shape), str(buf.dtype), "host")
+            key = (buf.shape, buf.dtype, None)
         self._free.setdefault(key, []).append(buf)
 
     def clear(self) -> None:
@@ -145,37 +146,68 @@ def _buffer_device(x: Array) -> torch.device | None:
     return None
 
 
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
+
+
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty((), dtype=dtype).numpy().dtype
+    """The numpy dtype of a torch dtype (cached: this runs once per message)."""
+    out = _NUMPY_DTYPES.get(dtype)
+    if out is None:
+        out = _NUMPY_DTYPES[dtype] = torch.empty((), dtype=dtype).numpy().dtype
+    return out
 
 
 #: the process-wide pool used by the halo exchange and the shifts
 POOL = BufferPool()
 
 
+def direct_view(v: Array) -> Array | None:
+    """A buffer MPI can use in place of the view ``v`` (zero copy), or ``None``: a C-contiguous
+    numpy array or CPU tensor (its numpy alias); device tensors and strided views are packed."""
+    if isinstance(v, torch.Tensor):
+        if v.device.type == "cpu" and v.is_contiguous():
+            return v.detach().numpy()
+        return None
+    return v if v.flags.c_contiguous else None
+
+
 def pack(views: list[Array], pool: BufferPool = POOL) -> Array:
     """Copy the (possibly strided) ``views``, one after the other, into one flat pooled
     contiguous send buffer (the device stream is synchronised before it is sent)."""
-    sizes = [int(np.prod(tuple(v.shape))) for v in views]
-    buf = pool.acquire(views[0], (sum(sizes),))
-    at = 0
-    for v, size in zip(views, sizes):
-        seg = buf[at : at + size].reshape(tuple(v.shape))
-        if is_torch(seg):
-            seg.copy_(v)
-        elif is_torch(v):
-            torch.from_numpy(seg).copy_(v.detach())
-        else:
-            np.copyto(seg, v)
-        at += size
-    if is_torch(buf):
+    if len(views) == 1:
+        v = views[0]
+        buf = pool.acquire(v, (v.numel() if isinstance(v, torch.Tensor) else v.size,))
+        _copy_into(buf.reshape(tuple(v.shape)), v)
+    else:
+        sizes = [math.prod(v.shape) for v in views]
+        buf = pool.acquire(views[0], (sum(sizes),))
+        at = 0
+        for v, size in zip(views, sizes):
+            _copy_into(buf[at : at + size].reshape(tuple(v.shape)), v)
+            at += size
+    if isinstance(buf, torch.Tensor):
         synchronize(buf.device)
     return buf
 
 
+def _copy_into(seg: Array, v: Array) -> None:
+    if isinstance(seg, torch.Tensor):
+        seg.copy_(v)
+    elif isinstance(v, torch.Tensor):
+        if v.device.type == "cpu":
+            np.copyto(seg, v.detach().numpy())  # numpy view of the strided face: no torch op
+        else:
+            torch.from_numpy(seg).copy_(v.detach())
+    else:
+        np.copyto(seg, v)
+
+
 def unpack(buf: Array, out: Array, sign: int = 1) -> None:
     """Write the received ``buf`` into the view ``out`` (times ``sign`` = +-1)."""
-    if is_torch(out):
+    if isinstance(out, torch.Tensor) and out.device.type == "cpu" and not is_torch(buf):
+        view = out.detach().numpy()  # shares memory with ``out``
+        np.negative(buf, out=view) if sign < 0 else np.copyto(view, buf)
+    elif is_torch(out):
         src = buf if is_torch(buf) else torch.from_numpy(buf)
         out.copy_(src)
         if sign < 0:

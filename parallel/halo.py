@@ -30,6 +30,7 @@ array as the sequential axis-by-axis exchange.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -148,15 +149,12 @@ class _Message:
     """One posted pair: a receive of several boxes from one neighbour (packed in one pooled
     buffer) and the send of the matching boxes to the other neighbour."""
 
-    __slots__ = ("requests", "recv_buf", "send_buf", "recv_boxes", "sign")
+    __slots__ = ("requests", "recv_buf", "send_buf", "recv_boxes", "sign", "pooled")
 
-    def __init__(self, requests, recv_buf, send_buf, recv_boxes, sign) -> None:
+    def __init__(self, requests, recv_buf, send_buf, recv_boxes, sign, pooled) -> None:
         self.requests, self.recv_buf, self.send_buf = requests, recv_buf, send_buf
         self.recv_boxes, self.sign = recv_boxes, sign
-
-
-def _box_shape(out: Array, box: tuple[slice, ...]) -> tuple[int, ...]:
-    return tuple(len(range(*s.indices(n))) for s, n in zip(box, out.shape))
+        self.pooled = pooled  # (send, recv): from the pool (else in place, zero copy)
 
 
 def _post(
@@ -168,18 +166,31 @@ def _post(
     recv_boxes: list[tuple[slice, ...]],
     tag: int,
     sign: int,
+    dst: Array | None = None,
 ) -> _Message:
     """Pack ``out[send_boxes]`` into one pooled buffer and send it towards ``-side`` along
-    ``mu``; post the receive of ``recv_boxes`` from the neighbour at ``side``."""
+    ``mu``; post the receive of ``recv_boxes`` of ``dst`` (default ``out``) from the neighbour
+    at ``side``. A single contiguous box is sent from / received into the array itself."""
+    dst = out if dst is None else dst
     down, up = grid.neighbours[mu]
     source, dest = (down, up) if side < 0 else (up, down)
-    send_buf = _comm.pack([out[box] for box in send_boxes])
-    recv_buf = _comm.POOL.acquire(out, tuple(send_buf.shape))
+    send_buf = None
+    if len(send_boxes) == 1:  # a contiguous face (e.g. along the slowest axis) goes as is
+        send_buf = _comm.direct_view(out[send_boxes[0]])
+    send_pooled = send_buf is None
+    if send_pooled:
+        send_buf = _comm.pack([out[box] for box in send_boxes])
+    recv_buf = None
+    if len(recv_boxes) == 1:
+        recv_buf = _comm.direct_view(dst[recv_boxes[0]])
+    recv_pooled = recv_buf is None
+    if recv_pooled:
+        recv_buf = _comm.POOL.acquire(out, (math.prod(send_buf.shape),))
     requests = [
         _comm.irecv(grid.cart, recv_buf, source, tag),
         _comm.isend(grid.cart, send_buf, dest, tag),
     ]
-    return _Message(requests, recv_buf, send_buf, recv_boxes, sign)
+    return _Message(requests, recv_buf, send_buf, recv_boxes, sign, (send_pooled, recv_pooled))
 
 
 def _complete(out: Array, messages: list[_Message]) -> None:
@@ -187,14 +198,25 @@ def _complete(out: Array, messages: list[_Message]) -> None:
     return the buffers to the pool."""
     _comm.waitall([r for m in messages for r in m.requests])
     for m in messages:
+        send_pooled, recv_pooled = m.pooled
+        if send_pooled:
+            _comm.POOL.release(m.send_buf)
+        if not recv_pooled:  # received in place
+            if m.sign < 0:
+                np.negative(m.recv_buf, out=m.recv_buf)
+            continue
+        if len(m.recv_boxes) == 1:
+            view = out[m.recv_boxes[0]]
+            _comm.unpack(m.recv_buf.reshape(tuple(view.shape)), view, m.sign)
+            _comm.POOL.release(m.recv_buf)
+            continue
         at = 0
         for box in m.recv_boxes:
-            shape = _box_shape(out, box)
-            size = int(np.prod(shape))
-            _comm.unpack(m.recv_buf[at : at + size].reshape(shape), out[box], m.sign)
+            view = out[box]
+            size = math.prod(view.shape)
+            _comm.unpack(m.recv_buf[at : at + size].reshape(tuple(view.shape)), view, m.sign)
             at += size
         _comm.POOL.release(m.recv_buf)
-        _comm.POOL.release(m.send_buf)
 
 
 class HaloHandle:

@@ -74,7 +74,7 @@ def _shift_begin_raw(
         return ShiftHandle(out, None)
     tag = _SHIFT_TAG + 2 * mu + (k < 0)
     # _post receives from the neighbour at `side` and sends to the other one
-    msg = _post(grid, x, mu, side, [box(dim, face)], [box(dim, halo)], tag, bsign)
+    msg = _post(grid, x, mu, side, [box(dim, face)], [box(dim, halo)], tag, bsign, dst=out)
     return ShiftHandle(out, msg)
 
 
