@@ -40,6 +40,7 @@ orientations), each averaged ``Re Tr / 3``; the Polyakov loop
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
 
@@ -82,6 +83,17 @@ def gauge_force(
 
 
 # --------------------------------------------------------------------------- overlap
+_OVERLAP = os.environ.get("TRIVHMC_OVERLAP", "0").lower() in ("1", "true", "yes")
+
+
+def set_overlap(enabled: bool) -> None:
+    """Default of :class:`SU3Gauge`'s ``overlap`` for theories built afterwards (the deck key
+    ``parallel.overlap``; else the environment variable ``TRIVHMC_OVERLAP``). As a default it
+    applies to the Wilson action only; improved actions keep the backend's force."""
+    global _OVERLAP
+    _OVERLAP = bool(enabled)
+
+
 # Wilson staples with the halo exchange hidden behind the interior: the links are padded by
 # one site on every axis (axes held by one rank by local copies right away, split axes by
 # faces posted at once, parallel.halo_begin); the staples of the interior sites, whose
@@ -247,7 +259,7 @@ class SU3Gauge(Theory):
         c1: float | None = None,
         dtype: torch.dtype = torch.complex128,
         device: torch.device | str = "cpu",
-        overlap: bool = False,
+        overlap: bool | None = None,
     ) -> None:
         super().__init__(grid, dtype=dtype, device=device)
         if grid.ndim < 2:
@@ -260,6 +272,8 @@ class SU3Gauge(Theory):
         self.action_name = action
         self.c1 = float(ACTIONS[action] if c1 is None else c1)
         self.c0 = 1.0 - 8.0 * self.c1
+        if overlap is None:  # the process default (set_overlap), for the Wilson action only
+            overlap = _OVERLAP and self.c1 == 0.0
         if overlap and self.c1 != 0.0:
             raise ValueError(
                 f"overlap (communication hidden behind the interior staples) supports the "
