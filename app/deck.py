@@ -211,6 +211,13 @@ class ParallelSection(_Section):
         "(torch.compile), numba (needs the `fast` extra). null: $TRIVHMC_KERNELS, else eager. "
         "All give the same results to rounding.",
     )
+    overlap: bool | None = Field(
+        default=None,
+        description="SU(3) Wilson action: compute the interior staples while the halo faces "
+        "travel (parallel.halo_begin/halo_end). Same results to rounding, bit-identical on "
+        "every process grid; improved actions and other theories ignore it. null: "
+        "$TRIVHMC_OVERLAP, else off.",
+    )
     gpu_aware_mpi: bool | None = Field(
         default=None,
         description="Pass device buffers to MPI directly. null: follow the environment "

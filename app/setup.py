@@ -39,7 +39,12 @@ def build_grid(deck: Deck) -> ProcessGrid:
 
 
 def select_kernels(deck: Deck) -> None:
-    """Activate the deck's kernel backend (``parallel.kernels``), if it names one."""
+    """Activate the deck's kernel backend (``parallel.kernels``), if it names one, and the
+    SU(3) halo/compute overlap (``parallel.overlap``)."""
+    from kernels.theories.su3 import set_overlap
+
+    if deck.parallel.overlap is not None:
+        set_overlap(deck.parallel.overlap)
     name = deck.parallel.kernels
     if name is None:
         return

@@ -81,6 +81,50 @@ def traj_time(shape, n, a) -> dict | None:
     }
 
 
+def crossover_extent(t_site: float, alpha: float, beta: float, h: float, split: int) -> float:
+    """Local extent ``L`` of an ``L^4`` block at which one force's halo time equals its compute
+    time with ``split`` axes split: ``L^4 t_site = split * 2 (alpha + h L^3 576 B / beta)``
+    (bisection; below this ``L`` communication dominates)."""
+    lo, hi = 1.0, 4096.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        comp = mid**4 * t_site
+        comm = split * 2 * (alpha + h * mid**3 * 4 * 144 / beta)
+        lo, hi = (mid, hi) if comm > comp else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def vm_check(a) -> None:
+    """The dev VM in the same formulas, calibrated on the measured one-rank trajectory, against
+    the measured 1 -> 2 -> 4 rank trajectories (benchmarks/bench_halo_fraction.py)."""
+    local = (8, 8, 8, 8)
+    v = math.prod(local)
+    nf = 2 * a.vm_steps + 1  # force evaluations per Omelyan trajectory
+    nx = nf + 2  # exchanges per trajectory: one per force + the two action evaluations
+    face = v // local[0] * 4 * 144  # bytes of one link face (4 links x 144 B per site)
+    print(
+        f"# dev VM model: local 8^4, grid N x 1 x 1 x 1, Omelyan {a.vm_steps} steps ({nf} "
+        f"forces), t_traj(1 rank) {a.vm_traj1:.2f} s measured -> {1e6 * a.vm_traj1 / (nf * v):.1f}"
+        f" us/site/force; alpha {1e6 * a.vm_alpha:.0f} us, beta {a.vm_beta / 1e9:.2f} GB/s, "
+        f"{a.vm_cores} cores"
+    )
+    print(f"{'ranks':>5} {'model s':>8} {'model ovl':>9} {'halo %':>7} {'weak eff':>8}")
+    for n in (1, 2, 4):
+        comp = a.vm_traj1 * max(1.0, n / a.vm_cores)
+        comm = 0.0 if n == 1 else nx * (a.vm_alpha + face / a.vm_beta)
+        serial = comp + comm
+        ovl = max(comp, comm) + (nx * a.vm_alpha if comm else 0.0)
+        print(
+            f"{n:>5} {serial:>8.3f} {ovl:>9.3f} {100 * comm / serial:>6.1f}% "
+            f"{100 * a.vm_traj1 / ovl:>7.0f}%"
+        )
+    print("# local L^4 below which the halo of one VM force outlasts its compute")
+    t_site = a.vm_traj1 / (nf * v)
+    print(f"{'split axes':>10} {'L*':>8}")
+    for k in (1, 2, 4):
+        print(f"{k:>10} {crossover_extent(t_site, a.vm_alpha, a.vm_beta, 1.0, k):>8.1f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--machine", choices=sorted(MACHINES), default="frontier")
@@ -92,21 +136,20 @@ def main(argv=None) -> None:
     ap.add_argument("--save-every", type=int, default=10)
     ap.add_argument("--mem-factor", type=float, default=40.0, help="field copies in memory")
     ap.add_argument("--check-vm", action="store_true")
+    # dev-VM inputs (docs/performance.md, halo section, 2026-12-03): measured 1-rank s/traj,
+    # fixed cost and bandwidth of one face exchange on 2 ranks
+    ap.add_argument("--vm-traj1", type=float, default=2.4, help="measured s/traj, 1 rank")
+    ap.add_argument("--vm-steps", type=int, default=3)
+    ap.add_argument("--vm-alpha", type=float, default=17e-6, help="s per exchange (software)")
+    ap.add_argument("--vm-beta", type=float, default=10e9, help="B/s shared-memory MPI")
+    ap.add_argument("--vm-cores", type=float, default=2.0)
     a = ap.parse_args(argv)
     m = MACHINES[a.machine]
     a.beta, a.mem = m["beta"], m["mem"]
     a.t_site = (20e3 / m["hbm"]) if a.eager else 1152 / (a.fused * m["hbm"])
     a.h = 3.0 if a.eager else 1.0
     if a.check_vm:
-        # dev VM, eager, 1 thread per rank: measured 8^4 force 170 ms (41 us/site);
-        # bench_halo 2 ranks: ~0.3 ms fixed per exchange, ~0.8 GB/s (shared-memory MPICH)
-        a.t_site, a.alpha, a.beta, a.h, a.ratio, a.steps = 41e-6, 3e-4, 0.8e9, 3.0, 1.0, 0
-        for shape, n in [((8, 8, 8, 8), 1), ((8, 8, 8, 8), 2), ((8, 8, 8, 8), 4)]:
-            r = traj_time(shape, n, a)
-            print(
-                f"# VM model {shape} on {n} rank(s): force {1e3 * r['serial']:.1f} ms "
-                f"(compute {1e3 * r['comp']:.1f}, halo {1e3 * r['comm']:.1f})"
-            )
+        vm_check(a)
         return
     print(
         f"# {a.machine}: HBM {m['hbm'] / 1e12:.1f} TB/s, inter-node {a.beta / 1e9:.1f} GB/s/GPU, "
@@ -119,7 +162,7 @@ def main(argv=None) -> None:
         f"{'comm %':>7} {'strong eff':>10}"
     )
     for shape in LATTICES:
-        base = None
+        base, dominated = None, None
         for n in GPUS:
             r = traj_time(shape, n, a)
             name = "x".join(map(str, shape))
@@ -134,10 +177,19 @@ def main(argv=None) -> None:
                 base = (n, r["overlap"])
             eff = base[1] * base[0] / (r["overlap"] * n)
             frac = r["comm"] / (r["comp"] + r["comm"])
+            if frac > 0.5 and dominated is None:
+                dominated = (n, loc)
             print(
                 f"{name:>14} {n:>6} {loc:>16} {r['serial']:>9.3f} {r['overlap']:>11.3f} "
                 f"{100 * frac:>6.0f}% {100 * eff:>9.0f}%"
             )
+        if dominated:
+            n_dom, loc_dom = dominated
+            print(f"{'':>14} communication > compute from {n_dom} GPUs (local {loc_dom})")
+    print("# local L^4 below which the halo of one force outlasts its compute (comm dominates)")
+    print(f"{'split axes':>10} {'L*':>8}")
+    for k in (1, 2, 4):
+        print(f"{k:>10} {crossover_extent(a.t_site, a.alpha, a.beta, a.h, k):>8.1f}")
     print("# weak scaling: fixed local volume, every axis split once N >= 16 (4 faces pairs)")
     print(f"{'local':>10} {'GPUs':>6} {'s/traj(ovl)':>11} {'comm %':>7} {'weak eff':>9}")
     for L in (8, 16, 24, 32):

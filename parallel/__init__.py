@@ -7,7 +7,7 @@ reductions, gather/scatter, and the counter-based RNG keyed by global site.
 from .comm import gpu_aware, set_gpu_aware
 from .conv import LatticeConv
 from .grid import GridError, ProcessGrid, choose_grid, single_rank_grid
-from .halo import HaloError, halo_pad, halo_pad_adjoint
+from .halo import HaloError, HaloHandle, halo_begin, halo_end, halo_pad, halo_pad_adjoint
 from .reduce import (
     allgather_field,
     allreduce_gradients,
@@ -24,13 +24,15 @@ from .reduce import (
     scatter_from_root,
 )
 from .rng import SiteRNG
-from .shifts import shift
+from .shifts import ShiftHandle, shift, shift_begin, shift_end
 
 __all__ = [
     "GridError",
     "HaloError",
+    "HaloHandle",
     "LatticeConv",
     "ProcessGrid",
+    "ShiftHandle",
     "SiteRNG",
     "allgather_field",
     "allreduce_gradients",
@@ -43,6 +45,8 @@ __all__ = [
     "global_max",
     "global_sum",
     "gpu_aware",
+    "halo_begin",
+    "halo_end",
     "halo_pad",
     "halo_pad_adjoint",
     "lattice_mean",
@@ -51,5 +55,7 @@ __all__ = [
     "scatter_from_root",
     "set_gpu_aware",
     "shift",
+    "shift_begin",
+    "shift_end",
     "single_rank_grid",
 ]

@@ -14,6 +14,7 @@ CPU tensors always go through a zero-copy numpy view.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -93,6 +94,152 @@ def sendrecv(
     rbuf = empty_like_buffer(send, recv_shape)
     comm.Sendrecv(sbuf, dest=dest, sendtag=tag, recvbuf=rbuf, source=source, recvtag=tag)
     return from_buffer(rbuf, send)
+
+
+class BufferPool:
+    """Reusable contiguous message buffers keyed by ``(shape, dtype, device path)``.
+
+    :meth:`acquire` hands out a free buffer of the key (allocating only when none is free,
+    counted in :attr:`allocations`); :meth:`release` returns it. A buffer is held from the
+    moment its message is posted until the request completes, so several exchanges may be
+    in flight at once without sharing storage. Host buffers are numpy arrays (the mpi4py
+    buffer interface, no pickling); with GPU-aware MPI, device buffers are torch tensors.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple, list[Array]] = {}
+        self.allocations = 0
+
+    def acquire(self, like: Array, shape: tuple[int, ...]) -> Array:
+        """A buffer of ``shape`` for the kind/dtype/device path of ``like`` (contents undefined)."""
+        device = _buffer_device(like)
+        if device is None:
+            dtype = _numpy_dtype(like.dtype) if isinstance(like, torch.Tensor) else like.dtype
+            key = (shape, dtype, None)
+        else:
+            key = (shape, like.dtype, device)
+        free = self._free.get(key)
+        if free:
+            return free.pop()
+        self.allocations += 1
+        if device is None:
+            return np.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=like.dtype, device=device)
+
+    def release(self, buf: Array) -> None:
+        """Return ``buf`` to the pool (its message must have completed)."""
+        if isinstance(buf, torch.Tensor):
+            key = (tuple(buf.shape), buf.dtype, buf.device)
+        else:
+            key = (buf.shape, buf.dtype, None)
+        self._free.setdefault(key, []).append(buf)
+
+    def clear(self) -> None:
+        """Drop every pooled buffer."""
+        self._free.clear()
+
+
+def _buffer_device(x: Array) -> torch.device | None:
+    """Device of the message buffer for ``x``: ``None`` for a host numpy buffer."""
+    if is_torch(x) and x.device.type != "cpu" and _GPU_AWARE:
+        return x.device
+    return None
+
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of a torch dtype (cached: this runs once per message)."""
+    out = _NUMPY_DTYPES.get(dtype)
+    if out is None:
+        out = _NUMPY_DTYPES[dtype] = torch.empty((), dtype=dtype).numpy().dtype
+    return out
+
+
+#: the process-wide pool used by the halo exchange and the shifts
+POOL = BufferPool()
+
+
+def direct_view(v: Array) -> Array | None:
+    """A buffer MPI can use in place of the view ``v`` (zero copy), or ``None``: a C-contiguous
+    numpy array or CPU tensor (its numpy alias); device tensors and strided views are packed."""
+    if isinstance(v, torch.Tensor):
+        if v.device.type == "cpu" and v.is_contiguous():
+            return v.detach().numpy()
+        return None
+    return v if v.flags.c_contiguous else None
+
+
+def pack(views: list[Array], pool: BufferPool = POOL) -> Array:
+    """Copy the (possibly strided) ``views``, one after the other, into one flat pooled
+    contiguous send buffer (the device stream is synchronised before it is sent)."""
+    if len(views) == 1:
+        v = views[0]
+        buf = pool.acquire(v, (v.numel() if isinstance(v, torch.Tensor) else v.size,))
+        _copy_into(buf.reshape(tuple(v.shape)), v)
+    else:
+        sizes = [math.prod(v.shape) for v in views]
+        buf = pool.acquire(views[0], (sum(sizes),))
+        at = 0
+        for v, size in zip(views, sizes):
+            _copy_into(buf[at : at + size].reshape(tuple(v.shape)), v)
+            at += size
+    if isinstance(buf, torch.Tensor):
+        synchronize(buf.device)
+    return buf
+
+
+def _copy_into(seg: Array, v: Array) -> None:
+    if isinstance(seg, torch.Tensor):
+        seg.copy_(v)
+    elif isinstance(v, torch.Tensor):
+        if v.device.type == "cpu":
+            np.copyto(seg, v.detach().numpy())  # numpy view of the strided face: no torch op
+        else:
+            torch.from_numpy(seg).copy_(v.detach())
+    else:
+        np.copyto(seg, v)
+
+
+def unpack(buf: Array, out: Array, sign: int = 1) -> None:
+    """Write the received ``buf`` into the view ``out`` (times ``sign`` = +-1)."""
+    if isinstance(out, torch.Tensor) and out.device.type == "cpu" and not is_torch(buf):
+        view = out.detach().numpy()  # shares memory with ``out``
+        np.negative(buf, out=view) if sign < 0 else np.copyto(view, buf)
+    elif is_torch(out):
+        src = buf if is_torch(buf) else torch.from_numpy(buf)
+        out.copy_(src)
+        if sign < 0:
+            out.neg_()
+    elif sign < 0:
+        np.negative(buf, out=out)
+    else:
+        np.copyto(out, buf)
+
+
+def isend(comm: MPI.Comm, buf: Array, dest: int, tag: int) -> MPI.Request:
+    """Post a non-blocking send of the contiguous ``buf``."""
+    return comm.Isend(buf, dest=dest, tag=tag)
+
+
+def irecv(comm: MPI.Comm, buf: Array, source: int, tag: int) -> MPI.Request:
+    """Post a non-blocking receive into the contiguous ``buf``."""
+    return comm.Irecv(buf, source=source, tag=tag)
+
+
+def waitall(requests: list[MPI.Request]) -> None:
+    """Complete every request (benchmarks time this call: it is the halo *wait*)."""
+    if requests:
+        MPI.Request.Waitall(requests)
+
+
+def progress(requests: list[MPI.Request]) -> bool:
+    """Drive pending transfers forward without blocking (``MPI_Testall``); True when all are
+    complete. MPI libraries without an asynchronous progress thread move a large
+    (rendezvous) message only inside MPI calls, so a caller that overlaps computation with
+    an exchange calls this now and then."""
+    return bool(MPI.Request.Testall(requests)) if requests else True
 
 
 def allreduce(comm: MPI.Comm, x: Array, op: MPI.Op = MPI.SUM) -> Array:

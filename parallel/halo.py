@@ -15,15 +15,28 @@ The adjoint ``H^T`` (``halo_pad_adjoint``) sends each halo value back to the ran
 the site and *adds* it there, with the same sign. ``halo_pad`` on a tensor that requires
 grad runs as a ``torch.autograd.Function`` whose backward is ``H^T`` (itself differentiable,
 so double backward works): ``<H x, y> = <x, H^T y>``.
+
+Non-blocking exchange (``halo_begin`` -> handle, ``halo_end(handle)``; ``halo_pad`` is the two
+back to back). ``halo_begin`` copies the interior into the padded output, fills the halos of
+axes held by one rank by local copies, then posts the faces of *every* split axis at once
+(``Irecv``/``Isend`` through the mpi4py buffer interface, no pickling) on contiguous buffers
+taken from a pool keyed by shape/dtype/device (:data:`parallel.comm.POOL`; no allocation once
+a kind of exchange has run). The caller computes on the interior (``handle.padded``) while
+the faces travel. ``halo_end`` waits, unpacks the faces with their boundary sign, and fills the
+edges/corners between split axes (second and later split axes only: the boxes lying in the
+halo of an earlier split axis, one packed message per direction), so the result is the same
+array as the sequential axis-by-axis exchange.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from . import comm as _comm
 from .comm import Array, is_torch, sendrecv
 from .grid import ProcessGrid
 
@@ -91,12 +104,6 @@ def _take(x: Array, dim: int, start: int, stop: int) -> Array:
     return x[tuple(index)]
 
 
-def _cat(parts: list[Array], dim: int) -> Array:
-    if is_torch(parts[0]):
-        return torch.cat(parts, dim=dim)
-    return np.concatenate(parts, axis=dim)
-
-
 def _copy(x: Array) -> Array:
     return x.clone() if is_torch(x) else x.copy()
 
@@ -122,40 +129,218 @@ def _empty(x: Array, shape: tuple[int, ...]) -> Array:
     return np.empty(shape, dtype=x.dtype)
 
 
-def _pad_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: Signs) -> Array:
-    """Copy the interior once into the padded output, then fill the faces axis by axis; the
-    region exchanged along axis ``mu`` spans the already padded extent of the axes before it
-    (so edges and corners are filled) and the interior of the axes after it."""
+# ------------------------------------------------------------------ non-blocking exchange
+_NB_TAG = 5000  # tags of the non-blocking halo: _NB_TAG + 8 mu + 2 round + (side > 0)
+
+
+def _sides(lo: int, hi: int, n: int) -> list[tuple[int, slice, slice]]:
+    """``(side, send, recv)`` along one axis in padded coordinates: the ``lo`` halo (side -1)
+    is received from the rank below, which sends its top ``lo`` slices; the ``hi`` halo
+    (side +1) from the rank above, which sends its bottom ``hi`` slices."""
+    out = []
+    if lo:
+        out.append((-1, slice(n, lo + n), slice(0, lo)))
+    if hi:
+        out.append((+1, slice(lo, lo + hi), slice(lo + n, lo + n + hi)))
+    return out
+
+
+class _Message:
+    """One posted pair: a receive of several boxes from one neighbour (packed in one pooled
+    buffer) and the send of the matching boxes to the other neighbour."""
+
+    __slots__ = ("requests", "recv_buf", "send_buf", "recv_boxes", "sign", "pooled")
+
+    def __init__(self, requests, recv_buf, send_buf, recv_boxes, sign, pooled) -> None:
+        self.requests, self.recv_buf, self.send_buf = requests, recv_buf, send_buf
+        self.recv_boxes, self.sign = recv_boxes, sign
+        self.pooled = pooled  # (send, recv): from the pool (else in place, zero copy)
+
+
+def _post(
+    grid: ProcessGrid,
+    out: Array,
+    mu: int,
+    side: int,
+    send_boxes: list[tuple[slice, ...]],
+    recv_boxes: list[tuple[slice, ...]],
+    tag: int,
+    sign: int,
+    dst: Array | None = None,
+) -> _Message:
+    """Pack ``out[send_boxes]`` into one pooled buffer and send it towards ``-side`` along
+    ``mu``; post the receive of ``recv_boxes`` of ``dst`` (default ``out``) from the neighbour
+    at ``side``. A single contiguous box is sent from / received into the array itself."""
+    dst = out if dst is None else dst
+    down, up = grid.neighbours[mu]
+    source, dest = (down, up) if side < 0 else (up, down)
+    send_buf = None
+    if len(send_boxes) == 1:  # a contiguous face (e.g. along the slowest axis) goes as is
+        send_buf = _comm.direct_view(out[send_boxes[0]])
+    send_pooled = send_buf is None
+    if send_pooled:
+        send_buf = _comm.pack([out[box] for box in send_boxes])
+    recv_buf = None
+    if len(recv_boxes) == 1:
+        recv_buf = _comm.direct_view(dst[recv_boxes[0]])
+    recv_pooled = recv_buf is None
+    if recv_pooled:
+        recv_buf = _comm.POOL.acquire(out, (math.prod(send_buf.shape),))
+    requests = [
+        _comm.irecv(grid.cart, recv_buf, source, tag),
+        _comm.isend(grid.cart, send_buf, dest, tag),
+    ]
+    return _Message(requests, recv_buf, send_buf, recv_boxes, sign, (send_pooled, recv_pooled))
+
+
+def _complete(out: Array, messages: list[_Message]) -> None:
+    """Wait for ``messages``, unpack the received boxes into ``out`` (with their sign) and
+    return the buffers to the pool."""
+    _comm.waitall([r for m in messages for r in m.requests])
+    for m in messages:
+        send_pooled, recv_pooled = m.pooled
+        if send_pooled:
+            _comm.POOL.release(m.send_buf)
+        if not recv_pooled:  # received in place
+            if m.sign < 0:
+                np.negative(m.recv_buf, out=m.recv_buf)
+            continue
+        if len(m.recv_boxes) == 1:
+            view = out[m.recv_boxes[0]]
+            _comm.unpack(m.recv_buf.reshape(tuple(view.shape)), view, m.sign)
+            _comm.POOL.release(m.recv_buf)
+            continue
+        at = 0
+        for box in m.recv_boxes:
+            view = out[box]
+            size = math.prod(view.shape)
+            _comm.unpack(m.recv_buf[at : at + size].reshape(tuple(view.shape)), view, m.sign)
+            at += size
+        _comm.POOL.release(m.recv_buf)
+
+
+class HaloHandle:
+    """An exchange in flight, from :func:`halo_begin` to :func:`halo_end`.
+
+    ``padded`` is the output array: its interior (the local block) and the halos along axes
+    held by one rank (local periodic copies) are valid as soon as :func:`halo_begin` returns;
+    the halos along split axes are valid after :func:`halo_end`. Compute on the interior
+    while the faces travel.
+    """
+
+    def __init__(self, padded, grid, widths, first, signs, split, messages, done) -> None:
+        self.padded = padded
+        self.grid = grid
+        self.widths = widths
+        self.first = first
+        self.signs = signs
+        self.split = split
+        self.messages = messages
+        self.done = done
+
+    def progress(self) -> bool:
+        """Let the faces in flight advance (non-blocking ``MPI_Testall``); call it between
+        pieces of interior work. True when every face has arrived."""
+        return _comm.progress([r for m in self.messages for r in m.requests])
+
+    @property
+    def split_axes(self) -> tuple[int, ...]:
+        """Lattice axes whose halos cross ranks (received in :func:`halo_end`)."""
+        return tuple(self.split)
+
+
+def _boundary_sign(grid: ProcessGrid, signs: Signs, mu: int, side: int) -> int:
+    return -1 if signs[mu] < 0 and grid.is_global_boundary(mu, side) else 1
+
+
+def _begin_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: Signs) -> HaloHandle:
+    """Copy the interior into the padded output, fill the halos of axes held by one rank
+    (local copies, edges and corners among them included), then post the faces of every
+    split axis at once (their extent along the local axes padded, along the other split axes
+    the interior). Edges/corners between split axes follow in :func:`_end_raw`."""
     shape = list(x.shape)
     for mu, (lo, hi) in enumerate(widths):
         shape[first + mu] += lo + hi
-    if tuple(shape) == tuple(x.shape):
-        return x
+    exchanged = [mu for mu, (lo, hi) in enumerate(widths) if lo or hi]
+    if not exchanged:
+        return HaloHandle(x, grid, widths, first, signs, [], [], True)
     out = _empty(x, tuple(shape))
-    interior = [slice(None)] * len(shape)
+    region = [slice(None)] * len(shape)
     for mu, (lo, _) in enumerate(widths):
-        interior[first + mu] = slice(lo, lo + grid.local_shape[mu])
-    out[tuple(interior)] = x
-    region = list(interior)
-    for mu, (lo, hi) in enumerate(widths):
+        region[first + mu] = slice(lo, lo + grid.local_shape[mu])
+    out[tuple(region)] = x
+    local = [mu for mu in exchanged if grid.grid[mu] == 1]
+    split = [mu for mu in exchanged if grid.grid[mu] > 1]
+    for mu in local:  # periodic copies on this rank; later axes copy the padded extent
         dim = first + mu
-        n = grid.local_shape[mu]
-        if lo:
-            region[dim] = slice(lo + n - lo, lo + n)  # my top `lo` slices go up
-            halo = _exchange(grid, out[tuple(region)], dim, mu, +1, _tag(mu, 0))
-            if signs[mu] < 0 and grid.is_global_boundary(mu, -1):
-                halo = -halo
-            region[dim] = slice(0, lo)
-            out[tuple(region)] = halo
-        if hi:
-            region[dim] = slice(lo, lo + hi)  # my bottom `hi` slices go down
-            halo = _exchange(grid, out[tuple(region)], dim, mu, -1, _tag(mu, 1))
-            if signs[mu] < 0 and grid.is_global_boundary(mu, +1):
-                halo = -halo
-            region[dim] = slice(lo + n, lo + n + hi)
-            out[tuple(region)] = halo
-        region[dim] = slice(None)  # later axes exchange the padded extent of this one
+        lo, hi = widths[mu]
+        for side, send, recv in _sides(lo, hi, grid.local_shape[mu]):
+            src, dst = list(region), list(region)
+            src[dim], dst[dim] = send, recv
+            out[tuple(dst)] = out[tuple(src)]
+            if _boundary_sign(grid, signs, mu, side) < 0:
+                out[tuple(dst)] = -out[tuple(dst)]
+        region[dim] = slice(None)
+    messages = []
+    for mu in split:
+        dim = first + mu
+        lo, hi = widths[mu]
+        for side, send, recv in _sides(lo, hi, grid.local_shape[mu]):
+            src, dst = list(region), list(region)
+            src[dim], dst[dim] = send, recv
+            tag = _NB_TAG + 8 * mu + (side > 0)
+            sign = _boundary_sign(grid, signs, mu, side)
+            messages.append(_post(grid, out, mu, side, [tuple(src)], [tuple(dst)], tag, sign))
+    handle = HaloHandle(out, grid, widths, first, signs, split, messages, False)
+    handle.region = region  # type: ignore[attr-defined]
+    return handle
+
+
+def _end_raw(handle: HaloHandle) -> Array:
+    """Wait for the faces, then fill the edges/corners between split axes: along each split
+    axis after the first, the boxes that lie in the halo of an earlier split axis are sent
+    (packed in one message per direction), one axis after the other."""
+    if handle.done:
+        return handle.padded
+    out, grid, widths, first = handle.padded, handle.grid, handle.widths, handle.first
+    _complete(out, handle.messages)
+    handle.messages = []
+    region = handle.region  # type: ignore[attr-defined]
+    split = handle.split
+    for k, mu in enumerate(split[1:], 1):
+        dim = first + mu
+        lo, hi = widths[mu]
+        contexts = []
+        for j, e in enumerate(split[:k]):
+            elo, ehi = widths[e]
+            for _, _, halo in _sides(elo, ehi, grid.local_shape[e]):
+                ctx = list(region)
+                for d in split[:j]:
+                    ctx[first + d] = slice(None)
+                ctx[first + e] = halo
+                contexts.append(ctx)
+        if not contexts:
+            continue
+        messages = []
+        for side, send, recv in _sides(lo, hi, grid.local_shape[mu]):
+            sends, recvs = [], []
+            for ctx in contexts:
+                src, dst = list(ctx), list(ctx)
+                src[dim], dst[dim] = send, recv
+                sends.append(tuple(src))
+                recvs.append(tuple(dst))
+            tag = _NB_TAG + 8 * mu + 2 + (side > 0)
+            sign = _boundary_sign(grid, handle.signs, mu, side)
+            messages.append(_post(grid, out, mu, side, sends, recvs, tag, sign))
+        _complete(out, messages)
+    handle.done = True
     return out
+
+
+def _pad_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: Signs) -> Array:
+    """Blocking halo: :func:`_begin_raw` then :func:`_end_raw`. The padded array equals the
+    wrapped global field around the local block (edges and corners included)."""
+    return _end_raw(_begin_raw(x, grid, widths, first, signs))
 
 
 def _adjoint_raw(g: Array, grid: ProcessGrid, widths: Widths, first: int, signs: Signs) -> Array:
@@ -230,6 +415,37 @@ def halo_pad(
     if _needs_graph(x):
         return _HaloPad.apply(x, grid, widths, first, signs)
     return _pad_raw(x, grid, widths, first, signs)
+
+
+def halo_begin(
+    x: Array,
+    grid: ProcessGrid,
+    width: int | Sequence[int] | Sequence[tuple[int, int]] = 1,
+    axes: Sequence[int] | None = None,
+    first: int = 0,
+    bc: Sequence[int] | str | None = None,
+) -> HaloHandle:
+    """Start :func:`halo_pad` without waiting: the faces of every split axis are posted at
+    once (``Isend``/``Irecv`` on pooled buffers) and the handle is returned.
+
+    ``handle.padded`` holds the interior and the halos along axes held by one rank right
+    away; :func:`halo_end` waits for the faces, fills the edges/corners between split axes,
+    and returns the padded array (equal to :func:`halo_pad`). Every rank must begin and end
+    its exchanges in the same order. A tensor that requires grad is padded at once through
+    the autograd-aware blocking path (nothing left to overlap).
+    """
+    widths = normalize_widths(grid, width, axes)
+    signs = normalize_signs(grid, bc)
+    _check_layout(x, grid, first)
+    if _needs_graph(x):
+        out = _HaloPad.apply(x, grid, widths, first, signs)
+        return HaloHandle(out, grid, widths, first, signs, [], [], True)
+    return _begin_raw(x, grid, widths, first, signs)
+
+
+def halo_end(handle: HaloHandle) -> Array:
+    """Finish the exchange of :func:`halo_begin`; returns the padded array."""
+    return _end_raw(handle)
 
 
 def halo_pad_adjoint(

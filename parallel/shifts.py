@@ -19,12 +19,30 @@ import torch
 
 from .comm import Array
 from .grid import ProcessGrid
-from .halo import HaloError, _cat, _exchange, _needs_graph, _take, normalize_signs
+from .halo import HaloError, _complete, _empty, _Message, _needs_graph, _post, normalize_signs
+
+_SHIFT_TAG = 6000  # tags of the non-blocking shifts: _SHIFT_TAG + 2 mu + (k < 0)
 
 
-def _shift_raw(x: Array, grid: ProcessGrid, mu: int, k: int, first: int, sign: int) -> Array:
+class ShiftHandle:
+    """A shift in flight, from :func:`shift_begin` to :func:`shift_end`. ``result`` holds the
+    locally available part (all but the ``|k|`` slices that come from the neighbour) as soon
+    as :func:`shift_begin` returns; it is complete after :func:`shift_end`."""
+
+    __slots__ = ("result", "message")
+
+    def __init__(self, result: Array, message: _Message | None) -> None:
+        self.result = result
+        self.message = message
+
+
+def _shift_begin_raw(
+    x: Array, grid: ProcessGrid, mu: int, k: int, first: int, sign: int
+) -> ShiftHandle:
+    """Post the one face a shift needs (``|k|`` slices, pooled buffers) and copy the local
+    part of the result; along an axis held by one rank the whole shift is a local copy."""
     if k == 0:
-        return x
+        return ShiftHandle(x, None)
     dim = first + mu
     n = x.shape[dim]
     if abs(k) > n:
@@ -32,17 +50,43 @@ def _shift_raw(x: Array, grid: ProcessGrid, mu: int, k: int, first: int, sign: i
             f"shift by {k} along axis {mu} is longer than the local extent {n} "
             f"(lattice {list(grid.shape)} on grid {list(grid.grid)})"
         )
-    if k > 0:
-        # my top k slices come from the bottom k slices of the rank above
-        halo = _exchange(grid, _take(x, dim, 0, k), dim, mu, -1, 2000 + 2 * mu)
-        if sign < 0 and grid.is_global_boundary(mu, +1):
-            halo = -halo
-        return _cat([_take(x, dim, k, n), halo], dim)
-    k = -k
-    halo = _exchange(grid, _take(x, dim, n - k, n), dim, mu, +1, 2001 + 2 * mu)
-    if sign < 0 and grid.is_global_boundary(mu, -1):
-        halo = -halo
-    return _cat([halo, _take(x, dim, 0, n - k)], dim)
+    out = _empty(x, tuple(x.shape))
+    full = [slice(None)] * x.ndim
+
+    def box(d: int, s: slice) -> tuple[slice, ...]:
+        b = list(full)
+        b[d] = s
+        return tuple(b)
+
+    a = abs(k)
+    if k > 0:  # my top k slices come from the bottom k slices of the rank above
+        keep, got, face, side = slice(a, n), slice(0, n - a), slice(0, a), +1
+        halo = slice(n - a, n)
+    else:  # my bottom k slices come from the top k slices of the rank below
+        keep, got, face, side = slice(0, n - a), slice(a, n), slice(n - a, n), -1
+        halo = slice(0, a)
+    out[box(dim, got)] = x[box(dim, keep)]
+    bsign = -1 if sign < 0 and grid.is_global_boundary(mu, side) else 1
+    if grid.grid[mu] == 1:
+        out[box(dim, halo)] = x[box(dim, face)]
+        if bsign < 0:
+            out[box(dim, halo)] = -out[box(dim, halo)]
+        return ShiftHandle(out, None)
+    tag = _SHIFT_TAG + 2 * mu + (k < 0)
+    # _post receives from the neighbour at `side` and sends to the other one
+    msg = _post(grid, x, mu, side, [box(dim, face)], [box(dim, halo)], tag, bsign, dst=out)
+    return ShiftHandle(out, msg)
+
+
+def _shift_end_raw(handle: ShiftHandle) -> Array:
+    if handle.message is not None:
+        _complete(handle.result, [handle.message])
+        handle.message = None
+    return handle.result
+
+
+def _shift_raw(x: Array, grid: ProcessGrid, mu: int, k: int, first: int, sign: int) -> Array:
+    return _shift_end_raw(_shift_begin_raw(x, grid, mu, k, first, sign))
 
 
 class _Shift(torch.autograd.Function):
@@ -69,6 +113,38 @@ def shift(
 
     ``first`` is the array dim of lattice axis 0; ``bc`` the boundary condition per axis.
     """
+    mu, sign = _check(x, grid, mu, first, bc)
+    if _needs_graph(x):
+        return _Shift.apply(x, grid, mu, int(k), first, sign)
+    return _shift_raw(x, grid, mu, int(k), first, sign)
+
+
+def shift_begin(
+    x: Array,
+    grid: ProcessGrid,
+    mu: int,
+    k: int = 1,
+    first: int = 0,
+    bc: Sequence[int] | str | None = None,
+) -> ShiftHandle:
+    """Start :func:`shift` without waiting for the face from the neighbour (``Isend``/
+    ``Irecv`` on pooled buffers); :func:`shift_end` returns the shifted array. Every rank
+    must begin and end its exchanges in the same order. A tensor that requires grad is
+    shifted at once through the autograd-aware blocking path."""
+    mu, sign = _check(x, grid, mu, first, bc)
+    if _needs_graph(x):
+        return ShiftHandle(_Shift.apply(x, grid, mu, int(k), first, sign), None)
+    return _shift_begin_raw(x, grid, mu, int(k), first, sign)
+
+
+def shift_end(handle: ShiftHandle) -> Array:
+    """Finish :func:`shift_begin`: wait for the face and return the shifted array."""
+    return _shift_end_raw(handle)
+
+
+def _check(
+    x: Array, grid: ProcessGrid, mu: int, first: int, bc: Sequence[int] | str | None
+) -> tuple[int, int]:
     mu = mu % grid.ndim
     got = x.shape[first + mu]
     if got != grid.local_shape[mu]:
@@ -76,7 +152,4 @@ def shift(
             f"array of shape {tuple(x.shape)} has extent {got} at dim {first + mu}, expected "
             f"the local extent {grid.local_shape[mu]} of lattice axis {mu}"
         )
-    sign = normalize_signs(grid, bc)[mu]
-    if _needs_graph(x):
-        return _Shift.apply(x, grid, mu, int(k), first, sign)
-    return _shift_raw(x, grid, mu, int(k), first, sign)
+    return mu, normalize_signs(grid, bc)[mu]

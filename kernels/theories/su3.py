@@ -40,18 +40,20 @@ orientations), each averaged ``Re Tr / 3``; the Polyakov loop
 
 from __future__ import annotations
 
+import os
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from parallel import ProcessGrid, exact_segment_sum, lattice_sum, shift
+from parallel import ProcessGrid, exact_segment_sum, halo_begin, halo_end, lattice_sum, shift
 from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
 from ..backends import get_backend
 from ..backends.eager import _site_sum, wilson_loops
-from ..groups.su_n import algebra_norm2, dagger, haar_su_n, reunitarize
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta, reunitarize
 from ..theory import Theory
 
 #: rectangle coefficient c1 of each named action
@@ -78,6 +80,106 @@ def gauge_force(
 ) -> torch.Tensor:
     """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring) from the active backend."""
     return get_backend().su3_force(u, grid, beta, c0, c1)
+
+
+# --------------------------------------------------------------------------- overlap
+_OVERLAP = os.environ.get("TRIVHMC_OVERLAP", "0").lower() in ("1", "true", "yes")
+
+
+def set_overlap(enabled: bool) -> None:
+    """Default of :class:`SU3Gauge`'s ``overlap`` for theories built afterwards (the deck key
+    ``parallel.overlap``; else the environment variable ``TRIVHMC_OVERLAP``). As a default it
+    applies to the Wilson action only; improved actions keep the backend's force."""
+    global _OVERLAP
+    _OVERLAP = bool(enabled)
+
+
+# Wilson staples with the halo exchange hidden behind the interior: the links are padded by
+# one site on every axis (axes held by one rank by local copies right away, split axes by
+# faces posted at once, parallel.halo_begin); the staples of the interior sites, whose
+# neighbours are all on this rank, are computed while the faces travel; the boundary slabs
+# (first and last slice along each split axis) after halo_end.
+Box = tuple[tuple[int, int], ...]
+
+
+def _at(p: torch.Tensor, a: int, box: Box, step: dict[int, int]) -> torch.Tensor:
+    """``U_a(x + step)`` for the sites ``x`` of ``box`` (local coordinates) from the links
+    ``p`` padded by one site on every axis."""
+    idx = [slice(None), a]
+    for m, (lo, hi) in enumerate(box):
+        e = 1 + step.get(m, 0)
+        idx.append(slice(lo + e, hi + e))
+    return p[tuple(idx)]
+
+
+def _staples_box(
+    p: torch.Tensor, out: torch.Tensor, box: Box, progress: Callable[[], object] | None = None
+) -> None:
+    """Write the Wilson staple sum ``A_mu(x)`` (without ``c0``) of the sites in ``box`` into
+    ``out``, the same products and association as :func:`kernels.backends.eager.staple_sum`::
+
+        A_mu(x) = sum_{nu != mu} U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^+
+                               + [U_mu(x-nu) U_nu(x-nu+mu)]^+ U_nu(x-nu)
+    """
+    nd = p.shape[1]
+    dst = [slice(None)] + [slice(lo, hi) for lo, hi in box]
+    for mu in range(nd):
+        acc = None
+        for nu in range(nd):
+            if nu == mu:
+                continue
+            up = _at(p, nu, box, {mu: 1}) @ dagger(_at(p, nu, box, {}) @ _at(p, mu, box, {nu: 1}))
+            down = dagger(_at(p, mu, box, {nu: -1}) @ _at(p, nu, box, {mu: 1, nu: -1})) @ _at(
+                p, nu, box, {nu: -1}
+            )
+            term = up + down
+            acc = term if acc is None else acc + term
+            if progress is not None:
+                progress()  # let the faces in flight advance (MPI without a progress thread)
+        out[(dst[0], mu, *dst[1:])] = acc
+
+
+def _boxes(grid: ProcessGrid) -> tuple[Box | None, list[Box]]:
+    """The interior box (``None`` when empty) and the boundary slabs: along each split axis
+    its first and last slice, the earlier split axes restricted to their interior, so the
+    boxes are disjoint and cover the local domain."""
+    local = grid.local_shape
+    split = [m for m in range(grid.ndim) if grid.grid[m] > 1]
+    inner = [(1, n - 1) if m in split else (0, n) for m, n in enumerate(local)]
+    interior = tuple(inner) if all(hi > lo for lo, hi in inner) else None
+    slabs = []
+    for j, s in enumerate(split):
+        n = local[s]
+        for part in sorted({(0, 1), (n - 1, n)}):
+            box = [(0, m) for m in local]
+            for e in split[:j]:
+                box[e] = inner[e]
+            box[s] = part
+            if all(hi > lo for lo, hi in box):
+                slabs.append(tuple(box))
+    return interior, slabs
+
+
+def wilson_staples_overlap(u: torch.Tensor, grid: ProcessGrid, c0: float = 1.0) -> torch.Tensor:
+    """``c0 A_mu(x)`` (Wilson plaquette staples, :func:`_staples_box`) with the halo exchange
+    overlapped: interior staples computed between :func:`parallel.halo_begin` and
+    :func:`parallel.halo_end`, boundary slabs after. No autograd graph (the links are read
+    detached); equals :func:`kernels.backends.eager.staple_sum` with ``c1 = 0`` to rounding."""
+    handle = halo_begin(u.detach(), grid, 1, first=2)
+    out = torch.empty_like(u)
+    interior, slabs = _boxes(grid)
+    if interior is not None:
+        _staples_box(handle.padded, out, interior, handle.progress)
+    padded = halo_end(handle)
+    for box in slabs:
+        _staples_box(padded, out, box)
+    return c0 * out if c0 != 1.0 else out
+
+
+def gauge_force_overlap(u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float = 1.0):
+    """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` for the Wilson action with the staples of
+    :func:`wilson_staples_overlap` (communication hidden behind the interior)."""
+    return (beta / (2.0 * NC)) * project_ta(u @ wilson_staples_overlap(u, grid, c0))
 
 
 def gauge_transform(u: torch.Tensor, g: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
@@ -157,6 +259,7 @@ class SU3Gauge(Theory):
         c1: float | None = None,
         dtype: torch.dtype = torch.complex128,
         device: torch.device | str = "cpu",
+        overlap: bool | None = None,
     ) -> None:
         super().__init__(grid, dtype=dtype, device=device)
         if grid.ndim < 2:
@@ -169,6 +272,15 @@ class SU3Gauge(Theory):
         self.action_name = action
         self.c1 = float(ACTIONS[action] if c1 is None else c1)
         self.c0 = 1.0 - 8.0 * self.c1
+        if overlap is None:  # the process default (set_overlap), for the Wilson action only
+            overlap = _OVERLAP and self.c1 == 0.0
+        if overlap and self.c1 != 0.0:
+            raise ValueError(
+                f"overlap (communication hidden behind the interior staples) supports the "
+                f"Wilson action only, not {action!r} with c1 = {self.c1}"
+            )
+        #: force through :func:`gauge_force_overlap` (Wilson; same result to rounding)
+        self.overlap = bool(overlap)
         self.nd = grid.ndim
         self.planes = [(mu, nu) for mu in range(self.nd) for nu in range(mu + 1, self.nd)]
         self.real_dtype = torch.empty((), dtype=dtype).real.dtype
@@ -192,7 +304,10 @@ class SU3Gauge(Theory):
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
         """Gauge force ``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (left Lie derivative), see
-        :func:`gauge_force`."""
+        :func:`gauge_force`; with ``overlap`` (and no autograd graph) through
+        :func:`gauge_force_overlap`, the halo exchange hidden behind the interior staples."""
+        if self.overlap and not (torch.is_grad_enabled() and field.requires_grad):
+            return gauge_force_overlap(field, self.grid, self.beta, self.c0)
         return gauge_force(field, self.grid, self.beta, self.c0, self.c1)
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
