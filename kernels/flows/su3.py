@@ -73,7 +73,7 @@ import torch
 
 from parallel import ProcessGrid, halo_pad
 
-from ..groups.su_n import dagger, project_ta, su_expm, su_generators
+from ..groups.su_n import dagger, expm_su3, project_ta, su_generators
 from .base import (
     Composition,
     Flow,
@@ -166,6 +166,52 @@ def _phi_series(x: torch.Tensor) -> torch.Tensor:
         p = p @ (2.0 * eye + y @ p) / 2.0
         y = 2.0 * y
     return p
+
+
+class _SU3Exp(torch.autograd.Function):
+    """``exp(Q)`` of traceless anti-Hermitian 3x3 ``Q`` with a cheap first derivative.
+
+    Forward: Cayley-Hamilton (:func:`kernels.groups.su_n.expm_su3`, exact). Backward (torch's
+    complex convention, ``dL/dQ = L_exp(Q^+, G)``, the Frechet derivative at ``Q^+ = -Q``):
+    with ``i Q = V diag(w) V^+`` (Hermitian, ``torch.linalg.eigh``) the eigenvalues of ``Q^+``
+    are ``i w_j`` and
+
+        L_exp(Q^+, G) = V [(V^+ G V) o D] V^+,
+        D_jk = (e^{i w_j} - e^{i w_k}) / (i (w_j - w_k)) = e^{i (w_j + w_k)/2} sinc((w_j - w_k)/2),
+
+    the divided differences of ``exp``, smooth also at degenerate eigenvalues (``sinc(0) =
+    1``). No derivative of ``eigh`` itself is taken. For a differentiable backward
+    (``create_graph``, force matching) it uses the vector-Jacobian product of
+    ``torch.linalg.matrix_exp`` instead.
+    """
+
+    @staticmethod
+    def forward(ctx, q):  # type: ignore[override]
+        ctx.save_for_backward(q)
+        return expm_su3(q)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (q,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                qq = q if q.requires_grad else q.detach().requires_grad_(True)
+                (dq,) = torch.autograd.grad(torch.linalg.matrix_exp(qq), qq, g, create_graph=True)
+            return dq
+        w, v = torch.linalg.eigh(1j * q)
+        half = 0.5 * (w[..., :, None] + w[..., None, :])
+        diff = w[..., :, None] - w[..., None, :]
+        d = torch.polar(torch.sinc(diff / (2.0 * math.pi)), half)
+        vh = dagger(v)
+        return v @ ((vh @ g @ v) * d) @ vh
+
+
+def su3_exp(q: torch.Tensor) -> torch.Tensor:
+    """``exp(Q)`` for traceless anti-Hermitian 3x3 ``Q`` (:class:`_SU3Exp` when autograd
+    needs it, else :func:`kernels.groups.su_n.expm_su3`)."""
+    if torch.is_grad_enabled() and q.requires_grad:
+        return _SU3Exp.apply(q)
+    return expm_su3(q)
 
 
 def link_log_det(q: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
@@ -381,7 +427,7 @@ class SU3StoutLayer(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
         x, c = self._context(v)
         q, omega = self._step(c, x)
-        new = su_expm(q) @ x
+        new = su3_exp(q) @ x
         ld = link_log_det(q, omega).sum(-1)
         return self._scatter(v, new), ld
 
@@ -399,7 +445,7 @@ class SU3StoutLayer(Flow):
             err, it = float("inf"), 0
             while it < self.max_iter and not err <= tol:
                 q, _ = self._step(c, x)
-                x_new = su_expm(-q) @ y
+                x_new = su3_exp(-q) @ y
                 err = float((x_new - x).abs().max()) if x.numel() else 0.0
                 x, it = x_new, it + 1
             check_converged(err <= tol, err, self.grid, "SU3StoutLayer", tol, self.max_iter)
