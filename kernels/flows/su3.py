@@ -274,19 +274,23 @@ class SU3StoutLayer(Flow):
         self._build_neighbourhood(idx)
 
     def _build_neighbourhood(self, idx: torch.Tensor) -> None:
-        """Flat indices into the halo-padded field ``(B, Nd * prod(local + 2), 3, 3)`` of
-        every link the layer reads at each active site ``x``: ``U_d(x + offset)`` for the
-        staples, the plaquette loops and the active link itself (``self._item`` maps
-        ``(d, offset)`` to its position)."""
+        """Flat indices into the field ``(B, Nd * prod(padded local), 3, 3)`` (halos along
+        the axes split over ranks only) of every link the layer reads at each active site
+        ``x``: ``U_d(x + offset)`` for the staples, the plaquette loops and the active link
+        itself (``self._item`` maps ``(d, offset)`` to its position)."""
         local = tuple(self.grid.local_shape)
         nd, mu = len(local), self.mu
-        padded = [n + 2 for n in local]
+        # halos only along axes split over ranks; along the others neighbours wrap around
+        self._split = tuple(i for i in range(nd) if self.grid.grid[i] > 1)
+        split = torch.tensor([i in self._split for i in range(nd)])
+        padded = [n + 2 if i in self._split else n for i, n in enumerate(local)]
         strides = [math.prod(padded[i + 1 :]) for i in range(nd)]
         coords, rest = [], idx
         for i in reversed(range(nd)):
             coords.append(rest % local[i])
             rest = rest // local[i]
-        coords = torch.stack(coords[::-1], dim=-1) + 1  # padded coordinates, (n_active, nd)
+        coords = torch.stack(coords[::-1], dim=-1) + split.to(idx.dtype)  # (n_active, nd)
+        extent = torch.tensor(padded, dtype=idx.dtype)
 
         def e(axis: int) -> tuple[int, ...]:
             return tuple(int(i == axis) for i in range(nd))
@@ -312,6 +316,7 @@ class SU3StoutLayer(Flow):
         flat = []
         for d, off in self._item:
             c = coords + torch.tensor(off, dtype=coords.dtype)
+            c = torch.where(split, c, c % extent)  # periodic wrap along unsplit axes
             flat.append(d * site_volume + (c * torch.tensor(strides, dtype=c.dtype)).sum(-1))
         self.register_buffer("neighbour_index", torch.cat(flat), persistent=False)
 
@@ -331,7 +336,7 @@ class SU3StoutLayer(Flow):
         and one gather (unbound at once: one gradient stack in the backward pass, not one
         zero-filled copy per item)."""
         b = u.shape[0]
-        padded = halo_pad(u, self.grid, 1, first=2)
+        padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
         nb = padded.reshape(b, -1, NC, NC).index_select(1, self.neighbour_index)
         return nb.reshape(b, len(self._item), -1, NC, NC).unbind(1)
 
