@@ -158,14 +158,16 @@ def _phi_series(x: torch.Tensor) -> torch.Tensor:
     while tail > 1e-17:
         k += 1
         tail *= r0 / (k + 2)
-    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    p = eye / math.factorial(k + 1)
+    lead, n = x.shape[:-2], x.shape[-1]
+    y = y.reshape(-1, n, n)
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    p = (eye / math.factorial(k + 1)).expand(y.shape[0], n, n)
     for j in range(k - 1, -1, -1):
-        p = eye / math.factorial(j + 1) + y @ p
+        p = torch.baddbmm(eye / math.factorial(j + 1), y, p)  # one fused pass per term
     for _ in range(m):
         p = p @ (2.0 * eye + y @ p) / 2.0
         y = 2.0 * y
-    return p
+    return p.reshape(*lead, n, n)
 
 
 class _SU3Exp(torch.autograd.Function):
