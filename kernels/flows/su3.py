@@ -61,6 +61,14 @@ Inverse: fixed-point iteration ``U_{k+1} = exp(-Q(U_k)) U'`` from ``U_0 = U'`` u
 (:class:`kernels.flows.base.FlowError` on every rank when not met). The inverse runs without
 autograd (it refuses a field that requires grad); forward, log-det and their first and
 second derivatives are autograd-ready (trivialized force, force matching).
+
+Implementation (cost of the trivialized force, docs/performance.md): a layer reads the 25
+links it needs at its active sites with one gather from the field (halo-padded only along
+axes split over ranks), computes staples, loops and the update on those sites only (the
+loops are scattered back to the lattice for the coefficient network's convolution), the 15
+staple-pair loops as one Gram matrix, ``ad_Q`` and ``L`` as real GEMMs, ``phi`` by a fused
+Horner series, and ``exp(Q)`` by Cayley-Hamilton with a spectral first derivative
+(:class:`_SU3Exp`).
 """
 
 from __future__ import annotations
