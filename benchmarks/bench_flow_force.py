@@ -2,12 +2,21 @@
 
     python benchmarks/bench_flow_force.py --model minimal-phi4-L18 --models /tmp/models \\
         --batches 16,64,256,1024 --threads 1
+    python benchmarks/bench_flow_force.py --arch su3_stout --lattice 8,8,8,8 \\
+        --couplings beta=6.0 --batches 1,2 --threads 1
+    python benchmarks/bench_flow_force.py --arch phi4_minimal --lattice 18,18 \\
+        --couplings beta=0.641,lambda=0.5 --batches 16,256 --threads 1
 
-For a flow from the model registry (its card gives the theory, couplings and lattice), times
-the theory's force ``dS/dU`` and the trivialized force ``dS~/dV`` (autograd through the flow,
-:class:`kernels.samplers.trivialized.TransformedTheory`) on hot-start fields and prints the
-median seconds per call divided by the number of chains, and their ratio. The ratio bounds
-what trivialized HMC must gain in ``tau_int`` (and step count) to be cheaper than plain HMC.
+For a flow from the model registry (``--model``; its card gives the theory, couplings and
+lattice) or an untrained flow of a deck architecture (``--arch`` with ``--lattice``,
+``--couplings`` and builder ``--options``, e.g. ``n_layers=8``; an untrained flow costs what
+a trained one of the same architecture costs), times the theory's force ``dS/dU`` and the
+trivialized force ``dS~/dV`` (:class:`kernels.samplers.trivialized.TransformedTheory`) on
+hot-start fields and prints the median seconds per call divided by the number of chains, and
+their ratio: wall time (max over ranks), or with ``--clock cpu`` this process's CPU time
+(``time.process_time``; with one thread it is the work done, much less sensitive to other jobs
+on a shared machine). The ratio bounds what trivialized HMC must gain in ``tau_int`` (and
+step count) to be cheaper than plain HMC.
 """
 
 from __future__ import annotations
@@ -16,40 +25,109 @@ import argparse
 import statistics
 import time
 
-from flow_bench_setup import add_flow_arguments, load_trivialized, say
+import yaml
+from flow_bench_setup import load_trivialized, say
 from mpi4py import MPI
 
 from parallel.rng import SiteRNG
 
 
-def seconds_per_call(fn, repeat: int) -> float:
-    """Median wall time of ``fn()`` over ``repeat`` calls (after one warm-up), max over ranks."""
+def seconds_per_call(fn, repeat: int) -> tuple[float, float]:
+    """Median wall time (max over ranks) and median CPU time of ``fn()`` over ``repeat``
+    calls, after one warm-up."""
     fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeat):
         MPI.COMM_WORLD.Barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(MPI.COMM_WORLD.allreduce(time.perf_counter() - t0, op=MPI.MAX))
-    return statistics.median(times)
+        cpus.append(time.process_time() - c0)
+        walls.append(MPI.COMM_WORLD.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _pairs(text: str, what: str) -> dict:
+    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
+    out = {}
+    for item in (t for t in text.split(",") if t.strip()):
+        if "=" not in item:
+            raise SystemExit(f"{what}: expected key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def build_from_arch(args: argparse.Namespace):
+    """Theory (float64) and untrained flow of ``--arch`` on ``--lattice`` (all ranks); returns
+    ``(theory, trivialized theory)`` and prints the header."""
+    import platform
+    import sys
+    from datetime import datetime
+
+    import torch
+
+    from kernels.flows.base import build_flow
+    from kernels.samplers.trivialized import TransformedTheory
+    from kernels.theories import architectures, make_theory
+    from parallel import ProcessGrid
+
+    torch.set_default_dtype(torch.float64)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    archs = architectures()
+    if args.arch not in archs:
+        raise SystemExit(f"--arch {args.arch!r}: one of {sorted(archs)}")
+    theory_name, builder = archs[args.arch]
+    shape = tuple(int(x) for x in args.lattice.split(","))
+    grid = ProcessGrid(shape)
+    theory = make_theory(theory_name, grid, **_pairs(args.couplings, "--couplings"))
+    torch.manual_seed(0)
+    flow = build_flow({"builder": builder, "kwargs": _pairs(args.options, "--options")}, grid)
+    flow.requires_grad_(False)
+    flow.eval()
+    nparam = sum(p.numel() for p in flow.parameters())
+    say(f"# bench_flow_force  {datetime.now().isoformat(timespec='seconds')}")
+    say(f"# machine: {platform.node()} ({platform.processor() or platform.machine()})")
+    say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {grid.describe()}")
+    say(f"# command: {' '.join(sys.argv)}")
+    say(f"# flow {args.arch} (untrained, {builder}, {nparam} parameters); theory {theory_name}")
+    return theory, TransformedTheory(theory, flow)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_flow_arguments(ap)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="registry reference name[@hash]")
+    src.add_argument("--arch", help="untrained flow of this deck architecture (su3_stout, ...)")
+    ap.add_argument("--models", default=None, help="registry root (default $TRIVHMC_MODELS)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--lattice", default="8,8,8,8", help="--arch: global lattice, comma list")
+    ap.add_argument("--couplings", default="beta=6.0", help="--arch: theory couplings k=v,...")
+    ap.add_argument("--options", default="", help="--arch: builder keyword arguments k=v,...")
     ap.add_argument("--batches", default="16,64,256", help="chains per call, comma list")
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: wall time, max over ranks; cpu: this process's CPU time (one thread)",
+    )
     args = ap.parse_args(argv)
-    theory, triv, _ = load_trivialized(args, "bench_flow_force")
+    if args.model:
+        theory, triv, _ = load_trivialized(args, "bench_flow_force")
+    else:
+        theory, triv = build_from_arch(args)
     grid = theory.grid
+    pick = 0 if args.clock == "wall" else 1
+    say(f"# clock: {args.clock}")
     say("")
     say("| chains | plain force s / chain | trivialized force s / chain | ratio |")
     say("|---|---|---|---|")
     for batch in (int(b) for b in args.batches.split(",") if b.strip()):
         field = theory.hot_start(SiteRNG(1), 0, batch, grid.replica * batch)
-        plain = seconds_per_call(lambda f=field: theory.force(f), args.repeat) / batch
-        flowed = seconds_per_call(lambda f=field: triv.force(f), args.repeat) / batch
-        say(f"| {batch} | {plain:.2e} | {flowed:.2e} | {flowed / plain:.1f} |")
+        plain = seconds_per_call(lambda f=field: theory.force(f), args.repeat)[pick] / batch
+        flowed = seconds_per_call(lambda f=field: triv.force(f), args.repeat)[pick] / batch
+        say(f"| {batch} | {plain:.2e} | {flowed:.2e} | {flowed / max(plain, 1e-12):.1f} |")
 
 
 if __name__ == "__main__":

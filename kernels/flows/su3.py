@@ -61,6 +61,14 @@ Inverse: fixed-point iteration ``U_{k+1} = exp(-Q(U_k)) U'`` from ``U_0 = U'`` u
 (:class:`kernels.flows.base.FlowError` on every rank when not met). The inverse runs without
 autograd (it refuses a field that requires grad); forward, log-det and their first and
 second derivatives are autograd-ready (trivialized force, force matching).
+
+Implementation (cost of the trivialized force, docs/performance.md): a layer reads the 25
+links it needs at its active sites with one gather from the field (halo-padded only along
+axes split over ranks), computes staples, loops and the update on those sites only (the
+loops are scattered back to the lattice for the coefficient network's convolution), the 15
+staple-pair loops as one Gram matrix, ``ad_Q`` and ``L`` as real GEMMs, ``phi`` by a fused
+Horner series, and ``exp(Q)`` by Cayley-Hamilton with a spectral first derivative
+(:class:`_SU3Exp`).
 """
 
 from __future__ import annotations
@@ -71,9 +79,9 @@ from functools import cache
 
 import torch
 
-from parallel import ProcessGrid, shift
+from parallel import ProcessGrid, halo_pad
 
-from ..groups.su_n import dagger, project_ta, su_expm, su_generators
+from ..groups.su_n import dagger, expm_su3, project_ta, su_generators
 from .base import (
     Composition,
     Flow,
@@ -88,11 +96,8 @@ from .phi4 import ConvNet
 
 NC = 3
 NG = NC * NC - 1
-
-
-def _sh(x: torch.Tensor, grid: ProcessGrid, mu: int, k: int = 1) -> torch.Tensor:
-    """Shift of a one-direction field ``(B, *local, ...)`` (lattice axes from dim 1)."""
-    return shift(x, grid, mu, k, first=1)
+#: links read by a layer at its active sites (:meth:`SU3StoutLayer.neighbourhood`)
+Links = tuple[torch.Tensor, ...]
 
 
 def _retr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,14 +166,62 @@ def _phi_series(x: torch.Tensor) -> torch.Tensor:
     while tail > 1e-17:
         k += 1
         tail *= r0 / (k + 2)
-    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    p = eye / math.factorial(k + 1)
+    lead, n = x.shape[:-2], x.shape[-1]
+    y = y.reshape(-1, n, n)
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    p = (eye / math.factorial(k + 1)).expand(y.shape[0], n, n)
     for j in range(k - 1, -1, -1):
-        p = eye / math.factorial(j + 1) + y @ p
+        p = torch.baddbmm(eye / math.factorial(j + 1), y, p)  # one fused pass per term
     for _ in range(m):
         p = p @ (2.0 * eye + y @ p) / 2.0
         y = 2.0 * y
-    return p
+    return p.reshape(*lead, n, n)
+
+
+class _SU3Exp(torch.autograd.Function):
+    """``exp(Q)`` of traceless anti-Hermitian 3x3 ``Q`` with a cheap first derivative.
+
+    Forward: Cayley-Hamilton (:func:`kernels.groups.su_n.expm_su3`, exact). Backward (torch's
+    complex convention, ``dL/dQ = L_exp(Q^+, G)``, the Frechet derivative at ``Q^+ = -Q``):
+    with ``i Q = V diag(w) V^+`` (Hermitian, ``torch.linalg.eigh``) the eigenvalues of ``Q^+``
+    are ``i w_j`` and
+
+        L_exp(Q^+, G) = V [(V^+ G V) o D] V^+,
+        D_jk = (e^{i w_j} - e^{i w_k}) / (i (w_j - w_k)) = e^{i (w_j + w_k)/2} sinc((w_j - w_k)/2),
+
+    the divided differences of ``exp``, smooth also at degenerate eigenvalues (``sinc(0) =
+    1``). No derivative of ``eigh`` itself is taken. For a differentiable backward
+    (``create_graph``, force matching) it uses the vector-Jacobian product of
+    ``torch.linalg.matrix_exp`` instead.
+    """
+
+    @staticmethod
+    def forward(ctx, q):  # type: ignore[override]
+        ctx.save_for_backward(q)
+        return expm_su3(q)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (q,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                qq = q if q.requires_grad else q.detach().requires_grad_(True)
+                (dq,) = torch.autograd.grad(torch.linalg.matrix_exp(qq), qq, g, create_graph=True)
+            return dq
+        w, v = torch.linalg.eigh(1j * q)
+        half = 0.5 * (w[..., :, None] + w[..., None, :])
+        diff = w[..., :, None] - w[..., None, :]
+        d = torch.polar(torch.sinc(diff / (2.0 * math.pi)), half)
+        vh = dagger(v)
+        return v @ ((vh @ g @ v) * d) @ vh
+
+
+def su3_exp(q: torch.Tensor) -> torch.Tensor:
+    """``exp(Q)`` for traceless anti-Hermitian 3x3 ``Q`` (:class:`_SU3Exp` when autograd
+    needs it, else :func:`kernels.groups.su_n.expm_su3`)."""
+    if torch.is_grad_enabled() and q.requires_grad:
+        return _SU3Exp.apply(q)
+    return expm_su3(q)
 
 
 def link_log_det(q: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
@@ -228,37 +281,105 @@ class SU3StoutLayer(Flow):
         self.register_buffer("active", mask, persistent=False)
         idx = torch.nonzero(mask.reshape(-1) > 0).reshape(-1)
         self.register_buffer("active_index", idx, persistent=False)
+        self._build_neighbourhood(idx)
+
+    def _build_neighbourhood(self, idx: torch.Tensor) -> None:
+        """Flat indices into the field ``(B, Nd * prod(padded local), 3, 3)`` (halos along
+        the axes split over ranks only) of every link the layer reads at each active site
+        ``x``: ``U_d(x + offset)`` for the staples, the plaquette loops and the active link
+        itself (``self._item`` maps ``(d, offset)`` to its position)."""
+        local = tuple(self.grid.local_shape)
+        nd, mu = len(local), self.mu
+        # halos only along axes split over ranks; along the others neighbours wrap around
+        self._split = tuple(i for i in range(nd) if self.grid.grid[i] > 1)
+        split = torch.tensor([i in self._split for i in range(nd)])
+        padded = [n + 2 if i in self._split else n for i, n in enumerate(local)]
+        strides = [math.prod(padded[i + 1 :]) for i in range(nd)]
+        coords, rest = [], idx
+        for i in reversed(range(nd)):
+            coords.append(rest % local[i])
+            rest = rest // local[i]
+        coords = torch.stack(coords[::-1], dim=-1) + split.to(idx.dtype)  # (n_active, nd)
+        extent = torch.tensor(padded, dtype=idx.dtype)
+
+        def e(axis: int) -> tuple[int, ...]:
+            return tuple(int(i == axis) for i in range(nd))
+
+        def add(*vs: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(sum(c) for c in zip(*vs, strict=True))
+
+        def neg(v: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(-c for c in v)
+
+        zero = (0,) * nd
+        items: list[tuple[int, tuple[int, ...]]] = []
+        for nu in self.others:
+            items += [(nu, zero), (mu, e(nu)), (nu, e(mu))]
+            items += [(nu, neg(e(nu))), (mu, neg(e(nu))), (nu, add(neg(e(nu)), e(mu)))]
+        for a, b in self.planes:
+            items += [(a, zero), (b, e(a)), (b, zero), (a, e(b))]
+        items.append((mu, zero))
+        self._item = {}
+        for it in items:
+            self._item.setdefault(it, len(self._item))
+        site_volume = math.prod(padded)
+        flat = []
+        for d, off in self._item:
+            c = coords + torch.tensor(off, dtype=coords.dtype)
+            c = torch.where(split, c, c % extent)  # periodic wrap along unsplit axes
+            flat.append(d * site_volume + (c * torch.tensor(strides, dtype=c.dtype)).sum(-1))
+        self.register_buffer("neighbour_index", torch.cat(flat), persistent=False)
 
     # ------------------------------------------------------------ pieces
-    # Everything after the shifts runs on the active sites only (half the lattice, one
-    # direction): the staples, the loops fed to the network and the update. The shifts
-    # (halo exchanges) still move whole fields.
+    # Everything runs on the active sites only (half the lattice, one direction): one halo
+    # pad of the field and one gather of the links read (neighbourhood), then the staples,
+    # the loops fed to the network (scattered to the lattice for the convolution) and the
+    # update. Same arithmetic as with shifts of whole fields, a fraction of the copies.
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, *local, 3, 3)`` -> ``(B, n_active, 3, 3)``."""
         b = x.shape[0]
         return x.reshape(b, -1, NC, NC).index_select(1, self.active_index)
 
-    def staples(self, u: torch.Tensor) -> list[torch.Tensor]:
+    def neighbourhood(self, u: torch.Tensor) -> Links:
+        """Every link the layer reads, at the active sites: ``n_items`` tensors ``(B,
+        n_active, 3, 3)`` (``self._item`` gives the order) from one halo-padded copy of ``u``
+        and one gather (unbound at once: one gradient stack in the backward pass, not one
+        zero-filled copy per item)."""
+        b = u.shape[0]
+        padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
+        nb = padded.reshape(b, -1, NC, NC).index_select(1, self.neighbour_index)
+        return nb.reshape(b, len(self._item), -1, NC, NC).unbind(1)
+
+    def staples(self, u: torch.Tensor, nb: Links | None = None) -> list[torch.Tensor]:
         """``[C^up_nu, C^dn_nu for nu != mu]`` on the active sites, each ``(B, n_active, 3,
-        3)`` (paths from ``x`` to ``x + mu``, module docstring)."""
-        g, mu, a = self.grid, self.mu, self._gather
-        umu = u[:, mu]
+        3)`` (paths from ``x`` to ``x + mu``, module docstring); ``nb`` from
+        :meth:`neighbourhood` (computed if not given)."""
+        nb = self.neighbourhood(u) if nb is None else nb
+        nd, mu, it = self.grid.ndim, self.mu, self._item
+        zero = (0,) * nd
+
+        def e(axis: int, sign: int = 1, plus_mu: bool = False) -> tuple[int, ...]:
+            return tuple(sign * int(i == axis) + int(plus_mu and i == mu) for i in range(nd))
+
         out = []
         for nu in self.others:
-            unu = u[:, nu]
-            unu_mu = _sh(unu, g, mu, 1)  # U_nu(x + mu)
-            up = a(unu) @ a(_sh(umu, g, nu, 1)) @ dagger(a(unu_mu))
-            # U_nu(x - nu), U_mu(x - nu), U_nu(x - nu + mu): one shift of the three
-            back = _sh(torch.stack((unu, umu, unu_mu), dim=-3), g, nu, -1)
-            b0, b1, b2 = (a(back[..., i, :, :]) for i in range(3))
-            dn = dagger(b0) @ b1 @ b2
+            up = nb[it[(nu, zero)]] @ nb[it[(mu, e(nu))]] @ dagger(nb[it[(nu, e(mu))]])
+            dn = (
+                dagger(nb[it[(nu, e(nu, -1))]])
+                @ nb[it[(mu, e(nu, -1))]]
+                @ nb[it[(nu, e(nu, -1, True))]]
+            )
             out += [up, dn]
         return out
 
-    def features(self, u: torch.Tensor, staples: list[torch.Tensor]) -> torch.Tensor:
+    def features(
+        self, u: torch.Tensor, staples: list[torch.Tensor], nb: Links | None = None
+    ) -> torch.Tensor:
         """Gauge-invariant frozen-link loops on the active sites (zero elsewhere),
-        ``(B, n_features, *local)``; ``staples`` from :meth:`staples`."""
-        g = self.grid
+        ``(B, n_features, *local)``; ``staples`` from :meth:`staples`, ``nb`` from
+        :meth:`neighbourhood` (computed if not given)."""
+        nb = self.neighbourhood(u) if nb is None else nb
+        nd, it = self.grid.ndim, self._item
         b, n_act = staples[0].shape[:2]
         # Re Tr(C_k C_l^+) for all pairs at once: Gram matrix of the real views
         sv = torch.view_as_real(torch.stack(staples, dim=2).resolve_conj())
@@ -266,19 +387,20 @@ class SU3StoutLayer(Flow):
         gram = sv @ sv.transpose(-1, -2)
         k, m = torch.triu_indices(len(staples), len(staples), 1, device=sv.device)
         feats = [gram[:, :, k, m] / NC]
+        zero = (0,) * nd
         for p, q in self.planes:
-            up, uq = u[:, p], u[:, q]
-            left = self._gather(up) @ self._gather(_sh(uq, g, p, 1))
-            right = self._gather(uq) @ self._gather(_sh(up, g, q, 1))
+            ep, eq = tuple(int(i == p) for i in range(nd)), tuple(int(i == q) for i in range(nd))
+            left = nb[it[(p, zero)]] @ nb[it[(q, ep)]]  # U_p(x) U_q(x + p)
+            right = nb[it[(q, zero)]] @ nb[it[(p, eq)]]  # U_q(x) U_p(x + q)
             feats.append((_retr(left, right) / NC)[..., None])
         f = torch.cat(feats, dim=-1).transpose(1, 2)  # (B, n_features, n_active)
         full = f.new_zeros(b, self.n_features, self.active.numel())
         full = full.index_copy(2, self.active_index, f)
         return full.reshape(b, self.n_features, *self.active.shape)
 
-    def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor]) -> torch.Tensor:
+    def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor], nb: Links) -> torch.Tensor:
         """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``."""
-        f = self.features(u, staples)
+        f = self.features(u, staples, nb)
         pdt = self.active.dtype
         r = self.net.at_sites(f.to(pdt), self.active_index).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
@@ -290,11 +412,14 @@ class SU3StoutLayer(Flow):
         r = self.net(f.to(pdt)).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
-    def _context(self, u: torch.Tensor) -> torch.Tensor:
-        """``C`` on the active sites, ``(B, n_active, 3, 3)``."""
-        staples = self.staples(u)
-        rho = self._rho_active(u, staples).to(u.dtype)
-        return sum(
+    def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``C`` and the active links ``U_mu(x)``, on the active sites, ``(B, n_active, 3,
+        3)`` each."""
+        nb = self.neighbourhood(u)
+        staples = self.staples(u, nb)
+        rho = self._rho_active(u, staples, nb).to(u.dtype)
+        x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
+        return x, sum(
             rho[:, i, :, None, None] * (staples[2 * i] + staples[2 * i + 1])
             for i in range(len(self.others))
         )
@@ -315,10 +440,9 @@ class SU3StoutLayer(Flow):
     # ------------------------------------------------------------ Flow
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
-        c = self._context(v)
-        x = self._gather(v[:, self.mu])
+        x, c = self._context(v)
         q, omega = self._step(c, x)
-        new = su_expm(q) @ x
+        new = su3_exp(q) @ x
         ld = link_log_det(q, omega).sum(-1)
         return self._scatter(v, new), ld
 
@@ -331,13 +455,12 @@ class SU3StoutLayer(Flow):
             )
         tol = self.tol if self.tol is not None else 1e3 * torch.finfo(u.real.dtype).eps
         with torch.no_grad():
-            c = self._context(u)
-            y = self._gather(u[:, self.mu])
+            y, c = self._context(u)
             x = y
             err, it = float("inf"), 0
             while it < self.max_iter and not err <= tol:
                 q, _ = self._step(c, x)
-                x_new = su_expm(-q) @ y
+                x_new = su3_exp(-q) @ y
                 err = float((x_new - x).abs().max()) if x.numel() else 0.0
                 x, it = x_new, it + 1
             check_converged(err <= tol, err, self.grid, "SU3StoutLayer", tol, self.max_iter)

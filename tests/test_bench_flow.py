@@ -1,0 +1,54 @@
+"""Smoke tests of benchmarks/bench_flow_force.py --arch and benchmarks/bench_flow_memory.py on
+tiny lattices: the tables have one row per case with finite positive numbers (timings and
+memory are measured by the scripts, never asserted here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--arch", "su3_stout", "--lattice", "2,2,2,2", "--options", "n_layers=2,hidden=[2]"],
+        ["--arch", "phi4_minimal", "--lattice", "4,4", "--couplings", "beta=0.6,lambda=0.5"],
+    ],
+)
+def test_flow_force_arch_table(args, capsys):
+    _load("bench_flow_force").main([*args, "--batches", "1,2", "--repeat", "1", "--clock", "cpu"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| ([12]) \| (\S+) \| (\S+) \| (\S+) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert all(math.isfinite(float(x)) and float(x) >= 0 for r in rows for x in r[1:3])
+    assert "untrained" in out and "clock: cpu" in out
+
+
+def test_flow_force_bad_arch():
+    with pytest.raises(SystemExit, match="one of"):
+        _load("bench_flow_force").main(["--arch", "nope", "--lattice", "2,2"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_flow_memory_table(capsys):
+    _load("bench_flow_memory").main(["--lattices", "2", "--layers", "2"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| 2\^4 \| 2 \| (no|yes) \| (\S+) \| (\S+) \|", out, re.M)
+    assert [r[0] for r in rows] == ["no", "yes"]
+    saved = {r[0]: float(r[2]) for r in rows}
+    assert saved["yes"] < saved["no"]  # checkpointing keeps less for the backward pass
+    assert "8x8x8x16" in out
