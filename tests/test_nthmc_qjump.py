@@ -124,3 +124,42 @@ def test_bad_settings():
         from kernels.flows.force_norm import ForceNormConfig
 
         QJumpTrainer(u1_nthmc_flow(grid), th, _data(th, 2), ForceNormConfig())
+
+
+QJUMP_DECK = """\
+theory:   {name: u1, beta: 2.0}
+lattice:  {shape: [4, 4]}
+sampler:  {name: hmc, steps: 6}
+run:      {seed: 3, thermalization: 2, trajectories: 4, chains: 2, save_every: 2}
+output:   {directory: runs/hmc, formats: [hdf5], progress: false}
+train:    {architecture: u1_nthmc, options: {hidden: [2]}, loss: qjump, steps: 2,
+           batch: 2, lr: 0.01, lr_schedule: constant,
+           configurations: [runs/hmc/ensemble_c0.h5], validation: [runs/hmc/ensemble_c1.h5],
+           qjump: {n_md: 2, step_size: 0.3, validate_every: 1}, model_name: qjump4}
+"""
+
+
+def test_app_train_qjump(tmp_path):
+    import json
+
+    from app.cli import main
+    from app.deck import DeckError, loads_deck
+
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(QJUMP_DECK)
+    assert main(["run", str(deck)]) == 0
+    assert main(["train", str(deck), "--no-progress"]) == 0
+    folder = tmp_path / "models" / "qjump4"
+    (version,) = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    card = json.loads((folder / version / "card.json").read_text())
+    assert card["train_config"]["loss"] == "qjump"
+    assert card["train_config"]["qjump"]["n_md"] == 2
+    assert len(card["history"]) == 2 and "dq2" in card["history"][0]
+    with pytest.raises(DeckError, match="qjump needs the 2D u1"):
+        loads_deck(
+            QJUMP_DECK.replace("name: u1, beta: 2.0", "name: su3, beta: 5.0, action: wilson")
+            .replace("[4, 4]", "[2, 2, 2, 2]")
+            .replace("u1_nthmc", "su3_nthmc")
+        )
+    with pytest.raises(DeckError, match="step_size"):
+        loads_deck(QJUMP_DECK.replace("step_size: 0.3", "step_size: 0"))
