@@ -439,6 +439,21 @@ class ForceNormSection(_Section):
     min_delta: float = Field(default=0.0, ge=0, description="Smallest improvement that counts.")
 
 
+class QJumpSection(_Section):
+    """Settings of ``train.loss: qjump`` (kernels/flows/nthmc_qjump.py, docs/nthmc.md)."""
+
+    n_md: int = Field(default=4, ge=1, description="Leapfrog steps of the short trajectory.")
+    step_size: float = Field(default=0.25, gt=0, description="Its step size.")
+    q_scale: float = Field(default=1.0, gt=0, description="Scale q0 of the charge jump.")
+    reciprocal_weight: float = Field(
+        default=1.0, ge=0, description="Weight lambda of the reciprocal term q0^2/(A dQ^2)."
+    )
+    validate_every: int = Field(default=10, ge=0, description="Validate every N steps.")
+    patience: int = Field(
+        default=0, ge=0, description="Stop after N validations without improvement (0: never)."
+    )
+
+
 class TrainSection(_Section):
     """Training of a flow model by ``trivhmc train deck.yaml`` (docs/flows.md)."""
 
@@ -465,12 +480,14 @@ class TrainSection(_Section):
         default_factory=dict,
         description="Keyword arguments of the architecture's builder (e.g. n_layers, hidden).",
     )
-    loss: Literal["reverse_kl", "force_matching", "force_norm"] = Field(
+    loss: Literal["reverse_kl", "force_matching", "force_norm", "qjump"] = Field(
         default="reverse_kl",
         description="reverse_kl: self-training from the prior; force_matching: make the "
         "trivialized force small on the configurations of `configurations`; force_norm "
         "(NTHMC, docs/nthmc.md): |F~|^p or soft-max force objective on `configurations`, "
-        "settings in `force_norm`, held-out `validation`.",
+        "settings in `force_norm`, held-out `validation`; qjump (NTHMC, 2D u1): "
+        "acceptance-weighted topological-charge jump of short trivialized trajectories, "
+        "settings in `qjump`.",
     )
     configurations: list[str] = Field(
         default_factory=list,
@@ -492,6 +509,10 @@ class TrainSection(_Section):
     force_norm: ForceNormSection = Field(
         default_factory=lambda: ForceNormSection(),
         description="force_norm settings (objective force_p|force_linf, power, kappa, ...).",
+    )
+    qjump: QJumpSection = Field(
+        default_factory=lambda: QJumpSection(),
+        description="qjump settings (n_md, step_size, q_scale, reciprocal_weight, ...).",
     )
     steps: int = Field(default=500, ge=0, description="Optimizer steps.")
     batch: int = Field(default=64, ge=1, description="Samples (chains) per step and replica.")
@@ -715,8 +736,11 @@ class Deck(_Section):
                     f", the deck's theory is {self.theory.name}",
                 )
             )
-        if t.loss in ("force_matching", "force_norm") and not t.configurations:
+        if t.loss in ("force_matching", "force_norm", "qjump") and not t.configurations:
             problems.append(Problem(("train", "configurations"), f"{t.loss} needs configurations"))
+        if t.loss == "qjump" and (self.theory.name != "u1" or len(self.lattice.shape) != 2):
+            msg = "qjump needs the 2D u1 theory (its topological charge)"
+            problems.append(Problem(("train", "loss"), msg))
         if t.target_beta is not None:
             if t.loss not in ("force_matching", "force_norm"):
                 msg = f"target_beta needs loss force_matching or force_norm, not {t.loss}"

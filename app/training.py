@@ -174,6 +174,21 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
                 trainer = reverse_kl_trainer(flow, theory, cfg, rng)
             else:
                 trainer = Trainer(flow, theory, cfg, rng=rng)
+        elif t.loss == "qjump":  # NTHMC (issue 15), 2D U(1)
+            from kernels.flows.nthmc_qjump import QJumpConfig, QJumpTrainer
+
+            cfg = QJumpConfig(
+                steps=t.steps,
+                batch=t.batch,
+                lr=t.lr,
+                lr_schedule=t.lr_schedule,
+                grad_clip=t.grad_clip,
+                seed=deck.run.seed,
+                **t.qjump.model_dump(),
+            )
+            blocks = _training_configurations
+            val = blocks(deck, grid, theory, "validation") if t.validation else None
+            trainer = QJumpTrainer(flow, theory, blocks(deck, grid, theory), cfg, validation=val)
         elif t.loss == "force_norm" or t.target_beta is not None:  # NTHMC (issue 15)
             from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
 
