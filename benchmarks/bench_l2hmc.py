@@ -155,6 +155,7 @@ def train_model(grid, model_theory_name, ttheory, x, args, weights):
     kw = dict(
         n_layers=args.layers,
         hidden=args.hidden,
+        kernel_size=args.kernel_size,
         step_size=args.step_size,
         init_scale=args.init_scale,
     )
@@ -324,6 +325,7 @@ def main(argv=None) -> None:
     ap.add_argument("--traj", type=int, default=400)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, nargs="+", default=[8, 8])
+    ap.add_argument("--kernel-size", type=int, default=3, help="CNN kernel size (odd)")
     ap.add_argument("--step-size", type=float, default=0.1)
     ap.add_argument("--init-scale", type=float, default=0.1)
     ap.add_argument("--train-steps", type=int, default=200)
