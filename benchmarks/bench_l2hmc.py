@@ -135,6 +135,8 @@ def analyse(q, plaq, acc, wall, n_force, batch, n_traj, extra=None, q_every=1):
         out["abs_dH"] = float(np.mean(np.abs(extra["dH"])))
         out["ratio"] = float(np.mean(extra["ratio"]))
         out["cg"] = float(np.mean(extra["cg"]))
+        # machine-independent cost of the fermion runs: CG iterations per independent Q
+        out["cg_indep"] = 2.0 * tau * out["cg"] if not frozen else float("nan")
     return out
 
 
@@ -371,7 +373,7 @@ def main(argv=None) -> None:
             f"  {'sampler':9s} {'acc':>5s} {'<plaq>':>16s} {'<Q^2>':>16s} {'tau_int(Q)':>14s} "
             f"{'tau(plaq)':>10s} {'nF':>3s} {'tau*nF':>8s} {'ms/traj/ch':>10s} "
             f"{'ms/indep Q':>10s} {'dQ!=0':>6s} {'tunnel':>6s} {'<|dH|>':>7s} {'<e^-dH J>':>9s} "
-            f"{'CG/traj':>8s}"
+            f"{'CG/traj':>8s} {'CG/indepQ':>9s}"
         )
         for name, r in res.items():
             say(
@@ -380,7 +382,8 @@ def main(argv=None) -> None:
                 f"{fmt(*r['tau_plaq'], digits=1):>10s} {r['n_force']:3d} "
                 f"{fmt(r['tau_force'], digits=1):>8s} {1e3 * r['wall']:10.2f} "
                 f"{fmt(1e3 * r['cost'], digits=1):>10s} {r['changes']:6d} {r['tunnel']:6.3f} "
-                f"{r['abs_dH']:7.3f} {r['ratio']:9.3f} {r['cg']:8.0f}"
+                f"{r['abs_dH']:7.3f} {r['ratio']:9.3f} {r['cg']:8.0f} "
+                f"{fmt(r['cg_indep'], digits=0):>9s}"
             )
         if "l2hmc" not in res or len(res) < 2:
             continue
