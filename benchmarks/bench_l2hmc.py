@@ -135,6 +135,8 @@ def analyse(q, plaq, acc, wall, n_force, batch, n_traj, extra=None, q_every=1):
         out["abs_dH"] = float(np.mean(np.abs(extra["dH"])))
         out["ratio"] = float(np.mean(extra["ratio"]))
         out["cg"] = float(np.mean(extra["cg"]))
+        # machine-independent cost of the fermion runs: CG iterations per independent Q
+        out["cg_indep"] = 2.0 * tau * out["cg"] if not frozen else float("nan")
     return out
 
 
@@ -155,6 +157,7 @@ def train_model(grid, model_theory_name, ttheory, x, args, weights):
     kw = dict(
         n_layers=args.layers,
         hidden=args.hidden,
+        kernel_size=args.kernel_size,
         step_size=args.step_size,
         init_scale=args.init_scale,
     )
@@ -324,6 +327,7 @@ def main(argv=None) -> None:
     ap.add_argument("--traj", type=int, default=400)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, nargs="+", default=[8, 8])
+    ap.add_argument("--kernel-size", type=int, default=3, help="CNN kernel size (odd)")
     ap.add_argument("--step-size", type=float, default=0.1)
     ap.add_argument("--init-scale", type=float, default=0.1)
     ap.add_argument("--train-steps", type=int, default=200)
@@ -369,7 +373,7 @@ def main(argv=None) -> None:
             f"  {'sampler':9s} {'acc':>5s} {'<plaq>':>16s} {'<Q^2>':>16s} {'tau_int(Q)':>14s} "
             f"{'tau(plaq)':>10s} {'nF':>3s} {'tau*nF':>8s} {'ms/traj/ch':>10s} "
             f"{'ms/indep Q':>10s} {'dQ!=0':>6s} {'tunnel':>6s} {'<|dH|>':>7s} {'<e^-dH J>':>9s} "
-            f"{'CG/traj':>8s}"
+            f"{'CG/traj':>8s} {'CG/indepQ':>9s}"
         )
         for name, r in res.items():
             say(
@@ -378,7 +382,8 @@ def main(argv=None) -> None:
                 f"{fmt(*r['tau_plaq'], digits=1):>10s} {r['n_force']:3d} "
                 f"{fmt(r['tau_force'], digits=1):>8s} {1e3 * r['wall']:10.2f} "
                 f"{fmt(1e3 * r['cost'], digits=1):>10s} {r['changes']:6d} {r['tunnel']:6.3f} "
-                f"{r['abs_dH']:7.3f} {r['ratio']:9.3f} {r['cg']:8.0f}"
+                f"{r['abs_dH']:7.3f} {r['ratio']:9.3f} {r['cg']:8.0f} "
+                f"{fmt(r['cg_indep'], digits=0):>9s}"
             )
         if "l2hmc" not in res or len(res) < 2:
             continue

@@ -33,6 +33,6 @@ def test_tiny_run(bench, capsys, theory):
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
     assert "l2hmc" in rows and "hmc" in rows and "hmc_tuned" not in rows
     assert rows["l2hmc"][6] == "3"  # nF = layers + 1
-    cg = float(rows["l2hmc"][-1])
+    cg = float(rows["l2hmc"][-2])
     assert (cg > 0) == (theory == "schwinger")
     assert "L2HMC training" in out

@@ -24,13 +24,16 @@ rescaling, which has no meaning for a group element.
 Inputs (all gauge invariant, channels ``(B, C, *local)``)
 ---------------------------------------------------------
 * momentum networks: ``Re Tr U_P / 3``, ``Im Tr U_P / 3`` of the ``Nd (Nd-1)/2`` plaquettes at
-  ``x`` and ``|F_mu(x)|^2 = -Re Tr F^2`` per direction (they never read ``P``);
+  ``x`` and ``log(1 + |F_mu(x)|^2)``, ``|F|^2 = -Re Tr F^2``, per direction (they never read
+  ``P``);
 * position network of direction ``mu``: ``Re/Im Tr U_P / 3`` of the plaquettes at ``x`` in the
-  planes without ``mu`` (frozen links only) and ``|P_nu(x)|^2`` of every direction (the momentum
-  is not changed by an x-update, so the network may read all of it).
+  planes without ``mu`` (frozen links only) and ``log(1 + |P_nu(x)|^2)`` of every direction (the
+  momentum is not changed by an x-update, so the network may read all of it).
 
 The networks are :class:`kernels.flows.phi4.ConvNet` (periodic :class:`parallel.LatticeConv`,
-halo exchange), ``s = c_s tanh(a_s)``, ``q = c_q tanh(a_q)`` with learned ``c = e^lambda``.
+halo exchange; default kernel size 1, a pointwise MLP: a 4D ``3^4`` kernel triples the cost of
+a layer), ``s = c_s tanh(a_s)``, ``q = c_q tanh(a_q)``, ``t = c_t tanh(a_t)`` with learned
+``c = e^lambda``.
 
 Jacobian (algebra coordinates ``U -> exp(w) U``, Haar measure = Lebesgue measure in ``w``)
 ------------------------------------------------------------------------------------------
@@ -95,7 +98,9 @@ def _trace_features(plaqs: list[torch.Tensor], like: torch.Tensor) -> torch.Tens
 
 
 class _Head(nn.Module):
-    """``features -> (bounded s, bounded q, free t)`` with ``n_s, n_q, n_t`` channels."""
+    """``features -> (s, q, t)`` with ``n_s, n_q, n_t`` channels, each ``c tanh(.)`` with a
+    learned ``c = e^lambda`` (all bounded: an unbounded translation lets the plaquette-jump
+    objective run the step out of the acceptance window, where its gradient vanishes)."""
 
     def __init__(
         self,
@@ -129,6 +134,7 @@ class _Head(nn.Module):
         # only the scales that are used (every parameter gets a gradient)
         self.log_scale_s = nn.Parameter(torch.zeros((), dtype=dtype)) if n_s else None
         self.log_scale_q = nn.Parameter(torch.zeros((), dtype=dtype)) if n_q else None
+        self.log_scale_t = nn.Parameter(torch.zeros((), dtype=dtype)) if n_t else None
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(s, q, t)`` channel blocks of the output (``s`` empty when ``n_s = 0``)."""
@@ -140,7 +146,10 @@ class _Head(nn.Module):
         q = out[:, ns:ns]
         if self.log_scale_q is not None:
             q = torch.exp(self.log_scale_q) * torch.tanh(out[:, ns : ns + nq])
-        return s, q, out[:, ns + nq :]
+        t = out[:, ns + nq :]
+        if self.log_scale_t is not None:
+            t = torch.exp(self.log_scale_t) * torch.tanh(t)
+        return s, q, t
 
 
 def _links(a: torch.Tensor) -> torch.Tensor:
@@ -159,7 +168,7 @@ class SU3L2HMCModel(nn.Module):
         theory_name: str = "su3",
         n_layers: int = 2,
         hidden: Sequence[int] = (8,),
-        kernel_size: int = 3,
+        kernel_size: int = 1,
         activation: str = "tanh",
         step_size: float = 0.1,
         init_scale: float = 1.0,
@@ -235,7 +244,7 @@ class SU3L2HMCModel(nn.Module):
         feats = torch.cat(
             [
                 _trace_features(plaquette_matrices(u, self.grid, self.planes), u).to(real),
-                algebra_norm2(f).to(real),
+                torch.log1p(algebra_norm2(f)).to(real),
             ],
             dim=1,
         )
@@ -251,7 +260,8 @@ class SU3L2HMCModel(nn.Module):
     def _x_step(self, net, mu, u, p, eps, inverse: bool):
         real = eps.dtype
         frozen = plaquette_matrices(u, self.grid, self.frozen_planes[mu])
-        feats = torch.cat([_trace_features(frozen, u).to(real), algebra_norm2(p).to(real)], dim=1)
+        feats = [_trace_features(frozen, u).to(real), torch.log1p(algebra_norm2(p)).to(real)]
+        feats = torch.cat(feats, dim=1)
         _, q, t = net(feats)
         w = p[:, mu] * _links(torch.exp(eps * q[:, 0]))
         for j, plaq in enumerate(frozen):
