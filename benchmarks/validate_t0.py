@@ -256,15 +256,18 @@ def summarize(path: Path) -> dict:
     if not cfg:
         raise SystemExit(f"{path}: no measured configurations yet")
     m = meta[-1]
-    t0 = np.array([r["t0"] for r in cfg])
+    t0_all = np.array([r["t0"] for r in cfg], dtype=float)
+    t0 = t0_all[np.isfinite(t0_all)]  # a config whose t^2 E stays below 0.3 counts apart
     n = len(t0)
+    if n == 0:
+        raise SystemExit(f"{path}: no configuration reached t^2 E = 0.3")
     mean = float(t0.mean())
     err = float(t0.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     # binned error (bins of 2) as an autocorrelation check
     nb = n // 2
     b = t0[: 2 * nb].reshape(nb, 2).mean(1) if nb > 1 else None
     err_b = float(b.std(ddof=1) / math.sqrt(nb)) if b is not None else math.nan
-    slope = float(np.mean([r["dt2e_dt_at_t0"] for r in cfg]))
+    slope = float(np.nanmean([r["dt2e_dt_at_t0"] for r in cfg]))
     c = math.sqrt(8 * mean) / m["L"]
     delta = tree_level_delta(c)
     # t^2 E_L = (1 + delta) t^2 E_inf near t0 => t0_L - t0_inf ~ -delta * 0.3 / slope
@@ -274,6 +277,7 @@ def summarize(path: Path) -> dict:
         "beta": m["beta"],
         "L": m["L"],
         "n_cfg": n,
+        "n_not_crossed": int(len(t0_all) - n),
         "t0": mean,
         "t0_err": err,
         "t0_err_bin2": err_b,
@@ -285,7 +289,9 @@ def summarize(path: Path) -> dict:
         "luscher_err": ref_err,
         "luscher_L": ref_l,
         "diff_sigma": (mean - ref) / math.hypot(max(err, err_b), ref_err),
-        "numpy_flow_check": chk[-1] if chk else None,
+        "numpy_flow_check_t0": chk[-1]["t0_numpy"] if chk else None,
+        "numpy_flow_check_max_t2e_diff": history_difference(cfg[0], chk[-1]) if chk else None,
+        "numpy_flow_check_t_max": chk[-1]["t_hist"][-1] if chk else None,
         "seconds_per_sweep": m.get("seconds_per_sweep"),
         "seconds_per_flow": float(np.mean([r["flow_seconds"] for r in cfg])),
     }
@@ -314,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("t0_validation.jsonl"))
     ap.add_argument("--summary", type=Path, help="only summarize an existing --out file")
     ap.add_argument("--save-first", type=Path, help="save the first configuration (.npy)")
+    ap.add_argument("--start", type=Path, help="start from a saved configuration (.npy)")
     ap.add_argument("--numpy-check-only", type=Path, help="numpy flow check of a --save-first file")
     args = ap.parse_args(argv)
     if args.summary:
@@ -333,6 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     lat = Lattice((args.L,) * 4)
     rng = np.random.default_rng(args.seed)
     u = np.broadcast_to(np.eye(3, dtype=complex), (4, lat.volume, 3, 3)).copy()
+    if args.start:  # continue from a saved (e.g. --save-first) configuration
+        u = np.load(args.start)
+        if u.shape != (4, lat.volume, 3, 3):
+            raise SystemExit(f"{args.start}: shape {u.shape} is not a {args.L}^4 SU(3) field")
     log = open(args.out, "a")
 
     def emit(rec: dict) -> None:
@@ -382,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
             "e_plaq0_trivhmc": e_plaq0,
             "e_plaq0_numpy": 36 * (1 - p),
             "flow_seconds": dt,
+            "t_hist": t[::5].tolist(),
+            "t2e_hist": t2e[::5].tolist(),
         }
         emit(rec)
         print(json.dumps(rec), file=sys.stderr, flush=True)
@@ -397,7 +410,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def numpy_check(v: np.ndarray, lat: Lattice, t0: float, args, emit) -> None:
-    """Flow ``v`` with the numpy RK3 and numpy clover E; emit its t0 beside trivhmc's."""
+    """Flow ``v`` with the numpy RK3 and numpy clover E to ``args.t_max``; emit its t0 (NaN
+    if not reached) and its ``t^2 E`` history sampled as the configs' ``t2e_hist``, beside
+    trivhmc's t0 of the same configuration."""
     tic = time.perf_counter()
     steps = int(round(args.t_max / args.eps))
     ts, ys = [0.0], [0.0]
@@ -413,9 +428,19 @@ def numpy_check(v: np.ndarray, lat: Lattice, t0: float, args, emit) -> None:
             "t0_numpy": t0_np,
             "t0_trivhmc": t0,
             "abs_diff": abs(t0_np - t0),
+            "t_hist": ts[::5],
+            "t2e_hist": ys[::5],
             "seconds": time.perf_counter() - tic,
         }
     )
+
+
+def history_difference(config: dict, check: dict) -> float:
+    """Largest ``|t^2 E|`` difference of the numpy and trivhmc flows at common flow times."""
+    a = dict(zip(np.round(config["t_hist"], 9), config["t2e_hist"], strict=True))
+    b = dict(zip(np.round(check["t_hist"], 9), check["t2e_hist"], strict=True))
+    common = sorted(set(a) & set(b))
+    return max(abs(a[t] - b[t]) for t in common) if common else math.nan
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def test_validate_t0_tiny_run(v, tmp_path, capsys):
     kinds = [r["kind"] for r in rows]
     assert kinds == ["meta", "config", "config", "numpy_flow_check"]
     assert rows[3]["abs_diff"] < 1e-9
+    assert v.history_difference(rows[1], rows[3]) < 1e-12
     cfg = [r for r in rows if r["kind"] == "config"]
     for r in cfg:
         assert r["e_plaq0_trivhmc"] == pytest.approx(r["e_plaq0_numpy"], rel=1e-10)
