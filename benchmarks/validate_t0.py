@@ -248,7 +248,34 @@ def tree_level_delta(c: float) -> float:
 
 
 # --------------------------------------------------------------------------- driver
+def t0_of_mean(t: np.ndarray, y: np.ndarray, target: float = 0.3) -> float:
+    """Flow time where the (ensemble-mean) curve ``y(t)`` reaches ``target``: cubic through
+    the four samples around the first crossing (NaN if it is not crossed)."""
+    above = np.nonzero(y >= target)[0]
+    if above.size == 0 or above[0] == 0:
+        return math.nan
+    i = int(above[0])
+    lo = max(0, min(i - 2, len(t) - 4))
+    sl = slice(lo, lo + 4)
+    poly = np.polynomial.Polynomial.fit(t[sl], y[sl] - target, min(3, len(t[sl]) - 1))
+    roots = [r.real for r in poly.roots() if abs(r.imag) < 1e-12 and t[i - 1] <= r.real <= t[i]]
+    return float(roots[0]) if roots else crossing(t, y, target)
+
+
+def _jackknife(values: np.ndarray, fn) -> tuple[float, float]:
+    """``fn`` of the mean over configurations and its jackknife error (rows = configs)."""
+    n = len(values)
+    full = fn(values.mean(0))
+    if n < 2:
+        return full, math.nan
+    jk = np.array([fn(np.delete(values, k, 0).mean(0)) for k in range(n)])
+    return full, float(np.sqrt((n - 1) / n * np.sum((jk - jk.mean()) ** 2)))
+
+
 def summarize(path: Path) -> dict:
+    """Table of the measured ensemble: ``t0`` from ``t^2 <E>`` (Luscher's definition; the
+    mean history, jackknife error), ``t^2 <E>`` at Luscher's ``t0``, the mean of per-config
+    ``t0`` (for comparison), and the checks."""
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     meta = [r for r in rows if r.get("kind") == "meta"]
     cfg = [r for r in rows if r.get("kind") == "config"]
@@ -256,44 +283,49 @@ def summarize(path: Path) -> dict:
     if not cfg:
         raise SystemExit(f"{path}: no measured configurations yet")
     m = meta[-1]
-    t0_all = np.array([r["t0"] for r in cfg], dtype=float)
-    t0 = t0_all[np.isfinite(t0_all)]  # a config whose t^2 E stays below 0.3 counts apart
-    n = len(t0)
-    if n == 0:
-        raise SystemExit(f"{path}: no configuration reached t^2 E = 0.3")
-    mean = float(t0.mean())
-    err = float(t0.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    # binned error (bins of 2) as an autocorrelation check
-    nb = n // 2
-    b = t0[: 2 * nb].reshape(nb, 2).mean(1) if nb > 1 else None
-    err_b = float(b.std(ddof=1) / math.sqrt(nb)) if b is not None else math.nan
-    slope = float(np.nanmean([r["dt2e_dt_at_t0"] for r in cfg]))
-    c = math.sqrt(8 * mean) / m["L"]
-    delta = tree_level_delta(c)
-    # t^2 E_L = (1 + delta) t^2 E_inf near t0 => t0_L - t0_inf ~ -delta * 0.3 / slope
-    shift = -delta * 0.3 / slope
+    n = len(cfg)
+    t = np.asarray(cfg[0]["t_hist"], dtype=float)
+    hist = np.array([r["t2e_hist"] for r in cfg], dtype=float)  # (n, len(t))
+    t0, t0_err = _jackknife(hist, lambda y: t0_of_mean(t, y))
     ref, ref_err, ref_l = LUSCHER.get(m["beta"], (math.nan, math.nan, 0))
+
+    def at_ref(y: np.ndarray) -> float:
+        return float(np.interp(ref, t, y)) if math.isfinite(ref) else math.nan
+
+    e_ref, e_ref_err = _jackknife(hist, at_ref)
+    per_cfg = np.array([r["t0"] for r in cfg], dtype=float)
+    fin = per_cfg[np.isfinite(per_cfg)]
+    # slope of t^2 <E> at t0 for the (perturbative, tree-level) finite-volume estimate
+    mean_hist = hist.mean(0)
+    slope = float(np.interp(t0, t, np.gradient(mean_hist, t))) if math.isfinite(t0) else math.nan
+    c = math.sqrt(8 * t0) / m["L"] if math.isfinite(t0) else math.nan
+    delta = tree_level_delta(c) if math.isfinite(c) else math.nan
     out = {
         "beta": m["beta"],
         "L": m["L"],
         "n_cfg": n,
-        "n_not_crossed": int(len(t0_all) - n),
-        "t0": mean,
-        "t0_err": err,
-        "t0_err_bin2": err_b,
+        "t0 (t^2<E> = 0.3)": t0,
+        "t0_err (jackknife)": t0_err,
+        "t^2<E> at t = Luscher t0": e_ref,
+        "t^2<E> at t = Luscher t0, err": e_ref_err,
+        "mean of per-config t0": float(fin.mean()) if fin.size else math.nan,
+        "per-config t0 not reached": int(n - fin.size),
         "plaquette": float(np.mean([r["plaquette"] for r in cfg])),
-        "c": c,
-        "tree_level_delta": delta,
-        "fv_shift_estimate": shift,
-        "luscher": ref,
-        "luscher_err": ref_err,
-        "luscher_L": ref_l,
-        "diff_sigma": (mean - ref) / math.hypot(max(err, err_b), ref_err),
-        "numpy_flow_check_t0": chk[-1]["t0_numpy"] if chk else None,
-        "numpy_flow_check_max_t2e_diff": history_difference(cfg[0], chk[-1]) if chk else None,
-        "numpy_flow_check_t_max": chk[-1]["t_hist"][-1] if chk else None,
-        "seconds_per_sweep": m.get("seconds_per_sweep"),
-        "seconds_per_flow": float(np.mean([r["flow_seconds"] for r in cfg])),
+        "plaquette_err": float(np.std([r["plaquette"] for r in cfg], ddof=1) / math.sqrt(n))
+        if n > 1
+        else math.nan,
+        "c = sqrt(8 t0)/L": c,
+        "tree-level delta(c)": delta,
+        "tree-level t0 shift estimate": -delta * 0.3 / slope if math.isfinite(slope) else math.nan,
+        "luscher t0": ref,
+        "luscher err": ref_err,
+        "luscher L": ref_l,
+        "difference / error": (t0 - ref) / math.hypot(t0_err, ref_err),
+        "numpy flow: t0": chk[-1]["t0_numpy"] if chk else None,
+        "numpy flow: max |t^2E diff|": history_difference(cfg[0], chk[-1]) if chk else None,
+        "numpy flow: up to t": chk[-1]["t_hist"][-1] if chk else None,
+        "seconds per sweep": m.get("seconds_per_sweep"),
+        "seconds per flow": float(np.mean([r["flow_seconds"] for r in cfg])),
     }
     print(f"# {path}: {m['host']}, {m['date']}, beta {m['beta']}, {m['L']}^4, {n} configurations")
     print("| quantity | value |\n|---|---|")
