@@ -263,8 +263,9 @@ def _entries(sources: list[tuple[Path, str]]) -> list[tuple[Path, str, int, int]
             if fmt == "hdf5":
                 from app.io.hdf5 import read_metadata
 
+                # 1-based counts; the rows carry the 0-based record number, as on the fly
                 trajs = read_metadata(path)["config_trajectory"]
-                out += [(path, fmt, i, int(t)) for i, t in enumerate(trajs)]
+                out += [(path, fmt, i, int(t) - 1) for i, t in enumerate(trajs)]
             else:
                 out.append((path, fmt, -1, -1))  # trajectory from the file when read
         except (ConfigFormatError, OSError, KeyError) as exc:

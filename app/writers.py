@@ -50,8 +50,8 @@ class Writers(list):
 def save_configs(deck, grid, theory, physical, traj, offset, out, writers) -> None:
     """Append ``physical`` to the HDF5 ensembles and write the ILDG/NERSC files of
     trajectory ``traj``."""
-    for w, b in writers:
-        w.append_config(physical[b], traj, grid, first=theory.first - 1)
+    for w, b in writers:  # numbered by the 1-based trajectory count, as the files below
+        w.append_config(physical[b], traj + 1, grid, first=theory.first - 1)
     fmts = deck.output.formats
     if "ildg" in fmts or "nersc" in fmts:
         name = deck.output_dir.name

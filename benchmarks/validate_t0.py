@@ -248,7 +248,34 @@ def tree_level_delta(c: float) -> float:
 
 
 # --------------------------------------------------------------------------- driver
+def t0_of_mean(t: np.ndarray, y: np.ndarray, target: float = 0.3) -> float:
+    """Flow time where the (ensemble-mean) curve ``y(t)`` reaches ``target``: cubic through
+    the four samples around the first crossing (NaN if it is not crossed)."""
+    above = np.nonzero(y >= target)[0]
+    if above.size == 0 or above[0] == 0:
+        return math.nan
+    i = int(above[0])
+    lo = max(0, min(i - 2, len(t) - 4))
+    sl = slice(lo, lo + 4)
+    poly = np.polynomial.Polynomial.fit(t[sl], y[sl] - target, min(3, len(t[sl]) - 1))
+    roots = [r.real for r in poly.roots() if abs(r.imag) < 1e-12 and t[i - 1] <= r.real <= t[i]]
+    return float(roots[0]) if roots else crossing(t, y, target)
+
+
+def _jackknife(values: np.ndarray, fn) -> tuple[float, float]:
+    """``fn`` of the mean over configurations and its jackknife error (rows = configs)."""
+    n = len(values)
+    full = fn(values.mean(0))
+    if n < 2:
+        return full, math.nan
+    jk = np.array([fn(np.delete(values, k, 0).mean(0)) for k in range(n)])
+    return full, float(np.sqrt((n - 1) / n * np.sum((jk - jk.mean()) ** 2)))
+
+
 def summarize(path: Path) -> dict:
+    """Table of the measured ensemble: ``t0`` from ``t^2 <E>`` (Luscher's definition; the
+    mean history, jackknife error), ``t^2 <E>`` at Luscher's ``t0``, the mean of per-config
+    ``t0`` (for comparison), and the checks."""
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     meta = [r for r in rows if r.get("kind") == "meta"]
     cfg = [r for r in rows if r.get("kind") == "config"]
@@ -256,38 +283,49 @@ def summarize(path: Path) -> dict:
     if not cfg:
         raise SystemExit(f"{path}: no measured configurations yet")
     m = meta[-1]
-    t0 = np.array([r["t0"] for r in cfg])
-    n = len(t0)
-    mean = float(t0.mean())
-    err = float(t0.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-    # binned error (bins of 2) as an autocorrelation check
-    nb = n // 2
-    b = t0[: 2 * nb].reshape(nb, 2).mean(1) if nb > 1 else None
-    err_b = float(b.std(ddof=1) / math.sqrt(nb)) if b is not None else math.nan
-    slope = float(np.mean([r["dt2e_dt_at_t0"] for r in cfg]))
-    c = math.sqrt(8 * mean) / m["L"]
-    delta = tree_level_delta(c)
-    # t^2 E_L = (1 + delta) t^2 E_inf near t0 => t0_L - t0_inf ~ -delta * 0.3 / slope
-    shift = -delta * 0.3 / slope
+    n = len(cfg)
+    t = np.asarray(cfg[0]["t_hist"], dtype=float)
+    hist = np.array([r["t2e_hist"] for r in cfg], dtype=float)  # (n, len(t))
+    t0, t0_err = _jackknife(hist, lambda y: t0_of_mean(t, y))
     ref, ref_err, ref_l = LUSCHER.get(m["beta"], (math.nan, math.nan, 0))
+
+    def at_ref(y: np.ndarray) -> float:
+        return float(np.interp(ref, t, y)) if math.isfinite(ref) else math.nan
+
+    e_ref, e_ref_err = _jackknife(hist, at_ref)
+    per_cfg = np.array([r["t0"] for r in cfg], dtype=float)
+    fin = per_cfg[np.isfinite(per_cfg)]
+    # slope of t^2 <E> at t0 for the (perturbative, tree-level) finite-volume estimate
+    mean_hist = hist.mean(0)
+    slope = float(np.interp(t0, t, np.gradient(mean_hist, t))) if math.isfinite(t0) else math.nan
+    c = math.sqrt(8 * t0) / m["L"] if math.isfinite(t0) else math.nan
+    delta = tree_level_delta(c) if math.isfinite(c) else math.nan
     out = {
         "beta": m["beta"],
         "L": m["L"],
         "n_cfg": n,
-        "t0": mean,
-        "t0_err": err,
-        "t0_err_bin2": err_b,
+        "t0 (t^2<E> = 0.3)": t0,
+        "t0_err (jackknife)": t0_err,
+        "t^2<E> at t = Luscher t0": e_ref,
+        "t^2<E> at t = Luscher t0, err": e_ref_err,
+        "mean of per-config t0": float(fin.mean()) if fin.size else math.nan,
+        "per-config t0 not reached": int(n - fin.size),
         "plaquette": float(np.mean([r["plaquette"] for r in cfg])),
-        "c": c,
-        "tree_level_delta": delta,
-        "fv_shift_estimate": shift,
-        "luscher": ref,
-        "luscher_err": ref_err,
-        "luscher_L": ref_l,
-        "diff_sigma": (mean - ref) / math.hypot(max(err, err_b), ref_err),
-        "numpy_flow_check": chk[-1] if chk else None,
-        "seconds_per_sweep": m.get("seconds_per_sweep"),
-        "seconds_per_flow": float(np.mean([r["flow_seconds"] for r in cfg])),
+        "plaquette_err": float(np.std([r["plaquette"] for r in cfg], ddof=1) / math.sqrt(n))
+        if n > 1
+        else math.nan,
+        "c = sqrt(8 t0)/L": c,
+        "tree-level delta(c)": delta,
+        "tree-level t0 shift estimate": -delta * 0.3 / slope if math.isfinite(slope) else math.nan,
+        "luscher t0": ref,
+        "luscher err": ref_err,
+        "luscher L": ref_l,
+        "difference / error": (t0 - ref) / math.hypot(t0_err, ref_err),
+        "numpy flow: t0": chk[-1]["t0_numpy"] if chk else None,
+        "numpy flow: max |t^2E diff|": history_difference(cfg[0], chk[-1]) if chk else None,
+        "numpy flow: up to t": chk[-1]["t_hist"][-1] if chk else None,
+        "seconds per sweep": m.get("seconds_per_sweep"),
+        "seconds per flow": float(np.mean([r["flow_seconds"] for r in cfg])),
     }
     print(f"# {path}: {m['host']}, {m['date']}, beta {m['beta']}, {m['L']}^4, {n} configurations")
     print("| quantity | value |\n|---|---|")
@@ -314,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("t0_validation.jsonl"))
     ap.add_argument("--summary", type=Path, help="only summarize an existing --out file")
     ap.add_argument("--save-first", type=Path, help="save the first configuration (.npy)")
+    ap.add_argument("--start", type=Path, help="start from a saved configuration (.npy)")
     ap.add_argument("--numpy-check-only", type=Path, help="numpy flow check of a --save-first file")
     args = ap.parse_args(argv)
     if args.summary:
@@ -333,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     lat = Lattice((args.L,) * 4)
     rng = np.random.default_rng(args.seed)
     u = np.broadcast_to(np.eye(3, dtype=complex), (4, lat.volume, 3, 3)).copy()
+    if args.start:  # continue from a saved (e.g. --save-first) configuration
+        u = np.load(args.start)
+        if u.shape != (4, lat.volume, 3, 3):
+            raise SystemExit(f"{args.start}: shape {u.shape} is not a {args.L}^4 SU(3) field")
     log = open(args.out, "a")
 
     def emit(rec: dict) -> None:
@@ -382,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
             "e_plaq0_trivhmc": e_plaq0,
             "e_plaq0_numpy": 36 * (1 - p),
             "flow_seconds": dt,
+            "t_hist": t[::5].tolist(),
+            "t2e_hist": t2e[::5].tolist(),
         }
         emit(rec)
         print(json.dumps(rec), file=sys.stderr, flush=True)
@@ -397,7 +442,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def numpy_check(v: np.ndarray, lat: Lattice, t0: float, args, emit) -> None:
-    """Flow ``v`` with the numpy RK3 and numpy clover E; emit its t0 beside trivhmc's."""
+    """Flow ``v`` with the numpy RK3 and numpy clover E to ``args.t_max``; emit its t0 (NaN
+    if not reached) and its ``t^2 E`` history sampled as the configs' ``t2e_hist``, beside
+    trivhmc's t0 of the same configuration."""
     tic = time.perf_counter()
     steps = int(round(args.t_max / args.eps))
     ts, ys = [0.0], [0.0]
@@ -413,9 +460,19 @@ def numpy_check(v: np.ndarray, lat: Lattice, t0: float, args, emit) -> None:
             "t0_numpy": t0_np,
             "t0_trivhmc": t0,
             "abs_diff": abs(t0_np - t0),
+            "t_hist": ts[::5],
+            "t2e_hist": ys[::5],
             "seconds": time.perf_counter() - tic,
         }
     )
+
+
+def history_difference(config: dict, check: dict) -> float:
+    """Largest ``|t^2 E|`` difference of the numpy and trivhmc flows at common flow times."""
+    a = dict(zip(np.round(config["t_hist"], 9), config["t2e_hist"], strict=True))
+    b = dict(zip(np.round(check["t_hist"], 9), check["t2e_hist"], strict=True))
+    common = sorted(set(a) & set(b))
+    return max(abs(a[t] - b[t]) for t in common) if common else math.nan
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ at ``x``, all with the same orientation. Energy densities (averaged over the lat
     E_clover = -(1/2) sum_{mu,nu} tr(G_{mu nu} G_{mu nu}) = sum_{mu<nu} sum_ij |G_{mu nu, ij}|^2
     E_plaq   = 2 sum_{mu<nu} Re tr(1 - U_{mu nu}(x)) = 2 sum_{mu<nu} (3 - Re Tr U_{mu nu})
 
-(Luscher 2010, section 3.1: both are lattice versions of ``E = -(1/2) tr G_{mu nu} G_{mu nu}``).
+(Luscher 2010: both are lattice versions of ``E = -(1/2) tr G_{mu nu} G_{mu nu}``).
 The factor 2 of ``E_plaq`` follows from the small-``a`` expansion: ``U_{mu nu} = exp(a^2
 G_{mu nu} + ...)`` with traceless anti-hermitian ``G`` gives ``Re tr(1 - U_{mu nu}) =
 -(a^4/2) tr G_{mu nu}^2 + O(a^6)``, and ``-(1/2) sum_{mu,nu} = -sum_{mu<nu}``. Equivalently

@@ -138,12 +138,12 @@ def test_truncate_after(tmp_path):
     w = make_writer(path)
     for t in range(1, 7):
         w.append_observables(t, {"plaquette": float(t)})
-        if t % 2 == 0:
-            w.append_config(np.full((2, 4, 6), float(t)), t, first=1)
+        if t % 2 == 0:  # configs numbered by the 1-based count: record t gives t + 1
+            w.append_config(np.full((2, 4, 6), float(t)), t + 1, first=1)
     w.truncate_after(3)
     obs = read_observables(path)
     assert list(obs["trajectory"]) == [1, 2, 3] and list(obs["plaquette"]) == [1.0, 2.0, 3.0]
-    assert read_metadata(path)["config_trajectory"] == [2]
+    assert read_metadata(path)["config_trajectory"] == [3]
 
 
 @pytest.mark.parametrize(

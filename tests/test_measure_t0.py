@@ -117,7 +117,20 @@ def test_validate_t0_tiny_run(v, tmp_path, capsys):
     kinds = [r["kind"] for r in rows]
     assert kinds == ["meta", "config", "config", "numpy_flow_check"]
     assert rows[3]["abs_diff"] < 1e-9
+    assert v.history_difference(rows[1], rows[3]) < 1e-12
     cfg = [r for r in rows if r["kind"] == "config"]
     for r in cfg:
         assert r["e_plaq0_trivhmc"] == pytest.approx(r["e_plaq0_numpy"], rel=1e-10)
     assert "t0" in capsys.readouterr().out
+
+
+def test_t0_of_the_mean_history_and_jackknife(v):
+    t = np.arange(0, 4.01, 0.6)
+    y = 0.1 * t + 0.02 * t**2  # crossing 0.3 at t = (-0.1 + sqrt(0.01 + 0.024)) / 0.04
+    exact = (-0.1 + np.sqrt(0.01 + 4 * 0.02 * 0.3)) / (2 * 0.02)
+    assert v.t0_of_mean(t, y) == pytest.approx(exact, rel=1e-12)
+    assert np.isnan(v.t0_of_mean(t, 0.01 * t))
+    # jackknife of the mean of linear data equals the standard error of the mean
+    x = np.random.default_rng(1).normal(size=(9, 1))
+    val, err = v._jackknife(x, lambda m: float(m[0]))
+    assert val == pytest.approx(x.mean()) and err == pytest.approx(x.std(ddof=1) / 3)

@@ -9,7 +9,11 @@ Layout (readable with plain h5py; documented in docs/formats.md)::
     /parameters             attrs: one per coupling (e.g. beta)
     /configs                (n_configs, *global field shape), chunked one config per chunk,
                             resizable; attrs: first (array dim of lattice axis 0 in a config)
-    /config_trajectory      (n_configs,) int64: trajectory number of each stored config
+    /config_trajectory      (n_configs,) int64: number of each stored config, the 1-based
+                            trajectory count (the config saved after record ``n`` is
+                            ``n + 1``, as the ILDG/NERSC file names; format_version >= 3).
+                            Versions 1, 2 stored the 0-based record number; the readers
+                            here return the count for every version (:func:`config_numbers`)
     /config_checksum        (n_configs, 2) uint32: SciDAC (suma, sumb) of each config (see
                             :func:`field_checksum`; for SU(3) it equals the checksum of the
                             double-precision ILDG file of the same field)
@@ -69,7 +73,9 @@ from .scidac_checksum import format_checksum, scidac_checksum
 from .validate import check_finite, check_links
 
 FORMAT = "trivhmc-ensemble"
-FORMAT_VERSION = 2  # 2: the ``committed`` marker (version 1 files are read as fully committed)
+FORMAT_VERSION = 3  # 2: the ``committed`` marker (version 1 files are read as fully committed)
+#: 3: ``config_trajectory`` holds the 1-based trajectory count (1, 2: the 0-based record)
+COUNT_NUMBERING = 3
 COMMITTED = "committed"
 #: free space required beyond the bytes of one update before it is started
 SPACE_MARGIN = 1 << 20
@@ -112,6 +118,18 @@ def committed_counts(f: h5py.File) -> tuple[int, int]:
             )
         return c[0], c[1]
     return n_cfg, n_obs
+
+
+def numbering_shift(f: h5py.File) -> int:
+    """What to add to a stored ``config_trajectory`` to get the 1-based trajectory count:
+    0 for format_version >= 3, 1 for older files (they stored the 0-based record number)."""
+    return 0 if int(f.attrs.get("format_version", 1)) >= COUNT_NUMBERING else 1
+
+
+def config_numbers(f: h5py.File) -> np.ndarray:
+    """The committed configurations' numbers as 1-based trajectory counts (any version)."""
+    n_cfg = committed_counts(f)[0]
+    return f["config_trajectory"][:n_cfg] + numbering_shift(f)
 
 
 def _config_datasets(f: h5py.File) -> list[h5py.Dataset]:
@@ -236,6 +254,7 @@ class EnsembleWriter:
         self.params = dict(params)
         self._rows: list[tuple[int, dict[str, float]]] = []
         self._rng: dict[str, int] | None = None
+        self._shift = 0  # numbering_shift of the file (continued old files keep theirs)
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', got {mode!r}")
         sampler_d = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
@@ -283,6 +302,8 @@ class EnsembleWriter:
         else:
             self._check_compatible(meta)
             self._repair()
+            with open_ensemble(self.path, "r") as f:
+                self._shift = numbering_shift(f)
 
     def _repair(self) -> None:
         """Cut a tail left by a crash back to the commit marker; verify the last config."""
@@ -424,8 +445,10 @@ class EnsembleWriter:
         """Store one configuration (collective over ``grid`` when given).
 
         ``field`` is this rank's local block of one configuration whose lattice axes start at
-        array dim ``first`` (e.g. SU(3) ``(4, *local, 3, 3)``: ``first=1``). Buffered
-        observables are written in the same update. Returns the config index on the writer.
+        array dim ``first`` (e.g. SU(3) ``(4, *local, 3, 3)``: ``first=1``). ``trajectory``
+        is the configuration's number, the 1-based trajectory count (the configuration after
+        record ``n`` is ``n + 1``). Buffered observables are written in the same update.
+        Returns the config index on the writer.
         """
         grid = self.grid if grid is None else grid
         full = _to_numpy(field) if grid is None else gather_to_root(_to_numpy(field), grid, first)
@@ -462,7 +485,7 @@ class EnsembleWriter:
             ds[n] = full
             tr = f["config_trajectory"]
             tr.resize(n + 1, axis=0)
-            tr[n] = trajectory
+            tr[n] = trajectory - self._shift  # old (version < 3) files: 0-based as before
             cs = _checksum_dataset(f)
             cs.resize(n + 1, axis=0)
             cs[n] = checksum
@@ -534,7 +557,8 @@ class EnsembleWriter:
 
     # ------------------------------------------------------------------ restart
     def truncate_after(self, trajectory: int) -> None:
-        """Drop stored configs and observable rows with trajectory number > ``trajectory``.
+        """Drop observable rows with (0-based record) trajectory > ``trajectory`` and the
+        configurations saved after them (number, the 1-based count, > ``trajectory + 1``).
 
         For restarts: a run resumed from the checkpoint at ``trajectory`` regenerates what
         came after it. Collective; the file is rewritten only if something is dropped.
@@ -547,7 +571,7 @@ class EnsembleWriter:
             n_cfg, n_obs = committed_counts(f)
             # rows are in trajectory order: search only the committed ones (O(log N) reads
             # would do; the trajectory columns are 8 bytes a row)
-            keep = int(np.count_nonzero(f["config_trajectory"][:n_cfg] <= trajectory))
+            keep = int(np.count_nonzero(config_numbers(f) <= trajectory + 1))
             rows = int(np.count_nonzero(f["observables"]["trajectory"][:n_obs] <= trajectory))
             if (keep, rows) == (n_cfg, n_obs) and not _resize_to(f, n_cfg, n_obs):
                 return
@@ -655,7 +679,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         meta["rng"] = {k: int(v) for k, v in f["rng"].attrs.items()}
         meta.pop(COMMITTED, None)
         meta["n_configs"] = n_cfg if "configs" in f else 0
-        meta["config_trajectory"] = f["config_trajectory"][:n_cfg].tolist()
+        meta["config_trajectory"] = config_numbers(f).tolist()  # 1-based counts, any version
         meta["n_trajectories"] = n_obs
         if "configs" in f:
             meta["config_shape"] = list(f["configs"].shape[1:])
