@@ -102,6 +102,56 @@ def _target(deck: Deck, grid: ProcessGrid, theory):
     return CouplingTarget(theory, target)
 
 
+def _make_trainer(deck: Deck, grid: ProcessGrid, theory, flow, rng: SiteRNG):
+    """The trainer for ``deck.train.loss`` (reverse KL, Q-jump, force norm or force matching),
+    all sharing the deck's optimiser settings."""
+    t = deck.train
+    optimiser = {
+        "steps": t.steps,
+        "batch": t.batch,
+        "lr": t.lr,
+        "lr_schedule": t.lr_schedule,
+        "grad_clip": t.grad_clip,
+    }
+    if t.loss == "reverse_kl":
+        from kernels.flows.train import TrainConfig, Trainer
+
+        cfg = TrainConfig(**optimiser, anneal_steps=t.anneal_steps, anneal_start=t.anneal_start)
+        if theory.name == "schwinger":
+            from app.schwinger_flows import reverse_kl_trainer
+
+            trainer = reverse_kl_trainer(flow, theory, cfg, rng)
+        else:
+            trainer = Trainer(flow, theory, cfg, rng=rng)
+    elif t.loss == "qjump":  # NTHMC (issue 15), 2D U(1)
+        from kernels.flows.nthmc_qjump import QJumpConfig, QJumpTrainer
+
+        cfg = QJumpConfig(**optimiser, seed=deck.run.seed, **t.qjump.model_dump())
+        blocks = _training_configurations
+        val = blocks(deck, grid, theory, "validation") if t.validation else None
+        trainer = QJumpTrainer(flow, theory, blocks(deck, grid, theory), cfg, validation=val)
+    elif t.loss == "force_norm" or t.target_beta is not None:  # NTHMC (issue 15)
+        from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
+
+        cfg = ForceNormConfig(**optimiser, **t.force_norm.model_dump())
+        blocks = _training_configurations
+        val = blocks(deck, grid, theory, "validation") if t.validation else None
+        trainer = ForceNormTrainer(
+            flow,
+            theory,
+            blocks(deck, grid, theory),
+            cfg,
+            validation=val,
+            target=_target(deck, grid, theory),
+        )
+    else:
+        from kernels.flows.force_matching import ForceMatchingConfig, ForceMatchingTrainer
+
+        cfg = ForceMatchingConfig(**optimiser)
+        trainer = ForceMatchingTrainer(flow, theory, _ensemble_blocks(deck, grid, theory), cfg)
+    return trainer
+
+
 def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     """Train and save; returns ``(reference, last metrics)``. Collective over MPI.COMM_WORLD."""
     from app.registry import save_model
@@ -156,72 +206,7 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
 
         check_loss(t.loss)
     try:
-        if t.loss == "reverse_kl":
-            from kernels.flows.train import TrainConfig, Trainer
-
-            cfg = TrainConfig(
-                steps=t.steps,
-                batch=t.batch,
-                lr=t.lr,
-                lr_schedule=t.lr_schedule,
-                grad_clip=t.grad_clip,
-                anneal_steps=t.anneal_steps,
-                anneal_start=t.anneal_start,
-            )
-            if theory.name == "schwinger":
-                from app.schwinger_flows import reverse_kl_trainer
-
-                trainer = reverse_kl_trainer(flow, theory, cfg, rng)
-            else:
-                trainer = Trainer(flow, theory, cfg, rng=rng)
-        elif t.loss == "qjump":  # NTHMC (issue 15), 2D U(1)
-            from kernels.flows.nthmc_qjump import QJumpConfig, QJumpTrainer
-
-            cfg = QJumpConfig(
-                steps=t.steps,
-                batch=t.batch,
-                lr=t.lr,
-                lr_schedule=t.lr_schedule,
-                grad_clip=t.grad_clip,
-                seed=deck.run.seed,
-                **t.qjump.model_dump(),
-            )
-            blocks = _training_configurations
-            val = blocks(deck, grid, theory, "validation") if t.validation else None
-            trainer = QJumpTrainer(flow, theory, blocks(deck, grid, theory), cfg, validation=val)
-        elif t.loss == "force_norm" or t.target_beta is not None:  # NTHMC (issue 15)
-            from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
-
-            fn = t.force_norm
-            cfg = ForceNormConfig(
-                steps=t.steps,
-                batch=t.batch,
-                lr=t.lr,
-                lr_schedule=t.lr_schedule,
-                grad_clip=t.grad_clip,
-                **fn.model_dump(),
-            )
-            blocks = _training_configurations
-            val = blocks(deck, grid, theory, "validation") if t.validation else None
-            trainer = ForceNormTrainer(
-                flow,
-                theory,
-                blocks(deck, grid, theory),
-                cfg,
-                validation=val,
-                target=_target(deck, grid, theory),
-            )
-        else:
-            from kernels.flows.force_matching import ForceMatchingConfig, ForceMatchingTrainer
-
-            cfg = ForceMatchingConfig(
-                steps=t.steps,
-                batch=t.batch,
-                lr=t.lr,
-                lr_schedule=t.lr_schedule,
-                grad_clip=t.grad_clip,
-            )
-            trainer = ForceMatchingTrainer(flow, theory, _ensemble_blocks(deck, grid, theory), cfg)
+        trainer = _make_trainer(deck, grid, theory, flow, rng)
         history = trainer.train(callback=callback)
     except BaseException:
         tracker.close(failed=True)
