@@ -80,7 +80,7 @@ from .base import (
     record_architecture,
 )
 from .phi4 import ConvNet
-from .su3 import NC, SU3StoutLayer, link_jacobian, link_log_det
+from .su3 import NC, Links, SU3StoutLayer, link_jacobian, link_log_det
 
 
 def _sh(x: torch.Tensor, grid: ProcessGrid, steps: dict[int, int]) -> torch.Tensor:
@@ -196,8 +196,12 @@ class SU3NeuralLayer(SU3StoutLayer):
         self.last_iterations = 0
 
     # ------------------------------------------------------------ pieces
-    def inputs(self, u: torch.Tensor, staples: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Gauge-invariant frozen-link inputs, ``(B, n_inputs, *local)``."""
+    def inputs(
+        self, u: torch.Tensor, staples: list[torch.Tensor] | None = None, nb: Links | None = None
+    ) -> torch.Tensor:
+        """Gauge-invariant frozen-link inputs, ``(B, n_inputs, *local)``; ``staples`` (active
+        sites) and ``nb`` as from :meth:`staples` and :meth:`neighbourhood` (computed if not
+        given)."""
         chans: list[torch.Tensor] = []
         for i, (kind, a, b) in enumerate(self.loops):
             re, im = loop_traces(u, self.grid, kind, a, b)
@@ -205,25 +209,30 @@ class SU3NeuralLayer(SU3StoutLayer):
             chans += [re * m / NC, im * m / NC]
         x = torch.stack(chans, dim=1) if chans else None
         if self.staple_features:
-            s = super().features(u, self.staples(u) if staples is None else staples)
+            nb = self.neighbourhood(u) if nb is None else nb
+            s = super().features(u, self.staples(u, nb) if staples is None else staples, nb)
             x = s if x is None else torch.cat((x, s), dim=1)
         return x
 
     def coefficients(  # type: ignore[override]
-        self, u: torch.Tensor, staples: list[torch.Tensor] | None = None
+        self, u: torch.Tensor, staples: list[torch.Tensor] | None = None, nb: Links | None = None
     ) -> torch.Tensor:
         """``rho_k`` at the active sites, ``(B, 2 (Nd - 1), n_active)``; staple ``k`` is
         ``[up_nu, dn_nu for nu != mu][k]``."""
-        x = self.inputs(u, staples)
+        x = self.inputs(u, staples, nb)
         pdt = self.active.dtype
         o = self.net.at_sites(x.to(pdt), self.active_index).to(x.dtype)
         return self.rho_max * torch.tanh(o) / (2.0 * len(self.others))
 
-    def _context(self, u: torch.Tensor) -> torch.Tensor:
-        """``C`` on the active sites, ``(B, n_active, 3, 3)``."""
-        staples = self.staples(u)
-        rho = self.coefficients(u, staples).to(u.dtype)
-        return sum(rho[:, k, :, None, None] * self._gather(s) for k, s in enumerate(staples))  # type: ignore[return-value]
+    def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active links ``U_mu(x)`` and ``C = sum_k rho_k C_k``, on the active sites,
+        ``(B, n_active, 3, 3)`` each."""
+        nb = self.neighbourhood(u)
+        staples = self.staples(u, nb)
+        rho = self.coefficients(u, staples, nb).to(u.dtype)
+        x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
+        c = sum(rho[:, k, :, None, None] * s for k, s in enumerate(staples))
+        return x, c  # type: ignore[return-value]
 
     # ------------------------------------------------------------ Flow
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,8 +242,7 @@ class SU3NeuralLayer(SU3StoutLayer):
         parameters."""
         tol = self.tol if self.tol is not None else 1e3 * torch.finfo(u.real.dtype).eps
         with torch.no_grad():
-            c = self._context(u)
-            y = self._gather(u[:, self.mu])
+            y, c = self._context(u)
             x = y
             err, it = float("inf"), 0
             while it < self.max_iter and not err <= tol:
@@ -261,8 +269,7 @@ class SU3NeuralLayer(SU3StoutLayer):
         ``dw = -J^{-1} de`` (the exact derivative of the inverse).
         """
         x = x.detach()
-        c = self._context(u)
-        y = self._gather(u[:, self.mu])
+        y, c = self._context(u)
         q, omega = self._step(c, x)
         e = algebra_to_components(project_ta(su_expm(q) @ x @ dagger(y)))
         jac = link_jacobian(q.detach(), omega.detach())

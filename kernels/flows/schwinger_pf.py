@@ -44,11 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from parallel import ProcessGrid, global_sum, shift
+from parallel import ProcessGrid, shift
 
 from ..fermions.cg import norm2
 from ..fermions.wilson import FERMION_BC, GAMMA
-from .base import dtype_from_name, local_sum, parity_mask
+from .base import dtype_from_name, global_logdet, logdet_terms, parity_mask
 from .u1 import plaquette
 
 
@@ -157,18 +157,19 @@ class PseudofermionCoupling(nn.Module):
         return s, self.transport(frozen, u)
 
     def forward(self, chi: torch.Tensor, theta: torch.Tensor):  # type: ignore[override]
-        """``(phi, local log-det)`` (log-det summed over this rank's sites, ``(B,)``)."""
+        """``(phi, log-det terms)``: ``2 s`` per active site and component, ``(B, ...)``
+        (summed exactly over the lattice by the caller, so the total is grid-independent)."""
         frozen = chi * (1.0 - self.active)
         s, b = self._coefficients(theta, frozen)
         phi = frozen + self.active * (torch.exp(s) * chi + b)
-        return phi, 2.0 * local_sum(s)
+        return phi, 2.0 * s
 
     def inverse(self, phi: torch.Tensor, theta: torch.Tensor):
-        """``(chi, local log|det d chi / d phi|)``: the exact inverse of :meth:`forward`."""
+        """``(chi, log|det d chi / d phi| terms)``: the exact inverse of :meth:`forward`."""
         frozen = phi * (1.0 - self.active)
         s, b = self._coefficients(theta, frozen)
         chi = frozen + self.active * torch.exp(-s) * (phi - b)
-        return chi, -2.0 * local_sum(s)
+        return chi, -2.0 * s
 
 
 class ConditionalPseudofermionFlow(nn.Module):
@@ -188,19 +189,19 @@ class ConditionalPseudofermionFlow(nn.Module):
 
     def forward(self, chi: torch.Tensor, theta: torch.Tensor):  # type: ignore[override]
         """``(phi, global log-det)``."""
-        ld = torch.zeros(chi.shape[0], dtype=theta.dtype, device=chi.device)
+        terms = []
         for layer in self.layers:
             chi, d = layer(chi, theta)
-            ld = ld + d
-        return chi, global_sum(ld, self.grid)
+            terms.append(logdet_terms(d))
+        return chi, global_logdet(torch.cat(terms, dim=1), self.grid)
 
     def inverse(self, phi: torch.Tensor, theta: torch.Tensor):
         """``(chi, global log|det dchi/dphi|)``."""
-        ld = torch.zeros(phi.shape[0], dtype=theta.dtype, device=phi.device)
+        terms = []
         for layer in reversed(self.layers):
             phi, d = layer.inverse(phi, theta)
-            ld = ld + d
-        return phi, global_sum(ld, self.grid)
+            terms.append(logdet_terms(d))
+        return phi, global_logdet(torch.cat(terms, dim=1), self.grid)
 
 
 def pseudofermion_flow(
