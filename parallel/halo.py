@@ -431,8 +431,10 @@ def halo_begin(
     ``handle.padded`` holds the interior and the halos along axes held by one rank right
     away; :func:`halo_end` waits for the faces, fills the edges/corners between split axes,
     and returns the padded array (equal to :func:`halo_pad`). Every rank must begin and end
-    its exchanges in the same order. A tensor that requires grad is padded at once through
-    the autograd-aware blocking path (nothing left to overlap).
+    its exchanges in the same order. Until :func:`halo_end`, read ``handle.padded`` only and
+    only its interior and unsplit-axis halos: a contiguous face is sent from, and a contiguous
+    halo received into, the padded array itself. A tensor that requires grad is padded at
+    once through the autograd-aware blocking path (nothing left to overlap).
     """
     widths = normalize_widths(grid, width, axes)
     signs = normalize_signs(grid, bc)
