@@ -228,7 +228,18 @@ class HaloHandle:
     while the faces travel.
     """
 
-    def __init__(self, padded, grid, widths, first, signs, split, messages, done) -> None:
+    def __init__(
+        self,
+        padded: Array,
+        grid: ProcessGrid,
+        widths: Widths,
+        first: int,
+        signs: Signs,
+        split: list[int],
+        messages: list[_Message],
+        done: bool,
+        region: list[slice] | None = None,
+    ) -> None:
         self.padded = padded
         self.grid = grid
         self.widths = widths
@@ -237,6 +248,8 @@ class HaloHandle:
         self.split = split
         self.messages = messages
         self.done = done
+        #: per array dim: the padded extent along unsplit axes, the interior along split ones
+        self.region = region
 
     def progress(self) -> bool:
         """Let the faces in flight advance (non-blocking ``MPI_Testall``); call it between
@@ -291,9 +304,7 @@ def _begin_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: S
             tag = _NB_TAG + 8 * mu + (side > 0)
             sign = _boundary_sign(grid, signs, mu, side)
             messages.append(_post(grid, out, mu, side, [tuple(src)], [tuple(dst)], tag, sign))
-    handle = HaloHandle(out, grid, widths, first, signs, split, messages, False)
-    handle.region = region  # type: ignore[attr-defined]
-    return handle
+    return HaloHandle(out, grid, widths, first, signs, split, messages, False, region)
 
 
 def _end_raw(handle: HaloHandle) -> Array:
@@ -305,7 +316,7 @@ def _end_raw(handle: HaloHandle) -> Array:
     out, grid, widths, first = handle.padded, handle.grid, handle.widths, handle.first
     _complete(out, handle.messages)
     handle.messages = []
-    region = handle.region  # type: ignore[attr-defined]
+    region = handle.region
     split = handle.split
     for k, mu in enumerate(split[1:], 1):
         dim = first + mu
