@@ -161,6 +161,14 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
 POOL = BufferPool()
 
 
+def host_alias(a: Array) -> Array:
+    """``a`` as a numpy array sharing its memory when it is a CPU tensor without lazy conj/neg
+    bits (numpy slicing and copies cost far less per call than torch's), else ``a``."""
+    if isinstance(a, torch.Tensor) and a.device.type == "cpu" and not (a.is_conj() or a.is_neg()):
+        return a.detach().numpy()
+    return a
+
+
 def direct_view(v: Array) -> Array | None:
     """A buffer MPI can use in place of the view ``v`` (zero copy), or ``None``: a C-contiguous
     numpy array or CPU tensor (its numpy alias); device tensors and strided views are packed."""

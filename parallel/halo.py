@@ -171,7 +171,8 @@ def _post(
     """Pack ``out[send_boxes]`` into one pooled buffer and send it towards ``-side`` along
     ``mu``; post the receive of ``recv_boxes`` of ``dst`` (default ``out``) from the neighbour
     at ``side``. A single contiguous box is sent from / received into the array itself."""
-    dst = out if dst is None else dst
+    out = _comm.host_alias(out)
+    dst = out if dst is None else _comm.host_alias(dst)
     down, up = grid.neighbours[mu]
     source, dest = (down, up) if side < 0 else (up, down)
     send_buf = None
@@ -197,6 +198,7 @@ def _complete(out: Array, messages: list[_Message]) -> None:
     """Wait for ``messages``, unpack the received boxes into ``out`` (with their sign) and
     return the buffers to the pool."""
     _comm.waitall([r for m in messages for r in m.requests])
+    out = _comm.host_alias(out)
     for m in messages:
         send_pooled, recv_pooled = m.pooled
         if send_pooled:
