@@ -161,11 +161,19 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
 POOL = BufferPool()
 
 
+def host_alias(a: Array) -> Array:
+    """``a`` as a numpy array sharing its memory when it is a CPU tensor without lazy conj/neg
+    bits (numpy slicing and copies cost far less per call than torch's), else ``a``."""
+    if isinstance(a, torch.Tensor) and a.device.type == "cpu" and not (a.is_conj() or a.is_neg()):
+        return a.detach().numpy()
+    return a
+
+
 def direct_view(v: Array) -> Array | None:
     """A buffer MPI can use in place of the view ``v`` (zero copy), or ``None``: a C-contiguous
     numpy array or CPU tensor (its numpy alias); device tensors and strided views are packed."""
     if isinstance(v, torch.Tensor):
-        if v.device.type == "cpu" and v.is_contiguous():
+        if v.device.type == "cpu" and v.is_contiguous() and not (v.is_conj() or v.is_neg()):
             return v.detach().numpy()
         return None
     return v if v.flags.c_contiguous else None
@@ -194,17 +202,19 @@ def _copy_into(seg: Array, v: Array) -> None:
     if isinstance(seg, torch.Tensor):
         seg.copy_(v)
     elif isinstance(v, torch.Tensor):
-        if v.device.type == "cpu":
-            np.copyto(seg, v.detach().numpy())  # numpy view of the strided face: no torch op
-        else:
-            torch.from_numpy(seg).copy_(v.detach())
+        torch.from_numpy(seg).copy_(v.detach())  # resolves lazy conj/neg views too
     else:
         np.copyto(seg, v)
 
 
 def unpack(buf: Array, out: Array, sign: int = 1) -> None:
     """Write the received ``buf`` into the view ``out`` (times ``sign`` = +-1)."""
-    if isinstance(out, torch.Tensor) and out.device.type == "cpu" and not is_torch(buf):
+    if (
+        isinstance(out, torch.Tensor)
+        and out.device.type == "cpu"
+        and not (out.is_conj() or out.is_neg())
+        and not is_torch(buf)
+    ):
         view = out.detach().numpy()  # shares memory with ``out``
         np.negative(buf, out=view) if sign < 0 else np.copyto(view, buf)
     elif is_torch(out):

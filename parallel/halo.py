@@ -171,7 +171,8 @@ def _post(
     """Pack ``out[send_boxes]`` into one pooled buffer and send it towards ``-side`` along
     ``mu``; post the receive of ``recv_boxes`` of ``dst`` (default ``out``) from the neighbour
     at ``side``. A single contiguous box is sent from / received into the array itself."""
-    dst = out if dst is None else dst
+    out = _comm.host_alias(out)
+    dst = out if dst is None else _comm.host_alias(dst)
     down, up = grid.neighbours[mu]
     source, dest = (down, up) if side < 0 else (up, down)
     send_buf = None
@@ -197,6 +198,7 @@ def _complete(out: Array, messages: list[_Message]) -> None:
     """Wait for ``messages``, unpack the received boxes into ``out`` (with their sign) and
     return the buffers to the pool."""
     _comm.waitall([r for m in messages for r in m.requests])
+    out = _comm.host_alias(out)
     for m in messages:
         send_pooled, recv_pooled = m.pooled
         if send_pooled:
@@ -228,7 +230,18 @@ class HaloHandle:
     while the faces travel.
     """
 
-    def __init__(self, padded, grid, widths, first, signs, split, messages, done) -> None:
+    def __init__(
+        self,
+        padded: Array,
+        grid: ProcessGrid,
+        widths: Widths,
+        first: int,
+        signs: Signs,
+        split: list[int],
+        messages: list[_Message],
+        done: bool,
+        region: list[slice] | None = None,
+    ) -> None:
         self.padded = padded
         self.grid = grid
         self.widths = widths
@@ -237,6 +250,8 @@ class HaloHandle:
         self.split = split
         self.messages = messages
         self.done = done
+        #: per array dim: the padded extent along unsplit axes, the interior along split ones
+        self.region = region
 
     def progress(self) -> bool:
         """Let the faces in flight advance (non-blocking ``MPI_Testall``); call it between
@@ -291,9 +306,7 @@ def _begin_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: S
             tag = _NB_TAG + 8 * mu + (side > 0)
             sign = _boundary_sign(grid, signs, mu, side)
             messages.append(_post(grid, out, mu, side, [tuple(src)], [tuple(dst)], tag, sign))
-    handle = HaloHandle(out, grid, widths, first, signs, split, messages, False)
-    handle.region = region  # type: ignore[attr-defined]
-    return handle
+    return HaloHandle(out, grid, widths, first, signs, split, messages, False, region)
 
 
 def _end_raw(handle: HaloHandle) -> Array:
@@ -305,7 +318,7 @@ def _end_raw(handle: HaloHandle) -> Array:
     out, grid, widths, first = handle.padded, handle.grid, handle.widths, handle.first
     _complete(out, handle.messages)
     handle.messages = []
-    region = handle.region  # type: ignore[attr-defined]
+    region = handle.region
     split = handle.split
     for k, mu in enumerate(split[1:], 1):
         dim = first + mu
@@ -431,8 +444,10 @@ def halo_begin(
     ``handle.padded`` holds the interior and the halos along axes held by one rank right
     away; :func:`halo_end` waits for the faces, fills the edges/corners between split axes,
     and returns the padded array (equal to :func:`halo_pad`). Every rank must begin and end
-    its exchanges in the same order. A tensor that requires grad is padded at once through
-    the autograd-aware blocking path (nothing left to overlap).
+    its exchanges in the same order. Until :func:`halo_end`, read ``handle.padded`` only and
+    only its interior and unsplit-axis halos: a contiguous face is sent from, and a contiguous
+    halo received into, the padded array itself. A tensor that requires grad is padded at
+    once through the autograd-aware blocking path (nothing left to overlap).
     """
     widths = normalize_widths(grid, width, axes)
     signs = normalize_signs(grid, bc)

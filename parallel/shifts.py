@@ -129,7 +129,8 @@ def shift_begin(
 ) -> ShiftHandle:
     """Start :func:`shift` without waiting for the face from the neighbour (``Isend``/
     ``Irecv`` on pooled buffers); :func:`shift_end` returns the shifted array. Every rank
-    must begin and end its exchanges in the same order. A tensor that requires grad is
+    must begin and end its exchanges in the same order, and ``x`` must not be written before
+    :func:`shift_end` (a contiguous face is sent from ``x`` itself). A tensor that requires grad is
     shifted at once through the autograd-aware blocking path."""
     mu, sign = _check(x, grid, mu, first, bc)
     if _needs_graph(x):

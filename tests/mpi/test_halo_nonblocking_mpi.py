@@ -160,3 +160,16 @@ def test_buffers_are_pooled(grid):
         for mu in range(4):
             shift(x, grid, mu, 1, first=2)
     assert POOL.allocations == before, "halo/shift allocated message buffers after warm-up"
+
+
+def test_lazy_conjugate_and_negative_views(grid):
+    """Tensors with torch's lazy conj/neg bits (e.g. ``dagger`` in autograd) are exchanged
+    with the bit resolved, contiguous or not."""
+    full = global_field(grid.shape, seed=5)
+    x = local_block(full, grid)
+    for view, ref_full in ((x.conj(), full.conj()), (-x.conj(), -full.conj())):
+        for mu in range(4):
+            got = allgather_field(shift(view, grid, mu, 1, first=2), grid, first=2).numpy()
+            np.testing.assert_array_equal(got, rolled(ref_full, mu, 1, False))
+        ref = padded_reference(ref_full, grid, [(1, 1)] * 4, False)
+        np.testing.assert_array_equal(halo_pad(view, grid, 1, first=2).numpy(), ref)
