@@ -425,12 +425,11 @@ class SU3StoutLayer(Flow):
         )
 
     def _scatter(self, u: torch.Tensor, new_active: torch.Tensor) -> torch.Tensor:
+        """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``)."""
         b = u.shape[0]
-        umu = u[:, self.mu]
-        flat = umu.reshape(b, -1, NC, NC).index_copy(1, self.active_index, new_active)
-        new_mu = flat.reshape(umu.shape)
-        parts = [new_mu if d == self.mu else u[:, d] for d in range(u.shape[1])]
-        return torch.stack(parts, dim=1)
+        where = self.active_index + self.mu * self.active.numel()
+        flat = u.reshape(b, -1, NC, NC).index_copy(1, where, new_active)
+        return flat.reshape(u.shape)
 
     @staticmethod
     def _step(c: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
