@@ -22,6 +22,7 @@ step count) to be cheaper than plain HMC.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -47,9 +48,10 @@ def seconds_per_call(fn, repeat: int) -> tuple[float, float]:
 
 
 def _pairs(text: str, what: str) -> dict:
-    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars)."""
+    """``"a=1,b=[2,3]"`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML; commas inside
+    brackets belong to the value)."""
     out = {}
-    for item in (t for t in text.split(",") if t.strip()):
+    for item in (t for t in re.split(r",(?![^\[]*\])", text) if t.strip()):
         if "=" not in item:
             raise SystemExit(f"{what}: expected key=value, got {item!r}")
         key, value = item.split("=", 1)

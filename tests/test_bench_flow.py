@@ -25,7 +25,7 @@ def _load(name: str):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--arch", "su3_stout", "--lattice", "2,2,2,2", "--options", "n_layers=2,hidden=[2]"],
+        ["--arch", "su3_stout", "--lattice", "2,2,2,2", "--options", "n_layers=2,hidden=[2,2]"],
         ["--arch", "phi4_minimal", "--lattice", "4,4", "--couplings", "beta=0.6,lambda=0.5"],
     ],
 )

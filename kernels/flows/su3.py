@@ -335,11 +335,6 @@ class SU3StoutLayer(Flow):
     # pad of the field and one gather of the links read (neighbourhood), then the staples,
     # the loops fed to the network (scattered to the lattice for the convolution) and the
     # update. Same arithmetic as with shifts of whole fields, a fraction of the copies.
-    def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, *local, 3, 3)`` -> ``(B, n_active, 3, 3)``."""
-        b = x.shape[0]
-        return x.reshape(b, -1, NC, NC).index_select(1, self.active_index)
-
     def neighbourhood(self, u: torch.Tensor) -> Links:
         """Every link the layer reads, at the active sites: ``n_items`` tensors ``(B,
         n_active, 3, 3)`` (``self._item`` gives the order) from one halo-padded copy of ``u``
@@ -413,8 +408,7 @@ class SU3StoutLayer(Flow):
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
     def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``C`` and the active links ``U_mu(x)``, on the active sites, ``(B, n_active, 3,
-        3)`` each."""
+        """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
         rho = self._rho_active(u, staples, nb).to(u.dtype)
@@ -425,12 +419,11 @@ class SU3StoutLayer(Flow):
         )
 
     def _scatter(self, u: torch.Tensor, new_active: torch.Tensor) -> torch.Tensor:
+        """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``)."""
         b = u.shape[0]
-        umu = u[:, self.mu]
-        flat = umu.reshape(b, -1, NC, NC).index_copy(1, self.active_index, new_active)
-        new_mu = flat.reshape(umu.shape)
-        parts = [new_mu if d == self.mu else u[:, d] for d in range(u.shape[1])]
-        return torch.stack(parts, dim=1)
+        where = self.active_index + self.mu * self.active.numel()
+        flat = u.reshape(b, -1, NC, NC).index_copy(1, where, new_active)
+        return flat.reshape(u.shape)
 
     @staticmethod
     def _step(c: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
