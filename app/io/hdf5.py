@@ -114,6 +114,34 @@ def committed_counts(f: h5py.File) -> tuple[int, int]:
     return n_cfg, n_obs
 
 
+def committed_rows(f: h5py.File) -> tuple[int | None, int | None]:
+    """``(n_configs, n_rows)`` to read from an open HDF5 file: the committed counts of a
+    trivhmc ensemble (a crash's uncommitted tail excluded), ``None`` (all rows) for the parts
+    a file without that layout lacks."""
+    obs = f.get("observables")
+    if "config_trajectory" in f and isinstance(obs, h5py.Group) and "trajectory" in obs:
+        return committed_counts(f)
+    return None, None
+
+
+def read_configs(
+    path: str | os.PathLike, local: tuple[slice, ...] = (), default_first: int = 0
+) -> np.ndarray:
+    """The committed configurations of an ensemble, ``(n, *field)`` (or of each the block
+    ``local`` of the lattice dims, e.g. a rank's ``grid.local_slices()``; the lattice dims
+    start at the ``configs`` attribute ``first``, else ``default_first``). Rows past the commit
+    marker (left by a crash before the next resume) are not read. No checksum check (a block
+    cannot be checked; :func:`read_config` checks whole configurations)."""
+    with open_ensemble(path, "r") as f:
+        if "configs" not in f:
+            raise KeyError(f"{path} holds no configurations")
+        ds = f["configs"]
+        n = committed_counts(f)[0]
+        first = int(ds.attrs.get("first", default_first))
+        block = (slice(None),) * first + tuple(local) if local else ()
+        return np.asarray(ds[(slice(0, n), *block)])
+
+
 def _config_datasets(f: h5py.File) -> list[h5py.Dataset]:
     return [f[name] for name in ("configs", "config_trajectory", "config_checksum") if name in f]
 
