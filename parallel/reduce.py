@@ -323,6 +323,19 @@ def row_sum(
     return _ExactRowSum.apply(x, grid.cart if grid.size > 1 else None, rows, nseg)
 
 
+def _lattice_exact(x: torch.Tensor, grid: ProcessGrid, first: int, keep_trailing: bool):
+    """The value of :func:`lattice_sum` (no autograd)."""
+    lead, nd = tuple(x.shape[:first]), grid.ndim
+    trail = tuple(x.shape[first + nd :]) if keep_trailing else ()
+    v = x.detach()
+    if trail:  # trailing dims become output rows: (lead, trail, lattice)
+        lat = list(range(first, first + nd))
+        v = v.permute(*range(first), *range(first + nd, x.ndim), *lat)
+    nseg = math.prod(lead + trail)
+    comm = grid.cart if grid.size > 1 else None
+    return exact_segment_sum(v.reshape(nseg, -1), comm).to(x.dtype).reshape(lead + trail)
+
+
 class _ExactLatticeSum(torch.autograd.Function):
     """``y[lead(, trail)] = sum over the lattice (and trailing) dims``, correctly rounded;
     backward broadcasts the cotangent (as the plain sum does)."""
@@ -331,13 +344,7 @@ class _ExactLatticeSum(torch.autograd.Function):
     def forward(ctx, x, grid, first, keep_trailing):  # type: ignore[override]
         lead, nd = tuple(x.shape[:first]), grid.ndim
         trail = tuple(x.shape[first + nd :]) if keep_trailing else ()
-        v = x.detach()
-        if trail:  # trailing dims become output rows: (lead, trail, lattice)
-            lat = list(range(first, first + nd))
-            v = v.permute(*range(first), *range(first + nd, x.ndim), *lat)
-        nseg = math.prod(lead + trail)
-        comm = grid.cart if grid.size > 1 else None
-        y = exact_segment_sum(v.reshape(nseg, -1), comm).to(x.dtype).reshape(lead + trail)
+        y = _lattice_exact(x, grid, first, keep_trailing)
         ctx.shape, ctx.view = (
             tuple(x.shape),
             lead + (1,) * nd + (trail or (1,) * (x.ndim - first - nd)),
@@ -365,6 +372,8 @@ def lattice_sum(x: Array, grid: ProcessGrid, first: int, keep_trailing: bool = F
     if not x.is_floating_point():
         dims = tuple(range(first, first + grid.ndim if keep_trailing else x.ndim))
         return global_sum(x.sum(dim=dims), grid)  # integers: any order is exact
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return _lattice_exact(x, grid, first, keep_trailing)
     return _ExactLatticeSum.apply(x, grid, first, keep_trailing)
 
 

@@ -167,28 +167,19 @@ def train_model(tmp: Path, deck: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-ATAN2_GAP = (
-    "known gap: torch's CPU atan2 (in u1.py's ncp_mixture) rounds differently in its vectorized "
-    "and scalar loops, which one a site takes depends on the local block size, so U(1) NCP "
-    "proposals differ in the last bits between grids"
-)
-
-
 @pytest.mark.parametrize(
     "deck",
     [
         "phi4_trivialized",
-        pytest.param(
-            "u1_flow_metropolis",
-            marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, reason=ATAN2_GAP)],
-        ),
+        pytest.param("u1_flow_metropolis", marks=pytest.mark.slow),
     ],
 )
 def test_flow_sampler_records_identical_on_every_grid(tmp_path, deck):
     """Trivialized HMC (log-det terms summed exactly, pulled-back forces through the
     grid-independent convolution backward) and flow Metropolis (``at_sites`` couplings):
-    records and HDF5 bytes identical on 1, 2x1, 1x2 and 2x2 ranks (flow Metropolis with the
-    U(1) NCP flow: a strict xfail, see ``ATAN2_GAP``)."""
+    records and HDF5 bytes identical on 1, 2x1, 1x2 and 2x2 ranks (the U(1) NCP flow needs
+    ``kernels.flows.u1.atan2_upper``: torch's CPU ``atan2`` rounds differently in its
+    vectorized and scalar loops, and which one a site takes depends on the block size)."""
     train_model(tmp_path, deck)
     check_theory(tmp_path, deck, ["2x1", "1x2", "2x2"], resume=False)
 
