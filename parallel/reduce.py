@@ -199,6 +199,21 @@ def _combine(buf: np.ndarray, width: int, k_lo: int) -> list[float]:
     return out
 
 
+#: up to this many elements on one rank, :func:`exact_segment_sum` uses ``math.fsum``
+_FSUM_MAX = 1 << 12
+
+
+def _fsum_rows(v: torch.Tensor) -> torch.Tensor | None:
+    """``math.fsum`` of each row (correctly rounded, like the slot method, so the same
+    result): cheaper per call for small inputs on one rank. None when ``fsum`` cannot
+    (an intermediate overflow, ``inf - inf``); the slot method then handles it."""
+    try:
+        out = [math.fsum(row) for row in v.detach().to("cpu", torch.float64).tolist()]
+    except (OverflowError, ValueError):
+        return None
+    return torch.tensor(out, dtype=torch.float64, device=v.device)
+
+
 def exact_segment_sum(
     values: Array,
     comm: MPI.Comm | None = None,
@@ -242,6 +257,10 @@ def exact_segment_sum(
         seg = torch.as_tensor(rows).cpu().numpy().astype(np.int64)
         if seg.shape != (nrow,) or (nrow and (seg.min() < 0 or seg.max() >= nseg)):
             raise ValueError(f"rows must be {nrow} integers in [0, {nseg}), got {seg.tolist()}")
+    if seg is None and not parallel and 0 < v2.numel() <= _FSUM_MAX:
+        small = _fsum_rows(v2)  # one rank, few elements: math.fsum (also correctly rounded)
+        if small is not None:
+            return small
     r, q, specials, top, bottom = _prepare(v2)
     pieces = max(1, -(-n // _CHUNK))
     if pieces > 1:  # rows in pieces of _CHUNK elements, each summed exactly in float64
