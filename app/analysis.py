@@ -315,18 +315,22 @@ def read_hdf5(path: str | Path) -> RunData:
     trajectory and, when 2D or more, axis 1 = chain (docs/run-output.md)."""
     import h5py
 
+    from app.io.errors import ConfigFormatError
+    from app.io.hdf5 import committed_rows
+
     path = Path(path)
     run = RunData(source=str(path))
     try:
         with h5py.File(path, "r") as f:
             if "lattice" in f.attrs:
                 run.lattice = tuple(int(x) for x in np.asarray(f.attrs["lattice"]).ravel())
+            rows = slice(committed_rows(f)[1])  # an ensemble's committed rows only
             for key in ("dH", "accepted", "exp_minus_dH"):
                 ds = f.get(key)
                 if ds is None and "observables" in f:
                     ds = f["observables"].get(key)
                 if isinstance(ds, h5py.Dataset):
-                    a = np.asarray(ds[()], dtype=np.float64)
+                    a = np.asarray(ds[rows], dtype=np.float64)
                     setattr(run, key, a.reshape(a.shape[0], -1) if a.ndim <= 2 else a)
             grp = f.get("observables")
             if isinstance(grp, h5py.Group):
@@ -334,9 +338,9 @@ def read_hdf5(path: str | Path) -> RunData:
                     if name in ("dH", "accepted", "exp_minus_dH", "trajectory"):
                         continue
                     if isinstance(ds, h5py.Dataset) and ds.dtype.kind in "fiub":
-                        a = np.asarray(ds[()], dtype=np.float64)
+                        a = np.asarray(ds[rows], dtype=np.float64)
                         run.observables[name] = a[:, None] if a.ndim == 1 else a
-    except OSError as exc:
+    except (OSError, ConfigFormatError) as exc:
         raise InputError(f"cannot read HDF5 file {path}: {exc}") from None
     return run
 

@@ -29,18 +29,15 @@ from parallel.rng import SiteRNG
 
 def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory, key: str = "configurations"):
     """Every configuration of ``train.<key>`` (HDF5 ensembles), this rank's block."""
-    import h5py
+    from app.io.errors import ConfigFormatError
+    from app.io.hdf5 import read_configs
 
     blocks = []
     for name in getattr(deck.train, key):
         path = deck.resolve(name)
-        try:
-            with h5py.File(path, "r") as f:
-                ds = f["configs"]
-                first = int(ds.attrs.get("first", theory.first - 1))
-                index = (slice(None),) + (slice(None),) * first + grid.local_slices()
-                blocks.append(np.asarray(ds[index]))
-        except (OSError, KeyError) as exc:
+        try:  # the committed configurations only (not a crashed writer's tail)
+            blocks.append(read_configs(path, grid.local_slices(), theory.first - 1))
+        except (OSError, KeyError, ConfigFormatError) as exc:
             raise InputError(f"train.{key}: cannot read {path}: {exc}") from None
     field = torch.from_numpy(np.concatenate(blocks)).to(theory.device, theory.dtype)
     if tuple(field.shape[1:]) != tuple(theory.field_shape(1)[1:]):

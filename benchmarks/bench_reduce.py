@@ -14,6 +14,11 @@ for the two sums every HMC trajectory needs twice (start and end): the action de
 ``(B, *local)`` and the momenta ``(B, Nd, *local[, 8])``. ``traj`` is the median wall time of a
 real HMC trajectory (which already uses the exact sums), ``share`` the fraction of it spent
 in the four exact sums of a trajectory (``2 * (action + kinetic)``).
+
+``--cg``: a Schwinger-model CG solve (``kernels/fermions/cg.py``, even-odd normal equations,
+4 chains) with its dot products summed exactly (as the code does) against a plain
+``torch.sum`` of the local values (what one rank could do without reproducibility), run
+alternately; the slowdown is the cost of the exact dots in a CG-dominated trajectory.
 """
 
 from __future__ import annotations
@@ -98,6 +103,40 @@ def bench(name: str, shape, batch: int, repeat: int, n_traj: int, device: str) -
     }
 
 
+def bench_cg(sizes, repeat: int) -> None:
+    """Median CG solve time with exact dot products against torch.sum ones (one rank)."""
+    from kernels.fermions import cg
+    from kernels.theories.schwinger import Schwinger
+
+    exact = cg.grid_independent_sum
+
+    def plain(x, grid):
+        return x.sum(dim=tuple(range(1, x.ndim)))
+
+    print(f"{'L':>4} {'iters':>6} {'exact ms':>9} {'torch.sum ms':>13} {'ratio':>6}")
+    for size in sizes:
+        grid = ProcessGrid((size, size))
+        theory = Schwinger(grid, beta=2.0, kappa=0.26)
+        theta = theory.hot_start(SiteRNG(3), 0, 4) * 0.3
+        op = theory.dirac(theta)
+        gen = torch.Generator().manual_seed(1)
+        b = torch.randn((4, 2, size, size), generator=gen, dtype=torch.complex128)
+        b = op.schur_dag(op.schur_rhs(b))
+        t = {"exact": [], "plain": []}
+        iters = 0
+        for _ in range(repeat):
+            for name, fn in (("exact", exact), ("plain", plain)):
+                cg.grid_independent_sum = fn
+                t0 = time.perf_counter()
+                res = cg.conjugate_gradient(op.schur_normal, b, grid, 1e-10, 2000)
+                t[name].append(time.perf_counter() - t0)
+                iters = max(iters, int(res.iterations.max()))
+        cg.grid_independent_sum = exact
+        te, tp = statistics.median(t["exact"]), statistics.median(t["plain"])
+        print(f"{size:4d} {iters:6d} {1e3 * te:9.1f} {1e3 * tp:13.1f} {te / tp:6.2f}", flush=True)
+        grid.free()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--theories", nargs="+", default=["phi4", "u1", "su3"])
@@ -106,8 +145,12 @@ def main(argv=None) -> None:
     ap.add_argument("--traj", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smallest two volumes only")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cg", action="store_true", help="only the CG dot-product comparison")
     args = ap.parse_args(argv)
     torch.set_default_dtype(torch.float64)
+    if args.cg:
+        bench_cg([8, 16, 32], max(3, args.repeat // 4))
+        return
     root = MPI.COMM_WORLD.Get_rank() == 0
     if root:
         print(f"# bench_reduce  {datetime.now().isoformat(timespec='seconds')}")

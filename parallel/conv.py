@@ -90,8 +90,14 @@ class LatticeConv(nn.Module):
         return xp.reshape(xp.shape[0], xp.shape[1], -1)[:, :, gather]
 
     def _at_sites_padded(self, xp, index, weight, bias) -> torch.Tensor:
-        w = weight.reshape(weight.shape[0], weight.shape[1], -1)
-        y = torch.einsum("oik,bink->bon", w, self._sites(xp, index))
+        """The contraction over (input channel, tap) as products and a fixed pairwise sum,
+        not a matrix product: a BLAS kernel's summation order can depend on the number of
+        sites (which differs between process grids), this order does not."""
+        p = self._sites(xp, index)  # (B, C_in, n, k^D)
+        b, c, n, k = p.shape
+        p = p.permute(0, 2, 1, 3).reshape(b, 1, n, c * k)
+        terms = p * weight.reshape(1, weight.shape[0], 1, c * k)  # (B, C_out, n, C_in k^D)
+        y = _pairwise_sum_last(terms)
         return y if bias is None else y + bias.view(1, -1, 1)
 
     def _neighbourhoods(self, index: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
@@ -180,6 +186,19 @@ _CONV_WEIGHT = {
     2: torch.nn.grad.conv2d_weight,
     3: torch.nn.grad.conv3d_weight,
 }
+
+
+def _pairwise_sum_last(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim by halving (zero-padded to a power of two): element-wise adds in
+    an order fixed by the length alone."""
+    m = t.shape[-1]
+    width = 1 << max(m - 1, 0).bit_length()
+    if width > m:
+        t = torch.nn.functional.pad(t, (0, width - m))
+    while t.shape[-1] > 1:
+        h = t.shape[-1] // 2
+        t = t[..., :h] + t[..., h:]
+    return t[..., 0]
 
 
 def _valid_conv(

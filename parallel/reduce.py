@@ -199,6 +199,21 @@ def _combine(buf: np.ndarray, width: int, k_lo: int) -> list[float]:
     return out
 
 
+#: up to this many elements on one rank, :func:`exact_segment_sum` uses ``math.fsum``
+_FSUM_MAX = 1 << 12
+
+
+def _fsum_rows(v: torch.Tensor) -> torch.Tensor | None:
+    """``math.fsum`` of each row (correctly rounded, like the slot method, so the same
+    result): cheaper per call for small inputs on one rank. None when ``fsum`` cannot
+    (an intermediate overflow, ``inf - inf``); the slot method then handles it."""
+    try:
+        out = [math.fsum(row) for row in v.detach().to("cpu", torch.float64).tolist()]
+    except (OverflowError, ValueError):
+        return None
+    return torch.tensor(out, dtype=torch.float64, device=v.device)
+
+
 def exact_segment_sum(
     values: Array,
     comm: MPI.Comm | None = None,
@@ -242,6 +257,10 @@ def exact_segment_sum(
         seg = torch.as_tensor(rows).cpu().numpy().astype(np.int64)
         if seg.shape != (nrow,) or (nrow and (seg.min() < 0 or seg.max() >= nseg)):
             raise ValueError(f"rows must be {nrow} integers in [0, {nseg}), got {seg.tolist()}")
+    if seg is None and not parallel and 0 < v2.numel() <= _FSUM_MAX:
+        small = _fsum_rows(v2)  # one rank, few elements: math.fsum (also correctly rounded)
+        if small is not None:
+            return small
     r, q, specials, top, bottom = _prepare(v2)
     pieces = max(1, -(-n // _CHUNK))
     if pieces > 1:  # rows in pieces of _CHUNK elements, each summed exactly in float64
@@ -323,6 +342,19 @@ def row_sum(
     return _ExactRowSum.apply(x, grid.cart if grid.size > 1 else None, rows, nseg)
 
 
+def _lattice_exact(x: torch.Tensor, grid: ProcessGrid, first: int, keep_trailing: bool):
+    """The value of :func:`lattice_sum` (no autograd)."""
+    lead, nd = tuple(x.shape[:first]), grid.ndim
+    trail = tuple(x.shape[first + nd :]) if keep_trailing else ()
+    v = x.detach()
+    if trail:  # trailing dims become output rows: (lead, trail, lattice)
+        lat = list(range(first, first + nd))
+        v = v.permute(*range(first), *range(first + nd, x.ndim), *lat)
+    nseg = math.prod(lead + trail)
+    comm = grid.cart if grid.size > 1 else None
+    return exact_segment_sum(v.reshape(nseg, -1), comm).to(x.dtype).reshape(lead + trail)
+
+
 class _ExactLatticeSum(torch.autograd.Function):
     """``y[lead(, trail)] = sum over the lattice (and trailing) dims``, correctly rounded;
     backward broadcasts the cotangent (as the plain sum does)."""
@@ -331,13 +363,7 @@ class _ExactLatticeSum(torch.autograd.Function):
     def forward(ctx, x, grid, first, keep_trailing):  # type: ignore[override]
         lead, nd = tuple(x.shape[:first]), grid.ndim
         trail = tuple(x.shape[first + nd :]) if keep_trailing else ()
-        v = x.detach()
-        if trail:  # trailing dims become output rows: (lead, trail, lattice)
-            lat = list(range(first, first + nd))
-            v = v.permute(*range(first), *range(first + nd, x.ndim), *lat)
-        nseg = math.prod(lead + trail)
-        comm = grid.cart if grid.size > 1 else None
-        y = exact_segment_sum(v.reshape(nseg, -1), comm).to(x.dtype).reshape(lead + trail)
+        y = _lattice_exact(x, grid, first, keep_trailing)
         ctx.shape, ctx.view = (
             tuple(x.shape),
             lead + (1,) * nd + (trail or (1,) * (x.ndim - first - nd)),
@@ -365,6 +391,8 @@ def lattice_sum(x: Array, grid: ProcessGrid, first: int, keep_trailing: bool = F
     if not x.is_floating_point():
         dims = tuple(range(first, first + grid.ndim if keep_trailing else x.ndim))
         return global_sum(x.sum(dim=dims), grid)  # integers: any order is exact
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return _lattice_exact(x, grid, first, keep_trailing)
     return _ExactLatticeSum.apply(x, grid, first, keep_trailing)
 
 

@@ -99,13 +99,25 @@ def plaquette(theta: torch.Tensor, grid: ProcessGrid, mu: int, nu: int) -> torch
 
 
 # ------------------------------------------------------------------ NCP mixture
+def atan2_upper(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``atan2(y, x)`` for ``y >= 0`` (not both 0) from ``atan`` of a ratio of magnitude <= 1.
+
+    torch's CPU ``atan2`` rounds differently in its vectorized and scalar loops, and which
+    loop a site takes depends on the size of the local block, so flows using it would not be
+    bit-identical across process grids; ``atan`` and the divisions here are. Same value up
+    to rounding, finite gradients everywhere (no division by 0)."""
+    steep = y.abs() >= x.abs()
+    r = torch.atan(torch.where(steep, x, y) / torch.where(steep, y, x))
+    return torch.where(steep, 0.5 * math.pi - r, torch.where(x > 0, r, r + math.pi))
+
+
 def ncp_mixture(p: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """NCP mixture ``h(p)`` and ``h'(p)`` for ``p`` in ``[0, 2pi]``; ``s`` has the K components
     on dim 1: ``p`` ``(B, *local)``, ``s`` ``(B, K, *local)``."""
     half = 0.5 * p.unsqueeze(1)
     c, sn = torch.cos(half), torch.sin(half)
     es = torch.exp(s)
-    h = (2.0 * torch.atan2(es * sn, c)).mean(dim=1)
+    h = (2.0 * atan2_upper(es * sn, c.expand_as(es))).mean(dim=1)
     dh = (1.0 / (c * c / es + es * sn * sn)).mean(dim=1)
     return h, dh
 
@@ -227,7 +239,7 @@ class U1PlaquetteCoupling(Flow):
         y, s, t = self._gather(self._plaq(u), shift=1.0)
         # start from the exact inverse of the single component with the mean s
         sbar = s.mean(dim=1)
-        x0 = 2.0 * torch.atan2(torch.exp(-sbar) * torch.sin(0.5 * y), torch.cos(0.5 * y))
+        x0 = 2.0 * atan2_upper(torch.exp(-sbar) * torch.sin(0.5 * y), torch.cos(0.5 * y))
 
         def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return ncp_mixture(x, s)
