@@ -33,13 +33,13 @@ def crashed(tmp_path):
     for t in (0, 1, 2):
         w.append_observables(t, {"plaquette": 0.1 * t, "dH": 0.01 * t})
         if t != 1:
-            w.append_config(field(t), t, first=1)
+            w.append_config(field(t), t + 1, first=1)  # 1-based trajectory count
     w.close()
     with h5py.File(path, "a") as f:  # the rows a kill before the commit phase leaves
         for name in ("configs", "config_trajectory", "config_checksum"):
             f[name].resize(4, axis=0)
         f["configs"][2:] = np.nan
-        f["config_trajectory"][2:] = [3, 4]
+        f["config_trajectory"][2:] = [4, 5]
         for ds in f["observables"].values():
             ds.resize(5, axis=0)
             ds[3:] = 1e300 if ds.dtype.kind == "f" else 99
