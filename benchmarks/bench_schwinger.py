@@ -2,8 +2,10 @@
 against flow samplers, at Abbott et al.'s point (arXiv:2207.08945) beta = 2.0, kappa = 0.265,
 L = 8 by default. Prints one table:
 
-* ``hmc``: pseudofermion HMC, fermion force outside (4 steps), gauge inside (3 per drift);
-* ``hmc_hasenbusch``: the same with one Hasenbusch kappa (``--hasenbusch``), three levels;
+* ``hmc``: pseudofermion HMC, fermion force outside (``--hmc-steps``, default 4), gauge
+  inside (3 per drift); the thermalisation uses it too;
+* ``hmc_hasenbusch``: the same with one Hasenbusch kappa (``--hasenbusch``), three levels
+  (``--hb-steps`` outer steps, default 4; the Hasenbusch term 2 per drift);
 * ``flow_metropolis``: a U(1) NCP gauge flow trained by reverse KL on the exact-determinant
   marginal ``exp(-S_G) det(D^+ D)`` (dense log-det, :mod:`kernels.flows.schwinger_marginal`),
   then independence Metropolis (training time is counted in the cost);
@@ -116,6 +118,8 @@ def main() -> None:
         default="hmc,hmc_hasenbusch,flow_metropolis,trivialized_hmc,joint_metropolis",
     )
     p.add_argument("--joint-lr", type=float, default=3e-3)
+    p.add_argument("--hmc-steps", type=int, default=4, help="outer (fermion) steps of hmc")
+    p.add_argument("--hb-steps", type=int, default=4, help="outer steps of hmc_hasenbusch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--triv-steps", type=int, default=16, help="outer steps of trivialized HMC")
     args = p.parse_args()
@@ -130,7 +134,8 @@ def main() -> None:
         f"torch {torch.__version__} threads={args.threads} {time.strftime('%Y-%m-%d %H:%M')}"
     )
     # common thermalised start: plain HMC from hot
-    hmc = HMC(th, make_integrator(th, "omelyan", levels=hmc_levels(th, 4, 3)), SiteRNG(1))
+    levels = hmc_levels(th, args.hmc_steps, 3)
+    hmc = HMC(th, make_integrator(th, "omelyan", levels=levels), SiteRNG(1))
     u = th.hot_start(hmc.rng, 0, args.chains)
     t0 = time.perf_counter()
     for c in range(1, args.therm + 1):
@@ -157,7 +162,8 @@ def main() -> None:
             continue
         hb = [args.hasenbusch] if name == "hmc_hasenbusch" else []
         t = Schwinger(grid, args.beta, args.kappa, hasenbusch=hb, n_noise=1, cg_max_iter=10_000)
-        s = HMC(t, make_integrator(t, "omelyan", levels=hmc_levels(t, 4, 3)), SiteRNG(2))
+        outer = args.hb_steps if hb else args.hmc_steps
+        s = HMC(t, make_integrator(t, "omelyan", levels=hmc_levels(t, outer, 3)), SiteRNG(2))
         out = run_chain(hmc_step(s), u_therm, th, args.traj)
         summarise(name, *out, args.chains, args.traj)
 
