@@ -255,8 +255,7 @@ class SU3NeuralLayer(SU3StoutLayer):
         if torch.is_grad_enabled():
             x, c = self.implicit_step(u, x)
         q, omega = self._step(c, x)
-        ld = -link_log_det(q, omega).sum(-1)
-        return self._scatter(u, x), ld
+        return self._scatter(u, x), -link_log_det(q, omega)  # per active link
 
     def implicit_step(self, u: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x', C)``: one Newton step from the converged active links ``x`` of

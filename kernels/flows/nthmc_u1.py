@@ -270,14 +270,15 @@ class U1NeuralLayer(Flow):
     # ------------------------------------------------------------ flow
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(F(v), sum_active log(1 + g'(theta_l)))``: every active link moved by ``g`` (module
-        docstring), log-det summed over this rank's active links, ``(B,)``."""
+        docstring); the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
+        :meth:`Flow.forward`)."""
         c = self.coefficients(self.features(v))
         r = self._rest(v)
         y, dg = self._g(self._gather(v), c, r)
-        return self._scatter(v, y), torch.log(dg).sum(1)
+        return self._scatter(v, y), torch.log(dg)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(F^{-1}(u), -sum_active log(1 + g'(x_l)))`` by safeguarded Newton per active link
+        """``(F^{-1}(u), -log(1 + g'(x_l)) per active link)`` by safeguarded Newton per active link
         (module docstring); sets ``last_iterations``; :class:`kernels.flows.base.FlowError` if not
         converged."""
         c = self.coefficients(self.features(u))
@@ -296,7 +297,7 @@ class U1NeuralLayer(Flow):
         check_converged(ok, err, self.grid, "U1NeuralLayer", tol, self.max_iter)
         x = implicit_newton_step(fn, x, y)
         _, dg = self._g(x, c, r)
-        return self._scatter(u, x), -torch.log(dg).sum(1)
+        return self._scatter(u, x), -torch.log(dg)
 
 
 def inverse_iterations(flow: Flow) -> list[int]:

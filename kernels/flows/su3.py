@@ -432,12 +432,13 @@ class SU3StoutLayer(Flow):
 
     # ------------------------------------------------------------ Flow
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
+        """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside);
+        the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
+        :meth:`Flow.forward`, so the total is grid-independent)."""
         x, c = self._context(v)
         q, omega = self._step(c, x)
         new = su3_exp(q) @ x
-        ld = link_log_det(q, omega).sum(-1)
-        return self._scatter(v, new), ld
+        return self._scatter(v, new), link_log_det(q, omega)  # per active link, (B, n_active)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
@@ -458,8 +459,7 @@ class SU3StoutLayer(Flow):
                 x, it = x_new, it + 1
             check_converged(err <= tol, err, self.grid, "SU3StoutLayer", tol, self.max_iter)
             q, omega = self._step(c, x)
-            ld = -link_log_det(q, omega).sum(-1)
-            return self._scatter(u, x), ld
+            return self._scatter(u, x), -link_log_det(q, omega)
 
 
 # ------------------------------------------------------------------ builder
