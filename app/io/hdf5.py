@@ -130,6 +130,8 @@ def config_numbers(f: h5py.File) -> np.ndarray:
     """The committed configurations' numbers as 1-based trajectory counts (any version)."""
     n_cfg = committed_counts(f)[0]
     return f["config_trajectory"][:n_cfg] + numbering_shift(f)
+
+
 def committed_rows(f: h5py.File) -> tuple[int | None, int | None]:
     """``(n_configs, n_rows)`` to read from an open HDF5 file: the committed counts of a
     trivhmc ensemble (a crash's uncommitted tail excluded), ``None`` (all rows) for the parts
