@@ -75,7 +75,6 @@ from ..groups.su_n import (
 from .base import (
     Composition,
     Flow,
-    check_converged,
     dtype_from_name,
     record_architecture,
 )
@@ -240,18 +239,10 @@ class SU3NeuralLayer(SU3StoutLayer):
         ``last_iterations`` (maximum over the domain group). With autograd on, one implicit
         Newton step (:meth:`implicit_step`) makes ``v`` differentiable in ``u`` and the
         parameters."""
-        tol = self.tol if self.tol is not None else 1e3 * torch.finfo(u.real.dtype).eps
         with torch.no_grad():
             y, c = self._context(u)
-            x = y
-            err, it = float("inf"), 0
-            while it < self.max_iter and not err <= tol:
-                q, _ = self._step(c, x)
-                x_new = su_expm(-q) @ y
-                err = float((x_new - x).abs().max()) if x.numel() else 0.0
-                x, it = x_new, it + 1
+            x, it = self.solve_active(y, c)
             self.last_iterations = int(global_max(float(it), self.grid))
-            check_converged(err <= tol, err, self.grid, "SU3NeuralLayer", tol, self.max_iter)
         if torch.is_grad_enabled():
             x, c = self.implicit_step(u, x)
         q, omega = self._step(c, x)

@@ -447,19 +447,28 @@ class SU3StoutLayer(Flow):
                 "SU3StoutLayer.inverse is not differentiable; call it under torch.no_grad() "
                 "or on a detached field"
             )
-        tol = self.tol if self.tol is not None else 1e3 * torch.finfo(u.real.dtype).eps
         with torch.no_grad():
             y, c = self._context(u)
-            x = y
-            err, it = float("inf"), 0
-            while it < self.max_iter and not err <= tol:
-                q, _ = self._step(c, x)
-                x_new = su3_exp(-q) @ y
-                err = float((x_new - x).abs().max()) if x.numel() else 0.0
-                x, it = x_new, it + 1
-            check_converged(err <= tol, err, self.grid, "SU3StoutLayer", tol, self.max_iter)
+            x, _ = self.solve_active(y, c)
             q, omega = self._step(c, x)
             return self._scatter(u, x), -link_log_det(q, omega)
+
+    def solve_active(self, y: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(x, iterations)``: the active links ``x`` with ``exp(TA(C x^+)) x = y`` (``C`` is
+        built from frozen links only, so it is the same before and after the update), by the
+        fixed-point iteration ``x <- exp(-TA(C x^+)) y`` from ``x = y`` to ``self.tol`` (default
+        ``1e3 eps``) or ``self.max_iter``; :class:`FlowError` on every rank if not converged.
+        No autograd."""
+        tol = self.tol if self.tol is not None else 1e3 * torch.finfo(y.real.dtype).eps
+        x = y
+        err, it = float("inf"), 0
+        while it < self.max_iter and not err <= tol:
+            q, _ = self._step(c, x)
+            x_new = su3_exp(-q) @ y
+            err = float((x_new - x).abs().max()) if x.numel() else 0.0
+            x, it = x_new, it + 1
+        check_converged(err <= tol, err, self.grid, type(self).__name__, tol, self.max_iter)
+        return x, it
 
 
 # ------------------------------------------------------------------ builder
