@@ -66,6 +66,16 @@ run:      {seed: 3, thermalization: 1, trajectories: 4, save_every: 2, checkpoin
 output:   {directory: out, formats: [hdf5]}
 train:    {architecture: u1_ncp, loss: reverse_kl, steps: 2, batch: 4, model_name: tiny}
 """,
+    "u1_l2hmc": """\
+theory:   {name: u1, beta: 2.0}
+lattice:  {shape: [8, 8]}
+sampler:  {name: l2hmc, model: tiny, leapfrog_layers: 2}
+run:      {seed: 3, thermalization: 1, trajectories: 4, save_every: 2, checkpoint_every: 2,
+           chains: 2, start: hot}
+output:   {directory: out, formats: [hdf5]}
+train:    {objective: l2hmc, model_name: tiny, steps: 2, batch: 4,
+           options: {n_layers: 2, hidden: [4], step_size: 0.2, init_scale: 0.1}}
+""",
 }
 GRIDS_2D = {"1": [1, 1], "2x1": [2, 1], "1x2": [1, 2], "2x2": [2, 2]}
 GRIDS_4D = {"1": [1, 1, 1, 1], "2x1": [2, 1, 1, 1], "1x2": [1, 1, 1, 2], "2x2": [2, 1, 1, 2]}
@@ -172,11 +182,13 @@ def train_model(tmp: Path, deck: str) -> None:
     [
         "phi4_trivialized",
         pytest.param("u1_flow_metropolis", marks=pytest.mark.slow),
+        "u1_l2hmc",
     ],
 )
 def test_flow_sampler_records_identical_on_every_grid(tmp_path, deck):
     """Trivialized HMC (log-det terms summed exactly, pulled-back forces through the
-    grid-independent convolution backward) and flow Metropolis (``at_sites`` couplings):
+    grid-independent convolution backward), flow Metropolis (``at_sites`` couplings) and
+    L2HMC (networks through ``LatticeConv``, log|J| summed exactly):
     records and HDF5 bytes identical on 1, 2x1, 1x2 and 2x2 ranks (the U(1) NCP flow needs
     ``kernels.flows.u1.atan2_upper``: torch's CPU ``atan2`` rounds differently in its
     vectorized and scalar loops, and which one a site takes depends on the block size)."""
