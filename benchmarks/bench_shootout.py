@@ -1,7 +1,8 @@
 """Sampler shoot-out on the Schwinger model (issue 15 item 6, issue 16 "Benchmark").
 
-    nice python benchmarks/bench_shootout.py --L 8 --batch 8 --traj 60      # the docs table
-    python benchmarks/bench_shootout.py --quick                              # seconds (smoke)
+    nice python -m benchmarks.bench_shootout --L 8 --batch 4 --therm 20 --traj 40 \
+        --nthmc-steps 20 --l2hmc-steps 60 --joint-steps 60 --joint-batch 8   # docs table
+    python -m benchmarks.bench_shootout --quick                              # seconds (smoke)
 
 One run, all samplers from the same thermalised configurations, on 2D U(1) with Nf = 2 Wilson
 fermions (pseudofermions, antiperiodic time) at Abbott et al.'s point beta = 2.0, kappa = 0.265:
