@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kernels.flows.u1 import atan2_upper
 from parallel import ProcessGrid
 
 from .networks import U1_LIKE, FieldKind, HeadNet, field_kind
@@ -65,6 +66,12 @@ from .su3 import SU3L2HMCModel
 
 ForceFn = Callable[[torch.Tensor], torch.Tensor]
 TWO_PI = 2.0 * math.pi
+
+
+def _atan2(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``atan2(y, x)`` from :func:`kernels.flows.u1.atan2_upper` (odd in ``y``): the same value
+    up to rounding, rounded alike on every process grid (torch's CPU ``atan2`` is not)."""
+    return torch.where(y < 0, -atan2_upper(-y, x), atan2_upper(y, x))
 
 
 def _wrap(a: torch.Tensor) -> torch.Tensor:
@@ -189,13 +196,13 @@ class L2HMCModel(nn.Module):
         if self.theory_name in U1_LIKE:
             if not inverse:
                 w = _wrap(x)
-                h = 2.0 * torch.atan2(torch.exp(es) * torch.sin(0.5 * w), torch.cos(0.5 * w))
+                h = 2.0 * _atan2(torch.exp(es) * torch.sin(0.5 * w), torch.cos(0.5 * w))
                 new = h + (x - w) + shift_
                 src = x
             else:
                 y = x - shift_
                 w = _wrap(y)
-                h = 2.0 * torch.atan2(torch.exp(-es) * torch.sin(0.5 * w), torch.cos(0.5 * w))
+                h = 2.0 * _atan2(torch.exp(-es) * torch.sin(0.5 * w), torch.cos(0.5 * w))
                 new = h + (y - w)
                 src = new
             w = _wrap(src)
