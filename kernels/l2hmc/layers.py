@@ -60,7 +60,7 @@ from torch import nn
 from kernels.flows.u1 import atan2_upper
 from parallel import ProcessGrid
 
-from .networks import U1_LIKE, FieldKind, HeadNet, field_kind
+from .networks import U1_LIKE, FieldKind, HeadNet, LeapfrogModel, field_kind
 from .runner import run_layers
 from .su3 import SU3L2HMCModel
 
@@ -93,7 +93,7 @@ def checkerboard_masks(grid: ProcessGrid, components: int, per_component: bool) 
     return torch.from_numpy(np.stack(masks))
 
 
-class L2HMCModel(nn.Module):
+class L2HMCModel(LeapfrogModel):
     """The ``N``-layer L2HMC map of a theory's field (see the module docstring).
 
     Parameters
@@ -165,20 +165,6 @@ class L2HMCModel(nn.Module):
         log_eps = math.log(step_size)
         self.log_eps_v = nn.Parameter(torch.full((n_layers,), log_eps, dtype=dtype))
         self.log_eps_x = nn.Parameter(torch.full((n_layers,), log_eps, dtype=dtype))
-
-    def n_parameters(self) -> int:
-        """Number of trainable scalars."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    @property
-    def n_layers(self) -> int:
-        """``N``, the number of generalized leapfrog layers."""
-        return len(self.vnets)
-
-    def step_sizes(self) -> tuple[list[float], list[float]]:
-        """``(eps_v^k, eps_x^k)`` as plain floats."""
-        with torch.no_grad():
-            return torch.exp(self.log_eps_v).tolist(), torch.exp(self.log_eps_x).tolist()
 
     # ------------------------------------------------------------ single updates
     def _v_step(self, net, x, v, f, eps, inverse: bool):

@@ -40,6 +40,25 @@ from parallel import ProcessGrid, shift
 from ..flows.phi4 import ConvNet
 
 
+class LeapfrogModel(nn.Module):
+    """Bookkeeping shared by the L2HMC models: ``vnets`` (one entry per generalized leapfrog
+    layer) and the log step sizes ``log_eps_v``, ``log_eps_x`` (``eps = exp(log_eps) > 0``)."""
+
+    def n_parameters(self) -> int:
+        """Number of trainable scalars."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def n_layers(self) -> int:
+        """``N``, the number of generalized leapfrog layers."""
+        return len(self.vnets)
+
+    def step_sizes(self) -> tuple[list[float], list[float]]:
+        """``(eps_v^k, eps_x^k)`` as plain floats."""
+        with torch.no_grad():
+            return torch.exp(self.log_eps_v).tolist(), torch.exp(self.log_eps_x).tolist()
+
+
 class HeadNet(nn.Module):
     """``features -> (s, q, t)``, each of shape ``(B, C, *local)`` (see the module docstring)."""
 

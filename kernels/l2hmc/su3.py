@@ -64,6 +64,7 @@ from parallel import ProcessGrid, shift
 
 from ..flows.phi4 import ConvNet
 from ..groups.su_n import algebra_norm2, dagger, project_ta, su_expm, trace
+from .networks import LeapfrogModel
 from .runner import run_layers
 
 NC = 3
@@ -157,7 +158,7 @@ def _links(a: torch.Tensor) -> torch.Tensor:
     return a[..., None, None]
 
 
-class SU3L2HMCModel(nn.Module):
+class SU3L2HMCModel(LeapfrogModel):
     """The ``N``-layer L2HMC map of SU(3) links (module docstring); the interface of
     :class:`kernels.l2hmc.layers.L2HMCModel` (``forward_map``, ``inverse_map``,
     ``directed_map``, ``step_sizes``, ``architecture``)."""
@@ -222,21 +223,6 @@ class SU3L2HMCModel(nn.Module):
         log_eps = math.log(step_size)
         self.log_eps_v = nn.Parameter(torch.full((n_layers,), log_eps, dtype=dtype))
         self.log_eps_x = nn.Parameter(torch.full((n_layers,), log_eps, dtype=dtype))
-
-    # ------------------------------------------------------------ bookkeeping
-    def n_parameters(self) -> int:
-        """Number of trainable scalars."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    @property
-    def n_layers(self) -> int:
-        """``N``, the number of generalized leapfrog layers."""
-        return len(self.vnets)
-
-    def step_sizes(self) -> tuple[list[float], list[float]]:
-        """``(eps_v^k, eps_x^k)`` as plain floats."""
-        with torch.no_grad():
-            return torch.exp(self.log_eps_v).tolist(), torch.exp(self.log_eps_x).tolist()
 
     # ------------------------------------------------------------ single updates
     def _v_step(self, net, u, p, f, eps, inverse: bool):
