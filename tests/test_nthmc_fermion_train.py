@@ -139,3 +139,49 @@ def test_gauge_only_equals_u1_training_and_redraws_per_step():
     chi = np.linalg.solve(d.conj().T, phi1[0].numpy().reshape(-1))
     ref = complex_noise(SiteRNG(4), grid, PURPOSE_PSEUDOFERMION, 2, 1, (1,))[0, 0]
     np.testing.assert_allclose(chi, ref.numpy().reshape(-1), rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_nthmc_trained_on_full_force_is_exact():
+    """Exactness with a *trained* model: train on configurations of the brute-force
+    ``exp(-S_G) det(D)^2`` link Metropolis (tests/schwinger_reference.py), then NTHMC
+    (pseudofermions at ``U = F(V)``, fermion + flow outer, plain gauge inner) reproduces its
+    plaquette."""
+    import math
+
+    from schwinger_reference import link_metropolis
+
+    from kernels.integrators import LevelSpec, make_integrator
+    from kernels.samplers.hmc import HMC
+    from kernels.samplers.nthmc import FlowSplitTheory
+
+    beta, kappa = 2.0, 0.25
+    grid = single_rank_grid((4, 4))
+    th = Schwinger(grid, beta, kappa, cg_tol=1e-9)
+    _, fields = link_metropolis(beta, kappa, (4, 4), 16, 4, 10, 12, return_fields=True)
+    data = torch.from_numpy(np.asarray(fields))
+    torch.manual_seed(2)
+    flow = u1_nthmc_flow(grid, hidden=(4,))
+    cfg = ForceNormConfig(steps=15, batch=8, lr=1e-2, validate_every=0)
+    tr = schwinger_force_norm_trainer(flow, th, data[:12], cfg, seed=5)
+    before = tr.evaluate(data[12:])
+    tr.train()
+    assert tr.evaluate(data[12:]) < before  # the held-out full-force objective went down
+    tt = FlowSplitTheory(th, flow)
+    levels = [LevelSpec(("flow_correction",), 3), LevelSpec(("gauge_plain",), 2)]
+    hmc = HMC(tt, make_integrator(tt, "omelyan", levels=levels), SiteRNG(6))
+    v = tt.cold_start(48)
+    vals, emdh = [], []
+    for c in range(1, 13):
+        v, rec = hmc.trajectory(v, c)
+        if c > 4:
+            u = tt.to_physical(v)
+            vals.append(torch.cos(th.plaquette_angles(u)).mean(dim=(1, 2, 3)))
+            emdh.append(rec.exp_minus_dH)
+    e = torch.cat(emdh)
+    assert abs(float(e.mean()) - 1) < 4 * float(e.std()) / math.sqrt(e.numel())
+    per_chain = torch.stack(vals).mean(dim=0).numpy()
+    m, err = float(per_chain.mean()), float(per_chain.std(ddof=1) / math.sqrt(len(per_chain)))
+    ref = np.asarray(link_metropolis(beta, kappa, (4, 4), 64, 20, 10, 2))
+    ref_m, ref_e = float(ref.mean()), float(ref.std(ddof=1) / math.sqrt(len(ref)))
+    assert abs(m - ref_m) < 4 * math.hypot(err, ref_e), (m, err, ref_m, ref_e)
