@@ -371,6 +371,8 @@ def run_schwinger(hmc: HMC, theory, v, n_traj: int, counter: int) -> dict:
         "acc": float(np.mean(acc)),
         "dH": float(np.mean(dh)),
         "dH_rms": float(np.sqrt(np.mean(dh * dh))),
+        "dH_med": float(np.median(np.abs(dh))),
+        "dH_max": float(np.max(dh)),
         "emdh": float(np.mean(emdh)),
         "cg": float(np.mean(cg)),
         "cpu": cpu,
@@ -453,7 +455,8 @@ def main_schwinger(a) -> None:
         f"{a.traj_nthmc} traj x {a.batch} chains"
     )
     hdr = (
-        f"{'sampler':12s} {'acc':>5s} {'<dH>':>8s} {'rms dH':>7s} {'<e^-dH>':>7s} "
+        f"{'sampler':12s} {'acc':>5s} {'<dH>':>8s} {'rms dH':>7s} {'med|dH|':>7s} {'max dH':>7s} "
+        f"{'<e^-dH>':>7s} "
         f"{'CG/traj':>8s} {'CPU s/traj/chain':>16s} {'tau_Q':>12s} {'tau_P':>6s} "
         f"{'plaq':>17s} {'train CPU s':>11s}"
     )
@@ -468,6 +471,7 @@ def main_schwinger(a) -> None:
         tcpu = train_info.get(name, (0.0,))[0]
         say(
             f"{name:12s} {res['acc']:5.3f} {res['dH']:8.4f} {res['dH_rms']:7.3f} "
+            f"{res['dH_med']:7.3f} {res['dH_max']:7.1f} "
             f"{res['emdh']:7.3f} {res['cg']:8.0f} {res['cpu'] / a.batch:16.3f} "
             f"{an['tau_Q']:6.2f}({an['tau_Q_err']:4.2f}) {an['tau_plaq']:6.2f} "
             f"{an['plaq'][0]:.5f}({an['plaq'][1]:.5f}) {tcpu:11.1f}"
