@@ -381,7 +381,7 @@ def row(name: str, r: dict, base: dict, note: str) -> str:
     return (
         f"| {name} | {r['chains']} x {r['traj']} | {r['acc']:.3f} | "
         f"{fmt(r['tau_Q'], r['tau_Q_err'], 1)} | {fmt(r['tau_P'], r['tau_P_err'], 1)} | "
-        f"{r['tunnel']:.4f} | {fmt(*r['q2'])} | {fmt(*r['plaq'], 4)} | {r['n_force']:.0f} | "
+        f"{r['tunnel']:.4f} | {fmt(*r['q2'])} | {fmt(*r['plaq'], 5)} | {r['n_force']:.0f} | "
         f"{r['cpu_traj']:.3g} | {r['train']:.0f} | {r['cost']:.3g} | {r['cost_train']:.3g} | "
         f"{fmt(ratio)} | {note} |"
     )
