@@ -348,6 +348,23 @@ def schwinger_force_parts(theory, flow, u: torch.Tensor, rng, counter: int) -> d
     return out
 
 
+def fermion_force_noise(theory, u: torch.Tensor, rng, n_draws: int) -> tuple[float, float]:
+    """Plain pseudofermion force at ``U`` over ``n_draws`` heatbath draws: rms per link of its
+    smooth part ``E_chi F_pf`` (bias-corrected: ``<m^2> - var / n``) and of the draw-to-draw
+    fluctuation (the part no deterministic transformation of ``U`` can follow)."""
+    ferm = theory.term_force([t.name for t in theory.pseudofermion_terms()])
+    fs = []
+    for k in range(n_draws):
+        theory.refresh(u, rng, 5000 + k)
+        fs.append(ferm(u))
+    f = torch.stack(fs)
+    var = f.var(dim=0, unbiased=True)
+    smooth2 = f.mean(dim=0).square() - var / n_draws
+    n = f[0].numel() * theory.grid.size
+    sm = global_sum(float(smooth2.sum()), theory.grid) / n
+    return math.sqrt(max(sm, 0.0)), math.sqrt(global_sum(float(var.sum()), theory.grid) / n)
+
+
 def run_schwinger(hmc: HMC, theory, v, n_traj: int, counter: int) -> dict:
     """``n_traj`` trajectories: acceptance, dH, CG iterations, process CPU time, Q series."""
     q, plaq, acc, dh, emdh, cg = [], [], [], [], [], []
@@ -371,6 +388,8 @@ def run_schwinger(hmc: HMC, theory, v, n_traj: int, counter: int) -> dict:
         "acc": float(np.mean(acc)),
         "dH": float(np.mean(dh)),
         "dH_rms": float(np.sqrt(np.mean(dh * dh))),
+        "dH_med": float(np.median(np.abs(dh))),
+        "dH_max": float(np.max(dh)),
         "emdh": float(np.mean(emdh)),
         "cg": float(np.mean(cg)),
         "cpu": cpu,
@@ -447,13 +466,20 @@ def main_schwinger(a) -> None:
             )
         )
 
+    sm, noise = fermion_force_noise(theory, u, frng, 8)
+    say(
+        f"# plain fermion force at U over 8 pseudofermion draws: smooth part (E_chi F) rms "
+        f"{sm:.3f}, draw-to-draw fluctuation rms {noise:.3f}"
+    )
+
     # sampling at one fixed step count
     say(
         f"# sampling: omelyan, tau=1, {n_steps} steps (fixed), "
         f"{a.traj_nthmc} traj x {a.batch} chains"
     )
     hdr = (
-        f"{'sampler':12s} {'acc':>5s} {'<dH>':>8s} {'rms dH':>7s} {'<e^-dH>':>7s} "
+        f"{'sampler':12s} {'acc':>5s} {'<dH>':>8s} {'rms dH':>7s} {'med|dH|':>7s} {'max dH':>7s} "
+        f"{'<e^-dH>':>7s} "
         f"{'CG/traj':>8s} {'CPU s/traj/chain':>16s} {'tau_Q':>12s} {'tau_P':>6s} "
         f"{'plaq':>17s} {'train CPU s':>11s}"
     )
@@ -468,6 +494,7 @@ def main_schwinger(a) -> None:
         tcpu = train_info.get(name, (0.0,))[0]
         say(
             f"{name:12s} {res['acc']:5.3f} {res['dH']:8.4f} {res['dH_rms']:7.3f} "
+            f"{res['dH_med']:7.3f} {res['dH_max']:7.1f} "
             f"{res['emdh']:7.3f} {res['cg']:8.0f} {res['cpu'] / a.batch:16.3f} "
             f"{an['tau_Q']:6.2f}({an['tau_Q_err']:4.2f}) {an['tau_plaq']:6.2f} "
             f"{an['plaq'][0]:.5f}({an['plaq'][1]:.5f}) {tcpu:11.1f}"
