@@ -48,3 +48,21 @@ def test_quick_all_samplers_transfer_and_reuse(bench, tmp_path, capsys):
 def test_bad_lattice_is_refused(bench):
     with pytest.raises(ValueError, match="multiples of 4"):
         bench.main(["--quick", "--L", "6"])
+
+
+def test_unresolved_tau_is_flagged(bench):
+    """A nearly frozen charge (one jump per chain) is flagged as not resolving tau_int(Q);
+    independent charges are resolved (tau_int ~ 0.5, as many changes as samples)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    n = 400
+    frozen = np.zeros((4, n))
+    frozen[:, n // 2 :] = 1.0
+    plaq = rng.normal(size=(4, n))
+    res = {"Q": frozen, "plaq": plaq, "chains": 4, "traj": n, "cpu": 1.0}
+    out = bench.analyse(res, 0.0)
+    assert out["changes"] == 4 and not out["resolved"]
+    res["Q"] = rng.integers(-3, 4, size=(4, n)).astype(float)
+    out = bench.analyse(res, 0.0)
+    assert out["resolved"] and out["tau_Q"] < 1.0
