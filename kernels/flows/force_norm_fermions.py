@@ -18,7 +18,8 @@ plain-HMC ensemble) the heatbath of the theory at ``U``: ``phi = D^+ chi`` (rati
 ``phi = D_1^{-+} D^+ chi``), ``chi`` complex Gaussian from :class:`parallel.rng.SiteRNG`
 ``(seed)`` with the theory's pseudofermion purpose, counter and chain offset given by the
 trainer (training step ``s``: counter ``s + 1``, a fresh draw every step; validation: counter
-0, chain offset = index in the validation set, the same draw at every validation). So the
+0, chain offset = index in the validation set, the same draw at every validation; replica
+groups' counters shifted by :data:`REPLICA_STRIDE`). So the
 loss is ``E_U E_chi L(F~)``, estimated with one draw per configuration and step, reproducible
 from ``seed`` on any process grid (site-keyed RNG).
 
@@ -34,6 +35,9 @@ import torch
 from parallel.rng import SiteRNG
 
 from ..fermions.implicit import SolveStats, pseudofermion_force
+
+#: counter stride between replica groups of the pseudofermion draws (counters < 2^32)
+REPLICA_STRIDE = 1 << 24
 
 
 class FullForce:
@@ -55,9 +59,12 @@ class FullForce:
         self._gauge = theory.term_force(["gauge"])
 
     def prepare(self, u: torch.Tensor, counter: int, chain_offset: int = 0) -> None:
-        """Heatbath of every pseudofermion term at the physical configurations ``u``."""
+        """Heatbath of every pseudofermion term at the physical configurations ``u`` (replica
+        group ``r`` draws with counter ``counter + r * REPLICA_STRIDE``: independent noise on
+        every replica's configurations)."""
         if self.fermions:
-            self.theory.refresh(u.detach(), self.rng, counter, chain_offset)
+            c = int(counter) + self.theory.grid.replica * REPLICA_STRIDE
+            self.theory.refresh(u.detach(), self.rng, c, chain_offset)
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         """``F_G(u) [+ F_pf(u)]``, differentiable in ``u``."""
