@@ -222,8 +222,8 @@ def evaluate(
 
 def tile(u: torch.Tensor, factor: int, batch: int) -> torch.Tensor:
     """``batch`` chains of the configurations ``u`` (cycled) repeated ``factor`` times along
-    every axis: an exact equilibrium-like start on the ``factor``-times larger lattice (every
-    plaquette is one of the small lattice; one rank only)."""
+    every axis: a start on the larger lattice with the small lattice's plaquettes (periodic, so
+    not an equilibrium configuration there: thermalise it; one rank only)."""
     idx = torch.arange(batch) % u.shape[0]
     nd = u.shape[1]
     return u[idx].repeat(1, 1, *([factor] * nd), 1, 1).contiguous()
