@@ -95,6 +95,8 @@ def test_su3_kernels_match_eager(name, c1):
     close(b.su3_staple_sum(u, grid, c0, c1), eager.staple_sum(u, grid, c0, c1), "staples")
     close(b.su3_force(u, grid, 5.7, c0, c1), eager.gauge_force(u, grid, 5.7, c0, c1), "force")
     close(b.su3_action_local(u, grid, c0, c1), eager.su3_action_local(u, grid, c0, c1), "S")
+    dens = eager.su3_action_density(u, grid, c0, c1)
+    close(b.su3_action_density(u, grid, c0, c1), dens, "S per site")
     close(b.su3_flow_generator(u, grid, c1), eager.flow_generator(u, grid, c1), "flow Z")
     p = SU3Gauge(grid, 6.0).random_momentum(SiteRNG(4), 1, u.shape[0])
     for eps in (0.1, 3.0):  # 3.0: |eps P| > 1/4, exercises the squaring

@@ -20,7 +20,8 @@ Kernels (same mathematics as :mod:`kernels.backends.eager`):
   + (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)]`` (accumulated per row in a small buffer),
   then ``coef TA(U_mu A_mu)`` for the force (``coef = beta c0 / 6``) and the flow generator
   (``coef = -1``);
-* SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))``;
+* SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` (per site for
+  the theory's exact-sum action, or summed per chain for ``su3_action_local``);
 * U(1) action density ``sum_{mu<nu} (1 - cos theta_{mu nu})`` and force.
 
 Autograd: the SU(3) action is a ``torch.autograd.Function`` whose backward is the analytic
@@ -409,14 +410,19 @@ def su3_ta_staples(u: torch.Tensor, grid: ProcessGrid, coef: float, ta: bool) ->
     return _from_planes(out, u)
 
 
-def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
-    """``sum_x sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` on this rank, per chain ``(B,)``."""
+def su3_plaquette_density(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` per site on this rank, ``(B, *local)``."""
     _threads()
     planes = _su3_planes(u, grid)
     rows_p, rows_o, strides = _rows(grid.local_shape, 1)
     out = np.zeros((u.shape[0], int(np.prod(grid.local_shape))))
     kernels().su3_plaquette_density(planes, rows_p, rows_o, grid.local_shape[-1], strides, out)
-    return torch.from_numpy(out).sum(1)
+    return torch.from_numpy(out).reshape(u.shape[0], *grid.local_shape)
+
+
+def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``sum_x sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` on this rank, per chain ``(B,)``."""
+    return su3_plaquette_density(u, grid).flatten(1).sum(1)
 
 
 def u1_kernel(theta: torch.Tensor, grid: ProcessGrid, beta: float, force: bool) -> torch.Tensor:
@@ -541,6 +547,14 @@ class NumbaBackend(EagerBackend):
         if not (_fusable(x) and _fusable(w)) or _graph(x) or _graph(w):
             return super().su3_expm_mul(x, w)
         return expm_mul(x, w)
+
+    def su3_action_density(self, u, grid, c0, c1):
+        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (what ``SU3Gauge.action`` sums
+        exactly); fused for Wilson without a graph (a graph, e.g. a flow differentiating the
+        action, takes the eager density)."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_action_density(u, grid, c0, c1)
+        return c0 * su3_plaquette_density(u, grid)
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; fused forward, analytic backward (:class:`_SU3WilsonAction`)."""
