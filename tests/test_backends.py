@@ -171,3 +171,17 @@ def test_compiled_matches_eager():
     grid, u = _links(shape=(4, 4, 4, 4), batch=1)
     b = kb.make_backend("compiled")
     close(b.su3_force(u, grid, 6.0, 1.0, 0.0), eager.gauge_force(u, grid, 6.0), "force")
+
+
+# --------------------------------------------------------------------------- numba layout
+@pytest.mark.skipif("numba" not in FAST, reason="numba not installed")
+@pytest.mark.parametrize("shape", [(4, 4, 2, 6), (3, 5), (2, 3, 4)])
+def test_numba_periodic_pad_is_halo_pad(shape):
+    """The single-rank padding of the numba backend is parallel.halo_pad, value for value."""
+    from kernels.backends import fused
+    from parallel import halo_pad
+
+    grid, u = _links(shape=shape, batch=2)
+    ref = torch.view_as_real(halo_pad(u, grid, 1, first=2).contiguous())
+    got = fused._su3_planes(u, grid)
+    assert torch.equal(torch.from_numpy(got.copy()), ref.reshape(got.shape))
