@@ -185,3 +185,21 @@ def test_numba_periodic_pad_is_halo_pad(shape):
     ref = torch.view_as_real(halo_pad(u, grid, 1, first=2).contiguous())
     got = fused._su3_planes(u, grid)
     assert torch.equal(torch.from_numpy(got.copy()), ref.reshape(got.shape))
+
+
+def test_numba_workers_sleep_between_kernels():
+    """The fused backend picks numba's work-queue threading layer (its workers sleep after a
+    kernel) unless NUMBA_THREADING_LAYER says otherwise: the default OpenMP layer left a
+    spinning worker that slowed every later torch operation ~10x on a 2-core machine."""
+    numba = pytest.importorskip("numba")
+    import os
+
+    kb.set_backend("numba")
+    try:
+        th = SU3Gauge(single_rank_grid((2, 2, 2, 2)), 6.0)
+        th.force(th.hot_start(SiteRNG(3), 0, 1))
+    finally:
+        kb.set_backend("eager")
+    want = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+    if want in ("workqueue", "omp", "tbb"):
+        assert numba.threading_layer() == want

@@ -59,6 +59,13 @@ from parallel import ProcessGrid, halo_pad, shift
 from . import eager
 from .eager import EagerBackend
 
+# numba's default OpenMP layer leaves its worker threads spinning after a parallel kernel
+# returns; they then compete with torch for the cores (measured here: a torch loop of 0.24 s
+# took 4.3 s after one numba force). The work-queue layer's workers sleep between kernels.
+# NUMBA_THREADING_LAYER in the environment still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 # --------------------------------------------------------------------------- code generation
 NC = 3
 
