@@ -2,6 +2,7 @@
 
     python benchmarks/bench_nthmc_su3.py --L 4 --beta 6.0 --target-beta 5.7
     python benchmarks/bench_nthmc_su3.py --quick          # L = 4, short, a few minutes
+    python benchmarks/bench_nthmc_su3.py --transfer-L 8   # + the 4^4 model at 8^4 (~25 CPU-min)
 
 One run, Wilson action, ``--batch`` chains, Omelyan, trajectory length 1:
 
@@ -24,7 +25,16 @@ Reported per sampler: acceptance, ``<dH>``, ``rms dH``, ``<exp(-dH)>``, the mean
 trajectory of the physical plaquette ``|dP|`` and of the Wilson-flow energy ``|d t^2 E(t)|`` at
 flow time ``--flow-t`` (clover, :mod:`kernels.wilson_flow`; the seed talk's "small dH while
 large dE" is NTHMC moving the smooth, long-distance part of the field further per trajectory
-at the same dH), and the wall time per trajectory (whole batch).
+at the same dH), with the standard error of these means over chain-trajectories, and the
+process CPU time and wall time per trajectory (whole batch).
+
+5. with ``--transfer-L`` (a multiple of ``--L``): the trained model is saved in a model
+   registry (``--registry``, default a temporary directory; the card records the lattice and
+   couplings it was trained at and ``target_beta``), loaded on the larger lattice *without
+   retraining* (:func:`app.registry.load_model`), and steps 3-4 are repeated there
+   (``--transfer-batch`` chains, ``--transfer-traj`` trajectories), starting from the last
+   small-lattice configurations tiled along every axis and ``--transfer-therm`` tuned plain-HMC
+   trajectories (the samplers then use plain HMC's step count tuned on the large lattice).
 """
 
 from __future__ import annotations
@@ -212,8 +222,8 @@ def evaluate(
 
 def tile(u: torch.Tensor, factor: int, batch: int) -> torch.Tensor:
     """``batch`` chains of the configurations ``u`` (cycled) repeated ``factor`` times along
-    every axis: an exact equilibrium-like start on the ``factor``-times larger lattice (every
-    plaquette is one of the small lattice; one rank only)."""
+    every axis: a start on the larger lattice with the small lattice's plaquettes (periodic, so
+    not an equilibrium configuration there: thermalise it; one rank only)."""
     idx = torch.arange(batch) % u.shape[0]
     nd = u.shape[1]
     return u[idx].repeat(1, 1, *([factor] * nd), 1, 1).contiguous()

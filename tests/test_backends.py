@@ -95,6 +95,8 @@ def test_su3_kernels_match_eager(name, c1):
     close(b.su3_staple_sum(u, grid, c0, c1), eager.staple_sum(u, grid, c0, c1), "staples")
     close(b.su3_force(u, grid, 5.7, c0, c1), eager.gauge_force(u, grid, 5.7, c0, c1), "force")
     close(b.su3_action_local(u, grid, c0, c1), eager.su3_action_local(u, grid, c0, c1), "S")
+    dens = eager.su3_action_density(u, grid, c0, c1)
+    close(b.su3_action_density(u, grid, c0, c1), dens, "S per site")
     close(b.su3_flow_generator(u, grid, c1), eager.flow_generator(u, grid, c1), "flow Z")
     p = SU3Gauge(grid, 6.0).random_momentum(SiteRNG(4), 1, u.shape[0])
     for eps in (0.1, 3.0):  # 3.0: |eps P| > 1/4, exercises the squaring
@@ -169,3 +171,35 @@ def test_compiled_matches_eager():
     grid, u = _links(shape=(4, 4, 4, 4), batch=1)
     b = kb.make_backend("compiled")
     close(b.su3_force(u, grid, 6.0, 1.0, 0.0), eager.gauge_force(u, grid, 6.0), "force")
+
+
+# --------------------------------------------------------------------------- numba layout
+@pytest.mark.skipif("numba" not in FAST, reason="numba not installed")
+@pytest.mark.parametrize("shape", [(4, 4, 2, 6), (3, 5), (2, 3, 4)])
+def test_numba_periodic_pad_is_halo_pad(shape):
+    """The single-rank padding of the numba backend is parallel.halo_pad, value for value."""
+    from kernels.backends import fused
+    from parallel import halo_pad
+
+    grid, u = _links(shape=shape, batch=2)
+    ref = torch.view_as_real(halo_pad(u, grid, 1, first=2).contiguous())
+    got = fused._su3_planes(u, grid)
+    assert torch.equal(torch.from_numpy(got.copy()), ref.reshape(got.shape))
+
+
+def test_numba_workers_sleep_between_kernels():
+    """The fused backend picks numba's work-queue threading layer (its workers sleep after a
+    kernel) unless NUMBA_THREADING_LAYER says otherwise: the default OpenMP layer left a
+    spinning worker that slowed every later torch operation ~10x on a 2-core machine."""
+    numba = pytest.importorskip("numba")
+    import os
+
+    kb.set_backend("numba")
+    try:
+        th = SU3Gauge(single_rank_grid((2, 2, 2, 2)), 6.0)
+        th.force(th.hot_start(SiteRNG(3), 0, 1))
+    finally:
+        kb.set_backend("eager")
+    want = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
+    if want in ("workqueue", "omp", "tbb"):
+        assert numba.threading_layer() == want

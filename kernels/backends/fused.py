@@ -2,17 +2,24 @@
 
 Formulation
 -----------
-The links are halo-padded once (:func:`parallel.halo_pad`, width 1: every neighbour of the
-Wilson stencil, corners included, is then local) and stored as real planes
-``P[b, mu, k, c]`` with ``k`` the flat padded site and ``c = 2 (3 i + j) + {0: re, 1: im}``
-(the complex128 array itself, viewed as real: no copy in or out).
+The links are halo-padded once (width 1: every neighbour of the Wilson stencil, corners
+included, is then local; :func:`periodic_pad` into a reused workspace on a grid with no
+split axis, :func:`parallel.halo_pad` otherwise) and stored as real planes
+``P[b, mu, k, c]`` with ``k`` the flat padded site and ``c = 2 (3 i + j) + {0: re, 1: im}``.
 Neighbours are constant offsets ``k +- stride[nu]``. Each kernel walks the interior rows of
 the last (fastest) lattice axis and, per row, runs straight-line generated code over the
 sites of the row; the outer loop over (chain, row) is ``numba.prange`` (threads =
 ``torch.get_num_threads()``). Floating point: ``fastmath={'contract'}`` only (fused
-multiply-adds; no reassociation, NaN/Inf kept). With numba 0.68 / LLVM the row loop is not
-vectorised across sites (scalar FMA code, checked in the assembly): the next step toward the
-roofline is an explicit site-blocked (SIMD-width) formulation.
+multiply-adds; no reassociation, NaN/Inf kept).
+
+Vectorisation (numba 0.68 / LLVM; docs/performance.md, "Kernels toward the roofline"): the
+row loop is scalar FMA code. LLVM's loop vectoriser refuses it ("too many memory checks":
+numba gives no ``noalias`` on array arguments, and with a component stride that is not a
+compile-time constant each of the 18 components is its own pointer to check). It does
+vectorise (ymm/zmm FMAs, checked in the assembly) a lane loop over a literal width >= 16
+with flat arrays and literal component strides; a prototype on rows padded to 16 lanes was
+correct (1e-15) but no faster end to end (half the lanes are halo/padding at 8^4, plus the
+layout copies), so it is not used.
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
 
@@ -20,7 +27,8 @@ Kernels (same mathematics as :mod:`kernels.backends.eager`):
   + (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)]`` (accumulated per row in a small buffer),
   then ``coef TA(U_mu A_mu)`` for the force (``coef = beta c0 / 6``) and the flow generator
   (``coef = -1``);
-* SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))``;
+* SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` (per site for
+  the theory's exact-sum action, or summed per chain for ``su3_action_local``);
 * U(1) action density ``sum_{mu<nu} (1 - cos theta_{mu nu})`` and force.
 
 Autograd: the SU(3) action is a ``torch.autograd.Function`` whose backward is the analytic
@@ -50,6 +58,13 @@ from parallel import ProcessGrid, halo_pad, shift
 
 from . import eager
 from .eager import EagerBackend
+
+# numba's default OpenMP layer leaves its worker threads spinning after a parallel kernel
+# returns; they then compete with torch for the cores (measured here: a torch loop of 0.24 s
+# took 4.3 s after one numba force). The work-queue layer's workers sleep between kernels.
+# NUMBA_THREADING_LAYER in the environment still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # --------------------------------------------------------------------------- code generation
 NC = 3
@@ -317,15 +332,40 @@ def expm_mul(X, W, out, chunk):
 '''
 
 
+_PAD = '''
+
+@njit(parallel=True, cache=True)
+def periodic_pad(src, srow, lx, dst):
+    """dst[a, pr, xp, :] = src[a, srow[pr], (xp - 1) mod lx, :]: width-1 periodic halo of
+    every lattice axis (rows: all axes but the last, wrapped by the caller's srow table)."""
+    na, nc = src.shape[0], src.shape[2]
+    npr = srow.shape[0]
+    for q in prange(na * npr):
+        a = q // npr
+        pr = q % npr
+        sr = srow[pr] * lx
+        for c in range(nc):
+            dst[a, pr * (lx + 2), c] = src[a, sr + lx - 1, c]
+            dst[a, pr * (lx + 2) + lx + 1, c] = src[a, sr, c]
+        for x in range(lx):
+            for c in range(nc):
+                dst[a, pr * (lx + 2) + 1 + x, c] = src[a, sr + x, c]
+'''
+
+
 def _source() -> str:
     (ss, sb), (ts, tb), (ps, pb) = _staple_body(), _ta_body(), _plaq_body()
-    return _HEADER + _SU3_STAPLES.format(
-        staple_setup=_indent(ss, 16),
-        staple=_indent(sb, 20),
-        ta_setup=_indent(ts, 16),
-        ta=_indent(tb, 20),
-        plaq_setup=_indent(ps, 16),
-        plaq=_indent(pb, 20),
+    return (
+        _HEADER
+        + _PAD
+        + _SU3_STAPLES.format(
+            staple_setup=_indent(ss, 16),
+            staple=_indent(sb, 20),
+            ta_setup=_indent(ts, 16),
+            ta=_indent(tb, 20),
+            plaq_setup=_indent(ps, 16),
+            plaq=_indent(pb, 20),
+        )
     )
 
 
@@ -379,11 +419,46 @@ def _rows(local: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, n
     return rows_p.astype(np.int64), rows_o.astype(np.int64), strides
 
 
+def _source_rows(local: tuple[int, ...]) -> np.ndarray:
+    """For each padded row (all axes but the last, width-1 halo), the flat index of the
+    periodic image row in the unpadded block."""
+    idx = np.indices(tuple(n + 2 for n in local[:-1])).reshape(len(local) - 1, -1)
+    src = (idx - 1) % np.array(local[:-1])[:, None]
+    ostr = np.array([int(np.prod(local[m + 1 : -1])) for m in range(len(local) - 1)], np.int64)
+    return (src * ostr[:, None]).sum(0).astype(np.int64)
+
+
+_WORK: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def _workspace(shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 scratch array of ``shape`` kept between calls (the padded links live only
+    during one kernel call). A fresh array of tens of MB costs a page fault per 4 kB page
+    on every call (glibc returns large blocks to the system): 30 ms at 16^4, as much as
+    the copy itself. One buffer per shape; the last few shapes are kept."""
+    buf = _WORK.get(shape)
+    if buf is None:
+        if len(_WORK) >= 4:
+            _WORK.pop(next(iter(_WORK)))
+        buf = _WORK[shape] = np.empty(shape)
+    return buf
+
+
 def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
-    """Halo-padded links as real ``(B, Nd, V_padded, 18)`` (a view of the padded array)."""
-    p = halo_pad(u.detach().resolve_conj(), grid, 1, first=2).contiguous()
-    b, nd = p.shape[:2]
-    return torch.view_as_real(p).reshape(b, nd, -1, 18).numpy()
+    """Halo-padded links as real ``(B, Nd, V_padded, 18)``. On a grid with no split axis the
+    periodic halo is filled by one parallel copy (:func:`periodic_pad`; the same array as
+    :func:`parallel.halo_pad`, which a split grid uses for its exchange)."""
+    u = u.detach().resolve_conj()
+    b, nd = u.shape[:2]
+    local = grid.local_shape
+    if any(g > 1 for g in grid.grid) or len(local) < 2:
+        p = halo_pad(u, grid, 1, first=2).contiguous()
+        return torch.view_as_real(p).reshape(b, nd, -1, 18).numpy()
+    src = torch.view_as_real(u.contiguous()).reshape(b * nd, -1, 18).numpy()
+    vp = int(np.prod([n + 2 for n in local]))
+    dst = _workspace((b * nd, vp, 18))
+    kernels().periodic_pad(src, _source_rows(local), local[-1], dst)
+    return dst.reshape(b, nd, vp, 18)
 
 
 def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -409,14 +484,19 @@ def su3_ta_staples(u: torch.Tensor, grid: ProcessGrid, coef: float, ta: bool) ->
     return _from_planes(out, u)
 
 
-def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
-    """``sum_x sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` on this rank, per chain ``(B,)``."""
+def su3_plaquette_density(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` per site on this rank, ``(B, *local)``."""
     _threads()
     planes = _su3_planes(u, grid)
     rows_p, rows_o, strides = _rows(grid.local_shape, 1)
     out = np.zeros((u.shape[0], int(np.prod(grid.local_shape))))
     kernels().su3_plaquette_density(planes, rows_p, rows_o, grid.local_shape[-1], strides, out)
-    return torch.from_numpy(out).sum(1)
+    return torch.from_numpy(out).reshape(u.shape[0], *grid.local_shape)
+
+
+def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """``sum_x sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` on this rank, per chain ``(B,)``."""
+    return su3_plaquette_density(u, grid).flatten(1).sum(1)
 
 
 def u1_kernel(theta: torch.Tensor, grid: ProcessGrid, beta: float, force: bool) -> torch.Tensor:
@@ -541,6 +621,14 @@ class NumbaBackend(EagerBackend):
         if not (_fusable(x) and _fusable(w)) or _graph(x) or _graph(w):
             return super().su3_expm_mul(x, w)
         return expm_mul(x, w)
+
+    def su3_action_density(self, u, grid, c0, c1):
+        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (what ``SU3Gauge.action`` sums
+        exactly); fused for Wilson without a graph (a graph, e.g. a flow differentiating the
+        action, takes the eager density)."""
+        if c1 or not _fusable(u) or _graph(u):
+            return super().su3_action_density(u, grid, c0, c1)
+        return c0 * su3_plaquette_density(u, grid)
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; fused forward, analytic backward (:class:`_SU3WilsonAction`)."""

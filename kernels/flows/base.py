@@ -104,6 +104,13 @@ class Flow(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
+def layer_iterations(flow: Flow, layer_type: type) -> list[int]:
+    """``last_iterations`` (fixed-point steps of the last inverse) of every ``layer_type``
+    layer of ``flow`` (a :class:`Composition` or a single layer), in order."""
+    layers = flow.layers if isinstance(flow, Composition) else [flow]
+    return [int(la.last_iterations) for la in layers if isinstance(la, layer_type)]
+
+
 def _zeros_like_batch(x: torch.Tensor) -> torch.Tensor:
     """Real per-chain zeros (a log-det is real also for complex fields, e.g. SU(N) links)."""
     return torch.zeros(x.shape[0], dtype=x.real.dtype, device=x.device)

@@ -76,6 +76,7 @@ from .base import (
     Composition,
     Flow,
     dtype_from_name,
+    layer_iterations,
     record_architecture,
 )
 from .phi4 import ConvNet
@@ -269,8 +270,7 @@ class SU3NeuralLayer(SU3StoutLayer):
 
 def inverse_iterations(flow: Flow) -> list[int]:
     """Iteration counts of the last inverse of every :class:`SU3NeuralLayer` of ``flow``."""
-    layers = flow.layers if isinstance(flow, Composition) else [flow]
-    return [int(la.last_iterations) for la in layers if isinstance(la, SU3NeuralLayer)]
+    return layer_iterations(flow, SU3NeuralLayer)
 
 
 def su3_nthmc_flow(

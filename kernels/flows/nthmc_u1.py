@@ -59,6 +59,7 @@ from .base import (
     check_converged,
     dtype_from_name,
     implicit_newton_step,
+    layer_iterations,
     record_architecture,
     require_divisible,
     solve_increasing,
@@ -302,8 +303,7 @@ class U1NeuralLayer(Flow):
 
 def inverse_iterations(flow: Flow) -> list[int]:
     """Iteration counts of the last inverse of every NTHMC layer of ``flow``."""
-    layers = flow.layers if isinstance(flow, Composition) else [flow]
-    return [int(la.last_iterations) for la in layers if isinstance(la, U1NeuralLayer)]
+    return layer_iterations(flow, U1NeuralLayer)
 
 
 def u1_nthmc_flow(
