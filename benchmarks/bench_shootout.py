@@ -82,6 +82,8 @@ from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
 SAMPLERS = ("hmc", "nthmc", "l2hmc", "joint")
+#: optional samplers (not in the default list)
+EXTRA_SAMPLERS = ("nthmc_full",)
 GAUGE_INNER = 3
 
 
@@ -264,8 +266,19 @@ def hmc_step(sampler: HMC, to_physical=None):
     return step
 
 
-def run_nthmc(theory, grid, u0, snaps, n_hmc, a, pbp):
-    """Train (CPU-timed), tune, run NTHMC; returns (result, training CPU, outer steps)."""
+def full_force_trainer():
+    """``schwinger_force_norm_trainer`` (NTHMC trained on the full Schwinger force), or a clear
+    error where this checkout lacks it."""
+    try:
+        from kernels.flows.force_norm_fermions import schwinger_force_norm_trainer
+    except ImportError as exc:  # pragma: no cover - depends on the checkout
+        raise SystemExit(f"nthmc_full needs kernels.flows.force_norm_fermions: {exc}") from exc
+    return schwinger_force_norm_trainer
+
+
+def run_nthmc(theory, grid, u0, snaps, n_hmc, a, pbp, full: bool = False):
+    """Train (CPU-timed), tune, run NTHMC; returns (result, training CPU, outer steps).
+    ``full``: trained on the full force (gauge + pseudofermion + log-det) of ``theory``."""
     t0 = cpu()
     torch.manual_seed(a.seed)
     flow = u1_nthmc_flow(grid, n_layers=a.nthmc_layers, hidden=(8,))
@@ -280,7 +293,12 @@ def run_nthmc(theory, grid, u0, snaps, n_hmc, a, pbp):
         validate_every=5,
         patience=3,
     )
-    tr = ForceNormTrainer(flow, quenched, snaps[:-n_val], cfg, validation=snaps[-n_val:])
+    if full:
+        tr = full_force_trainer()(
+            flow, theory, snaps[:-n_val], cfg, snaps[-n_val:], seed=a.seed + 50
+        )
+    else:
+        tr = ForceNormTrainer(flow, quenched, snaps[:-n_val], cfg, validation=snaps[-n_val:])
     tr.train()
     tt = FlowSplitTheory(theory, flow)
 
@@ -434,7 +452,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--joint-batch", type=int, default=16)
     ap.add_argument("--pbp-every", type=int, default=2, help="condensate every N updates")
     ap.add_argument("--pbp-noise", type=int, default=4, help="noise vectors per condensate")
-    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    ap.add_argument(
+        "--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS + EXTRA_SAMPLERS
+    )
     ap.add_argument("--save", default=None, help="write the raw series to this .npz")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="L=4, a few updates (smoke test)")
@@ -503,6 +523,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "nthmc" in a.samplers:
         res, t_tr, n_st, n_tr = run_nthmc(theory, grid, u0, snaps, hmc.n_steps, a, pbp)
         done("nthmc", res, t_tr, f"tau=1, {n_st} outer x {GAUGE_INNER} gauge, {n_tr} train steps")
+    if "nthmc_full" in a.samplers:
+        res, t_tr, n_st, n_tr = run_nthmc(theory, grid, u0, snaps, hmc.n_steps, a, pbp, True)
+        note = f"tau=1, {n_st} outer x {GAUGE_INNER} gauge, {n_tr} full-force train steps"
+        done("nthmc_full", res, t_tr, note)
     if "l2hmc" in a.samplers:
         res, t_tr, tau = run_l2hmc(theory, grid, u0, a, pbp)
         done("l2hmc", res, t_tr, f"tau={tau:.2f} learned, {a.l2hmc_layers} layers")
