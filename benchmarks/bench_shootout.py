@@ -1,13 +1,16 @@
 """Sampler shoot-out on the Schwinger model (issue 15 item 6, issue 16 "Benchmark").
 
     nice python -m benchmarks.bench_shootout --L 8 --batch 4 --therm 20 --traj 40 \
-        --nthmc-steps 20 --l2hmc-steps 60 --joint-steps 60 --joint-batch 8   # docs table
+        --nthmc-steps 20 --l2hmc-steps 60 --joint-steps 60 --joint-batch 8   # docs (history)
     python -m benchmarks.bench_shootout --quick                              # seconds (smoke)
     nice python -m benchmarks.bench_shootout --L 16 --kappa 0.276 --batch 4 --therm 20 \
         --traj 40 --samplers hmc nthmc l2hmc        # L = 16 near kappa_c (docs table)
+    nice python -m benchmarks.bench_shootout --L 16 --beta 5 --kappa 0.26 --start cold \
+        --batch 4 --therm 12 --traj 40 --samplers hmc nthmc l2hmc   # HMC freezes Q (docs)
 
 One run, all samplers from the same thermalised configurations, on 2D U(1) with Nf = 2 Wilson
-fermions (pseudofermions, antiperiodic time) at Abbott et al.'s point beta = 2.0, kappa = 0.265:
+fermions (pseudofermions, antiperiodic time); default Abbott et al.'s point beta = 2.0,
+kappa = 0.265:
 
 * ``hmc``: pseudofermion HMC, Omelyan, trajectory length 1, fermion force on the outer scale
   (step count tuned to ``--target`` acceptance during thermalisation), gauge force 3 steps
@@ -20,6 +23,10 @@ fermions (pseudofermions, antiperiodic time) at Abbott et al.'s point beta = 2.0
   pseudofermion force pulled back through the flow plus the flow's log-det on the outer scale
   (step count tuned on ``--tune-chains`` chains, timed with the training), the plain gauge force
   3 steps inside; trajectory length 1;
+* ``nthmc_full`` (optional, not in the default list): the same, but trained on the *full*
+  trivialized force (gauge + pseudofermion + log-det) by
+  :func:`kernels.flows.force_norm_fermions.schwinger_force_norm_trainer` on the Schwinger
+  theory itself;
 * ``l2hmc``: a U(1) L2HMC model (:func:`benchmarks.bench_l2hmc.train_model`, ``--layers``
   layers, initial step ``1/layers`` so the initial trajectory length is 1) trained on the
   quenched theory at the same beta, then run with the full Schwinger force (pseudofermions
