@@ -1,13 +1,16 @@
 """Sampler shoot-out on the Schwinger model (issue 15 item 6, issue 16 "Benchmark").
 
     nice python -m benchmarks.bench_shootout --L 8 --batch 4 --therm 20 --traj 40 \
-        --nthmc-steps 20 --l2hmc-steps 60 --joint-steps 60 --joint-batch 8   # docs table
+        --nthmc-steps 20 --l2hmc-steps 60 --joint-steps 60 --joint-batch 8   # docs (history)
     python -m benchmarks.bench_shootout --quick                              # seconds (smoke)
     nice python -m benchmarks.bench_shootout --L 16 --kappa 0.276 --batch 4 --therm 20 \
         --traj 40 --samplers hmc nthmc l2hmc        # L = 16 near kappa_c (docs table)
+    nice python -m benchmarks.bench_shootout --L 16 --beta 5 --kappa 0.26 --start cold \
+        --batch 4 --therm 12 --traj 40 --samplers hmc nthmc l2hmc   # HMC freezes Q (docs)
 
 One run, all samplers from the same thermalised configurations, on 2D U(1) with Nf = 2 Wilson
-fermions (pseudofermions, antiperiodic time) at Abbott et al.'s point beta = 2.0, kappa = 0.265:
+fermions (pseudofermions, antiperiodic time); default Abbott et al.'s point beta = 2.0,
+kappa = 0.265:
 
 * ``hmc``: pseudofermion HMC, Omelyan, trajectory length 1, fermion force on the outer scale
   (step count tuned to ``--target`` acceptance during thermalisation), gauge force 3 steps
@@ -20,6 +23,10 @@ fermions (pseudofermions, antiperiodic time) at Abbott et al.'s point beta = 2.0
   pseudofermion force pulled back through the flow plus the flow's log-det on the outer scale
   (step count tuned on ``--tune-chains`` chains, timed with the training), the plain gauge force
   3 steps inside; trajectory length 1;
+* ``nthmc_full`` (optional, not in the default list): the same, but trained on the *full*
+  trivialized force (gauge + pseudofermion + log-det) by
+  :func:`kernels.flows.force_norm_fermions.schwinger_force_norm_trainer` on the Schwinger
+  theory itself;
 * ``l2hmc``: a U(1) L2HMC model (:func:`benchmarks.bench_l2hmc.train_model`, ``--layers``
   layers, initial step ``1/layers`` so the initial trajectory length is 1) trained on the
   quenched theory at the same beta, then run with the full Schwinger force (pseudofermions
@@ -82,6 +89,8 @@ from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
 SAMPLERS = ("hmc", "nthmc", "l2hmc", "joint")
+#: optional samplers (not in the default list)
+EXTRA_SAMPLERS = ("nthmc_full",)
 GAUGE_INNER = 3
 
 
@@ -264,8 +273,19 @@ def hmc_step(sampler: HMC, to_physical=None):
     return step
 
 
-def run_nthmc(theory, grid, u0, snaps, n_hmc, a, pbp):
-    """Train (CPU-timed), tune, run NTHMC; returns (result, training CPU, outer steps)."""
+def full_force_trainer():
+    """``schwinger_force_norm_trainer`` (NTHMC trained on the full Schwinger force), or a clear
+    error where this checkout lacks it."""
+    try:
+        from kernels.flows.force_norm_fermions import schwinger_force_norm_trainer
+    except ImportError as exc:  # pragma: no cover - depends on the checkout
+        raise SystemExit(f"nthmc_full needs kernels.flows.force_norm_fermions: {exc}") from exc
+    return schwinger_force_norm_trainer
+
+
+def run_nthmc(theory, grid, u0, snaps, n_hmc, a, pbp, full: bool = False):
+    """Train (CPU-timed), tune, run NTHMC; returns (result, training CPU, outer steps).
+    ``full``: trained on the full force (gauge + pseudofermion + log-det) of ``theory``."""
     t0 = cpu()
     torch.manual_seed(a.seed)
     flow = u1_nthmc_flow(grid, n_layers=a.nthmc_layers, hidden=(8,))
@@ -280,7 +300,12 @@ def run_nthmc(theory, grid, u0, snaps, n_hmc, a, pbp):
         validate_every=5,
         patience=3,
     )
-    tr = ForceNormTrainer(flow, quenched, snaps[:-n_val], cfg, validation=snaps[-n_val:])
+    if full:
+        tr = full_force_trainer()(
+            flow, theory, snaps[:-n_val], cfg, snaps[-n_val:], seed=a.seed + 50
+        )
+    else:
+        tr = ForceNormTrainer(flow, quenched, snaps[:-n_val], cfg, validation=snaps[-n_val:])
     tr.train()
     tt = FlowSplitTheory(theory, flow)
 
@@ -434,7 +459,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--joint-batch", type=int, default=16)
     ap.add_argument("--pbp-every", type=int, default=2, help="condensate every N updates")
     ap.add_argument("--pbp-noise", type=int, default=4, help="noise vectors per condensate")
-    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    ap.add_argument(
+        "--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS + EXTRA_SAMPLERS
+    )
     ap.add_argument("--save", default=None, help="write the raw series to this .npz")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="L=4, a few updates (smoke test)")
@@ -503,6 +530,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "nthmc" in a.samplers:
         res, t_tr, n_st, n_tr = run_nthmc(theory, grid, u0, snaps, hmc.n_steps, a, pbp)
         done("nthmc", res, t_tr, f"tau=1, {n_st} outer x {GAUGE_INNER} gauge, {n_tr} train steps")
+    if "nthmc_full" in a.samplers:
+        res, t_tr, n_st, n_tr = run_nthmc(theory, grid, u0, snaps, hmc.n_steps, a, pbp, True)
+        note = f"tau=1, {n_st} outer x {GAUGE_INNER} gauge, {n_tr} full-force train steps"
+        done("nthmc_full", res, t_tr, note)
     if "l2hmc" in a.samplers:
         res, t_tr, tau = run_l2hmc(theory, grid, u0, a, pbp)
         done("l2hmc", res, t_tr, f"tau={tau:.2f} learned, {a.l2hmc_layers} layers")

@@ -95,3 +95,15 @@ def test_frozen_chain_has_infinite_tau(bench):
 def test_bad_settings_are_refused(bench):
     with pytest.raises(ValueError, match="even L"):
         bench.main(["--quick", "--L", "5"])
+
+
+def test_quick_nthmc_full_force(bench, capsys):
+    """The ``nthmc_full`` row (NTHMC trained on the full Schwinger force) where the trainer
+    exists."""
+    pytest.importorskip("kernels.flows.force_norm_fermions")
+    rows = bench.main(["--quick", "--samplers", "nthmc_full"])
+    out = capsys.readouterr().out
+    assert set(rows) == {"hmc", "nthmc_full"} and "| nthmc_full |" in out
+    r = rows["nthmc_full"]
+    assert r["train"] > 0.0 and r["cg"] > 0 and r["n_force"] > 0
+    assert r["F_max"] >= r["F_rms"] > 0.0
