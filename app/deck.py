@@ -437,6 +437,12 @@ class ForceNormSection(_Section):
         default=0, ge=0, description="Stop after N validations without improvement (0: never)."
     )
     min_delta: float = Field(default=0.0, ge=0, description="Smallest improvement that counts.")
+    fermion_force: bool = Field(
+        default=True,
+        description="schwinger: the objective acts on the full trivialized force (gauge + "
+        "pseudofermion + log-det; pseudofermions redrawn per step at each training "
+        "configuration); false: gauge + log-det only (docs/nthmc.md). Other theories: unused.",
+    )
 
 
 class QJumpSection(_Section):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -253,8 +254,30 @@ def _sources(deck: Deck, files: list[str]) -> list[tuple[Path, str]]:
     return result
 
 
+_NUMBERED_NAME = re.compile(r"_(\d+)$")
+
+
+def file_record_number(count: int, path: Path, position: int) -> int:
+    """The 0-based record number of a configuration file, the ``trajectory`` of its row.
+
+    One convention for every format: the row carries ``count - 1``, where ``count`` is the
+    1-based trajectory count the file records (HDF5 ``config_trajectory``, the NERSC
+    ``SEQUENCE_NUMBER``; trivhmc writes both as the count), exactly as the on-the-fly rows of
+    that trajectory. ILDG has no trajectory field: a file named like trivhmc's own
+    (``<name>_c<chain>_<count>.lime``) gives ``count - 1``; any other file without a count
+    (or with ``count = 0``) gets its 0-based position among the files measured.
+    """
+    if count > 0:
+        return count - 1
+    m = _NUMBERED_NAME.search(path.stem)
+    if m and int(m.group(1)) > 0:
+        return int(m.group(1)) - 1
+    return position
+
+
 def _entries(sources: list[tuple[Path, str]]) -> list[tuple[Path, str, int, int]]:
-    """``(path, format, index in file, trajectory)`` of every configuration to measure."""
+    """``(path, format, index in file, trajectory)`` of every configuration to measure
+    (``trajectory`` -1 for ILDG/NERSC: taken from the file when it is read)."""
     from app.io.errors import ConfigFormatError
 
     out = []
@@ -263,18 +286,18 @@ def _entries(sources: list[tuple[Path, str]]) -> list[tuple[Path, str, int, int]
             if fmt == "hdf5":
                 from app.io.hdf5 import read_metadata
 
-                # 1-based counts; the rows carry the 0-based record number, as on the fly
                 trajs = read_metadata(path)["config_trajectory"]
                 out += [(path, fmt, i, int(t) - 1) for i, t in enumerate(trajs)]
             else:
-                out.append((path, fmt, -1, -1))  # trajectory from the file when read
+                out.append((path, fmt, -1, -1))
         except (ConfigFormatError, OSError, KeyError) as exc:
             raise InputError(f"cannot read {path}: {exc}") from None
     return out
 
 
 def _read(path: Path, fmt: str, index: int) -> tuple[np.ndarray, int | None]:
-    """The global field of one configuration and, for ILDG/NERSC, its trajectory number."""
+    """The global field of one configuration and, for ILDG/NERSC, the 1-based trajectory
+    count the file records (0: none)."""
     from app.io.errors import ConfigFormatError
 
     try:
@@ -347,7 +370,9 @@ def _measure_share(grid, theory, measurer, entries, mine) -> None:
         full, file_traj = _read(path, fmt, index)
         field = local_block(full, theory, str(path))
         merged = measurer.measure(field.unsqueeze(0))
-        mine.append((j, traj if file_traj is None else file_traj, merged))
+        if file_traj is not None:  # ILDG/NERSC: the count the file records
+            traj = file_record_number(file_traj, Path(path), j)
+        mine.append((j, traj, merged))
 
 
 def _fsync(f) -> None:

@@ -14,8 +14,12 @@ The deck architectures of ``schwinger`` (kernels/theories/__init__.py) are of tw
   sample (any lattice and grid), sampled by ``flow_metropolis`` (joint independence
   Metropolis); it is not a gauge flow, so ``trivialized_hmc`` refuses it.
 
-Only ``reverse_kl`` training is offered for Schwinger flows (force matching would need a
-force without pseudofermions).
+* the NTHMC flow ``schwinger_nthmc`` (:func:`kernels.flows.nthmc_u1.u1_nthmc_flow` on the
+  links): trained by ``force_norm`` on the full trivialized force, gauge + pseudofermion +
+  log-det (:mod:`kernels.flows.force_norm_fermions`; ``force_norm.fermion_force: false`` for
+  the gauge force only), sampled by ``trivialized_hmc``.
+
+The other Schwinger flows train by ``reverse_kl`` only.
 """
 
 from __future__ import annotations
@@ -50,12 +54,21 @@ def reverse_kl_trainer(flow, theory, config, rng):
     return Trainer(flow, _marginal(theory, "train"), config, prior=prior_for(theory), rng=rng)
 
 
-def check_loss(loss: str) -> None:
-    """Schwinger flows train by reverse KL only (clear error otherwise)."""
+def check_loss(loss: str, architecture: str | None = None, target_beta=None) -> None:
+    """Schwinger flows train by reverse KL; the NTHMC flow (``schwinger_nthmc``) by
+    ``force_norm`` on the full force (clear error otherwise)."""
+    if architecture == "schwinger_nthmc":
+        if loss != "force_norm" or target_beta is not None:
+            raise InputError(
+                f"train.loss: schwinger_nthmc trains with force_norm (full gauge + "
+                f"pseudofermion force, docs/nthmc.md), without target_beta; got {loss}"
+                + ("" if target_beta is None else f" with target_beta {target_beta}")
+            )
+        return
     if loss != "reverse_kl":
         raise InputError(
             f"train.loss: Schwinger flows train with reverse_kl (exact marginal or joint "
-            f"pseudofermion density), not {loss}"
+            f"pseudofermion density), not {loss}; force_norm needs architecture schwinger_nthmc"
         )
 
 

@@ -130,8 +130,15 @@ def _make_trainer(deck: Deck, grid: ProcessGrid, theory, flow, rng: SiteRNG):
     elif t.loss == "force_norm" or t.target_beta is not None:  # NTHMC (issue 15)
         from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
 
-        cfg = ForceNormConfig(**optimiser, **t.force_norm.model_dump())
+        cfg = ForceNormConfig(**optimiser, **t.force_norm.model_dump(exclude={"fermion_force"}))
         blocks = _training_configurations
+        physical = None
+        if (
+            theory.name == "schwinger"
+        ):  # NTHMC on the full force (kernels/flows/force_norm_fermions.py)
+            from kernels.flows.force_norm_fermions import FullForce
+
+            physical = FullForce(theory, deck.run.seed, t.force_norm.fermion_force)
         val = blocks(deck, grid, theory, "validation") if t.validation else None
         trainer = ForceNormTrainer(
             flow,
@@ -140,6 +147,7 @@ def _make_trainer(deck: Deck, grid: ProcessGrid, theory, flow, rng: SiteRNG):
             cfg,
             validation=val,
             target=_target(deck, grid, theory),
+            physical=physical,
         )
     else:
         from kernels.flows.force_matching import ForceMatchingConfig, ForceMatchingTrainer
@@ -201,7 +209,7 @@ def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
     if theory.name == "schwinger":  # flows with fermions (issue 11)
         from app.schwinger_flows import check_loss
 
-        check_loss(t.loss)
+        check_loss(t.loss, t.architecture, t.target_beta)
     try:
         trainer = _make_trainer(deck, grid, theory, flow, rng)
         history = trainer.train(callback=callback)

@@ -4,6 +4,9 @@
     python benchmarks/bench_nthmc.py --L 32 --beta 6 --train-L 16    # train at 16, transfer
     python benchmarks/bench_nthmc.py --quick                          # L = 8, a minute
     mpiexec -n 2 python benchmarks/bench_nthmc.py --L 16              # lattice over 2 ranks
+    python -m benchmarks.bench_nthmc --theory schwinger --L 8 --beta 2 --kappa 0.265
+                                 # HMC vs NTHMC trained on the gauge / full force
+                                 # (main_schwinger below)
 
 Per case, in one run with ``--batch`` chains each (Omelyan, trajectory length 1):
 
@@ -163,7 +166,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mts-inner", type=int, default=0, help="plain-force steps per outer step")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--theory",
+        default="u1",
+        choices=["u1", "schwinger"],
+        help="schwinger: HMC vs NTHMC trained on the gauge force vs on the full force",
+    )
+    ap.add_argument("--kappa", type=float, default=0.265, help="schwinger: hopping parameter")
+    ap.add_argument(
+        "--n-steps", type=int, default=0, help="schwinger: fixed step count (0: HMC's tuned)"
+    )
     a = ap.parse_args(argv)
+    if a.theory == "schwinger":
+        main_schwinger(a)
+        return
     if a.quick:  # small lattice; explicit options still override the counts below
         a.L, a.beta = 8, 3.0
         for key, val in dict(
@@ -308,6 +324,182 @@ def main(argv: list[str] | None = None) -> None:
             f"# no break-even: NTHMC costs more per independent Q even without its training "
             f"({t_train:.0f} s) and tuning ({t_tune:.0f} s)"
         )
+
+
+def schwinger_force_parts(theory, flow, u: torch.Tensor, rng, counter: int) -> dict:
+    """rms and max per link of the trivialized force at ``V = F^{-1}(U)`` (``flow`` None: the
+    plain force at ``U``), split into the gauge part (with the log-det) and the pseudofermion
+    part, pseudofermions drawn at ``U``."""
+    from kernels.flows.pullback import pullback_force
+
+    theory.refresh(u, rng, counter)
+    gauge = theory.term_force(["gauge"])
+    ferm = theory.term_force([t.name for t in theory.pseudofermion_terms()])
+    if flow is None:
+        fg, ff = gauge(u), ferm(u)
+    else:
+        with torch.no_grad():
+            v = flow.inverse(u)[0]
+        fg = pullback_force(flow, theory, v, gauge, with_logdet=True)
+        ff = pullback_force(flow, theory, v, ferm, with_logdet=False)
+    out = {}
+    for name, f in (("gauge", fg), ("fermion", ff), ("total", fg + ff)):
+        out[name] = force_stats(f, theory.grid)
+    return out
+
+
+def fermion_force_noise(theory, u: torch.Tensor, rng, n_draws: int) -> tuple[float, float]:
+    """Plain pseudofermion force at ``U`` over ``n_draws`` heatbath draws: rms per link of its
+    smooth part ``E_chi F_pf`` (bias-corrected: ``<m^2> - var / n``) and of the draw-to-draw
+    fluctuation (the part no deterministic transformation of ``U`` can follow)."""
+    ferm = theory.term_force([t.name for t in theory.pseudofermion_terms()])
+    fs = []
+    for k in range(n_draws):
+        theory.refresh(u, rng, 5000 + k)
+        fs.append(ferm(u))
+    f = torch.stack(fs)
+    var = f.var(dim=0, unbiased=True)
+    smooth2 = f.mean(dim=0).square() - var / n_draws
+    n = f[0].numel() * theory.grid.size
+    sm = global_sum(float(smooth2.sum()), theory.grid) / n
+    return math.sqrt(max(sm, 0.0)), math.sqrt(global_sum(float(var.sum()), theory.grid) / n)
+
+
+def run_schwinger(hmc: HMC, theory, v, n_traj: int, counter: int) -> dict:
+    """``n_traj`` trajectories: acceptance, dH, CG iterations, process CPU time, Q series."""
+    q, plaq, acc, dh, emdh, cg = [], [], [], [], [], []
+    t0 = time.process_time()
+    for t in range(n_traj):
+        v, rec = hmc.trajectory(v, counter + t)
+        with torch.no_grad():
+            u = hmc.to_physical(v)
+            q.append(theory.topological_charge_int(u).numpy())
+            plaq.append(torch.cos(theory.plaquette_angles(u)).mean(dim=(1, 2, 3)).numpy())
+        acc.append(float(rec.accepted.double().mean()))
+        dh.append(rec.dH.double().numpy())
+        emdh.append(float(rec.exp_minus_dH.double().mean()))
+        cg.append(sum(float(c.double().mean()) for k, c in rec.costs.items() if "cg_iter" in k))
+    cpu = (time.process_time() - t0) / n_traj
+    dh = np.concatenate(dh)
+    return {
+        "v": v,
+        "Q": np.array(q).T,
+        "plaq": np.array(plaq).T,
+        "acc": float(np.mean(acc)),
+        "dH": float(np.mean(dh)),
+        "dH_rms": float(np.sqrt(np.mean(dh * dh))),
+        "dH_med": float(np.median(np.abs(dh))),
+        "dH_max": float(np.max(dh)),
+        "emdh": float(np.mean(emdh)),
+        "cg": float(np.mean(cg)),
+        "cpu": cpu,
+    }
+
+
+def main_schwinger(a) -> None:
+    """``--theory schwinger``: plain HMC vs NTHMC trained on the gauge force only vs NTHMC
+    trained on the full force (gauge + pseudofermion + log-det), same training budget, all at
+    one fixed step count (HMC's tuned one, or ``--n-steps``). Times are process CPU seconds."""
+    from kernels.flows.force_norm_fermions import schwinger_force_norm_trainer
+    from kernels.theories.schwinger import Schwinger
+
+    torch.set_default_dtype(torch.float64)
+    grid = ProcessGrid((a.L, a.L))
+    theory = Schwinger(grid, a.beta, a.kappa, cg_tol=1e-10, pion=False)
+    say(
+        f"# bench_nthmc --theory schwinger  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  "
+        f"{platform.node()}  ranks={MPI.COMM_WORLD.Get_size()}  torch {torch.__version__}"
+    )
+    say(
+        f"# Schwinger L={a.L} beta={a.beta} kappa={a.kappa}  batch={a.batch}  "
+        f"objective={a.objective} p={a.power}  layers={a.layers} hidden={a.hidden}  "
+        f"train steps={a.train_steps} batch={a.train_batch} lr={a.lr}"
+    )
+    t0 = time.process_time()
+    data, hmc, u, c = plain_configs(theory, a.batch, a.therm, a.train_configs, 2, a.target, a.seed)
+    say(
+        f"# plain HMC thermalised ({a.therm} tuned traj) + {a.train_configs * 2} traj for data: "
+        f"{time.process_time() - t0:.1f} s CPU, tuned n_steps={hmc.n_steps}"
+    )
+    n_steps = a.n_steps or hmc.n_steps
+    n_val = min(a.val, len(data) // 2)
+    train_set, val_set = data[:-n_val], data[-n_val:]
+
+    flows, train_info = {"hmc": None}, {}
+    for name, fermions in (("nthmc_gauge", False), ("nthmc_full", True)):
+        torch.manual_seed(a.seed)
+        flow = u1_nthmc_flow(grid, n_layers=a.layers, hidden=tuple(a.hidden))
+        cfg = ForceNormConfig(
+            steps=a.train_steps,
+            batch=a.train_batch,
+            lr=a.lr,
+            objective=a.objective,
+            power=a.power,
+            validate_every=5,
+            patience=a.patience,
+        )
+        tr = schwinger_force_norm_trainer(
+            flow, theory, train_set, cfg, val_set, fermions=fermions, seed=a.seed + 50
+        )
+        t0 = time.process_time()
+        tr.train()
+        cpu = time.process_time() - t0
+        flows[name] = flow
+        cg_it = tr.physical.stats.iterations
+        train_info[name] = (cpu, tr.step_count, tr.initial_val, tr.best_val, cg_it)
+        say(
+            f"# {name}: {tr.step_count} steps, {cpu:.1f} s CPU, own validation objective "
+            f"{tr.initial_val:.4g} -> {tr.best_val:.4g} (best step {tr.best_step}), "
+            f"CG iterations {cg_it}"
+        )
+
+    # force evidence on held-out configurations (plain HMC's current ones), phi drawn at U
+    frng = SiteRNG(a.seed + 300)
+    say("# force per link on held-out configs (rms / max); gauge part includes the log-det")
+    say(f"{'model':12s} {'gauge':>15s} {'fermion':>15s} {'total':>15s}")
+    for name, flow in flows.items():
+        parts = schwinger_force_parts(theory, flow, u, frng, 1)
+        say(
+            f"{name:12s} "
+            + " ".join(
+                f"{parts[k][0]:7.3f}/{parts[k][1]:7.3f}" for k in ("gauge", "fermion", "total")
+            )
+        )
+
+    sm, noise = fermion_force_noise(theory, u, frng, 8)
+    say(
+        f"# plain fermion force at U over 8 pseudofermion draws: smooth part (E_chi F) rms "
+        f"{sm:.3f}, draw-to-draw fluctuation rms {noise:.3f}"
+    )
+
+    # sampling at one fixed step count
+    say(
+        f"# sampling: omelyan, tau=1, {n_steps} steps (fixed), "
+        f"{a.traj_nthmc} traj x {a.batch} chains"
+    )
+    hdr = (
+        f"{'sampler':12s} {'acc':>5s} {'<dH>':>8s} {'rms dH':>7s} {'med|dH|':>7s} {'max dH':>7s} "
+        f"{'<e^-dH>':>7s} "
+        f"{'CG/traj':>8s} {'CPU s/traj/chain':>16s} {'tau_Q':>12s} {'tau_P':>6s} "
+        f"{'plaq':>17s} {'train CPU s':>11s}"
+    )
+    say(hdr)
+    for name, flow in flows.items():
+        tt = theory if flow is None else TransformedTheory(theory, flow)
+        rng = SiteRNG(a.seed + 100)
+        sampler = HMC(tt, make_integrator(tt, "omelyan", n_steps, 1.0), rng)
+        v0 = u.clone() if flow is None else tt.from_physical(u.clone())
+        res = run_schwinger(sampler, theory, v0, a.traj_nthmc, 2000)
+        an = analyse({**res, "wall": res["cpu"]}, a.batch)
+        tcpu = train_info.get(name, (0.0,))[0]
+        say(
+            f"{name:12s} {res['acc']:5.3f} {res['dH']:8.4f} {res['dH_rms']:7.3f} "
+            f"{res['dH_med']:7.3f} {res['dH_max']:7.1f} "
+            f"{res['emdh']:7.3f} {res['cg']:8.0f} {res['cpu'] / a.batch:16.3f} "
+            f"{an['tau_Q']:6.2f}({an['tau_Q_err']:4.2f}) {an['tau_plaq']:6.2f} "
+            f"{an['plaq'][0]:.5f}({an['plaq'][1]:.5f}) {tcpu:11.1f}"
+        )
+    say(f"# total process CPU time {time.process_time():.0f} s")
 
 
 if __name__ == "__main__":

@@ -193,8 +193,9 @@ def _pairwise_sum_last(t: torch.Tensor) -> torch.Tensor:
     an order fixed by the length alone."""
     m = t.shape[-1]
     width = 1 << max(m - 1, 0).bit_length()
-    if width > m:
-        t = torch.nn.functional.pad(t, (0, width - m))
+    if width > m:  # the first halving of the zero-padded row, without building the padding
+        h = width // 2
+        t = torch.cat([t[..., : m - h] + t[..., h:m], t[..., m - h : h]], dim=-1)
     while t.shape[-1] > 1:
         h = t.shape[-1] // 2
         t = t[..., :h] + t[..., h:]

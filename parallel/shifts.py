@@ -114,9 +114,19 @@ def shift(
     ``first`` is the array dim of lattice axis 0; ``bc`` the boundary condition per axis.
     """
     mu, sign = _check(x, grid, mu, first, bc)
+    k = int(k)
+    if (
+        sign > 0
+        and grid.grid[mu] == 1
+        and isinstance(x, torch.Tensor)
+        and 0 < abs(k) <= x.shape[first + mu]
+    ):
+        # periodic axis held by this rank: a pure data movement, the same bits as the pooled
+        # path, at a fifth of the Python cost (autograd's roll backward is the inverse roll)
+        return torch.roll(x, -k, first + mu)
     if _needs_graph(x):
-        return _Shift.apply(x, grid, mu, int(k), first, sign)
-    return _shift_raw(x, grid, mu, int(k), first, sign)
+        return _Shift.apply(x, grid, mu, k, first, sign)
+    return _shift_raw(x, grid, mu, k, first, sign)
 
 
 def shift_begin(

@@ -97,6 +97,7 @@ def test_ildg_files_and_analyze(run_dir, capsys, tmp_path):
     capsys.readouterr()
     got = [json.loads(x) for x in target.read_text().splitlines()]
     assert [g["file"] for g in got] == files
+    assert [g["trajectory"] for g in got] == [3, 5, 7]  # named like trivhmc's: count - 1
     off = lines(out / "measurements_offline.jsonl")
     for g, t in zip(got, [3, 5, 7]):  # file n holds record trajectory n - 1
         assert g["observables"]["W_R1_T2"] == pytest.approx(

@@ -103,3 +103,40 @@ def test_offline_measure_reports_record_numbers_for_old_and_new_files(tmp_path, 
         from app.measure import _entries
 
         assert [e[3] for e in _entries([(path, "hdf5")])] == [1, 3]
+
+
+def test_nersc_files_carry_the_count_and_measure_gives_record_numbers(tmp_path, capsys):
+    """SEQUENCE_NUMBER is the 1-based count (like config_trajectory); offline rows of NERSC,
+    ILDG and HDF5 files all carry count - 1, the record number of the on-the-fly rows."""
+    from app.io.nersc import read_nersc
+    from app.measure import file_record_number
+
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(
+        DECK.replace("[hdf5, nersc]", "[hdf5, nersc, ildg]") + "measure: {polyakov: true}\n"
+    )
+    assert main(["run", str(deck)]) == 0
+    configs = tmp_path / "out" / "configs"
+    nersc = sorted(configs.glob("*.nersc"))
+    seq = [int(read_nersc(p)[1].header["SEQUENCE_NUMBER"]) for p in nersc]
+    assert seq == [4, 6, 8]
+    # a copy under a foreign name: the number comes from the header, not the name
+    foreign = tmp_path / "cfg.nersc"
+    foreign.write_bytes(nersc[1].read_bytes())
+    ildg = sorted(configs.glob("*.lime"))
+    anon = tmp_path / "conf.lime"  # no count anywhere: its position among the files
+    anon.write_bytes(ildg[0].read_bytes())
+    target = tmp_path / "m.jsonl"
+    files = [*map(str, nersc), str(foreign), *map(str, ildg), str(anon)]
+    assert main(["measure", str(deck), *files, "-o", str(target)]) == 0
+    got = [json.loads(x)["trajectory"] for x in target.read_text().splitlines()]
+    assert got == [3, 5, 7, 5, 3, 5, 7, 7]
+    assert main(["measure", str(deck)]) == 0  # the run's own HDF5 ensemble
+    off = [
+        json.loads(x)["trajectory"]
+        for x in (tmp_path / "out" / "measurements_offline.jsonl").open()
+    ]
+    assert off == [3, 5, 7]
+    assert file_record_number(0, tmp_path / "x_12.lime", 9) == 11
+    assert file_record_number(0, tmp_path / "x_0.lime", 9) == 9
+    capsys.readouterr()

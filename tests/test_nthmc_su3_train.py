@@ -5,7 +5,9 @@ Checks: with the identity flow the loss is ``(1 - beta_t/beta)^2 mean |F_beta|^2
 (the Wilson force is linear in beta); the exact-gradient loss (through ``V = F^{-1}(U)`` and
 the target's own ``V`` dependence) equals a central finite difference in a parameter; a few
 Adam steps lower the held-out loss, early stopping restores the best validated weights; bad
-targets are clear errors.
+targets are clear errors. Under the ``numba`` kernel backend (optional) the trivialized
+force, the force-matching loss with its exact parameter gradient (a double backward through
+the physical action) and an NTHMC trajectory's dH equal eager's to rounding.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels.backends as kb
 from kernels.flows.force_matching import CouplingTarget
-from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
+from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer, trivialized_force
 from kernels.flows.nthmc_su3 import su3_nthmc_flow
+from kernels.integrators import make_integrator
+from kernels.samplers.hmc import HMC
+from kernels.samplers.trivialized import TransformedTheory
 from kernels.theories.su3 import SU3Gauge
 from kernels.theories.u1 import U1Gauge
 from parallel import single_rank_grid
@@ -37,9 +43,9 @@ def _configs(grid, n, counter=0, beta=5.5):
         return smear(u)[0]
 
 
-def _flow(grid, scale=0.3):
+def _flow(grid, scale=0.3, n_layers=4):
     torch.manual_seed(4)
-    flow = su3_nthmc_flow(grid, n_layers=4, hidden=(2,), identity_init=False)
+    flow = su3_nthmc_flow(grid, n_layers=n_layers, hidden=(2,), identity_init=False)
     with torch.no_grad():
         for layer in flow.layers:
             layer.net.net[-1].weight.mul_(scale)
@@ -123,3 +129,36 @@ def test_bad_targets_are_clear_errors():
         CouplingTarget(SU3Gauge(grid, 6.0), U1Gauge(single_rank_grid((4, 4)), 2.0))
     with pytest.raises(ValueError, match="lattice"):
         CouplingTarget(SU3Gauge(grid, 6.0), SU3Gauge(single_rank_grid((4, 2, 2, 2)), 5.0))
+
+
+@pytest.mark.skipif("numba" not in kb.available_backends(), reason="numba not installed")
+def test_numba_backend_equals_eager_for_force_matching_and_nthmc():
+    """What benchmarks/bench_nthmc_su3.py computes with ``TRIVHMC_KERNELS=numba``: the fused
+    action's backward is the analytic force, and with ``create_graph`` it switches to eager
+    staples so that the loss gradient (second derivative of the action) stays exact."""
+    grid = single_rank_grid(SHAPE)
+    th = SU3Gauge(grid, 6.0)
+    target = CouplingTarget(th, SU3Gauge(grid, 5.0))
+    flow = _flow(grid, n_layers=2)
+    u = _configs(grid, 1)
+    saved = kb._active
+    out = {}
+    try:
+        for name in ("eager", "numba"):
+            kb.set_backend(name)
+            tr = ForceNormTrainer(flow, th, u, ForceNormConfig(batch=1), target=target)
+            loss, _ = tr.loss(u)
+            grads = torch.autograd.grad(loss, list(flow.parameters()))
+            tt = TransformedTheory(th, flow)
+            with torch.no_grad():
+                v = flow.inverse(u)[0]
+            f = trivialized_force(tt, v, create_graph=False)
+            hmc = HMC(tt, make_integrator(tt, "omelyan", 1, 0.5), SiteRNG(3))
+            _, rec = hmc.trajectory(v, 1)
+            out[name] = (loss.detach(), torch.cat([g.flatten() for g in grads]), f, rec.dH)
+    finally:
+        kb._active = saved
+    for ref, got, what in zip(out["eager"], out["numba"], ("loss", "dloss/dp", "force", "dH")):
+        err = float((got - ref).abs().max()) / max(1e-3, float(ref.abs().max()))
+        assert err < 1e-11, f"{what}: numba differs from eager by {err:.2e}"
+    assert float(out["eager"][1].abs().max()) > 1e-4

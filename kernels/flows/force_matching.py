@@ -47,16 +47,25 @@ Target = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def trivialized_force(
-    theory: TransformedTheory, v: torch.Tensor, create_graph: bool = True
+    theory: TransformedTheory,
+    v: torch.Tensor,
+    create_graph: bool = True,
+    physical_force: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``F~ = dS~/dV`` in the momentum space (SU(N): left Lie derivative), local block.
 
     The one trivialized force (:func:`kernels.flows.pullback.pullback_force`). With
     ``create_graph=True`` the result stays differentiable with respect to the flow's
-    parameters (double backward); ``v`` itself is treated as data.
+    parameters (double backward); ``v`` itself is treated as data. ``physical_force``: the
+    physical force pulled back (default ``theory.theory.force``; with ``create_graph`` it must
+    be differentiable in ``U``, e.g. :class:`kernels.flows.force_norm_fermions.FullForce`).
     """
     return pullback_force(
-        theory.flow, theory.theory, v, theory.theory.force, create_graph=create_graph
+        theory.flow,
+        theory.theory,
+        v,
+        physical_force or theory.theory.force,
+        create_graph=create_graph,
     )
 
 

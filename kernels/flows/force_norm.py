@@ -29,6 +29,13 @@ parameters are restored at the end (the starting parameters, validated first as
 :class:`kernels.flows.force_matching.ForceMatchingTrainer` (replicated weights, gradients
 summed over the domain group and averaged over replica groups; the global max and the sums are
 over the domain group).
+
+Physical force (``physical=``): by default ``theory.force``. With auxiliary fields
+(pseudofermions) pass an object with ``prepare(u, counter, chain_offset)`` (draws them at the
+physical configurations of a batch) and ``__call__(u)`` (the physical force, differentiable in
+``U``): :class:`kernels.flows.force_norm_fermions.FullForce` for the Schwinger model. Training
+step ``s`` draws with counter ``s + 1`` (chain offset 0); validation batch ``i`` draws with
+counter 0 and chain offset ``i`` (the same noise at every validation).
 """
 
 from __future__ import annotations
@@ -57,19 +64,21 @@ from .pullback import force_from_gradient, gradient_from_force
 OBJECTIVES = ("force_p", "force_linf")
 
 
-def force_through_inverse(transformed, u: torch.Tensor, with_v: bool = False):
+def force_through_inverse(transformed, u: torch.Tensor, with_v: bool = False, physical_force=None):
     """``F~(V)`` at ``V = F^{-1}(U)`` differentiable in the parameters along *both* paths:
     the force's own dependence and ``V``'s (the implicit gradient of the iterative inverse,
     :func:`kernels.flows.base.implicit_newton_step`), i.e. the exact gradient of
     ``E_U[L(F~(F^{-1}(U)))]`` over a fixed ensemble of ``U``. Same VJP as
     :func:`kernels.flows.pullback.pullback_force`, without detaching ``V``. ``with_v``:
-    return ``(F~, V)`` (``V`` differentiable in the parameters, for a target ``T(V)``)."""
+    return ``(F~, V)`` (``V`` differentiable in the parameters, for a target ``T(V)``).
+    ``physical_force``: the (differentiable) physical force, default ``theory.force``."""
     flow, theory = transformed.flow, transformed.theory
+    physical_force = physical_force or theory.force
     with torch.enable_grad():
         v, _ = flow.inverse(u.detach())
         x = v if v.requires_grad else v.requires_grad_(True)
         uu, logdet = flow(x)
-        g = gradient_from_force(theory, uu, theory.force(uu))
+        g = gradient_from_force(theory, uu, physical_force(uu))
         (grad,) = torch.autograd.grad(
             [uu, logdet], x, [g, -torch.ones_like(logdet)], create_graph=True
         )
@@ -127,9 +136,18 @@ class ForceNormTrainer(ForceMatchingTrainer):
     """
 
     def __init__(
-        self, flow, theory, configurations, config=None, validation=None, target=None
+        self,
+        flow,
+        theory,
+        configurations,
+        config=None,
+        validation=None,
+        target=None,
+        physical=None,
     ) -> None:
         super().__init__(flow, theory, configurations, config or ForceNormConfig(), target)
+        #: the physical force and its auxiliary-field draws (module docstring); None: theory.force
+        self.physical = physical
         if not isinstance(self.config, ForceNormConfig):
             raise TypeError("ForceNormTrainer needs a ForceNormConfig")
         self.validation = validation
@@ -155,34 +173,63 @@ class ForceNormTrainer(ForceMatchingTrainer):
             out = out + cfg.linf_weight * log_mean_exp_norm(f, self.theory, cfg.kappa)
         return out
 
+    def prepare(self, configs: torch.Tensor, counter: int, chain_offset: int = 0) -> None:
+        """Draw the physical force's auxiliary fields (pseudofermions) at the physical
+        configurations of ``configs`` (``U``, or ``F(V)`` without ``map_back``); no-op without
+        ``physical``."""
+        if self.physical is None:
+            return
+        with torch.no_grad():
+            u = configs if self.config.map_back else self.flow(configs.detach())[0]
+            self.physical.prepare(u.detach(), counter, chain_offset)
+
+    def batch_at(self, step: int) -> torch.Tensor:
+        """The configurations of ``step``; draws their auxiliary fields with counter
+        ``step + 1`` (:meth:`prepare`)."""
+        configs = super().batch_at(step)
+        self.prepare(configs, step + 1)
+        return configs
+
     def loss(self, configs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean objective, F~)`` on a batch (differentiable in the parameters); with ``map_back``
-        and ``exact_gradient`` also through ``V = F^{-1}(U)`` (:func:`force_through_inverse`)."""
+        and ``exact_gradient`` also through ``V = F^{-1}(U)`` (:func:`force_through_inverse`).
+        Auxiliary fields must have been drawn for ``configs`` (:meth:`prepare`)."""
         if self.config.map_back and self.config.exact_gradient:
-            f, v = force_through_inverse(self.transformed, configs, with_v=True)
+            f, v = force_through_inverse(
+                self.transformed, configs, with_v=True, physical_force=self.physical
+            )
             return self.objective(f, v).mean(), f
         v = self.inputs(configs)
-        f = trivialized_force(self.transformed, v, create_graph=True)
+        f = trivialized_force(self.transformed, v, create_graph=True, physical_force=self.physical)
         return self.objective(f, v).mean(), f
 
-    def evaluate(self, configs: torch.Tensor) -> float:
-        """The mean objective on ``configs`` (mean over replica groups), no parameter update."""
+    def evaluate(self, configs: torch.Tensor, counter: int = 0, chain_offset: int = 0) -> float:
+        """The mean objective on ``configs`` (mean over replica groups), no parameter update;
+        auxiliary fields drawn with ``(counter, chain_offset)``."""
+        self.prepare(configs, counter, chain_offset)
         v = self.inputs(configs)
-        f = trivialized_force(self.transformed, v, create_graph=False)
+        f = trivialized_force(self.transformed, v, create_graph=False, physical_force=self.physical)
         with torch.no_grad():
             return replica_mean(float(self.objective(f, v).mean()), self.grid)
 
     def validate(self) -> float:
-        """Validation loss over all validation configurations (in batches)."""
+        """Validation loss over all validation configurations (in batches; batch ``i`` draws
+        its auxiliary fields with counter 0, chain offset ``i``)."""
         val = self.validation
         b = self.config.batch
-        parts = [self.evaluate(val[i : i + b]) * len(val[i : i + b]) for i in range(0, len(val), b)]
+        parts = [
+            self.evaluate(val[i : i + b], 0, i) * len(val[i : i + b]) for i in range(0, len(val), b)
+        ]
         return sum(parts) / len(val)
 
     def step(self) -> dict[str, float]:
         """One Adam step, plus a validation (best-state bookkeeping, patience) when due."""
         t0 = time.perf_counter()
+        stats = getattr(self.physical, "stats", None)
+        it0 = stats.iterations if stats is not None else 0
         m = super().step()
+        if stats is not None:
+            m["cg_iterations"] = stats.iterations - it0
         cfg = self.config
         if (
             self.validation is not None
@@ -224,6 +271,7 @@ class ForceNormTrainer(ForceMatchingTrainer):
         return {
             "objective": cfg.objective,
             "target": getattr(self.target, "description", None),
+            "physical_force": getattr(self.physical, "description", "theory force"),
             "power": cfg.power,
             "kappa": cfg.kappa,
             "steps": self.step_count,

@@ -72,7 +72,10 @@ def pullback_force(
     """
     with torch.enable_grad():
         x = v.detach().requires_grad_(True)
-        u, logdet = flow(x)
+        # the per-site log-det terms: the gradient of their sum is the same without the
+        # exact global sum (whose backward broadcasts the cotangent), which costs a reduction
+        local = getattr(flow, "forward_local", None)
+        u, logdet = local(x) if local is not None else flow(x)
         outputs: list[torch.Tensor] = []
         cotangents: list[torch.Tensor] = []
         if physical_force is not None:

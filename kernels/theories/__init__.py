@@ -135,6 +135,8 @@ register_theory(
             "schwinger_ncp": "kernels.flows.u1:u1_ncp_flow",
             "schwinger_stout": "kernels.flows.u1:u1_stout_flow",
             "schwinger_joint": "kernels.flows.schwinger_joint:schwinger_joint_flow",
+            # NTHMC (issue 15): trained by force_norm on the full force (docs/nthmc.md)
+            "schwinger_nthmc": "kernels.flows.nthmc_u1:u1_nthmc_flow",
         },
         couplings=(
             Coupling("beta", float, "Gauge coupling beta (required).", gt=0),
