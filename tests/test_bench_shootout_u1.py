@@ -66,3 +66,21 @@ def test_unresolved_tau_is_flagged(bench):
     res["Q"] = rng.integers(-3, 4, size=(4, n)).astype(float)
     out = bench.analyse(res, 0.0)
     assert out["resolved"] and out["tau_Q"] < 1.0
+
+
+def test_lag_one_tau_on_ar1(bench):
+    """AR(1) with coefficient rho and unit variance: tau_1 = 1 / (1 - rho) = 10 from the
+    exact variance, and the Gamma method's tau_int = (1 + rho) / (2 (1 - rho)) = 9.5."""
+    import numpy as np
+
+    rho, chains, n = 0.9, 8, 8000
+    rng = np.random.default_rng(7)
+    x = np.empty((chains, n))
+    x[:, 0] = rng.normal(size=chains)
+    noise = rng.normal(size=(chains, n)) * np.sqrt(1 - rho**2)
+    for t in range(1, n):
+        x[:, t] = rho * x[:, t - 1] + noise[:, t]
+    res = {"Q": x, "plaq": x, "chains": chains, "traj": n, "cpu": 1.0}
+    out = bench.analyse(res, 0.0, q2_exact=1.0)
+    assert abs(out["tau_1"] - 10.0) < 0.5
+    assert abs(out["tau_Q"] - 9.5) < 3 * out["tau_Q_err"]
