@@ -40,7 +40,10 @@ trajectories (``--learned-chains``, ``--learned-traj``, per sampler ``--<name>-t
 tau_int are short-run estimates and say so.
 
 Reported per sampler: acceptance, ``tau_int`` of ``Q_int`` and of the plaquette (Gamma method,
-:func:`app.analysis.gamma_method`, chains as replicas), tunnelling rate (changes of
+:func:`app.analysis.gamma_method`, chains as replicas; ``*`` where the run has fewer charge
+changes than half the independent ``Q`` it would claim), the lag-one charge autocorrelation
+time ``tau_1(Q) = 2 <Q^2>_exact / <dQ^2>`` (meaningful in runs shorter than tau, see
+:func:`analyse`), tunnelling rate (changes of
 ``round(Q)`` per trajectory and chain), ``<Q^2>`` and ``<plaq>`` next to their exact values
 (:mod:`kernels.theories.u1_exact`), force evaluations per trajectory, process-CPU seconds per
 trajectory and chain (the updates only; torch on one thread), the training CPU seconds (from
