@@ -84,3 +84,6 @@ def test_lag_one_tau_on_ar1(bench):
     out = bench.analyse(res, 0.0, q2_exact=1.0)
     assert abs(out["tau_1"] - 10.0) < 0.5
     assert abs(out["tau_Q"] - 9.5) < 3 * out["tau_Q_err"]
+    # costs use the larger of the two estimates
+    tau = max(out["tau_Q"], out["tau_1"])
+    assert out["tau"] == tau and out["cost"] == 2 * tau * out["cpu_traj"]
