@@ -307,7 +307,10 @@ class SamplerSection(_Section):
         description="Nested time scales, outermost first (expensive, small forces outside, "
         "e.g. [{terms: [fermion], steps: 8}, {terms: [gauge], steps: 4}]); null: one level "
         "with the whole force and `steps` steps. With levels, levels[0].steps replaces "
-        "`steps`.",
+        "`steps`. trivialized_hmc: the terms are the theory's plus `logdet` (each pulled back "
+        "through the flow), or the NTHMC split `flow_correction` (outer) and `<term>_plain` "
+        "(that term's plain force at V, inner; e.g. [{terms: [flow_correction], steps: 4}, "
+        "{terms: [gauge_plain], steps: 3}]).",
     )
     # --- l2hmc (docs/l2hmc.md)
     model: str | None = Field(

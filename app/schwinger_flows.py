@@ -30,7 +30,6 @@ from app.errors import InputError
 from kernels.flows.schwinger_joint import JointFlow, JointFlowMetropolis, JointTrainer
 from kernels.flows.schwinger_marginal import MarginalSizeError, SchwingerMarginal
 from kernels.samplers.flow_metropolis import FlowMetropolis, FlowMetropolisSampler
-from kernels.samplers.trivialized import TransformedTheory
 
 
 def _marginal(theory, what: str) -> SchwingerMarginal:
@@ -82,7 +81,9 @@ def build_flow_sampler(deck, theory, flow, rng, build_hmc) -> Any:
                 "sampler.flow: trivialized_hmc needs a gauge flow (schwinger_ncp, "
                 "schwinger_stout); the joint (U, phi) flow runs with flow_metropolis"
             )
-        return build_hmc(deck, TransformedTheory(theory, flow), rng)
+        from app.setup import transformed_theory
+
+        return build_hmc(deck, transformed_theory(deck, theory, flow), rng)
     if joint:
         return FlowMetropolisSampler(JointFlowMetropolis(theory, flow, rng))
     from kernels.flows.priors import prior_for

@@ -96,6 +96,27 @@ def build_hmc(deck: Deck, theory: Theory, rng: SiteRNG) -> HMC:
     )
 
 
+def transformed_theory(deck: Deck, theory: Theory, flow) -> TransformedTheory:
+    """``S~`` for trivialized HMC: one pulled-back force per physical term (``TransformedTheory``:
+    terms ``<t>`` and ``logdet``), or, when ``sampler.levels`` names ``flow_correction`` or
+    ``<t>_plain`` terms, the NTHMC split (:class:`kernels.samplers.nthmc.FlowSplitTheory`):
+    the plain forces of the ``<t>_plain`` terms at ``V`` (cheap, inner levels) and one
+    ``flow_correction`` (everything else, pulled back through the flow, outer level)."""
+    from kernels.samplers.nthmc import CORRECTION_TERM, PLAIN_SUFFIX, FlowSplitTheory
+
+    names = [t for lv in deck.sampler.levels or [] for t in lv.terms]
+    if not any(t == CORRECTION_TERM or t.endswith(PLAIN_SUFFIX) for t in names):
+        return TransformedTheory(theory, flow)
+    inner = [t.removesuffix(PLAIN_SUFFIX) for t in names if t.endswith(PLAIN_SUFFIX)]
+    try:
+        return FlowSplitTheory(theory, flow, inner=inner)
+    except (ValueError, KeyError) as exc:
+        raise InputError(
+            f"sampler.levels: the split trivialized action needs `<term>_plain` terms of the "
+            f"theory {theory.name!r} and `{CORRECTION_TERM}`: {exc}"
+        ) from None
+
+
 def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> tuple[Sampler, dict[str, Any]]:
     """The deck's sampler and the reference ``{model, hash}`` of its flow (``{}``: none)."""
     s = deck.sampler
@@ -112,7 +133,7 @@ def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> tuple[Sampler, di
 
         return build_flow_sampler(deck, theory, flow, rng, build_hmc), ref
     if s.name == "trivialized_hmc":
-        return build_hmc(deck, TransformedTheory(theory, flow), rng), ref
+        return build_hmc(deck, transformed_theory(deck, theory, flow), rng), ref
     if s.name == "flow_metropolis":
         fm = FlowMetropolis(theory, flow, prior_for(theory), rng)
         return FlowMetropolisSampler(fm), ref
