@@ -61,13 +61,25 @@ def job_id() -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a running process on this host. A zombie (killed, not yet reaped:
+    e.g. an MPI rank whose launcher was killed too, waiting for an init that reaps slowly)
+    holds no lock and counts as dead; ``/proc`` tells (Linux), elsewhere ``kill(pid, 0)``."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) state ...": comm may hold spaces and ")"; the state follows the last ")"
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "Z"
 
 
 def describe(holder: dict[str, Any]) -> str:

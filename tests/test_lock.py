@@ -123,3 +123,28 @@ def test_trivhmc_run_refuses_a_directory_in_use(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "not running on this host" in (tmp_path / "out" / TAKEOVER_LOG).read_text()
     assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_killed_but_unreaped_holder_counts_as_dead(tmp_path):
+    """A killed rank that nobody has reaped yet (a zombie: its launcher died with it and init
+    reaps late) holds no lock: a resume right after the kill takes the lock over."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fake_lock(tmp_path, socket.gethostname(), proc.pid, None)
+        with pytest.raises(RunLockedError):  # alive: refused
+            RunLock(tmp_path).acquire()
+        proc.kill()
+        deadline = time.time() + 10
+        stat = Path(f"/proc/{proc.pid}/stat")
+        while ") Z " not in stat.read_text() and time.time() < deadline:
+            time.sleep(0.01)
+        assert ") Z " in stat.read_text()  # killed, not reaped (no wait() yet)
+        lock = RunLock(tmp_path).acquire()
+        try:
+            assert lock.took_over["pid"] == proc.pid
+        finally:
+            lock.release()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -65,6 +65,23 @@ def run_and_kill(nranks: int, deck: Path, after_trajectory: int) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _wait_until_lock_holder_is_gone(deck.parent / "out")
+
+
+def _wait_until_lock_holder_is_gone(out: Path, timeout_s: float = 60.0) -> None:
+    """The launcher is dead; its ranks may take a moment longer on a loaded machine (a rank
+    inside an fsync is killed when the call returns). A resume starts after they are gone."""
+    from app.lock import LOCK_NAME, _pid_alive
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            pid = json.loads((out / LOCK_NAME).read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return
+        if not _pid_alive(int(pid)):
+            return
+        time.sleep(0.05)
 
 
 def final_state(run_dir: Path) -> dict:

@@ -147,8 +147,10 @@ class QJumpTrainer(ForceNormTrainer):
         }
         return loss.mean(), g0
 
-    def evaluate(self, configs: torch.Tensor) -> float:
-        """Mean ``L`` with the fixed validation momenta (no parameter update)."""
+    def evaluate(self, configs: torch.Tensor, counter: int = 0, chain_offset: int = 0) -> float:
+        """Mean ``L`` with the fixed validation momenta (no parameter update). ``counter`` and
+        ``chain_offset`` (:meth:`ForceNormTrainer.validate`'s auxiliary-field draw) are not
+        used: every validation batch sees the momenta of ``VALIDATION_COUNTER``."""
         loss = self.objective_terms(configs, VALIDATION_COUNTER)[0]
         return replica_mean(float(loss.detach().mean()), self.grid)
 
