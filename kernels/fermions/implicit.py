@@ -111,23 +111,13 @@ def pseudofermion_force(
     """The summed force ``dS_pf/dtheta`` of every pseudofermion term (plain and Hasenbusch
     ratio) of a :class:`kernels.theories.schwinger.Schwinger` theory with its current
     pseudofermions, differentiable in ``theta`` (module docstring). Real, shape of ``theta``."""
-    from ..theories.schwinger import hopping_derivative
-
     out = None
     for term in theory.pseudofermion_terms():
-        phi = term._require_phi(theta)
-        op = WilsonDirac(theory.grid, theta, term.kappa, differentiable=True)
-        if term.kappa_1 is None:
-            eta = phi
-        else:
-            op1 = WilsonDirac(theory.grid, theta, term.kappa_1, differentiable=True)
-            eta = op1.apply_dag(phi)
+        op, eta = term._eta(theta, differentiable=True)
         x = normal_solve(
             theta, eta, term.kappa, theory.grid, theory.cg_tol, theory.cg_max_iter, stats
         )
-        f = -hopping_derivative(op, op.apply(x), x, term.kappa)
-        if term.kappa_1 is not None:
-            f = f + hopping_derivative(op1, phi, x, term.kappa_1)
+        f = term.force_of_solution(theta, op, x, differentiable=True)
         out = f if out is None else out + f
     if out is None:
         return torch.zeros_like(theta)

@@ -214,12 +214,27 @@ class PseudofermionTerm(ActionTerm):
             )
         return self.phi
 
-    def _eta(self, theta: torch.Tensor) -> tuple[WilsonDirac, torch.Tensor]:
+    def _eta(
+        self, theta: torch.Tensor, differentiable: bool = False
+    ) -> tuple[WilsonDirac, torch.Tensor]:
+        """``(M, eta)``: ``eta = phi`` (plain) or ``M_1^+ phi`` (ratio)."""
         phi = self._require_phi(theta)
-        op = self.theory.dirac(theta, self.kappa)
+        op = self.theory.dirac(theta, self.kappa, differentiable)
         if self.kappa_1 is None:
             return op, phi
-        return op, self.theory.dirac(theta, self.kappa_1).apply_dag(phi)
+        return op, self.theory.dirac(theta, self.kappa_1, differentiable).apply_dag(phi)
+
+    def force_of_solution(
+        self, theta: torch.Tensor, op: WilsonDirac, x: torch.Tensor, differentiable: bool = False
+    ) -> torch.Tensor:
+        """``dS/dtheta`` given ``x = (M^+ M)^{-1} eta``: ``-G[M x, x; k]`` (plain), plus
+        ``G[phi, x; k_1]`` (ratio); with ``differentiable`` links and ``x`` it is
+        differentiable in ``theta`` (kernels/fermions/implicit.py)."""
+        f = -hopping_derivative(op, op.apply(x), x, self.kappa)
+        if self.kappa_1 is not None:
+            op1 = self.theory.dirac(theta, self.kappa_1, differentiable)
+            f = f + hopping_derivative(op1, self.phi, x, self.kappa_1)
+        return f
 
     def _solve_eta(self, theta: torch.Tensor) -> tuple[WilsonDirac, torch.Tensor, CGResult]:
         """``(M, eta, CG of M^+ M x = eta)``, from the cache when ``theta`` and ``phi`` are
@@ -250,13 +265,7 @@ class PseudofermionTerm(ActionTerm):
     def force(self, theta: torch.Tensor) -> torch.Tensor:
         """Analytic ``dS/dtheta`` from one CG solve (NaN for chains whose CG did not converge)."""
         op, eta, res = self._solve_eta(theta)
-        x = res.x
-        y = op.apply(x)
-        f = -hopping_derivative(op, y, x, self.kappa)
-        if self.kappa_1 is not None:
-            op1 = self.theory.dirac(theta, self.kappa_1)
-            f = f + hopping_derivative(op1, self.phi, x, self.kappa_1)
-        f = f.to(theta.dtype)
+        f = self.force_of_solution(theta, op, res.x).to(theta.dtype)
         bad = ~res.converged
         if bool(bad.any()):
             f = torch.where(bad.view(-1, 1, 1, 1), torch.full_like(f, math.nan), f)
@@ -328,9 +337,13 @@ class Schwinger(U1Gauge):
             out["hasenbusch"] = list(self.hasenbusch)
         return out
 
-    def dirac(self, theta: torch.Tensor, kappa: float | None = None) -> WilsonDirac:
-        """The Wilson-Dirac operator on ``theta`` (default: the theory's ``kappa``)."""
-        return WilsonDirac(self.grid, theta, self.kappa if kappa is None else kappa)
+    def dirac(
+        self, theta: torch.Tensor, kappa: float | None = None, differentiable: bool = False
+    ) -> WilsonDirac:
+        """The Wilson-Dirac operator on ``theta`` (default: the theory's ``kappa``; links
+        differentiable in ``theta`` if ``differentiable``)."""
+        k = self.kappa if kappa is None else kappa
+        return WilsonDirac(self.grid, theta, k, differentiable=differentiable)
 
     # ------------------------------------------------------------ action terms
     def action_terms(self) -> list[ActionTerm]:
