@@ -535,25 +535,21 @@ def _main(a, root: Path) -> dict:
             raise RuntimeError(f"card of {ref}: trained at {where}, not at the training point")
         return f"trained at {where} ({ref.split('@')[0]}), run at L={a.L} beta={a.beta:g}"
 
-    if "nthmc" in a.samplers:
-        ch, n = size("nthmc")
-        flow, _ = load_model(refs["nthmc"], grid, theory, root=root, dtype=torch.float64)
-        flow.requires_grad_(False)
-        res, t_tune, n_st = run_transformed(theory, flow, u0, hmc.n_steps, a, n, ch, a.seed + 100)
-        t = _card_train(refs["nthmc"], root) + t_tune
-        add("nthmc", res, t, f"{n_st} steps; {trained_note(refs['nthmc'])}; tune {t_tune:.0f} s")
-    if "triv" in a.samplers:
-        ch, n = size("triv")
-        flow, _ = load_model(refs["triv"], grid, theory, root=root, dtype=torch.float64)
-        flow.requires_grad_(False)
-        res, t_tune, n_st = run_transformed(theory, flow, u0, hmc.n_steps, a, n, ch, a.seed + 200)
-        t = _card_train(refs["triv"], root) + t_tune
-        add("triv", res, t, f"{n_st} steps; {trained_note(refs['triv'])}; tune {t_tune:.0f} s")
+    def frozen_flow(ref: str):
+        flow, _ = load_model(ref, grid, theory, root=root, dtype=torch.float64)
+        return flow.requires_grad_(False)
+
+    for name, seed in (("nthmc", a.seed + 100), ("triv", a.seed + 200)):  # trivialized HMC
+        if name not in a.samplers:
+            continue
+        ch, n = size(name)
+        flow = frozen_flow(refs[name])
+        res, t_tune, n_st = run_transformed(theory, flow, u0, hmc.n_steps, a, n, ch, seed)
+        t = _card_train(refs[name], root) + t_tune
+        add(name, res, t, f"{n_st} steps; {trained_note(refs[name])}; tune {t_tune:.0f} s")
     if "fm" in a.samplers:
         ch, n = size("fm")
-        flow, _ = load_model(refs["triv"], grid, theory, root=root, dtype=torch.float64)
-        flow.requires_grad_(False)
-        res = run_fm(theory, flow, u0[:ch], n, a.seed + 300)
+        res = run_fm(theory, frozen_flow(refs["triv"]), u0[:ch], n, a.seed + 300)
         add("fm", res, _card_train(refs["triv"], root), f"stout flow; {trained_note(refs['triv'])}")
     if "fm_sweep" in a.samplers:
         ch, n = size("fm_sweep")
