@@ -133,22 +133,10 @@ class L2HMCModel(LeapfrogModel):
             raise ValueError(
                 "SU(3) links use kernels.l2hmc.su3.SU3L2HMCModel (build_l2hmc_model picks it)"
             )
-        self.grid = grid
-        self.theory_name = theory_name
+        self.record_architecture(
+            grid, theory_name, n_layers, hidden, kernel_size, activation, step_size, init_scale
+        )
         self.kind: FieldKind = field_kind(theory_name, grid)
-        #: how to rebuild it (the registry's ``{"builder", "kwargs"}`` record)
-        self.architecture: dict[str, Any] = {
-            "builder": "kernels.l2hmc.layers:build_l2hmc_model",
-            "kwargs": {
-                "theory": theory_name,
-                "n_layers": int(n_layers),
-                "hidden": [int(h) for h in hidden],
-                "kernel_size": int(kernel_size),
-                "activation": activation,
-                "step_size": float(step_size),
-                "init_scale": float(init_scale),
-            },
-        }
         c = self.kind.components
         masks = checkerboard_masks(grid, c, per_component=theory_name in U1_LIKE)
         self.register_buffer("mask", masks, persistent=False)

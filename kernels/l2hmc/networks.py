@@ -40,9 +40,66 @@ from parallel import ProcessGrid, shift
 from ..flows.phi4 import ConvNet
 
 
+def scaled_convnet(
+    grid: ProcessGrid,
+    in_channels: int,
+    out_channels: int,
+    hidden: Sequence[int],
+    kernel_size: int,
+    activation: str,
+    init_scale: float,
+    dtype: torch.dtype,
+) -> ConvNet:
+    """A lattice CNN whose last layer's weight and bias are scaled by ``init_scale`` (a small
+    scale starts the model near the plain leapfrog)."""
+    net = ConvNet(
+        grid,
+        in_channels,
+        out_channels,
+        hidden=hidden,
+        kernel_size=kernel_size,
+        activation=activation,
+        dtype=dtype,
+    )
+    last = net.net[-1]
+    with torch.no_grad():
+        last.weight.mul_(float(init_scale))
+        if last.bias is not None:
+            last.bias.mul_(float(init_scale))
+    return net
+
+
 class LeapfrogModel(nn.Module):
     """Bookkeeping shared by the L2HMC models: ``vnets`` (one entry per generalized leapfrog
     layer) and the log step sizes ``log_eps_v``, ``log_eps_x`` (``eps = exp(log_eps) > 0``)."""
+
+    def record_architecture(
+        self,
+        grid: ProcessGrid,
+        theory_name: str,
+        n_layers: int,
+        hidden: Sequence[int],
+        kernel_size: int,
+        activation: str,
+        step_size: float,
+        init_scale: float,
+    ) -> None:
+        """Set ``grid``, ``theory_name`` and ``architecture``, the registry's ``{"builder",
+        "kwargs"}`` record that rebuilds the model (``build_l2hmc_model`` picks the class)."""
+        self.grid = grid
+        self.theory_name = theory_name
+        self.architecture: dict = {
+            "builder": "kernels.l2hmc.layers:build_l2hmc_model",
+            "kwargs": {
+                "theory": theory_name,
+                "n_layers": int(n_layers),
+                "hidden": [int(h) for h in hidden],
+                "kernel_size": int(kernel_size),
+                "activation": activation,
+                "step_size": float(step_size),
+                "init_scale": float(init_scale),
+            },
+        }
 
     def n_parameters(self) -> int:
         """Number of trainable scalars."""
@@ -75,20 +132,10 @@ class HeadNet(nn.Module):
     ) -> None:
         super().__init__()
         self.components = int(components)
-        self.net = ConvNet(
-            grid,
-            in_channels,
-            3 * self.components,
-            hidden=hidden,
-            kernel_size=kernel_size,
-            activation=activation,
-            dtype=dtype,
+        out = 3 * self.components
+        self.net = scaled_convnet(
+            grid, in_channels, out, hidden, kernel_size, activation, init_scale, dtype
         )
-        last = self.net.net[-1]
-        with torch.no_grad():
-            last.weight.mul_(float(init_scale))
-            if last.bias is not None:
-                last.bias.mul_(float(init_scale))
         self.log_scale_s = nn.Parameter(torch.zeros((), dtype=dtype))
         self.log_scale_q = nn.Parameter(torch.zeros((), dtype=dtype))
 

@@ -62,9 +62,8 @@ from torch import nn
 
 from parallel import ProcessGrid, shift
 
-from ..flows.phi4 import ConvNet
 from ..groups.su_n import algebra_norm2, dagger, project_ta, su_expm, trace
-from .networks import LeapfrogModel
+from .networks import LeapfrogModel, scaled_convnet
 from .runner import run_layers
 
 NC = 3
@@ -118,20 +117,9 @@ class _Head(nn.Module):
     ) -> None:
         super().__init__()
         self.n = (int(n_s), int(n_q), int(n_t))
-        self.net = ConvNet(
-            grid,
-            in_channels,
-            sum(self.n),
-            hidden=hidden,
-            kernel_size=kernel_size,
-            activation=activation,
-            dtype=dtype,
+        self.net = scaled_convnet(
+            grid, in_channels, sum(self.n), hidden, kernel_size, activation, init_scale, dtype
         )
-        last = self.net.net[-1]
-        with torch.no_grad():
-            last.weight.mul_(float(init_scale))
-            if last.bias is not None:
-                last.bias.mul_(float(init_scale))
         # only the scales that are used (every parameter gets a gradient)
         self.log_scale_s = nn.Parameter(torch.zeros((), dtype=dtype)) if n_s else None
         self.log_scale_q = nn.Parameter(torch.zeros((), dtype=dtype)) if n_q else None
@@ -184,20 +172,9 @@ class SU3L2HMCModel(LeapfrogModel):
             raise ValueError(f"L2HMC step_size must be > 0, got {step_size}")
         if grid.ndim < 2:
             raise ValueError(f"SU(3) L2HMC needs >= 2 dimensions, lattice {list(grid.shape)}")
-        self.grid = grid
-        self.theory_name = theory_name
-        self.architecture: dict[str, Any] = {
-            "builder": "kernels.l2hmc.layers:build_l2hmc_model",
-            "kwargs": {
-                "theory": theory_name,
-                "n_layers": int(n_layers),
-                "hidden": [int(h) for h in hidden],
-                "kernel_size": int(kernel_size),
-                "activation": activation,
-                "step_size": float(step_size),
-                "init_scale": float(init_scale),
-            },
-        }
+        self.record_architecture(
+            grid, theory_name, n_layers, hidden, kernel_size, activation, step_size, init_scale
+        )
         nd = grid.ndim
         self.nd = nd
         self.planes = [(mu, nu) for mu in range(nd) for nu in range(mu + 1, nd)]
