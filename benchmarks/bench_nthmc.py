@@ -64,6 +64,19 @@ from parallel.rng import SiteRNG
 ROOT = MPI.COMM_WORLD.Get_rank() == 0
 
 
+def force_norm_config(a: argparse.Namespace) -> ForceNormConfig:
+    """The force-norm training settings of the command line (every NTHMC row trains alike)."""
+    return ForceNormConfig(
+        steps=a.train_steps,
+        batch=a.train_batch,
+        lr=a.lr,
+        objective=a.objective,
+        power=a.power,
+        validate_every=5,
+        patience=a.patience,
+    )
+
+
 def say(*a) -> None:
     if ROOT:
         print(*a, flush=True)
@@ -230,15 +243,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. training
     flow_t = u1_nthmc_flow(tgrid, n_layers=a.layers, hidden=tuple(a.hidden))
-    cfg = ForceNormConfig(
-        steps=a.train_steps,
-        batch=a.train_batch,
-        lr=a.lr,
-        objective=a.objective,
-        power=a.power,
-        validate_every=5,
-        patience=a.patience,
-    )
+    cfg = force_norm_config(a)
     tr = ForceNormTrainer(flow_t, ttheory, train_set, cfg, validation=val_set)
     val0 = tr.validate()
     tr.train()
@@ -429,15 +434,7 @@ def main_schwinger(a) -> None:
     for name, fermions in (("nthmc_gauge", False), ("nthmc_full", True)):
         torch.manual_seed(a.seed)
         flow = u1_nthmc_flow(grid, n_layers=a.layers, hidden=tuple(a.hidden))
-        cfg = ForceNormConfig(
-            steps=a.train_steps,
-            batch=a.train_batch,
-            lr=a.lr,
-            objective=a.objective,
-            power=a.power,
-            validate_every=5,
-            patience=a.patience,
-        )
+        cfg = force_norm_config(a)
         tr = schwinger_force_norm_trainer(
             flow, theory, train_set, cfg, val_set, fermions=fermions, seed=a.seed + 50
         )
