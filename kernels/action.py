@@ -37,8 +37,18 @@ class ActionTerm(ABC):
     #: the name used in ``sampler.levels[*].terms``
     name: str = "action"
 
-    def refresh(self, field: torch.Tensor, rng: Any, counter: int, chain_offset: int = 0) -> None:
-        """Draw the auxiliary fields for the trajectory that starts at ``field`` (none here)."""
+    def refresh(
+        self,
+        field: torch.Tensor,
+        rng: Any,
+        counter: int,
+        chain_offset: int = 0,
+        purpose: int | None = None,
+    ) -> None:
+        """Draw the auxiliary fields for the trajectory that starts at ``field`` (none here).
+
+        ``purpose``: the RNG purpose of the draws (None: the term's own, the one HMC uses);
+        another purpose gives noise independent of every HMC draw with the same seed."""
         return None
 
     @abstractmethod

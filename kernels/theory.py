@@ -113,10 +113,18 @@ class Theory(ABC):
             self._whole_action = [WholeAction(self, "gauge" if self.is_gauge else "action")]
         return self._whole_action
 
-    def refresh(self, field: torch.Tensor, rng, counter: int, chain_offset: int = 0) -> None:
-        """Draw every term's auxiliary fields for a trajectory starting at ``field``."""
+    def refresh(
+        self,
+        field: torch.Tensor,
+        rng,
+        counter: int,
+        chain_offset: int = 0,
+        purpose: int | None = None,
+    ) -> None:
+        """Draw every term's auxiliary fields for a trajectory starting at ``field``
+        (``purpose``: see :meth:`kernels.action.ActionTerm.refresh`)."""
         for term in self.action_terms():
-            term.refresh(field, rng, counter, chain_offset)
+            term.refresh(field, rng, counter, chain_offset, purpose)
 
     def term_force(self, names: list[str]):
         """``field -> F`` of the sum of the named terms (one level of a nested integrator)."""

@@ -85,9 +85,13 @@ class GaussianAuxTerm(ActionTerm):
         self.eta: torch.Tensor | None = None
         self.n_refresh = 0
 
-    def refresh(self, field, rng, counter, chain_offset=0) -> None:
+    def refresh(self, field, rng, counter, chain_offset=0, purpose=None) -> None:
         noise = rng.normal(
-            self.grid, PURPOSE_TEST_AUX, counter, field.shape[0], chain_offset=chain_offset
+            self.grid,
+            PURPOSE_TEST_AUX if purpose is None else purpose,
+            counter,
+            field.shape[0],
+            chain_offset=chain_offset,
         ).to(field.dtype)
         mean = torch.zeros_like(field) if self.refresh_at_zero else self.a * field
         self.eta = mean + noise

@@ -17,7 +17,7 @@ import torch
 from schwinger_reference import dense_dirac
 
 from kernels.flows.force_norm import ForceNormConfig, ForceNormTrainer
-from kernels.flows.force_norm_fermions import schwinger_force_norm_trainer
+from kernels.flows.force_norm_fermions import PURPOSE_PF_TRAIN, schwinger_force_norm_trainer
 from kernels.flows.nthmc_u1 import u1_nthmc_flow
 from kernels.theories.schwinger import PURPOSE_PSEUDOFERMION, Schwinger, complex_noise
 from kernels.theories.u1 import U1Gauge
@@ -137,8 +137,11 @@ def test_gauge_only_equals_u1_training_and_redraws_per_step():
     # phi = D^+ chi at the configuration: chi = (D^+)^{-1} phi is the site-keyed draw
     d = dense_dirac(configs[0].numpy(), KAPPA)
     chi = np.linalg.solve(d.conj().T, phi1[0].numpy().reshape(-1))
-    ref = complex_noise(SiteRNG(4), grid, PURPOSE_PSEUDOFERMION, 2, 1, (1,))[0, 0]
+    ref = complex_noise(SiteRNG(4), grid, PURPOSE_PF_TRAIN, 2, 1, (1,))[0, 0]
     np.testing.assert_allclose(chi, ref.numpy().reshape(-1), rtol=0, atol=1e-10)
+    # ... and not the draw HMC makes with the same seed and counter (its own purpose)
+    hmc = complex_noise(SiteRNG(4), grid, PURPOSE_PSEUDOFERMION, 2, 1, (1,))[0, 0]
+    assert np.abs(chi - hmc.numpy().reshape(-1)).max() > 0.1
 
 
 @pytest.mark.slow

@@ -16,7 +16,9 @@ the log-det force; the "trained on the gauge force" baseline).
 **Pseudofermions** (``prepare``). For each training configuration ``U`` (physical, from a
 plain-HMC ensemble) the heatbath of the theory at ``U``: ``phi = D^+ chi`` (ratio terms
 ``phi = D_1^{-+} D^+ chi``), ``chi`` complex Gaussian from :class:`parallel.rng.SiteRNG`
-``(seed)`` with the theory's pseudofermion purpose, counter and chain offset given by the
+``(seed)`` with its own purpose :data:`PURPOSE_PF_TRAIN` (not the one HMC draws its
+pseudofermions with, so training noise is independent of the noise of any run with the same
+seed, e.g. the run that made the training ensemble), counter and chain offset given by the
 trainer (training step ``s``: counter ``s + 1``, a fresh draw every step; validation: counter
 0, chain offset = index in the validation set, the same draw at every validation; replica
 groups' counters shifted by :data:`REPLICA_STRIDE`). So the
@@ -32,9 +34,12 @@ from __future__ import annotations
 
 import torch
 
-from parallel.rng import SiteRNG
+from parallel.rng import PURPOSE_USER, SiteRNG
 
 from ..fermions.implicit import SolveStats, pseudofermion_force
+
+#: RNG purpose of the training pseudofermions (HMC's heatbath uses PURPOSE_PSEUDOFERMION)
+PURPOSE_PF_TRAIN = PURPOSE_USER + 14
 
 #: counter stride between replica groups of the pseudofermion draws (counters < 2^32)
 REPLICA_STRIDE = 1 << 24
@@ -64,7 +69,7 @@ class FullForce:
         every replica's configurations)."""
         if self.fermions:
             c = int(counter) + self.theory.grid.replica * REPLICA_STRIDE
-            self.theory.refresh(u.detach(), self.rng, c, chain_offset)
+            self.theory.refresh(u.detach(), self.rng, c, chain_offset, PURPOSE_PF_TRAIN)
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         """``F_G(u) [+ F_pf(u)]``, differentiable in ``u``."""

@@ -146,11 +146,18 @@ class TransformedTheory(Theory):
 
         return force
 
-    def refresh(self, v: torch.Tensor, rng, counter: int, chain_offset: int = 0) -> None:
+    def refresh(
+        self,
+        v: torch.Tensor,
+        rng,
+        counter: int,
+        chain_offset: int = 0,
+        purpose: int | None = None,
+    ) -> None:
         """Auxiliary fields of the physical theory, drawn at ``U = F(V)``."""
         terms = self.theory.action_terms()
         if any(type(t).refresh is not ActionTerm.refresh for t in terms):
-            self.theory.refresh(self.to_physical(v), rng, counter, chain_offset)
+            self.theory.refresh(self.to_physical(v), rng, counter, chain_offset, purpose)
 
     def reset_costs(self) -> None:
         """Zero the physical theory's work counters."""

@@ -178,14 +178,22 @@ class PseudofermionTerm(ActionTerm):
         self._fails: torch.Tensor | None = None
 
     # ------------------------------------------------------------ heatbath
-    def refresh(self, theta: torch.Tensor, rng, counter: int, chain_offset: int = 0) -> None:
-        """``phi = M^+ chi`` (plain) or ``phi = M_1^{-+} M^+ chi`` (ratio)."""
+    def refresh(
+        self,
+        theta: torch.Tensor,
+        rng,
+        counter: int,
+        chain_offset: int = 0,
+        purpose: int | None = None,
+    ) -> None:
+        """``phi = M^+ chi`` (plain) or ``phi = M_1^{-+} M^+ chi`` (ratio); ``chi`` drawn with
+        ``purpose`` (default :data:`PURPOSE_PSEUDOFERMION`, the one HMC uses)."""
         th = self.theory
         self._cache = None
         chi = complex_noise(
             rng,
             th.grid,
-            PURPOSE_PSEUDOFERMION,
+            PURPOSE_PSEUDOFERMION if purpose is None else purpose,
             counter,
             theta.shape[0],
             (len(th.action_terms()) - 1,),
