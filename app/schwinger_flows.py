@@ -24,6 +24,7 @@ The other Schwinger flows train by ``reverse_kl`` only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from app.errors import InputError
@@ -71,8 +72,10 @@ def check_loss(loss: str, architecture: str | None = None, target_beta=None) -> 
         )
 
 
-def build_flow_sampler(deck, theory, flow, rng, build_hmc) -> Any:
-    """The deck's flow sampler for a Schwinger flow (module docstring)."""
+def build_flow_sampler(deck, theory, flow, rng, trivialized_hmc: Callable[[], Any]) -> Any:
+    """The deck's flow sampler for a Schwinger flow (module docstring); ``trivialized_hmc()``
+    builds the deck's HMC on the transformed theory (app.setup), used for a gauge flow with
+    ``sampler.name: trivialized_hmc``."""
     name = deck.sampler.name
     joint = isinstance(flow, JointFlow)
     if name == "trivialized_hmc":
@@ -81,9 +84,7 @@ def build_flow_sampler(deck, theory, flow, rng, build_hmc) -> Any:
                 "sampler.flow: trivialized_hmc needs a gauge flow (schwinger_ncp, "
                 "schwinger_stout); the joint (U, phi) flow runs with flow_metropolis"
             )
-        from app.setup import transformed_theory
-
-        return build_hmc(deck, transformed_theory(deck, theory, flow), rng)
+        return trivialized_hmc()
     if joint:
         return FlowMetropolisSampler(JointFlowMetropolis(theory, flow, rng))
     from kernels.flows.priors import prior_for

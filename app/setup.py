@@ -128,12 +128,16 @@ def build_sampler(deck: Deck, theory: Theory, rng: SiteRNG) -> tuple[Sampler, di
         return build_l2hmc_sampler(deck, theory, rng)
     flow, card = load_flow(deck, theory)
     ref = {"model": s.flow.model, "hash": card.get("hash")}
+
+    def trivialized_hmc() -> HMC:
+        return build_hmc(deck, transformed_theory(deck, theory, flow), rng)
+
     if theory.name == "schwinger":  # gauge or joint (U, phi) flows (issue 11)
         from app.schwinger_flows import build_flow_sampler
 
-        return build_flow_sampler(deck, theory, flow, rng, build_hmc), ref
+        return build_flow_sampler(deck, theory, flow, rng, trivialized_hmc), ref
     if s.name == "trivialized_hmc":
-        return build_hmc(deck, transformed_theory(deck, theory, flow), rng), ref
+        return trivialized_hmc(), ref
     if s.name == "flow_metropolis":
         fm = FlowMetropolis(theory, flow, prior_for(theory), rng)
         return FlowMetropolisSampler(fm), ref
