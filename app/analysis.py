@@ -15,13 +15,20 @@ several replica chains r = 1..R of lengths N_r, N = sum_r N_r:
   ``error = sqrt(2 tau_int Gamma(0) (1 + 1/N) / N)``;
 * ``delta tau_int = 2 tau_int(W) sqrt((W + 1/2 - tau_int(W)) / N)`` (eq. 42),
   ``delta error = error sqrt((W + 1/2) / N)``, ``delta rho(t)`` from eq. E.11;
+* critical slowing down (``tau_exp > 0``; Schaefer, Sommer, Virotta, Nucl. Phys. B 845 (2011)
+  93, arXiv:1009.5228): a slow mode (topology) that the automatic window cuts off is added as
+  an exponential tail. W is the first ``W >= 1`` with ``rho(W) < n_sigma delta rho(W)`` (rho
+  compatible with zero), and ``tau_int = tau_int(W) (bias-corrected) + tau_exp |rho(W + 1)|``,
+  ``delta tau_int = sqrt(delta tau_int(W)^2 + tau_exp^2 delta rho(W + 1)^2)``; ``tau_exp``
+  (the slowest mode's exponential autocorrelation time, in units of the analysed series) is an
+  input, estimated from the slowest observable or a longer run. Needs ``w_max >= 4``;
 * ``Gamma(0) = 0``: data that are one constant are exact (error 0, ``tau_int = 1/2``); chains
   that are each constant but differ from each other (a sampler that never moved) give NaN
   error and ``tau_int``: nothing is known about their autocorrelation.
 
-These are the same conventions as pyerrors (``Obs.gamma_method(S=...)``), against which
-tests/test_analysis.py checks this implementation; the only difference is our default
-S = 1.5 (Wolff's recommendation) instead of pyerrors' 2.0.
+These are the same conventions as pyerrors (``Obs.gamma_method(S=..., tau_exp=...,
+N_sigma=...)``), against which tests/test_analysis.py checks this implementation; the only
+difference is our default S = 1.5 (Wolff's recommendation) instead of pyerrors' 2.0.
 
 Run directories and HDF5 ensembles are read as documented in docs/run-output.md.
 """
@@ -66,12 +73,9 @@ class GammaResult:
         """Statistical error of rho(t) for t = 0 .. t_max (Wolff eq. E.11, as in pyerrors):
         ``drho(t)^2 = sum_{k=1}^{w_max-1-t} [rho(k+t) + rho(|k-t|) - 2 rho(k) rho(t)]^2 / N``.
         """
-        rho, w_max = self.rho, len(self.rho)
-        out = np.zeros(min(t_max, w_max - 1) + 1)
+        out = np.zeros(min(t_max, len(self.rho) - 1) + 1)
         for t in range(1, len(out)):
-            k = np.arange(1, w_max - t)
-            tmp = rho[k + t] + rho[np.abs(k - t)] - 2.0 * rho[t] * rho[k]
-            out[t] = math.sqrt(float(np.sum(tmp**2)) / self.n)
+            out[t] = _drho(self.rho, t, self.n)
         return out
 
     def as_dict(self) -> dict[str, float]:
@@ -88,6 +92,13 @@ class GammaResult:
         }
 
 
+def _drho(rho: np.ndarray, t: int, n: int) -> float:
+    """``delta rho(t)`` of Wolff eq. E.11 (see :meth:`GammaResult.drho`)."""
+    k = np.arange(1, len(rho) - t)
+    tmp = rho[k + t] + rho[np.abs(k - t)] - 2.0 * rho[t] * rho[k]
+    return math.sqrt(float(np.sum(tmp**2)) / n)
+
+
 def _autocov_sum(delta: np.ndarray, w_max: int) -> np.ndarray:
     """``sum_i delta_i delta_{i+t}`` for t = 0 .. w_max - 1 (zero-padded FFT)."""
     n = len(delta)
@@ -98,12 +109,17 @@ def _autocov_sum(delta: np.ndarray, w_max: int) -> np.ndarray:
     return out
 
 
-def gamma_method(data: Any, S: float = DEFAULT_S) -> GammaResult:
+def gamma_method(
+    data: Any, S: float = DEFAULT_S, tau_exp: float = 0.0, n_sigma: float = 1.0
+) -> GammaResult:
     """Mean, error and integrated autocorrelation time of a Monte Carlo series.
 
     ``data``: one 1D series, a 2D array (replicas along axis 0), or a list of 1D series of
     possibly different lengths (independent replica chains of the same ensemble).
     ``S``: Wolff's window parameter; ``S = 0`` assumes no autocorrelation.
+    ``tau_exp > 0``: attach the exponential tail of a slow mode with this autocorrelation time
+    (in units of the series) where ``rho`` first falls below ``n_sigma`` errors (module
+    docstring); then ``S`` is not used.
     """
     if isinstance(data, np.ndarray):
         if data.ndim > 2:
@@ -120,6 +136,10 @@ def gamma_method(data: Any, S: float = DEFAULT_S) -> GammaResult:
         raise ValueError("gamma_method: the data contain NaN or Inf")
     if S < 0:
         raise ValueError("S must be >= 0")
+    if not (tau_exp >= 0 and math.isfinite(tau_exp)):
+        raise ValueError(f"tau_exp must be a finite number >= 0, got {tau_exp}")
+    if not (n_sigma > 0 and math.isfinite(n_sigma)):
+        raise ValueError(f"n_sigma must be a finite number > 0, got {n_sigma}")
     lengths = np.array([len(r) for r in reps])
     n = int(lengths.sum())
     means = np.array([r.mean() for r in reps])
@@ -156,6 +176,8 @@ def gamma_method(data: Any, S: float = DEFAULT_S) -> GammaResult:
     dtau_n = tau_n * 2.0 * np.sqrt(np.abs(np.arange(w_max) + 0.5 - tau_n) / n)
     dtau_n[0] = 0.0
 
+    if tau_exp > 0:
+        return _tail_window(mean, gamma, rho, tau_n, dtau_n, n, len(reps), tau_exp, n_sigma)
     if S == 0:
         err = math.sqrt(gamma[0] / (n - 1))
         return GammaResult(
@@ -179,6 +201,43 @@ def gamma_method(data: Any, S: float = DEFAULT_S) -> GammaResult:
         window=window,
         n=n,
         n_replicas=len(reps),
+        rho=rho,
+        tau_int_curve=tau_n,
+    )
+
+
+def _tail_window(
+    mean: float,
+    gamma: np.ndarray,
+    rho: np.ndarray,
+    tau_n: np.ndarray,
+    dtau_n: np.ndarray,
+    n: int,
+    n_reps: int,
+    tau_exp: float,
+    n_sigma: float,
+) -> GammaResult:
+    """The critical-slowing-down window with an exponential tail (module docstring)."""
+    w_max = len(rho)
+    if w_max // 2 <= 1:
+        raise ValueError(
+            f"gamma_method: tau_exp needs at least 8 measurements per chain, got {2 * w_max}"
+        )
+    for w in range(1, w_max // 2):  # the first rho(W) compatible with zero
+        if rho[w] - n_sigma * _drho(rho, w, n) < 0 or w >= w_max // 2 - 2:
+            break
+    tail = tau_exp * abs(rho[w + 1])
+    tau_int = float(tau_n[w] * (1.0 + (2 * w + 1) / n) / (1.0 + 1.0 / n) + tail)
+    err = math.sqrt(2.0 * tau_int * gamma[0] * (1.0 + 1.0 / n) / n)
+    return GammaResult(
+        mean=mean,
+        error=err,
+        error_of_error=err * math.sqrt((w + 0.5) / n),
+        tau_int=tau_int,
+        tau_int_error=math.sqrt(float(dtau_n[w]) ** 2 + (tau_exp * _drho(rho, w + 1, n)) ** 2),
+        window=w,
+        n=n,
+        n_replicas=n_reps,
         rho=rho,
         tau_int_curve=tau_n,
     )
@@ -414,6 +473,8 @@ class Analysis:
     derived: dict[str, Any] = field(default_factory=dict)
     bin_size: int = 1
     volume: int | None = None
+    #: the slow mode's tau_exp of the tail window (0: Wolff's automatic window)
+    tau_exp: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         """JSON-safe summary (non-finite numbers become null)."""
@@ -428,6 +489,7 @@ class Analysis:
                 "skip": self.skip,
                 "bin_size": self.bin_size,
                 "volume": self.volume,
+                "tau_exp": self.tau_exp,
                 "observables": obs,
                 "derived": derived,
                 "acceptance": self.acceptance,
@@ -476,6 +538,15 @@ def series(run: RunData, skip: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def _gamma_of(name: str, chains: list[np.ndarray], S: float, tau_exp: float) -> GammaResult:
+    """:func:`gamma_method` of one observable; a series too short for the analysis asked for
+    is an input error naming the observable."""
+    try:
+        return gamma_method(chains, S=S, tau_exp=tau_exp)
+    except ValueError as exc:
+        raise InputError(f"observable {name!r}: {exc}") from None
+
+
 def analyze_data(
     run: RunData,
     skip: int = 0,
@@ -484,11 +555,14 @@ def analyze_data(
     bin_size: int = 1,
     volume: int | None = None,
     derived: bool = True,
+    tau_exp: float = 0.0,
 ) -> Analysis:
     """Gamma-method analysis of every observable (each chain a replica), acceptance,
     ``<exp(-dH)>`` and the derived quantities of :mod:`app.derived`, after dropping the first
     ``skip`` production trajectories (the thermalization cut) and averaging ``bin_size``
-    consecutive measurements per chain. ``volume`` overrides the run's lattice volume."""
+    consecutive measurements per chain. ``volume`` overrides the run's lattice volume.
+    ``tau_exp > 0`` (in units of the analysed series: measurements, or bins) attaches the
+    exponential tail of a slow mode to every observable's autocorrelation (module docstring)."""
     from .derived import bin_series, derived_quantities
 
     if bin_size < 1:
@@ -515,17 +589,19 @@ def analyze_data(
         if not any(len(c) for c in chains):
             continue
         if name == "exp_minus_dH":
-            emd = gamma_method(chains, S=S)
+            emd = _gamma_of(name, chains, S, tau_exp)
         elif not names or name in names or base in names:
-            obs[name] = gamma_method(chains, S=S)
+            obs[name] = _gamma_of(name, chains, S, tau_exp)
             if run.dH is None:
                 n_traj = max(n_traj, s.shape[1])
     der = {}
     if derived:
-        der = derived_quantities(data, volume, S=S, bin_size=bin_size)
+        der = derived_quantities(data, volume, S=S, bin_size=bin_size, tau_exp=tau_exp)
         if names:
             der = {k: v for k, v in der.items() if k in names or k.split("[")[0] in names}
-    return Analysis(run.source, n_traj, n_chains, skip, acceptance, emd, obs, der, bin_size, volume)
+    return Analysis(
+        run.source, n_traj, n_chains, skip, acceptance, emd, obs, der, bin_size, volume, tau_exp
+    )
 
 
 def analyze(
@@ -534,9 +610,12 @@ def analyze(
     S: float = DEFAULT_S,
     names: list[str] | None = None,
     bin_size: int = 1,
+    tau_exp: float = 0.0,
 ) -> Analysis:
     """Read a run directory, records file or HDF5 ensemble and analyse it."""
-    return analyze_data(load_run(path), skip=skip, S=S, names=names, bin_size=bin_size)
+    return analyze_data(
+        load_run(path), skip=skip, S=S, names=names, bin_size=bin_size, tau_exp=tau_exp
+    )
 
 
 def format_table(a: Analysis) -> str:
@@ -546,6 +625,11 @@ def format_table(a: Analysis) -> str:
         f"trajectories: {a.n_trajectories} x {a.n_chains} chain(s) (first {a.skip} skipped)"
         + (f", bins of {a.bin_size}" if a.bin_size > 1 else ""),
     ]
+    if a.tau_exp > 0:
+        lines.append(
+            f"window:       tail with tau_exp = {a.tau_exp:g} attached where rho(W) is compatible "
+            "with zero"
+        )
     if a.acceptance is not None:
         lines.append(f"acceptance:   {a.acceptance:.4f}")
     if a.exp_minus_dH is not None:

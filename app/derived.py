@@ -59,6 +59,7 @@ def derived_gamma(
     primaries: Sequence[Primary],
     S: float = DEFAULT_S,
     bin_size: int = 1,
+    tau_exp: float = 0.0,
 ) -> GammaResult:
     """Gamma-method estimate of ``f(<A_1>, ..., <A_n>)`` (see the module docstring); with
     ``bin_size > 1`` the primaries are averaged in blocks first."""
@@ -84,7 +85,7 @@ def derived_gamma(
     projected = [
         sum(g * (p[r] - a) for g, p, a in zip(grad, primaries, abar)) for r in range(n_rep)
     ]
-    res = gamma_method(projected, S=S)
+    res = gamma_method(projected, S=S, tau_exp=tau_exp)
     res.mean = value  # the projected series has mean 0 by construction
     return res
 
@@ -121,6 +122,7 @@ def derived_quantities(
     volume: int | None,
     S: float = DEFAULT_S,
     bin_size: int = 1,
+    tau_exp: float = 0.0,
 ) -> dict[str, Derived]:
     """Every derived quantity the run's series allow (``series``: name -> (chains, T), as
     :func:`app.analysis.series` returns them, unbinned: primaries such as ``M^2`` are formed
@@ -128,7 +130,7 @@ def derived_quantities(
     out: dict[str, Derived] = {}
 
     def derived_gamma(f, primaries, S):
-        return _derived_gamma(f, primaries, S, bin_size)
+        return _derived_gamma(f, primaries, S, bin_size, tau_exp)
 
     if "M" in series:
         m = _replicas(series["M"])

@@ -62,6 +62,49 @@ def test_matches_pyerrors(case, S):
     np.testing.assert_allclose(ours.rho, ref.e_rho[name], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("n_sigma", [1.0, 2.0])
+@pytest.mark.parametrize(
+    "case, tau_exp",
+    [
+        ([(4000, 0.8, 1)], 10.0),
+        ([(3000, 0.9, 2), (2000, 0.9, 3), (2600, 0.9, 4)], 25.0),
+        ([(500, 0.0, 5)], 3.0),
+        ([(12, 0.5, 6)], 2.0),  # so short that the window stops at w_max // 2 - 2
+    ],
+)
+def test_tau_exp_tail_matches_pyerrors(case, tau_exp, n_sigma):
+    reps = [ar1(n, rho, seed, mean=0.3) for n, rho, seed in case]
+    ours = gamma_method(reps, tau_exp=tau_exp, n_sigma=n_sigma)
+    ref = pe.Obs(reps, [f"ens|r{i}" for i in range(len(reps))])
+    ref.gamma_method(tau_exp=tau_exp, N_sigma=n_sigma)
+    assert ours.window == ref.e_windowsize["ens"]
+    assert ours.tau_int == pytest.approx(ref.e_tauint["ens"], rel=1e-10)
+    assert ours.tau_int_error == pytest.approx(ref.e_dtauint["ens"], rel=1e-10)
+    assert ours.error == pytest.approx(ref.dvalue, rel=1e-10)
+    assert ours.error_of_error == pytest.approx(ref.ddvalue, rel=1e-10)
+
+
+def test_tau_exp_tail_recovers_a_slow_mode():
+    """A fast AR(1) plus a weak slow one (the picture of a frozen topological charge): the
+    automatic window stops before the slow mode shows and underestimates tau_int 3.5x; the
+    tail with the slow mode's exact tau_exp recovers the exact tau_int within its error."""
+    a1, a2, c, n = 0.5, 0.995, 0.02, 200_000
+    x = ar1(n, a1, 0) + c * ar1(n, a2, 100)
+    v1, v2 = 1 / (1 - a1**2), c**2 / (1 - a2**2)
+    exact = (v1 * tau_exact(a1) + v2 * tau_exact(a2)) / (v1 + v2)  # 7.28
+    auto = gamma_method(x)
+    tail = gamma_method(x, tau_exp=-1.0 / math.log(a2))
+    assert auto.tau_int < 0.35 * exact
+    assert abs(tail.tau_int - exact) < 2.0 * tail.tau_int_error
+    assert tail.error == pytest.approx(auto.error * math.sqrt(tail.tau_int / auto.tau_int))
+    with pytest.raises(ValueError, match="tau_exp"):
+        gamma_method(x, tau_exp=-1.0)
+    with pytest.raises(ValueError, match="n_sigma"):
+        gamma_method(x, tau_exp=5.0, n_sigma=0.0)
+    with pytest.raises(ValueError, match="at least 8"):
+        gamma_method(x[:6], tau_exp=5.0)
+
+
 @pytest.mark.parametrize("rho", [0.5, 0.9])
 def test_ar1_exact_tau_int_and_error(rho):
     n = 200_000

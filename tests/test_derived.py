@@ -149,3 +149,35 @@ def test_cli_order_bin_volume_plot(tmp_path, capsys):
     assert main(["analyze", str(tmp_path), "--plot", str(tmp_path / "png"), "--volume", "9"]) == 0
     assert (tmp_path / "png" / "correlator_two_point.png").exists()
     assert (tmp_path / "png" / "derived.png").exists()
+
+
+def test_cli_tau_exp_tail(tmp_path, capsys):
+    """``--tau-exp`` reaches every observable and derived quantity: each equals pyerrors'
+    tail analysis of the same series (primary and projected)."""
+    rng = np.random.default_rng(9)
+    q = np.cumsum(rng.normal(size=400)) * 0.05 + rng.normal(size=400)  # a slow drift + noise
+    recs = [
+        {
+            "trajectory": t,
+            "thermalization": False,
+            "dH": [0.0],
+            "accepted": [True],
+            "exp_minus_dH": [1.0],
+            "observables": {"Q_int": [float(q[t])]},
+        }
+        for t in range(400)
+    ]
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    assert main(["analyze", str(tmp_path), "--json", "--volume", "64", "--tau-exp", "30"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["tau_exp"] == 30.0
+    ref = pe_obs([q])
+    ref.gamma_method(tau_exp=30.0)
+    assert j["observables"]["Q_int"]["tau_int"] == pytest.approx(ref.e_tauint["ens"], rel=1e-10)
+    chi = pe.derived_observable(lambda a, **kw: a[0] / 64, [pe_obs([q**2])])
+    chi.gamma_method(tau_exp=30.0)
+    assert j["derived"]["chi_t"]["error"] == pytest.approx(chi.dvalue, rel=1e-8)
+    assert main(["analyze", str(tmp_path), "--tau-exp", "30"]) == 0
+    assert "tau_exp = 30" in capsys.readouterr().out
+    assert main(["analyze", str(tmp_path), "--tau-exp", "-1"]) == 2
+    assert "--tau-exp" in capsys.readouterr().err

@@ -43,6 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--S", dest="S", type=float, default=1.5, help="Wolff's window parameter (default 1.5)"
     )
     parser.add_argument(
+        "--tau-exp",
+        dest="tau_exp",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="critical slowing down: attach the exponential tail of a slow mode with this "
+        "autocorrelation time (in measurements, or bins with --bin) where rho(W) is first "
+        "compatible with zero (Schaefer-Sommer-Virotta; default 0: Wolff's window with --S)",
+    )
+    parser.add_argument(
         "--observable",
         action="append",
         dest="names",
@@ -58,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.S < 0:
         raise InputError("--S must be >= 0")
+    if not args.tau_exp >= 0 or args.tau_exp == float("inf"):
+        raise InputError(f"--tau-exp {args.tau_exp}: must be a finite number >= 0")
     if args.plot:  # before any output: a missing extra is one message, not a half result
         try:
             import matplotlib  # noqa: F401
@@ -73,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
         names=args.names,
         bin_size=args.bin_size,
         volume=args.volume,
+        tau_exp=args.tau_exp,
     )
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
