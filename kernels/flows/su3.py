@@ -93,6 +93,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
+from .su3_fused import stout_core
 
 NC = 3
 NG = NC * NC - 1
@@ -407,14 +408,21 @@ class SU3StoutLayer(Flow):
         r = self.net(f.to(pdt)).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
-    def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
+    def _core_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(staples, rho, U_mu(x))`` on the active sites: ``(B, 2 (Nd-1), n_active, 3, 3)``,
+        real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``."""
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
-        rho = self._rho_active(u, staples, nb).to(u.dtype)
+        rho = self._rho_active(u, staples, nb)
         x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
+        return torch.stack(staples, dim=1), rho, x
+
+    def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
+        staples, rho, x = self._core_inputs(u)
+        rho = rho.to(u.dtype)
         return x, sum(
-            rho[:, i, :, None, None] * (staples[2 * i] + staples[2 * i + 1])
+            rho[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
             for i in range(len(self.others))
         )
 
@@ -435,10 +443,8 @@ class SU3StoutLayer(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside);
         the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
         :meth:`Flow.forward`, so the total is grid-independent)."""
-        x, c = self._context(v)
-        q, omega = self._step(c, x)
-        new = su3_exp(q) @ x
-        return self._scatter(v, new), link_log_det(q, omega)  # per active link, (B, n_active)
+        new, log_det = stout_core(*self._core_inputs(v))  # fused or eager (su3_fused)
+        return self._scatter(v, new), log_det  # per active link, (B, n_active)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""
