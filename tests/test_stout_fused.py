@@ -167,3 +167,53 @@ def test_without_numba_or_when_set_eager_the_eager_core_runs(monkeypatch):
         uses_fused(x)
     with pytest.raises(ValueError, match="one of"):
         set_stout_kernel("numba")
+
+
+def test_fused_loops_equal_layer_staples_features_and_eager_loops():
+    grid = single_rank_grid((4, 4, 2, 2))
+    th = SU3Gauge(grid, 2.0)
+    u = th.hot_start(SiteRNG(8), 0, 2)
+    for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers[::3]:
+        st, pl, ix = layer._tables
+        nb = layer._gather(u)
+        staples, f, x = su3_fused._FusedLoops.apply(nb, st, pl, ix)
+        ref_staples = layer.staples(u)
+        ref_f = layer.features(u, ref_staples).reshape(2, layer.n_features, -1)
+        assert (staples - torch.stack(ref_staples, 1)).abs().max() < 1e-14
+        assert (
+            layer._on_lattice(f) - ref_f.reshape(layer._on_lattice(f).shape)
+        ).abs().max() < 1e-14
+        assert torch.equal(x, layer.neighbourhood(u)[ix])
+        gen = torch.Generator().manual_seed(9)
+        cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (staples, f, x)]
+        grads = []
+        for fn in (eager_loops_fn, su3_fused._FusedLoops.apply):
+            nb_in = nb.clone().requires_grad_(True)
+            outs = fn(nb_in, st, pl, ix)
+            grads.append(torch.autograd.grad(outs, nb_in, cots)[0])
+        assert (grads[0] - grads[1]).abs().max() < 1e-13 * grads[0].abs().max()
+
+
+def eager_loops_fn(nb, st, pl, ix):
+    return su3_fused.eager_loops(nb, st, pl, ix)
+
+
+def test_force_matching_double_backward_equals_eager():
+    """create_graph through both fused Functions (their backward recomputes the eager torch
+    versions): the force-matching loss gradients equal the all-eager ones."""
+    from kernels.flows.force_matching import force_matching_loss
+
+    grid = single_rank_grid((4, 2, 2, 2))
+    th = SU3Gauge(grid, 2.0)
+    v = th.hot_start(SiteRNG(5), 0, 1)
+    out = []
+    for setting in ("eager", "auto"):
+        set_stout_kernel(setting)
+        torch.manual_seed(3)
+        flow = su3_stout_flow(grid, n_layers=4, hidden=(2,), rho_max=0.9)
+        loss, _ = force_matching_loss(TransformedTheory(th, flow), v)
+        loss.backward()
+        out.append((loss.detach(), [p.grad for p in flow.parameters()]))
+    assert abs(float(out[0][0] - out[1][0])) < 1e-12 * abs(float(out[0][0]))
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        assert (a - b).abs().max() < 1e-11 * max(1e-3, float(a.abs().max()))

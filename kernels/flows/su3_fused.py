@@ -157,6 +157,100 @@ class _FusedCore(torch.autograd.Function):
         return gs, grho, gx
 
 
+def eager_loops(
+    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch version of :func:`stout_loops` (its differentiable fallback): staples ``(B, n_st,
+    n, 3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` from the
+    neighbourhood ``nb (B, n_items, n, 3, 3)`` (tables: :func:`stout_loops`)."""
+    out = []
+    for a, b, c, up in st.tolist():
+        if up:
+            out.append(nb[:, a] @ nb[:, b] @ dagger(nb[:, c]))
+        else:
+            out.append(dagger(nb[:, a]) @ nb[:, b] @ nb[:, c])
+    staples = torch.stack(out, dim=1)
+    sv = torch.view_as_real(staples.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
+    feats = [
+        (sv[:, k] * sv[:, m]).sum(-1) / 3.0 for k in range(len(out)) for m in range(k + 1, len(out))
+    ]
+    for p, q, r, t in pl.tolist():
+        left, right = nb[:, p] @ nb[:, q], nb[:, r] @ nb[:, t]
+        feats.append((left.real * right.real + left.imag * right.imag).sum((-1, -2)) / 3.0)
+    return staples, torch.stack(feats, dim=1), nb[:, ix]
+
+
+class _FusedLoops(torch.autograd.Function):
+    """numba staples, loops and active link with an analytic backward; eager under a graph."""
+
+    @staticmethod
+    def forward(ctx, nb, st, pl, ix):  # type: ignore[override]
+        k = _load_kernels()
+        k.set_threads()
+        nb_ = _plain(nb)
+        b, n = nb_.shape[0], nb_.shape[2]
+        n_st, n_pl = st.shape[0], pl.shape[0]
+        staples = torch.empty(b, n_st, n, 3, 3, dtype=nb_.dtype)
+        feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
+        x = torch.empty(b, n, 3, 3, dtype=nb_.dtype)
+        k.loops_forward(
+            nb_.numpy(), st.numpy(), pl.numpy(), ix, staples.numpy(), feats.numpy(), x.numpy()
+        )
+        ctx.save_for_backward(nb)
+        ctx.tables = (st, pl, ix)
+        return staples, feats, x
+
+    @staticmethod
+    def backward(ctx, gst, gf, gx):  # type: ignore[override]
+        (nb,) = ctx.saved_tensors
+        st, pl, ix = ctx.tables
+        if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
+            with torch.enable_grad():
+                nb_in = nb if nb.requires_grad else nb.detach().requires_grad_(True)
+                outs = eager_loops(nb_in, st, pl, ix)
+                pairs = [(o, g) for o, g in zip(outs, (gst, gf, gx), strict=True) if g is not None]
+                (gnb,) = torch.autograd.grad(
+                    [o for o, _ in pairs], [nb_in], [g for _, g in pairs], create_graph=True
+                )
+            return gnb, None, None, None
+        k = _load_kernels()
+        k.set_threads()
+        b, n = nb.shape[0], nb.shape[2]
+        gst = torch.zeros(b, st.shape[0], n, 3, 3, dtype=nb.dtype) if gst is None else gst
+        gf = (
+            torch.zeros(b, st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0], n)
+            if gf is None
+            else gf
+        )
+        gx = torch.zeros(b, n, 3, 3, dtype=nb.dtype) if gx is None else gx
+        gnb = torch.empty(nb.shape, dtype=nb.dtype)
+        k.loops_backward(
+            _plain(nb).numpy(),
+            st.numpy(),
+            pl.numpy(),
+            ix,
+            _plain(gst).numpy(),
+            _plain(gf.to(torch.float64)).numpy(),
+            _plain(gx).numpy(),
+            gnb.numpy(),
+        )
+        return gnb, None, None, None
+
+
+def stout_loops(
+    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Staples, loop features and the active link of a layer from its neighbourhood ``nb (B,
+    n_items, n, 3, 3)`` (:meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood` before
+    unbinding). Tables (int64): ``st (n_st, 4)`` rows ``(A, B, C, up)``: staple ``A B C^+`` (up)
+    or ``A^+ B C``; ``pl (n_planes, 4)`` rows ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) /
+    3`` after the pairs ``Re Tr(S_k S_l^+) / 3`` (``k < l``, row-major); ``ix`` the active link's
+    item. Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    if uses_fused(nb):
+        return _FusedLoops.apply(nb, st, pl, ix)
+    return eager_loops(nb, st, pl, ix)
+
+
 def stout_core(
     staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,29 +65,37 @@ def set_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-@njit(cache=True)
-def _sinc(t):
-    if abs(t) < 1e-4:
-        t2 = t * t
-        return 1.0 - t2 / 6.0 + t2 * t2 / 120.0
-    return math.sin(t) / t
+@njit(cache=True, error_model="numpy", inline="always")
+def _sinc_of(d, sin_d):
+    """``sin(d) / d`` given ``sin(d)`` (Taylor series for ``|d| < 0.05``)."""
+    if abs(d) < 0.05:
+        d2 = d * d
+        return 1.0 - d2 / 6.0 * (1.0 - d2 / 20.0 * (1.0 - d2 / 42.0))
+    return sin_d / d
 
 
-@njit(cache=True)
-def _phi_i(t):
-    """``phi(i t) = (e^{i t} - 1) / (i t)``."""
-    return complex(math.cos(0.5 * t), math.sin(0.5 * t)) * _sinc(0.5 * t)
+@njit(cache=True, error_model="numpy", inline="always")
+def _phases(w, ph, ea, phi):
+    """``ph_j = e^{i w_j / 2}``, ``ea_(jk) = e^{i theta / 2}`` and ``phi_(jk) = phi(i theta) =
+    e^{i theta / 2} sinc(theta / 2)``, ``theta = w_j - w_k`` (products of the three phases:
+    six trigonometric calls per site)."""
+    for j in range(3):
+        ph[j] = complex(math.cos(0.5 * w[j]), math.sin(0.5 * w[j]))
+    for j in range(3):
+        for k in range(3):
+            e = ph[j] * ph[k].conjugate()
+            ea[3 * j + k] = e
+            phi[3 * j + k] = e * _sinc_of(0.5 * (w[j] - w[k]), e.imag)
 
 
-@njit(cache=True)
-def _dd_phi(t1, t2):
-    """First divided difference ``phi[i t1, i t2]``."""
+@njit(cache=True, error_model="numpy", inline="always")
+def _dd_phi(t1, t2, e1, e2, phi1, phi2):
+    """First divided difference ``phi[i t1, i t2]`` given ``e = e^{i t / 2}`` and ``phi(i t)``."""
     if abs(t1) < abs(t2):
-        t1, t2 = t2, t1
+        t1, t2, e1, e2, phi1, phi2 = t2, t1, e2, e1, phi2, phi1
     if abs(t1) >= 0.05:
-        h = 0.5 * (t1 + t2)
-        de = complex(math.cos(h), math.sin(h)) * _sinc(0.5 * (t1 - t2))
-        return (de - _phi_i(t2)) / complex(0.0, t1)
+        de = e1 * e2 * _sinc_of(0.5 * (t1 - t2), (e1 * e2.conjugate()).imag)  # exp[x, y]
+        return (de - phi2) * complex(0.0, -1.0 / t1)
     x, y = complex(0.0, t1), complex(0.0, t2)
     out = 0.0j
     hn = 1.0 + 0.0j  # h_{n-1}(x, y), n = 1
@@ -101,7 +109,7 @@ def _dd_phi(t1, t2):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _context(s_, rho, x, b, s, c, om):
     """``C`` and ``Omega = C x^+`` at site ``(b, s)`` into ``c``, ``om``."""
     nnu = rho.shape[1]
@@ -119,7 +127,7 @@ def _context(s_, rho, x, b, s, c, om):
             om[i, j] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _ta(m, out):
     """``out = TA(m)``."""
     for i in range(3):
@@ -130,7 +138,7 @@ def _ta(m, out):
         out[i, i] -= tr
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _rotate_in(v, m, t, out):
     """``out = V^+ m V`` (``t`` scratch)."""
     for i in range(3):
@@ -147,7 +155,7 @@ def _rotate_in(v, m, t, out):
             out[i, j] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _rotate_out(v, m, t, out):
     """``out = V m V^+`` (``t`` scratch)."""
     for i in range(3):
@@ -164,12 +172,19 @@ def _rotate_out(v, m, t, out):
             out[i, j] = acc
 
 
-@njit(cache=True)
-def _build_n(o, w, phi, n):
-    """``N = 1 + diag(Phi) P L`` (module docstring) from ``O = V^+ Omega V`` and ``w``."""
-    for j in range(3):
-        for k in range(3):
-            phi[3 * j + k] = _phi_i(w[j] - w[k])
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp_q(v, ph, t, o, e):
+    """``e = exp(Q) = V diag(e^{-i w}) V^+`` (``t``, ``o`` scratch)."""
+    for i in range(3):
+        for j in range(3):
+            t[i, j] = 0.0
+        t[i, i] = (ph[i] * ph[i]).conjugate()
+    _rotate_out(v, t, o, e)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _build_n(o, phi, n):
+    """``N = 1 + diag(Phi) P L`` (module docstring) from ``O = V^+ Omega V`` and ``Phi``."""
     for j in range(3):
         for k in range(3):
             a = 3 * j + k
@@ -185,19 +200,25 @@ def _build_n(o, w, phi, n):
                     n[a, 3 * l + m] = (1.0 if a == 3 * l + m else 0.0) - phi[a] * val
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
+def _abs2(z):
+    return z.real * z.real + z.imag * z.imag
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def _log_abs_det(n):
     """``log |det n|`` of a 9x9 complex matrix by LU with partial pivoting (in place)."""
     out = 0.0
     for col in range(9):
-        piv, best = col, abs(n[col, col])
+        piv, best = col, _abs2(n[col, col])
         for r in range(col + 1, 9):
-            if abs(n[r, col]) > best:
-                piv, best = r, abs(n[r, col])
+            a2 = _abs2(n[r, col])
+            if a2 > best:
+                piv, best = r, a2
         if piv != col:
             for k in range(9):
                 n[col, k], n[piv, k] = n[piv, k], n[col, k]
-        out += math.log(best)
+        out += 0.5 * math.log(best)
         inv = 1.0 / n[col, col]
         for r in range(col + 1, 9):
             f = n[r, col] * inv
@@ -207,35 +228,37 @@ def _log_abs_det(n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _inverse(n, out):
     """``out = n^{-1}`` (9x9 complex) by Gauss-Jordan with partial pivoting (``n`` destroyed)."""
     for i in range(9):
         for j in range(9):
             out[i, j] = 1.0 if i == j else 0.0
     for col in range(9):
-        piv, best = col, abs(n[col, col])
+        piv, best = col, _abs2(n[col, col])
         for r in range(col + 1, 9):
-            if abs(n[r, col]) > best:
-                piv, best = r, abs(n[r, col])
+            a2 = _abs2(n[r, col])
+            if a2 > best:
+                piv, best = r, a2
         if piv != col:
             for k in range(9):
                 n[col, k], n[piv, k] = n[piv, k], n[col, k]
                 out[col, k], out[piv, k] = out[piv, k], out[col, k]
         inv = 1.0 / n[col, col]
-        for k in range(9):
+        for k in range(col + 1, 9):  # columns <= col of n are no longer read
             n[col, k] *= inv
+        for k in range(9):
             out[col, k] *= inv
         for r in range(9):
             if r != col:
                 f = n[r, col]
-                if f != 0.0:
-                    for k in range(9):
-                        n[r, k] -= f * n[col, k]
-                        out[r, k] -= f * out[col, k]
+                for k in range(col + 1, 9):
+                    n[r, k] -= f * n[col, k]
+                for k in range(9):
+                    out[r, k] -= f * out[col, k]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def core_forward(s_, rho, x, new, ld, wsave, vsave):
     """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` for the backward."""
     nb, ns = x.shape[0], x.shape[1]
@@ -249,6 +272,8 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
         o = np.empty((3, 3), np.complex128)
         e = np.empty((3, 3), np.complex128)
         phi = np.empty(9, np.complex128)
+        ph = np.empty(3, np.complex128)
+        ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
@@ -262,12 +287,8 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
                 wsave[b, s, i] = w[i]
                 for j in range(3):
                     vsave[b, s, i, j] = v[i, j]
-            # exp(Q) = V diag(e^{-i w}) V^+
-            for i in range(3):
-                for j in range(3):
-                    t[i, j] = 0.0
-                t[i, i] = complex(math.cos(w[i]), -math.sin(w[i]))
-            _rotate_out(v, t, o, e)
+            _phases(w, ph, ea, phi)
+            _exp_q(v, ph, t, o, e)
             for i in range(3):
                 for j in range(3):
                     acc = 0.0j
@@ -275,30 +296,30 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
                         acc += e[i, k] * x[b, s, k, j]
                     new[b, s, i, j] = acc
             _rotate_in(v, om, t, o)
-            _build_n(o, w, phi, n)
+            _build_n(o, phi, n)
             ld[b, s] = _log_abs_det(n)
 
 
-@njit(cache=True)
-def _ld_cotangents(k_, phi, w, dd, n, m, gc):
+@njit(cache=True, error_model="numpy", inline="always")
+def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc):
     """Log-det cotangent factors from ``K = N^{-1}`` (module docstring): ``R`` into ``m``,
     ``S`` into ``gc`` (``dd``, ``n`` scratch)."""
     for a in range(9):
         ta = w[a // 3] - w[a % 3]
         for bb in range(a, 9):
-            d = _dd_phi(ta, w[bb // 3] - w[bb % 3])
-            dd[a, bb] = d
-            dd[bb, a] = d
+            d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
+            dd[a, bb] = d / phi[bb]  # phi[i theta_a, i theta_b] / Phi_b
+            dd[bb, a] = d / phi[a]
     # R (through Phi) into m, S (through L) into gc (reused as scratch)
     for p in range(3):
         for q in range(3):
             r = 0.0j
             for j in range(3):
                 a, bb = 3 * j + q, 3 * j + p
-                r += ((1.0 if a == bb else 0.0) - k_[bb, a]) / phi[bb] * dd[a, bb]
+                r += ((1.0 if a == bb else 0.0) - k_[bb, a]) * dd[a, bb]
             for kk in range(3):
                 a, bb = 3 * p + kk, 3 * q + kk
-                r -= ((1.0 if a == bb else 0.0) - k_[bb, a]) / phi[bb] * dd[a, bb]
+                r -= ((1.0 if a == bb else 0.0) - k_[bb, a]) * dd[a, bb]
             m[p, q] = r
     # W_ab = K_ba Phi_a; rows (nn) minus their mean over n (adjoint of P)
     for bb in range(9):
@@ -315,15 +336,14 @@ def _ld_cotangents(k_, phi, w, dd, n, m, gc):
             gc[p, q] = -0.5 * (s1 + s2.conjugate())
 
 
-@njit(cache=True)
-def _omega_cotangent(v, w, g, m, gc, ge, t, o, gq, gom):
+@njit(cache=True, error_model="numpy", inline="always")
+def _omega_cotangent(v, ph, phi, g, m, gc, ge, t, o, gq, gom):
     """``dL/dOmega`` into ``gom`` from ``R`` (``m``), ``S`` (``gc``), the log-det cotangent ``g``
     and ``ge = G x^+`` (``t``, ``o``, ``gq`` scratch)."""
     _rotate_in(v, ge, t, o)
     for i in range(3):
         for j in range(3):
-            hsum = 0.5 * (w[i] + w[j])
-            d = complex(math.cos(hsum), math.sin(hsum)) * _sinc(0.5 * (w[i] - w[j]))
+            d = ph[j] * ph[j] * phi[3 * i + j]  # D_ij = e^{i w_j} phi(i (w_i - w_j))
             t[i, j] = g * m[i, j].conjugate() + o[i, j] * d
     _rotate_out(v, t, o, gq)
     _ta(gq, gom)
@@ -336,7 +356,7 @@ def _omega_cotangent(v, w, g, m, gc, ge, t, o, gq, gom):
             gom[i, j] += gq[i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
 def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
     """``dL/dS``, ``dL/drho``, ``dL/dx`` at site ``(b, s)`` from ``dL/dOmega`` (``gom``) and
     ``exp(Q)`` (``e``)."""
@@ -365,7 +385,7 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
         grho[b, nu, s] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
     """Cotangents of ``S``, ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
     nb, ns = x.shape[0], x.shape[1]
@@ -384,6 +404,8 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
         v = np.empty((3, 3), np.complex128)
         w = np.empty(3)
         phi = np.empty(9, np.complex128)
+        ph = np.empty(3, np.complex128)
+        ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
         k_ = np.empty((9, 9), np.complex128)
         dd = np.empty((9, 9), np.complex128)
@@ -396,10 +418,11 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
             _context(s_, rho, x, b, s, c, om)
             g = gld[b, s]
             # --- log-det: K = N^{-1}
+            _phases(w, ph, ea, phi)
             _rotate_in(v, om, t, o)
-            _build_n(o, w, phi, n)
+            _build_n(o, phi, n)
             _inverse(n, k_)
-            _ld_cotangents(k_, phi, w, dd, n, m, gc)
+            _ld_cotangents(k_, phi, ea, w, dd, n, m, gc)
             # --- exp: G x^+, then dL/dOmega
             for i in range(3):
                 for j in range(3):
@@ -407,11 +430,243 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
                     for kk in range(3):
                         acc += gnew[b, s, i, kk] * x[b, s, j, kk].conjugate()
                     e[i, j] = acc
-            _omega_cotangent(v, w, g, m, gc, e, t, om, gq, gom)
-            # exp(Q) again for dL/dx
+            _omega_cotangent(v, ph, phi, g, m, gc, e, t, om, gq, gom)
+            _exp_q(v, ph, t, o, e)  # exp(Q) again for dL/dx
+            _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx)
+
+
+# ---------------------------------------------------------------- staples and loops
+# ``nb[b, item, s]``: the links a layer reads at its active sites (SU3StoutLayer.neighbourhood),
+# copied per site into a local ``(n_items + 2, 3, 3)`` buffer (two scratch slots at the end);
+# ``st[i] = (A, B, C, up)``: staple ``i`` is ``A B C^+`` (up) or ``A^+ B C`` (down);
+# ``pl[p] = (P, Q, R, T)``: loop ``Re Tr(P Q (R T)^+) / 3``; ``ix``: the active link's item.
+# 3x3 complex products on stacks of matrices: ``_mm_nd(a, ia, b, ib, out, io)`` is
+# ``out[io] = a[ia] b[ib]^+`` (n: as is, d: dagger); ``_acc``: ``out[io] += scale ...``
+# (indices, not views: no reference counting in the site loop).
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nn(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, i, 0] * b[ib, 0, j] + a[ia, i, 1] * b[ib, 1, j] + a[ia, i, 2] * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nn_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, i, 0] * b[ib, 0, j] + a[ia, i, 1] * b[ib, 1, j] + a[ia, i, 2] * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nd(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, i, 0] * b[ib, j, 0].conjugate()
+                + a[ia, i, 1] * b[ib, j, 1].conjugate()
+                + a[ia, i, 2] * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nd_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, i, 0] * b[ib, j, 0].conjugate()
+                + a[ia, i, 1] * b[ib, j, 1].conjugate()
+                + a[ia, i, 2] * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dn(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, 0, i].conjugate() * b[ib, 0, j]
+                + a[ia, 1, i].conjugate() * b[ib, 1, j]
+                + a[ia, 2, i].conjugate() * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dn_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, 0, i].conjugate() * b[ib, 0, j]
+                + a[ia, 1, i].conjugate() * b[ib, 1, j]
+                + a[ia, 2, i].conjugate() * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dd(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, 0, i].conjugate() * b[ib, j, 0].conjugate()
+                + a[ia, 1, i].conjugate() * b[ib, j, 1].conjugate()
+                + a[ia, 2, i].conjugate() * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dd_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, 0, i].conjugate() * b[ib, j, 0].conjugate()
+                + a[ia, 1, i].conjugate() * b[ib, j, 1].conjugate()
+                + a[ia, 2, i].conjugate() * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _retr(a, ia, b, ib):
+    """``Re Tr(a[ia] b[ib]^+)``."""
+    acc = 0.0
+    for i in range(3):
+        for j in range(3):
+            acc += a[ia, i, j].real * b[ib, i, j].real + a[ia, i, j].imag * b[ib, i, j].imag
+    return acc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _load(nb, b, s, loc):
+    for it in range(nb.shape[1]):
+        for i in range(3):
+            for j in range(3):
+                loc[it, i, j] = nb[b, it, s, i, j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _staples(loc, st, p, sk):
+    """Staples of the site in ``loc`` into ``sk`` (``loc[p]`` scratch)."""
+    for i in range(st.shape[0]):
+        if st[i, 3]:
+            _mm_nd(loc, st[i, 1], loc, st[i, 2], loc, p)  # P = B C^+
+            _mm_nn(loc, st[i, 0], loc, p, sk, i)
+        else:
+            _mm_nn(loc, st[i, 1], loc, st[i, 2], loc, p)  # P = B C
+            _mm_dn(loc, st[i, 0], loc, p, sk, i)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def loops_forward(nb, st, pl, ix, staples, feats, x):
+    """Staples ``(B, n_st, n, 3, 3)``, features ``(B, n_pairs + n_planes, n)`` (the pairs
+    ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link."""
+    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+    nst = st.shape[0]
+    total = nbat * ns
+    nchunk = (total + CHUNK - 1) // CHUNK
+    for ch in prange(nchunk):
+        loc = np.empty((ni + 2, 3, 3), np.complex128)
+        sk = np.empty((nst, 3, 3), np.complex128)
+        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
+            b, s = it // ns, it % ns
+            _load(nb, b, s, loc)
+            _staples(loc, st, ni, sk)
+            f = 0
+            for k in range(nst):
+                for m in range(k + 1, nst):
+                    feats[b, f, s] = _retr(sk, k, sk, m) / 3.0
+                    f += 1
+            for i in range(pl.shape[0]):
+                _mm_nn(loc, pl[i, 0], loc, pl[i, 1], loc, ni)
+                _mm_nn(loc, pl[i, 2], loc, pl[i, 3], loc, ni + 1)
+                feats[b, f, s] = _retr(loc, ni, loc, ni + 1) / 3.0
+                f += 1
+            for k in range(nst):
+                for i in range(3):
+                    for j in range(3):
+                        staples[b, k, s, i, j] = sk[k, i, j]
             for i in range(3):
                 for j in range(3):
-                    t[i, j] = 0.0
-                t[i, i] = complex(math.cos(w[i]), -math.sin(w[i]))
-            _rotate_out(v, t, o, e)
-            _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx)
+                    x[b, s, i, j] = loc[ix, i, j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _staples_backward(loc, st, p, q, gs, gl):
+    """Add the staples' cotangents ``gs`` to ``gl`` (``loc[p]``, ``loc[q]`` scratch). Staple
+    ``A B C^+``: ``dA = G (B C^+)^+``, ``dB = A^+ G C``, ``dC = G^+ A B``; ``A^+ B C``:
+    ``dA = (B C) G^+``, ``dB = A G C^+``, ``dC = B^+ A G``."""
+    for k in range(st.shape[0]):
+        a, bb, c = st[k, 0], st[k, 1], st[k, 2]
+        if st[k, 3]:
+            _mm_nd(loc, bb, loc, c, loc, p)  # P = B C^+
+            _mm_nd_acc(gs, k, loc, p, gl, a, 1.0)
+            _mm_dn(loc, a, gs, k, loc, q)  # dP = A^+ G
+            _mm_nn_acc(loc, q, loc, c, gl, bb, 1.0)
+            _mm_dn_acc(loc, q, loc, bb, gl, c, 1.0)
+        else:
+            _mm_nn(loc, bb, loc, c, loc, p)  # P = B C
+            _mm_nd_acc(loc, p, gs, k, gl, a, 1.0)
+            _mm_nn(loc, a, gs, k, loc, q)  # dP = A G
+            _mm_nd_acc(loc, q, loc, c, gl, bb, 1.0)
+            _mm_dn_acc(loc, bb, loc, q, gl, c, 1.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
+    """Cotangent ``gl`` of the site's links in ``loc`` given ``gs`` (the staples' own
+    cotangents, on entry) and the features' ``gf``: pairs ``Re Tr(S_k S_l^+)``: ``dS_k = S_l``;
+    loops ``Re Tr(L R^+)``: ``dL = R``, ``dR = L``; products by the chain rule."""
+    ni = gl.shape[0] - 2
+    nst = st.shape[0]
+    _staples(loc, st, ni, sk)
+    f = 0
+    for k in range(nst):
+        for m in range(k + 1, nst):
+            g = gf[b, f, s] / 3.0
+            for i in range(3):
+                for j in range(3):
+                    gs[k, i, j] += g * sk[m, i, j]
+                    gs[m, i, j] += g * sk[k, i, j]
+            f += 1
+    _staples_backward(loc, st, ni, ni + 1, gs, gl)
+    for i in range(pl.shape[0]):
+        g = gf[b, f, s] / 3.0
+        pp, qq, rr, tt = pl[i, 0], pl[i, 1], pl[i, 2], pl[i, 3]
+        _mm_nn(loc, pp, loc, qq, loc, ni)  # L
+        _mm_nn(loc, rr, loc, tt, loc, ni + 1)  # R
+        _mm_nd_acc(loc, ni + 1, loc, qq, gl, pp, g)
+        _mm_dn_acc(loc, pp, loc, ni + 1, gl, qq, g)
+        _mm_nd_acc(loc, ni, loc, tt, gl, rr, g)
+        _mm_dn_acc(loc, rr, loc, ni, gl, tt, g)
+        f += 1
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
+    """Cotangent ``gnb`` of the neighbourhood from those of :func:`loops_forward`'s outputs."""
+    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+    nst = st.shape[0]
+    total = nbat * ns
+    nchunk = (total + CHUNK - 1) // CHUNK
+    for ch in prange(nchunk):
+        loc = np.empty((ni + 2, 3, 3), np.complex128)
+        gl = np.empty((ni + 2, 3, 3), np.complex128)
+        sk = np.empty((nst, 3, 3), np.complex128)
+        gs = np.empty((nst, 3, 3), np.complex128)
+        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
+            b, s = it // ns, it % ns
+            _load(nb, b, s, loc)
+            for k in range(ni):
+                for i in range(3):
+                    for j in range(3):
+                        gl[k, i, j] = gx[b, s, i, j] if k == ix else 0.0
+            for k in range(nst):
+                for i in range(3):
+                    for j in range(3):
+                        gs[k, i, j] = gst[b, k, s, i, j]
+            _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
+            for k in range(ni):
+                for i in range(3):
+                    for j in range(3):
+                        gnb[b, k, s, i, j] = gl[k, i, j]
