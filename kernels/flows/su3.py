@@ -93,7 +93,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
-from .su3_fused import stout_core, stout_loops, uses_fused
+from .su3_fused import gather_links, stout_core, stout_loops, uses_fused
 
 NC = 3
 NG = NC * NC - 1
@@ -363,7 +363,7 @@ class SU3StoutLayer(Flow):
         """:meth:`neighbourhood` as one tensor ``(B, n_items, n_active, 3, 3)``."""
         b = u.shape[0]
         padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
-        nb = padded.reshape(b, -1, NC, NC).index_select(1, self.neighbour_index)
+        nb = gather_links(padded.reshape(b, -1, NC, NC), self.neighbour_index)
         return nb.reshape(b, len(self._item), -1, NC, NC)
 
     def staples(self, u: torch.Tensor, nb: Links | None = None) -> list[torch.Tensor]:

@@ -237,6 +237,49 @@ class _FusedLoops(torch.autograd.Function):
         return gnb, None, None, None
 
 
+class _FusedGather(torch.autograd.Function):
+    """``src[:, index]`` of ``(B, M, 3, 3)`` links; backward a scatter-add in index order (the
+    sums of ``torch.index_add``), torch's ``index_add`` under a graph."""
+
+    @staticmethod
+    def forward(ctx, src, index):  # type: ignore[override]
+        k = _load_kernels()
+        k.set_threads()
+        s_ = _plain(src)
+        out = torch.empty(s_.shape[0], index.shape[0], 3, 3, dtype=s_.dtype)
+        k.gather(
+            s_.reshape(s_.shape[0], -1, 9).numpy(),
+            index.numpy(),
+            out.reshape(out.shape[0], -1, 9).numpy(),
+        )
+        ctx.index, ctx.m = index, src.shape[1]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        index, m = ctx.index, ctx.m
+        if torch.is_grad_enabled():
+            return g.new_zeros(g.shape[0], m, 3, 3).index_add(1, index, g), None
+        k = _load_kernels()
+        k.set_threads()
+        g_ = _plain(g)
+        out = torch.empty(g_.shape[0], m, 3, 3, dtype=g_.dtype)
+        k.scatter_add(
+            g_.reshape(g_.shape[0], -1, 9).numpy(),
+            index.numpy(),
+            out.reshape(out.shape[0], -1, 9).numpy(),
+        )
+        return out, None
+
+
+def gather_links(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``src.index_select(1, index)`` for links ``src (B, M, 3, 3)``: numba gather and
+    scatter-add backward when :func:`uses_fused`, else torch's."""
+    if uses_fused(src):
+        return _FusedGather.apply(src, index)
+    return src.index_select(1, index)
+
+
 def stout_loops(
     nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -670,3 +670,31 @@ def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
                 for i in range(3):
                     for j in range(3):
                         gnb[b, k, s, i, j] = gl[k, i, j]
+
+
+# ---------------------------------------------------------------- gather
+@njit(parallel=True, cache=True, error_model="numpy")
+def gather(src, index, out):
+    """``out[b, k] = src[b, index[k]]`` (``src (B, M, 9)``, ``out (B, K, 9)`` complex)."""
+    nk = index.shape[0]
+    nchunk = (nk + 1023) // 1024
+    for ch in prange(src.shape[0] * nchunk):
+        b, c = ch // nchunk, ch % nchunk
+        for k in range(c * 1024, min(nk, (c + 1) * 1024)):
+            i = index[k]
+            for e in range(9):
+                out[b, k, e] = src[b, i, e]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def scatter_add(g, index, out):
+    """``out[b, index[k]] += g[b, k]`` for ``k`` in order (as ``torch.index_add`` on CPU:
+    the same sums in the same order); ``out`` zeroed first. One thread per chain ``b``."""
+    for b in prange(g.shape[0]):
+        for m in range(out.shape[1]):
+            for e in range(9):
+                out[b, m, e] = 0.0
+        for k in range(index.shape[0]):
+            i = index[k]
+            for e in range(9):
+                out[b, i, e] += g[b, k, e]
