@@ -174,12 +174,15 @@ def _rotate_out(v, m, t, out):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _exp_q(v, ph, t, o, e):
-    """``e = exp(Q) = V diag(e^{-i w}) V^+`` (``t``, ``o`` scratch)."""
+    """``e = exp(Q) = 1 + V diag(e^{-i w} - 1) V^+`` (``t``, ``o`` scratch; the ``1`` kept out
+    of the rotation: accurate for small ``Q``)."""
     for i in range(3):
         for j in range(3):
             t[i, j] = 0.0
-        t[i, i] = (ph[i] * ph[i]).conjugate()
+        t[i, i] = (ph[i] * ph[i]).conjugate() - 1.0
     _rotate_out(v, t, o, e)
+    for i in range(3):
+        e[i, i] += 1.0
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -258,6 +261,82 @@ def _inverse(n, out):
                     out[r, k] -= f * out[col, k]
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _cross(a, ia, b, ib, out):
+    """``out = a[ia, :] x b[ib, :]`` (bilinear: ``a . out = b . out = 0`` without conjugation)."""
+    out[0] = a[ia, 1] * b[ib, 2] - a[ia, 2] * b[ib, 1]
+    out[1] = a[ia, 2] * b[ib, 0] - a[ia, 0] * b[ib, 2]
+    out[2] = a[ia, 0] * b[ib, 1] - a[ia, 1] * b[ib, 0]
+
+
+@njit(cache=True, error_model="numpy")
+def _eigh3(h, w, v, a, c, best):
+    """Eigen-decomposition ``h = V diag(w) V^+`` of a traceless Hermitian 3x3 ``h``: Cardano
+    (``lambda^3 - 3 p lambda - 2 q = 0``, ``p = tr h^2 / 6``, ``q = det h / 2``,
+    ``lambda_k = 2 sqrt(p) cos((acos(q / p^{3/2}) + 2 pi k) / 3)``) and each eigenvector as the
+    largest cross product of two rows of ``h - lambda``. Returns False (nothing usable) when
+    two eigenvalues are closer than ``1e-2 * 2 sqrt(p)`` (cross products lose accuracy like
+    ``eps / gap``); the caller then uses LAPACK. ``a``, ``c``, ``best`` scratch."""
+    p = 0.0
+    for i in range(3):
+        p += h[i, i].real * h[i, i].real
+        for j in range(i + 1, 3):
+            p += 2.0 * _abs2(h[i, j])
+    p /= 6.0
+    if not p > 1e-200:
+        return False
+    det = (
+        h[0, 0] * (h[1, 1] * h[2, 2] - h[1, 2] * h[2, 1])
+        - h[0, 1] * (h[1, 0] * h[2, 2] - h[1, 2] * h[2, 0])
+        + h[0, 2] * (h[1, 0] * h[2, 1] - h[1, 1] * h[2, 0])
+    ).real
+    sp = math.sqrt(p)
+    r = 0.5 * det / (p * sp)
+    r = min(1.0, max(-1.0, r))
+    phi = math.acos(r) / 3.0
+    for k in range(3):
+        w[k] = 2.0 * sp * math.cos(phi + 2.0 * math.pi * k / 3.0)
+    gap = min(abs(w[0] - w[1]), min(abs(w[0] - w[2]), abs(w[1] - w[2])))
+    if gap < 2e-2 * sp:
+        return False
+    for k in range(3):
+        for i in range(3):
+            for j in range(3):
+                a[i, j] = h[i, j]
+            a[i, i] -= w[k]
+        nbest = -1.0
+        for i0, i1 in ((0, 1), (0, 2), (1, 2)):
+            _cross(a, i0, a, i1, c)
+            n2 = _abs2(c[0]) + _abs2(c[1]) + _abs2(c[2])
+            if n2 > nbest:
+                nbest = n2
+                for i in range(3):
+                    best[i] = c[i]
+        scale = 1.0 / math.sqrt(nbest)
+        for i in range(3):
+            v[i, k] = best[i] * scale
+    _unitarise(v)
+    return True
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _unitarise(v):
+    """Columns unitary to rounding: ``v1`` orthogonalised against ``v0``, ``v2 = conj(v0 x v1)``."""
+    d = (
+        v[0, 0].conjugate() * v[0, 1]
+        + v[1, 0].conjugate() * v[1, 1]
+        + v[2, 0].conjugate() * v[2, 1]
+    )
+    for i in range(3):
+        v[i, 1] -= d * v[i, 0]
+    scale = 1.0 / math.sqrt(_abs2(v[0, 1]) + _abs2(v[1, 1]) + _abs2(v[2, 1]))
+    for i in range(3):
+        v[i, 1] *= scale
+    for i in range(3):
+        i1, i2 = (i + 1) % 3, (i + 2) % 3
+        v[i, 2] = (v[i1, 0] * v[i2, 1] - v[i2, 0] * v[i1, 1]).conjugate()
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def core_forward(s_, rho, x, new, ld, wsave, vsave):
     """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` for the backward."""
@@ -275,6 +354,11 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
         ph = np.empty(3, np.complex128)
         ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
+        w = np.empty(3)
+        v = np.empty((3, 3), np.complex128)
+        a = np.empty((3, 3), np.complex128)
+        cv = np.empty(3, np.complex128)
+        best = np.empty(3, np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
             _context(s_, rho, x, b, s, c, om)
@@ -282,7 +366,10 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
             for i in range(3):
                 for j in range(3):
                     h[i, j] = 1j * t[i, j]
-            w, v = np.linalg.eigh(h)
+            if not _eigh3(h, w, v, a, cv, best):
+                w0, v0 = np.linalg.eigh(h)  # (nearly) degenerate spectrum
+                w[:] = w0
+                v[:, :] = v0
             for i in range(3):
                 wsave[b, s, i] = w[i]
                 for j in range(3):
