@@ -38,7 +38,10 @@ Flop counts per site (complex multiply 6, complex add 2, real ops 1; sin/cos cou
 Backends (kernels/backends, ``--backends``): ``eager`` (the reference, complex128 batched
 ``matmul``), ``soa`` (real structure of arrays, unrolled products, plain torch ops),
 ``numba`` (site-fused kernels on halo-padded planes, optional dependency), ``compiled``
-(``torch.compile`` of the SoA arithmetic; ``--compile``, minutes to compile). Each variant's
+(``torch.compile`` of the SoA arithmetic; ``--compile``, minutes to compile), ``vnode``
+(virtual-node SU(3) kernels, kernels/backends/vnode.py; end to end, with the layout
+conversion in every call) and ``vnode-res`` (the same kernels on links already in the
+virtual-node layout, plus rows for the conversions ``vnode pack``/``unpack``). Each variant's
 force is checked against ``eager`` to 1e-12 in the run. ``--threads 1 2`` repeats stream,
 dgemm and every kernel for each thread count (torch and numba threads).
 """
@@ -73,14 +76,19 @@ SU3_FLOW_FLOPS = 3 * SU3_FORCE_FLOPS + 3 * 4 * MM
 
 
 # --------------------------------------------------------------------------- timing
+CLOCK = {"clock": time.perf_counter}
+
+
 def timeit(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """(median, min) seconds of ``fn()`` over ``repeat`` calls after one warm-up call."""
+    """(median, min) seconds of ``fn()`` over ``repeat`` calls after one warm-up call, on
+    ``CLOCK["clock"]`` (wall time, or process CPU time: see ``--clock``)."""
+    clock = CLOCK["clock"]
     fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times), min(times)
 
 
@@ -123,7 +131,8 @@ def record(kernel, variant, threads, shape, batch, t_med, t_min, flops, nbytes, 
             msites=sites / t_min / 1e6,
             gflops=gflops,
             gbs=gbs,
-            roof=100 * gflops / roof(flops / nbytes),
+            # a pure data move (flops 0): %roof is GB/s over stream bandwidth (= roof(1 flop/B))
+            roof=100 * (gflops / roof(flops / nbytes) if flops else gbs / roof(1.0)),
         )
     )
     r = ROWS[-1]
@@ -171,7 +180,43 @@ def bench_su3(L, batch, repeat, roof, backends, threads) -> None:
             for kernel, fn, flops, nbytes in cases:
                 tm, tb = timeit(fn, repeat)
                 record(kernel, name, threads, shape, batch, tm, tb, flops, nbytes, roof)
+            if name == "vnode" and L % 2 == 0:
+                bench_vnode_resident(u, shape, batch, repeat, roof, threads)
     kb.set_backend("eager")
+
+
+def bench_vnode_resident(u, shape, batch, repeat, roof, threads) -> None:
+    """The vnode kernels on links already in the virtual-node layout (variant ``vnode-res``:
+    no pack/unpack), and the layout conversions themselves (bytes: in + out)."""
+    from kernels.backends import vnode
+
+    q = vnode.pack(u)
+    out = np.empty((batch * 4 * int(np.prod(shape)) // vnode.W, vnode.LB))
+    cases = [
+        (
+            "su3 action",
+            lambda: vnode.plaquette_density_packed(q, batch, shape),
+            SU3_ACTION_FLOPS,
+            SU3_ACTION_BYTES,
+        ),
+        (
+            "su3 staples",
+            lambda: vnode.ta_staples_packed(q, batch, shape, 1.0, False, out),
+            SU3_STAPLE_FLOPS,
+            SU3_FORCE_BYTES,
+        ),
+        (
+            "su3 force",
+            lambda: vnode.ta_staples_packed(q, batch, shape, 1.0, True, out),
+            SU3_FORCE_FLOPS,
+            SU3_FORCE_BYTES,
+        ),
+        ("vnode pack", lambda: vnode.pack(u, work=True), 0, SU3_FORCE_BYTES),
+        ("vnode unpack", lambda: vnode.unpack(out, batch, 4, shape), 0, SU3_FORCE_BYTES),
+    ]
+    for kernel, fn, flops, nbytes in cases:
+        tm, tb = timeit(fn, repeat)
+        record(kernel, "vnode-res", threads, shape, batch, tm, tb, flops, nbytes, roof)
 
 
 def bench_scalar(name, L, batch, repeat, roof, backends, threads) -> None:
@@ -229,6 +274,13 @@ def main(argv: list[str] | None = None) -> None:
         help="add the torch.compile SoA backend (compiles once, minutes on a small CPU)",
     )
     ap.add_argument("--quick", action="store_true", help="smallest sizes only, no compile")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu", "auto"],
+        default="wall",
+        help="wall: perf_counter; cpu: process CPU time (robust on a shared machine, but the "
+        "sum over threads); auto: cpu at 1 thread, wall at more",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.volumes, args.scalar_volumes, args.compile = [4], [64], False
@@ -245,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# command: {' '.join(sys.argv)}")
     for threads in args.threads:
         set_threads(threads)
+        cpu = args.clock == "cpu" or (args.clock == "auto" and threads == 1)
+        CLOCK["clock"] = time.process_time if cpu else time.perf_counter
+        print(f"# threads={threads}: clock = {'process CPU time' if cpu else 'wall time'}")
         bw_torch, bw_np = stream_copy(max(3, args.repeat))
         peak = dgemm_gflops(max(3, args.repeat))
         bw = max(bw_torch, bw_np)

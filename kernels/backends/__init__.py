@@ -18,6 +18,9 @@ Backends
               ``exp(X) W`` (MD link update), U(1) action and force, on halo-padded arrays;
               the action is a ``torch.autograd.Function`` whose backward is the analytic
               force.
+``vnode``     ``numba`` plus Grid-style virtual-node SU(3) Wilson kernels (16 SIMD lanes =
+              16 sub-blocks of the local lattice; kernels/backends/vnode.py) where the local
+              lattice is 4D with even extents and no axis is split; ``numba`` elsewhere.
 
 Interface (:class:`kernels.backends.eager.EagerBackend`, which every backend subclasses):
 ``su3_staple_sum``, ``su3_force``, ``su3_action_local``, ``su3_flow_generator``,
@@ -56,6 +59,7 @@ BACKENDS: dict[str, str] = {
     "soa": "kernels.backends.soa:SoABackend",
     "compiled": "kernels.backends.soa:CompiledSoABackend",
     "numba": "kernels.backends.fused:NumbaBackend",
+    "vnode": "kernels.backends.vnode:VnodeBackend",
 }
 
 ENV_VAR = "TRIVHMC_KERNELS"

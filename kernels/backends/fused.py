@@ -369,10 +369,10 @@ def _source() -> str:
     )
 
 
-def _load_kernels():
-    """Write the generated module to a cache directory (so numba can cache the machine
-    code across processes) and import it."""
-    src = _source()
+def _load_module(src: str, name: str):
+    """Write generated kernel source ``src`` to a cache directory (so numba can cache the
+    machine code across processes) and import it as module ``trivhmc_{name}_{hash}`` from
+    ``{name}_kernels_{hash}.py`` (numba's cache on disk records that module name)."""
     tag = hashlib.sha256((src + numba.__version__).encode()).hexdigest()[:16]
     root = Path(os.environ.get("TRIVHMC_CACHE", Path(tempfile.gettempdir()) / "trivhmc-cache"))
     try:
@@ -382,16 +382,21 @@ def _load_kernels():
         probe.unlink()
     except OSError:  # not writable: a private directory (compiled again by each process)
         root = Path(tempfile.mkdtemp(prefix="trivhmc-cache-"))
-    path = root / f"fused_kernels_{tag}.py"
+    path = root / f"{name}_kernels_{tag}.py"
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(src)
         os.replace(tmp, path)
-    spec = importlib.util.spec_from_file_location(f"trivhmc_fused_{tag}", path)
+    spec = importlib.util.spec_from_file_location(f"trivhmc_{name}_{tag}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # numba's cache resolves the module by name
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_kernels():
+    """The generated fused kernel module (:func:`_load_module`)."""
+    return _load_module(_source(), "fused")
 
 
 _K = None
@@ -524,26 +529,42 @@ def expm_mul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).reshape(w.shape)
 
 
-def su3_flow_step_rk3(u: torch.Tensor, grid: ProcessGrid, eps: float) -> torch.Tensor:
+def su3_flow_step_rk3(
+    u: torch.Tensor, grid: ProcessGrid, eps: float, generator=None
+) -> torch.Tensor:
     """Luscher's RK3 Wilson-flow step (:func:`kernels.backends.eager.flow_step_rk3`) with the
-    fused generator and exponential."""
-    z0 = eps * su3_ta_staples(u, grid, -1.0, ta=True)
+    fused exponential and generator ``Z = -TA(U A)`` (``generator(u)``; default the fused
+    one of this module)."""
+    gen = generator or (lambda v: su3_ta_staples(v, grid, -1.0, ta=True))
+    z0 = eps * gen(u)
     w1 = expm_mul(0.25 * z0, u)
-    z1 = eps * su3_ta_staples(w1, grid, -1.0, ta=True)
+    z1 = eps * gen(w1)
     w2 = expm_mul((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0, w1)
-    z2 = eps * su3_ta_staples(w2, grid, -1.0, ta=True)
+    z2 = eps * gen(w2)
     return expm_mul(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0, w2)
 
 
 # --------------------------------------------------------------------------- autograd
+def _numba_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    return su3_plaquette_sum(u, grid)
+
+
+def _numba_staples(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    return su3_ta_staples(u, grid, 1.0, ta=False)
+
+
 class _SU3WilsonAction(torch.autograd.Function):
-    """Local ``c0 sum_P (3 - Re Tr U_P)`` per chain; backward ``-c0 g A^+`` (module doc)."""
+    """Local ``c0 sum_P (3 - Re Tr U_P)`` per chain; backward ``-c0 g A^+`` (module doc).
+    ``plaq_sum(u, grid)`` and ``staples(u, grid)`` are the fused kernels (this module's by
+    default; the vnode backend passes its own)."""
 
     @staticmethod
-    def forward(ctx, u, grid, c0):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, u, grid, c0, plaq_sum=_numba_plaquette_sum, staples=_numba_staples
+    ):
         ctx.save_for_backward(u)
-        ctx.grid, ctx.c0 = grid, c0
-        return c0 * su3_plaquette_sum(u, grid)
+        ctx.grid, ctx.c0, ctx.staples = grid, c0, staples
+        return c0 * plaq_sum(u, grid)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -551,9 +572,9 @@ class _SU3WilsonAction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: differentiable eager staples
             a = eager.staple_sum(u, ctx.grid, 1.0, 0.0)
         else:
-            a = su3_ta_staples(u, ctx.grid, 1.0, ta=False)
+            a = ctx.staples(u, ctx.grid)
         w = (-ctx.c0 * g).to(u.dtype).reshape(-1, *([1] * (u.ndim - 1)))
-        return w * a.conj().transpose(-1, -2), None, None
+        return w * a.conj().transpose(-1, -2), None, None, None, None
 
 
 class _U1ActionDensity(torch.autograd.Function):

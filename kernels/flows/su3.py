@@ -93,6 +93,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
+from .su3_fused import gather_links, stout_core, stout_loops, uses_fused
 
 NC = 3
 NG = NC * NC - 1
@@ -329,6 +330,22 @@ class SU3StoutLayer(Flow):
             c = torch.where(split, c, c % extent)  # periodic wrap along unsplit axes
             flat.append(d * site_volume + (c * torch.tensor(strides, dtype=c.dtype)).sum(-1))
         self.register_buffer("neighbour_index", torch.cat(flat), persistent=False)
+        # tables of the fused loops (su3_fused.stout_loops): staples (A, B, C, up), loops
+        it = self._item
+        rows = []
+        for nu in self.others:
+            rows.append((it[(nu, zero)], it[(mu, e(nu))], it[(nu, e(mu))], 1))
+            rows.append(
+                (it[(nu, neg(e(nu)))], it[(mu, neg(e(nu)))], it[(nu, add(neg(e(nu)), e(mu)))], 0)
+            )
+        loops = [
+            (it[(a, zero)], it[(b, e(a))], it[(b, zero)], it[(a, e(b))]) for a, b in self.planes
+        ]
+        self._tables = (
+            torch.tensor(rows, dtype=torch.int64),
+            torch.tensor(loops, dtype=torch.int64).reshape(-1, 4),
+            it[(mu, zero)],
+        )
 
     # ------------------------------------------------------------ pieces
     # Everything runs on the active sites only (half the lattice, one direction): one halo
@@ -340,10 +357,14 @@ class SU3StoutLayer(Flow):
         n_active, 3, 3)`` (``self._item`` gives the order) from one halo-padded copy of ``u``
         and one gather (unbound at once: one gradient stack in the backward pass, not one
         zero-filled copy per item)."""
+        return self._gather(u).unbind(1)
+
+    def _gather(self, u: torch.Tensor) -> torch.Tensor:
+        """:meth:`neighbourhood` as one tensor ``(B, n_items, n_active, 3, 3)``."""
         b = u.shape[0]
         padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
-        nb = padded.reshape(b, -1, NC, NC).index_select(1, self.neighbour_index)
-        return nb.reshape(b, len(self._item), -1, NC, NC).unbind(1)
+        nb = gather_links(padded.reshape(b, -1, NC, NC), self.neighbour_index)
+        return nb.reshape(b, len(self._item), -1, NC, NC)
 
     def staples(self, u: torch.Tensor, nb: Links | None = None) -> list[torch.Tensor]:
         """``[C^up_nu, C^dn_nu for nu != mu]`` on the active sites, each ``(B, n_active, 3,
@@ -389,16 +410,24 @@ class SU3StoutLayer(Flow):
             right = nb[it[(q, zero)]] @ nb[it[(p, eq)]]  # U_q(x) U_p(x + q)
             feats.append((_retr(left, right) / NC)[..., None])
         f = torch.cat(feats, dim=-1).transpose(1, 2)  # (B, n_features, n_active)
-        full = f.new_zeros(b, self.n_features, self.active.numel())
-        full = full.index_copy(2, self.active_index, f)
-        return full.reshape(b, self.n_features, *self.active.shape)
+        return self._on_lattice(f)
 
-    def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor], nb: Links) -> torch.Tensor:
-        """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``."""
-        f = self.features(u, staples, nb)
+    def _on_lattice(self, f: torch.Tensor) -> torch.Tensor:
+        """Active-site values ``(B, C, n_active)`` -> ``(B, C, *local)``, zero elsewhere."""
+        full = f.new_zeros(f.shape[0], f.shape[1], self.active.numel())
+        full = full.index_copy(2, self.active_index, f)
+        return full.reshape(f.shape[0], f.shape[1], *self.active.shape)
+
+    def _rho_of(self, f: torch.Tensor) -> torch.Tensor:
+        """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``, from the features on the
+        lattice (:meth:`features`)."""
         pdt = self.active.dtype
         r = self.net.at_sites(f.to(pdt), self.active_index).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
+
+    def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor], nb: Links) -> torch.Tensor:
+        """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``."""
+        return self._rho_of(self.features(u, staples, nb))
 
     def coefficients(self, u: torch.Tensor, staples: list[torch.Tensor]) -> torch.Tensor:
         """``rho_nu(x)``, shape ``(B, Nd - 1, *local)`` (meaningful on active sites)."""
@@ -407,14 +436,25 @@ class SU3StoutLayer(Flow):
         r = self.net(f.to(pdt)).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
-    def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
+    def _core_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(staples, rho, U_mu(x))`` on the active sites: ``(B, 2 (Nd-1), n_active, 3, 3)``,
+        real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``."""
+        if uses_fused(u):  # numba staples and loops (su3_fused.stout_loops)
+            st, pl, ix = self._tables
+            staples, f, x = stout_loops(self._gather(u), st, pl, ix)
+            return staples, self._rho_of(self._on_lattice(f)), x
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
-        rho = self._rho_active(u, staples, nb).to(u.dtype)
+        rho = self._rho_active(u, staples, nb)
         x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
+        return torch.stack(staples, dim=1), rho, x
+
+    def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
+        staples, rho, x = self._core_inputs(u)
+        rho = rho.to(u.dtype)
         return x, sum(
-            rho[:, i, :, None, None] * (staples[2 * i] + staples[2 * i + 1])
+            rho[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
             for i in range(len(self.others))
         )
 
@@ -435,10 +475,8 @@ class SU3StoutLayer(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside);
         the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
         :meth:`Flow.forward`, so the total is grid-independent)."""
-        x, c = self._context(v)
-        q, omega = self._step(c, x)
-        new = su3_exp(q) @ x
-        return self._scatter(v, new), link_log_det(q, omega)  # per active link, (B, n_active)
+        new, log_det = stout_core(*self._core_inputs(v))  # fused or eager (su3_fused)
+        return self._scatter(v, new), log_det  # per active link, (B, n_active)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""

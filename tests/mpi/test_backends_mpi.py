@@ -85,3 +85,14 @@ def test_u1_backend_distributed(grids, name):
     check("action", dist.action(t), s_ref)
     check("force", dist.force(t), local(f_ref, grid))
     check("dS/dtheta", _grad(dist, t), local(g_ref, grid))
+
+
+def test_vnode_only_on_unsplit_grids(grids):
+    """The vnode kernels take the lattice only when no axis is split (one rank here); on
+    split grids the backend falls back to the numba halo path (checked against eager by the
+    tests above, which include ``vnode``)."""
+    vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    grid, _ = grids
+    u = SU3Gauge(grid, 5.7).hot_start(SiteRNG(3), 0, 1)
+    split = any(g > 1 for g in grid.grid)
+    assert vnode._use(u, grid) is (not split)

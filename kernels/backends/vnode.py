@@ -1,0 +1,491 @@
+"""Virtual-node (Grid-style) SU(3) kernels: every SIMD lane is a real lattice site.
+
+Layout
+------
+A 4D local lattice ``L0 x L1 x L2 x L3`` (all even, one rank, periodic) is cut in two along
+every axis: ``W = 2^4 = 16`` sub-blocks of ``h = L/2`` sites per axis. Site ``x`` with
+``x_d = o_d + h_d b_d`` (``0 <= o_d < h_d``, ``b_d in {0, 1}``) is stored at outer site
+``o = ((o0 h1 + o1) h2 + o2) h3 + o3`` and lane ``l = b0 + 2 b1 + 4 b2 + 8 b3``. The links are
+one flat float64 array ``Q[(((b Nd + mu) Vo + o) 18 + c) W + l]`` with ``Vo = prod h_d`` and
+``c = 2 (3 i + j) + {0: re, 1: im}``: the 16 lanes of one matrix component are contiguous.
+
+A neighbour ``x +- e_d`` is the same lane at the neighbouring outer site, except across a
+sub-block face (``o_d = h_d - 1`` going up, ``o_d = 0`` going down): the outer site wraps and
+the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighbour link is
+copied once into a small per-thread buffer with its lanes permuted (a copy specialised per
+mask, so it vectorises as shuffles), every other load is straight from ``Q``.
+
+Each kernel is a loop over (chain, outer site) chunks (``numba.prange``) and, per 3x3
+product, a loop over the 16 lanes with literal component offsets (generated straight-line
+code): LLVM vectorises it (AVX2/AVX-512 FMAs). Floating point: ``fastmath={'contract'}`` only.
+
+Kernels (same mathematics as :mod:`kernels.backends.eager`):
+
+* staple sum ``A_mu(x) = sum_{nu != mu} [U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+ +
+  (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)]``, then ``coef TA(U_mu A_mu)`` (force: ``coef =
+  beta c0 / 6``; flow generator: ``coef = -1``) or ``coef A_mu``;
+* plaquette action density ``sum_{mu<nu} (3 - Re Tr[U_mu(x) U_nu(x+mu) (U_nu(x)
+  U_mu(x+nu))^+])`` per site.
+
+:func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout.
+"""
+
+from __future__ import annotations
+
+import numba  # noqa: F401  (optional dependency: ImportError -> backend unavailable)
+import numpy as np
+import torch
+
+from . import fused
+
+ND = 4
+W = 1 << ND  # lanes
+LB = 18 * W  # floats per link block (one 3x3 complex matrix in every lane)
+NC = 3
+
+
+def _c(i: int, j: int, r: int) -> int:
+    return 2 * (NC * i + j) + r
+
+
+# --------------------------------------------------------------------------- code generation
+def _mm(da: bool, db: bool, acc: bool) -> list[str]:
+    """Lane-loop body: ``C[co + c W + l] (+)= op(A) op(B)`` with ``A``, ``B`` the link blocks
+    at offsets ``ao``, ``bo`` (``op`` daggers if ``da``/``db``). Each output is one
+    left-to-right chain ``(+-) x0 y0 +- x1 y1 ...``: one multiply and five FMAs
+    (``fastmath={'contract'}``)."""
+    lines = []
+    for name, arr in (("a", "A[ao, "), ("b", "B[bo, ")):
+        for i in range(NC):
+            for j in range(NC):
+                for r in range(2):
+                    lines.append(f"{name}{i}{j}{'ri'[r]} = {arr}{_c(i, j, r) * W} + l]")
+    sa, sb = (-1 if da else 1), (-1 if db else 1)
+    for i in range(NC):
+        for j in range(NC):
+            re: list[tuple[int, str]] = []
+            im: list[tuple[int, str]] = []
+            for k in range(NC):
+                ar, ai = (f"a{k}{i}r", f"a{k}{i}i") if da else (f"a{i}{k}r", f"a{i}{k}i")
+                br, bi = (f"b{j}{k}r", f"b{j}{k}i") if db else (f"b{k}{j}r", f"b{k}{j}i")
+                # (ar + i sa ai)(br + i sb bi): re = ar br - sa sb ai bi, im = sb ar bi + sa ai br
+                re += [(1, f"{ar} * {br}"), (-sa * sb, f"{ai} * {bi}")]
+                im += [(sb, f"{ar} * {bi}"), (sa, f"{ai} * {br}")]
+            for r, terms in (("r", re), ("i", im)):
+                c = f"C[co, {_c(i, j, 'ri'.index(r)) * W} + l]"
+                if not acc:  # start the chain with a positive product
+                    terms.sort(key=lambda t: -t[0])
+                expr = c if acc else ""
+                for sign, t in terms:
+                    expr += (" + " if sign > 0 else " - ") if expr else ("" if sign > 0 else "-")
+                    expr += t
+                lines.append(f"{c} = {expr}")
+    return lines
+
+
+def _ind(lines: list[str], n: int) -> str:
+    return "".join(" " * n + ln + "\n" for ln in lines)
+
+
+_INLINE = "\n@njit(fastmath={'contract'}, cache=True, inline='always')\n"
+
+
+def _mm_func(name: str, da: bool, db: bool, acc: bool) -> str:
+    return (
+        _INLINE + f"def {name}(A, ao, B, bo, C, co):\n"
+        f"    for l in range({W}):\n" + _ind(_mm(da, db, acc), 8)
+    )
+
+
+def _ta_func() -> str:
+    """``O[oo + .] = coef TA(M)`` per lane (``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``)."""
+    lines = [
+        f"m{i}{j}{'ri'[r]} = M[mo, {_c(i, j, r) * W} + l]"
+        for i in range(NC)
+        for j in range(NC)
+        for r in range(2)
+    ]
+    lines.append("tr = (m00i + m11i + m22i) / 3.0")
+    for i in range(NC):
+        for j in range(NC):
+            cr, ci = f"O[oo, {_c(i, j, 0) * W} + l]", f"O[oo, {_c(i, j, 1) * W} + l]"
+            if i == j:
+                lines.append(f"{cr} = 0.0")
+                lines.append(f"{ci} = coef * (m{i}{i}i - tr)")
+            else:
+                lines.append(f"{cr} = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
+                lines.append(f"{ci} = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    return (
+        _INLINE
+        + "def ta_out(M, mo, coef, O, oo):\n"
+        + f"    for l in range({W}):\n"
+        + _ind(lines, 8)
+    )
+
+
+def _retr_func() -> str:
+    """``D[do + l] += 3 - Re Tr(A B^+)`` per lane."""
+    terms = " + ".join(
+        f"A[ao, {_c(i, j, r) * W} + l] * B[bo, {_c(i, j, r) * W} + l]"
+        for i in range(NC)
+        for j in range(NC)
+        for r in range(2)
+    )
+    return (
+        _INLINE + "def retr_acc(A, ao, B, bo, D, do):\n"
+        f"    for l in range({W}):\n"
+        f"        D[do, l] = D[do, l] + 3.0 - ({terms})\n"
+    )
+
+
+def _perm_func() -> str:
+    """``Q[dst + c W + l] = Q[src + c W + (l ^ m)]``. Bit 0 of ``m`` (swap neighbouring
+    lanes) is a stride-2 interleaved loop (vectorised with shuffles); the even part of ``m``
+    then permutes blocks of >= 2 lanes in place, dispatched to literal masks with each
+    component's 16 loads first and its 16 stores after (LLVM's SLP vectoriser makes them
+    vector moves)."""
+    lines = [
+        "\n@njit(cache=True)",
+        "def perm_copy(Q, src, dst, m):",
+        "    if m & 1:",
+        f"        for q in range({LB // 2}):",
+        "            a = Q[src, 2 * q]",
+        "            b = Q[src, 2 * q + 1]",
+        "            Q[dst, 2 * q] = b",
+        "            Q[dst, 2 * q + 1] = a",
+        "    else:",
+        f"        for q in range({LB}):",
+        "            Q[dst, q] = Q[src, q]",
+        "    e = m & ~1",
+    ]
+    for m in range(2, W, 2):
+        lines.append(f"    {'if' if m == 2 else 'elif'} e == {m}:")
+        lines.append("        for c in range(18):")
+        lines.append(f"            k = c * {W}")
+        lines += [f"            x{l} = Q[dst, k + {l ^ m}]" for l in range(W)]
+        lines += [f"            Q[dst, k + {l}] = x{l}" for l in range(W)]
+    return "\n".join(lines) + "\n"
+
+
+_KERNELS = """
+
+@njit(inline='always')
+def link(Q, g, slot, blk, m):
+    \"\"\"Block index in Q of link block ``blk`` with lanes permuted by ``m``: ``blk`` itself
+    if ``m == 0``, else a copy with permuted lanes in slot ``slot`` of this chunk's scratch
+    area (blocks ``g ..``, the tail of Q).\"\"\"
+    if m == 0:
+        return blk
+    perm_copy(Q, blk, g + slot, m)
+    return g + slot
+
+
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
+def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
+    \"\"\"ta: out = coef TA(U_mu A_mu); else out = coef A_mu. Q: (blocks, LB), the links
+    ((b Nd + mu) vo + o) and then ``nch`` scratch areas of 6 blocks; out: (B Nd vo, LB).\"\"\"
+    tot = nb * vo
+    for ch in prange(nch):
+        g = tot * {ND} + ch * 6
+        Wk = np.empty((3, {LB}))  # T, acc, M
+        for q in range(ch * tot // nch, (ch + 1) * tot // nch):
+            b = q // vo
+            o = q % vo
+            for mu in range({ND}):
+                for k in range({LB}):
+                    Wk[1, k] = 0.0
+                bmu = (b * {ND} + mu) * vo
+                o_pmu = nbr[o, mu, 0]
+                m_pmu = msk[o, mu, 0]
+                for nu in range({ND}):
+                    if nu == mu:
+                        continue
+                    bnu = (b * {ND} + nu) * vo
+                    o_mnu = nbr[o, nu, 1]
+                    m_mnu = msk[o, nu, 1]
+                    o_mnu_pmu = nbr[o_mnu, mu, 0]
+                    m_mnu_pmu = m_mnu ^ msk[o_mnu, mu, 0]
+                    # up: U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+
+                    x1 = link(Q, g, 0, bmu + nbr[o, nu, 0], msk[o, nu, 0])
+                    mm_nn(Q, bnu + o, Q, x1, Wk, 0)
+                    x2 = link(Q, g, 1, bnu + o_pmu, m_pmu)
+                    mm_nd_acc(Q, x2, Wk, 0, Wk, 1)
+                    # down: (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)
+                    x3 = link(Q, g, 2, bmu + o_mnu, m_mnu)
+                    x4 = link(Q, g, 3, bnu + o_mnu_pmu, m_mnu_pmu)
+                    mm_nn(Q, x3, Q, x4, Wk, 0)
+                    x5 = link(Q, g, 4, bnu + o_mnu, m_mnu)
+                    mm_dn_acc(Wk, 0, Q, x5, Wk, 1)
+                if ta:
+                    mm_nn(Q, bmu + o, Wk, 1, Wk, 2)
+                    ta_out(Wk, 2, coef, out, bmu + o)
+                else:
+                    for k in range({LB}):
+                        out[bmu + o, k] = coef * Wk[1, k]
+
+
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
+def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
+    \"\"\"out[b vo + o, l] = sum_{{mu<nu}} (3 - Re Tr U_{{mu nu}}(x)).\"\"\"
+    tot = nb * vo
+    for ch in prange(nch):
+        g = tot * {ND} + ch * 6
+        Wk = np.empty((2, {LB}))
+        for q in range(ch * tot // nch, (ch + 1) * tot // nch):
+            b = q // vo
+            o = q % vo
+            for l in range({W}):
+                out[q, l] = 0.0
+            for mu in range({ND}):
+                bmu = (b * {ND} + mu) * vo
+                for nu in range(mu + 1, {ND}):
+                    bnu = (b * {ND} + nu) * vo
+                    x1 = link(Q, g, 0, bnu + nbr[o, mu, 0], msk[o, mu, 0])
+                    mm_nn(Q, bmu + o, Q, x1, Wk, 0)
+                    x2 = link(Q, g, 1, bmu + nbr[o, nu, 0], msk[o, nu, 0])
+                    mm_nn(Q, bnu + o, Q, x2, Wk, 1)
+                    retr_acc(Wk, 0, Wk, 1, out, q)
+
+
+@njit(parallel=True, cache=True)
+def pack_links(src, site, dst):
+    \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], c] (a = b Nd + mu).\"\"\"
+    na = src.shape[0]
+    vo = site.shape[0]
+    for q in prange(na * vo):
+        a = q // vo
+        o = q % vo
+        for l in range({W}):
+            x = site[o, l]
+            for c in range(18):
+                dst[q, c * {W} + l] = src[a, x, c]
+
+
+@njit(parallel=True, cache=True)
+def unpack_links(src, site, dst):
+    \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links).\"\"\"
+    na = dst.shape[0]
+    vo = site.shape[0]
+    for q in prange(na * vo):
+        a = q // vo
+        o = q % vo
+        for l in range({W}):
+            x = site[o, l]
+            for c in range(18):
+                dst[a, x, c] = src[q, c * {W} + l]
+"""
+
+
+def _source() -> str:
+    return (
+        fused._HEADER
+        + _mm_func("mm_nn", False, False, False)
+        + _mm_func("mm_nd_acc", False, True, True)
+        + _mm_func("mm_dn_acc", True, False, True)
+        + _ta_func()
+        + _retr_func()
+        + _perm_func()
+        + _KERNELS.format(LB=LB, W=W, ND=ND)
+    )
+
+
+_K = None
+
+
+def kernels():
+    """The compiled vnode kernel module (generated, cached on disk, imported on first use)."""
+    global _K
+    if _K is None:
+        _K = fused._load_module(_source(), "vnode")
+    return _K
+
+
+# --------------------------------------------------------------------------- layout
+def fits(local: tuple[int, ...], grid_dims: tuple[int, ...]) -> bool:
+    """True when the vnode layout applies: 4 axes, all local extents even, no split axis."""
+    return len(local) == ND and all(n % 2 == 0 for n in local) and all(g == 1 for g in grid_dims)
+
+
+_TABLES: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def tables(local: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour tables ``nbr[o, d, s]`` (outer site of ``x + e_d`` for ``s = 0``, ``x - e_d``
+    for ``s = 1``) and lane masks ``msk[o, d, s]`` (``2^d`` across a sub-block face, else 0)."""
+    t = _TABLES.get(local)
+    if t is None:
+        h = np.array(local) // 2
+        vo = int(np.prod(h))
+        oc = np.stack(np.unravel_index(np.arange(vo), tuple(h)), 1)  # (vo, 4)
+        nbr = np.empty((vo, ND, 2), np.int64)
+        msk = np.empty((vo, ND, 2), np.int64)
+        for d in range(ND):
+            for s, step in enumerate((1, -1)):
+                c = oc.copy()
+                c[:, d] += step
+                cross = (c[:, d] < 0) | (c[:, d] >= h[d])
+                c[:, d] %= h[d]
+                nbr[:, d, s] = np.ravel_multi_index(tuple(c.T), tuple(h))
+                msk[:, d, s] = np.where(cross, 1 << d, 0)
+        t = _TABLES[local] = (nbr, msk)
+    return t
+
+
+def site_table(local: tuple[int, ...]) -> np.ndarray:
+    """``site[o, l]``: the flat (row-major) index in ``local`` of outer site ``o``, lane ``l``."""
+    t = _SITES.get(local)
+    if t is None:
+        h = np.array(local) // 2
+        oc = np.stack(np.unravel_index(np.arange(int(np.prod(h))), tuple(h)), 1)  # (vo, 4)
+        bits = (np.arange(W)[:, None] >> np.arange(ND)[None, :]) & 1  # (W, 4)
+        x = oc[:, None, :] + bits[None, :, :] * h  # (vo, W, 4)
+        t = _SITES[local] = np.ravel_multi_index(tuple(np.moveaxis(x, -1, 0)), local)
+    return t
+
+
+_SITES: dict[tuple[int, ...], np.ndarray] = {}
+
+
+def nchunks(tot: int) -> int:
+    """Number of work chunks (and scratch areas) for ``tot`` (chain, outer site) pairs."""
+    return max(1, min(tot, max(16, 4 * numba.config.NUMBA_NUM_THREADS)))
+
+
+def pack(u: torch.Tensor, work: bool = False) -> np.ndarray:
+    """``(B, Nd, *local, 3, 3)`` complex128 -> vnode blocks ``(B Nd Vo + scratch, 18 W)``
+    float64 (module doc), with the kernels' scratch areas (:func:`nchunks` x 6 blocks) as
+    its tail; ``work``: into a reused workspace (valid until the next packing)."""
+    b, nd = u.shape[:2]
+    local = tuple(u.shape[2:-2])
+    site = site_table(local)
+    vo = site.shape[0]
+    src = torch.view_as_real(u.detach().resolve_conj().contiguous()).reshape(b * nd, -1, 18)
+    shape = (b * nd * vo + 6 * nchunks(b * vo), LB)
+    q = fused._workspace(shape) if work else np.empty(shape)
+    fused._threads()
+    kernels().pack_links(src.numpy(), site, q)
+    return q
+
+
+def unpack(q: np.ndarray, b: int, nd: int, local: tuple[int, ...]) -> torch.Tensor:
+    """Flat vnode float64 array -> ``(B, Nd, *local, 3, 3)`` complex128 (a new tensor)."""
+    out = np.empty((b * nd, int(np.prod(local)), 18))
+    fused._threads()
+    kernels().unpack_links(q, site_table(local), out)
+    return torch.view_as_complex(torch.from_numpy(out).reshape(b, nd, *local, 3, 3, 2))
+
+
+def unpack_density(d: np.ndarray, b: int, local: tuple[int, ...]) -> torch.Tensor:
+    """Per-site vnode ``(B, Vo, W)`` -> ``(B, *local)``."""
+    out = np.empty((b, int(np.prod(local))))
+    out[:, site_table(local).reshape(-1)] = d.reshape(b, -1)
+    return torch.from_numpy(out).reshape(b, *local)
+
+
+def ta_staples_packed(
+    q: np.ndarray, b: int, local: tuple[int, ...], coef: float, ta: bool, out: np.ndarray
+) -> None:
+    """Layout-resident kernel: ``out`` (vnode, same size as ``q``) = ``coef TA(U A)`` or
+    ``coef A``."""
+    nbr, msk = tables(local)
+    vo = nbr.shape[0]
+    fused._threads()
+    kernels().su3_ta_staples(q, nbr, msk, b, vo, float(coef), ta, out, nchunks(b * vo))
+
+
+def plaquette_density_packed(q: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
+    """Layout-resident plaquette action density, vnode ``(B, Vo, W)`` flat."""
+    nbr, msk = tables(local)
+    vo = nbr.shape[0]
+    out = np.empty((b * vo, W))
+    fused._threads()
+    kernels().su3_plaquette_density(q, nbr, msk, b, vo, out, nchunks(b * vo))
+    return out
+
+
+def su3_ta_staples(u: torch.Tensor, coef: float, ta: bool) -> torch.Tensor:
+    """``coef TA(U A)`` or ``coef A`` in the complex layout (pack, kernel, unpack; the packed
+    links and the packed result live in reused workspaces)."""
+    b, nd = u.shape[:2]
+    local = tuple(u.shape[2:-2])
+    q = pack(u, work=True)
+    out = fused._workspace((b * nd * int(np.prod(local)) // W, LB))
+    ta_staples_packed(q, b, local, coef, ta, out)
+    return unpack(out, b, nd, local)
+
+
+def su3_plaquette_density(u: torch.Tensor) -> torch.Tensor:
+    """``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` per site, ``(B, *local)``."""
+    b = u.shape[0]
+    local = tuple(u.shape[2:-2])
+    return unpack_density(plaquette_density_packed(pack(u, work=True), b, local), b, local)
+
+
+# --------------------------------------------------------------------------- backend
+def _use(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
+    """The vnode kernels apply: Wilson gauge action, complex128 CPU links without a graph,
+    a 4D local lattice with even extents on a grid with no split axis."""
+    return (
+        not c1
+        and u.device.type == "cpu"
+        and u.dtype == torch.complex128
+        and not fused._graph(u)
+        and fits(tuple(grid.local_shape), tuple(grid.grid))
+    )
+
+
+def _plaq_sum(u: torch.Tensor, grid) -> torch.Tensor:
+    return su3_plaquette_density(u).flatten(1).sum(1)
+
+
+def _staples(u: torch.Tensor, grid) -> torch.Tensor:
+    return su3_ta_staples(u, 1.0, ta=False)
+
+
+class VnodeBackend(fused.NumbaBackend):
+    """The virtual-node SU(3) Wilson kernels (module doc) where the local lattice fits
+    (:func:`fits`); everything else (split grids, odd extents, rectangles, graphs, U(1),
+    ``exp(X) W``) is the ``numba`` backend's, which falls back to ``eager`` in turn."""
+
+    name = "vnode"
+
+    def su3_staple_sum(self, u, grid, c0, c1):
+        """Staple sum ``c0 A_mu(x)``."""
+        if not _use(u, grid, c1):
+            return super().su3_staple_sum(u, grid, c0, c1)
+        return su3_ta_staples(u, c0, ta=False)
+
+    def su3_force(self, u, grid, beta, c0, c1):
+        """``(beta c0 / 6) TA(U A)``."""
+        if not _use(u, grid, c1):
+            return super().su3_force(u, grid, beta, c0, c1)
+        return su3_ta_staples(u, beta * c0 / 6.0, ta=True)
+
+    def su3_flow_generator(self, u, grid, c1=0.0):
+        """``-TA(V A)``."""
+        if not _use(u, grid, c1):
+            return super().su3_flow_generator(u, grid, c1)
+        return su3_ta_staples(u, -1.0, ta=True)
+
+    def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
+        """RK3 Wilson-flow step: vnode generator, numba ``exp(X) W``."""
+        if not _use(u, grid, c1):
+            return super().su3_flow_step_rk3(u, grid, eps, c1)
+        return fused.su3_flow_step_rk3(
+            u, grid, eps, generator=lambda v: su3_ta_staples(v, -1.0, ta=True)
+        )
+
+    def su3_action_density(self, u, grid, c0, c1):
+        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})``."""
+        if not _use(u, grid, c1):
+            return super().su3_action_density(u, grid, c0, c1)
+        return c0 * su3_plaquette_density(u)
+
+    def su3_action_local(self, u, grid, c0, c1):
+        """Wilson loop sum; vnode forward, analytic backward (``fused._SU3WilsonAction``)."""
+        ok = not c1 and u.dtype == torch.complex128 and u.device.type == "cpu"
+        if not (ok and fits(tuple(grid.local_shape), tuple(grid.grid))):
+            return super().su3_action_local(u, grid, c0, c1)
+        if fused._graph(u):
+            return fused._SU3WilsonAction.apply(u, grid, c0, _plaq_sum, _staples)
+        return c0 * _plaq_sum(u, grid)

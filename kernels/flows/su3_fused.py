@@ -1,0 +1,304 @@
+"""Fused CPU core of the SU(3) stout layer: ``(staples, rho, U_mu) -> (new link, log det J)``.
+
+The core of :class:`kernels.flows.su3.SU3StoutLayer` per active link (module docstring of
+:mod:`kernels.flows.su3`)::
+
+    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
+    new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = TA(Omega w),
+
+as one ``torch.autograd.Function`` whose forward and first-order backward are site loops
+in numba (:mod:`kernels.flows.su3_fused_kernels`: eigenbasis of ``i Q``, a 9x9 complex
+determinant on ``gl(3)`` instead of the 8x8 real ``phi`` series; analytic adjoint). The eager
+torch core (:func:`eager_core`) is the reference and the fallback: it is used for non-CPU
+tensors, dtypes other than complex128, when numba is missing, when the setting says
+``eager``, and for a backward that builds a graph (``create_graph``, force matching: the
+backward then recomputes the eager core from the saved inputs and differentiates it).
+
+Setting: :func:`set_stout_kernel` (``"auto"``: fused where possible, ``"eager"``: always
+eager), default from the environment variable ``TRIVHMC_STOUT_KERNEL`` (``auto``/``eager``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ..groups.su_n import dagger, project_ta
+
+ENV_VAR = "TRIVHMC_STOUT_KERNEL"
+CHOICES = ("auto", "eager")
+_setting: str | None = None
+_kernels = None  # the numba module once imported, False if unavailable
+
+
+def set_stout_kernel(name: str | None) -> None:
+    """``"auto"`` (fused numba core on CPU complex128 when numba is installed), ``"eager"``
+    (always the torch core), or ``None`` (back to ``$TRIVHMC_STOUT_KERNEL``, default auto)."""
+    global _setting
+    if name is not None and name not in CHOICES:
+        raise ValueError(f"stout kernel {name!r}: one of {CHOICES}")
+    _setting = name
+
+
+def stout_kernel_setting() -> str:
+    """The active setting (:func:`set_stout_kernel`, else the environment, else ``auto``)."""
+    if _setting is not None:
+        return _setting
+    env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if env not in CHOICES:
+        raise ValueError(f"${ENV_VAR}={env!r}: one of {CHOICES}")
+    return env
+
+
+def _load_kernels():
+    global _kernels
+    if _kernels is None:
+        if importlib.util.find_spec("numba") is None:
+            _kernels = False
+        else:
+            from . import su3_fused_kernels
+
+            _kernels = su3_fused_kernels
+    return _kernels
+
+
+def fused_available() -> bool:
+    """Whether numba can be imported (the fused core's only extra requirement)."""
+    return bool(_load_kernels())
+
+
+def uses_fused(x: torch.Tensor) -> bool:
+    """Whether :func:`stout_core` runs the fused kernels for links ``x``."""
+    return (
+        stout_kernel_setting() == "auto"
+        and x.device.type == "cpu"
+        and x.dtype == torch.complex128
+        and fused_available()
+    )
+
+
+def eager_core(
+    staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch reference of the core: ``staples (B, 2 (Nd-1), n, 3, 3)``, real ``rho (B,
+    Nd-1, n)``, ``x (B, n, 3, 3)`` -> ``(new (B, n, 3, 3), ld (B, n))``."""
+    from .su3 import link_log_det, su3_exp
+
+    r = rho.to(x.dtype)
+    c = sum(
+        r[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
+        for i in range(rho.shape[1])
+    )
+    omega = c @ dagger(x)
+    q = project_ta(omega)
+    return su3_exp(q) @ x, link_log_det(q, omega)
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """Detached, conjugation resolved, contiguous (numba reads the memory)."""
+    return t.detach().resolve_conj().contiguous()
+
+
+class _FusedCore(torch.autograd.Function):
+    """numba forward and analytic first-order backward; eager when a graph is requested."""
+
+    @staticmethod
+    def forward(ctx, staples, rho, x):  # type: ignore[override]
+        k = _load_kernels()
+        s_, r_, x_ = (_plain(t) for t in (staples, rho, x))
+        k.set_threads()
+        new = torch.empty_like(x_)
+        ld = torch.empty(x_.shape[:2], dtype=torch.float64)
+        w = torch.empty(*x_.shape[:2], 3, dtype=torch.float64)
+        v = torch.empty_like(x_)
+        k.core_forward(
+            s_.numpy(), r_.numpy(), x_.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy()
+        )
+        ctx.save_for_backward(staples, rho, x, w, v)
+        return new, ld
+
+    @staticmethod
+    def backward(ctx, gnew, gld):  # type: ignore[override]
+        staples, rho, x, w, v = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the eager core
+            with torch.enable_grad():
+                ins = [
+                    t if t.requires_grad else t.detach().requires_grad_(True)
+                    for t in (staples, rho, x)
+                ]
+                new, ld = eager_core(*ins)
+                outs, grads = [], []
+                for o, g in ((new, gnew), (ld, gld)):
+                    if g is not None:
+                        outs.append(o)
+                        grads.append(g)
+                return torch.autograd.grad(outs, ins, grads, create_graph=True, allow_unused=True)
+        k = _load_kernels()
+        k.set_threads()
+        gnew = torch.zeros_like(x) if gnew is None else gnew
+        gld = torch.zeros(x.shape[:2], dtype=torch.float64) if gld is None else gld
+        gs = torch.empty_like(staples)
+        grho = torch.empty_like(rho)
+        gx = torch.empty_like(x)
+        k.core_backward(
+            _plain(staples).numpy(),
+            _plain(rho).numpy(),
+            _plain(x).numpy(),
+            w.numpy(),
+            v.numpy(),
+            _plain(gnew).numpy(),
+            _plain(gld.to(torch.float64)).numpy(),
+            gs.numpy(),
+            grho.numpy(),
+            gx.numpy(),
+        )
+        return gs, grho, gx
+
+
+def eager_loops(
+    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch version of :func:`stout_loops` (its differentiable fallback): staples ``(B, n_st,
+    n, 3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` from the
+    neighbourhood ``nb (B, n_items, n, 3, 3)`` (tables: :func:`stout_loops`)."""
+    out = []
+    for a, b, c, up in st.tolist():
+        if up:
+            out.append(nb[:, a] @ nb[:, b] @ dagger(nb[:, c]))
+        else:
+            out.append(dagger(nb[:, a]) @ nb[:, b] @ nb[:, c])
+    staples = torch.stack(out, dim=1)
+    sv = torch.view_as_real(staples.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
+    feats = [
+        (sv[:, k] * sv[:, m]).sum(-1) / 3.0 for k in range(len(out)) for m in range(k + 1, len(out))
+    ]
+    for p, q, r, t in pl.tolist():
+        left, right = nb[:, p] @ nb[:, q], nb[:, r] @ nb[:, t]
+        feats.append((left.real * right.real + left.imag * right.imag).sum((-1, -2)) / 3.0)
+    return staples, torch.stack(feats, dim=1), nb[:, ix]
+
+
+class _FusedLoops(torch.autograd.Function):
+    """numba staples, loops and active link with an analytic backward; eager under a graph."""
+
+    @staticmethod
+    def forward(ctx, nb, st, pl, ix):  # type: ignore[override]
+        k = _load_kernels()
+        k.set_threads()
+        nb_ = _plain(nb)
+        b, n = nb_.shape[0], nb_.shape[2]
+        n_st, n_pl = st.shape[0], pl.shape[0]
+        staples = torch.empty(b, n_st, n, 3, 3, dtype=nb_.dtype)
+        feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
+        x = torch.empty(b, n, 3, 3, dtype=nb_.dtype)
+        k.loops_forward(
+            nb_.numpy(), st.numpy(), pl.numpy(), ix, staples.numpy(), feats.numpy(), x.numpy()
+        )
+        ctx.save_for_backward(nb)
+        ctx.tables = (st, pl, ix)
+        return staples, feats, x
+
+    @staticmethod
+    def backward(ctx, gst, gf, gx):  # type: ignore[override]
+        (nb,) = ctx.saved_tensors
+        st, pl, ix = ctx.tables
+        if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
+            with torch.enable_grad():
+                nb_in = nb if nb.requires_grad else nb.detach().requires_grad_(True)
+                outs = eager_loops(nb_in, st, pl, ix)
+                pairs = [(o, g) for o, g in zip(outs, (gst, gf, gx), strict=True) if g is not None]
+                (gnb,) = torch.autograd.grad(
+                    [o for o, _ in pairs], [nb_in], [g for _, g in pairs], create_graph=True
+                )
+            return gnb, None, None, None
+        k = _load_kernels()
+        k.set_threads()
+        b, n = nb.shape[0], nb.shape[2]
+        gst = torch.zeros(b, st.shape[0], n, 3, 3, dtype=nb.dtype) if gst is None else gst
+        gf = (
+            torch.zeros(b, st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0], n)
+            if gf is None
+            else gf
+        )
+        gx = torch.zeros(b, n, 3, 3, dtype=nb.dtype) if gx is None else gx
+        gnb = torch.empty(nb.shape, dtype=nb.dtype)
+        k.loops_backward(
+            _plain(nb).numpy(),
+            st.numpy(),
+            pl.numpy(),
+            ix,
+            _plain(gst).numpy(),
+            _plain(gf.to(torch.float64)).numpy(),
+            _plain(gx).numpy(),
+            gnb.numpy(),
+        )
+        return gnb, None, None, None
+
+
+class _FusedGather(torch.autograd.Function):
+    """``src[:, index]`` of ``(B, M, 3, 3)`` links; backward a scatter-add in index order (the
+    sums of ``torch.index_add``), torch's ``index_add`` under a graph."""
+
+    @staticmethod
+    def forward(ctx, src, index):  # type: ignore[override]
+        k = _load_kernels()
+        k.set_threads()
+        s_ = _plain(src)
+        out = torch.empty(s_.shape[0], index.shape[0], 3, 3, dtype=s_.dtype)
+        k.gather(
+            s_.reshape(s_.shape[0], -1, 9).numpy(),
+            index.numpy(),
+            out.reshape(out.shape[0], -1, 9).numpy(),
+        )
+        ctx.index, ctx.m = index, src.shape[1]
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        index, m = ctx.index, ctx.m
+        if torch.is_grad_enabled():
+            return g.new_zeros(g.shape[0], m, 3, 3).index_add(1, index, g), None
+        k = _load_kernels()
+        k.set_threads()
+        g_ = _plain(g)
+        out = torch.empty(g_.shape[0], m, 3, 3, dtype=g_.dtype)
+        k.scatter_add(
+            g_.reshape(g_.shape[0], -1, 9).numpy(),
+            index.numpy(),
+            out.reshape(out.shape[0], -1, 9).numpy(),
+        )
+        return out, None
+
+
+def gather_links(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``src.index_select(1, index)`` for links ``src (B, M, 3, 3)``: numba gather and
+    scatter-add backward when :func:`uses_fused`, else torch's."""
+    if uses_fused(src):
+        return _FusedGather.apply(src, index)
+    return src.index_select(1, index)
+
+
+def stout_loops(
+    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Staples, loop features and the active link of a layer from its neighbourhood ``nb (B,
+    n_items, n, 3, 3)`` (:meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood` before
+    unbinding). Tables (int64): ``st (n_st, 4)`` rows ``(A, B, C, up)``: staple ``A B C^+`` (up)
+    or ``A^+ B C``; ``pl (n_planes, 4)`` rows ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) /
+    3`` after the pairs ``Re Tr(S_k S_l^+) / 3`` (``k < l``, row-major); ``ix`` the active link's
+    item. Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    if uses_fused(nb):
+        return _FusedLoops.apply(nb, st, pl, ix)
+    return eager_loops(nb, st, pl, ix)
+
+
+def stout_core(
+    staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(new, ld)`` of the layer core (module docstring): fused when :func:`uses_fused`,
+    else :func:`eager_core`."""
+    if uses_fused(x):
+        return _FusedCore.apply(staples, rho.to(torch.float64), x)
+    return eager_core(staples, rho, x)

@@ -1,0 +1,787 @@
+"""numba kernels of the SU(3) stout layer core (imported only when numba is present).
+
+Per active link, complex128, layout ``S[b, i, s, 3, 3]`` (the six staples, ``C^up_nu,
+C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), ``x[b, s, 3, 3]``::
+
+    C = sum_nu rho_nu (S_{2nu} + S_{2nu+1}),  Omega = C x^+,  Q = TA(Omega),
+    new = exp(Q) x,  ld = log det(1 + phi(-ad_Q) L),  L(w) = TA(Omega w)
+
+(:mod:`kernels.flows.su3`). Eigenbasis formulation: ``i Q = V diag(w) V^+`` (LAPACK ``eigh``),
+``exp(Q) = V diag(e^{-i w}) V^+``. On the complexified algebra ``gl(3, C)`` in the basis
+``E_jk = V e_j e_k^+ V^+`` (index ``a = 3 j + k``) ``-ad_Q`` is diagonal with eigenvalues
+``i theta_a``, ``theta_(jk) = w_j - w_k``, so ``phi(-ad_Q) = diag(Phi)``, ``Phi_a = phi(i
+theta_a) = e^{i theta_a / 2} sinc(theta_a / 2)``; ``L`` is complex-linear in ``w``
+(``TA(Omega w) = (Omega w + w Omega^+)/2 - trace``), with ``O = V^+ Omega V``::
+
+    (P L)[(jk),(lm)] = L9 - delta_jk/3 sum_n L9[(nn),(lm)],
+    L9[(jk),(lm)] = (O_jl delta_km + delta_jl conj(O_km)) / 2,
+    N = 1 + diag(Phi) P L    (9 x 9 complex),   ld = log |det N|.
+
+``det N = det_{su(3)}(1 + phi(-ad_Q) L)``: the determinant of a real-linear map equals that
+of its complexification on ``sl(3, C)``, and on ``gl(3) = sl(3) + C 1`` ``N`` is block
+triangular with ``1`` on the trace part.
+
+Backward (first order; torch's convention ``d/dRe + i d/dIm`` for the complex inputs), with
+``K = N^{-1}``, ``g`` the log-det cotangent, ``G`` that of ``new``:
+
+* ``d ld = Re tr(K dN)``; through ``Phi`` (Daleckii-Krein on the diagonal ``-ad_Q``, direction
+  ``-ad_{dQ}``) ``H_ab = (delta_ab - K_ba) / Phi_b * phi[i theta_a, i theta_b]`` (using
+  ``diag(Phi) P L K = 1 - K``), ``R_pq = sum_j H_(jq),(jp) - sum_k H_(pk),(qk)``;
+* through ``L``: ``W_ab = K_ba Phi_a`` with the trace projection's adjoint on the rows
+  ``(nn)``, ``S_pq = (sum_k W_(pk),(qk) + conj(sum_j W_(jp),(jq))) / 2``;
+* ``exp``: ``L_exp(Q^+, G x^+) = V [(V^+ G x^+ V) o D] V^+``,
+  ``D_jk = e^{i (w_j + w_k)/2} sinc((w_j - w_k)/2)`` (as :class:`kernels.flows.su3._SU3Exp`);
+* ``dL/dQ = V [g conj(R) + (V^+ G x^+ V) o D] V^+``, ``dL/dOmega = TA(dL/dQ) + g V conj(S)
+  V^+``, ``dL/dC = (dL/dOmega) x``, ``dL/dx = exp(Q)^+ G + (dL/dOmega)^+ C``,
+  ``dL/dS_{2nu} = dL/dS_{2nu+1} = rho_nu dL/dC``, ``dL/drho_nu = Re tr((dL/dC)^+ (S_{2nu} +
+  S_{2nu+1}))``.
+
+Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
+(Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
+``|t1| >= |t2|``, ``|t1| >= 0.05``, else the Taylor series ``sum_n h_{n-1}(x, y) / (n+1)!``.
+Work is split in chunks of sites (``numba.prange``, threads = ``torch.get_num_threads()``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+# as kernels.backends.fused: workers that sleep between kernels (the default OpenMP layer
+# leaves them spinning against torch's threads); NUMBA_THREADING_LAYER still wins
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+CHUNK = 64
+
+
+def set_threads() -> None:
+    """numba threads = torch's (at most numba's maximum)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _sinc_of(d, sin_d):
+    """``sin(d) / d`` given ``sin(d)`` (Taylor series for ``|d| < 0.05``)."""
+    if abs(d) < 0.05:
+        d2 = d * d
+        return 1.0 - d2 / 6.0 * (1.0 - d2 / 20.0 * (1.0 - d2 / 42.0))
+    return sin_d / d
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _phases(w, ph, ea, phi):
+    """``ph_j = e^{i w_j / 2}``, ``ea_(jk) = e^{i theta / 2}`` and ``phi_(jk) = phi(i theta) =
+    e^{i theta / 2} sinc(theta / 2)``, ``theta = w_j - w_k`` (products of the three phases:
+    six trigonometric calls per site)."""
+    for j in range(3):
+        ph[j] = complex(math.cos(0.5 * w[j]), math.sin(0.5 * w[j]))
+    for j in range(3):
+        for k in range(3):
+            e = ph[j] * ph[k].conjugate()
+            ea[3 * j + k] = e
+            phi[3 * j + k] = e * _sinc_of(0.5 * (w[j] - w[k]), e.imag)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _dd_phi(t1, t2, e1, e2, phi1, phi2):
+    """First divided difference ``phi[i t1, i t2]`` given ``e = e^{i t / 2}`` and ``phi(i t)``."""
+    if abs(t1) < abs(t2):
+        t1, t2, e1, e2, phi1, phi2 = t2, t1, e2, e1, phi2, phi1
+    if abs(t1) >= 0.05:
+        de = e1 * e2 * _sinc_of(0.5 * (t1 - t2), (e1 * e2.conjugate()).imag)  # exp[x, y]
+        return (de - phi2) * complex(0.0, -1.0 / t1)
+    x, y = complex(0.0, t1), complex(0.0, t2)
+    out = 0.0j
+    hn = 1.0 + 0.0j  # h_{n-1}(x, y), n = 1
+    xn = 1.0 + 0.0j  # x^{n-1}
+    fact = 2.0  # (n+1)!
+    for n in range(1, 14):
+        out += hn / fact
+        xn = xn * x
+        hn = xn + y * hn
+        fact *= n + 2
+    return out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _context(s_, rho, x, b, s, c, om):
+    """``C`` and ``Omega = C x^+`` at site ``(b, s)`` into ``c``, ``om``."""
+    nnu = rho.shape[1]
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            for nu in range(nnu):
+                acc += rho[b, nu, s] * (s_[b, 2 * nu, s, i, j] + s_[b, 2 * nu + 1, s, i, j])
+            c[i, j] = acc
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            for k in range(3):
+                acc += c[i, k] * x[b, s, j, k].conjugate()
+            om[i, j] = acc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _ta(m, out):
+    """``out = TA(m)``."""
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = 0.5 * (m[i, j] - m[j, i].conjugate())
+    tr = (out[0, 0] + out[1, 1] + out[2, 2]) / 3.0
+    for i in range(3):
+        out[i, i] -= tr
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _rotate_in(v, m, t, out):
+    """``out = V^+ m V`` (``t`` scratch)."""
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            for k in range(3):
+                acc += m[i, k] * v[k, j]
+            t[i, j] = acc
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            for k in range(3):
+                acc += v[k, i].conjugate() * t[k, j]
+            out[i, j] = acc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _rotate_out(v, m, t, out):
+    """``out = V m V^+`` (``t`` scratch)."""
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            for k in range(3):
+                acc += m[i, k] * v[j, k].conjugate()
+            t[i, j] = acc
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            for k in range(3):
+                acc += v[i, k] * t[k, j]
+            out[i, j] = acc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _exp_q(v, ph, t, o, e):
+    """``e = exp(Q) = 1 + V diag(e^{-i w} - 1) V^+`` (``t``, ``o`` scratch; the ``1`` kept out
+    of the rotation: accurate for small ``Q``)."""
+    for i in range(3):
+        for j in range(3):
+            t[i, j] = 0.0
+        t[i, i] = (ph[i] * ph[i]).conjugate() - 1.0
+    _rotate_out(v, t, o, e)
+    for i in range(3):
+        e[i, i] += 1.0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _build_n(o, phi, n):
+    """``N = 1 + diag(Phi) P L`` (module docstring) from ``O = V^+ Omega V`` and ``Phi``."""
+    for j in range(3):
+        for k in range(3):
+            a = 3 * j + k
+            for l in range(3):
+                for m in range(3):
+                    val = 0.0j
+                    if k == m:
+                        val += 0.5 * o[j, l]
+                    if j == l:
+                        val += 0.5 * o[k, m].conjugate()
+                    if j == k:
+                        val -= (0.5 / 3.0) * (o[m, l] + o[l, m].conjugate())
+                    n[a, 3 * l + m] = (1.0 if a == 3 * l + m else 0.0) - phi[a] * val
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _abs2(z):
+    return z.real * z.real + z.imag * z.imag
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _log_abs_det(n):
+    """``log |det n|`` of a 9x9 complex matrix by LU with partial pivoting (in place)."""
+    out = 0.0
+    for col in range(9):
+        piv, best = col, _abs2(n[col, col])
+        for r in range(col + 1, 9):
+            a2 = _abs2(n[r, col])
+            if a2 > best:
+                piv, best = r, a2
+        if piv != col:
+            for k in range(9):
+                n[col, k], n[piv, k] = n[piv, k], n[col, k]
+        out += 0.5 * math.log(best)
+        inv = 1.0 / n[col, col]
+        for r in range(col + 1, 9):
+            f = n[r, col] * inv
+            if f != 0.0:
+                for k in range(col + 1, 9):
+                    n[r, k] -= f * n[col, k]
+    return out
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _inverse(n, out):
+    """``out = n^{-1}`` (9x9 complex) by Gauss-Jordan with partial pivoting (``n`` destroyed)."""
+    for i in range(9):
+        for j in range(9):
+            out[i, j] = 1.0 if i == j else 0.0
+    for col in range(9):
+        piv, best = col, _abs2(n[col, col])
+        for r in range(col + 1, 9):
+            a2 = _abs2(n[r, col])
+            if a2 > best:
+                piv, best = r, a2
+        if piv != col:
+            for k in range(9):
+                n[col, k], n[piv, k] = n[piv, k], n[col, k]
+                out[col, k], out[piv, k] = out[piv, k], out[col, k]
+        inv = 1.0 / n[col, col]
+        for k in range(col + 1, 9):  # columns <= col of n are no longer read
+            n[col, k] *= inv
+        for k in range(9):
+            out[col, k] *= inv
+        for r in range(9):
+            if r != col:
+                f = n[r, col]
+                for k in range(col + 1, 9):
+                    n[r, k] -= f * n[col, k]
+                for k in range(9):
+                    out[r, k] -= f * out[col, k]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _cross(a, ia, b, ib, out):
+    """``out = a[ia, :] x b[ib, :]`` (bilinear: ``a . out = b . out = 0`` without conjugation)."""
+    out[0] = a[ia, 1] * b[ib, 2] - a[ia, 2] * b[ib, 1]
+    out[1] = a[ia, 2] * b[ib, 0] - a[ia, 0] * b[ib, 2]
+    out[2] = a[ia, 0] * b[ib, 1] - a[ia, 1] * b[ib, 0]
+
+
+@njit(cache=True, error_model="numpy")
+def _eigh3(h, w, v, a, c, best):
+    """Eigen-decomposition ``h = V diag(w) V^+`` of a traceless Hermitian 3x3 ``h``: Cardano
+    (``lambda^3 - 3 p lambda - 2 q = 0``, ``p = tr h^2 / 6``, ``q = det h / 2``,
+    ``lambda_k = 2 sqrt(p) cos((acos(q / p^{3/2}) + 2 pi k) / 3)``) and each eigenvector as the
+    largest cross product of two rows of ``h - lambda``. Returns False (nothing usable) when
+    two eigenvalues are closer than ``1e-2 * 2 sqrt(p)`` (cross products lose accuracy like
+    ``eps / gap``); the caller then uses LAPACK. ``a``, ``c``, ``best`` scratch."""
+    p = 0.0
+    for i in range(3):
+        p += h[i, i].real * h[i, i].real
+        for j in range(i + 1, 3):
+            p += 2.0 * _abs2(h[i, j])
+    p /= 6.0
+    if not p > 1e-200:
+        return False
+    det = (
+        h[0, 0] * (h[1, 1] * h[2, 2] - h[1, 2] * h[2, 1])
+        - h[0, 1] * (h[1, 0] * h[2, 2] - h[1, 2] * h[2, 0])
+        + h[0, 2] * (h[1, 0] * h[2, 1] - h[1, 1] * h[2, 0])
+    ).real
+    sp = math.sqrt(p)
+    r = 0.5 * det / (p * sp)
+    r = min(1.0, max(-1.0, r))
+    phi = math.acos(r) / 3.0
+    for k in range(3):
+        w[k] = 2.0 * sp * math.cos(phi + 2.0 * math.pi * k / 3.0)
+    gap = min(abs(w[0] - w[1]), min(abs(w[0] - w[2]), abs(w[1] - w[2])))
+    if gap < 2e-2 * sp:
+        return False
+    for k in range(3):
+        for i in range(3):
+            for j in range(3):
+                a[i, j] = h[i, j]
+            a[i, i] -= w[k]
+        nbest = -1.0
+        for i0, i1 in ((0, 1), (0, 2), (1, 2)):
+            _cross(a, i0, a, i1, c)
+            n2 = _abs2(c[0]) + _abs2(c[1]) + _abs2(c[2])
+            if n2 > nbest:
+                nbest = n2
+                for i in range(3):
+                    best[i] = c[i]
+        scale = 1.0 / math.sqrt(nbest)
+        for i in range(3):
+            v[i, k] = best[i] * scale
+    _unitarise(v)
+    return True
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _unitarise(v):
+    """Columns unitary to rounding: ``v1`` orthogonalised against ``v0``, ``v2 = conj(v0 x v1)``."""
+    d = (
+        v[0, 0].conjugate() * v[0, 1]
+        + v[1, 0].conjugate() * v[1, 1]
+        + v[2, 0].conjugate() * v[2, 1]
+    )
+    for i in range(3):
+        v[i, 1] -= d * v[i, 0]
+    scale = 1.0 / math.sqrt(_abs2(v[0, 1]) + _abs2(v[1, 1]) + _abs2(v[2, 1]))
+    for i in range(3):
+        v[i, 1] *= scale
+    for i in range(3):
+        i1, i2 = (i + 1) % 3, (i + 2) % 3
+        v[i, 2] = (v[i1, 0] * v[i2, 1] - v[i2, 0] * v[i1, 1]).conjugate()
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def core_forward(s_, rho, x, new, ld, wsave, vsave):
+    """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` for the backward."""
+    nb, ns = x.shape[0], x.shape[1]
+    total = nb * ns
+    nchunk = (total + CHUNK - 1) // CHUNK
+    for ch in prange(nchunk):
+        c = np.empty((3, 3), np.complex128)
+        om = np.empty((3, 3), np.complex128)
+        h = np.empty((3, 3), np.complex128)
+        t = np.empty((3, 3), np.complex128)
+        o = np.empty((3, 3), np.complex128)
+        e = np.empty((3, 3), np.complex128)
+        phi = np.empty(9, np.complex128)
+        ph = np.empty(3, np.complex128)
+        ea = np.empty(9, np.complex128)
+        n = np.empty((9, 9), np.complex128)
+        w = np.empty(3)
+        v = np.empty((3, 3), np.complex128)
+        a = np.empty((3, 3), np.complex128)
+        cv = np.empty(3, np.complex128)
+        best = np.empty(3, np.complex128)
+        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
+            b, s = it // ns, it % ns
+            _context(s_, rho, x, b, s, c, om)
+            _ta(om, t)
+            for i in range(3):
+                for j in range(3):
+                    h[i, j] = 1j * t[i, j]
+            if not _eigh3(h, w, v, a, cv, best):
+                w0, v0 = np.linalg.eigh(h)  # (nearly) degenerate spectrum
+                w[:] = w0
+                v[:, :] = v0
+            for i in range(3):
+                wsave[b, s, i] = w[i]
+                for j in range(3):
+                    vsave[b, s, i, j] = v[i, j]
+            _phases(w, ph, ea, phi)
+            _exp_q(v, ph, t, o, e)
+            for i in range(3):
+                for j in range(3):
+                    acc = 0.0j
+                    for k in range(3):
+                        acc += e[i, k] * x[b, s, k, j]
+                    new[b, s, i, j] = acc
+            _rotate_in(v, om, t, o)
+            _build_n(o, phi, n)
+            ld[b, s] = _log_abs_det(n)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc):
+    """Log-det cotangent factors from ``K = N^{-1}`` (module docstring): ``R`` into ``m``,
+    ``S`` into ``gc`` (``dd``, ``n`` scratch)."""
+    for a in range(9):
+        ta = w[a // 3] - w[a % 3]
+        for bb in range(a, 9):
+            d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
+            dd[a, bb] = d / phi[bb]  # phi[i theta_a, i theta_b] / Phi_b
+            dd[bb, a] = d / phi[a]
+    # R (through Phi) into m, S (through L) into gc (reused as scratch)
+    for p in range(3):
+        for q in range(3):
+            r = 0.0j
+            for j in range(3):
+                a, bb = 3 * j + q, 3 * j + p
+                r += ((1.0 if a == bb else 0.0) - k_[bb, a]) * dd[a, bb]
+            for kk in range(3):
+                a, bb = 3 * p + kk, 3 * q + kk
+                r -= ((1.0 if a == bb else 0.0) - k_[bb, a]) * dd[a, bb]
+            m[p, q] = r
+    # W_ab = K_ba Phi_a; rows (nn) minus their mean over n (adjoint of P)
+    for bb in range(9):
+        mean = (k_[bb, 0] * phi[0] + k_[bb, 4] * phi[4] + k_[bb, 8] * phi[8]) / 3.0
+        for a in range(9):
+            n[a, bb] = k_[bb, a] * phi[a] - (mean if a % 4 == 0 else 0.0)
+    for p in range(3):
+        for q in range(3):
+            s1 = 0.0j
+            s2 = 0.0j
+            for kk in range(3):
+                s1 += n[3 * p + kk, 3 * q + kk]
+                s2 += n[3 * kk + p, 3 * kk + q]
+            gc[p, q] = -0.5 * (s1 + s2.conjugate())
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _omega_cotangent(v, ph, phi, g, m, gc, ge, t, o, gq, gom):
+    """``dL/dOmega`` into ``gom`` from ``R`` (``m``), ``S`` (``gc``), the log-det cotangent ``g``
+    and ``ge = G x^+`` (``t``, ``o``, ``gq`` scratch)."""
+    _rotate_in(v, ge, t, o)
+    for i in range(3):
+        for j in range(3):
+            d = ph[j] * ph[j] * phi[3 * i + j]  # D_ij = e^{i w_j} phi(i (w_i - w_j))
+            t[i, j] = g * m[i, j].conjugate() + o[i, j] * d
+    _rotate_out(v, t, o, gq)
+    _ta(gq, gom)
+    for i in range(3):
+        for j in range(3):
+            t[i, j] = g * gc[i, j].conjugate()
+    _rotate_out(v, t, o, gq)
+    for i in range(3):
+        for j in range(3):
+            gom[i, j] += gq[i, j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
+    """``dL/dS``, ``dL/drho``, ``dL/dx`` at site ``(b, s)`` from ``dL/dOmega`` (``gom``) and
+    ``exp(Q)`` (``e``)."""
+    nnu = rho.shape[1]
+    _context(s_, rho, x, b, s, c, om)
+    for i in range(3):
+        for j in range(3):
+            acc = 0.0j
+            acc2 = 0.0j
+            for kk in range(3):
+                acc += gom[i, kk] * x[b, s, kk, j]
+                acc2 += e[kk, i].conjugate() * gnew[b, s, kk, j]
+                acc2 += gom[kk, i].conjugate() * c[kk, j]
+            gc[i, j] = acc
+            gx[b, s, i, j] = acc2
+    for nu in range(nnu):
+        r = rho[b, nu, s]
+        acc = 0.0
+        for i in range(3):
+            for j in range(3):
+                z = gc[i, j]
+                sum_s = s_[b, 2 * nu, s, i, j] + s_[b, 2 * nu + 1, s, i, j]
+                acc += z.real * sum_s.real + z.imag * sum_s.imag
+                gs[b, 2 * nu, s, i, j] = r * z
+                gs[b, 2 * nu + 1, s, i, j] = r * z
+        grho[b, nu, s] = acc
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
+    """Cotangents of ``S``, ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
+    nb, ns = x.shape[0], x.shape[1]
+    total = nb * ns
+    nchunk = (total + CHUNK - 1) // CHUNK
+    for ch in prange(nchunk):
+        c = np.empty((3, 3), np.complex128)
+        om = np.empty((3, 3), np.complex128)
+        t = np.empty((3, 3), np.complex128)
+        o = np.empty((3, 3), np.complex128)
+        e = np.empty((3, 3), np.complex128)
+        m = np.empty((3, 3), np.complex128)
+        gq = np.empty((3, 3), np.complex128)
+        gom = np.empty((3, 3), np.complex128)
+        gc = np.empty((3, 3), np.complex128)
+        v = np.empty((3, 3), np.complex128)
+        w = np.empty(3)
+        phi = np.empty(9, np.complex128)
+        ph = np.empty(3, np.complex128)
+        ea = np.empty(9, np.complex128)
+        n = np.empty((9, 9), np.complex128)
+        k_ = np.empty((9, 9), np.complex128)
+        dd = np.empty((9, 9), np.complex128)
+        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
+            b, s = it // ns, it % ns
+            for i in range(3):
+                w[i] = wsave[b, s, i]
+                for j in range(3):
+                    v[i, j] = vsave[b, s, i, j]
+            _context(s_, rho, x, b, s, c, om)
+            g = gld[b, s]
+            # --- log-det: K = N^{-1}
+            _phases(w, ph, ea, phi)
+            _rotate_in(v, om, t, o)
+            _build_n(o, phi, n)
+            _inverse(n, k_)
+            _ld_cotangents(k_, phi, ea, w, dd, n, m, gc)
+            # --- exp: G x^+, then dL/dOmega
+            for i in range(3):
+                for j in range(3):
+                    acc = 0.0j
+                    for kk in range(3):
+                        acc += gnew[b, s, i, kk] * x[b, s, j, kk].conjugate()
+                    e[i, j] = acc
+            _omega_cotangent(v, ph, phi, g, m, gc, e, t, om, gq, gom)
+            _exp_q(v, ph, t, o, e)  # exp(Q) again for dL/dx
+            _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx)
+
+
+# ---------------------------------------------------------------- staples and loops
+# ``nb[b, item, s]``: the links a layer reads at its active sites (SU3StoutLayer.neighbourhood),
+# copied per site into a local ``(n_items + 2, 3, 3)`` buffer (two scratch slots at the end);
+# ``st[i] = (A, B, C, up)``: staple ``i`` is ``A B C^+`` (up) or ``A^+ B C`` (down);
+# ``pl[p] = (P, Q, R, T)``: loop ``Re Tr(P Q (R T)^+) / 3``; ``ix``: the active link's item.
+# 3x3 complex products on stacks of matrices: ``_mm_nd(a, ia, b, ib, out, io)`` is
+# ``out[io] = a[ia] b[ib]^+`` (n: as is, d: dagger); ``_acc``: ``out[io] += scale ...``
+# (indices, not views: no reference counting in the site loop).
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nn(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, i, 0] * b[ib, 0, j] + a[ia, i, 1] * b[ib, 1, j] + a[ia, i, 2] * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nn_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, i, 0] * b[ib, 0, j] + a[ia, i, 1] * b[ib, 1, j] + a[ia, i, 2] * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nd(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, i, 0] * b[ib, j, 0].conjugate()
+                + a[ia, i, 1] * b[ib, j, 1].conjugate()
+                + a[ia, i, 2] * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_nd_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, i, 0] * b[ib, j, 0].conjugate()
+                + a[ia, i, 1] * b[ib, j, 1].conjugate()
+                + a[ia, i, 2] * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dn(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, 0, i].conjugate() * b[ib, 0, j]
+                + a[ia, 1, i].conjugate() * b[ib, 1, j]
+                + a[ia, 2, i].conjugate() * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dn_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, 0, i].conjugate() * b[ib, 0, j]
+                + a[ia, 1, i].conjugate() * b[ib, 1, j]
+                + a[ia, 2, i].conjugate() * b[ib, 2, j]
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dd(a, ia, b, ib, out, io):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] = (
+                a[ia, 0, i].conjugate() * b[ib, j, 0].conjugate()
+                + a[ia, 1, i].conjugate() * b[ib, j, 1].conjugate()
+                + a[ia, 2, i].conjugate() * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _mm_dd_acc(a, ia, b, ib, out, io, scale):
+    for i in range(3):
+        for j in range(3):
+            out[io, i, j] += scale * (
+                a[ia, 0, i].conjugate() * b[ib, j, 0].conjugate()
+                + a[ia, 1, i].conjugate() * b[ib, j, 1].conjugate()
+                + a[ia, 2, i].conjugate() * b[ib, j, 2].conjugate()
+            )
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _retr(a, ia, b, ib):
+    """``Re Tr(a[ia] b[ib]^+)``."""
+    acc = 0.0
+    for i in range(3):
+        for j in range(3):
+            acc += a[ia, i, j].real * b[ib, i, j].real + a[ia, i, j].imag * b[ib, i, j].imag
+    return acc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _load(nb, b, s, loc):
+    for it in range(nb.shape[1]):
+        for i in range(3):
+            for j in range(3):
+                loc[it, i, j] = nb[b, it, s, i, j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _staples(loc, st, p, sk):
+    """Staples of the site in ``loc`` into ``sk`` (``loc[p]`` scratch)."""
+    for i in range(st.shape[0]):
+        if st[i, 3]:
+            _mm_nd(loc, st[i, 1], loc, st[i, 2], loc, p)  # P = B C^+
+            _mm_nn(loc, st[i, 0], loc, p, sk, i)
+        else:
+            _mm_nn(loc, st[i, 1], loc, st[i, 2], loc, p)  # P = B C
+            _mm_dn(loc, st[i, 0], loc, p, sk, i)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def loops_forward(nb, st, pl, ix, staples, feats, x):
+    """Staples ``(B, n_st, n, 3, 3)``, features ``(B, n_pairs + n_planes, n)`` (the pairs
+    ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link."""
+    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+    nst = st.shape[0]
+    total = nbat * ns
+    nchunk = (total + CHUNK - 1) // CHUNK
+    for ch in prange(nchunk):
+        loc = np.empty((ni + 2, 3, 3), np.complex128)
+        sk = np.empty((nst, 3, 3), np.complex128)
+        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
+            b, s = it // ns, it % ns
+            _load(nb, b, s, loc)
+            _staples(loc, st, ni, sk)
+            f = 0
+            for k in range(nst):
+                for m in range(k + 1, nst):
+                    feats[b, f, s] = _retr(sk, k, sk, m) / 3.0
+                    f += 1
+            for i in range(pl.shape[0]):
+                _mm_nn(loc, pl[i, 0], loc, pl[i, 1], loc, ni)
+                _mm_nn(loc, pl[i, 2], loc, pl[i, 3], loc, ni + 1)
+                feats[b, f, s] = _retr(loc, ni, loc, ni + 1) / 3.0
+                f += 1
+            for k in range(nst):
+                for i in range(3):
+                    for j in range(3):
+                        staples[b, k, s, i, j] = sk[k, i, j]
+            for i in range(3):
+                for j in range(3):
+                    x[b, s, i, j] = loc[ix, i, j]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _staples_backward(loc, st, p, q, gs, gl):
+    """Add the staples' cotangents ``gs`` to ``gl`` (``loc[p]``, ``loc[q]`` scratch). Staple
+    ``A B C^+``: ``dA = G (B C^+)^+``, ``dB = A^+ G C``, ``dC = G^+ A B``; ``A^+ B C``:
+    ``dA = (B C) G^+``, ``dB = A G C^+``, ``dC = B^+ A G``."""
+    for k in range(st.shape[0]):
+        a, bb, c = st[k, 0], st[k, 1], st[k, 2]
+        if st[k, 3]:
+            _mm_nd(loc, bb, loc, c, loc, p)  # P = B C^+
+            _mm_nd_acc(gs, k, loc, p, gl, a, 1.0)
+            _mm_dn(loc, a, gs, k, loc, q)  # dP = A^+ G
+            _mm_nn_acc(loc, q, loc, c, gl, bb, 1.0)
+            _mm_dn_acc(loc, q, loc, bb, gl, c, 1.0)
+        else:
+            _mm_nn(loc, bb, loc, c, loc, p)  # P = B C
+            _mm_nd_acc(loc, p, gs, k, gl, a, 1.0)
+            _mm_nn(loc, a, gs, k, loc, q)  # dP = A G
+            _mm_nd_acc(loc, q, loc, c, gl, bb, 1.0)
+            _mm_dn_acc(loc, bb, loc, q, gl, c, 1.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
+    """Cotangent ``gl`` of the site's links in ``loc`` given ``gs`` (the staples' own
+    cotangents, on entry) and the features' ``gf``: pairs ``Re Tr(S_k S_l^+)``: ``dS_k = S_l``;
+    loops ``Re Tr(L R^+)``: ``dL = R``, ``dR = L``; products by the chain rule."""
+    ni = gl.shape[0] - 2
+    nst = st.shape[0]
+    _staples(loc, st, ni, sk)
+    f = 0
+    for k in range(nst):
+        for m in range(k + 1, nst):
+            g = gf[b, f, s] / 3.0
+            for i in range(3):
+                for j in range(3):
+                    gs[k, i, j] += g * sk[m, i, j]
+                    gs[m, i, j] += g * sk[k, i, j]
+            f += 1
+    _staples_backward(loc, st, ni, ni + 1, gs, gl)
+    for i in range(pl.shape[0]):
+        g = gf[b, f, s] / 3.0
+        pp, qq, rr, tt = pl[i, 0], pl[i, 1], pl[i, 2], pl[i, 3]
+        _mm_nn(loc, pp, loc, qq, loc, ni)  # L
+        _mm_nn(loc, rr, loc, tt, loc, ni + 1)  # R
+        _mm_nd_acc(loc, ni + 1, loc, qq, gl, pp, g)
+        _mm_dn_acc(loc, pp, loc, ni + 1, gl, qq, g)
+        _mm_nd_acc(loc, ni, loc, tt, gl, rr, g)
+        _mm_dn_acc(loc, rr, loc, ni, gl, tt, g)
+        f += 1
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
+    """Cotangent ``gnb`` of the neighbourhood from those of :func:`loops_forward`'s outputs."""
+    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+    nst = st.shape[0]
+    total = nbat * ns
+    nchunk = (total + CHUNK - 1) // CHUNK
+    for ch in prange(nchunk):
+        loc = np.empty((ni + 2, 3, 3), np.complex128)
+        gl = np.empty((ni + 2, 3, 3), np.complex128)
+        sk = np.empty((nst, 3, 3), np.complex128)
+        gs = np.empty((nst, 3, 3), np.complex128)
+        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
+            b, s = it // ns, it % ns
+            _load(nb, b, s, loc)
+            for k in range(ni):
+                for i in range(3):
+                    for j in range(3):
+                        gl[k, i, j] = gx[b, s, i, j] if k == ix else 0.0
+            for k in range(nst):
+                for i in range(3):
+                    for j in range(3):
+                        gs[k, i, j] = gst[b, k, s, i, j]
+            _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
+            for k in range(ni):
+                for i in range(3):
+                    for j in range(3):
+                        gnb[b, k, s, i, j] = gl[k, i, j]
+
+
+# ---------------------------------------------------------------- gather
+@njit(parallel=True, cache=True, error_model="numpy")
+def gather(src, index, out):
+    """``out[b, k] = src[b, index[k]]`` (``src (B, M, 9)``, ``out (B, K, 9)`` complex)."""
+    nk = index.shape[0]
+    nchunk = (nk + 1023) // 1024
+    for ch in prange(src.shape[0] * nchunk):
+        b, c = ch // nchunk, ch % nchunk
+        for k in range(c * 1024, min(nk, (c + 1) * 1024)):
+            i = index[k]
+            for e in range(9):
+                out[b, k, e] = src[b, i, e]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def scatter_add(g, index, out):
+    """``out[b, index[k]] += g[b, k]`` for ``k`` in order (as ``torch.index_add`` on CPU:
+    the same sums in the same order); ``out`` zeroed first. One thread per chain ``b``."""
+    for b in prange(g.shape[0]):
+        for m in range(out.shape[1]):
+            for e in range(9):
+                out[b, m, e] = 0.0
+        for k in range(index.shape[0]):
+            i = index[k]
+            for e in range(9):
+                out[b, i, e] += g[b, k, e]

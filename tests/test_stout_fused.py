@@ -1,0 +1,219 @@
+"""Fused numba core of the SU(3) stout layer (kernels/flows/su3_fused.py) against the eager one.
+
+The fused forward and analytic backward equal the eager torch core (autograd through
+``link_log_det`` and ``su3_exp``) to 1e-12, also for large coefficients and degenerate
+spectra (``Q = 0``); a whole flow's field, log-det and trivialized force are the same with
+either setting (with and without per-layer checkpointing) and the force equals a numerical
+derivative; the double backward (``create_graph``) goes through the eager core and equals
+it; without numba, or with the setting ``eager``, the eager core runs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.flows import su3_fused
+from kernels.flows.su3 import su3_stout_flow
+from kernels.flows.su3_fused import eager_core, set_stout_kernel, stout_core, uses_fused
+from kernels.groups.su_n import algebra_to_components, expm_su3, project_ta, su_expm
+from kernels.samplers.trivialized import TransformedTheory
+from kernels.theories.su3 import SU3Gauge
+from parallel import single_rank_grid
+from parallel.rng import SiteRNG
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture(autouse=True)
+def _restore_setting():
+    yield
+    set_stout_kernel(None)
+
+
+def _su3(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    a = torch.randn(*shape, 3, 3, dtype=torch.complex128, generator=gen)
+    return expm_su3(project_ta(a))
+
+
+def _inputs(scale: float, seed: int = 1, b: int = 2, n: int = 40):
+    gen = torch.Generator().manual_seed(seed)
+    staples = _su3(gen, b, 6, n)
+    x = _su3(gen, b, n)
+    rho = scale * torch.randn(b, 3, n, dtype=torch.float64, generator=gen)
+    return staples, rho, x
+
+
+def _grads(fn, inputs, gnew, gld, create_graph=False):
+    ins = [t.clone().requires_grad_(True) for t in inputs]
+    new, ld = fn(*ins)
+    outs, cots = [], []
+    if gnew is not None:
+        outs.append(new)
+        cots.append(gnew)
+    if gld is not None:
+        outs.append(ld)
+        cots.append(gld)
+    return (new, ld), torch.autograd.grad(outs, ins, cots, create_graph=create_graph), ins
+
+
+@pytest.mark.parametrize("scale", [0.02, 0.08, 0.3])
+@pytest.mark.parametrize("which", ["both", "link", "logdet"])
+def test_fused_core_equals_eager_core_forward_and_backward(scale, which):
+    staples, rho, x = _inputs(scale)
+    assert uses_fused(x)
+    gen = torch.Generator().manual_seed(5)
+    gnew = torch.randn(x.shape, dtype=torch.complex128, generator=gen)
+    gld = torch.randn(x.shape[:2], dtype=torch.float64, generator=gen)
+    gnew = None if which == "logdet" else gnew
+    gld = None if which == "link" else gld
+    (n0, l0), g0, _ = _grads(eager_core, (staples, rho, x), gnew, gld)
+    (n1, l1), g1, _ = _grads(su3_fused._FusedCore.apply, (staples, rho, x), gnew, gld)
+    n0, l0, n1, l1 = (t.detach() for t in (n0, l0, n1, l1))
+    assert (n1 - n0).abs().max() < 1e-13
+    assert (l1 - l0).abs().max() < 1e-13 * max(1.0, float(l0.abs().max()))
+    assert float(l0.abs().max()) > 1e-3  # a real log-det
+    for a, b in zip(g0, g1, strict=True):
+        assert (a - b).abs().max() < 1e-12 * float(a.abs().max())
+        assert float(a.abs().max()) > 1e-3
+
+
+def test_fused_core_degenerate_spectrum_and_zero_coefficients():
+    """``rho = 0`` gives ``Q = 0`` (three equal eigenvalues: every divided difference on its
+    series branch); a tiny ``rho`` mixes branches."""
+    staples, rho, x = _inputs(0.0)
+    rho[:, :, ::2] = 1e-9
+    gen = torch.Generator().manual_seed(2)
+    gnew = torch.randn(x.shape, dtype=torch.complex128, generator=gen)
+    gld = torch.randn(x.shape[:2], dtype=torch.float64, generator=gen)
+    (n0, l0), g0, _ = _grads(eager_core, (staples, rho, x), gnew, gld)
+    (n1, l1), g1, _ = _grads(su3_fused._FusedCore.apply, (staples, rho, x), gnew, gld)
+    n0, l0, n1, l1 = (t.detach() for t in (n0, l0, n1, l1))
+    assert (n1 - n0).abs().max() < 1e-14 and (l1 - l0).abs().max() < 1e-14
+    for a, b in zip(g0, g1, strict=True):
+        assert (a - b).abs().max() < 1e-12 * max(1.0, float(a.abs().max()))
+
+
+def test_double_backward_uses_eager_core():
+    """A graph through the backward (force matching): the second derivative equals eager's."""
+    staples, rho, x = _inputs(0.08, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    gld = torch.randn(x.shape[:2], dtype=torch.float64, generator=gen)
+    out = []
+    for fn in (eager_core, su3_fused._FusedCore.apply):
+        _, (gs, grho, gx), ins = _grads(fn, (staples, rho, x), None, gld, create_graph=True)
+        second = torch.autograd.grad(gx.abs().pow(2).sum() + grho.pow(2).sum(), ins)
+        out.append([gx, grho, *second])
+    for a, b in zip(*out, strict=True):
+        a, b = a.detach(), b.detach()
+        assert (a - b).abs().max() < 1e-12 * float(a.abs().max())
+
+
+def _flow_results(grid, th, v, checkpoint=False):
+    torch.manual_seed(3)
+    flow = su3_stout_flow(grid, n_layers=8, hidden=(4,), rho_max=0.9, checkpoint_layers=checkpoint)
+    with torch.no_grad():
+        for layer in flow.layers:
+            layer.net.net[-1].bias.add_(1.0)  # large, field-dependent log-det
+    flow.requires_grad_(False)
+    tt = TransformedTheory(th, flow)
+    with torch.no_grad():
+        y, ld = flow(v)
+    return tt, y, ld, tt.force(v)
+
+
+def test_flow_and_trivialized_force_equal_eager_and_numerical_derivative():
+    grid = single_rank_grid((4, 4, 2, 2))
+    th = SU3Gauge(grid, 2.0)
+    v = th.hot_start(SiteRNG(21), 0, 2)
+    set_stout_kernel("eager")
+    assert not uses_fused(v)
+    _, y0, ld0, f0 = _flow_results(grid, th, v)
+    set_stout_kernel("auto")
+    assert uses_fused(v)
+    tt, y1, ld1, f1 = _flow_results(grid, th, v)
+    _, _, _, f2 = _flow_results(grid, th, v, checkpoint=True)
+    assert (y1 - y0).abs().max() < 1e-13
+    assert (ld1 - ld0).abs().max() < 1e-13 * ld0.abs().max() and ld0.abs().min() > 1.0
+    assert (f1 - f0).abs().max() < 1e-12 * f0.abs().max()
+    assert torch.equal(f1, f2)
+    # d/dt S~(exp(t X) V) at t = 0 = sum x_a f_a
+    xmom = th.random_momentum(SiteRNG(4), 0, 2)
+    h = 1e-4
+    with torch.no_grad():
+        s = [tt.action(su_expm(k * h * xmom) @ v) for k in (1, -1, 2, -2)]
+    num = (8 * (s[0] - s[1]) - (s[2] - s[3])) / (12 * h)
+    ana = (algebra_to_components(xmom) * algebra_to_components(f1)).sum((1, 2, 3, 4, 5, 6))
+    assert (num - ana).abs().max() < 1e-7 * ana.abs().max()
+
+
+def test_without_numba_or_when_set_eager_the_eager_core_runs(monkeypatch):
+    staples, rho, x = _inputs(0.08)
+    n0, l0 = eager_core(staples, rho, x)
+    monkeypatch.setattr(su3_fused, "_kernels", False)  # as if numba were not installed
+    assert not su3_fused.fused_available() and not uses_fused(x)
+    n1, l1 = stout_core(staples, rho, x)
+    assert torch.equal(n1, n0) and torch.equal(l1, l0)
+    monkeypatch.undo()
+    set_stout_kernel("eager")
+    assert not uses_fused(x)
+    set_stout_kernel(None)
+    monkeypatch.setenv(su3_fused.ENV_VAR, "eager")
+    assert not uses_fused(x)
+    monkeypatch.setenv(su3_fused.ENV_VAR, "auto")
+    assert uses_fused(x) and not uses_fused(x.to(torch.complex64))
+    monkeypatch.setenv(su3_fused.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="TRIVHMC_STOUT_KERNEL"):
+        uses_fused(x)
+    with pytest.raises(ValueError, match="one of"):
+        set_stout_kernel("numba")
+
+
+def test_fused_loops_equal_layer_staples_features_and_eager_loops():
+    grid = single_rank_grid((4, 4, 2, 2))
+    th = SU3Gauge(grid, 2.0)
+    u = th.hot_start(SiteRNG(8), 0, 2)
+    for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers[::3]:
+        st, pl, ix = layer._tables
+        nb = layer._gather(u)
+        staples, f, x = su3_fused._FusedLoops.apply(nb, st, pl, ix)
+        ref_staples = layer.staples(u)
+        ref_f = layer.features(u, ref_staples).reshape(2, layer.n_features, -1)
+        assert (staples - torch.stack(ref_staples, 1)).abs().max() < 1e-14
+        assert (
+            layer._on_lattice(f) - ref_f.reshape(layer._on_lattice(f).shape)
+        ).abs().max() < 1e-14
+        assert torch.equal(x, layer.neighbourhood(u)[ix])
+        gen = torch.Generator().manual_seed(9)
+        cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (staples, f, x)]
+        grads = []
+        for fn in (eager_loops_fn, su3_fused._FusedLoops.apply):
+            nb_in = nb.clone().requires_grad_(True)
+            outs = fn(nb_in, st, pl, ix)
+            grads.append(torch.autograd.grad(outs, nb_in, cots)[0])
+        assert (grads[0] - grads[1]).abs().max() < 1e-13 * grads[0].abs().max()
+
+
+def eager_loops_fn(nb, st, pl, ix):
+    return su3_fused.eager_loops(nb, st, pl, ix)
+
+
+def test_force_matching_double_backward_equals_eager():
+    """create_graph through both fused Functions (their backward recomputes the eager torch
+    versions): the force-matching loss gradients equal the all-eager ones."""
+    from kernels.flows.force_matching import force_matching_loss
+
+    grid = single_rank_grid((4, 2, 2, 2))
+    th = SU3Gauge(grid, 2.0)
+    v = th.hot_start(SiteRNG(5), 0, 1)
+    out = []
+    for setting in ("eager", "auto"):
+        set_stout_kernel(setting)
+        torch.manual_seed(3)
+        flow = su3_stout_flow(grid, n_layers=4, hidden=(2,), rho_max=0.9)
+        loss, _ = force_matching_loss(TransformedTheory(th, flow), v)
+        loss.backward()
+        out.append((loss.detach(), [p.grad for p in flow.parameters()]))
+    assert abs(float(out[0][0] - out[1][0])) < 1e-12 * abs(float(out[0][0]))
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        assert (a - b).abs().max() < 1e-11 * max(1e-3, float(a.abs().max()))

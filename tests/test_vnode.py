@@ -1,0 +1,178 @@
+"""The virtual-node SU(3) kernels (kernels/backends/vnode.py): layout, dispatch, fallback.
+
+Agreement of every kernel with ``eager`` (1e-13) and the distributed fallback run in
+tests/test_backends.py and tests/mpi/test_backends_mpi.py (``vnode`` is a registered
+backend); here: the packing is a bijection with the documented site <-> (outer site, lane)
+map, the backend takes the vnode path exactly where the lattice fits and agrees with eager
+there and on the fallback, the force is the numerical Lie derivative of the vnode action,
+and the package imports without numba.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import kernels.backends as kb
+from kernels.backends import eager
+from kernels.groups.su_n import su_expm
+from kernels.theories.su3 import SU3Gauge
+from parallel import single_rank_grid
+from parallel.rng import SiteRNG
+
+vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+
+TOL = 1e-13
+
+
+def _links(shape, batch=2, seed=5):
+    grid = single_rank_grid(shape)
+    return grid, SU3Gauge(grid, 6.0).hot_start(SiteRNG(seed), 0, batch)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+def test_site_map_and_pack_roundtrip():
+    """Site ``x_d = o_d + h_d b_d`` sits at outer ``o`` (row-major in ``h``), lane
+    ``sum_d b_d 2^d``, component ``c`` at ``[o, c W + l]``; unpack inverts pack exactly."""
+    shape = (4, 2, 6, 8)
+    grid, u = _links(shape)
+    q = vnode.pack(u)
+    h = [n // 2 for n in shape]
+    vo = int(np.prod(h))
+    assert q.shape[0] >= 2 * 4 * vo and q.shape[1] == 18 * 16
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        b, mu, x = rng.integers(2), rng.integers(4), [rng.integers(n) for n in shape]
+        o = np.ravel_multi_index([xd % hd for xd, hd in zip(x, h)], h)
+        lane = sum((xd // hd) << d for d, (xd, hd) in enumerate(zip(x, h)))
+        blk = q[(b * 4 + mu) * vo + o].reshape(18, 16)[:, lane]
+        want = torch.view_as_real(u[(b, mu, *x)]).reshape(18).numpy()
+        assert np.array_equal(blk, want)
+    assert torch.equal(vnode.unpack(q, 2, 4, shape), u)
+    d = np.arange(2 * vo * 16, dtype=np.float64)
+    dens = vnode.unpack_density(d, 2, shape)
+    assert sorted(dens.reshape(-1).tolist()) == d.tolist()
+
+
+def test_neighbour_tables_are_the_lattice_shift():
+    """``nbr``/``msk`` move every (outer site, lane) to the site ``x +- e_d`` (periodic)."""
+    shape = (2, 4, 6, 4)
+    site = vnode.site_table(shape)
+    nbr, msk = vnode.tables(shape)
+    coords = np.stack(np.unravel_index(site, shape), -1)  # (vo, W, 4)
+    for d in range(4):
+        for s, step in enumerate((1, -1)):
+            want = coords.copy()
+            want[..., d] = (want[..., d] + step) % shape[d]
+            lanes = np.arange(16)[None, :] ^ msk[:, d, s][:, None]
+            got = coords[nbr[:, d, s][:, None], lanes]
+            assert np.array_equal(got, want), (d, step)
+
+
+@pytest.mark.parametrize(
+    "local, grid_dims, ok",
+    [
+        ((4, 4, 2, 6), (1, 1, 1, 1), True),
+        ((8, 8, 8, 8), (1, 1, 1, 1), True),
+        ((3, 4, 4, 4), (1, 1, 1, 1), False),  # odd extent
+        ((4, 4, 4, 4), (1, 1, 1, 2), False),  # split axis
+        ((4, 4), (1, 1), False),  # not 4D
+    ],
+)
+def test_fits(local, grid_dims, ok):
+    assert vnode.fits(local, grid_dims) is ok
+
+
+@pytest.mark.parametrize("shape, used", [((4, 4, 2, 6), True), ((3, 4, 2, 2), False)])
+def test_backend_dispatch_and_fallback(monkeypatch, shape, used):
+    """The vnode kernels run where the lattice fits and not elsewhere; both agree with eager
+    (force, staples, flow generator, action density, action)."""
+    grid, u = _links(shape, batch=3)
+    calls = []
+    for fn in ("su3_ta_staples", "su3_plaquette_density"):
+        orig = getattr(vnode, fn)
+
+        def spy(*a, _orig=orig, **k):
+            calls.append(1)
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(vnode, fn, spy)
+    b = kb.make_backend("vnode")
+    assert _err(b.su3_force(u, grid, 5.5, 1.0, 0.0), eager.gauge_force(u, grid, 5.5)) <= TOL
+    assert _err(b.su3_staple_sum(u, grid, 1.0, 0.0), eager.staple_sum(u, grid, 1.0, 0.0)) <= TOL
+    assert _err(b.su3_flow_generator(u, grid), eager.flow_generator(u, grid)) <= TOL
+    dens = eager.su3_action_density(u, grid, 1.0, 0.0)
+    assert _err(b.su3_action_density(u, grid, 1.0, 0.0), dens) <= TOL
+    s_ref = eager.su3_action_local(u, grid, 1.0, 0.0)
+    assert _err(b.su3_action_local(u, grid, 1.0, 0.0), s_ref) <= TOL
+    assert bool(calls) is used
+
+
+def test_force_is_the_lie_derivative_of_the_vnode_action():
+    """``d/dt S(exp(tX) U) = -2 Re Tr(X F)`` with S and F both from the vnode kernels."""
+    grid, u = _links((2, 4, 2, 2), batch=2, seed=7)
+    th = SU3Gauge(grid, 5.8)
+    kb.set_backend("vnode")
+    try:
+        f = th.force(u)
+        x = th.random_momentum(SiteRNG(9), 0, 2)
+
+        def d(h):
+            return (th.action(su_expm(h * x) @ u) - th.action(su_expm(-h * x) @ u)) / (2 * h)
+
+        num = (4 * d(5e-4) - d(1e-3)) / 3
+    finally:
+        kb.set_backend("eager")
+    ana = -2 * torch.einsum("b...ij,b...ji->b", x, f).real
+    assert torch.allclose(num, ana, rtol=1e-8, atol=1e-8)
+
+
+def test_action_backward_is_the_analytic_force():
+    """The vnode action's autograd (custom Function, backward = vnode staples) equals eager's
+    gradient; a second derivative (create_graph) goes through eager."""
+    grid, u = _links((2, 2, 4, 2), batch=2, seed=4)
+    th = SU3Gauge(grid, 5.7)
+    w = torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for which in ("eager", "vnode"):
+        kb.set_backend(which)
+        x = u.clone().requires_grad_(True)
+        (g0,) = torch.autograd.grad(th.action(x).sum(), x)  # backward: vnode staples
+        (g,) = torch.autograd.grad(th.action(x).sum(), x, create_graph=True)
+        (hh,) = torch.autograd.grad((g.real * w.real + g.imag * w.imag).sum(), x)
+        out[which] = (g0, g.detach(), hh)
+    kb.set_backend("eager")
+    for a, b in zip(out["vnode"], out["eager"]):
+        assert _err(a, b) <= TOL
+
+
+def test_import_without_numba():
+    """Without numba the package, the eager path and the backend registry still work; the
+    numba and vnode backends are reported unavailable with the reason."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import kernels.backends as kb\n"
+        "from kernels.theories.su3 import SU3Gauge\n"
+        "from parallel import single_rank_grid\n"
+        "from parallel.rng import SiteRNG\n"
+        "assert 'vnode' not in kb.available_backends() and 'numba' not in kb.available_backends()\n"
+        "try:\n"
+        "    kb.set_backend('vnode')\n"
+        "except kb.BackendError as e:\n"
+        "    assert 'optional dependency' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('vnode selected without numba')\n"
+        "th = SU3Gauge(single_rank_grid((2, 2, 2, 2)), 6.0)\n"
+        "u = th.hot_start(SiteRNG(1), 0, 1)\n"
+        "assert th.force(u).shape == u.shape\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
