@@ -196,13 +196,13 @@ class _FusedLoops(torch.autograd.Function):
         k.loops_forward(
             nb_.numpy(), st.numpy(), pl.numpy(), ix, staples.numpy(), feats.numpy(), x.numpy()
         )
-        ctx.save_for_backward(nb)
+        ctx.save_for_backward(nb, staples)
         ctx.tables = (st, pl, ix)
         return staples, feats, x
 
     @staticmethod
     def backward(ctx, gst, gf, gx):  # type: ignore[override]
-        (nb,) = ctx.saved_tensors
+        nb, staples = ctx.saved_tensors
         st, pl, ix = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
             with torch.enable_grad():
@@ -226,6 +226,7 @@ class _FusedLoops(torch.autograd.Function):
         gnb = torch.empty(nb.shape, dtype=nb.dtype)
         k.loops_backward(
             _plain(nb).numpy(),
+            _plain(staples).numpy(),
             st.numpy(),
             pl.numpy(),
             ix,

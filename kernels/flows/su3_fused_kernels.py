@@ -388,15 +388,20 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc):
+def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi):
     """Log-det cotangent factors from ``K = N^{-1}`` (module docstring): ``R`` into ``m``,
     ``S`` into ``gc`` (``dd``, ``n`` scratch)."""
     for a in range(9):
+        iphi[a] = 1.0 / phi[a]
+    for a in range(9):
         ta = w[a // 3] - w[a % 3]
         for bb in range(a, 9):
-            d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
-            dd[a, bb] = d / phi[bb]  # phi[i theta_a, i theta_b] / Phi_b
-            dd[bb, a] = d / phi[a]
+            if a % 4 == 0 and bb % 4 == 0:
+                d = 0.5 + 0.0j  # phi'(0): theta_(jj) = 0
+            else:
+                d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
+            dd[a, bb] = d * iphi[bb]  # phi[i theta_a, i theta_b] / Phi_b
+            dd[bb, a] = d * iphi[a]
     # R (through Phi) into m, S (through L) into gc (reused as scratch)
     for p in range(3):
         for q in range(3):
@@ -496,6 +501,7 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
         n = np.empty((9, 9), np.complex128)
         k_ = np.empty((9, 9), np.complex128)
         dd = np.empty((9, 9), np.complex128)
+        iphi = np.empty(9, np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
             for i in range(3):
@@ -509,7 +515,7 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
             _rotate_in(v, om, t, o)
             _build_n(o, phi, n)
             _inverse(n, k_)
-            _ld_cotangents(k_, phi, ea, w, dd, n, m, gc)
+            _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi)
             # --- exp: G x^+, then dL/dOmega
             for i in range(3):
                 for j in range(3):
@@ -701,12 +707,11 @@ def _staples_backward(loc, st, p, q, gs, gl):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
-    """Cotangent ``gl`` of the site's links in ``loc`` given ``gs`` (the staples' own
-    cotangents, on entry) and the features' ``gf``: pairs ``Re Tr(S_k S_l^+)``: ``dS_k = S_l``;
-    loops ``Re Tr(L R^+)``: ``dL = R``, ``dR = L``; products by the chain rule."""
+    """Cotangent ``gl`` of the site's links in ``loc`` (staples ``sk``) given ``gs`` (the
+    staples' own cotangents, on entry) and the features' ``gf``: pairs ``Re Tr(S_k S_l^+)``:
+    ``dS_k = S_l``; loops ``Re Tr(L R^+)``: ``dL = R``, ``dR = L``; products by the chain rule."""
     ni = gl.shape[0] - 2
     nst = st.shape[0]
-    _staples(loc, st, ni, sk)
     f = 0
     for k in range(nst):
         for m in range(k + 1, nst):
@@ -730,8 +735,9 @@ def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
-    """Cotangent ``gnb`` of the neighbourhood from those of :func:`loops_forward`'s outputs."""
+def loops_backward(nb, staples, st, pl, ix, gst, gf, gx, gnb):
+    """Cotangent ``gnb`` of the neighbourhood from those of :func:`loops_forward`'s outputs
+    (``staples``: its staples output)."""
     nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
     nst = st.shape[0]
     total = nbat * ns
@@ -752,6 +758,7 @@ def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
                 for i in range(3):
                     for j in range(3):
                         gs[k, i, j] = gst[b, k, s, i, j]
+                        sk[k, i, j] = staples[b, k, s, i, j]
             _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
             for k in range(ni):
                 for i in range(3):
