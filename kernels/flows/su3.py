@@ -93,7 +93,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
-from .su3_fused import gather_links, stout_core, stout_loops, uses_fused
+from .su3_fused import stout_core, stout_loops, uses_fused
 
 NC = 3
 NG = NC * NC - 1
@@ -357,14 +357,10 @@ class SU3StoutLayer(Flow):
         n_active, 3, 3)`` (``self._item`` gives the order) from one halo-padded copy of ``u``
         and one gather (unbound at once: one gradient stack in the backward pass, not one
         zero-filled copy per item)."""
-        return self._gather(u).unbind(1)
-
-    def _gather(self, u: torch.Tensor) -> torch.Tensor:
-        """:meth:`neighbourhood` as one tensor ``(B, n_items, n_active, 3, 3)``."""
         b = u.shape[0]
         padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
-        nb = gather_links(padded.reshape(b, -1, NC, NC), self.neighbour_index)
-        return nb.reshape(b, len(self._item), -1, NC, NC)
+        nb = padded.reshape(b, -1, NC, NC).index_select(1, self.neighbour_index)
+        return nb.reshape(b, len(self._item), -1, NC, NC).unbind(1)
 
     def staples(self, u: torch.Tensor, nb: Links | None = None) -> list[torch.Tensor]:
         """``[C^up_nu, C^dn_nu for nu != mu]`` on the active sites, each ``(B, n_active, 3,
@@ -441,7 +437,10 @@ class SU3StoutLayer(Flow):
         real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``."""
         if uses_fused(u):  # numba staples and loops (su3_fused.stout_loops)
             st, pl, ix = self._tables
-            staples, f, x = stout_loops(self._gather(u), st, pl, ix)
+            b = u.shape[0]
+            padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
+            src = padded.reshape(b, -1, NC, NC)
+            staples, f, x = stout_loops(src, self.neighbour_index, st, pl, ix)
             return staples, self._rho_of(self._on_lattice(f)), x
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)

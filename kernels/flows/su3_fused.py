@@ -158,17 +158,17 @@ class _FusedCore(torch.autograd.Function):
 
 
 def eager_loops(
-    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+    src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch version of :func:`stout_loops` (its differentiable fallback): staples ``(B, n_st,
-    n, 3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` from the
-    neighbourhood ``nb (B, n_items, n, 3, 3)`` (tables: :func:`stout_loops`)."""
+    """Torch version of :func:`stout_loops` (its differentiable fallback)."""
+    b = src.shape[0]
+    nb = src.index_select(1, index).reshape(b, _n_items(st, pl, ix), -1, 3, 3)
     out = []
-    for a, b, c, up in st.tolist():
+    for i, j, k, up in st.tolist():
         if up:
-            out.append(nb[:, a] @ nb[:, b] @ dagger(nb[:, c]))
+            out.append(nb[:, i] @ nb[:, j] @ dagger(nb[:, k]))
         else:
-            out.append(dagger(nb[:, a]) @ nb[:, b] @ nb[:, c])
+            out.append(dagger(nb[:, i]) @ nb[:, j] @ nb[:, k])
     staples = torch.stack(out, dim=1)
     sv = torch.view_as_real(staples.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
     feats = [
@@ -180,52 +180,63 @@ def eager_loops(
     return staples, torch.stack(feats, dim=1), nb[:, ix]
 
 
+def _n_items(st: torch.Tensor, pl: torch.Tensor, ix: int) -> int:
+    """Number of neighbourhood items (every item appears in a table)."""
+    return max(int(st[:, :3].max()), int(pl.max()) if pl.numel() else 0, ix) + 1
+
+
 class _FusedLoops(torch.autograd.Function):
-    """numba staples, loops and active link with an analytic backward; eager under a graph."""
+    """numba staples, loops and active link with an analytic backward (scatter-added into
+    the field's cotangent); eager under a graph."""
 
     @staticmethod
-    def forward(ctx, nb, st, pl, ix):  # type: ignore[override]
+    def forward(ctx, src, index, st, pl, ix):  # type: ignore[override]
         k = _load_kernels()
         k.set_threads()
-        nb_ = _plain(nb)
-        b, n = nb_.shape[0], nb_.shape[2]
+        src_ = _plain(src)
+        b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
         n_st, n_pl = st.shape[0], pl.shape[0]
-        staples = torch.empty(b, n_st, n, 3, 3, dtype=nb_.dtype)
+        staples = torch.empty(b, n_st, n, 3, 3, dtype=src_.dtype)
         feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
-        x = torch.empty(b, n, 3, 3, dtype=nb_.dtype)
+        x = torch.empty(b, n, 3, 3, dtype=src_.dtype)
         k.loops_forward(
-            nb_.numpy(), st.numpy(), pl.numpy(), ix, staples.numpy(), feats.numpy(), x.numpy()
+            src_.numpy(),
+            index.numpy(),
+            st.numpy(),
+            pl.numpy(),
+            ix,
+            staples.numpy(),
+            feats.numpy(),
+            x.numpy(),
         )
-        ctx.save_for_backward(nb, staples)
-        ctx.tables = (st, pl, ix)
+        ctx.save_for_backward(src, staples)
+        ctx.tables = (index, st, pl, ix)
         return staples, feats, x
 
     @staticmethod
     def backward(ctx, gst, gf, gx):  # type: ignore[override]
-        nb, staples = ctx.saved_tensors
-        st, pl, ix = ctx.tables
+        src, staples = ctx.saved_tensors
+        index, st, pl, ix = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
             with torch.enable_grad():
-                nb_in = nb if nb.requires_grad else nb.detach().requires_grad_(True)
-                outs = eager_loops(nb_in, st, pl, ix)
+                s_in = src if src.requires_grad else src.detach().requires_grad_(True)
+                outs = eager_loops(s_in, index, st, pl, ix)
                 pairs = [(o, g) for o, g in zip(outs, (gst, gf, gx), strict=True) if g is not None]
-                (gnb,) = torch.autograd.grad(
-                    [o for o, _ in pairs], [nb_in], [g for _, g in pairs], create_graph=True
+                (gsrc,) = torch.autograd.grad(
+                    [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
-            return gnb, None, None, None
+            return gsrc, None, None, None, None
         k = _load_kernels()
         k.set_threads()
-        b, n = nb.shape[0], nb.shape[2]
-        gst = torch.zeros(b, st.shape[0], n, 3, 3, dtype=nb.dtype) if gst is None else gst
-        gf = (
-            torch.zeros(b, st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0], n)
-            if gf is None
-            else gf
-        )
-        gx = torch.zeros(b, n, 3, 3, dtype=nb.dtype) if gx is None else gx
-        gnb = torch.empty(nb.shape, dtype=nb.dtype)
+        b, n = staples.shape[0], staples.shape[2]
+        n_f = st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0]
+        gst = torch.zeros_like(staples) if gst is None else gst
+        gf = torch.zeros(b, n_f, n, dtype=torch.float64) if gf is None else gf
+        gx = torch.zeros(b, n, 3, 3, dtype=staples.dtype) if gx is None else gx
+        gsrc = torch.empty(src.shape, dtype=staples.dtype)
         k.loops_backward(
-            _plain(nb).numpy(),
+            _plain(src).numpy(),
+            index.numpy(),
             _plain(staples).numpy(),
             st.numpy(),
             pl.numpy(),
@@ -233,66 +244,26 @@ class _FusedLoops(torch.autograd.Function):
             _plain(gst).numpy(),
             _plain(gf.to(torch.float64)).numpy(),
             _plain(gx).numpy(),
-            gnb.numpy(),
+            gsrc.numpy(),
         )
-        return gnb, None, None, None
-
-
-class _FusedGather(torch.autograd.Function):
-    """``src[:, index]`` of ``(B, M, 3, 3)`` links; backward a scatter-add in index order (the
-    sums of ``torch.index_add``), torch's ``index_add`` under a graph."""
-
-    @staticmethod
-    def forward(ctx, src, index):  # type: ignore[override]
-        k = _load_kernels()
-        k.set_threads()
-        s_ = _plain(src)
-        out = torch.empty(s_.shape[0], index.shape[0], 3, 3, dtype=s_.dtype)
-        k.gather(
-            s_.reshape(s_.shape[0], -1, 9).numpy(),
-            index.numpy(),
-            out.reshape(out.shape[0], -1, 9).numpy(),
-        )
-        ctx.index, ctx.m = index, src.shape[1]
-        return out
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        index, m = ctx.index, ctx.m
-        if torch.is_grad_enabled():
-            return g.new_zeros(g.shape[0], m, 3, 3).index_add(1, index, g), None
-        k = _load_kernels()
-        k.set_threads()
-        g_ = _plain(g)
-        out = torch.empty(g_.shape[0], m, 3, 3, dtype=g_.dtype)
-        k.scatter_add(
-            g_.reshape(g_.shape[0], -1, 9).numpy(),
-            index.numpy(),
-            out.reshape(out.shape[0], -1, 9).numpy(),
-        )
-        return out, None
-
-
-def gather_links(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``src.index_select(1, index)`` for links ``src (B, M, 3, 3)``: numba gather and
-    scatter-add backward when :func:`uses_fused`, else torch's."""
-    if uses_fused(src):
-        return _FusedGather.apply(src, index)
-    return src.index_select(1, index)
+        return gsrc, None, None, None, None
 
 
 def stout_loops(
-    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+    src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Staples, loop features and the active link of a layer from its neighbourhood ``nb (B,
-    n_items, n, 3, 3)`` (:meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood` before
-    unbinding). Tables (int64): ``st (n_st, 4)`` rows ``(A, B, C, up)``: staple ``A B C^+`` (up)
-    or ``A^+ B C``; ``pl (n_planes, 4)`` rows ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) /
-    3`` after the pairs ``Re Tr(S_k S_l^+) / 3`` (``k < l``, row-major); ``ix`` the active link's
-    item. Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
-    if uses_fused(nb):
-        return _FusedLoops.apply(nb, st, pl, ix)
-    return eager_loops(nb, st, pl, ix)
+    """Staples, loop features and the active link of a layer at its ``n`` active sites, from
+    the (halo-padded) field ``src (B, M, 3, 3)`` and the flat neighbourhood ``index
+    (n_items * n)`` (item-major: link ``src[:, index[item * n + s]]``,
+    :meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood`). Tables (int64): ``st (n_st, 4)``
+    rows ``(A, B, C, up)``: staple ``A B C^+`` (up) or ``A^+ B C``; ``pl (n_planes, 4)`` rows
+    ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) / 3`` after the pairs ``Re Tr(S_k S_l^+) /
+    3`` (``k < l``, row-major); ``ix`` the active link's item. Returns staples ``(B, n_st, n,
+    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)``. Fused
+    (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    if uses_fused(src):
+        return _FusedLoops.apply(src, index, st, pl, ix)
+    return eager_loops(src, index, st, pl, ix)
 
 
 def stout_core(

@@ -529,8 +529,9 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
 
 
 # ---------------------------------------------------------------- staples and loops
-# ``nb[b, item, s]``: the links a layer reads at its active sites (SU3StoutLayer.neighbourhood),
-# copied per site into a local ``(n_items + 2, 3, 3)`` buffer (two scratch slots at the end);
+# ``src[b, index[item * n + s]]``: the links a layer reads at its active site ``s``
+# (SU3StoutLayer.neighbourhood), copied per site into a local ``(n_items + 2, 3, 3)`` buffer
+# (two scratch slots at the end);
 # ``st[i] = (A, B, C, up)``: staple ``i`` is ``A B C^+`` (up) or ``A^+ B C`` (down);
 # ``pl[p] = (P, Q, R, T)``: loop ``Re Tr(P Q (R T)^+) / 3``; ``ix``: the active link's item.
 # 3x3 complex products on stacks of matrices: ``_mm_nd(a, ia, b, ib, out, io)`` is
@@ -631,11 +632,13 @@ def _retr(a, ia, b, ib):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _load(nb, b, s, loc):
-    for it in range(nb.shape[1]):
+def _load(src, index, ns, b, s, loc, ni):
+    """``loc[it] = src[b, index[it * ns + s]]``: the site's links from the (padded) field."""
+    for it in range(ni):
+        k = index[it * ns + s]
         for i in range(3):
             for j in range(3):
-                loc[it, i, j] = nb[b, it, s, i, j]
+                loc[it, i, j] = src[b, k, i, j]
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -651,10 +654,12 @@ def _staples(loc, st, p, sk):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_forward(nb, st, pl, ix, staples, feats, x):
+def loops_forward(src, index, st, pl, ix, staples, feats, x):
     """Staples ``(B, n_st, n, 3, 3)``, features ``(B, n_pairs + n_planes, n)`` (the pairs
-    ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link."""
-    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+    ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link,
+    reading the links ``src[b, index[item * n + s]]`` of the field ``src (B, M, 3, 3)``."""
+    nbat, ns = src.shape[0], x.shape[1]
+    ni = index.shape[0] // ns
     nst = st.shape[0]
     total = nbat * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -663,7 +668,7 @@ def loops_forward(nb, st, pl, ix, staples, feats, x):
         sk = np.empty((nst, 3, 3), np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
-            _load(nb, b, s, loc)
+            _load(src, index, ns, b, s, loc, ni)
             _staples(loc, st, ni, sk)
             f = 0
             for k in range(nst):
@@ -735,21 +740,25 @@ def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_backward(nb, staples, st, pl, ix, gst, gf, gx, gnb):
-    """Cotangent ``gnb`` of the neighbourhood from those of :func:`loops_forward`'s outputs
-    (``staples``: its staples output)."""
-    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
+    """Cotangent ``gsrc`` of the field (zeroed here) from those of :func:`loops_forward`'s
+    outputs (``staples``: its staples output): per site, the cotangents of its links, added
+    to ``gsrc[b, index[item * n + s]]`` in site-then-item order. One thread per chain (the
+    scatter-add is serial within a chain: no races, a fixed order)."""
+    nbat, ns = src.shape[0], gx.shape[1]
+    ni = index.shape[0] // ns
     nst = st.shape[0]
-    total = nbat * ns
-    nchunk = (total + CHUNK - 1) // CHUNK
-    for ch in prange(nchunk):
+    for b in prange(nbat):
         loc = np.empty((ni + 2, 3, 3), np.complex128)
         gl = np.empty((ni + 2, 3, 3), np.complex128)
         sk = np.empty((nst, 3, 3), np.complex128)
         gs = np.empty((nst, 3, 3), np.complex128)
-        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
-            b, s = it // ns, it % ns
-            _load(nb, b, s, loc)
+        for m in range(gsrc.shape[1]):
+            for i in range(3):
+                for j in range(3):
+                    gsrc[b, m, i, j] = 0.0
+        for s in range(ns):
+            _load(src, index, ns, b, s, loc, ni)
             for k in range(ni):
                 for i in range(3):
                     for j in range(3):
@@ -761,34 +770,7 @@ def loops_backward(nb, staples, st, pl, ix, gst, gf, gx, gnb):
                         sk[k, i, j] = staples[b, k, s, i, j]
             _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
             for k in range(ni):
+                m = index[k * ns + s]
                 for i in range(3):
                     for j in range(3):
-                        gnb[b, k, s, i, j] = gl[k, i, j]
-
-
-# ---------------------------------------------------------------- gather
-@njit(parallel=True, cache=True, error_model="numpy")
-def gather(src, index, out):
-    """``out[b, k] = src[b, index[k]]`` (``src (B, M, 9)``, ``out (B, K, 9)`` complex)."""
-    nk = index.shape[0]
-    nchunk = (nk + 1023) // 1024
-    for ch in prange(src.shape[0] * nchunk):
-        b, c = ch // nchunk, ch % nchunk
-        for k in range(c * 1024, min(nk, (c + 1) * 1024)):
-            i = index[k]
-            for e in range(9):
-                out[b, k, e] = src[b, i, e]
-
-
-@njit(parallel=True, cache=True, error_model="numpy")
-def scatter_add(g, index, out):
-    """``out[b, index[k]] += g[b, k]`` for ``k`` in order (as ``torch.index_add`` on CPU:
-    the same sums in the same order); ``out`` zeroed first. One thread per chain ``b``."""
-    for b in prange(g.shape[0]):
-        for m in range(out.shape[1]):
-            for e in range(9):
-                out[b, m, e] = 0.0
-        for k in range(index.shape[0]):
-            i = index[k]
-            for e in range(9):
-                out[b, i, e] += g[b, k, e]
+                        gsrc[b, m, i, j] += gl[k, i, j]
