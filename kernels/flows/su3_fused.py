@@ -113,15 +113,25 @@ class _FusedCore(torch.autograd.Function):
         ld = torch.empty(x_.shape[:2], dtype=torch.float64)
         w = torch.empty(*x_.shape[:2], 3, dtype=torch.float64)
         v = torch.empty_like(x_)
+        want_k = any(ctx.needs_input_grad)  # K = N^{-1} for the backward
+        kinv = x_.new_empty(*x_.shape[:2], 9, 9) if want_k else x_.new_empty(1, 1, 9, 9)
         k.core_forward(
-            s_.numpy(), r_.numpy(), x_.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy()
+            s_.numpy(),
+            r_.numpy(),
+            x_.numpy(),
+            new.numpy(),
+            ld.numpy(),
+            w.numpy(),
+            v.numpy(),
+            kinv.numpy(),
+            want_k,
         )
-        ctx.save_for_backward(staples, rho, x, w, v)
+        ctx.save_for_backward(staples, rho, x, w, v, kinv)
         return new, ld
 
     @staticmethod
     def backward(ctx, gnew, gld):  # type: ignore[override]
-        staples, rho, x, w, v = ctx.saved_tensors
+        staples, rho, x, w, v, kinv = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiate the eager core
             with torch.enable_grad():
                 ins = [
@@ -148,6 +158,7 @@ class _FusedCore(torch.autograd.Function):
             _plain(x).numpy(),
             w.numpy(),
             v.numpy(),
+            kinv.numpy(),
             _plain(gnew).numpy(),
             _plain(gld.to(torch.float64)).numpy(),
             gs.numpy(),

@@ -233,7 +233,9 @@ def _log_abs_det(n):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _inverse(n, out):
-    """``out = n^{-1}`` (9x9 complex) by Gauss-Jordan with partial pivoting (``n`` destroyed)."""
+    """``out = n^{-1}`` (9x9 complex) by Gauss-Jordan with partial pivoting (``n`` destroyed);
+    returns ``log |det n|`` (the pivots')."""
+    logdet = 0.0
     for i in range(9):
         for j in range(9):
             out[i, j] = 1.0 if i == j else 0.0
@@ -243,6 +245,7 @@ def _inverse(n, out):
             a2 = _abs2(n[r, col])
             if a2 > best:
                 piv, best = r, a2
+        logdet += 0.5 * math.log(best)
         if piv != col:
             for k in range(9):
                 n[col, k], n[piv, k] = n[piv, k], n[col, k]
@@ -259,6 +262,7 @@ def _inverse(n, out):
                     n[r, k] -= f * n[col, k]
                 for k in range(9):
                     out[r, k] -= f * out[col, k]
+    return logdet
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -338,8 +342,10 @@ def _unitarise(v):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def core_forward(s_, rho, x, new, ld, wsave, vsave):
-    """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` for the backward."""
+def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
+    """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` and, if
+    ``want_k``, ``K = N^{-1}`` (Gauss-Jordan, whose pivots give the log-det) for the backward
+    (else the log-det by LU)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -354,6 +360,7 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
         ph = np.empty(3, np.complex128)
         ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
+        k_ = np.empty((9, 9), np.complex128)
         w = np.empty(3)
         v = np.empty((3, 3), np.complex128)
         a = np.empty((3, 3), np.complex128)
@@ -384,7 +391,13 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
                     new[b, s, i, j] = acc
             _rotate_in(v, om, t, o)
             _build_n(o, phi, n)
-            ld[b, s] = _log_abs_det(n)
+            if want_k:
+                ld[b, s] = _inverse(n, k_)
+                for i in range(9):
+                    for j in range(9):
+                        kinv[b, s, i, j] = k_[i, j]
+            else:
+                ld[b, s] = _log_abs_det(n)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -478,7 +491,7 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
+def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
     """Cotangents of ``S``, ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
@@ -512,9 +525,9 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
             g = gld[b, s]
             # --- log-det: K = N^{-1}
             _phases(w, ph, ea, phi)
-            _rotate_in(v, om, t, o)
-            _build_n(o, phi, n)
-            _inverse(n, k_)
+            for i in range(9):
+                for j in range(9):
+                    k_[i, j] = kinv[b, s, i, j]
             _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi)
             # --- exp: G x^+, then dL/dOmega
             for i in range(3):
