@@ -79,7 +79,7 @@ from functools import cache
 
 import torch
 
-from parallel import ProcessGrid, halo_pad
+from parallel import LatticeConv, ProcessGrid, halo_pad
 
 from ..groups.su_n import dagger, expm_su3, project_ta, su_generators
 from .base import (
@@ -278,6 +278,8 @@ class SU3StoutLayer(Flow):
                 last.weight.mul_(init_scale)
                 if last.bias is not None:
                     last.bias.mul_(init_scale)
+        #: every convolution 1^D: the fused path evaluates the network on the active sites
+        self.pointwise = int(kernel_size) == 1
         mask = parity_mask(grid, self.parity, axes=self.others, dtype=dt)
         self.register_buffer("active", mask, persistent=False)
         idx = torch.nonzero(mask.reshape(-1) > 0).reshape(-1)
@@ -421,6 +423,22 @@ class SU3StoutLayer(Flow):
         r = self.net.at_sites(f.to(pdt), self.active_index).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
+    def _rho_pointwise(self, f: torch.Tensor) -> torch.Tensor:
+        """:meth:`_rho_of` for a network of ``1^D`` convolutions, on the active-site features
+        ``(B, n_features, n_active)`` directly: each convolution is ``y = W x + b`` per site
+        (same parameters; the inactive sites, which the lattice version also computes, are
+        skipped)."""
+        x = f.to(self.active.dtype)
+        for module in self.net.net:
+            if isinstance(module, LatticeConv):
+                w = module.weight.reshape(module.weight.shape[:2])
+                x = torch.einsum("oi,bin->bon", w, x)
+                if module.bias is not None:
+                    x = x + module.bias[:, None]
+            else:
+                x = module(x)
+        return self.rho_max * torch.tanh(x.to(f.dtype)) / (2.0 * len(self.others))
+
     def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor], nb: Links) -> torch.Tensor:
         """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``."""
         return self._rho_of(self.features(u, staples, nb))
@@ -441,6 +459,8 @@ class SU3StoutLayer(Flow):
             padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
             src = padded.reshape(b, -1, NC, NC)
             staples, f, x = stout_loops(src, self.neighbour_index, st, pl, ix)
+            if self.pointwise:  # 1^D network: evaluate it on the active sites only
+                return staples, self._rho_pointwise(f), x
             return staples, self._rho_of(self._on_lattice(f)), x
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
