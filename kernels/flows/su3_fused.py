@@ -114,7 +114,8 @@ class _FusedCore(torch.autograd.Function):
         w = torch.empty(*x_.shape[:2], 3, dtype=torch.float64)
         v = torch.empty_like(x_)
         want_k = any(ctx.needs_input_grad)  # K = N^{-1} for the backward
-        kinv = x_.new_empty(*x_.shape[:2], 9, 9) if want_k else x_.new_empty(1, 1, 9, 9)
+        kshape = (*x_.shape[:2], 9, 9) if want_k else (1, 1, 9, 9)
+        kinv = torch.empty(kshape, dtype=torch.float64)  # real-basis K_r = N_r^{-1}
         k.core_forward(
             s_.numpy(),
             r_.numpy(),

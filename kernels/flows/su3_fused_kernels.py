@@ -232,40 +232,6 @@ def _log_abs_det(n):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _inverse(n, out):
-    """``out = n^{-1}`` (9x9 complex) by Gauss-Jordan with partial pivoting (``n`` destroyed);
-    returns ``log |det n|`` (the pivots')."""
-    logdet = 0.0
-    for i in range(9):
-        for j in range(9):
-            out[i, j] = 1.0 if i == j else 0.0
-    for col in range(9):
-        piv, best = col, _abs2(n[col, col])
-        for r in range(col + 1, 9):
-            a2 = _abs2(n[r, col])
-            if a2 > best:
-                piv, best = r, a2
-        logdet += 0.5 * math.log(best)
-        if piv != col:
-            for k in range(9):
-                n[col, k], n[piv, k] = n[piv, k], n[col, k]
-                out[col, k], out[piv, k] = out[piv, k], out[col, k]
-        inv = 1.0 / n[col, col]
-        for k in range(col + 1, 9):  # columns <= col of n are no longer read
-            n[col, k] *= inv
-        for k in range(9):
-            out[col, k] *= inv
-        for r in range(9):
-            if r != col:
-                f = n[r, col]
-                for k in range(col + 1, 9):
-                    n[r, k] -= f * n[col, k]
-                for k in range(9):
-                    out[r, k] -= f * out[col, k]
-    return logdet
-
-
-@njit(cache=True, error_model="numpy", inline="always")
 def _cross(a, ia, b, ib, out):
     """``out = a[ia, :] x b[ib, :]`` (bilinear: ``a . out = b . out = 0`` without conjugation)."""
     out[0] = a[ia, 1] * b[ib, 2] - a[ia, 2] * b[ib, 1]
@@ -341,11 +307,90 @@ def _unitarise(v):
         v[i, 2] = (v[i1, 0] * v[i2, 1] - v[i2, 0] * v[i1, 1]).conjugate()
 
 
+# Real basis of u(3) in the eigenbasis coordinates (orthonormal, so a unitary T): i E_jj
+# (columns 0-2), then per pair (j, k) = (0, 1), (0, 2), (1, 2): (E_jk - E_kj) / sqrt 2 and
+# i (E_jk + E_kj) / sqrt 2. N maps u(3) to itself (the complexification of a real map), so
+# N_r = T^+ N T is real: its inverse and determinant in real arithmetic, K = T N_r^{-1} T^+.
+_PAIRS = ((0, 1), (0, 2), (1, 2))
+_S = 1.0 / math.sqrt(2.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _to_real(n, y, nr):
+    """``nr = Re(T^+ N T)`` (``y`` complex 9x9 scratch)."""
+    for a in range(9):
+        for j in range(3):
+            y[a, j] = 1j * n[a, 4 * j]
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            y[a, 3 + 2 * p] = _S * (n[a, jk] - n[a, kj])
+            y[a, 4 + 2 * p] = 1j * _S * (n[a, jk] + n[a, kj])
+    for b in range(9):
+        for j in range(3):
+            nr[j, b] = y[4 * j, b].imag
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            nr[3 + 2 * p, b] = _S * (y[jk, b].real - y[kj, b].real)
+            nr[4 + 2 * p, b] = _S * (y[jk, b].imag + y[kj, b].imag)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _from_real(kr, z, k):
+    """``k = T kr T^+`` (``z`` complex 9x9 scratch)."""
+    for b in range(9):
+        for j in range(3):
+            z[4 * j, b] = 1j * kr[j, b]
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            z[jk, b] = _S * complex(kr[3 + 2 * p, b], kr[4 + 2 * p, b])
+            z[kj, b] = _S * complex(-kr[3 + 2 * p, b], kr[4 + 2 * p, b])
+    for a in range(9):
+        for j in range(3):
+            k[a, 4 * j] = -1j * z[a, j]
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            k[a, jk] = _S * (z[a, 3 + 2 * p] - 1j * z[a, 4 + 2 * p])
+            k[a, kj] = _S * (-z[a, 3 + 2 * p] - 1j * z[a, 4 + 2 * p])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _inverse_real(n, out):
+    """``out = n^{-1}`` (9x9 real) by Gauss-Jordan with partial pivoting (``n`` destroyed);
+    returns ``log |det n|``."""
+    logdet = 0.0
+    for i in range(9):
+        for j in range(9):
+            out[i, j] = 1.0 if i == j else 0.0
+    for col in range(9):
+        piv, best = col, abs(n[col, col])
+        for r in range(col + 1, 9):
+            if abs(n[r, col]) > best:
+                piv, best = r, abs(n[r, col])
+        logdet += math.log(best)
+        if piv != col:
+            for k in range(9):
+                n[col, k], n[piv, k] = n[piv, k], n[col, k]
+                out[col, k], out[piv, k] = out[piv, k], out[col, k]
+        inv = 1.0 / n[col, col]
+        for k in range(col + 1, 9):
+            n[col, k] *= inv
+        for k in range(9):
+            out[col, k] *= inv
+        for r in range(9):
+            if r != col:
+                f = n[r, col]
+                for k in range(col + 1, 9):
+                    n[r, k] -= f * n[col, k]
+                for k in range(9):
+                    out[r, k] -= f * out[col, k]
+    return logdet
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
     """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` and, if
-    ``want_k``, ``K = N^{-1}`` (Gauss-Jordan, whose pivots give the log-det) for the backward
-    (else the log-det by LU)."""
+    ``want_k``, ``K_r = N_r^{-1}`` (real Gauss-Jordan, whose pivots give the log-det) for the
+    backward (else the log-det by complex LU)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -361,6 +406,8 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
         ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
         k_ = np.empty((9, 9), np.complex128)
+        nr = np.empty((9, 9))
+        kr = np.empty((9, 9))
         w = np.empty(3)
         v = np.empty((3, 3), np.complex128)
         a = np.empty((3, 3), np.complex128)
@@ -391,11 +438,12 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
                     new[b, s, i, j] = acc
             _rotate_in(v, om, t, o)
             _build_n(o, phi, n)
-            if want_k:
-                ld[b, s] = _inverse(n, k_)
+            if want_k:  # K in the real basis, K_r = N_r^{-1}
+                _to_real(n, k_, nr)
+                ld[b, s] = _inverse_real(nr, kr)
                 for i in range(9):
                     for j in range(9):
-                        kinv[b, s, i, j] = k_[i, j]
+                        kinv[b, s, i, j] = kr[i, j]
             else:
                 ld[b, s] = _log_abs_det(n)
 
@@ -513,6 +561,7 @@ def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
         ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
         k_ = np.empty((9, 9), np.complex128)
+        kr = np.empty((9, 9))
         dd = np.empty((9, 9), np.complex128)
         iphi = np.empty(9, np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
@@ -527,7 +576,8 @@ def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
             _phases(w, ph, ea, phi)
             for i in range(9):
                 for j in range(9):
-                    k_[i, j] = kinv[b, s, i, j]
+                    kr[i, j] = kinv[b, s, i, j]
+            _from_real(kr, n, k_)
             _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi)
             # --- exp: G x^+, then dL/dOmega
             for i in range(3):
