@@ -213,3 +213,21 @@ def test_force_matching_double_backward_equals_eager():
     assert abs(float(out[0][0] - out[1][0])) < 1e-12 * abs(float(out[0][0]))
     for a, b in zip(out[0][1], out[1][1], strict=True):
         assert (a - b).abs().max() < 1e-11 * max(1e-3, float(a.abs().max()))
+
+
+def test_replace_links_equals_index_copy():
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 40, 3, 3, dtype=torch.complex128, generator=gen)
+    new = torch.randn(2, 7, 3, 3, dtype=torch.complex128, generator=gen)
+    where = torch.tensor([0, 5, 6, 11, 20, 33, 39])
+    g = torch.randn(2, 40, 3, 3, dtype=torch.complex128, generator=gen)
+    out = []
+    for fn in (
+        lambda a, b: a.index_copy(1, where, b),
+        lambda a, b: su3_fused._FusedReplace.apply(a, where, b),
+    ):
+        a, b = u.clone().requires_grad_(True), new.clone().requires_grad_(True)
+        y = fn(a, b)
+        out.append((y.detach(), *torch.autograd.grad(y, (a, b), g)))
+    for x, y in zip(*out, strict=True):
+        assert torch.equal(x, y)

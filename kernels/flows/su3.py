@@ -93,7 +93,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
-from .su3_fused import stout_core, stout_loops, uses_fused
+from .su3_fused import replace_links, stout_core, stout_loops, uses_fused
 
 NC = 3
 NG = NC * NC - 1
@@ -478,10 +478,11 @@ class SU3StoutLayer(Flow):
         )
 
     def _scatter(self, u: torch.Tensor, new_active: torch.Tensor) -> torch.Tensor:
-        """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``)."""
+        """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``, or its numba
+        version :func:`kernels.flows.su3_fused.replace_links`)."""
         b = u.shape[0]
         where = self.active_index + self.mu * self.active.numel()
-        flat = u.reshape(b, -1, NC, NC).index_copy(1, where, new_active)
+        flat = replace_links(u.reshape(b, -1, NC, NC), where, new_active)
         return flat.reshape(u.shape)
 
     @staticmethod

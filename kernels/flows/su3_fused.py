@@ -278,6 +278,54 @@ def stout_loops(
     return eager_loops(src, index, st, pl, ix)
 
 
+class _FusedReplace(torch.autograd.Function):
+    """``u`` with the links ``u[:, where]`` replaced by ``new`` (numba copy); backward in one
+    pass (torch's ``index_fill`` / ``index_select`` under a graph)."""
+
+    @staticmethod
+    def forward(ctx, u, where, new):  # type: ignore[override]
+        k = _load_kernels()
+        k.set_threads()
+        u_, n_ = _plain(u), _plain(new)
+        out = torch.empty_like(u_)
+        b = u_.shape[0]
+        k.replace_links(
+            u_.reshape(b, -1, 9).numpy(),
+            where.numpy(),
+            n_.reshape(b, -1, 9).numpy(),
+            out.reshape(b, -1, 9).numpy(),
+        )
+        ctx.where = where
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        where = ctx.where
+        if torch.is_grad_enabled():
+            return g.index_fill(1, where, 0), None, g.index_select(1, where)
+        k = _load_kernels()
+        k.set_threads()
+        g_ = _plain(g)
+        b = g_.shape[0]
+        gu = torch.empty_like(g_)
+        gnew = g_.new_empty(b, where.shape[0], 3, 3)
+        k.replace_links_backward(
+            g_.reshape(b, -1, 9).numpy(),
+            where.numpy(),
+            gu.reshape(b, -1, 9).numpy(),
+            gnew.reshape(b, -1, 9).numpy(),
+        )
+        return gu, None, gnew
+
+
+def replace_links(u: torch.Tensor, where: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``u.index_copy(1, where, new)`` for links ``u (B, M, 3, 3)``, ``new (B, n, 3, 3)``: numba
+    when :func:`uses_fused`, else torch."""
+    if uses_fused(u):
+        return _FusedReplace.apply(u, where, new)
+    return u.index_copy(1, where, new)
+
+
 def stout_core(
     staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -837,3 +837,30 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
                 for i in range(3):
                     for j in range(3):
                         gsrc[b, m, i, j] += gl[k, i, j]
+
+
+# ---------------------------------------------------------------- scatter
+@njit(parallel=True, cache=True, error_model="numpy")
+def replace_links(u, where, new, out):
+    """``out = u`` with ``out[b, where[k]] = new[b, k]`` (``(B, M, 9)``, ``(B, n, 9)``)."""
+    for b in prange(u.shape[0]):
+        for m in range(u.shape[1]):
+            for e in range(9):
+                out[b, m, e] = u[b, m, e]
+        for k in range(where.shape[0]):
+            for e in range(9):
+                out[b, where[k], e] = new[b, k, e]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def replace_links_backward(g, where, gu, gnew):
+    """Cotangents of :func:`replace_links`: ``gu = g`` with zeros at ``where``, ``gnew = g[:,
+    where]``, in one pass."""
+    for b in prange(g.shape[0]):
+        for m in range(g.shape[1]):
+            for e in range(9):
+                gu[b, m, e] = g[b, m, e]
+        for k in range(where.shape[0]):
+            for e in range(9):
+                gnew[b, k, e] = g[b, where[k], e]
+                gu[b, where[k], e] = 0.0
