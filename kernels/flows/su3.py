@@ -68,7 +68,16 @@ axes split over ranks), computes staples, loops and the update on those sites on
 loops are scattered back to the lattice for the coefficient network's convolution), the 15
 staple-pair loops as one Gram matrix, ``ad_Q`` and ``L`` as real GEMMs, ``phi`` by a fused
 Horner series, and ``exp(Q)`` by Cayley-Hamilton with a spectral first derivative
-(:class:`_SU3Exp`).
+(:class:`_SU3Exp`). That eager torch path is the reference and the fallback. On CPU with
+complex128 links and numba installed (:mod:`kernels.flows.su3_fused`, setting
+``TRIVHMC_STOUT_KERNEL=auto|eager``) the same layer runs as numba site loops with analytic
+first-order backwards: staples and loops read straight from the field
+(:func:`~kernels.flows.su3_fused.stout_loops`), the update and log-det in the eigenbasis of
+``i Q`` (:func:`~kernels.flows.su3_fused.stout_core`: ``log det`` of a 9x9 matrix on ``gl(3)``,
+inverted in a real basis of ``u(3)``), the new links written by
+:func:`~kernels.flows.su3_fused.replace_links`; a network of ``1^D`` convolutions is then
+evaluated on the active sites only. A backward that builds a graph (``create_graph``, force
+matching) differentiates the eager pieces instead.
 """
 
 from __future__ import annotations

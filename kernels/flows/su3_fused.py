@@ -1,18 +1,24 @@
-"""Fused CPU core of the SU(3) stout layer: ``(staples, rho, U_mu) -> (new link, log det J)``.
+"""Fused CPU path of the SU(3) stout layer (:class:`kernels.flows.su3.SU3StoutLayer`).
 
-The core of :class:`kernels.flows.su3.SU3StoutLayer` per active link (module docstring of
-:mod:`kernels.flows.su3`)::
+Three ``torch.autograd.Function`` s whose forward and first-order backward are numba site
+loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
 
-    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
-    new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = TA(Omega w),
+* :func:`stout_loops`: field -> staples, loop features and active link at the active sites
+  (the links read through the layer's neighbourhood index; backward scatter-added into the
+  field's cotangent);
+* :func:`stout_core`: ``(staples, rho, U_mu) -> (new link, log det J)``::
 
-as one ``torch.autograd.Function`` whose forward and first-order backward are site loops
-in numba (:mod:`kernels.flows.su3_fused_kernels`: eigenbasis of ``i Q``, a 9x9 complex
-determinant on ``gl(3)`` instead of the 8x8 real ``phi`` series; analytic adjoint). The eager
-torch core (:func:`eager_core`) is the reference and the fallback: it is used for non-CPU
-tensors, dtypes other than complex128, when numba is missing, when the setting says
-``eager``, and for a backward that builds a graph (``create_graph``, force matching: the
-backward then recomputes the eager core from the saved inputs and differentiates it).
+      C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
+      new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
+
+  (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
+* :func:`replace_links`: the field with the active links replaced.
+
+The eager torch versions (:func:`eager_loops`, :func:`eager_core`, ``index_copy``) are the
+reference and the fallback: used for non-CPU tensors, dtypes other than complex128, when numba
+is missing, when the setting says ``eager``, and for a backward that builds a graph
+(``create_graph``, force matching: the backward then recomputes the eager version from the
+saved inputs and differentiates it).
 
 Setting: :func:`set_stout_kernel` (``"auto"``: fused where possible, ``"eager"``: always
 eager), default from the environment variable ``TRIVHMC_STOUT_KERNEL`` (``auto``/``eager``).

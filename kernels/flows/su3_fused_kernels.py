@@ -1,36 +1,43 @@
-"""numba kernels of the SU(3) stout layer core (imported only when numba is present).
+"""numba kernels of the SU(3) stout layer (imported only when numba is present).
 
-Per active link, complex128, layout ``S[b, i, s, 3, 3]`` (the six staples, ``C^up_nu,
-C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), ``x[b, s, 3, 3]``::
+Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, i, s]`` (``C^up_nu,
+C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
 
     C = sum_nu rho_nu (S_{2nu} + S_{2nu+1}),  Omega = C x^+,  Q = TA(Omega),
-    new = exp(Q) x,  ld = log det(1 + phi(-ad_Q) L),  L(w) = TA(Omega w)
+    new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
-(:mod:`kernels.flows.su3`). Eigenbasis formulation: ``i Q = V diag(w) V^+`` (LAPACK ``eigh``),
-``exp(Q) = V diag(e^{-i w}) V^+``. On the complexified algebra ``gl(3, C)`` in the basis
-``E_jk = V e_j e_k^+ V^+`` (index ``a = 3 j + k``) ``-ad_Q`` is diagonal with eigenvalues
-``i theta_a``, ``theta_(jk) = w_j - w_k``, so ``phi(-ad_Q) = diag(Phi)``, ``Phi_a = phi(i
-theta_a) = e^{i theta_a / 2} sinc(theta_a / 2)``; ``L`` is complex-linear in ``w``
-(``TA(Omega w) = (Omega w + w Omega^+)/2 - trace``), with ``O = V^+ Omega V``::
+(:mod:`kernels.flows.su3`: ``L = dQ/dw`` for ``x -> exp(w) x``; ``TA(Omega w) = (Omega w +
+w Omega^+)/2 - trace`` is complex-linear in ``w``).
 
-    (P L)[(jk),(lm)] = L9 - delta_jk/3 sum_n L9[(nn),(lm)],
-    L9[(jk),(lm)] = (O_jl delta_km + delta_jl conj(O_km)) / 2,
-    N = 1 + diag(Phi) P L    (9 x 9 complex),   ld = log |det N|.
+Core (:func:`core_forward`, :func:`core_backward`). Eigenbasis: ``i Q = V diag(w) V^+`` by
+Cardano and cross products (:func:`_eigh3`; LAPACK ``eigh`` when two eigenvalues are within 2%
+of the spectral scale), ``exp(Q) = 1 + V diag(e^{-i w} - 1) V^+``. On the complexified algebra
+``gl(3, C)`` in the basis ``E_jk = V e_j e_k^+ V^+`` (index ``a = 3 j + k``) ``-ad_Q`` is
+diagonal with eigenvalues ``i theta_a``, ``theta_(jk) = w_j - w_k``, so ``phi(-ad_Q) =
+diag(Phi)``, ``Phi_a = phi(i theta_a) = e^{i theta_a / 2} sinc(theta_a / 2)``; with ``O = V^+
+Omega V``::
 
-``det N = det_{su(3)}(1 + phi(-ad_Q) L)``: the determinant of a real-linear map equals that
-of its complexification on ``sl(3, C)``, and on ``gl(3) = sl(3) + C 1`` ``N`` is block
-triangular with ``1`` on the trace part.
+    L9[(jk),(lm)] = (O_jl delta_km + delta_jl conj(O_km)) / 2,       (TA(Omega .) without trace)
+    (P L9)[(jk),(lm)] = L9[(jk),(lm)] - delta_jk/3 sum_n L9[(nn),(lm)],
+    N = 1 - diag(Phi) P L9    (9 x 9 complex),   ld = log |det N|.
 
-Backward (first order; torch's convention ``d/dRe + i d/dIm`` for the complex inputs), with
-``K = N^{-1}``, ``g`` the log-det cotangent, ``G`` that of ``new``:
+``det N = det_{su(3)}(1 + phi(-ad_Q) L)``: the determinant of a real-linear map equals that of
+its complexification on ``sl(3, C)``, and on ``gl(3) = sl(3) + C 1`` ``N`` is block triangular
+with ``1`` on the trace part. ``N`` maps ``u(3)`` to itself, so in a real orthonormal basis of
+``u(3)`` (a sparse unitary ``T``, :func:`_to_real`) ``N_r = T^+ N T`` is real: the forward
+inverts it in real arithmetic (Gauss-Jordan; its pivots give ``ld``) and keeps ``K_r =
+N_r^{-1}`` for the backward, ``K = N^{-1} = T K_r T^+``.
+
+Backward (first order; torch's convention ``d/dRe + i d/dIm`` for complex inputs), ``g`` the
+log-det cotangent, ``G`` that of ``new``:
 
 * ``d ld = Re tr(K dN)``; through ``Phi`` (Daleckii-Krein on the diagonal ``-ad_Q``, direction
   ``-ad_{dQ}``) ``H_ab = (delta_ab - K_ba) / Phi_b * phi[i theta_a, i theta_b]`` (using
-  ``diag(Phi) P L K = 1 - K``), ``R_pq = sum_j H_(jq),(jp) - sum_k H_(pk),(qk)``;
+  ``-diag(Phi) P L9 K = 1 - K``), ``R_pq = sum_j H_(jq),(jp) - sum_k H_(pk),(qk)``;
 * through ``L``: ``W_ab = K_ba Phi_a`` with the trace projection's adjoint on the rows
-  ``(nn)``, ``S_pq = (sum_k W_(pk),(qk) + conj(sum_j W_(jp),(jq))) / 2``;
-* ``exp``: ``L_exp(Q^+, G x^+) = V [(V^+ G x^+ V) o D] V^+``,
-  ``D_jk = e^{i (w_j + w_k)/2} sinc((w_j - w_k)/2)`` (as :class:`kernels.flows.su3._SU3Exp`);
+  ``(nn)``, ``S_pq = -(sum_k W_(pk),(qk) + conj(sum_j W_(jp),(jq))) / 2``;
+* ``exp``: ``L_exp(Q^+, G x^+) = V [(V^+ G x^+ V) o D] V^+``, ``D_jk = e^{i (w_j + w_k)/2}
+  sinc((w_j - w_k)/2) = e^{i w_k} Phi_jk`` (as :class:`kernels.flows.su3._SU3Exp`);
 * ``dL/dQ = V [g conj(R) + (V^+ G x^+ V) o D] V^+``, ``dL/dOmega = TA(dL/dQ) + g V conj(S)
   V^+``, ``dL/dC = (dL/dOmega) x``, ``dL/dx = exp(Q)^+ G + (dL/dOmega)^+ C``,
   ``dL/dS_{2nu} = dL/dS_{2nu+1} = rho_nu dL/dC``, ``dL/drho_nu = Re tr((dL/dC)^+ (S_{2nu} +
@@ -38,8 +45,17 @@ Backward (first order; torch's convention ``d/dRe + i d/dIm`` for the complex in
 
 Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
 (Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
-``|t1| >= |t2|``, ``|t1| >= 0.05``, else the Taylor series ``sum_n h_{n-1}(x, y) / (n+1)!``.
-Work is split in chunks of sites (``numba.prange``, threads = ``torch.get_num_threads()``).
+``|t1| >= |t2|``, ``|t1| >= 0.05``, ``phi'(0) = 1/2``, else the Taylor series ``sum_n h_{n-1}(x,
+y) / (n+1)!``; every phase from the three ``e^{i w_j / 2}`` (:func:`_phases`).
+
+Staples and loops (:func:`loops_forward`, :func:`loops_backward`): the links a layer reads at
+an active site, straight from the (halo-padded) field through the layer's neighbourhood index;
+staples, the staple-pair loops ``Re Tr(S_k S_l^+) / 3`` and the plaquettes; the backward adds
+each site's link cotangents into the field's in site-then-item order (serial per chain).
+:func:`replace_links` writes the new links into a copy of the field.
+
+Threads: ``numba.prange`` over chunks of sites (over chains in :func:`loops_backward`),
+``torch.get_num_threads()`` of them (:func:`set_threads`). No fastmath.
 """
 
 from __future__ import annotations
