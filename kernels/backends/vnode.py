@@ -139,30 +139,30 @@ def _retr_func() -> str:
 
 
 def _perm_func() -> str:
-    """``Q[dst + c W + l] = Q[src + c W + (l ^ m)]``. Bit 0 of ``m`` (swap neighbouring
-    lanes) is a stride-2 interleaved loop (vectorised with shuffles); the even part of ``m``
-    then permutes blocks of >= 2 lanes in place, dispatched to literal masks with each
-    component's 16 loads first and its 16 stores after (LLVM's SLP vectoriser makes them
-    vector moves)."""
+    """``Q[dst, c W + l] = Q[src, c W + (l ^ m)]``, one pass for even ``m`` (the 3 of 4
+    single-face masks ``2^d``, d > 0), two for odd ``m``. Bit 0 (swap neighbouring lanes) is
+    a stride-2 interleaved loop (vectorised with shuffles) into ``dst``; the even part of
+    ``m`` permutes blocks of >= 2 lanes, from ``src`` (or in place in ``dst`` after the
+    swap), dispatched to literal masks with each component's 16 loads first and its 16
+    stores after (LLVM's SLP vectoriser makes them vector moves)."""
     lines = [
         "\n@njit(cache=True)",
         "def perm_copy(Q, src, dst, m):",
+        "    s = src",
         "    if m & 1:",
         f"        for q in range({LB // 2}):",
         "            a = Q[src, 2 * q]",
         "            b = Q[src, 2 * q + 1]",
         "            Q[dst, 2 * q] = b",
         "            Q[dst, 2 * q + 1] = a",
-        "    else:",
-        f"        for q in range({LB}):",
-        "            Q[dst, q] = Q[src, q]",
+        "        s = dst",
         "    e = m & ~1",
     ]
     for m in range(2, W, 2):
         lines.append(f"    {'if' if m == 2 else 'elif'} e == {m}:")
         lines.append("        for c in range(18):")
         lines.append(f"            k = c * {W}")
-        lines += [f"            x{l} = Q[dst, k + {l ^ m}]" for l in range(W)]
+        lines += [f"            x{l} = Q[s, k + {l ^ m}]" for l in range(W)]
         lines += [f"            Q[dst, k + {l}] = x{l}" for l in range(W)]
     return "\n".join(lines) + "\n"
 
@@ -201,16 +201,16 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
                     if nu == mu:
                         continue
                     bnu = (b * {ND} + nu) * vo
-                    o_mnu = nbr[o, nu, 1]
-                    m_mnu = msk[o, nu, 1]
-                    o_mnu_pmu = nbr[o_mnu, mu, 0]
-                    m_mnu_pmu = m_mnu ^ msk[o_mnu, mu, 0]
                     # up: U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+
                     x1 = link(Q, g, 0, bmu + nbr[o, nu, 0], msk[o, nu, 0])
                     mm_nn(Q, bnu + o, Q, x1, Wk, 0)
                     x2 = link(Q, g, 1, bnu + o_pmu, m_pmu)
                     mm_nd_acc(Q, x2, Wk, 0, Wk, 1)
                     # down: (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)
+                    o_mnu = nbr[o, nu, 1]
+                    m_mnu = msk[o, nu, 1]
+                    o_mnu_pmu = nbr[o_mnu, mu, 0]
+                    m_mnu_pmu = m_mnu ^ msk[o_mnu, mu, 0]
                     x3 = link(Q, g, 2, bmu + o_mnu, m_mnu)
                     x4 = link(Q, g, 3, bnu + o_mnu_pmu, m_mnu_pmu)
                     mm_nn(Q, x3, Q, x4, Wk, 0)
