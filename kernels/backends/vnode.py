@@ -87,12 +87,12 @@ def _ind(lines: list[str], n: int) -> str:
     return "".join(" " * n + ln + "\n" for ln in lines)
 
 
-_INLINE = "\n@njit(fastmath={'contract'}, cache=True, inline='always')\n"
+_NJIT = "\n@njit(fastmath={'contract'}, cache=True)\n"
 
 
 def _mm_func(name: str, da: bool, db: bool, acc: bool) -> str:
     return (
-        _INLINE + f"def {name}(A, ao, B, bo, C, co):\n"
+        _NJIT + f"def {name}(A, ao, B, bo, C, co):\n"
         f"    for l in range({W}):\n" + _ind(_mm(da, db, acc), 8)
     )
 
@@ -116,7 +116,7 @@ def _ta_func() -> str:
                 lines.append(f"{cr} = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
                 lines.append(f"{ci} = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
     return (
-        _INLINE
+        _NJIT
         + "def ta_out(M, mo, coef, O, oo):\n"
         + f"    for l in range({W}):\n"
         + _ind(lines, 8)
@@ -132,7 +132,7 @@ def _retr_func() -> str:
         for r in range(2)
     )
     return (
-        _INLINE + "def retr_acc(A, ao, B, bo, D, do):\n"
+        _NJIT + "def retr_acc(A, ao, B, bo, D, do):\n"
         f"    for l in range({W}):\n"
         f"        D[do, l] = D[do, l] + 3.0 - ({terms})\n"
     )
