@@ -189,3 +189,21 @@ def test_packed_exponential(eps):
     n = 2 * 4 * int(np.prod(shape)) // vnode.W
     w = vnode.expm_mul_packed(np.ascontiguousarray(vnode.pack(x)[:n]), vnode.pack(u), 2, shape)
     assert _err(vnode.unpack(w, 2, 4, shape), su_expm(x) @ u) <= TOL
+
+
+def test_deck_selects_vnode():
+    """``parallel.kernels: vnode`` in a deck makes vnode the active backend."""
+    from app.deck import loads_deck
+    from app.setup import select_kernels
+
+    deck = loads_deck(
+        "theory: {name: u1, beta: 2.0}\nlattice: {shape: [4, 4]}\n"
+        "parallel: {kernels: vnode}\n"
+        "sampler: {name: hmc, levels: [{terms: [gauge], steps: 3, integrator: leapfrog}]}\n"
+        "run: {seed: 1, trajectories: 2, thermalization: 0}\noutput: {directory: runs/x}\n"
+    )
+    try:
+        select_kernels(deck)
+        assert kb.get_backend().name == "vnode"
+    finally:
+        kb.set_backend("eager")
