@@ -3,31 +3,43 @@
 Layout
 ------
 A 4D local lattice ``L0 x L1 x L2 x L3`` (all even, one rank, periodic) is cut in two along
-every axis: ``W = 2^4 = 16`` sub-blocks of ``h = L/2`` sites per axis. Site ``x`` with
+every axis: ``W = 2^4 = 16`` sub-blocks of ``h_d = L_d/2`` sites per axis. Site ``x`` with
 ``x_d = o_d + h_d b_d`` (``0 <= o_d < h_d``, ``b_d in {0, 1}``) is stored at outer site
-``o = ((o0 h1 + o1) h2 + o2) h3 + o3`` and lane ``l = b0 + 2 b1 + 4 b2 + 8 b3``. The links are
-one flat float64 array ``Q[(((b Nd + mu) Vo + o) 18 + c) W + l]`` with ``Vo = prod h_d`` and
-``c = 2 (3 i + j) + {0: re, 1: im}``: the 16 lanes of one matrix component are contiguous.
+``o = ((o0 h1 + o1) h2 + o2) h3 + o3`` and lane ``l = b0 + 2 b1 + 4 b2 + 8 b3``. A packed
+field is a 2-D float64 array of link blocks ``Q[(b Nd + mu) Vo + o, c W + l]`` with
+``Vo = prod h_d`` and ``c = 2 (3 i + j) + {0: re, 1: im}``: the 16 lanes of one matrix
+component are contiguous; after the ``B Nd Vo`` link blocks come the kernels' scratch blocks
+(6 per work chunk, :func:`nchunks`).
 
 A neighbour ``x +- e_d`` is the same lane at the neighbouring outer site, except across a
 sub-block face (``o_d = h_d - 1`` going up, ``o_d = 0`` going down): the outer site wraps and
-the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighbour link is
-copied once into a small per-thread buffer with its lanes permuted (a copy specialised per
-mask, so it vectorises as shuffles), every other load is straight from ``Q``.
+the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighbour block is
+first copied with its lanes permuted into a scratch block (:func:`perm_copy`; a quarter of
+the hops at 8^4, an eighth at 16^4); every other operand is read straight from ``Q``.
 
-Each kernel is a loop over (chain, outer site) chunks (``numba.prange``) and, per 3x3
-product, a loop over the 16 lanes with literal component offsets (generated straight-line
-code): LLVM vectorises it (AVX2/AVX-512 FMAs). Floating point: ``fastmath={'contract'}`` only.
+Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
+product, a loop over the 16 lanes with literal component offsets and block indices (generated
+straight-line code; no negative-index handling or reference counting left in the loop): LLVM
+vectorises it (ymm FMAs; one multiply and five FMAs per output component). Floating point:
+``fastmath={'contract'}`` only. Measured speed and limits: docs/performance.md, "Kernels
+toward the roofline (item 1)".
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
 
 * staple sum ``A_mu(x) = sum_{nu != mu} [U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+ +
   (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)]``, then ``coef TA(U_mu A_mu)`` (force: ``coef =
-  beta c0 / 6``; flow generator: ``coef = -1``) or ``coef A_mu``;
+  beta c0 / 6``; flow generator: ``coef = -1``) or ``coef A_mu``, with
+  ``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``;
 * plaquette action density ``sum_{mu<nu} (3 - Re Tr[U_mu(x) U_nu(x+mu) (U_nu(x)
-  U_mu(x+nu))^+])`` per site.
+  U_mu(x+nu))^+])`` per site;
+* ``exp(X) V`` per link and lane (Taylor series of ``X / 2^s`` with ``|X / 2^s|_F <= 1/4``
+  in every lane, then ``s`` squarings), and with it Luscher's RK3 Wilson-flow step with all
+  three stages in the layout (:func:`flow_step_rk3_packed`).
 
-:func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout.
+:func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout
+(strided input read in place). :class:`VnodeBackend` uses these kernels where :func:`fits`
+and the ``numba`` backend elsewhere; its action is ``fused._SU3WilsonAction`` (analytic
+backward from the vnode staples; eager staples when a graph of the backward is requested).
 """
 
 from __future__ import annotations
