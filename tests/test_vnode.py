@@ -98,7 +98,7 @@ def test_backend_dispatch_and_fallback(monkeypatch, shape, used):
     (force, staples, flow generator, action density, action)."""
     grid, u = _links(shape, batch=3)
     calls = []
-    for fn in ("su3_ta_staples", "su3_plaquette_density"):
+    for fn in ("su3_ta_staples", "su3_plaquette_density", "expm_mul"):
         orig = getattr(vnode, fn)
 
         def spy(*a, _orig=orig, **k):
@@ -114,7 +114,9 @@ def test_backend_dispatch_and_fallback(monkeypatch, shape, used):
     assert _err(b.su3_action_density(u, grid, 1.0, 0.0), dens) <= TOL
     s_ref = eager.su3_action_local(u, grid, 1.0, 0.0)
     assert _err(b.su3_action_local(u, grid, 1.0, 0.0), s_ref) <= TOL
-    assert bool(calls) is used
+    x = 0.3 * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(2), 0, 3)
+    assert _err(b.su3_expm_mul(x, u), su_expm(x) @ u) <= TOL
+    assert len(calls) == (6 if used else 0)  # 5 SU(3) kernels, 1 exponential
 
 
 def test_force_is_the_lie_derivative_of_the_vnode_action():

@@ -259,8 +259,8 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
 @njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def expm_mul(X, V, out, nblk, nch):
     \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane: Taylor series of
-    X / 2^s with max over lanes |X / 2^s|_F <= 1/4, summed until every component of a term is
-    below 1e-20 in every lane (order <= 18), then s squarings.\"\"\"
+    X / 2^s with max over lanes |X / 2^s|_F = n <= 1/4, to the order K where n^K / K! (a bound
+    on the term's norm in every lane) falls below 1e-20 (K <= 18), then s squarings.\"\"\"
     for ch in prange(nch):
         Wk = np.empty((4, {LB}))  # A = X / 2^s, term, sum, scratch
         for q in range(ch * nblk // nch, (ch + 1) * nblk // nch):
@@ -284,17 +284,19 @@ def expm_mul(X, V, out, nblk, nch):
             for i in range(3):
                 for l in range({W}):
                     Wk[2, (8 * i) * {W} + l] += 1.0
-            for kk in range(2, 19):
+            # terms up to order K: |A^k / k!|_F <= nrm^k / k! < 1e-20 beyond it (every lane)
+            K = 1
+            bound = nrm
+            while bound >= 1e-20 and K < 18:
+                K += 1
+                bound *= nrm / K
+            for kk in range(2, K + 1):
                 mm_nn(Wk, 1, Wk, 0, Wk, 3)
                 inv = 1.0 / kk
-                tn = 0.0
                 for k in range({LB}):
                     v = Wk[3, k] * inv
                     Wk[1, k] = v
                     Wk[2, k] += v
-                    tn = max(tn, v * v)
-                if tn < 1e-40:
-                    break
             for _ in range(s):
                 mm_nn(Wk, 2, Wk, 2, Wk, 3)
                 for k in range({LB}):
@@ -496,6 +498,26 @@ def expm_mul_packed(x: np.ndarray, v: np.ndarray, b: int, local: tuple[int, ...]
     return w
 
 
+def expm_mul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``exp(X) W`` per link in the complex layout ``(B, Nd, *local, 3, 3)`` (pack both, the
+    per-lane kernel :func:`expm_mul`, unpack)."""
+    b, nd = w.shape[:2]
+    local = tuple(w.shape[2:-2])
+    n = b * nd * int(np.prod(local)) // W
+    return unpack(expm_mul_packed(pack(x)[:n], pack(w, work=True), b, local), b, nd, local)
+
+
+def _expm_fits(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """``exp(X) W`` is site-local: any 4D local lattice with even extents, split or not."""
+    return (
+        x.shape == w.shape
+        and w.ndim == ND + 4
+        and all(t.device.type == "cpu" and t.dtype == torch.complex128 for t in (x, w))
+        and not (fused._graph(x) or fused._graph(w))
+        and fits(tuple(w.shape[2:-2]), (1,) * ND)
+    )
+
+
 def flow_step_rk3_packed(q: np.ndarray, b: int, local: tuple[int, ...], eps: float) -> np.ndarray:
     """Luscher's RK3 Wilson-flow step (:func:`kernels.backends.eager.flow_step_rk3`) on packed
     links ``q``, every stage in the vnode layout: generator ``Z = -TA(V A)`` and ``exp(X) V``
@@ -567,8 +589,9 @@ def _staples(u: torch.Tensor, grid) -> torch.Tensor:
 
 class VnodeBackend(fused.NumbaBackend):
     """The virtual-node SU(3) Wilson kernels (module doc) where the local lattice fits
-    (:func:`fits`); everything else (split grids, odd extents, rectangles, graphs, U(1),
-    ``exp(X) W``) is the ``numba`` backend's, which falls back to ``eager`` in turn."""
+    (:func:`fits`; ``exp(X) W``, being site-local, also on split grids); everything else
+    (split grids, odd extents, rectangles, graphs, U(1)) is the ``numba`` backend's, which
+    falls back to ``eager`` in turn."""
 
     name = "vnode"
 
@@ -589,6 +612,12 @@ class VnodeBackend(fused.NumbaBackend):
         if not _use(u, grid, c1):
             return super().su3_flow_generator(u, grid, c1)
         return su3_ta_staples(u, -1.0, ta=True)
+
+    def su3_expm_mul(self, x, w):
+        """``exp(X) W`` (the MD drift): per lane in the vnode layout where the lattice fits."""
+        if not _expm_fits(x, w):
+            return super().su3_expm_mul(x, w)
+        return expm_mul(x, w)
 
     def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
         """RK3 Wilson-flow step, every stage in the vnode layout (:func:`su3_flow_step_rk3`)."""
