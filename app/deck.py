@@ -205,11 +205,12 @@ class ParallelSection(_Section):
         description="Real precision of fields (complex128 / complex64 for SU(3)). HMC needs "
         "float64 for reversibility.",
     )
-    kernels: Literal["eager", "soa", "compiled", "numba"] | None = Field(
+    kernels: Literal["eager", "soa", "compiled", "numba", "vnode"] | None = Field(
         default=None,
         description="Gauge-kernel backend (kernels/backends): eager (reference), soa, compiled "
-        "(torch.compile), numba (needs the `fast` extra). null: $TRIVHMC_KERNELS, else eager. "
-        "All give the same results to rounding.",
+        "(torch.compile), numba (needs the `fast` extra), vnode (numba plus virtual-node SU(3) "
+        "kernels on unsplit 4D lattices with even extents). null: $TRIVHMC_KERNELS, else "
+        "eager. All give the same results to rounding.",
     )
     overlap: bool | None = Field(
         default=None,

@@ -93,6 +93,11 @@ def build_from_arch(args: argparse.Namespace):
     say(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {grid.describe()}")
     say(f"# command: {' '.join(sys.argv)}")
     say(f"# flow {args.arch} (untrained, {builder}, {nparam} parameters); theory {theory_name}")
+    if args.arch == "su3_stout":
+        from kernels.flows.su3_fused import fused_available, stout_kernel_setting
+
+        numba_state = "available" if fused_available() else "missing"
+        say(f"# stout layer kernels: {stout_kernel_setting()} (numba {numba_state})")
     return theory, TransformedTheory(theory, flow)
 
 

@@ -173,29 +173,25 @@ def test_fused_loops_equal_layer_staples_features_and_eager_loops():
     grid = single_rank_grid((4, 4, 2, 2))
     th = SU3Gauge(grid, 2.0)
     u = th.hot_start(SiteRNG(8), 0, 2)
+    src = u.reshape(2, -1, 3, 3)
     for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers[::3]:
         st, pl, ix = layer._tables
-        nb = layer._gather(u)
-        staples, f, x = su3_fused._FusedLoops.apply(nb, st, pl, ix)
+        index = layer.neighbour_index
+        staples, f, x = su3_fused._FusedLoops.apply(src, index, st, pl, ix)
         ref_staples = layer.staples(u)
-        ref_f = layer.features(u, ref_staples).reshape(2, layer.n_features, -1)
+        ref_f = layer.features(u, ref_staples)
         assert (staples - torch.stack(ref_staples, 1)).abs().max() < 1e-14
-        assert (
-            layer._on_lattice(f) - ref_f.reshape(layer._on_lattice(f).shape)
-        ).abs().max() < 1e-14
+        assert (layer._on_lattice(f) - ref_f).abs().max() < 1e-14
         assert torch.equal(x, layer.neighbourhood(u)[ix])
         gen = torch.Generator().manual_seed(9)
         cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (staples, f, x)]
         grads = []
-        for fn in (eager_loops_fn, su3_fused._FusedLoops.apply):
-            nb_in = nb.clone().requires_grad_(True)
-            outs = fn(nb_in, st, pl, ix)
-            grads.append(torch.autograd.grad(outs, nb_in, cots)[0])
+        for fn in (su3_fused.eager_loops, su3_fused._FusedLoops.apply):
+            s_in = src.clone().requires_grad_(True)
+            outs = fn(s_in, index, st, pl, ix)
+            grads.append(torch.autograd.grad(outs, s_in, cots)[0])
         assert (grads[0] - grads[1]).abs().max() < 1e-13 * grads[0].abs().max()
-
-
-def eager_loops_fn(nb, st, pl, ix):
-    return su3_fused.eager_loops(nb, st, pl, ix)
+        assert float(grads[0].abs().max()) > 1e-3
 
 
 def test_force_matching_double_backward_equals_eager():
@@ -217,3 +213,21 @@ def test_force_matching_double_backward_equals_eager():
     assert abs(float(out[0][0] - out[1][0])) < 1e-12 * abs(float(out[0][0]))
     for a, b in zip(out[0][1], out[1][1], strict=True):
         assert (a - b).abs().max() < 1e-11 * max(1e-3, float(a.abs().max()))
+
+
+def test_replace_links_equals_index_copy():
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 40, 3, 3, dtype=torch.complex128, generator=gen)
+    new = torch.randn(2, 7, 3, 3, dtype=torch.complex128, generator=gen)
+    where = torch.tensor([0, 5, 6, 11, 20, 33, 39])
+    g = torch.randn(2, 40, 3, 3, dtype=torch.complex128, generator=gen)
+    out = []
+    for fn in (
+        lambda a, b: a.index_copy(1, where, b),
+        lambda a, b: su3_fused._FusedReplace.apply(a, where, b),
+    ):
+        a, b = u.clone().requires_grad_(True), new.clone().requires_grad_(True)
+        y = fn(a, b)
+        out.append((y.detach(), *torch.autograd.grad(y, (a, b), g)))
+    for x, y in zip(*out, strict=True):
+        assert torch.equal(x, y)

@@ -56,6 +56,8 @@ def test_site_map_and_pack_roundtrip():
         want = torch.view_as_real(u[(b, mu, *x)]).reshape(18).numpy()
         assert np.array_equal(blk, want)
     assert torch.equal(vnode.unpack(q, 2, 4, shape), u)
+    assert not u.is_contiguous()  # hot start: strided 3x3 storage, read in place
+    assert np.array_equal(vnode.pack(u.contiguous())[: 2 * 4 * vo], q[: 2 * 4 * vo])
     d = np.arange(2 * vo * 16, dtype=np.float64)
     dens = vnode.unpack_density(d, 2, shape)
     assert sorted(dens.reshape(-1).tolist()) == d.tolist()
@@ -96,7 +98,7 @@ def test_backend_dispatch_and_fallback(monkeypatch, shape, used):
     (force, staples, flow generator, action density, action)."""
     grid, u = _links(shape, batch=3)
     calls = []
-    for fn in ("su3_ta_staples", "su3_plaquette_density"):
+    for fn in ("su3_ta_staples", "su3_plaquette_density", "expm_mul"):
         orig = getattr(vnode, fn)
 
         def spy(*a, _orig=orig, **k):
@@ -112,7 +114,9 @@ def test_backend_dispatch_and_fallback(monkeypatch, shape, used):
     assert _err(b.su3_action_density(u, grid, 1.0, 0.0), dens) <= TOL
     s_ref = eager.su3_action_local(u, grid, 1.0, 0.0)
     assert _err(b.su3_action_local(u, grid, 1.0, 0.0), s_ref) <= TOL
-    assert bool(calls) is used
+    x = 0.3 * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(2), 0, 3)
+    assert _err(b.su3_expm_mul(x, u), su_expm(x) @ u) <= TOL
+    assert len(calls) == (6 if used else 0)  # 5 SU(3) kernels, 1 exponential
 
 
 def test_force_is_the_lie_derivative_of_the_vnode_action():
@@ -176,3 +180,32 @@ def test_import_without_numba():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("eps", [0.1, 3.0])  # 3.0: |eps P| > 1/4 in every lane: squarings
+def test_packed_exponential(eps):
+    """``exp(X) V`` per link and lane in the vnode layout equals eager's ``su_expm(X) V``."""
+    shape = (2, 4, 2, 2)
+    grid, u = _links(shape, batch=2, seed=6)
+    x = eps * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(4), 1, 2)
+    n = 2 * 4 * int(np.prod(shape)) // vnode.W
+    w = vnode.expm_mul_packed(np.ascontiguousarray(vnode.pack(x)[:n]), vnode.pack(u), 2, shape)
+    assert _err(vnode.unpack(w, 2, 4, shape), su_expm(x) @ u) <= TOL
+
+
+def test_deck_selects_vnode():
+    """``parallel.kernels: vnode`` in a deck makes vnode the active backend."""
+    from app.deck import loads_deck
+    from app.setup import select_kernels
+
+    deck = loads_deck(
+        "theory: {name: u1, beta: 2.0}\nlattice: {shape: [4, 4]}\n"
+        "parallel: {kernels: vnode}\n"
+        "sampler: {name: hmc, levels: [{terms: [gauge], steps: 3, integrator: leapfrog}]}\n"
+        "run: {seed: 1, trajectories: 2, thermalization: 0}\noutput: {directory: runs/x}\n"
+    )
+    try:
+        select_kernels(deck)
+        assert kb.get_backend().name == "vnode"
+    finally:
+        kb.set_backend("eager")

@@ -19,7 +19,8 @@ compile-time constant each of the 18 components is its own pointer to check). It
 vectorise (ymm/zmm FMAs, checked in the assembly) a lane loop over a literal width >= 16
 with flat arrays and literal component strides; a prototype on rows padded to 16 lanes was
 correct (1e-15) but no faster end to end (half the lanes are halo/padding at 8^4, plus the
-layout copies), so it is not used.
+layout copies), so it is not used here; the ``vnode`` backend (kernels/backends/vnode.py)
+vectorises across sites with a layout in which every lane is a real site.
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
 

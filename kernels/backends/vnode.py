@@ -3,31 +3,43 @@
 Layout
 ------
 A 4D local lattice ``L0 x L1 x L2 x L3`` (all even, one rank, periodic) is cut in two along
-every axis: ``W = 2^4 = 16`` sub-blocks of ``h = L/2`` sites per axis. Site ``x`` with
+every axis: ``W = 2^4 = 16`` sub-blocks of ``h_d = L_d/2`` sites per axis. Site ``x`` with
 ``x_d = o_d + h_d b_d`` (``0 <= o_d < h_d``, ``b_d in {0, 1}``) is stored at outer site
-``o = ((o0 h1 + o1) h2 + o2) h3 + o3`` and lane ``l = b0 + 2 b1 + 4 b2 + 8 b3``. The links are
-one flat float64 array ``Q[(((b Nd + mu) Vo + o) 18 + c) W + l]`` with ``Vo = prod h_d`` and
-``c = 2 (3 i + j) + {0: re, 1: im}``: the 16 lanes of one matrix component are contiguous.
+``o = ((o0 h1 + o1) h2 + o2) h3 + o3`` and lane ``l = b0 + 2 b1 + 4 b2 + 8 b3``. A packed
+field is a 2-D float64 array of link blocks ``Q[(b Nd + mu) Vo + o, c W + l]`` with
+``Vo = prod h_d`` and ``c = 2 (3 i + j) + {0: re, 1: im}``: the 16 lanes of one matrix
+component are contiguous; after the ``B Nd Vo`` link blocks come the kernels' scratch blocks
+(6 per work chunk, :func:`nchunks`).
 
 A neighbour ``x +- e_d`` is the same lane at the neighbouring outer site, except across a
 sub-block face (``o_d = h_d - 1`` going up, ``o_d = 0`` going down): the outer site wraps and
-the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighbour link is
-copied once into a small per-thread buffer with its lanes permuted (a copy specialised per
-mask, so it vectorises as shuffles), every other load is straight from ``Q``.
+the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighbour block is
+first copied with its lanes permuted into a scratch block (:func:`perm_copy`; a quarter of
+the hops at 8^4, an eighth at 16^4); every other operand is read straight from ``Q``.
 
-Each kernel is a loop over (chain, outer site) chunks (``numba.prange``) and, per 3x3
-product, a loop over the 16 lanes with literal component offsets (generated straight-line
-code): LLVM vectorises it (AVX2/AVX-512 FMAs). Floating point: ``fastmath={'contract'}`` only.
+Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
+product, a loop over the 16 lanes with literal component offsets and block indices (generated
+straight-line code; no negative-index handling or reference counting left in the loop): LLVM
+vectorises it (ymm FMAs; one multiply and five FMAs per output component). Floating point:
+``fastmath={'contract'}`` only. Measured speed and limits: docs/performance.md, "Kernels
+toward the roofline (item 1)".
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
 
 * staple sum ``A_mu(x) = sum_{nu != mu} [U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+ +
   (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)]``, then ``coef TA(U_mu A_mu)`` (force: ``coef =
-  beta c0 / 6``; flow generator: ``coef = -1``) or ``coef A_mu``;
+  beta c0 / 6``; flow generator: ``coef = -1``) or ``coef A_mu``, with
+  ``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``;
 * plaquette action density ``sum_{mu<nu} (3 - Re Tr[U_mu(x) U_nu(x+mu) (U_nu(x)
-  U_mu(x+nu))^+])`` per site.
+  U_mu(x+nu))^+])`` per site;
+* ``exp(X) V`` per link and lane (Taylor series of ``X / 2^s`` with ``|X / 2^s|_F <= 1/4``
+  in every lane, then ``s`` squarings), and with it Luscher's RK3 Wilson-flow step with all
+  three stages in the layout (:func:`flow_step_rk3_packed`).
 
-:func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout.
+:func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout
+(strided input read in place). :class:`VnodeBackend` uses these kernels where :func:`fits`
+and the ``numba`` backend elsewhere; its action is ``fused._SU3WilsonAction`` (analytic
+backward from the vnode staples; eager staples when a graph of the backward is requested).
 """
 
 from __future__ import annotations
@@ -87,12 +99,12 @@ def _ind(lines: list[str], n: int) -> str:
     return "".join(" " * n + ln + "\n" for ln in lines)
 
 
-_INLINE = "\n@njit(fastmath={'contract'}, cache=True, inline='always')\n"
+_NJIT = "\n@njit(fastmath={'contract'}, cache=True)\n"
 
 
 def _mm_func(name: str, da: bool, db: bool, acc: bool) -> str:
     return (
-        _INLINE + f"def {name}(A, ao, B, bo, C, co):\n"
+        _NJIT + f"def {name}(A, ao, B, bo, C, co):\n"
         f"    for l in range({W}):\n" + _ind(_mm(da, db, acc), 8)
     )
 
@@ -116,10 +128,7 @@ def _ta_func() -> str:
                 lines.append(f"{cr} = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
                 lines.append(f"{ci} = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
     return (
-        _INLINE
-        + "def ta_out(M, mo, coef, O, oo):\n"
-        + f"    for l in range({W}):\n"
-        + _ind(lines, 8)
+        _NJIT + "def ta_out(M, mo, coef, O, oo):\n" + f"    for l in range({W}):\n" + _ind(lines, 8)
     )
 
 
@@ -132,37 +141,37 @@ def _retr_func() -> str:
         for r in range(2)
     )
     return (
-        _INLINE + "def retr_acc(A, ao, B, bo, D, do):\n"
+        _NJIT + "def retr_acc(A, ao, B, bo, D, do):\n"
         f"    for l in range({W}):\n"
         f"        D[do, l] = D[do, l] + 3.0 - ({terms})\n"
     )
 
 
 def _perm_func() -> str:
-    """``Q[dst + c W + l] = Q[src + c W + (l ^ m)]``. Bit 0 of ``m`` (swap neighbouring
-    lanes) is a stride-2 interleaved loop (vectorised with shuffles); the even part of ``m``
-    then permutes blocks of >= 2 lanes in place, dispatched to literal masks with each
-    component's 16 loads first and its 16 stores after (LLVM's SLP vectoriser makes them
-    vector moves)."""
+    """``Q[dst, c W + l] = Q[src, c W + (l ^ m)]``, one pass for even ``m`` (the 3 of 4
+    single-face masks ``2^d``, d > 0), two for odd ``m``. Bit 0 (swap neighbouring lanes) is
+    a stride-2 interleaved loop (vectorised with shuffles) into ``dst``; the even part of
+    ``m`` permutes blocks of >= 2 lanes, from ``src`` (or in place in ``dst`` after the
+    swap), dispatched to literal masks with each component's 16 loads first and its 16
+    stores after (LLVM's SLP vectoriser makes them vector moves)."""
     lines = [
         "\n@njit(cache=True)",
         "def perm_copy(Q, src, dst, m):",
+        "    s = src",
         "    if m & 1:",
         f"        for q in range({LB // 2}):",
         "            a = Q[src, 2 * q]",
         "            b = Q[src, 2 * q + 1]",
         "            Q[dst, 2 * q] = b",
         "            Q[dst, 2 * q + 1] = a",
-        "    else:",
-        f"        for q in range({LB}):",
-        "            Q[dst, q] = Q[src, q]",
+        "        s = dst",
         "    e = m & ~1",
     ]
     for m in range(2, W, 2):
         lines.append(f"    {'if' if m == 2 else 'elif'} e == {m}:")
         lines.append("        for c in range(18):")
         lines.append(f"            k = c * {W}")
-        lines += [f"            x{l} = Q[dst, k + {l ^ m}]" for l in range(W)]
+        lines += [f"            x{l} = Q[s, k + {l ^ m}]" for l in range(W)]
         lines += [f"            Q[dst, k + {l}] = x{l}" for l in range(W)]
     return "\n".join(lines) + "\n"
 
@@ -201,16 +210,16 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
                     if nu == mu:
                         continue
                     bnu = (b * {ND} + nu) * vo
-                    o_mnu = nbr[o, nu, 1]
-                    m_mnu = msk[o, nu, 1]
-                    o_mnu_pmu = nbr[o_mnu, mu, 0]
-                    m_mnu_pmu = m_mnu ^ msk[o_mnu, mu, 0]
                     # up: U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+
                     x1 = link(Q, g, 0, bmu + nbr[o, nu, 0], msk[o, nu, 0])
                     mm_nn(Q, bnu + o, Q, x1, Wk, 0)
                     x2 = link(Q, g, 1, bnu + o_pmu, m_pmu)
                     mm_nd_acc(Q, x2, Wk, 0, Wk, 1)
                     # down: (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)
+                    o_mnu = nbr[o, nu, 1]
+                    m_mnu = msk[o, nu, 1]
+                    o_mnu_pmu = nbr[o_mnu, mu, 0]
+                    m_mnu_pmu = m_mnu ^ msk[o_mnu, mu, 0]
                     x3 = link(Q, g, 2, bmu + o_mnu, m_mnu)
                     x4 = link(Q, g, 3, bnu + o_mnu_pmu, m_mnu_pmu)
                     mm_nn(Q, x3, Q, x4, Wk, 0)
@@ -247,9 +256,58 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
                     retr_acc(Wk, 0, Wk, 1, out, q)
 
 
+@njit(parallel=True, fastmath={{'contract'}}, cache=True)
+def expm_mul(X, V, out, nblk, nch):
+    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane: Taylor series of
+    X / 2^s with max over lanes |X / 2^s|_F = n <= 1/4, to the order K where n^K / K! (a bound
+    on the term's norm in every lane) falls below 1e-20 (K <= 18), then s squarings.\"\"\"
+    for ch in prange(nch):
+        Wk = np.empty((4, {LB}))  # A = X / 2^s, term, sum, scratch
+        for q in range(ch * nblk // nch, (ch + 1) * nblk // nch):
+            nrm = 0.0
+            for l in range({W}):
+                s2 = 0.0
+                for c in range(18):
+                    s2 += X[q, c * {W} + l] ** 2
+                nrm = max(nrm, s2)
+            nrm = np.sqrt(nrm)
+            s = 0
+            while nrm > 0.25:
+                nrm *= 0.5
+                s += 1
+            sc = 0.5**s
+            for k in range({LB}):
+                a = sc * X[q, k]
+                Wk[0, k] = a
+                Wk[1, k] = a
+                Wk[2, k] = a
+            for i in range(3):
+                for l in range({W}):
+                    Wk[2, (8 * i) * {W} + l] += 1.0
+            # terms up to order K: |A^k / k!|_F <= nrm^k / k! < 1e-20 beyond it (every lane)
+            K = 1
+            bound = nrm
+            while bound >= 1e-20 and K < 18:
+                K += 1
+                bound *= nrm / K
+            for kk in range(2, K + 1):
+                mm_nn(Wk, 1, Wk, 0, Wk, 3)
+                inv = 1.0 / kk
+                for k in range({LB}):
+                    v = Wk[3, k] * inv
+                    Wk[1, k] = v
+                    Wk[2, k] += v
+            for _ in range(s):
+                mm_nn(Wk, 2, Wk, 2, Wk, 3)
+                for k in range({LB}):
+                    Wk[2, k] = Wk[3, k]
+            mm_nn(Wk, 2, V, q, out, q)
+
+
 @njit(parallel=True, cache=True)
 def pack_links(src, site, dst):
-    \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], c] (a = b Nd + mu).\"\"\"
+    \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], i, j, r] (a = b Nd + mu, c = 6 i + 2 j
+    + r; src may be strided, e.g. links with transposed 3x3 storage).\"\"\"
     na = src.shape[0]
     vo = site.shape[0]
     for q in prange(na * vo):
@@ -257,8 +315,10 @@ def pack_links(src, site, dst):
         o = q % vo
         for l in range({W}):
             x = site[o, l]
-            for c in range(18):
-                dst[q, c * {W} + l] = src[a, x, c]
+            for i in range(3):
+                for j in range(3):
+                    for r in range(2):
+                        dst[q, (6 * i + 2 * j + r) * {W} + l] = src[a, x, i, j, r]
 
 
 @njit(parallel=True, cache=True)
@@ -359,7 +419,11 @@ def pack(u: torch.Tensor, work: bool = False) -> np.ndarray:
     local = tuple(u.shape[2:-2])
     site = site_table(local)
     vo = site.shape[0]
-    src = torch.view_as_real(u.detach().resolve_conj().contiguous()).reshape(b * nd, -1, 18)
+    r = torch.view_as_real(u.detach().resolve_conj())
+    try:  # strided links are read in place (a copy of 38 MB costs 19 ms at 16^4)
+        src = r.view(b * nd, -1, 3, 3, 2)
+    except RuntimeError:
+        src = r.reshape(b * nd, -1, 3, 3, 2)
     shape = (b * nd * vo + 6 * nchunks(b * vo), LB)
     q = fused._workspace(shape) if work else np.empty(shape)
     fused._threads()
@@ -382,25 +446,106 @@ def unpack_density(d: np.ndarray, b: int, local: tuple[int, ...]) -> torch.Tenso
     return torch.from_numpy(out).reshape(b, *local)
 
 
+def _check(a: np.ndarray, rows: int, what: str) -> None:
+    """The kernels index without bounds checks: refuse an array of the wrong layout."""
+    if a.shape != (rows, LB) or a.dtype != np.float64 or not a.flags.c_contiguous:
+        raise ValueError(
+            f"vnode {what}: need a C-contiguous float64 array of shape {(rows, LB)}, got "
+            f"{a.dtype} {a.shape}"
+        )
+
+
 def ta_staples_packed(
     q: np.ndarray, b: int, local: tuple[int, ...], coef: float, ta: bool, out: np.ndarray
 ) -> None:
-    """Layout-resident kernel: ``out`` (vnode, same size as ``q``) = ``coef TA(U A)`` or
-    ``coef A``."""
+    """Layout-resident kernel on packed links ``q`` (:func:`pack`, scratch tail included):
+    ``out`` ``(B Nd Vo, 18 W)`` = ``coef TA(U A)`` (``ta``) or ``coef A``."""
     nbr, msk = tables(local)
     vo = nbr.shape[0]
+    _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
+    _check(out, b * ND * vo, "output")
     fused._threads()
     kernels().su3_ta_staples(q, nbr, msk, b, vo, float(coef), ta, out, nchunks(b * vo))
 
 
 def plaquette_density_packed(q: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
-    """Layout-resident plaquette action density, vnode ``(B, Vo, W)`` flat."""
+    """Layout-resident plaquette action density, vnode ``(B Vo, W)``."""
     nbr, msk = tables(local)
     vo = nbr.shape[0]
+    _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
     out = np.empty((b * vo, W))
     fused._threads()
     kernels().su3_plaquette_density(q, nbr, msk, b, vo, out, nchunks(b * vo))
     return out
+
+
+def empty_packed(b: int, local: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised packed field with the scratch tail (the layout of :func:`pack`)."""
+    vo = int(np.prod(local)) // W
+    return np.empty((b * ND * vo + 6 * nchunks(b * vo), LB))
+
+
+def expm_mul_packed(x: np.ndarray, v: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
+    """``exp(X) V`` per link and lane (:func:`expm_mul`) for packed ``X`` ``(B Nd Vo, 18 W)``
+    (traceless anti-Hermitian) and packed links ``V``; a new packed field (scratch tail)."""
+    n = b * ND * int(np.prod(local)) // W
+    _check(x, n, "exponent")
+    if v.shape[0] < n:
+        _check(v, n, "links")
+    w = empty_packed(b, local)
+    fused._threads()
+    kernels().expm_mul(x, v, w, n, nchunks(n))
+    return w
+
+
+def expm_mul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``exp(X) W`` per link in the complex layout ``(B, Nd, *local, 3, 3)`` (pack both, the
+    per-lane kernel :func:`expm_mul`, unpack)."""
+    b, nd = w.shape[:2]
+    local = tuple(w.shape[2:-2])
+    n = b * nd * int(np.prod(local)) // W
+    return unpack(expm_mul_packed(pack(x)[:n], pack(w, work=True), b, local), b, nd, local)
+
+
+def _expm_fits(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """``exp(X) W`` is site-local: any 4D local lattice with even extents, split or not."""
+    return (
+        x.shape == w.shape
+        and w.ndim == ND + 4
+        and all(t.device.type == "cpu" and t.dtype == torch.complex128 for t in (x, w))
+        and not (fused._graph(x) or fused._graph(w))
+        and fits(tuple(w.shape[2:-2]), (1,) * ND)
+    )
+
+
+def flow_step_rk3_packed(q: np.ndarray, b: int, local: tuple[int, ...], eps: float) -> np.ndarray:
+    """Luscher's RK3 Wilson-flow step (:func:`kernels.backends.eager.flow_step_rk3`) on packed
+    links ``q``, every stage in the vnode layout: generator ``Z = -TA(V A)`` and ``exp(X) V``
+    (:func:`expm_mul`, per lane); returns the new packed links."""
+    n = b * ND * int(np.prod(local)) // W
+
+    def gen(v: np.ndarray) -> np.ndarray:
+        z = np.empty((n, LB))
+        ta_staples_packed(v, b, local, -eps, True, z)
+        return z
+
+    def step(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return expm_mul_packed(x, v, b, local)
+
+    z0 = gen(q)
+    w1 = step(0.25 * z0, q)
+    z1 = gen(w1)
+    w2 = step((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0, w1)
+    z2 = gen(w2)
+    return step(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0, w2)
+
+
+def su3_flow_step_rk3(u: torch.Tensor, eps: float) -> torch.Tensor:
+    """RK3 Wilson-flow step in the complex layout: one pack, three vnode stages, one unpack."""
+    b, nd = u.shape[:2]
+    local = tuple(u.shape[2:-2])
+    fused._threads()
+    return unpack(flow_step_rk3_packed(pack(u, work=True), b, local, eps), b, nd, local)
 
 
 def su3_ta_staples(u: torch.Tensor, coef: float, ta: bool) -> torch.Tensor:
@@ -444,8 +589,9 @@ def _staples(u: torch.Tensor, grid) -> torch.Tensor:
 
 class VnodeBackend(fused.NumbaBackend):
     """The virtual-node SU(3) Wilson kernels (module doc) where the local lattice fits
-    (:func:`fits`); everything else (split grids, odd extents, rectangles, graphs, U(1),
-    ``exp(X) W``) is the ``numba`` backend's, which falls back to ``eager`` in turn."""
+    (:func:`fits`; ``exp(X) W``, being site-local, also on split grids); everything else
+    (split grids, odd extents, rectangles, graphs, U(1)) is the ``numba`` backend's, which
+    falls back to ``eager`` in turn."""
 
     name = "vnode"
 
@@ -467,13 +613,17 @@ class VnodeBackend(fused.NumbaBackend):
             return super().su3_flow_generator(u, grid, c1)
         return su3_ta_staples(u, -1.0, ta=True)
 
+    def su3_expm_mul(self, x, w):
+        """``exp(X) W`` (the MD drift): per lane in the vnode layout where the lattice fits."""
+        if not _expm_fits(x, w):
+            return super().su3_expm_mul(x, w)
+        return expm_mul(x, w)
+
     def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
-        """RK3 Wilson-flow step: vnode generator, numba ``exp(X) W``."""
+        """RK3 Wilson-flow step, every stage in the vnode layout (:func:`su3_flow_step_rk3`)."""
         if not _use(u, grid, c1):
             return super().su3_flow_step_rk3(u, grid, eps, c1)
-        return fused.su3_flow_step_rk3(
-            u, grid, eps, generator=lambda v: su3_ta_staples(v, -1.0, ta=True)
-        )
+        return su3_flow_step_rk3(u, eps)
 
     def su3_action_density(self, u, grid, c0, c1):
         """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})``."""

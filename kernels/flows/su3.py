@@ -68,7 +68,16 @@ axes split over ranks), computes staples, loops and the update on those sites on
 loops are scattered back to the lattice for the coefficient network's convolution), the 15
 staple-pair loops as one Gram matrix, ``ad_Q`` and ``L`` as real GEMMs, ``phi`` by a fused
 Horner series, and ``exp(Q)`` by Cayley-Hamilton with a spectral first derivative
-(:class:`_SU3Exp`).
+(:class:`_SU3Exp`). That eager torch path is the reference and the fallback. On CPU with
+complex128 links and numba installed (:mod:`kernels.flows.su3_fused`, setting
+``TRIVHMC_STOUT_KERNEL=auto|eager``) the same layer runs as numba site loops with analytic
+first-order backwards: staples and loops read straight from the field
+(:func:`~kernels.flows.su3_fused.stout_loops`), the update and log-det in the eigenbasis of
+``i Q`` (:func:`~kernels.flows.su3_fused.stout_core`: ``log det`` of a 9x9 matrix on ``gl(3)``,
+inverted in a real basis of ``u(3)``), the new links written by
+:func:`~kernels.flows.su3_fused.replace_links`; a network of ``1^D`` convolutions is then
+evaluated on the active sites only. A backward that builds a graph (``create_graph``, force
+matching) differentiates the eager pieces instead.
 """
 
 from __future__ import annotations
@@ -79,7 +88,7 @@ from functools import cache
 
 import torch
 
-from parallel import ProcessGrid, halo_pad
+from parallel import LatticeConv, ProcessGrid, halo_pad
 
 from ..groups.su_n import dagger, expm_su3, project_ta, su_generators
 from .base import (
@@ -93,7 +102,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
-from .su3_fused import gather_links, stout_core, stout_loops, uses_fused
+from .su3_fused import replace_links, stout_core, stout_loops, uses_fused
 
 NC = 3
 NG = NC * NC - 1
@@ -278,6 +287,8 @@ class SU3StoutLayer(Flow):
                 last.weight.mul_(init_scale)
                 if last.bias is not None:
                     last.bias.mul_(init_scale)
+        #: every convolution 1^D: the fused path evaluates the network on the active sites
+        self.pointwise = int(kernel_size) == 1
         mask = parity_mask(grid, self.parity, axes=self.others, dtype=dt)
         self.register_buffer("active", mask, persistent=False)
         idx = torch.nonzero(mask.reshape(-1) > 0).reshape(-1)
@@ -357,14 +368,10 @@ class SU3StoutLayer(Flow):
         n_active, 3, 3)`` (``self._item`` gives the order) from one halo-padded copy of ``u``
         and one gather (unbound at once: one gradient stack in the backward pass, not one
         zero-filled copy per item)."""
-        return self._gather(u).unbind(1)
-
-    def _gather(self, u: torch.Tensor) -> torch.Tensor:
-        """:meth:`neighbourhood` as one tensor ``(B, n_items, n_active, 3, 3)``."""
         b = u.shape[0]
         padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
-        nb = gather_links(padded.reshape(b, -1, NC, NC), self.neighbour_index)
-        return nb.reshape(b, len(self._item), -1, NC, NC)
+        nb = padded.reshape(b, -1, NC, NC).index_select(1, self.neighbour_index)
+        return nb.reshape(b, len(self._item), -1, NC, NC).unbind(1)
 
     def staples(self, u: torch.Tensor, nb: Links | None = None) -> list[torch.Tensor]:
         """``[C^up_nu, C^dn_nu for nu != mu]`` on the active sites, each ``(B, n_active, 3,
@@ -425,6 +432,22 @@ class SU3StoutLayer(Flow):
         r = self.net.at_sites(f.to(pdt), self.active_index).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
+    def _rho_pointwise(self, f: torch.Tensor) -> torch.Tensor:
+        """:meth:`_rho_of` for a network of ``1^D`` convolutions, on the active-site features
+        ``(B, n_features, n_active)`` directly: each convolution is ``y = W x + b`` per site
+        (same parameters; the inactive sites, which the lattice version also computes, are
+        skipped)."""
+        x = f.to(self.active.dtype)
+        for module in self.net.net:
+            if isinstance(module, LatticeConv):
+                w = module.weight.reshape(module.weight.shape[:2])
+                x = torch.einsum("oi,bin->bon", w, x)
+                if module.bias is not None:
+                    x = x + module.bias[:, None]
+            else:
+                x = module(x)
+        return self.rho_max * torch.tanh(x.to(f.dtype)) / (2.0 * len(self.others))
+
     def _rho_active(self, u: torch.Tensor, staples: list[torch.Tensor], nb: Links) -> torch.Tensor:
         """``rho_nu`` on the active sites, ``(B, Nd - 1, n_active)``."""
         return self._rho_of(self.features(u, staples, nb))
@@ -441,7 +464,12 @@ class SU3StoutLayer(Flow):
         real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``."""
         if uses_fused(u):  # numba staples and loops (su3_fused.stout_loops)
             st, pl, ix = self._tables
-            staples, f, x = stout_loops(self._gather(u), st, pl, ix)
+            b = u.shape[0]
+            padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
+            src = padded.reshape(b, -1, NC, NC)
+            staples, f, x = stout_loops(src, self.neighbour_index, st, pl, ix)
+            if self.pointwise:  # 1^D network: evaluate it on the active sites only
+                return staples, self._rho_pointwise(f), x
             return staples, self._rho_of(self._on_lattice(f)), x
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
@@ -459,10 +487,11 @@ class SU3StoutLayer(Flow):
         )
 
     def _scatter(self, u: torch.Tensor, new_active: torch.Tensor) -> torch.Tensor:
-        """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``)."""
+        """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``, or its numba
+        version :func:`kernels.flows.su3_fused.replace_links`)."""
         b = u.shape[0]
         where = self.active_index + self.mu * self.active.numel()
-        flat = u.reshape(b, -1, NC, NC).index_copy(1, where, new_active)
+        flat = replace_links(u.reshape(b, -1, NC, NC), where, new_active)
         return flat.reshape(u.shape)
 
     @staticmethod

@@ -1,18 +1,24 @@
-"""Fused CPU core of the SU(3) stout layer: ``(staples, rho, U_mu) -> (new link, log det J)``.
+"""Fused CPU path of the SU(3) stout layer (:class:`kernels.flows.su3.SU3StoutLayer`).
 
-The core of :class:`kernels.flows.su3.SU3StoutLayer` per active link (module docstring of
-:mod:`kernels.flows.su3`)::
+Three ``torch.autograd.Function`` s whose forward and first-order backward are numba site
+loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
 
-    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
-    new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = TA(Omega w),
+* :func:`stout_loops`: field -> staples, loop features and active link at the active sites
+  (the links read through the layer's neighbourhood index; backward scatter-added into the
+  field's cotangent);
+* :func:`stout_core`: ``(staples, rho, U_mu) -> (new link, log det J)``::
 
-as one ``torch.autograd.Function`` whose forward and first-order backward are site loops
-in numba (:mod:`kernels.flows.su3_fused_kernels`: eigenbasis of ``i Q``, a 9x9 complex
-determinant on ``gl(3)`` instead of the 8x8 real ``phi`` series; analytic adjoint). The eager
-torch core (:func:`eager_core`) is the reference and the fallback: it is used for non-CPU
-tensors, dtypes other than complex128, when numba is missing, when the setting says
-``eager``, and for a backward that builds a graph (``create_graph``, force matching: the
-backward then recomputes the eager core from the saved inputs and differentiates it).
+      C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
+      new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
+
+  (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
+* :func:`replace_links`: the field with the active links replaced.
+
+The eager torch versions (:func:`eager_loops`, :func:`eager_core`, ``index_copy``) are the
+reference and the fallback: used for non-CPU tensors, dtypes other than complex128, when numba
+is missing, when the setting says ``eager``, and for a backward that builds a graph
+(``create_graph``, force matching: the backward then recomputes the eager version from the
+saved inputs and differentiates it).
 
 Setting: :func:`set_stout_kernel` (``"auto"``: fused where possible, ``"eager"``: always
 eager), default from the environment variable ``TRIVHMC_STOUT_KERNEL`` (``auto``/``eager``).
@@ -113,15 +119,26 @@ class _FusedCore(torch.autograd.Function):
         ld = torch.empty(x_.shape[:2], dtype=torch.float64)
         w = torch.empty(*x_.shape[:2], 3, dtype=torch.float64)
         v = torch.empty_like(x_)
+        want_k = any(ctx.needs_input_grad)  # K = N^{-1} for the backward
+        kshape = (*x_.shape[:2], 9, 9) if want_k else (1, 1, 9, 9)
+        kinv = torch.empty(kshape, dtype=torch.float64)  # real-basis K_r = N_r^{-1}
         k.core_forward(
-            s_.numpy(), r_.numpy(), x_.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy()
+            s_.numpy(),
+            r_.numpy(),
+            x_.numpy(),
+            new.numpy(),
+            ld.numpy(),
+            w.numpy(),
+            v.numpy(),
+            kinv.numpy(),
+            want_k,
         )
-        ctx.save_for_backward(staples, rho, x, w, v)
+        ctx.save_for_backward(staples, rho, x, w, v, kinv)
         return new, ld
 
     @staticmethod
     def backward(ctx, gnew, gld):  # type: ignore[override]
-        staples, rho, x, w, v = ctx.saved_tensors
+        staples, rho, x, w, v, kinv = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiate the eager core
             with torch.enable_grad():
                 ins = [
@@ -148,6 +165,7 @@ class _FusedCore(torch.autograd.Function):
             _plain(x).numpy(),
             w.numpy(),
             v.numpy(),
+            kinv.numpy(),
             _plain(gnew).numpy(),
             _plain(gld.to(torch.float64)).numpy(),
             gs.numpy(),
@@ -158,17 +176,17 @@ class _FusedCore(torch.autograd.Function):
 
 
 def eager_loops(
-    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+    src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch version of :func:`stout_loops` (its differentiable fallback): staples ``(B, n_st,
-    n, 3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` from the
-    neighbourhood ``nb (B, n_items, n, 3, 3)`` (tables: :func:`stout_loops`)."""
+    """Torch version of :func:`stout_loops` (its differentiable fallback)."""
+    b = src.shape[0]
+    nb = src.index_select(1, index).reshape(b, _n_items(st, pl, ix), -1, 3, 3)
     out = []
-    for a, b, c, up in st.tolist():
+    for i, j, k, up in st.tolist():
         if up:
-            out.append(nb[:, a] @ nb[:, b] @ dagger(nb[:, c]))
+            out.append(nb[:, i] @ nb[:, j] @ dagger(nb[:, k]))
         else:
-            out.append(dagger(nb[:, a]) @ nb[:, b] @ nb[:, c])
+            out.append(dagger(nb[:, i]) @ nb[:, j] @ nb[:, k])
     staples = torch.stack(out, dim=1)
     sv = torch.view_as_real(staples.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
     feats = [
@@ -180,118 +198,138 @@ def eager_loops(
     return staples, torch.stack(feats, dim=1), nb[:, ix]
 
 
+def _n_items(st: torch.Tensor, pl: torch.Tensor, ix: int) -> int:
+    """Number of neighbourhood items (every item appears in a table)."""
+    return max(int(st[:, :3].max()), int(pl.max()) if pl.numel() else 0, ix) + 1
+
+
 class _FusedLoops(torch.autograd.Function):
-    """numba staples, loops and active link with an analytic backward; eager under a graph."""
+    """numba staples, loops and active link with an analytic backward (scatter-added into
+    the field's cotangent); eager under a graph."""
 
     @staticmethod
-    def forward(ctx, nb, st, pl, ix):  # type: ignore[override]
+    def forward(ctx, src, index, st, pl, ix):  # type: ignore[override]
         k = _load_kernels()
         k.set_threads()
-        nb_ = _plain(nb)
-        b, n = nb_.shape[0], nb_.shape[2]
+        src_ = _plain(src)
+        b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
         n_st, n_pl = st.shape[0], pl.shape[0]
-        staples = torch.empty(b, n_st, n, 3, 3, dtype=nb_.dtype)
+        staples = torch.empty(b, n_st, n, 3, 3, dtype=src_.dtype)
         feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
-        x = torch.empty(b, n, 3, 3, dtype=nb_.dtype)
+        x = torch.empty(b, n, 3, 3, dtype=src_.dtype)
         k.loops_forward(
-            nb_.numpy(), st.numpy(), pl.numpy(), ix, staples.numpy(), feats.numpy(), x.numpy()
+            src_.numpy(),
+            index.numpy(),
+            st.numpy(),
+            pl.numpy(),
+            ix,
+            staples.numpy(),
+            feats.numpy(),
+            x.numpy(),
         )
-        ctx.save_for_backward(nb)
-        ctx.tables = (st, pl, ix)
+        ctx.save_for_backward(src, staples)
+        ctx.tables = (index, st, pl, ix)
         return staples, feats, x
 
     @staticmethod
     def backward(ctx, gst, gf, gx):  # type: ignore[override]
-        (nb,) = ctx.saved_tensors
-        st, pl, ix = ctx.tables
+        src, staples = ctx.saved_tensors
+        index, st, pl, ix = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
             with torch.enable_grad():
-                nb_in = nb if nb.requires_grad else nb.detach().requires_grad_(True)
-                outs = eager_loops(nb_in, st, pl, ix)
+                s_in = src if src.requires_grad else src.detach().requires_grad_(True)
+                outs = eager_loops(s_in, index, st, pl, ix)
                 pairs = [(o, g) for o, g in zip(outs, (gst, gf, gx), strict=True) if g is not None]
-                (gnb,) = torch.autograd.grad(
-                    [o for o, _ in pairs], [nb_in], [g for _, g in pairs], create_graph=True
+                (gsrc,) = torch.autograd.grad(
+                    [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
-            return gnb, None, None, None
+            return gsrc, None, None, None, None
         k = _load_kernels()
         k.set_threads()
-        b, n = nb.shape[0], nb.shape[2]
-        gst = torch.zeros(b, st.shape[0], n, 3, 3, dtype=nb.dtype) if gst is None else gst
-        gf = (
-            torch.zeros(b, st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0], n)
-            if gf is None
-            else gf
-        )
-        gx = torch.zeros(b, n, 3, 3, dtype=nb.dtype) if gx is None else gx
-        gnb = torch.empty(nb.shape, dtype=nb.dtype)
+        b, n = staples.shape[0], staples.shape[2]
+        n_f = st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0]
+        gst = torch.zeros_like(staples) if gst is None else gst
+        gf = torch.zeros(b, n_f, n, dtype=torch.float64) if gf is None else gf
+        gx = torch.zeros(b, n, 3, 3, dtype=staples.dtype) if gx is None else gx
+        gsrc = torch.empty(src.shape, dtype=staples.dtype)
         k.loops_backward(
-            _plain(nb).numpy(),
+            _plain(src).numpy(),
+            index.numpy(),
+            _plain(staples).numpy(),
             st.numpy(),
             pl.numpy(),
             ix,
             _plain(gst).numpy(),
             _plain(gf.to(torch.float64)).numpy(),
             _plain(gx).numpy(),
-            gnb.numpy(),
+            gsrc.numpy(),
         )
-        return gnb, None, None, None
+        return gsrc, None, None, None, None
 
 
-class _FusedGather(torch.autograd.Function):
-    """``src[:, index]`` of ``(B, M, 3, 3)`` links; backward a scatter-add in index order (the
-    sums of ``torch.index_add``), torch's ``index_add`` under a graph."""
+def stout_loops(
+    src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Staples, loop features and the active link of a layer at its ``n`` active sites, from
+    the (halo-padded) field ``src (B, M, 3, 3)`` and the flat neighbourhood ``index
+    (n_items * n)`` (item-major: link ``src[:, index[item * n + s]]``,
+    :meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood`). Tables (int64): ``st (n_st, 4)``
+    rows ``(A, B, C, up)``: staple ``A B C^+`` (up) or ``A^+ B C``; ``pl (n_planes, 4)`` rows
+    ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) / 3`` after the pairs ``Re Tr(S_k S_l^+) /
+    3`` (``k < l``, row-major); ``ix`` the active link's item. Returns staples ``(B, n_st, n,
+    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)``. Fused
+    (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    if uses_fused(src):
+        return _FusedLoops.apply(src, index, st, pl, ix)
+    return eager_loops(src, index, st, pl, ix)
+
+
+class _FusedReplace(torch.autograd.Function):
+    """``u`` with the links ``u[:, where]`` replaced by ``new`` (numba copy); backward in one
+    pass (torch's ``index_fill`` / ``index_select`` under a graph)."""
 
     @staticmethod
-    def forward(ctx, src, index):  # type: ignore[override]
+    def forward(ctx, u, where, new):  # type: ignore[override]
         k = _load_kernels()
         k.set_threads()
-        s_ = _plain(src)
-        out = torch.empty(s_.shape[0], index.shape[0], 3, 3, dtype=s_.dtype)
-        k.gather(
-            s_.reshape(s_.shape[0], -1, 9).numpy(),
-            index.numpy(),
-            out.reshape(out.shape[0], -1, 9).numpy(),
+        u_, n_ = _plain(u), _plain(new)
+        out = torch.empty_like(u_)
+        b = u_.shape[0]
+        k.replace_links(
+            u_.reshape(b, -1, 9).numpy(),
+            where.numpy(),
+            n_.reshape(b, -1, 9).numpy(),
+            out.reshape(b, -1, 9).numpy(),
         )
-        ctx.index, ctx.m = index, src.shape[1]
+        ctx.where = where
         return out
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        index, m = ctx.index, ctx.m
+        where = ctx.where
         if torch.is_grad_enabled():
-            return g.new_zeros(g.shape[0], m, 3, 3).index_add(1, index, g), None
+            return g.index_fill(1, where, 0), None, g.index_select(1, where)
         k = _load_kernels()
         k.set_threads()
         g_ = _plain(g)
-        out = torch.empty(g_.shape[0], m, 3, 3, dtype=g_.dtype)
-        k.scatter_add(
-            g_.reshape(g_.shape[0], -1, 9).numpy(),
-            index.numpy(),
-            out.reshape(out.shape[0], -1, 9).numpy(),
+        b = g_.shape[0]
+        gu = torch.empty_like(g_)
+        gnew = g_.new_empty(b, where.shape[0], 3, 3)
+        k.replace_links_backward(
+            g_.reshape(b, -1, 9).numpy(),
+            where.numpy(),
+            gu.reshape(b, -1, 9).numpy(),
+            gnew.reshape(b, -1, 9).numpy(),
         )
-        return out, None
+        return gu, None, gnew
 
 
-def gather_links(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``src.index_select(1, index)`` for links ``src (B, M, 3, 3)``: numba gather and
-    scatter-add backward when :func:`uses_fused`, else torch's."""
-    if uses_fused(src):
-        return _FusedGather.apply(src, index)
-    return src.index_select(1, index)
-
-
-def stout_loops(
-    nb: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Staples, loop features and the active link of a layer from its neighbourhood ``nb (B,
-    n_items, n, 3, 3)`` (:meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood` before
-    unbinding). Tables (int64): ``st (n_st, 4)`` rows ``(A, B, C, up)``: staple ``A B C^+`` (up)
-    or ``A^+ B C``; ``pl (n_planes, 4)`` rows ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) /
-    3`` after the pairs ``Re Tr(S_k S_l^+) / 3`` (``k < l``, row-major); ``ix`` the active link's
-    item. Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
-    if uses_fused(nb):
-        return _FusedLoops.apply(nb, st, pl, ix)
-    return eager_loops(nb, st, pl, ix)
+def replace_links(u: torch.Tensor, where: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``u.index_copy(1, where, new)`` for links ``u (B, M, 3, 3)``, ``new (B, n, 3, 3)``: numba
+    when :func:`uses_fused`, else torch."""
+    if uses_fused(u):
+        return _FusedReplace.apply(u, where, new)
+    return u.index_copy(1, where, new)
 
 
 def stout_core(

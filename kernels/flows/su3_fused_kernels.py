@@ -1,36 +1,43 @@
-"""numba kernels of the SU(3) stout layer core (imported only when numba is present).
+"""numba kernels of the SU(3) stout layer (imported only when numba is present).
 
-Per active link, complex128, layout ``S[b, i, s, 3, 3]`` (the six staples, ``C^up_nu,
-C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), ``x[b, s, 3, 3]``::
+Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, i, s]`` (``C^up_nu,
+C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
 
     C = sum_nu rho_nu (S_{2nu} + S_{2nu+1}),  Omega = C x^+,  Q = TA(Omega),
-    new = exp(Q) x,  ld = log det(1 + phi(-ad_Q) L),  L(w) = TA(Omega w)
+    new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
-(:mod:`kernels.flows.su3`). Eigenbasis formulation: ``i Q = V diag(w) V^+`` (LAPACK ``eigh``),
-``exp(Q) = V diag(e^{-i w}) V^+``. On the complexified algebra ``gl(3, C)`` in the basis
-``E_jk = V e_j e_k^+ V^+`` (index ``a = 3 j + k``) ``-ad_Q`` is diagonal with eigenvalues
-``i theta_a``, ``theta_(jk) = w_j - w_k``, so ``phi(-ad_Q) = diag(Phi)``, ``Phi_a = phi(i
-theta_a) = e^{i theta_a / 2} sinc(theta_a / 2)``; ``L`` is complex-linear in ``w``
-(``TA(Omega w) = (Omega w + w Omega^+)/2 - trace``), with ``O = V^+ Omega V``::
+(:mod:`kernels.flows.su3`: ``L = dQ/dw`` for ``x -> exp(w) x``; ``TA(Omega w) = (Omega w +
+w Omega^+)/2 - trace`` is complex-linear in ``w``).
 
-    (P L)[(jk),(lm)] = L9 - delta_jk/3 sum_n L9[(nn),(lm)],
-    L9[(jk),(lm)] = (O_jl delta_km + delta_jl conj(O_km)) / 2,
-    N = 1 + diag(Phi) P L    (9 x 9 complex),   ld = log |det N|.
+Core (:func:`core_forward`, :func:`core_backward`). Eigenbasis: ``i Q = V diag(w) V^+`` by
+Cardano and cross products (:func:`_eigh3`; LAPACK ``eigh`` when two eigenvalues are within 2%
+of the spectral scale), ``exp(Q) = 1 + V diag(e^{-i w} - 1) V^+``. On the complexified algebra
+``gl(3, C)`` in the basis ``E_jk = V e_j e_k^+ V^+`` (index ``a = 3 j + k``) ``-ad_Q`` is
+diagonal with eigenvalues ``i theta_a``, ``theta_(jk) = w_j - w_k``, so ``phi(-ad_Q) =
+diag(Phi)``, ``Phi_a = phi(i theta_a) = e^{i theta_a / 2} sinc(theta_a / 2)``; with ``O = V^+
+Omega V``::
 
-``det N = det_{su(3)}(1 + phi(-ad_Q) L)``: the determinant of a real-linear map equals that
-of its complexification on ``sl(3, C)``, and on ``gl(3) = sl(3) + C 1`` ``N`` is block
-triangular with ``1`` on the trace part.
+    L9[(jk),(lm)] = (O_jl delta_km + delta_jl conj(O_km)) / 2,       (TA(Omega .) without trace)
+    (P L9)[(jk),(lm)] = L9[(jk),(lm)] - delta_jk/3 sum_n L9[(nn),(lm)],
+    N = 1 - diag(Phi) P L9    (9 x 9 complex),   ld = log |det N|.
 
-Backward (first order; torch's convention ``d/dRe + i d/dIm`` for the complex inputs), with
-``K = N^{-1}``, ``g`` the log-det cotangent, ``G`` that of ``new``:
+``det N = det_{su(3)}(1 + phi(-ad_Q) L)``: the determinant of a real-linear map equals that of
+its complexification on ``sl(3, C)``, and on ``gl(3) = sl(3) + C 1`` ``N`` is block triangular
+with ``1`` on the trace part. ``N`` maps ``u(3)`` to itself, so in a real orthonormal basis of
+``u(3)`` (a sparse unitary ``T``, :func:`_to_real`) ``N_r = T^+ N T`` is real: the forward
+inverts it in real arithmetic (Gauss-Jordan; its pivots give ``ld``) and keeps ``K_r =
+N_r^{-1}`` for the backward, ``K = N^{-1} = T K_r T^+``.
+
+Backward (first order; torch's convention ``d/dRe + i d/dIm`` for complex inputs), ``g`` the
+log-det cotangent, ``G`` that of ``new``:
 
 * ``d ld = Re tr(K dN)``; through ``Phi`` (Daleckii-Krein on the diagonal ``-ad_Q``, direction
   ``-ad_{dQ}``) ``H_ab = (delta_ab - K_ba) / Phi_b * phi[i theta_a, i theta_b]`` (using
-  ``diag(Phi) P L K = 1 - K``), ``R_pq = sum_j H_(jq),(jp) - sum_k H_(pk),(qk)``;
+  ``-diag(Phi) P L9 K = 1 - K``), ``R_pq = sum_j H_(jq),(jp) - sum_k H_(pk),(qk)``;
 * through ``L``: ``W_ab = K_ba Phi_a`` with the trace projection's adjoint on the rows
-  ``(nn)``, ``S_pq = (sum_k W_(pk),(qk) + conj(sum_j W_(jp),(jq))) / 2``;
-* ``exp``: ``L_exp(Q^+, G x^+) = V [(V^+ G x^+ V) o D] V^+``,
-  ``D_jk = e^{i (w_j + w_k)/2} sinc((w_j - w_k)/2)`` (as :class:`kernels.flows.su3._SU3Exp`);
+  ``(nn)``, ``S_pq = -(sum_k W_(pk),(qk) + conj(sum_j W_(jp),(jq))) / 2``;
+* ``exp``: ``L_exp(Q^+, G x^+) = V [(V^+ G x^+ V) o D] V^+``, ``D_jk = e^{i (w_j + w_k)/2}
+  sinc((w_j - w_k)/2) = e^{i w_k} Phi_jk`` (as :class:`kernels.flows.su3._SU3Exp`);
 * ``dL/dQ = V [g conj(R) + (V^+ G x^+ V) o D] V^+``, ``dL/dOmega = TA(dL/dQ) + g V conj(S)
   V^+``, ``dL/dC = (dL/dOmega) x``, ``dL/dx = exp(Q)^+ G + (dL/dOmega)^+ C``,
   ``dL/dS_{2nu} = dL/dS_{2nu+1} = rho_nu dL/dC``, ``dL/drho_nu = Re tr((dL/dC)^+ (S_{2nu} +
@@ -38,8 +45,17 @@ Backward (first order; torch's convention ``d/dRe + i d/dIm`` for the complex in
 
 Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
 (Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
-``|t1| >= |t2|``, ``|t1| >= 0.05``, else the Taylor series ``sum_n h_{n-1}(x, y) / (n+1)!``.
-Work is split in chunks of sites (``numba.prange``, threads = ``torch.get_num_threads()``).
+``|t1| >= |t2|``, ``|t1| >= 0.05``, ``phi'(0) = 1/2``, else the Taylor series ``sum_n h_{n-1}(x,
+y) / (n+1)!``; every phase from the three ``e^{i w_j / 2}`` (:func:`_phases`).
+
+Staples and loops (:func:`loops_forward`, :func:`loops_backward`): the links a layer reads at
+an active site, straight from the (halo-padded) field through the layer's neighbourhood index;
+staples, the staple-pair loops ``Re Tr(S_k S_l^+) / 3`` and the plaquettes; the backward adds
+each site's link cotangents into the field's in site-then-item order (serial per chain).
+:func:`replace_links` writes the new links into a copy of the field.
+
+Threads: ``numba.prange`` over chunks of sites (over chains in :func:`loops_backward`),
+``torch.get_num_threads()`` of them (:func:`set_threads`). No fastmath.
 """
 
 from __future__ import annotations
@@ -232,36 +248,6 @@ def _log_abs_det(n):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _inverse(n, out):
-    """``out = n^{-1}`` (9x9 complex) by Gauss-Jordan with partial pivoting (``n`` destroyed)."""
-    for i in range(9):
-        for j in range(9):
-            out[i, j] = 1.0 if i == j else 0.0
-    for col in range(9):
-        piv, best = col, _abs2(n[col, col])
-        for r in range(col + 1, 9):
-            a2 = _abs2(n[r, col])
-            if a2 > best:
-                piv, best = r, a2
-        if piv != col:
-            for k in range(9):
-                n[col, k], n[piv, k] = n[piv, k], n[col, k]
-                out[col, k], out[piv, k] = out[piv, k], out[col, k]
-        inv = 1.0 / n[col, col]
-        for k in range(col + 1, 9):  # columns <= col of n are no longer read
-            n[col, k] *= inv
-        for k in range(9):
-            out[col, k] *= inv
-        for r in range(9):
-            if r != col:
-                f = n[r, col]
-                for k in range(col + 1, 9):
-                    n[r, k] -= f * n[col, k]
-                for k in range(9):
-                    out[r, k] -= f * out[col, k]
-
-
-@njit(cache=True, error_model="numpy", inline="always")
 def _cross(a, ia, b, ib, out):
     """``out = a[ia, :] x b[ib, :]`` (bilinear: ``a . out = b . out = 0`` without conjugation)."""
     out[0] = a[ia, 1] * b[ib, 2] - a[ia, 2] * b[ib, 1]
@@ -337,9 +323,90 @@ def _unitarise(v):
         v[i, 2] = (v[i1, 0] * v[i2, 1] - v[i2, 0] * v[i1, 1]).conjugate()
 
 
+# Real basis of u(3) in the eigenbasis coordinates (orthonormal, so a unitary T): i E_jj
+# (columns 0-2), then per pair (j, k) = (0, 1), (0, 2), (1, 2): (E_jk - E_kj) / sqrt 2 and
+# i (E_jk + E_kj) / sqrt 2. N maps u(3) to itself (the complexification of a real map), so
+# N_r = T^+ N T is real: its inverse and determinant in real arithmetic, K = T N_r^{-1} T^+.
+_PAIRS = ((0, 1), (0, 2), (1, 2))
+_S = 1.0 / math.sqrt(2.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _to_real(n, y, nr):
+    """``nr = Re(T^+ N T)`` (``y`` complex 9x9 scratch)."""
+    for a in range(9):
+        for j in range(3):
+            y[a, j] = 1j * n[a, 4 * j]
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            y[a, 3 + 2 * p] = _S * (n[a, jk] - n[a, kj])
+            y[a, 4 + 2 * p] = 1j * _S * (n[a, jk] + n[a, kj])
+    for b in range(9):
+        for j in range(3):
+            nr[j, b] = y[4 * j, b].imag
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            nr[3 + 2 * p, b] = _S * (y[jk, b].real - y[kj, b].real)
+            nr[4 + 2 * p, b] = _S * (y[jk, b].imag + y[kj, b].imag)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _from_real(kr, z, k):
+    """``k = T kr T^+`` (``z`` complex 9x9 scratch)."""
+    for b in range(9):
+        for j in range(3):
+            z[4 * j, b] = 1j * kr[j, b]
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            z[jk, b] = _S * complex(kr[3 + 2 * p, b], kr[4 + 2 * p, b])
+            z[kj, b] = _S * complex(-kr[3 + 2 * p, b], kr[4 + 2 * p, b])
+    for a in range(9):
+        for j in range(3):
+            k[a, 4 * j] = -1j * z[a, j]
+        for p in range(3):
+            jk, kj = 3 * _PAIRS[p][0] + _PAIRS[p][1], 3 * _PAIRS[p][1] + _PAIRS[p][0]
+            k[a, jk] = _S * (z[a, 3 + 2 * p] - 1j * z[a, 4 + 2 * p])
+            k[a, kj] = _S * (-z[a, 3 + 2 * p] - 1j * z[a, 4 + 2 * p])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _inverse_real(n, out):
+    """``out = n^{-1}`` (9x9 real) by Gauss-Jordan with partial pivoting (``n`` destroyed);
+    returns ``log |det n|``."""
+    logdet = 0.0
+    for i in range(9):
+        for j in range(9):
+            out[i, j] = 1.0 if i == j else 0.0
+    for col in range(9):
+        piv, best = col, abs(n[col, col])
+        for r in range(col + 1, 9):
+            if abs(n[r, col]) > best:
+                piv, best = r, abs(n[r, col])
+        logdet += math.log(best)
+        if piv != col:
+            for k in range(9):
+                n[col, k], n[piv, k] = n[piv, k], n[col, k]
+                out[col, k], out[piv, k] = out[piv, k], out[col, k]
+        inv = 1.0 / n[col, col]
+        for k in range(col + 1, 9):
+            n[col, k] *= inv
+        for k in range(9):
+            out[col, k] *= inv
+        for r in range(9):
+            if r != col:
+                f = n[r, col]
+                for k in range(col + 1, 9):
+                    n[r, k] -= f * n[col, k]
+                for k in range(9):
+                    out[r, k] -= f * out[col, k]
+    return logdet
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def core_forward(s_, rho, x, new, ld, wsave, vsave):
-    """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` for the backward."""
+def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
+    """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` and, if
+    ``want_k``, ``K_r = N_r^{-1}`` (real Gauss-Jordan, whose pivots give the log-det) for the
+    backward (else the log-det by complex LU)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -354,6 +421,9 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
         ph = np.empty(3, np.complex128)
         ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
+        k_ = np.empty((9, 9), np.complex128)
+        nr = np.empty((9, 9))
+        kr = np.empty((9, 9))
         w = np.empty(3)
         v = np.empty((3, 3), np.complex128)
         a = np.empty((3, 3), np.complex128)
@@ -384,19 +454,31 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave):
                     new[b, s, i, j] = acc
             _rotate_in(v, om, t, o)
             _build_n(o, phi, n)
-            ld[b, s] = _log_abs_det(n)
+            if want_k:  # K in the real basis, K_r = N_r^{-1}
+                _to_real(n, k_, nr)
+                ld[b, s] = _inverse_real(nr, kr)
+                for i in range(9):
+                    for j in range(9):
+                        kinv[b, s, i, j] = kr[i, j]
+            else:
+                ld[b, s] = _log_abs_det(n)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc):
+def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi):
     """Log-det cotangent factors from ``K = N^{-1}`` (module docstring): ``R`` into ``m``,
     ``S`` into ``gc`` (``dd``, ``n`` scratch)."""
     for a in range(9):
+        iphi[a] = 1.0 / phi[a]
+    for a in range(9):
         ta = w[a // 3] - w[a % 3]
         for bb in range(a, 9):
-            d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
-            dd[a, bb] = d / phi[bb]  # phi[i theta_a, i theta_b] / Phi_b
-            dd[bb, a] = d / phi[a]
+            if a % 4 == 0 and bb % 4 == 0:
+                d = 0.5 + 0.0j  # phi'(0): theta_(jj) = 0
+            else:
+                d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
+            dd[a, bb] = d * iphi[bb]  # phi[i theta_a, i theta_b] / Phi_b
+            dd[bb, a] = d * iphi[a]
     # R (through Phi) into m, S (through L) into gc (reused as scratch)
     for p in range(3):
         for q in range(3):
@@ -473,7 +555,7 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
+def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
     """Cotangents of ``S``, ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
@@ -495,7 +577,9 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
         ea = np.empty(9, np.complex128)
         n = np.empty((9, 9), np.complex128)
         k_ = np.empty((9, 9), np.complex128)
+        kr = np.empty((9, 9))
         dd = np.empty((9, 9), np.complex128)
+        iphi = np.empty(9, np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
             for i in range(3):
@@ -506,10 +590,11 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
             g = gld[b, s]
             # --- log-det: K = N^{-1}
             _phases(w, ph, ea, phi)
-            _rotate_in(v, om, t, o)
-            _build_n(o, phi, n)
-            _inverse(n, k_)
-            _ld_cotangents(k_, phi, ea, w, dd, n, m, gc)
+            for i in range(9):
+                for j in range(9):
+                    kr[i, j] = kinv[b, s, i, j]
+            _from_real(kr, n, k_)
+            _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi)
             # --- exp: G x^+, then dL/dOmega
             for i in range(3):
                 for j in range(3):
@@ -523,8 +608,9 @@ def core_backward(s_, rho, x, wsave, vsave, gnew, gld, gs, grho, gx):
 
 
 # ---------------------------------------------------------------- staples and loops
-# ``nb[b, item, s]``: the links a layer reads at its active sites (SU3StoutLayer.neighbourhood),
-# copied per site into a local ``(n_items + 2, 3, 3)`` buffer (two scratch slots at the end);
+# ``src[b, index[item * n + s]]``: the links a layer reads at its active site ``s``
+# (SU3StoutLayer.neighbourhood), copied per site into a local ``(n_items + 2, 3, 3)`` buffer
+# (two scratch slots at the end);
 # ``st[i] = (A, B, C, up)``: staple ``i`` is ``A B C^+`` (up) or ``A^+ B C`` (down);
 # ``pl[p] = (P, Q, R, T)``: loop ``Re Tr(P Q (R T)^+) / 3``; ``ix``: the active link's item.
 # 3x3 complex products on stacks of matrices: ``_mm_nd(a, ia, b, ib, out, io)`` is
@@ -625,11 +711,13 @@ def _retr(a, ia, b, ib):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _load(nb, b, s, loc):
-    for it in range(nb.shape[1]):
+def _load(src, index, ns, b, s, loc, ni):
+    """``loc[it] = src[b, index[it * ns + s]]``: the site's links from the (padded) field."""
+    for it in range(ni):
+        k = index[it * ns + s]
         for i in range(3):
             for j in range(3):
-                loc[it, i, j] = nb[b, it, s, i, j]
+                loc[it, i, j] = src[b, k, i, j]
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -645,10 +733,12 @@ def _staples(loc, st, p, sk):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_forward(nb, st, pl, ix, staples, feats, x):
+def loops_forward(src, index, st, pl, ix, staples, feats, x):
     """Staples ``(B, n_st, n, 3, 3)``, features ``(B, n_pairs + n_planes, n)`` (the pairs
-    ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link."""
-    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+    ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link,
+    reading the links ``src[b, index[item * n + s]]`` of the field ``src (B, M, 3, 3)``."""
+    nbat, ns = src.shape[0], x.shape[1]
+    ni = index.shape[0] // ns
     nst = st.shape[0]
     total = nbat * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -657,7 +747,7 @@ def loops_forward(nb, st, pl, ix, staples, feats, x):
         sk = np.empty((nst, 3, 3), np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
-            _load(nb, b, s, loc)
+            _load(src, index, ns, b, s, loc, ni)
             _staples(loc, st, ni, sk)
             f = 0
             for k in range(nst):
@@ -701,12 +791,11 @@ def _staples_backward(loc, st, p, q, gs, gl):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
-    """Cotangent ``gl`` of the site's links in ``loc`` given ``gs`` (the staples' own
-    cotangents, on entry) and the features' ``gf``: pairs ``Re Tr(S_k S_l^+)``: ``dS_k = S_l``;
-    loops ``Re Tr(L R^+)``: ``dL = R``, ``dR = L``; products by the chain rule."""
+    """Cotangent ``gl`` of the site's links in ``loc`` (staples ``sk``) given ``gs`` (the
+    staples' own cotangents, on entry) and the features' ``gf``: pairs ``Re Tr(S_k S_l^+)``:
+    ``dS_k = S_l``; loops ``Re Tr(L R^+)``: ``dL = R``, ``dR = L``; products by the chain rule."""
     ni = gl.shape[0] - 2
     nst = st.shape[0]
-    _staples(loc, st, ni, sk)
     f = 0
     for k in range(nst):
         for m in range(k + 1, nst):
@@ -730,20 +819,25 @@ def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
-    """Cotangent ``gnb`` of the neighbourhood from those of :func:`loops_forward`'s outputs."""
-    nbat, ni, ns = nb.shape[0], nb.shape[1], nb.shape[2]
+def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
+    """Cotangent ``gsrc`` of the field (zeroed here) from those of :func:`loops_forward`'s
+    outputs (``staples``: its staples output): per site, the cotangents of its links, added
+    to ``gsrc[b, index[item * n + s]]`` in site-then-item order. One thread per chain (the
+    scatter-add is serial within a chain: no races, a fixed order)."""
+    nbat, ns = src.shape[0], gx.shape[1]
+    ni = index.shape[0] // ns
     nst = st.shape[0]
-    total = nbat * ns
-    nchunk = (total + CHUNK - 1) // CHUNK
-    for ch in prange(nchunk):
+    for b in prange(nbat):
         loc = np.empty((ni + 2, 3, 3), np.complex128)
         gl = np.empty((ni + 2, 3, 3), np.complex128)
         sk = np.empty((nst, 3, 3), np.complex128)
         gs = np.empty((nst, 3, 3), np.complex128)
-        for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
-            b, s = it // ns, it % ns
-            _load(nb, b, s, loc)
+        for m in range(gsrc.shape[1]):
+            for i in range(3):
+                for j in range(3):
+                    gsrc[b, m, i, j] = 0.0
+        for s in range(ns):
+            _load(src, index, ns, b, s, loc, ni)
             for k in range(ni):
                 for i in range(3):
                     for j in range(3):
@@ -752,36 +846,37 @@ def loops_backward(nb, st, pl, ix, gst, gf, gx, gnb):
                 for i in range(3):
                     for j in range(3):
                         gs[k, i, j] = gst[b, k, s, i, j]
+                        sk[k, i, j] = staples[b, k, s, i, j]
             _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
             for k in range(ni):
+                m = index[k * ns + s]
                 for i in range(3):
                     for j in range(3):
-                        gnb[b, k, s, i, j] = gl[k, i, j]
+                        gsrc[b, m, i, j] += gl[k, i, j]
 
 
-# ---------------------------------------------------------------- gather
+# ---------------------------------------------------------------- scatter
 @njit(parallel=True, cache=True, error_model="numpy")
-def gather(src, index, out):
-    """``out[b, k] = src[b, index[k]]`` (``src (B, M, 9)``, ``out (B, K, 9)`` complex)."""
-    nk = index.shape[0]
-    nchunk = (nk + 1023) // 1024
-    for ch in prange(src.shape[0] * nchunk):
-        b, c = ch // nchunk, ch % nchunk
-        for k in range(c * 1024, min(nk, (c + 1) * 1024)):
-            i = index[k]
+def replace_links(u, where, new, out):
+    """``out = u`` with ``out[b, where[k]] = new[b, k]`` (``(B, M, 9)``, ``(B, n, 9)``)."""
+    for b in prange(u.shape[0]):
+        for m in range(u.shape[1]):
             for e in range(9):
-                out[b, k, e] = src[b, i, e]
+                out[b, m, e] = u[b, m, e]
+        for k in range(where.shape[0]):
+            for e in range(9):
+                out[b, where[k], e] = new[b, k, e]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def scatter_add(g, index, out):
-    """``out[b, index[k]] += g[b, k]`` for ``k`` in order (as ``torch.index_add`` on CPU:
-    the same sums in the same order); ``out`` zeroed first. One thread per chain ``b``."""
+def replace_links_backward(g, where, gu, gnew):
+    """Cotangents of :func:`replace_links`: ``gu = g`` with zeros at ``where``, ``gnew = g[:,
+    where]``, in one pass."""
     for b in prange(g.shape[0]):
-        for m in range(out.shape[1]):
+        for m in range(g.shape[1]):
             for e in range(9):
-                out[b, m, e] = 0.0
-        for k in range(index.shape[0]):
-            i = index[k]
+                gu[b, m, e] = g[b, m, e]
+        for k in range(where.shape[0]):
             for e in range(9):
-                out[b, i, e] += g[b, k, e]
+                gnew[b, k, e] = g[b, where[k], e]
+                gu[b, where[k], e] = 0.0
