@@ -188,7 +188,7 @@ def _rotate_out(v, m, t, out):
             out[i, j] = acc
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _exp_q(v, ph, t, o, e):
     """``e = exp(Q) = 1 + V diag(e^{-i w} - 1) V^+`` (``t``, ``o`` scratch; the ``1`` kept out
     of the rotation: accurate for small ``Q``)."""
@@ -224,7 +224,7 @@ def _abs2(z):
     return z.real * z.real + z.imag * z.imag
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _log_abs_det(n):
     """``log |det n|`` of a 9x9 complex matrix by LU with partial pivoting (in place)."""
     out = 0.0
@@ -305,7 +305,7 @@ def _eigh3(h, w, v, a, c, best):
     return True
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _unitarise(v):
     """Columns unitary to rounding: ``v1`` orthogonalised against ``v0``, ``v2 = conj(v0 x v1)``."""
     d = (
@@ -720,7 +720,7 @@ def _load(src, index, ns, b, s, loc, ni):
                 loc[it, i, j] = src[b, k, i, j]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _staples(loc, st, p, sk):
     """Staples of the site in ``loc`` into ``sk`` (``loc[p]`` scratch)."""
     for i in range(st.shape[0]):
