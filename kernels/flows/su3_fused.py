@@ -229,10 +229,10 @@ class _FusedLoops(torch.autograd.Function):
         )
         ctx.save_for_backward(src, staples)
         ctx.tables = (index, st, pl, ix)
-        return staples, feats, x
+        return staples, feats, x, src.view_as(src)
 
     @staticmethod
-    def backward(ctx, gst, gf, gx):  # type: ignore[override]
+    def backward(ctx, gst, gf, gx, gpass):  # type: ignore[override]
         src, staples = ctx.saved_tensors
         index, st, pl, ix = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
@@ -243,7 +243,7 @@ class _FusedLoops(torch.autograd.Function):
                 (gsrc,) = torch.autograd.grad(
                     [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
-            return gsrc, None, None, None, None
+            return gsrc if gpass is None else gsrc + gpass, None, None, None, None
         k = _load_kernels()
         k.set_threads()
         b, n = staples.shape[0], staples.shape[2]
@@ -251,7 +251,16 @@ class _FusedLoops(torch.autograd.Function):
         gst = torch.zeros_like(staples) if gst is None else gst
         gf = torch.zeros(b, n_f, n, dtype=torch.float64) if gf is None else gf
         gx = torch.zeros(b, n, 3, 3, dtype=staples.dtype) if gx is None else gx
-        gsrc = torch.empty(src.shape, dtype=staples.dtype)
+        # the pass-through output's cotangent (the next field minus the replaced links, from
+        # replace_links) receives the loops' contributions in place: no second field-sized
+        # cotangent and no sum of the two by autograd
+        if gpass is not None and gpass.is_contiguous() and not gpass.is_conj():
+            gsrc, zero = gpass, False
+        else:
+            gsrc, zero = torch.empty(src.shape, dtype=staples.dtype), True
+            if gpass is not None:
+                gsrc.copy_(gpass)
+                zero = False
         k.loops_backward(
             _plain(src).numpy(),
             index.numpy(),
@@ -263,13 +272,14 @@ class _FusedLoops(torch.autograd.Function):
             _plain(gf.to(torch.float64)).numpy(),
             _plain(gx).numpy(),
             gsrc.numpy(),
+            zero,
         )
         return gsrc, None, None, None, None
 
 
 def stout_loops(
     src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Staples, loop features and the active link of a layer at its ``n`` active sites, from
     the (halo-padded) field ``src (B, M, 3, 3)`` and the flat neighbourhood ``index
     (n_items * n)`` (item-major: link ``src[:, index[item * n + s]]``,
@@ -277,11 +287,12 @@ def stout_loops(
     rows ``(A, B, C, up)``: staple ``A B C^+`` (up) or ``A^+ B C``; ``pl (n_planes, 4)`` rows
     ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) / 3`` after the pairs ``Re Tr(S_k S_l^+) /
     3`` (``k < l``, row-major); ``ix`` the active link's item. Returns staples ``(B, n_st, n,
-    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)``. Fused
-    (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` and ``src``
+    passed through (to build the next field from: its cotangent then takes the loops'
+    contributions in place). Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
     if uses_fused(src):
         return _FusedLoops.apply(src, index, st, pl, ix)
-    return eager_loops(src, index, st, pl, ix)
+    return (*eager_loops(src, index, st, pl, ix), src)
 
 
 class _FusedReplace(torch.autograd.Function):

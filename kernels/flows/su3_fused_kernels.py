@@ -819,11 +819,12 @@ def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
-    """Cotangent ``gsrc`` of the field (zeroed here) from those of :func:`loops_forward`'s
-    outputs (``staples``: its staples output): per site, the cotangents of its links, added
-    to ``gsrc[b, index[item * n + s]]`` in site-then-item order. One thread per chain (the
-    scatter-add is serial within a chain: no races, a fixed order)."""
+def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
+    """Cotangent ``gsrc`` of the field (zeroed first if ``zero``, else added to) from those of
+    :func:`loops_forward`'s outputs (``staples``: its staples output): per site, the
+    cotangents of its links, added to ``gsrc[b, index[item * n + s]]`` in site-then-item
+    order. One thread per chain (the scatter-add is serial within a chain: no races, a fixed
+    order)."""
     nbat, ns = src.shape[0], gx.shape[1]
     ni = index.shape[0] // ns
     nst = st.shape[0]
@@ -832,10 +833,8 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
         gl = np.empty((ni + 2, 3, 3), np.complex128)
         sk = np.empty((nst, 3, 3), np.complex128)
         gs = np.empty((nst, 3, 3), np.complex128)
-        for m in range(gsrc.shape[1]):
-            for i in range(3):
-                for j in range(3):
-                    gsrc[b, m, i, j] = 0.0
+        if zero:
+            gsrc[b] = 0.0
         for s in range(ns):
             _load(src, index, ns, b, s, loc, ni)
             for k in range(ni):
