@@ -64,9 +64,12 @@ def _load_kernels():
         if importlib.util.find_spec("numba") is None:
             _kernels = False
         else:
-            from . import su3_fused_kernels
-
-            _kernels = su3_fused_kernels
+            try:
+                from . import su3_fused_kernels
+            except ImportError:  # numba present but unusable (e.g. numpy too new for it)
+                _kernels = False
+            else:
+                _kernels = su3_fused_kernels
     return _kernels
 
 
