@@ -462,10 +462,10 @@ class SU3StoutLayer(Flow):
     def _core_inputs(
         self, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(staples, rho, U_mu(x), base)`` on the active sites: ``(B, 2 (Nd-1), n_active, 3,
-        3)``, real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``, and the field to write
-        the new links into (``u``, or on the fused path without split axes ``u`` passed
-        through :func:`~kernels.flows.su3_fused.stout_loops`)."""
+        """``(staples, rho, U_mu(x), base)`` on the active sites: ``(B, 2, Nd-1, n_active, 3,
+        3)`` (up, down), real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``, and the field
+        to write the new links into (``u``, or on the fused path without split axes ``u``
+        passed through :func:`~kernels.flows.su3_fused.stout_loops`)."""
         if uses_fused(u):  # numba staples and loops (su3_fused.stout_loops)
             st, pl, ix = self._tables
             b = u.shape[0]
@@ -480,14 +480,16 @@ class SU3StoutLayer(Flow):
         staples = self.staples(u, nb)
         rho = self._rho_active(u, staples, nb)
         x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
-        return torch.stack(staples, dim=1), rho, x, u
+        b, n = x.shape[:2]
+        stacked = torch.stack(staples, dim=1).reshape(b, -1, 2, n, NC, NC).transpose(1, 2)
+        return stacked, rho, x, u
 
     def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
         staples, rho, x, _ = self._core_inputs(u)
         rho = rho.to(u.dtype)
         return x, sum(
-            rho[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
+            rho[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i])
             for i in range(len(self.others))
         )
 

@@ -91,14 +91,14 @@ def uses_fused(x: torch.Tensor) -> bool:
 def eager_core(
     staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The torch reference of the core: ``staples (B, 2 (Nd-1), n, 3, 3)``, real ``rho (B,
-    Nd-1, n)``, ``x (B, n, 3, 3)`` -> ``(new (B, n, 3, 3), ld (B, n))``."""
+    """The torch reference of the core: ``staples (B, 2, Nd-1, n, 3, 3)`` (``[:, 0, nu]`` up,
+    ``[:, 1, nu]`` down), real ``rho (B, Nd-1, n)``, ``x (B, n, 3, 3)`` -> ``(new (B, n, 3,
+    3), ld (B, n))``."""
     from .su3 import link_log_det, su3_exp
 
     r = rho.to(x.dtype)
     c = sum(
-        r[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
-        for i in range(rho.shape[1])
+        r[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i]) for i in range(rho.shape[1])
     )
     omega = c @ dagger(x)
     q = project_ta(omega)
@@ -159,7 +159,7 @@ class _FusedCore(torch.autograd.Function):
         k.set_threads()
         gnew = torch.zeros_like(x) if gnew is None else gnew
         gld = torch.zeros(x.shape[:2], dtype=torch.float64) if gld is None else gld
-        gs = torch.empty_like(staples)
+        gs = staples.new_empty(staples.shape[:1] + staples.shape[2:])  # per plane
         grho = torch.empty_like(rho)
         gx = torch.empty_like(x)
         k.core_backward(
@@ -175,7 +175,7 @@ class _FusedCore(torch.autograd.Function):
             grho.numpy(),
             gx.numpy(),
         )
-        return gs, grho, gx
+        return gs.unsqueeze(1).expand(staples.shape), grho, gx  # up = down: one tensor
 
 
 def eager_loops(
@@ -190,8 +190,9 @@ def eager_loops(
             out.append(nb[:, i] @ nb[:, j] @ dagger(nb[:, k]))
         else:
             out.append(dagger(nb[:, i]) @ nb[:, j] @ nb[:, k])
-    staples = torch.stack(out, dim=1)
-    sv = torch.view_as_real(staples.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
+    stacked = torch.stack(out, dim=1)  # (B, n_st, n, 3, 3), [up, dn] per plane
+    staples = stacked.reshape(b, -1, 2, stacked.shape[2], 3, 3).transpose(1, 2)
+    sv = torch.view_as_real(stacked.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
     feats = [
         (sv[:, k] * sv[:, m]).sum(-1) / 3.0 for k in range(len(out)) for m in range(k + 1, len(out))
     ]
@@ -217,7 +218,7 @@ class _FusedLoops(torch.autograd.Function):
         src_ = _plain(src)
         b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
         n_st, n_pl = st.shape[0], pl.shape[0]
-        staples = torch.empty(b, n_st, n, 3, 3, dtype=src_.dtype)
+        staples = torch.empty(b, 2, n_st // 2, n, 3, 3, dtype=src_.dtype)
         feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
         x = torch.empty(b, n, 3, 3, dtype=src_.dtype)
         k.loops_forward(
@@ -271,7 +272,7 @@ class _FusedLoops(torch.autograd.Function):
             st.numpy(),
             pl.numpy(),
             ix,
-            _plain(gst).numpy(),
+            gst.detach().resolve_conj().numpy(),  # strided: the core's is one tensor, expanded
             _plain(gf.to(torch.float64)).numpy(),
             _plain(gx).numpy(),
             gsrc.numpy(),

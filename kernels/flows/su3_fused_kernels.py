@@ -1,9 +1,10 @@
 """numba kernels of the SU(3) stout layer (imported only when numba is present).
 
-Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, i, s]`` (``C^up_nu,
-C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
+Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, 0, nu, s] = C^up_nu``,
+``S[b, 1, nu, s] = C^dn_nu`` (``nu`` over the directions ``!= mu`` in order; staple ``k`` of
+the loop features is ``S[b, k % 2, k // 2]``), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
 
-    C = sum_nu rho_nu (S_{2nu} + S_{2nu+1}),  Omega = C x^+,  Q = TA(Omega),
+    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
     new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
 (:mod:`kernels.flows.su3`: ``L = dQ/dw`` for ``x -> exp(w) x``; ``TA(Omega w) = (Omega w +
@@ -40,8 +41,8 @@ log-det cotangent, ``G`` that of ``new``:
   sinc((w_j - w_k)/2) = e^{i w_k} Phi_jk`` (as :class:`kernels.flows.su3._SU3Exp`);
 * ``dL/dQ = V [g conj(R) + (V^+ G x^+ V) o D] V^+``, ``dL/dOmega = TA(dL/dQ) + g V conj(S)
   V^+``, ``dL/dC = (dL/dOmega) x``, ``dL/dx = exp(Q)^+ G + (dL/dOmega)^+ C``,
-  ``dL/dS_{2nu} = dL/dS_{2nu+1} = rho_nu dL/dC``, ``dL/drho_nu = Re tr((dL/dC)^+ (S_{2nu} +
-  S_{2nu+1}))``.
+  ``dL/dC^up_nu = dL/dC^dn_nu = rho_nu dL/dC`` (written once per plane), ``dL/drho_nu = Re
+  tr((dL/dC)^+ (C^up_nu + C^dn_nu))``.
 
 Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
 (Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
@@ -133,7 +134,7 @@ def _context(s_, rho, x, b, s, c, om):
         for j in range(3):
             acc = 0.0j
             for nu in range(nnu):
-                acc += rho[b, nu, s] * (s_[b, 2 * nu, s, i, j] + s_[b, 2 * nu + 1, s, i, j])
+                acc += rho[b, nu, s] * (s_[b, 0, nu, s, i, j] + s_[b, 1, nu, s, i, j])
             c[i, j] = acc
     for i in range(3):
         for j in range(3):
@@ -547,16 +548,16 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
         for i in range(3):
             for j in range(3):
                 z = gc[i, j]
-                sum_s = s_[b, 2 * nu, s, i, j] + s_[b, 2 * nu + 1, s, i, j]
+                sum_s = s_[b, 0, nu, s, i, j] + s_[b, 1, nu, s, i, j]
                 acc += z.real * sum_s.real + z.imag * sum_s.imag
-                gs[b, 2 * nu, s, i, j] = r * z
-                gs[b, 2 * nu + 1, s, i, j] = r * z
+                gs[b, nu, s, i, j] = r * z  # the same for C^up_nu and C^dn_nu
         grho[b, nu, s] = acc
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
-    """Cotangents of ``S``, ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
+    """Cotangents of ``S`` (``gs[b, nu, s]``: the same for both staples of the plane),
+    ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -762,7 +763,7 @@ def loops_forward(src, index, st, pl, ix, staples, feats, x):
             for k in range(nst):
                 for i in range(3):
                     for j in range(3):
-                        staples[b, k, s, i, j] = sk[k, i, j]
+                        staples[b, k % 2, k // 2, s, i, j] = sk[k, i, j]
             for i in range(3):
                 for j in range(3):
                     x[b, s, i, j] = loc[ix, i, j]
@@ -844,8 +845,8 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
             for k in range(nst):
                 for i in range(3):
                     for j in range(3):
-                        gs[k, i, j] = gst[b, k, s, i, j]
-                        sk[k, i, j] = staples[b, k, s, i, j]
+                        gs[k, i, j] = gst[b, k % 2, k // 2, s, i, j]
+                        sk[k, i, j] = staples[b, k % 2, k // 2, s, i, j]
             _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
             for k in range(ni):
                 m = index[k * ns + s]
