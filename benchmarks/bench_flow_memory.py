@@ -157,7 +157,7 @@ def main(argv=None) -> None:
                 b = r["batch"]
                 print(
                     f"| {lat}^4 | {lay} | {'yes' if ck else 'no'} | {r['peak_mb'] / b:.1f} | "
-                    f"{r['saved_mb'] / b:.1f} | {r['field_mb'] / b:.2f} | {r['seconds']:.2f} |",
+                    f"{r['saved_mb'] / b:.2f} | {r['field_mb'] / b:.2f} | {r['seconds']:.2f} |",
                     flush=True,
                 )
     print()

@@ -38,7 +38,7 @@ def _su3(gen: torch.Generator, *shape: int) -> torch.Tensor:
 
 def _inputs(scale: float, seed: int = 1, b: int = 2, n: int = 40):
     gen = torch.Generator().manual_seed(seed)
-    staples = _su3(gen, b, 6, n)
+    staples = _su3(gen, b, 2, 3, n)
     x = _su3(gen, b, n)
     rho = scale * torch.randn(b, 3, n, dtype=torch.float64, generator=gen)
     return staples, rho, x
@@ -177,21 +177,28 @@ def test_fused_loops_equal_layer_staples_features_and_eager_loops():
     for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers[::3]:
         st, pl, ix = layer._tables
         index = layer.neighbour_index
-        staples, f, x = su3_fused._FusedLoops.apply(src, index, st, pl, ix)
+        staples, f, x, passed = su3_fused._FusedLoops.apply(src, index, st, pl, ix)
+        assert torch.equal(passed, src)
         ref_staples = layer.staples(u)
         ref_f = layer.features(u, ref_staples)
-        assert (staples - torch.stack(ref_staples, 1)).abs().max() < 1e-14
+        ref = torch.stack(ref_staples, 1).reshape(2, 3, 2, -1, 3, 3).transpose(1, 2)
+        assert (staples - ref).abs().max() < 1e-14
         assert (layer._on_lattice(f) - ref_f).abs().max() < 1e-14
         assert torch.equal(x, layer.neighbourhood(u)[ix])
         gen = torch.Generator().manual_seed(9)
-        cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (staples, f, x)]
-        grads = []
-        for fn in (su3_fused.eager_loops, su3_fused._FusedLoops.apply):
-            s_in = src.clone().requires_grad_(True)
-            outs = fn(s_in, index, st, pl, ix)
-            grads.append(torch.autograd.grad(outs, s_in, cots)[0])
-        assert (grads[0] - grads[1]).abs().max() < 1e-13 * grads[0].abs().max()
-        assert float(grads[0].abs().max()) > 1e-3
+        cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (staples, f, x, src)]
+        for through in (False, True):  # with a cotangent on the passed-through field or not
+            grads = []
+            for fused in (False, True):
+                s_in = src.clone().requires_grad_(True)
+                if fused:
+                    outs = su3_fused._FusedLoops.apply(s_in, index, st, pl, ix)
+                else:
+                    outs = (*su3_fused.eager_loops(s_in, index, st, pl, ix), s_in)
+                n_out = 4 if through else 3
+                grads.append(torch.autograd.grad(outs[:n_out], s_in, cots[:n_out])[0])
+            assert (grads[0] - grads[1]).abs().max() < 1e-13 * grads[0].abs().max()
+            assert float(grads[0].abs().max()) > 1e-3
 
 
 def test_force_matching_double_backward_equals_eager():

@@ -459,30 +459,37 @@ class SU3StoutLayer(Flow):
         r = self.net(f.to(pdt)).to(f.dtype)
         return self.rho_max * torch.tanh(r) / (2.0 * len(self.others))
 
-    def _core_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(staples, rho, U_mu(x))`` on the active sites: ``(B, 2 (Nd-1), n_active, 3, 3)``,
-        real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``."""
+    def _core_inputs(
+        self, u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(staples, rho, U_mu(x), base)`` on the active sites: ``(B, 2, Nd-1, n_active, 3,
+        3)`` (up, down), real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``, and the field
+        to write the new links into (``u``, or on the fused path without split axes ``u``
+        passed through :func:`~kernels.flows.su3_fused.stout_loops`)."""
         if uses_fused(u):  # numba staples and loops (su3_fused.stout_loops)
             st, pl, ix = self._tables
             b = u.shape[0]
             padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
             src = padded.reshape(b, -1, NC, NC)
-            staples, f, x = stout_loops(src, self.neighbour_index, st, pl, ix)
+            staples, f, x, passed = stout_loops(src, self.neighbour_index, st, pl, ix)
+            base = u if self._split else passed.reshape(u.shape)
             if self.pointwise:  # 1^D network: evaluate it on the active sites only
-                return staples, self._rho_pointwise(f), x
-            return staples, self._rho_of(self._on_lattice(f)), x
+                return staples, self._rho_pointwise(f), x, base
+            return staples, self._rho_of(self._on_lattice(f)), x, base
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
         rho = self._rho_active(u, staples, nb)
         x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
-        return torch.stack(staples, dim=1), rho, x
+        b, n = x.shape[:2]
+        stacked = torch.stack(staples, dim=1).reshape(b, -1, 2, n, NC, NC).transpose(1, 2)
+        return stacked, rho, x, u
 
     def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
-        staples, rho, x = self._core_inputs(u)
+        staples, rho, x, _ = self._core_inputs(u)
         rho = rho.to(u.dtype)
         return x, sum(
-            rho[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
+            rho[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i])
             for i in range(len(self.others))
         )
 
@@ -504,8 +511,14 @@ class SU3StoutLayer(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside);
         the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
         :meth:`Flow.forward`, so the total is grid-independent)."""
-        new, log_det = stout_core(*self._core_inputs(v))  # fused or eager (su3_fused)
-        return self._scatter(v, new), log_det  # per active link, (B, n_active)
+        if type(self)._context is not SU3StoutLayer._context:
+            # a subclass with its own coefficients (kernels.flows.nthmc_su3): its C(x)
+            x, c = self._context(v)
+            q, omega = self._step(c, x)
+            return self._scatter(v, su3_exp(q) @ x), link_log_det(q, omega)
+        staples, rho, x, base = self._core_inputs(v)
+        new, log_det = stout_core(staples, rho, x)  # fused or eager (su3_fused)
+        return self._scatter(base, new), log_det  # per active link, (B, n_active)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, log|det dv/du|)``: the exact inverse of :meth:`forward_local`."""

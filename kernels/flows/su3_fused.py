@@ -64,9 +64,12 @@ def _load_kernels():
         if importlib.util.find_spec("numba") is None:
             _kernels = False
         else:
-            from . import su3_fused_kernels
-
-            _kernels = su3_fused_kernels
+            try:
+                from . import su3_fused_kernels
+            except ImportError:  # numba present but unusable (e.g. numpy too new for it)
+                _kernels = False
+            else:
+                _kernels = su3_fused_kernels
     return _kernels
 
 
@@ -88,14 +91,14 @@ def uses_fused(x: torch.Tensor) -> bool:
 def eager_core(
     staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The torch reference of the core: ``staples (B, 2 (Nd-1), n, 3, 3)``, real ``rho (B,
-    Nd-1, n)``, ``x (B, n, 3, 3)`` -> ``(new (B, n, 3, 3), ld (B, n))``."""
+    """The torch reference of the core: ``staples (B, 2, Nd-1, n, 3, 3)`` (``[:, 0, nu]`` up,
+    ``[:, 1, nu]`` down), real ``rho (B, Nd-1, n)``, ``x (B, n, 3, 3)`` -> ``(new (B, n, 3,
+    3), ld (B, n))``."""
     from .su3 import link_log_det, su3_exp
 
     r = rho.to(x.dtype)
     c = sum(
-        r[:, i, :, None, None] * (staples[:, 2 * i] + staples[:, 2 * i + 1])
-        for i in range(rho.shape[1])
+        r[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i]) for i in range(rho.shape[1])
     )
     omega = c @ dagger(x)
     q = project_ta(omega)
@@ -156,7 +159,7 @@ class _FusedCore(torch.autograd.Function):
         k.set_threads()
         gnew = torch.zeros_like(x) if gnew is None else gnew
         gld = torch.zeros(x.shape[:2], dtype=torch.float64) if gld is None else gld
-        gs = torch.empty_like(staples)
+        gs = staples.new_empty(staples.shape[:1] + staples.shape[2:])  # per plane
         grho = torch.empty_like(rho)
         gx = torch.empty_like(x)
         k.core_backward(
@@ -172,7 +175,7 @@ class _FusedCore(torch.autograd.Function):
             grho.numpy(),
             gx.numpy(),
         )
-        return gs, grho, gx
+        return gs.unsqueeze(1).expand(staples.shape), grho, gx  # up = down: one tensor
 
 
 def eager_loops(
@@ -187,8 +190,9 @@ def eager_loops(
             out.append(nb[:, i] @ nb[:, j] @ dagger(nb[:, k]))
         else:
             out.append(dagger(nb[:, i]) @ nb[:, j] @ nb[:, k])
-    staples = torch.stack(out, dim=1)
-    sv = torch.view_as_real(staples.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
+    stacked = torch.stack(out, dim=1)  # (B, n_st, n, 3, 3), [up, dn] per plane
+    staples = stacked.reshape(b, -1, 2, stacked.shape[2], 3, 3).transpose(1, 2)
+    sv = torch.view_as_real(stacked.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
     feats = [
         (sv[:, k] * sv[:, m]).sum(-1) / 3.0 for k in range(len(out)) for m in range(k + 1, len(out))
     ]
@@ -214,7 +218,7 @@ class _FusedLoops(torch.autograd.Function):
         src_ = _plain(src)
         b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
         n_st, n_pl = st.shape[0], pl.shape[0]
-        staples = torch.empty(b, n_st, n, 3, 3, dtype=src_.dtype)
+        staples = torch.empty(b, 2, n_st // 2, n, 3, 3, dtype=src_.dtype)
         feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
         x = torch.empty(b, n, 3, 3, dtype=src_.dtype)
         k.loops_forward(
@@ -229,10 +233,10 @@ class _FusedLoops(torch.autograd.Function):
         )
         ctx.save_for_backward(src, staples)
         ctx.tables = (index, st, pl, ix)
-        return staples, feats, x
+        return staples, feats, x, src.view_as(src)
 
     @staticmethod
-    def backward(ctx, gst, gf, gx):  # type: ignore[override]
+    def backward(ctx, gst, gf, gx, gpass):  # type: ignore[override]
         src, staples = ctx.saved_tensors
         index, st, pl, ix = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
@@ -243,7 +247,7 @@ class _FusedLoops(torch.autograd.Function):
                 (gsrc,) = torch.autograd.grad(
                     [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
-            return gsrc, None, None, None, None
+            return gsrc if gpass is None else gsrc + gpass, None, None, None, None
         k = _load_kernels()
         k.set_threads()
         b, n = staples.shape[0], staples.shape[2]
@@ -251,7 +255,16 @@ class _FusedLoops(torch.autograd.Function):
         gst = torch.zeros_like(staples) if gst is None else gst
         gf = torch.zeros(b, n_f, n, dtype=torch.float64) if gf is None else gf
         gx = torch.zeros(b, n, 3, 3, dtype=staples.dtype) if gx is None else gx
-        gsrc = torch.empty(src.shape, dtype=staples.dtype)
+        # the pass-through output's cotangent (the next field minus the replaced links, from
+        # replace_links) receives the loops' contributions in place: no second field-sized
+        # cotangent and no sum of the two by autograd
+        if gpass is not None and gpass.is_contiguous() and not gpass.is_conj():
+            gsrc, zero = gpass, False
+        else:
+            gsrc, zero = torch.empty(src.shape, dtype=staples.dtype), True
+            if gpass is not None:
+                gsrc.copy_(gpass)
+                zero = False
         k.loops_backward(
             _plain(src).numpy(),
             index.numpy(),
@@ -259,17 +272,18 @@ class _FusedLoops(torch.autograd.Function):
             st.numpy(),
             pl.numpy(),
             ix,
-            _plain(gst).numpy(),
+            gst.detach().resolve_conj().numpy(),  # strided: the core's is one tensor, expanded
             _plain(gf.to(torch.float64)).numpy(),
             _plain(gx).numpy(),
             gsrc.numpy(),
+            zero,
         )
         return gsrc, None, None, None, None
 
 
 def stout_loops(
     src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Staples, loop features and the active link of a layer at its ``n`` active sites, from
     the (halo-padded) field ``src (B, M, 3, 3)`` and the flat neighbourhood ``index
     (n_items * n)`` (item-major: link ``src[:, index[item * n + s]]``,
@@ -277,11 +291,12 @@ def stout_loops(
     rows ``(A, B, C, up)``: staple ``A B C^+`` (up) or ``A^+ B C``; ``pl (n_planes, 4)`` rows
     ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) / 3`` after the pairs ``Re Tr(S_k S_l^+) /
     3`` (``k < l``, row-major); ``ix`` the active link's item. Returns staples ``(B, n_st, n,
-    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)``. Fused
-    (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` and ``src``
+    passed through (to build the next field from: its cotangent then takes the loops'
+    contributions in place). Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
     if uses_fused(src):
         return _FusedLoops.apply(src, index, st, pl, ix)
-    return eager_loops(src, index, st, pl, ix)
+    return (*eager_loops(src, index, st, pl, ix), src)
 
 
 class _FusedReplace(torch.autograd.Function):

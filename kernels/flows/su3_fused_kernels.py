@@ -1,9 +1,10 @@
 """numba kernels of the SU(3) stout layer (imported only when numba is present).
 
-Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, i, s]`` (``C^up_nu,
-C^dn_nu`` for ``nu != mu`` in order), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
+Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, 0, nu, s] = C^up_nu``,
+``S[b, 1, nu, s] = C^dn_nu`` (``nu`` over the directions ``!= mu`` in order; staple ``k`` of
+the loop features is ``S[b, k % 2, k // 2]``), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
 
-    C = sum_nu rho_nu (S_{2nu} + S_{2nu+1}),  Omega = C x^+,  Q = TA(Omega),
+    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
     new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
 (:mod:`kernels.flows.su3`: ``L = dQ/dw`` for ``x -> exp(w) x``; ``TA(Omega w) = (Omega w +
@@ -40,8 +41,8 @@ log-det cotangent, ``G`` that of ``new``:
   sinc((w_j - w_k)/2) = e^{i w_k} Phi_jk`` (as :class:`kernels.flows.su3._SU3Exp`);
 * ``dL/dQ = V [g conj(R) + (V^+ G x^+ V) o D] V^+``, ``dL/dOmega = TA(dL/dQ) + g V conj(S)
   V^+``, ``dL/dC = (dL/dOmega) x``, ``dL/dx = exp(Q)^+ G + (dL/dOmega)^+ C``,
-  ``dL/dS_{2nu} = dL/dS_{2nu+1} = rho_nu dL/dC``, ``dL/drho_nu = Re tr((dL/dC)^+ (S_{2nu} +
-  S_{2nu+1}))``.
+  ``dL/dC^up_nu = dL/dC^dn_nu = rho_nu dL/dC`` (written once per plane), ``dL/drho_nu = Re
+  tr((dL/dC)^+ (C^up_nu + C^dn_nu))``.
 
 Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
 (Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
@@ -133,7 +134,7 @@ def _context(s_, rho, x, b, s, c, om):
         for j in range(3):
             acc = 0.0j
             for nu in range(nnu):
-                acc += rho[b, nu, s] * (s_[b, 2 * nu, s, i, j] + s_[b, 2 * nu + 1, s, i, j])
+                acc += rho[b, nu, s] * (s_[b, 0, nu, s, i, j] + s_[b, 1, nu, s, i, j])
             c[i, j] = acc
     for i in range(3):
         for j in range(3):
@@ -188,7 +189,7 @@ def _rotate_out(v, m, t, out):
             out[i, j] = acc
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _exp_q(v, ph, t, o, e):
     """``e = exp(Q) = 1 + V diag(e^{-i w} - 1) V^+`` (``t``, ``o`` scratch; the ``1`` kept out
     of the rotation: accurate for small ``Q``)."""
@@ -224,7 +225,7 @@ def _abs2(z):
     return z.real * z.real + z.imag * z.imag
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _log_abs_det(n):
     """``log |det n|`` of a 9x9 complex matrix by LU with partial pivoting (in place)."""
     out = 0.0
@@ -305,7 +306,7 @@ def _eigh3(h, w, v, a, c, best):
     return True
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _unitarise(v):
     """Columns unitary to rounding: ``v1`` orthogonalised against ``v0``, ``v2 = conj(v0 x v1)``."""
     d = (
@@ -547,16 +548,16 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
         for i in range(3):
             for j in range(3):
                 z = gc[i, j]
-                sum_s = s_[b, 2 * nu, s, i, j] + s_[b, 2 * nu + 1, s, i, j]
+                sum_s = s_[b, 0, nu, s, i, j] + s_[b, 1, nu, s, i, j]
                 acc += z.real * sum_s.real + z.imag * sum_s.imag
-                gs[b, 2 * nu, s, i, j] = r * z
-                gs[b, 2 * nu + 1, s, i, j] = r * z
+                gs[b, nu, s, i, j] = r * z  # the same for C^up_nu and C^dn_nu
         grho[b, nu, s] = acc
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
-    """Cotangents of ``S``, ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
+    """Cotangents of ``S`` (``gs[b, nu, s]``: the same for both staples of the plane),
+    ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
     nchunk = (total + CHUNK - 1) // CHUNK
@@ -720,7 +721,7 @@ def _load(src, index, ns, b, s, loc, ni):
                 loc[it, i, j] = src[b, k, i, j]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _staples(loc, st, p, sk):
     """Staples of the site in ``loc`` into ``sk`` (``loc[p]`` scratch)."""
     for i in range(st.shape[0]):
@@ -762,7 +763,7 @@ def loops_forward(src, index, st, pl, ix, staples, feats, x):
             for k in range(nst):
                 for i in range(3):
                     for j in range(3):
-                        staples[b, k, s, i, j] = sk[k, i, j]
+                        staples[b, k % 2, k // 2, s, i, j] = sk[k, i, j]
             for i in range(3):
                 for j in range(3):
                     x[b, s, i, j] = loc[ix, i, j]
@@ -819,11 +820,12 @@ def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
-    """Cotangent ``gsrc`` of the field (zeroed here) from those of :func:`loops_forward`'s
-    outputs (``staples``: its staples output): per site, the cotangents of its links, added
-    to ``gsrc[b, index[item * n + s]]`` in site-then-item order. One thread per chain (the
-    scatter-add is serial within a chain: no races, a fixed order)."""
+def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
+    """Cotangent ``gsrc`` of the field (zeroed first if ``zero``, else added to) from those of
+    :func:`loops_forward`'s outputs (``staples``: its staples output): per site, the
+    cotangents of its links, added to ``gsrc[b, index[item * n + s]]`` in site-then-item
+    order. One thread per chain (the scatter-add is serial within a chain: no races, a fixed
+    order)."""
     nbat, ns = src.shape[0], gx.shape[1]
     ni = index.shape[0] // ns
     nst = st.shape[0]
@@ -832,10 +834,8 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
         gl = np.empty((ni + 2, 3, 3), np.complex128)
         sk = np.empty((nst, 3, 3), np.complex128)
         gs = np.empty((nst, 3, 3), np.complex128)
-        for m in range(gsrc.shape[1]):
-            for i in range(3):
-                for j in range(3):
-                    gsrc[b, m, i, j] = 0.0
+        if zero:
+            gsrc[b] = 0.0
         for s in range(ns):
             _load(src, index, ns, b, s, loc, ni)
             for k in range(ni):
@@ -845,8 +845,8 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc):
             for k in range(nst):
                 for i in range(3):
                     for j in range(3):
-                        gs[k, i, j] = gst[b, k, s, i, j]
-                        sk[k, i, j] = staples[b, k, s, i, j]
+                        gs[k, i, j] = gst[b, k % 2, k // 2, s, i, j]
+                        sk[k, i, j] = staples[b, k % 2, k // 2, s, i, j]
             _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl)
             for k in range(ni):
                 m = index[k * ns + s]
