@@ -12,7 +12,8 @@ loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
       new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
   (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
-* :func:`replace_links`: the field with the active links replaced.
+* :func:`replace_links`: the field with the active links replaced (its backward works in
+  place on its own cotangent buffers).
 
 The eager torch versions (:func:`eager_loops`, :func:`eager_core`, ``index_copy``) are the
 reference and the fallback: used for non-CPU tensors, dtypes other than complex128, when numba
@@ -319,7 +320,9 @@ def _owned(g: torch.Tensor) -> bool:
 
 class _FusedReplace(torch.autograd.Function):
     """``u`` with the links ``u[:, where]`` replaced by ``new`` (numba copy); backward in one
-    pass (torch's ``index_fill`` / ``index_select`` under a graph)."""
+    pass, in place when the incoming cotangent is one of this Function's own earlier buffers
+    (:func:`_owned`: the next layer's, never the caller's), torch's ``index_fill`` /
+    ``index_select`` under a graph."""
 
     @staticmethod
     def forward(ctx, u, where, new):  # type: ignore[override]
