@@ -238,3 +238,19 @@ def test_replace_links_equals_index_copy():
         out.append((y.detach(), *torch.autograd.grad(y, (a, b), g)))
     for x, y in zip(*out, strict=True):
         assert torch.equal(x, y)
+
+
+def test_caller_cotangent_is_not_modified():
+    """The write-back modifies only its own cotangent buffers in place, never the caller's."""
+    grid = single_rank_grid((4, 4, 2, 2))
+    th = SU3Gauge(grid, 2.0)
+    v = th.hot_start(SiteRNG(6), 0, 2).requires_grad_(True)
+    torch.manual_seed(3)
+    flow = su3_stout_flow(grid, n_layers=4, hidden=(2,))
+    flow.requires_grad_(False)
+    u, ld = flow.forward_local(v)
+    g = torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(1))
+    g0 = g.clone()
+    (gv,) = torch.autograd.grad((u, ld), v, (g, torch.ones_like(ld)))
+    assert torch.equal(g, g0)
+    assert float(gv.abs().max()) > 1e-3

@@ -12,7 +12,8 @@ loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
       new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
   (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
-* :func:`replace_links`: the field with the active links replaced.
+* :func:`replace_links`: the field with the active links replaced (its backward works in
+  place on its own cotangent buffers).
 
 The eager torch versions (:func:`eager_loops`, :func:`eager_core`, ``index_copy``) are the
 reference and the fallback: used for non-CPU tensors, dtypes other than complex128, when numba
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import weakref
 
 import torch
 
@@ -258,7 +260,7 @@ class _FusedLoops(torch.autograd.Function):
         # the pass-through output's cotangent (the next field minus the replaced links, from
         # replace_links) receives the loops' contributions in place: no second field-sized
         # cotangent and no sum of the two by autograd
-        if gpass is not None and gpass.is_contiguous() and not gpass.is_conj():
+        if gpass is not None and _owned(gpass):
             gsrc, zero = gpass, False
         else:
             gsrc, zero = torch.empty(src.shape, dtype=staples.dtype), True
@@ -299,9 +301,28 @@ def stout_loops(
     return (*eager_loops(src, index, st, pl, ix), src)
 
 
+#: field-sized cotangents created by _FusedReplace.backward (data pointer -> tensor, weak):
+#: only these are modified in place later (the loops' contributions, the next replace)
+_OWNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _owned(g: torch.Tensor) -> bool:
+    """Whether ``g`` is (a contiguous view of all of) a live cotangent from :data:`_OWNED`."""
+    t = _OWNED.get(g.data_ptr())
+    return (
+        t is not None
+        and g.is_contiguous()
+        and not g.is_conj()
+        and g.numel() == t.numel()
+        and g.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+    )
+
+
 class _FusedReplace(torch.autograd.Function):
     """``u`` with the links ``u[:, where]`` replaced by ``new`` (numba copy); backward in one
-    pass (torch's ``index_fill`` / ``index_select`` under a graph)."""
+    pass, in place when the incoming cotangent is one of this Function's own earlier buffers
+    (:func:`_owned`: the next layer's, never the caller's), torch's ``index_fill`` /
+    ``index_select`` under a graph."""
 
     @staticmethod
     def forward(ctx, u, where, new):  # type: ignore[override]
@@ -326,16 +347,22 @@ class _FusedReplace(torch.autograd.Function):
             return g.index_fill(1, where, 0), None, g.index_select(1, where)
         k = _load_kernels()
         k.set_threads()
+        b = g.shape[0]
+        gnew = torch.empty(b, where.shape[0], 3, 3, dtype=g.dtype)
+        if _owned(g):  # the next layer's cotangent buffer (ours): zero the links in place
+            k.replace_links_backward_inplace(
+                g.reshape(b, -1, 9).numpy(), where.numpy(), gnew.reshape(b, -1, 9).numpy()
+            )
+            return g, None, gnew
         g_ = _plain(g)
-        b = g_.shape[0]
         gu = torch.empty_like(g_)
-        gnew = g_.new_empty(b, where.shape[0], 3, 3)
         k.replace_links_backward(
             g_.reshape(b, -1, 9).numpy(),
             where.numpy(),
             gu.reshape(b, -1, 9).numpy(),
             gnew.reshape(b, -1, 9).numpy(),
         )
+        _OWNED[gu.data_ptr()] = gu
         return gu, None, gnew
 
 

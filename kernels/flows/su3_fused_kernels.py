@@ -880,3 +880,13 @@ def replace_links_backward(g, where, gu, gnew):
             for e in range(9):
                 gnew[b, k, e] = g[b, where[k], e]
                 gu[b, where[k], e] = 0.0
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def replace_links_backward_inplace(g, where, gnew):
+    """:func:`replace_links_backward` in place: ``gnew = g[:, where]``, then ``g[:, where] = 0``."""
+    for b in prange(g.shape[0]):
+        for k in range(where.shape[0]):
+            for e in range(9):
+                gnew[b, k, e] = g[b, where[k], e]
+                g[b, where[k], e] = 0.0
