@@ -511,12 +511,7 @@ class SU3StoutLayer(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside);
         the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
         :meth:`Flow.forward`, so the total is grid-independent)."""
-        if type(self)._context is not SU3StoutLayer._context:
-            # a subclass with its own coefficients (kernels.flows.nthmc_su3): its C(x)
-            x, c = self._context(v)
-            q, omega = self._step(c, x)
-            return self._scatter(v, su3_exp(q) @ x), link_log_det(q, omega)
-        staples, rho, x, base = self._core_inputs(v)
+        staples, rho, x, base = self._core_inputs(v)  # subclasses: their own coefficients
         new, log_det = stout_core(staples, rho, x)  # fused or eager (su3_fused)
         return self._scatter(base, new), log_det  # per active link, (B, n_active)
 
