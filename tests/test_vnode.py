@@ -209,3 +209,23 @@ def test_deck_selects_vnode():
         assert kb.get_backend().name == "vnode"
     finally:
         kb.set_backend("eager")
+
+
+def test_u1_runs_the_eager_kernels():
+    """vnode is the backend to pick for speed; the numba U(1) kernels are slower than torch's,
+    so vnode's U(1) density and force are the eager ones, bit for bit (with autograd)."""
+    from kernels.theories.u1 import U1Gauge
+
+    grid = single_rank_grid((8, 6))
+    th = U1Gauge(grid, 2.5)
+    theta = th.hot_start(SiteRNG(4), 0, 3)
+    vn = kb.make_backend("vnode")
+    ref = kb.make_backend("eager")
+    assert torch.equal(
+        vn.u1_force(theta, grid, th.planes, 2.5), ref.u1_force(theta, grid, th.planes, 2.5)
+    )
+    t = theta.clone().requires_grad_(True)
+    d = vn.u1_action_density(t, grid, th.planes)
+    assert torch.equal(d, ref.u1_action_density(theta, grid, th.planes))
+    (g,) = torch.autograd.grad(d.sum(), t)
+    torch.testing.assert_close(2.5 * g, ref.u1_force(theta, grid, th.planes, 2.5))

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from . import fused
+from .eager import EagerBackend
 
 ND = 4
 W = 1 << ND  # lanes
@@ -589,11 +590,21 @@ def _staples(u: torch.Tensor, grid) -> torch.Tensor:
 
 class VnodeBackend(fused.NumbaBackend):
     """The virtual-node SU(3) Wilson kernels (module doc) where the local lattice fits
-    (:func:`fits`; ``exp(X) W``, being site-local, also on split grids); everything else
-    (split grids, odd extents, rectangles, graphs, U(1)) is the ``numba`` backend's, which
-    falls back to ``eager`` in turn."""
+    (:func:`fits`; ``exp(X) W``, being site-local, also on split grids); the other SU(3)
+    cases (split grids, odd extents, rectangles, graphs) are the ``numba`` backend's, which
+    falls back to ``eager`` in turn. U(1) runs the ``eager`` kernels: the numba U(1) kernels
+    are 2-4x slower than torch's vectorised ones (scalar ``sin``/``cos``, docs/performance.md),
+    and this is the backend to pick for speed."""
 
     name = "vnode"
+
+    def u1_action_density(self, theta, grid, planes):
+        """Eager (faster than the numba kernel for this memory-bound density)."""
+        return EagerBackend.u1_action_density(self, theta, grid, planes)
+
+    def u1_force(self, theta, grid, planes, beta):
+        """Eager (faster than the numba kernel)."""
+        return EagerBackend.u1_force(self, theta, grid, planes, beta)
 
     def su3_staple_sum(self, u, grid, c0, c1):
         """Staple sum ``c0 A_mu(x)``."""
