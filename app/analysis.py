@@ -176,28 +176,29 @@ def gamma_method(
     dtau_n = tau_n * 2.0 * np.sqrt(np.abs(np.arange(w_max) + 0.5 - tau_n) / n)
     dtau_n[0] = 0.0
 
-    if tau_exp > 0:
-        return _tail_window(mean, gamma, rho, tau_n, dtau_n, n, len(reps), tau_exp, n_sigma)
-    if S == 0:
+    if S == 0 and tau_exp == 0:
         err = math.sqrt(gamma[0] / (n - 1))
         return GammaResult(
             mean, err, err * math.sqrt(0.5 / n), 0.5, 0.0, 0, n, len(reps), rho, tau_n
         )
-
-    w = np.arange(1, w_max)
-    tau = S / np.log((2.0 * tau_n[1:] + 1.0) / (2.0 * tau_n[1:] - 1.0))
-    g = np.exp(-w / tau) - tau / np.sqrt(w * n)
-    below = np.nonzero(g < 0)[0]
-    window = int(w[below[0]]) if len(below) else w_max - 1
-    window = min(window, w_max - 1)
-    tau_int = float(tau_n[window] * (1.0 + (2 * window + 1) / n) / (1.0 + 1.0 / n))
+    if tau_exp > 0:
+        window, tail, dtau = _tail_window(rho, dtau_n, n, tau_exp, n_sigma)
+    else:  # Wolff's automatic window
+        w = np.arange(1, w_max)
+        tau = S / np.log((2.0 * tau_n[1:] + 1.0) / (2.0 * tau_n[1:] - 1.0))
+        g = np.exp(-w / tau) - tau / np.sqrt(w * n)
+        below = np.nonzero(g < 0)[0]
+        window = int(w[below[0]]) if len(below) else w_max - 1
+        window = min(window, w_max - 1)
+        tail, dtau = 0.0, float(dtau_n[window])
+    tau_int = float(tau_n[window] * (1.0 + (2 * window + 1) / n) / (1.0 + 1.0 / n) + tail)
     err = math.sqrt(2.0 * tau_int * gamma[0] * (1.0 + 1.0 / n) / n)
     return GammaResult(
         mean=mean,
         error=err,
         error_of_error=err * math.sqrt((window + 0.5) / n),
         tau_int=tau_int,
-        tau_int_error=float(dtau_n[window]),
+        tau_int_error=dtau,
         window=window,
         n=n,
         n_replicas=len(reps),
@@ -207,40 +208,21 @@ def gamma_method(
 
 
 def _tail_window(
-    mean: float,
-    gamma: np.ndarray,
-    rho: np.ndarray,
-    tau_n: np.ndarray,
-    dtau_n: np.ndarray,
-    n: int,
-    n_reps: int,
-    tau_exp: float,
-    n_sigma: float,
-) -> GammaResult:
-    """The critical-slowing-down window with an exponential tail (module docstring)."""
+    rho: np.ndarray, dtau_n: np.ndarray, n: int, tau_exp: float, n_sigma: float
+) -> tuple[int, float, float]:
+    """``(W, tail, delta tau_int)`` of the critical-slowing-down window: W the first
+    ``rho(W)`` compatible with zero within ``n_sigma`` errors, ``tail = tau_exp |rho(W+1)|``
+    (module docstring)."""
     w_max = len(rho)
     if w_max // 2 <= 1:
         raise ValueError(
             f"gamma_method: tau_exp needs at least 8 measurements per chain, got {2 * w_max}"
         )
-    for w in range(1, w_max // 2):  # the first rho(W) compatible with zero
+    for w in range(1, w_max // 2):
         if rho[w] - n_sigma * _drho(rho, w, n) < 0 or w >= w_max // 2 - 2:
             break
-    tail = tau_exp * abs(rho[w + 1])
-    tau_int = float(tau_n[w] * (1.0 + (2 * w + 1) / n) / (1.0 + 1.0 / n) + tail)
-    err = math.sqrt(2.0 * tau_int * gamma[0] * (1.0 + 1.0 / n) / n)
-    return GammaResult(
-        mean=mean,
-        error=err,
-        error_of_error=err * math.sqrt((w + 0.5) / n),
-        tau_int=tau_int,
-        tau_int_error=math.sqrt(float(dtau_n[w]) ** 2 + (tau_exp * _drho(rho, w + 1, n)) ** 2),
-        window=w,
-        n=n,
-        n_replicas=n_reps,
-        rho=rho,
-        tau_int_curve=tau_n,
-    )
+    dtau = math.sqrt(float(dtau_n[w]) ** 2 + (tau_exp * _drho(rho, w + 1, n)) ** 2)
+    return w, tau_exp * abs(float(rho[w + 1])), dtau
 
 
 # ---------------------------------------------------------------------------- reading runs
