@@ -49,6 +49,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numba
@@ -143,6 +144,23 @@ def _staple_body() -> tuple[list[str], list[str]]:
     return v.setup(), lines
 
 
+def ta_lines(dst: Callable[[int], str]) -> list[str]:
+    """Statements ``dst(c) = coef TA(m)_c`` for the 18 real components ``c`` of the 3x3
+    scalars ``m{i}{j}{r|i}`` (``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``); ``dst(c)`` is the
+    target expression of component ``c`` in the caller's layout."""
+    lines = ["tr = (m00i + m11i + m22i) / 3.0"]
+    for i in range(NC):
+        for j in range(NC):
+            cr, ci = dst(_c(i, j, 0)), dst(_c(i, j, 1))
+            if i == j:
+                lines.append(f"{cr} = 0.0")
+                lines.append(f"{ci} = coef * (m{i}{i}i - tr)")
+            else:
+                lines.append(f"{cr} = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
+                lines.append(f"{ci} = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    return lines
+
+
 def _ta_body() -> tuple[list[str], list[str]]:
     """(setup, body): the body writes ``coef TA(U_mu(x) acc[:, x])`` to ``orow[x, :]``."""
     v = _Views()
@@ -154,16 +172,7 @@ def _ta_body() -> tuple[list[str], list[str]]:
         for r in "ri"
     ]
     lines += _mm("m", "a", "b")
-    lines.append("tr = (m00i + m11i + m22i) / 3.0")
-    for i in range(NC):
-        for j in range(NC):
-            cr, ci = _c(i, j, 0), _c(i, j, 1)
-            if i == j:
-                lines.append(f"orow[x, {cr}] = 0.0")
-                lines.append(f"orow[x, {ci}] = coef * (m{i}{i}i - tr)")
-            else:
-                lines.append(f"orow[x, {cr}] = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
-                lines.append(f"orow[x, {ci}] = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    lines += ta_lines(lambda c: f"orow[x, {c}]")
     return v.setup(), lines
 
 

@@ -118,16 +118,7 @@ def _ta_func() -> str:
         for j in range(NC)
         for r in range(2)
     ]
-    lines.append("tr = (m00i + m11i + m22i) / 3.0")
-    for i in range(NC):
-        for j in range(NC):
-            cr, ci = f"O[oo, {_c(i, j, 0) * W} + l]", f"O[oo, {_c(i, j, 1) * W} + l]"
-            if i == j:
-                lines.append(f"{cr} = 0.0")
-                lines.append(f"{ci} = coef * (m{i}{i}i - tr)")
-            else:
-                lines.append(f"{cr} = coef * 0.5 * (m{i}{j}r - m{j}{i}r)")
-                lines.append(f"{ci} = coef * 0.5 * (m{i}{j}i + m{j}{i}i)")
+    lines += fused.ta_lines(lambda c: f"O[oo, {c * W} + l]")
     return (
         _NJIT + "def ta_out(M, mo, coef, O, oo):\n" + f"    for l in range({W}):\n" + _ind(lines, 8)
     )
