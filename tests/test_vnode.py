@@ -182,7 +182,7 @@ def test_import_without_numba():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("eps", [0.1, 3.0])  # 3.0: |eps P| > 1/4 in every lane: squarings
+@pytest.mark.parametrize("eps", [0.1, 3.0])  # 3.0: |eps P| > 1 in every lane: squarings
 def test_packed_exponential(eps):
     """``exp(X) V`` per link and lane in the vnode layout equals eager's ``su_expm(X) V``."""
     shape = (2, 4, 2, 2)
@@ -191,6 +191,25 @@ def test_packed_exponential(eps):
     n = 2 * 4 * int(np.prod(shape)) // vnode.W
     w = vnode.expm_mul_packed(np.ascontiguousarray(vnode.pack(x)[:n]), vnode.pack(u), 2, shape)
     assert _err(vnode.unpack(w, 2, 4, shape), su_expm(x) @ u) <= TOL
+
+
+def test_cayley_hamilton_exponential_of_any_matrix():
+    """The kernel's ``exp(A) = f0 + f1 A + f2 A^2`` (Cayley-Hamilton for any 3x3 ``A``, Taylor
+    series of the coefficients, scaling and squaring) equals torch's ``matrix_exp``: general
+    complex matrices (trace, non-normal) over six decades of norm, a degenerate spectrum (the
+    coefficients are not unique there), zero, and lanes of one block with very different
+    norms (one order and one squaring count per block)."""
+    shape = (2, 2, 2, 2)
+    grid, u = _links(shape, batch=1, seed=8)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(u.shape, dtype=u.dtype, generator=gen)
+    deg = torch.zeros_like(x)
+    deg[..., 0, 0] = deg[..., 1, 1] = 0.7j
+    deg[..., 2, 2] = -1.4j
+    mixed = x * torch.logspace(-8, 1, 16, dtype=torch.float64).reshape(1, 1, 2, 2, 2, 2, 1, 1)
+    for a in [1e-6 * x, 0.3 * x, x, 4.0 * x, 0.0 * x, deg, deg + 0.1 * x, mixed]:
+        ref = torch.linalg.matrix_exp(a) @ u
+        assert _err(vnode.expm_mul(a, u), ref) <= TOL, float(a.abs().max())
 
 
 def test_deck_selects_vnode():

@@ -32,9 +32,10 @@ Kernels (same mathematics as :mod:`kernels.backends.eager`):
   ``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``;
 * plaquette action density ``sum_{mu<nu} (3 - Re Tr[U_mu(x) U_nu(x+mu) (U_nu(x)
   U_mu(x+nu))^+])`` per site;
-* ``exp(X) V`` per link and lane (Taylor series of ``X / 2^s`` with ``|X / 2^s|_F <= 1/4``
-  in every lane, then ``s`` squarings), and with it Luscher's RK3 Wilson-flow step with all
-  three stages in the layout (:func:`flow_step_rk3_packed`).
+* ``exp(X) V`` per link and lane (Cayley-Hamilton: ``exp(A) = f0 + f1 A + f2 A^2`` for
+  ``A = X / 2^s`` with ``|A|_F <= 1`` in every lane, the ``f`` from the Taylor series
+  reduced by ``A^3 = e1 A^2 - e2 A + e3``, then ``s`` squarings), and with it Luscher's
+  RK3 Wilson-flow step with all three stages in the layout (:func:`flow_step_rk3_packed`).
 
 :func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout
 (strided input read in place). :class:`VnodeBackend` uses these kernels where :func:`fits`
@@ -136,6 +137,97 @@ def _retr_func() -> str:
         _NJIT + "def retr_acc(A, ao, B, bo, D, do):\n"
         f"    for l in range({W}):\n"
         f"        D[do, l] = D[do, l] + 3.0 - ({terms})\n"
+    )
+
+
+def _cmul(out: str, x: str, y: str, op: str = "=") -> list[str]:
+    """``out = x y`` (``op`` "=") or ``out += x y`` / ``out -= x y`` for complex scalars held
+    as real pairs ``{name}r``, ``{name}i``."""
+    if op == "=":
+        return [f"{out}r = {x}r * {y}r - {x}i * {y}i", f"{out}i = {x}r * {y}i + {x}i * {y}r"]
+    s = "+" if op == "+=" else "-"
+    t = "-" if op == "+=" else "+"
+    return [
+        f"{out}r = {out}r {s} {x}r * {y}r {t} {x}i * {y}i",
+        f"{out}i = {out}i {s} {x}r * {y}i {s} {x}i * {y}r",
+    ]
+
+
+# Cayley-Hamilton scratch rows (``S[row, lane]``): invariants e1, e2, e3 of A and the sums
+# (f0, f1, f2) of the terms A^n / n! = a_n + b_n A + c_n A^2; re, im.
+_CH_ROWS = {
+    n: k
+    for k, n in enumerate(f"{v}{r}" for v in ("e1", "e2", "e3", "f0", "f1", "f2") for r in "ri")
+}
+# Taylor order of the coefficient series (unrolled: the scalars stay in registers and the
+# lane loop is the vectorised one); for |A|_F <= 1 the first omitted term is < 1/23! = 4e-23
+_CH_ORDER = 22
+
+
+def _s(name: str) -> str:
+    return f"S[{_CH_ROWS[name]}, l]"
+
+
+def _ch_funcs() -> str:
+    """Lane loops of the Cayley-Hamilton exponential (:func:`expm_mul` kernel).
+
+    For any 3x3 ``A`` with invariants ``e1 = Tr A``, ``e2 = (Tr(A)^2 - Tr(A^2)) / 2``,
+    ``e3 = det A``: ``A^3 = e1 A^2 - e2 A + e3``, so ``A^n / n! = a_n + b_n A + c_n A^2`` with
+    ``(a, b, c)_{n+1} = (c e3, a - c e2, b + c e1)_n / (n + 1)`` from ``(1, 0, 0)_0``; the
+    exponential is ``exp(A) = f0 + f1 A + f2 A^2`` with ``f = sum_n (a, b, c)_n``. ``ch_init``
+    reads ``A`` (Wk row 0) and ``A^2`` (row 1) and stores the invariants; ``ch_series``
+    sums the terms to order ``_CH_ORDER`` (unrolled, in registers); ``ch_build`` writes
+    ``exp(A)`` to row 2."""
+    ld = [
+        f"{m}{i}{j}{'ri'[r]} = Wk[{row}, {_c(i, j, r) * W} + l]"
+        for m, row in (("a", 0),)
+        for i in range(NC)
+        for j in range(NC)
+        for r in range(2)
+    ]
+    init = list(ld)
+    init += [
+        f"t{r} = Wk[1, {_c(0, 0, k) * W} + l] + Wk[1, {_c(1, 1, k) * W} + l]"
+        f" + Wk[1, {_c(2, 2, k) * W} + l]"
+        for k, r in enumerate("ri")
+    ]
+    init += ["e1r = a00r + a11r + a22r", "e1i = a00i + a11i + a22i"]
+    init += _cmul("e1s", "e1", "e1")
+    init += ["e2r = 0.5 * (e1sr - tr)", "e2i = 0.5 * (e1si - ti)"]
+    init += _cmul("m0", "a11", "a22") + _cmul("m0", "a12", "a21", "-=")
+    init += _cmul("m1", "a10", "a22") + _cmul("m1", "a12", "a20", "-=")
+    init += _cmul("m2", "a10", "a21") + _cmul("m2", "a11", "a20", "-=")
+    init += _cmul("e3", "a00", "m0") + _cmul("e3", "a01", "m1", "-=")
+    init += _cmul("e3", "a02", "m2", "+=")
+    for v in ("e1", "e2", "e3"):
+        init += [f"{_s(v + r)} = {v}{r}" for r in "ri"]
+    series = [f"{v}{r} = {_s(v + r)}" for v in ("e1", "e2", "e3") for r in "ri"]
+    series += ["ar = 1.0", "ai = 0.0", "br = 0.0", "bi = 0.0", "cr = 0.0", "ci = 0.0"]
+    series += ["f0r = 1.0", "f0i = 0.0", "f1r = 0.0", "f1i = 0.0", "f2r = 0.0", "f2i = 0.0"]
+    for n in range(1, _CH_ORDER + 1):
+        series += _cmul("na", "c", "e3")
+        series += ["nbr = ar", "nbi = ai"] + _cmul("nb", "c", "e2", "-=")
+        series += ["ncr = br", "nci = bi"] + _cmul("nc", "c", "e1", "+=")
+        for v, f in (("a", "f0"), ("b", "f1"), ("c", "f2")):
+            for r in "ri":
+                series += [f"{v}{r} = n{v}{r} * {1.0 / n!r}", f"{f}{r} = {f}{r} + {v}{r}"]
+    series += [f"{_s(f + r)} = {f}{r}" for f in ("f0", "f1", "f2") for r in "ri"]
+    build = list(ld)
+    build += [f"{f}{r} = {_s(f + r)}" for f in ("f0", "f1", "f2") for r in "ri"]
+    for i in range(NC):
+        for j in range(NC):
+            build += [f"q{r} = Wk[1, {_c(i, j, k) * W} + l]" for k, r in enumerate("ri")]
+            build += _cmul("w", "f1", f"a{i}{j}") + _cmul("w", "f2", "q", "+=")
+            if i == j:
+                build += ["wr = wr + f0r", "wi = wi + f0i"]
+            build += [f"Wk[2, {_c(i, j, k) * W} + l] = w{r}" for k, r in enumerate("ri")]
+    return "".join(
+        _NJIT + f"def {name}({args}):\n" + f"    for l in range({W}):\n" + _ind(body, 8)
+        for name, args, body in (
+            ("ch_init", "Wk, S", init),
+            ("ch_series", "S", series),
+            ("ch_build", "Wk, S", build),
+        )
     )
 
 
@@ -250,11 +342,14 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
 
 @njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def expm_mul(X, V, out, nblk, nch):
-    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane: Taylor series of
-    X / 2^s with max over lanes |X / 2^s|_F = n <= 1/4, to the order K where n^K / K! (a bound
-    on the term's norm in every lane) falls below 1e-20 (K <= 18), then s squarings.\"\"\"
+    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X):
+    A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A + f2 A^2 by
+    Cayley-Hamilton (ch_init, ch_series, ch_build) with the Taylor terms to order {CH_ORDER}
+    (|A^n / n!|_F <= 1 / n!: the first omitted term is < 1e-22 in every lane), then s
+    squarings and one product with V.\"\"\"
     for ch in prange(nch):
-        Wk = np.empty((4, {LB}))  # A = X / 2^s, term, sum, scratch
+        Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch
+        S = np.empty((12, {W}))  # Cayley-Hamilton scalars per lane
         for q in range(ch * nblk // nch, (ch + 1) * nblk // nch):
             nrm = 0.0
             for l in range({W}):
@@ -264,31 +359,16 @@ def expm_mul(X, V, out, nblk, nch):
                 nrm = max(nrm, s2)
             nrm = np.sqrt(nrm)
             s = 0
-            while nrm > 0.25:
+            while nrm > 1.0:
                 nrm *= 0.5
                 s += 1
             sc = 0.5**s
             for k in range({LB}):
-                a = sc * X[q, k]
-                Wk[0, k] = a
-                Wk[1, k] = a
-                Wk[2, k] = a
-            for i in range(3):
-                for l in range({W}):
-                    Wk[2, (8 * i) * {W} + l] += 1.0
-            # terms up to order K: |A^k / k!|_F <= nrm^k / k! < 1e-20 beyond it (every lane)
-            K = 1
-            bound = nrm
-            while bound >= 1e-20 and K < 18:
-                K += 1
-                bound *= nrm / K
-            for kk in range(2, K + 1):
-                mm_nn(Wk, 1, Wk, 0, Wk, 3)
-                inv = 1.0 / kk
-                for k in range({LB}):
-                    v = Wk[3, k] * inv
-                    Wk[1, k] = v
-                    Wk[2, k] += v
+                Wk[0, k] = sc * X[q, k]
+            mm_nn(Wk, 0, Wk, 0, Wk, 1)
+            ch_init(Wk, S)
+            ch_series(S)
+            ch_build(Wk, S)
             for _ in range(s):
                 mm_nn(Wk, 2, Wk, 2, Wk, 3)
                 for k in range({LB}):
@@ -337,7 +417,8 @@ def _source() -> str:
         + _ta_func()
         + _retr_func()
         + _perm_func()
-        + _KERNELS.format(LB=LB, W=W, ND=ND)
+        + _ch_funcs()
+        + _KERNELS.format(LB=LB, W=W, ND=ND, CH_ORDER=_CH_ORDER)
     )
 
 
