@@ -110,7 +110,9 @@ class Integrator:
     ----------
     theory:
         Provides the drift ``evolve_field(field, momentum, eps)`` (any :class:`Theory`,
-        including a flow-transformed one).
+        including a flow-transformed one). Where its ``resident_md`` offers a backend layout
+        for the trajectory (:class:`kernels.theory.ResidentMD`), :meth:`integrate` runs in
+        it: one conversion in and one out instead of one per force and drift.
     levels:
         The time scales, outermost first; ``levels[0].n_steps`` steps per trajectory.
     scheme:
@@ -144,6 +146,7 @@ class Integrator:
         self._cache: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self._count: list[int] = []
         self._bad: torch.Tensor | None = None
+        self._md = None
 
     # ------------------------------------------------------------ description
     @property
@@ -186,17 +189,24 @@ class Integrator:
         self._cache = [None] * len(self.levels)
         self._count = [0] * len(self.levels)
         self._bad = torch.zeros(field.shape[0], dtype=torch.bool, device=field.device)
+        # the backend's own layout for the whole trajectory where the theory offers one
+        self._md = self.theory.resident_md(field, [lv.force for lv in self.levels])
         try:
-            phi, pi = self._run_level(0, field, momentum.detach().clone(), tau, n0)
+            if self._md is None:
+                phi, pi = self._run_level(0, field, momentum.detach().clone(), tau, n0)
+            else:
+                phi, pi = self._md.enter(field, momentum.detach())
+                phi, pi = self._md.leave(*self._run_level(0, phi, pi, tau, n0))
         finally:
             self._cache = [None] * len(self.levels)
+            self._md = None
         return IntegrationResult(phi, pi, self._bad, list(self._count))
 
     def _force(self, k: int, phi: torch.Tensor) -> torch.Tensor:
         cached = self._cache[k]
         if cached is not None and cached[0] is phi:
             return cached[1]
-        f = self.levels[k].evaluate(phi).detach()
+        f = (self.levels[k].evaluate(phi) if self._md is None else self._md.force(phi)).detach()
         self._count[k] += 1
         # per-chain finiteness: a NaN/Inf anywhere makes the chain's sum non-finite
         self._bad |= ~torch.isfinite(f.reshape(f.shape[0], -1).sum(dim=1))
@@ -210,6 +220,8 @@ class Integrator:
         self, k: int, phi: torch.Tensor, pi: torch.Tensor, h: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if k + 1 == len(self.levels):
+            if self._md is not None:
+                return self._md.evolve(phi, pi, h), pi
             return self.theory.evolve_field(phi, pi, h), pi
         return self._run_level(k + 1, phi, pi, h, self.levels[k + 1].n_steps)
 

@@ -20,12 +20,34 @@ every rank of the domain group.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 import torch
 
 from parallel import ProcessGrid
 
 from .action import ActionTerm, WholeAction, select_terms, summed_force
+
+
+class ResidentMD(Protocol):
+    """Molecular dynamics in a kernel backend's own layout for one trajectory (e.g. the
+    ``vnode`` SU(3) layout), so that the layout conversion is paid once per trajectory
+    instead of once per force and drift. The integrator calls :meth:`enter`, then only
+    :meth:`force`, :meth:`evolve` and ``pi.sub_(F, alpha=h)`` on the returned momentum (an
+    element-wise update: any layout works), then :meth:`leave`. Forces and momenta are
+    tensors with the chain as their leading dim (the integrator's per-chain NaN check)."""
+
+    def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[object, torch.Tensor]:
+        """``(phi, pi)`` in the resident layout (copies: the inputs are not modified)."""
+
+    def force(self, phi: object) -> torch.Tensor:
+        """The force of the theory at ``phi``, in the layout of ``pi``."""
+
+    def evolve(self, phi: object, pi: torch.Tensor, eps: float) -> object:
+        """The drift of length ``eps`` (a new ``phi``)."""
+
+    def leave(self, phi: object, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(field, momentum)`` in the theory's layout."""
 
 
 class Theory(ABC):
@@ -82,6 +104,12 @@ class Theory(ABC):
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
         """Gaussian momenta distributed as ``exp(-K)``, keyed by global site (any grid gives
         the same global field). ``rng`` is a :class:`parallel.rng.SiteRNG`."""
+
+    def resident_md(self, field: torch.Tensor, forces: list) -> ResidentMD | None:
+        """A faster representation of ``(field, momentum)`` for a whole MD trajectory whose
+        level forces are ``forces`` (:class:`ResidentMD`), or None (the default): the
+        integrator then works on the fields as they are."""
+        return None
 
     # ------------------------------------------------------------ starts and measurements
     @abstractmethod

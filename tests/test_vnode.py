@@ -248,3 +248,78 @@ def test_u1_runs_the_eager_kernels():
     assert torch.equal(d, ref.u1_action_density(theta, grid, th.planes))
     (g,) = torch.autograd.grad(d.sum(), t)
     torch.testing.assert_close(2.5 * g, ref.u1_force(theta, grid, th.planes, 2.5))
+
+
+def _integrate(theory, u, p, integ=None):
+    from kernels.integrators import make_integrator
+
+    integ = integ or make_integrator(theory, "omelyan", 3, 0.6)
+    return integ.integrate(u, p)
+
+
+def test_trajectory_in_the_resident_layout_equals_eager(monkeypatch):
+    """An MD trajectory with links and momenta kept in the vnode layout (``PackedMD``: one
+    pack and one unpack per trajectory) ends where eager's does and where vnode's per-call
+    path (pack and unpack per force and drift) does; the integrator really took the
+    resident path (the per-call kernels were not used), counted its forces, and its inputs
+    are unchanged."""
+    from kernels.integrators import make_integrator
+
+    shape = (4, 2, 4, 2)
+    grid, u = _links(shape, batch=2, seed=11)
+    th = SU3Gauge(grid, 5.6)
+    p = th.random_momentum(SiteRNG(3), 0, 2)
+    u0, p0 = u.clone(), p.clone()
+    ref = _integrate(th, u, p)  # eager
+    kb.set_backend("vnode")
+    try:
+        assert isinstance(th.resident_md(u, [th.force]), vnode.PackedMD)
+        integ = make_integrator(th, "omelyan", 3, 0.6)
+        calls = []
+        for fn in ("su3_ta_staples", "expm_mul", "pack", "unpack"):
+            orig = getattr(vnode, fn)
+
+            def spy(*a, _orig=orig, _fn=fn, **k):
+                calls.append(_fn)
+                return _orig(*a, **k)
+
+            monkeypatch.setattr(vnode, fn, spy)
+        res = _integrate(th, u, p, integ)
+        assert sorted(calls) == ["pack", "pack", "unpack", "unpack"]  # no per-call kernels
+        monkeypatch.undo()
+        th_call = SU3Gauge(grid, 5.6)
+        th_call.resident_md = lambda field, forces: None  # the per-call vnode path
+        per_call = _integrate(th_call, u, p)
+    finally:
+        kb.set_backend("eager")
+    assert torch.equal(u, u0) and torch.equal(p, p0)
+    assert res.force_evaluations == ref.force_evaluations == [7]
+    for a in (ref, per_call):
+        assert _err(res.field, a.field) <= 1e-12
+        assert _err(res.momentum, a.momentum) <= 1e-12
+    assert not res.nonfinite.any()
+    # a trajectory that moved: the test compares something
+    assert float((res.field - u).abs().max()) > 0.1
+
+
+def test_resident_layout_only_where_it_is_the_same_dynamics():
+    """No resident layout on eager, for a level force that is not the theory's, for the
+    improved action (vnode kernels are Wilson only) or with an autograd graph on the links;
+    a NaN link marks its chain (and only it) non-finite in the resident layout."""
+    shape = (2, 2, 4, 2)
+    grid, u = _links(shape, batch=2, seed=12)
+    th = SU3Gauge(grid, 5.6)
+    assert th.resident_md(u, [th.force]) is None  # eager
+    kb.set_backend("vnode")
+    try:
+        assert th.resident_md(u, [th.force]) is not None
+        assert th.resident_md(u, [th.action_terms()[0].force]) is not None
+        assert th.resident_md(u, [lambda f: th.force(f)]) is None
+        assert SU3Gauge(grid, 5.6, action="symanzik").resident_md(u, [th.force]) is None
+        assert th.resident_md(u.clone().requires_grad_(), [th.force]) is None
+        bad = u.clone()
+        bad[1, 2, 0, 1, 0, 1] = float("nan")
+        res = _integrate(th, bad, th.random_momentum(SiteRNG(3), 0, 2))
+    finally:
+        kb.set_backend("eager")
+    assert res.nonfinite.tolist() == [False, True]

@@ -639,6 +639,42 @@ def su3_plaquette_density(u: torch.Tensor) -> torch.Tensor:
     return unpack_density(plaquette_density_packed(pack(u, work=True), b, local), b, local)
 
 
+class PackedMD:
+    """Molecular dynamics with the links and momenta in the vnode layout for a whole
+    trajectory (:class:`kernels.theory.ResidentMD`): one pack of ``(U, P)`` at the start and
+    one unpack at the end, instead of a pack and an unpack per force and per drift. The
+    force is ``coef TA(U A)`` (``coef = beta c0 / 6``), the drift ``U -> exp(eps P) U`` per
+    lane (:func:`expm_mul_packed`); momenta and forces are ``(B, Nd Vo, 18 W)`` tensors over
+    numpy memory, so the integrator's kick ``P -= h F`` acts on them in place."""
+
+    def __init__(self, b: int, local: tuple[int, ...], coef: float) -> None:
+        self.b, self.local, self.coef = b, local, float(coef)
+        self.n = b * ND * int(np.prod(local)) // W
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).view(self.b, -1, LB)
+
+    def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Packed links (with the kernels' scratch tail) and packed momenta."""
+        return pack(field), self._tensor(np.ascontiguousarray(pack(momentum)[: self.n]))
+
+    def force(self, phi: np.ndarray) -> torch.Tensor:
+        """``coef TA(U A)`` in the layout (a new array)."""
+        out = np.empty((self.n, LB))
+        ta_staples_packed(phi, self.b, self.local, self.coef, True, out)
+        return self._tensor(out)
+
+    def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
+        """``exp(eps P) U`` per lane."""
+        x = (eps * pi).numpy().reshape(self.n, LB)
+        return expm_mul_packed(x, phi, self.b, self.local)
+
+    def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout."""
+        p = pi.numpy().reshape(self.n, LB)
+        return unpack(phi, self.b, ND, self.local), unpack(p, self.b, ND, self.local)
+
+
 # --------------------------------------------------------------------------- backend
 def _use(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
     """The vnode kernels apply: Wilson gauge action, complex128 CPU links without a graph,
@@ -695,6 +731,13 @@ class VnodeBackend(fused.NumbaBackend):
         if not _use(u, grid, c1):
             return super().su3_flow_generator(u, grid, c1)
         return su3_ta_staples(u, -1.0, ta=True)
+
+    def su3_resident_md(self, u, grid, beta, c0, c1):
+        """:class:`PackedMD` for HMC with the Wilson force where the vnode kernels apply
+        (:func:`_use`; also no autograd graph on the links), else None."""
+        if not _use(u, grid, c1) or torch.is_grad_enabled() and u.requires_grad:
+            return None
+        return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0)
 
     def su3_expm_mul(self, x, w):
         """``exp(X) W`` (the MD drift): per lane in the vnode layout where the lattice fits."""

@@ -318,6 +318,16 @@ class SU3Gauge(Theory):
         """MD drift ``U -> exp(eps P) U`` link by link, from the active backend."""
         return get_backend().su3_expm_mul(eps * momentum, field)
 
+    def resident_md(self, field: torch.Tensor, forces: list):
+        """The backend's own layout for a trajectory (``vnode``: links and momenta stay in the
+        virtual-node layout, :class:`kernels.backends.vnode.PackedMD`) when every level force
+        is this theory's force (not with ``overlap``); else None."""
+        hook = getattr(get_backend(), "su3_resident_md", None)
+        mine = [self.force, *(t.force for t in self.action_terms())]
+        if hook is None or self.overlap or any(f not in mine for f in forces):
+            return None
+        return hook(field, self.grid, self.beta, self.c0, self.c1)
+
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
         """Gaussian su(3) momenta ``P = sum_a p_a T_a``, ``p_a`` standard normal (``P ~ exp(-K)``),
         site-keyed with purpose ``PURPOSE_MOMENTUM`` (:meth:`parallel.rng.SiteRNG.su_algebra`)."""
