@@ -14,6 +14,7 @@ import torch
 
 import kernels.backends as kb
 from kernels.backends import eager
+from kernels.groups.su_n import reunitarize
 from kernels.theories.su3 import SU3Gauge
 from kernels.theories.u1 import U1Gauge
 from parallel import single_rank_grid
@@ -103,6 +104,11 @@ def test_su3_kernels_match_eager(name, c1):
         close(b.su3_expm_mul(eps * p, u), eager.su_expm(eps * p) @ u, f"exp({eps} P) U")
     step = eager.flow_step_rk3(u, grid, 0.05, c1)
     close(b.su3_flow_step_rk3(u, grid, 0.05, c1), step, "RK3 flow step")
+    # reunitarisation of links 1e-3 off SU(3) (the projection after a trajectory)
+    off = u + 1e-3 * torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(2))
+    ref = reunitarize(off)
+    close(b.su3_reunitarize(off), ref, "reunitarize")
+    assert float((b.su3_reunitarize(off) - off).abs().max()) > 1e-4  # it moved the links
 
 
 def test_eager_flow_step_is_wilson_flow_step():

@@ -26,7 +26,7 @@ import torch
 
 from parallel import ProcessGrid, lattice_sum, shift
 
-from ..groups.su_n import dagger, project_ta, su_expm
+from ..groups.su_n import dagger, project_ta, reunitarize, su_expm
 
 NC = 3
 
@@ -256,6 +256,10 @@ class EagerBackend:
     def su3_expm_mul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``exp(X) W`` for traceless anti-Hermitian ``X`` (the MD link update)."""
         return su_expm(x) @ w
+
+    def su3_reunitarize(self, u: torch.Tensor) -> torch.Tensor:
+        """The SU(3) link nearest each of ``u`` (:func:`kernels.groups.su_n.reunitarize`)."""
+        return reunitarize(u)
 
     def su3_flow_step_rk3(self, u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0):
         """One RK3 Wilson-flow step (:func:`flow_step_rk3`) with this backend's generator."""

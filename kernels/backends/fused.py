@@ -339,6 +339,33 @@ def expm_mul(X, W, out, chunk):
                     out[m, i, j] = (
                         e[i, 0] * W[m, 0, j] + e[i, 1] * W[m, 1, j] + e[i, 2] * W[m, 2, j]
                     )
+
+
+@njit(parallel=True, cache=True)
+def su3_reunitarize(U, out, chunk):
+    """out[n] = the SU(3) matrix nearest U[n]: rows a, b of U Gram-Schmidt orthonormalised
+    (a / |a|, then b - (a^+ b) a normalised), row c = conj(a x b) (det = 1)."""
+    n = U.shape[0]
+    nchunks = (n + chunk - 1) // chunk
+    for c in prange(nchunks):
+        for m in range(c * chunk, min(n, (c + 1) * chunk)):
+            a0, a1, a2 = U[m, 0, 0], U[m, 0, 1], U[m, 0, 2]
+            b0, b1, b2 = U[m, 1, 0], U[m, 1, 1], U[m, 1, 2]
+            na = np.sqrt(
+                a0.real**2 + a0.imag**2 + a1.real**2 + a1.imag**2 + a2.real**2 + a2.imag**2
+            )
+            a0, a1, a2 = a0 / na, a1 / na, a2 / na
+            d = a0.conjugate() * b0 + a1.conjugate() * b1 + a2.conjugate() * b2
+            b0, b1, b2 = b0 - d * a0, b1 - d * a1, b2 - d * a2
+            nb = np.sqrt(
+                b0.real**2 + b0.imag**2 + b1.real**2 + b1.imag**2 + b2.real**2 + b2.imag**2
+            )
+            b0, b1, b2 = b0 / nb, b1 / nb, b2 / nb
+            out[m, 0, 0], out[m, 0, 1], out[m, 0, 2] = a0, a1, a2
+            out[m, 1, 0], out[m, 1, 1], out[m, 1, 2] = b0, b1, b2
+            out[m, 2, 0] = (a1 * b2 - a2 * b1).conjugate()
+            out[m, 2, 1] = (a2 * b0 - a0 * b2).conjugate()
+            out[m, 2, 2] = (a0 * b1 - a1 * b0).conjugate()
 '''
 
 
@@ -539,6 +566,15 @@ def expm_mul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).reshape(w.shape)
 
 
+def su3_reunitarize(u: torch.Tensor) -> torch.Tensor:
+    """Nearest SU(3) matrix per link (:func:`kernels.groups.su_n.reunitarize`, SU(3) rule)."""
+    _threads()
+    us = np.ascontiguousarray(u.detach().reshape(-1, 3, 3).numpy())
+    out = np.empty_like(us)
+    kernels().su3_reunitarize(us, out, 256)
+    return torch.from_numpy(out).reshape(u.shape)
+
+
 def su3_flow_step_rk3(
     u: torch.Tensor, grid: ProcessGrid, eps: float, generator=None
 ) -> torch.Tensor:
@@ -652,6 +688,12 @@ class NumbaBackend(EagerBackend):
         if not (_fusable(x) and _fusable(w)) or _graph(x) or _graph(w):
             return super().su3_expm_mul(x, w)
         return expm_mul(x, w)
+
+    def su3_reunitarize(self, u):
+        """Nearest SU(3) link (:func:`su3_reunitarize`) for complex128 links without a graph."""
+        if u.dtype != torch.complex128 or not _fusable(u) or _graph(u):
+            return super().su3_reunitarize(u)
+        return su3_reunitarize(u)
 
     def su3_action_density(self, u, grid, c0, c1):
         """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (what ``SU3Gauge.action`` sums

@@ -53,7 +53,7 @@ from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
 from ..backends import get_backend
 from ..backends.eager import _site_sum, wilson_loops
-from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta, reunitarize
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta
 from ..theory import Theory
 
 #: rectangle coefficient c1 of each named action
@@ -365,8 +365,8 @@ class SU3Gauge(Theory):
         return haar_su_n(normals, dtype=self.dtype)
 
     def project(self, field: torch.Tensor) -> torch.Tensor:
-        """Reunitarise every link (:func:`kernels.groups.su_n.reunitarize`)."""
-        return reunitarize(field)
+        """Reunitarise every link (:func:`kernels.groups.su_n.reunitarize`, from the backend)."""
+        return get_backend().su3_reunitarize(field)
 
     # ------------------------------------------------------------ measurements
     def observables(self, field: torch.Tensor) -> dict[str, torch.Tensor]:
