@@ -55,6 +55,7 @@ SIMD loops; the MPI tests check it bitwise on the machine they run on).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -196,6 +197,25 @@ def _box_muller_torch(u0: torch.Tensor, u1: torch.Tensor) -> tuple[torch.Tensor,
     return r * torch.cos(theta), r * torch.sin(theta)
 
 
+#: smallest draw (blocks) for the compiled path; below it the numpy reference is as fast
+_JIT_MIN = 4096
+_JIT: list = []
+
+
+def _philox_jit():
+    """The compiled block kernel (:mod:`parallel.philox_jit`) when numba is installed and
+    ``TRIVHMC_RNG_JIT`` is not ``0``; else None (the numpy reference: the same numbers)."""
+    if not _JIT:
+        fn = None
+        if os.environ.get("TRIVHMC_RNG_JIT", "1") != "0":
+            try:
+                from .philox_jit import draw_blocks as fn
+            except ImportError:
+                fn = None
+        _JIT.append(fn)
+    return _JIT[0]
+
+
 def _uniform_pair(w: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Two float64 uniforms in (0, 1) from one Philox block (52 bits each)."""
     s6, s26 = np.uint64(6), np.uint64(26)
@@ -332,6 +352,14 @@ class SiteRNG:
             _check_width("block (values per site // 2)", nblocks - 1, 16)
         if device is not None:
             return self._blocks_torch(sites, purpose, counter, batch, nblocks, chain_offset, device)
+        jit = _philox_jit() if batch * np.size(sites) * nblocks >= _JIT_MIN else None
+        if jit is not None:
+            flat = np.ascontiguousarray(np.asarray(sites, dtype=np.uint64).reshape(-1))
+            u0 = np.empty((batch, flat.size, nblocks))
+            u1 = np.empty_like(u0)
+            jit(flat, chain_offset, purpose, counter, *self._key, u0, u1)
+            shape = (batch,) + np.shape(sites) + (nblocks,)
+            return u0.reshape(shape), u1.reshape(shape)
         site = np.asarray(sites, dtype=np.uint64)[None, ..., None]
         chain = np.arange(chain_offset, chain_offset + batch, dtype=np.uint64)
         chain = chain.reshape((batch,) + (1,) * (site.ndim - 1))
@@ -513,9 +541,9 @@ class SiteRNG:
         if dev is not None:
             re = torch.zeros(p.shape[:-1] + (n, n), dtype=torch.float64, device=dev)
             im = torch.zeros_like(re)
-        else:
-            re = np.zeros(p.shape[:-1] + (n, n))
-            im = np.zeros(p.shape[:-1] + (n, n))
+        else:  # real and imaginary parts as views of one complex array (no interleaving copy)
+            z = np.zeros(p.shape[:-1] + (n, n), dtype=np.complex128)
+            re, im = z.real, z.imag
         for a in range(ngen):
             pa = p[..., a]
             for j, k in zip(*np.nonzero(gens[a])):
@@ -524,7 +552,7 @@ class SiteRNG:
                     re[..., j, k] += pa * t.real
                 if t.imag:
                     im[..., j, k] += pa * t.imag
-        out = torch.complex(_as_tensor(re), _as_tensor(im))
+        out = torch.complex(re, im) if dev is not None else torch.from_numpy(z)
         return out.to(device=device, dtype=dtype)
 
     def chain_uniform(
