@@ -24,8 +24,12 @@ def mpiexec() -> str:
     return exe
 
 
-def run_under_mpi(module: str, nranks: int, timeout: float = 300.0, args: tuple = ()) -> None:
-    """Run ``tests/mpi/<module>`` on ``nranks`` ranks; fail with the output if any rank fails."""
+def run_under_mpi(
+    module: str | list[str], nranks: int, timeout: float = 300.0, args: tuple = ()
+) -> None:
+    """Run ``tests/mpi/<module>`` (or several modules in one launch) on ``nranks`` ranks;
+    fail with the output if any rank fails."""
+    modules = [module] if isinstance(module, str) else list(module)
     env = dict(
         os.environ,
         TRIVHMC_UNDER_MPIEXEC="1",
@@ -43,7 +47,7 @@ def run_under_mpi(module: str, nranks: int, timeout: float = 300.0, args: tuple 
         "-x",
         "-p",
         "no:cacheprovider",
-        str(MPI_DIR / module),
+        *(str(MPI_DIR / m) for m in modules),
         *args,
     ]
     try:
@@ -52,9 +56,9 @@ def run_under_mpi(module: str, nranks: int, timeout: float = 300.0, args: tuple 
         )
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"")[-4000:] if isinstance(err.stdout, bytes) else (err.stdout or "")
-        pytest.fail(f"{module} on {nranks} ranks timed out after {timeout}s\n{out[-4000:]}")
+        pytest.fail(f"{modules} on {nranks} ranks timed out after {timeout}s\n{out[-4000:]}")
     if proc.returncode != 0:
         pytest.fail(
-            f"{module} on {nranks} ranks failed (rc={proc.returncode}):\n"
+            f"{modules} on {nranks} ranks failed (rc={proc.returncode}):\n"
             f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
         )
