@@ -558,18 +558,14 @@ def empty_packed(b: int, local: tuple[int, ...]) -> np.ndarray:
     return np.empty((b * ND * vo + 6 * nchunks(b * vo), LB))
 
 
-def expm_mul_packed(
-    x: np.ndarray, v: np.ndarray, b: int, local: tuple[int, ...], out: np.ndarray | None = None
-) -> np.ndarray:
+def expm_mul_packed(x: np.ndarray, v: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
     """``exp(X) V`` per link and lane (:func:`expm_mul`) for packed ``X`` ``(B Nd Vo, 18 W)``
-    (traceless anti-Hermitian) and packed links ``V``; a new packed field (scratch tail), or
-    written into ``out`` (a packed field, not overlapping ``V``)."""
+    (traceless anti-Hermitian) and packed links ``V``; a new packed field (scratch tail)."""
     n = b * ND * int(np.prod(local)) // W
     _check(x, n, "exponent")
     if v.shape[0] < n:
         _check(v, n, "links")
-    w = empty_packed(b, local) if out is None else out
-    _check(w[:n], n, "output")
+    w = empty_packed(b, local)
     fused._threads()
     kernels().expm_mul(x, v, w, n, nchunks(n))
     return w
@@ -649,53 +645,32 @@ class PackedMD:
     one unpack at the end, instead of a pack and an unpack per force and per drift. The
     force is ``coef TA(U A)`` (``coef = beta c0 / 6``), the drift ``U -> exp(eps P) U`` per
     lane (:func:`expm_mul_packed`); momenta and forces are ``(B, Nd Vo, 18 W)`` tensors over
-    numpy memory, so the integrator's kick ``P -= h F`` acts on them in place.
+    numpy memory, so the integrator's kick ``P -= h F`` acts on them in place."""
 
-    Buffers are reused instead of allocated per call (a fresh 2.4 MB array at 8^4 costs its
-    page faults, ~0.3 ms): links alternate between two (a drift reads one and writes the
-    other), forces rotate through ``n_forces + 1`` (the integrator keeps the last force of
-    each level); every call returns a new view object, so the integrator's identity-keyed
-    force cache never matches a buffer that was overwritten."""
-
-    def __init__(self, b: int, local: tuple[int, ...], coef: float, n_forces: int = 1) -> None:
+    def __init__(self, b: int, local: tuple[int, ...], coef: float) -> None:
         self.b, self.local, self.coef = b, local, float(coef)
         self.n = b * ND * int(np.prod(local)) // W
-        self._links = [empty_packed(b, local) for _ in range(2)]
-        self._forces = [np.empty((self.n, LB)) for _ in range(max(1, n_forces) + 1)]
-        self._x = np.empty((self.n, LB))
-        self._turn = [0, 0]
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).view(self.b, -1, LB)
 
-    def _next(self, pool: list[np.ndarray], k: int) -> np.ndarray:
-        self._turn[k] = (self._turn[k] + 1) % len(pool)
-        return pool[self._turn[k]][:]  # a new view object on the buffer
-
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Packed links (with the kernels' scratch tail) and packed momenta (copies)."""
-        phi = self._next(self._links, 0)
-        phi[...] = pack(field, work=True)
-        pi = np.empty((self.n, LB))
-        pi[...] = pack(momentum, work=True)[: self.n]
-        return phi, self._tensor(pi)
+        """Packed links (with the kernels' scratch tail) and packed momenta."""
+        return pack(field), self._tensor(np.ascontiguousarray(pack(momentum)[: self.n]))
 
     def force(self, phi: np.ndarray) -> torch.Tensor:
-        """``coef TA(U A)`` in the layout."""
-        out = self._next(self._forces, 1)
+        """``coef TA(U A)`` in the layout (a new array)."""
+        out = np.empty((self.n, LB))
         ta_staples_packed(phi, self.b, self.local, self.coef, True, out)
         return self._tensor(out)
 
     def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
-        """``exp(eps P) U`` per lane (into the other link buffer)."""
-        torch.mul(pi, eps, out=self._tensor(self._x))
-        w = self._next(self._links, 0)
-        if np.shares_memory(w, phi):  # never write the links being read
-            raise RuntimeError("PackedMD: link buffers out of turn")
-        return expm_mul_packed(self._x, phi, self.b, self.local, out=w)
+        """``exp(eps P) U`` per lane."""
+        x = (eps * pi).numpy().reshape(self.n, LB)
+        return expm_mul_packed(x, phi, self.b, self.local)
 
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (new tensors)."""
+        """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout."""
         p = pi.numpy().reshape(self.n, LB)
         return unpack(phi, self.b, ND, self.local), unpack(p, self.b, ND, self.local)
 
@@ -757,12 +732,12 @@ class VnodeBackend(fused.NumbaBackend):
             return super().su3_flow_generator(u, grid, c1)
         return su3_ta_staples(u, -1.0, ta=True)
 
-    def su3_resident_md(self, u, grid, beta, c0, c1, n_forces=1):
+    def su3_resident_md(self, u, grid, beta, c0, c1):
         """:class:`PackedMD` for HMC with the Wilson force where the vnode kernels apply
         (:func:`_use`; also no autograd graph on the links), else None."""
         if not _use(u, grid, c1) or torch.is_grad_enabled() and u.requires_grad:
             return None
-        return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0, n_forces)
+        return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0)
 
     def su3_expm_mul(self, x, w):
         """``exp(X) W`` (the MD drift): per lane in the vnode layout where the lattice fits."""

@@ -326,7 +326,7 @@ class SU3Gauge(Theory):
         mine = [self.force, *(t.force for t in self.action_terms())]
         if hook is None or self.overlap or any(f not in mine for f in forces):
             return None
-        return hook(field, self.grid, self.beta, self.c0, self.c1, len(forces))
+        return hook(field, self.grid, self.beta, self.c0, self.c1)
 
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
         """Gaussian su(3) momenta ``P = sum_a p_a T_a``, ``p_a`` standard normal (``P ~ exp(-K)``),
