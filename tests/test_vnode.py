@@ -298,6 +298,17 @@ def test_trajectory_in_the_resident_layout_equals_eager(monkeypatch):
         assert _err(res.field, a.field) <= 1e-12
         assert _err(res.momentum, a.momentum) <= 1e-12
     assert not res.nonfinite.any()
+    # the same integrator again (fresh buffers per trajectory) and a scheme with more drifts
+    kb.set_backend("vnode")
+    try:
+        again = _integrate(th, u, p, integ)
+        fr_res = _integrate(th, u, p, make_integrator(th, "forest_ruth", 2, 0.6))
+    finally:
+        kb.set_backend("eager")
+    assert torch.equal(again.field, res.field) and torch.equal(again.momentum, res.momentum)
+    fr_ref = _integrate(th, u, p, make_integrator(th, "forest_ruth", 2, 0.6))
+    assert _err(fr_res.field, fr_ref.field) <= 1e-12
+    assert _err(fr_res.momentum, fr_ref.momentum) <= 1e-12
     # a trajectory that moved: the test compares something
     assert float((res.field - u).abs().max()) > 0.1
 
