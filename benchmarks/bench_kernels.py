@@ -34,6 +34,9 @@ Flop counts per site (complex multiply 6, complex add 2, real ops 1; sin/cos cou
 * SU(3) Wilson flow step (Luscher RK3, kernels/wilson_flow.py): 3 generators ``-TA(V A)``
   (a force each) + 3 x 4 link updates ``exp(Z) V`` (one product each; the exponential is not
   counted, so its %roof is a lower bound); bytes: links in and out, 1152.
+* ``exp(X) V`` per link (the MD drift, ``X = 0.1 P`` with Gaussian su(3) momenta ``P``):
+  counted as its 4 products with ``V`` (792; the exponential is not counted: a lower bound);
+  bytes: ``X``, ``V`` in, result out, 1728.
 
 Backends (kernels/backends, ``--backends``): ``eager`` (the reference, complex128 batched
 ``matmul``), ``soa`` (real structure of arrays, unrolled products, plain torch ops),
@@ -73,6 +76,8 @@ SU3_FORCE_FLOPS = 12 * (4 * MM + 2 * 18) + 4 * (MM + 30 + 18)
 SU3_FORCE_BYTES = 8 * 144
 SU3_STAPLE_FLOPS = 12 * (4 * MM + 2 * 18)
 SU3_FLOW_FLOPS = 3 * SU3_FORCE_FLOPS + 3 * 4 * MM
+SU3_EXPMUL_FLOPS = 4 * MM  # the product with V only: the exponential is not counted
+SU3_EXPMUL_BYTES = 3 * 4 * 144  # X, V in; exp(X) V out
 
 
 # --------------------------------------------------------------------------- timing
@@ -150,6 +155,7 @@ def bench_su3(L, batch, repeat, roof, backends, threads) -> None:
     th = SU3Gauge(grid, 6.0)
     u = th.hot_start(SiteRNG(1), 0, batch)
     f_ref = eager.gauge_force(u, grid, 6.0)
+    x = 0.1 * th.random_momentum(SiteRNG(2), 0, batch)
     for name in backends:
         kb.set_backend(name)
         b = kb.get_backend()
@@ -176,22 +182,30 @@ def bench_su3(L, batch, repeat, roof, backends, threads) -> None:
                     SU3_FLOW_FLOPS,
                     SU3_FORCE_BYTES,
                 ),
+                (
+                    "su3 expmul",
+                    lambda b=b: b.su3_expm_mul(x, u),
+                    SU3_EXPMUL_FLOPS,
+                    SU3_EXPMUL_BYTES,
+                ),
             ]
             for kernel, fn, flops, nbytes in cases:
                 tm, tb = timeit(fn, repeat)
                 record(kernel, name, threads, shape, batch, tm, tb, flops, nbytes, roof)
             if name == "vnode" and L % 2 == 0:
-                bench_vnode_resident(u, shape, batch, repeat, roof, threads)
+                bench_vnode_resident(u, x, shape, batch, repeat, roof, threads)
     kb.set_backend("eager")
 
 
-def bench_vnode_resident(u, shape, batch, repeat, roof, threads) -> None:
+def bench_vnode_resident(u, x, shape, batch, repeat, roof, threads) -> None:
     """The vnode kernels on links already in the virtual-node layout (variant ``vnode-res``:
     no pack/unpack), and the layout conversions themselves (bytes: in + out)."""
     from kernels.backends import vnode
 
     q = vnode.pack(u)
-    out = np.empty((batch * 4 * int(np.prod(shape)) // vnode.W, vnode.LB))
+    n = batch * 4 * int(np.prod(shape)) // vnode.W
+    out = np.empty((n, vnode.LB))
+    qx = np.ascontiguousarray(vnode.pack(x)[:n])
     cases = [
         (
             "su3 action",
@@ -210,6 +224,12 @@ def bench_vnode_resident(u, shape, batch, repeat, roof, threads) -> None:
             lambda: vnode.ta_staples_packed(q, batch, shape, 1.0, True, out),
             SU3_FORCE_FLOPS,
             SU3_FORCE_BYTES,
+        ),
+        (
+            "su3 expmul",
+            lambda: vnode.expm_mul_packed(qx, q, batch, shape),
+            SU3_EXPMUL_FLOPS,
+            SU3_EXPMUL_BYTES,
         ),
         ("vnode pack", lambda: vnode.pack(u, work=True), 0, SU3_FORCE_BYTES),
         ("vnode unpack", lambda: vnode.unpack(out, batch, 4, shape), 0, SU3_FORCE_BYTES),

@@ -209,3 +209,16 @@ def test_numba_workers_sleep_between_kernels():
     want = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
     if want in ("workqueue", "omp", "tbb"):
         assert numba.threading_layer() == want
+
+
+def test_numba_exponential_of_any_matrix():
+    """The numba ``exp(X) W`` (Cayley-Hamilton, the same scheme as the vnode kernel, per link)
+    equals torch's ``matrix_exp`` for general complex matrices over six decades of norm
+    (squarings above |X|_F = 1), a degenerate spectrum and zero."""
+    fused = pytest.importorskip("kernels.backends.fused", exc_type=ImportError)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.linalg.matrix_exp(torch.randn(64, 3, 3, dtype=torch.complex128, generator=gen))
+    x = torch.randn(64, 3, 3, dtype=torch.complex128, generator=gen)
+    deg = torch.diag_embed(torch.tensor([0.7j, 0.7j, -1.4j])).expand(64, 3, 3)
+    for a in [1e-6 * x, 0.3 * x, x, 4.0 * x, 0.0 * x, deg, deg + 0.1 * x]:
+        close(fused.expm_mul(a, w), torch.linalg.matrix_exp(a) @ w, "exp(X) W")

@@ -288,16 +288,18 @@ def u1_density_force(T, rows_p, rows_o, rowlen, strides, beta, force, out):
 
 @njit(parallel=True, fastmath={{'contract'}}, cache=True)
 def expm_mul(X, W, out, chunk):
-    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices: Taylor series of X / 2^s with
-    |X / 2^s|_F <= 1/4, summed until a term is below 1e-20 (order <= 18, remainder
-    < 1e-22), then s squarings."""
+    """out[n] = exp(X[n]) W[n] for 3x3 complex matrices (any X): A = X / 2^s with
+    |A|_F <= 1, exp(A) = f0 + f1 A + f2 A^2 by Cayley-Hamilton (A^3 = e1 A^2 - e2 A + e3,
+    e1 = Tr A, e2 = (Tr(A)^2 - Tr(A^2)) / 2, e3 = det A; the coefficients summed from the
+    Taylor series, A^n / n! = a_n + b_n A + c_n A^2, (a, b, c)_{{n+1}} = (c e3, a - c e2,
+    b + c e1)_n / (n + 1), to the order K where |A|_F^K / K! < 1e-20), then s squarings."""
     n = X.shape[0]
     nchunks = (n + chunk - 1) // chunk
     for c in prange(nchunks):
         e = np.empty((3, 3), np.complex128)
-        t = np.empty((3, 3), np.complex128)
-        y = np.empty((3, 3), np.complex128)
         a = np.empty((3, 3), np.complex128)
+        a2 = np.empty((3, 3), np.complex128)
+        y = np.empty((3, 3), np.complex128)
         for m in range(c * chunk, min(n, (c + 1) * chunk)):
             nrm = 0.0
             for i in range(3):
@@ -305,28 +307,39 @@ def expm_mul(X, W, out, chunk):
                     nrm += X[m, i, j].real ** 2 + X[m, i, j].imag ** 2
             nrm = np.sqrt(nrm)
             s = 0
-            while nrm > 0.25:
+            while nrm > 1.0:
                 nrm *= 0.5
                 s += 1
             scale = 0.5**s
             for i in range(3):
                 for j in range(3):
                     a[i, j] = X[m, i, j] * scale
-                    e[i, j] = a[i, j]
-                    t[i, j] = a[i, j]
-                e[i, i] += 1.0
-            for k in range(2, 19):
-                tn = 0.0
-                for i in range(3):
-                    for j in range(3):
-                        y[i, j] = (t[i, 0] * a[0, j] + t[i, 1] * a[1, j] + t[i, 2] * a[2, j]) / k
-                        tn += y[i, j].real ** 2 + y[i, j].imag ** 2
-                for i in range(3):
-                    for j in range(3):
-                        t[i, j] = y[i, j]
-                        e[i, j] += y[i, j]
-                if tn < 1e-40:  # |term|_F < 1e-20: the rest of the series is below rounding
-                    break
+            for i in range(3):
+                for j in range(3):
+                    a2[i, j] = a[i, 0] * a[0, j] + a[i, 1] * a[1, j] + a[i, 2] * a[2, j]
+            e1 = a[0, 0] + a[1, 1] + a[2, 2]
+            e2 = 0.5 * (e1 * e1 - (a2[0, 0] + a2[1, 1] + a2[2, 2]))
+            e3 = (
+                a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+                - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+                + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0])
+            )
+            ca, cb, cc = 1.0 + 0.0j, 0.0j, 0.0j
+            f0, f1, f2 = 1.0 + 0.0j, 0.0j, 0.0j
+            bound = 1.0
+            k = 0
+            while bound >= 1e-20 and k < 30:
+                k += 1
+                bound *= nrm / k
+                inv = 1.0 / k
+                ca, cb, cc = cc * e3 * inv, (ca - cc * e2) * inv, (cb + cc * e1) * inv
+                f0 += ca
+                f1 += cb
+                f2 += cc
+            for i in range(3):
+                for j in range(3):
+                    e[i, j] = f1 * a[i, j] + f2 * a2[i, j]
+                e[i, i] += f0
             for _ in range(s):
                 for i in range(3):
                     for j in range(3):
@@ -684,7 +697,7 @@ class NumbaBackend(EagerBackend):
         return su3_flow_step_rk3(u, grid, eps)
 
     def su3_expm_mul(self, x, w):
-        """``exp(X) W``; fused (Taylor + squaring, :func:`expm_mul`) without a graph."""
+        """``exp(X) W``; fused (Cayley-Hamilton + squaring, :func:`expm_mul`) without a graph."""
         if not (_fusable(x) and _fusable(w)) or _graph(x) or _graph(w):
             return super().su3_expm_mul(x, w)
         return expm_mul(x, w)
