@@ -209,10 +209,10 @@ class ParallelSection(_Section):
         default=None,
         description="Gauge-kernel backend (kernels/backends): eager (reference), soa, compiled "
         "(torch.compile), numba (needs the `fast` extra), vnode (numba plus virtual-node SU(3) "
-        "kernels on unsplit 4D lattices with even extents, links kept in its layout through "
-        "each HMC trajectory). null: $TRIVHMC_KERNELS, else eager. All give the same results "
-        "to rounding; bit-identical records on every process grid need eager (vnode runs the "
-        "numba kernels where an axis is split).",
+        "kernels on 4D lattices with even local extents, split axes through a one-site halo; "
+        "links kept in its layout through each HMC trajectory where no axis is split). null: "
+        "$TRIVHMC_KERNELS, else eager. All give the same results to rounding; bit-identical "
+        "records on every process grid need eager.",
     )
     overlap: bool | None = Field(
         default=None,

@@ -17,6 +17,11 @@ the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighb
 first copied with its lanes permuted into a scratch block (:func:`perm_copy`; a quarter of
 the hops at 8^4, an eighth at 16^4); every other operand is read straight from ``Q``.
 
+Split grids (several ranks along an axis): the stencil kernels run on the local block padded
+by one exchanged halo site on both sides of each split axis (:func:`_on_grid`); the layout's
+periodic wrap then only reaches halo sites, whose results are cut off. The resident MD layout
+(:class:`PackedMD`), which has no halo, is offered only where no axis is split.
+
 Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
 product, a loop over the 16 lanes with literal component offsets and block indices (generated
 straight-line code; no negative-index handling or reference counting left in the loop): LLVM
@@ -48,6 +53,8 @@ from __future__ import annotations
 import numba  # noqa: F401  (optional dependency: ImportError -> backend unavailable)
 import numpy as np
 import torch
+
+from parallel import halo_pad
 
 from . import fused
 from .eager import EagerBackend
@@ -688,21 +695,58 @@ def _use(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
     )
 
 
+def _split_axes(grid) -> tuple[int, ...]:
+    return tuple(d for d, g in enumerate(grid.grid) if g > 1)
+
+
+def _use_padded(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
+    """The vnode stencil kernels apply on this grid, split or not: as :func:`_use`, but a
+    split axis counts with its one-site halo on both sides (:func:`_on_grid`)."""
+    local = tuple(grid.local_shape)
+    split = _split_axes(grid)
+    padded = tuple(n + 2 * (d in split) for d, n in enumerate(local))
+    return (
+        not c1
+        and u.device.type == "cpu"
+        and u.dtype == torch.complex128
+        and not fused._graph(u)
+        and fits(padded, (1,) * len(padded))
+    )
+
+
+def _on_grid(u: torch.Tensor, grid, fn, first: int = 2) -> torch.Tensor:
+    """``fn`` (a vnode kernel on the whole local block, periodic in every axis) on the local
+    links. On a grid with split axes the links are first padded by one exchanged halo site on
+    both sides of each split axis (``parallel.halo_pad``, edges and corners included); every
+    stencil of the kernels reaches one site in each direction, so the results on the owned
+    sites use the neighbouring ranks' links and never the layout's periodic wrap, which only
+    the halo sites see. Those are cut off (lattice axis 0 at array dim ``first``)."""
+    split = _split_axes(grid)
+    if not split:
+        return fn(u)
+    out = fn(halo_pad(u.detach(), grid, 1, axes=split, first=2))
+    idx = [slice(None)] * out.ndim
+    for d in split:
+        idx[first + d] = slice(1, -1)
+    return out[tuple(idx)].contiguous()
+
+
 def _plaq_sum(u: torch.Tensor, grid) -> torch.Tensor:
-    return su3_plaquette_density(u).flatten(1).sum(1)
+    return _on_grid(u, grid, su3_plaquette_density, first=1).flatten(1).sum(1)
 
 
 def _staples(u: torch.Tensor, grid) -> torch.Tensor:
-    return su3_ta_staples(u, 1.0, ta=False)
+    return _on_grid(u, grid, lambda x: su3_ta_staples(x, 1.0, ta=False))
 
 
 class VnodeBackend(fused.NumbaBackend):
     """The virtual-node SU(3) Wilson kernels (module doc) where the local lattice fits
-    (:func:`fits`; ``exp(X) W``, being site-local, also on split grids); the other SU(3)
-    cases (split grids, odd extents, rectangles, graphs) are the ``numba`` backend's, which
-    falls back to ``eager`` in turn. U(1) runs the ``eager`` kernels: the numba U(1) kernels
-    are 2-4x slower than torch's vectorised ones (scalar ``sin``/``cos``, docs/performance.md),
-    and this is the backend to pick for speed."""
+    (:func:`fits`, split axes counted with their halo, :func:`_use_padded`; ``exp(X) W`` is
+    site-local); the other SU(3) cases (odd extents, rectangles, graphs) are the ``numba``
+    backend's, which falls back to ``eager`` in turn. The RK3 flow step stays in the layout
+    on unsplit grids only (its later stages would need fresh halos). U(1) runs the ``eager``
+    kernels: the numba U(1) kernels are 2-4x slower than torch's vectorised ones (scalar
+    ``sin``/``cos``, docs/performance.md), and this is the backend to pick for speed."""
 
     name = "vnode"
 
@@ -715,22 +759,22 @@ class VnodeBackend(fused.NumbaBackend):
         return EagerBackend.u1_force(self, theta, grid, planes, beta)
 
     def su3_staple_sum(self, u, grid, c0, c1):
-        """Staple sum ``c0 A_mu(x)``."""
-        if not _use(u, grid, c1):
+        """Staple sum ``c0 A_mu(x)`` (split axes halo-padded, :func:`_on_grid`)."""
+        if not _use_padded(u, grid, c1):
             return super().su3_staple_sum(u, grid, c0, c1)
-        return su3_ta_staples(u, c0, ta=False)
+        return _on_grid(u, grid, lambda x: su3_ta_staples(x, c0, ta=False))
 
     def su3_force(self, u, grid, beta, c0, c1):
-        """``(beta c0 / 6) TA(U A)``."""
-        if not _use(u, grid, c1):
+        """``(beta c0 / 6) TA(U A)`` (split axes halo-padded)."""
+        if not _use_padded(u, grid, c1):
             return super().su3_force(u, grid, beta, c0, c1)
-        return su3_ta_staples(u, beta * c0 / 6.0, ta=True)
+        return _on_grid(u, grid, lambda x: su3_ta_staples(x, beta * c0 / 6.0, ta=True))
 
     def su3_flow_generator(self, u, grid, c1=0.0):
-        """``-TA(V A)``."""
-        if not _use(u, grid, c1):
+        """``-TA(V A)`` (split axes halo-padded)."""
+        if not _use_padded(u, grid, c1):
             return super().su3_flow_generator(u, grid, c1)
-        return su3_ta_staples(u, -1.0, ta=True)
+        return _on_grid(u, grid, lambda x: su3_ta_staples(x, -1.0, ta=True))
 
     def su3_resident_md(self, u, grid, beta, c0, c1):
         """:class:`PackedMD` for HMC with the Wilson force where the vnode kernels apply
@@ -752,15 +796,15 @@ class VnodeBackend(fused.NumbaBackend):
         return su3_flow_step_rk3(u, eps)
 
     def su3_action_density(self, u, grid, c0, c1):
-        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})``."""
-        if not _use(u, grid, c1):
+        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (split axes halo-padded)."""
+        if not _use_padded(u, grid, c1):
             return super().su3_action_density(u, grid, c0, c1)
-        return c0 * su3_plaquette_density(u)
+        return c0 * _on_grid(u, grid, su3_plaquette_density, first=1)
 
     def su3_action_local(self, u, grid, c0, c1):
-        """Wilson loop sum; vnode forward, analytic backward (``fused._SU3WilsonAction``)."""
-        ok = not c1 and u.dtype == torch.complex128 and u.device.type == "cpu"
-        if not (ok and fits(tuple(grid.local_shape), tuple(grid.grid))):
+        """Wilson loop sum; vnode forward, analytic backward (``fused._SU3WilsonAction``;
+        split axes halo-padded in both)."""
+        if not _use_padded(u.detach(), grid, c1):
             return super().su3_action_local(u, grid, c0, c1)
         if fused._graph(u):
             return fused._SU3WilsonAction.apply(u, grid, c0, _plaq_sum, _staples)

@@ -1,6 +1,6 @@
 """Every fast kernel backend on a distributed lattice equals single-rank ``eager`` (mpiexec).
 
-The fused kernels pad halos themselves (numba) or shift real planes (soa), so the halo
+The fused kernels pad halos themselves (numba, vnode) or shift real planes (soa), so the halo
 handling of each backend is checked here on grids that split one and two axes: SU(3) force,
 action, flow generator and the gradient of the action (the numba backward is analytic and
 must include the staples from neighbouring ranks), U(1) (4D) force, action and gradient.
@@ -87,12 +87,31 @@ def test_u1_backend_distributed(grids, name):
     check("dS/dtheta", _grad(dist, t), local(g_ref, grid))
 
 
-def test_vnode_only_on_unsplit_grids(grids):
-    """The vnode kernels take the lattice only when no axis is split (one rank here); on
-    split grids the backend falls back to the numba halo path (checked against eager by the
-    tests above, which include ``vnode``)."""
+def test_vnode_runs_split_grids_through_a_padded_halo(grids, monkeypatch):
+    """The vnode stencil kernels take split grids too (split axes padded by one exchanged
+    halo site, ``vnode._on_grid``): the distributed checks above run the vnode kernels, not a
+    fallback, and agree with single-rank eager; the resident MD layout (no halo) is offered
+    only where no axis is split."""
     vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
-    grid, _ = grids
-    u = SU3Gauge(grid, 5.7).hot_start(SiteRNG(3), 0, 1)
+    grid, ref_grid = grids
+    th, ref = SU3Gauge(grid, 5.7), SU3Gauge(ref_grid, 5.7)
+    u_ref = ref.hot_start(SiteRNG(3), 0, 1)
+    u = th.hot_start(SiteRNG(3), 0, 1)
     split = any(g > 1 for g in grid.grid)
-    assert vnode._use(u, grid) is (not split)
+    assert vnode._use_padded(u, grid) and vnode._use(u, grid) is (not split)
+    calls = []
+    for fn in ("su3_ta_staples", "su3_plaquette_density"):
+        orig = getattr(vnode, fn)
+
+        def spy(*a, _orig=orig, **k):
+            calls.append(1)
+            return _orig(*a, **k)
+
+        monkeypatch.setattr(vnode, fn, spy)
+    kb.set_backend("eager")
+    f_ref, s_ref = ref.force(u_ref), ref.action(u_ref)
+    kb.set_backend("vnode")
+    check("force", th.force(u), local(f_ref, grid))
+    check("action", th.action(u), s_ref)
+    assert len(calls) == 2
+    assert (th.resident_md(u, [th.force]) is None) is split
