@@ -20,7 +20,9 @@ the hops at 8^4, an eighth at 16^4); every other operand is read straight from `
 Split grids (several ranks along an axis): the stencil kernels run on the local block padded
 by one exchanged halo site on both sides of each split axis (:func:`_on_grid`); the layout's
 periodic wrap then only reaches halo sites, whose results are cut off. The resident MD layout
-(:class:`PackedMD`), which has no halo, is offered only where no axis is split.
+(:class:`PackedMD`) keeps the padded block for a whole trajectory and refreshes the halo links
+in the packed layout before every force (``slab_get`` / ``slab_put`` and one ``Sendrecv`` per
+face).
 
 Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
 product, a loop over the 16 lanes with literal component offsets and block indices (generated
@@ -384,6 +386,24 @@ def expm_mul(X, V, out, nblk, nch):
 
 
 @njit(parallel=True, cache=True)
+def slab_get(Q, rows, cols, out):
+    \"\"\"out[i, c] = Q[rows[i], cols[i, c]]: the packed entries of a lattice slice.\"\"\"
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        for c in range(18):
+            out[i, c] = Q[r, cols[i, c]]
+
+
+@njit(parallel=True, cache=True)
+def slab_put(Q, rows, cols, src, zero):
+    \"\"\"Q[rows[i], cols[i, c]] = src[i, c] (or 0.0 with ``zero``).\"\"\"
+    for i in prange(rows.shape[0]):
+        r = rows[i]
+        for c in range(18):
+            Q[r, cols[i, c]] = 0.0 if zero else src[i, c]
+
+
+@njit(parallel=True, cache=True)
 def pack_links(src, site, dst):
     \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], i, j, r] (a = b Nd + mu, c = 6 i + 2 j
     + r; src may be strided, e.g. links with transposed 3x3 storage).\"\"\"
@@ -646,40 +666,122 @@ def su3_plaquette_density(u: torch.Tensor) -> torch.Tensor:
     return unpack_density(plaquette_density_packed(pack(u, work=True), b, local), b, local)
 
 
+_HALO_TAG = 9100  # MPI tags of the packed halo exchange: _HALO_TAG + 2 d + (towards > 0)
+
+
+def _slab_index(b: int, plocal: tuple[int, ...], d: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the packed entries of the padded lattice slice ``x_d = x`` (every
+    chain, direction, site of the slice and real component), shapes ``(B Nd S,)`` and
+    ``(B Nd S, 18)`` (the ``slab_get`` / ``slab_put`` kernels)."""
+    vo = int(np.prod(plocal)) // W
+    inv = np.empty(vo * W, np.int64)
+    inv[site_table(plocal).reshape(-1)] = np.arange(vo * W)  # flat site -> o W + l
+    idx = [np.arange(n) for n in plocal]
+    idx[d] = np.array([x])
+    flat = np.ravel_multi_index(np.meshgrid(*idx, indexing="ij"), plocal).reshape(-1)
+    o, lane = inv[flat] // W, inv[flat] % W
+    rows = (np.arange(b * ND)[:, None] * vo + o[None, :]).reshape(-1)
+    cols = np.arange(18)[None, None, :] * W + lane[None, :, None]
+    cols = np.broadcast_to(cols, (b * ND, lane.size, 18)).reshape(-1, 18)
+    return rows, np.ascontiguousarray(cols)
+
+
 class PackedMD:
     """Molecular dynamics with the links and momenta in the vnode layout for a whole
     trajectory (:class:`kernels.theory.ResidentMD`): one pack of ``(U, P)`` at the start and
     one unpack at the end, instead of a pack and an unpack per force and per drift. The
     force is ``coef TA(U A)`` (``coef = beta c0 / 6``), the drift ``U -> exp(eps P) U`` per
     lane (:func:`expm_mul_packed`); momenta and forces are ``(B, Nd Vo, 18 W)`` tensors over
-    numpy memory, so the integrator's kick ``P -= h F`` acts on them in place."""
+    numpy memory, so the integrator's kick ``P -= h F`` acts on them in place.
 
-    def __init__(self, b: int, local: tuple[int, ...], coef: float) -> None:
-        self.b, self.local, self.coef = b, local, float(coef)
-        self.n = b * ND * int(np.prod(local)) // W
+    On a grid with split axes the packed block is the local block padded by one site on both
+    sides of each split axis (as :func:`_on_grid`). Before every force the halo links are
+    exchanged in the packed layout (one axis after the other, so edges and corners arrive
+    too); the force is set to zero on halo sites, whose momenta start at zero, so the halo
+    links never move between exchanges and nothing but owned sites enters the kicks, the
+    per-chain NaN check or the result."""
+
+    def __init__(self, b: int, local: tuple[int, ...], coef: float, grid=None) -> None:
+        self.b, self.coef, self.grid = b, float(coef), grid
+        self.split = _split_axes(grid) if grid is not None else ()
+        self.local = tuple(local)
+        self.plocal = tuple(n + 2 * (d in self.split) for d, n in enumerate(local))
+        self.n = b * ND * int(np.prod(self.plocal)) // W
+        # per split axis: (send down, send up, receive from below, receive from above)
+        self._slabs = {
+            d: tuple(
+                _slab_index(b, self.plocal, d, x)
+                for x in (1, self.plocal[d] - 2, 0, self.plocal[d] - 1)
+            )
+            for d in self.split
+        }
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).view(self.b, -1, LB)
 
+    def _pad(self, x: torch.Tensor, halo: bool) -> torch.Tensor:
+        """``x`` on the padded block: halo sites exchanged (``halo``) or zero."""
+        if not self.split:
+            return x
+        if halo:
+            return halo_pad(x.detach(), self.grid, 1, axes=self.split, first=2)
+        out = x.new_zeros(x.shape[:2] + self.plocal + x.shape[-2:])
+        out[self._interior(out.ndim)] = x
+        return out
+
+    def _interior(self, ndim: int) -> tuple[slice, ...]:
+        idx = [slice(None)] * ndim
+        for d in self.split:
+            idx[2 + d] = slice(1, -1)
+        return tuple(idx)
+
+    def _exchange(self, q: np.ndarray) -> None:
+        """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place."""
+        from parallel.comm import sendrecv
+
+        for d in self.split:
+            send_dn, send_up, recv_lo, recv_hi = self._slabs[d]
+            down, up = self.grid.neighbours[d]
+            for send, recv, dest, source, k in (
+                (send_up, recv_lo, up, down, 1),  # my top slice is the upper rank's low halo
+                (send_dn, recv_hi, down, up, 0),
+            ):
+                buf = np.empty((send[0].size, 18))
+                kernels().slab_get(q, *send, buf)
+                tag = _HALO_TAG + 2 * d + k
+                got = sendrecv(self.grid.cart, buf, dest, buf.shape, source, tag)
+                kernels().slab_put(q, *recv, got, False)
+
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Packed links (with the kernels' scratch tail) and packed momenta."""
-        return pack(field), self._tensor(np.ascontiguousarray(pack(momentum)[: self.n]))
+        q = pack(self._pad(field, True))
+        p = np.ascontiguousarray(pack(self._pad(momentum, False))[: self.n])
+        return q, self._tensor(p)
 
     def force(self, phi: np.ndarray) -> torch.Tensor:
-        """``coef TA(U A)`` in the layout (a new array)."""
+        """``coef TA(U A)`` in the layout (a new array; zero on halo sites)."""
+        if self.split:
+            self._exchange(phi)
         out = np.empty((self.n, LB))
-        ta_staples_packed(phi, self.b, self.local, self.coef, True, out)
+        ta_staples_packed(phi, self.b, self.plocal, self.coef, True, out)
+        for d in self.split:
+            for rows, cols in self._slabs[d][2:]:
+                kernels().slab_put(out, rows, cols, out, True)
         return self._tensor(out)
 
     def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
         """``exp(eps P) U`` per lane."""
         x = (eps * pi).numpy().reshape(self.n, LB)
-        return expm_mul_packed(x, phi, self.b, self.local)
+        return expm_mul_packed(x, phi, self.b, self.plocal)
 
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout."""
+        """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
         p = pi.numpy().reshape(self.n, LB)
-        return unpack(phi, self.b, ND, self.local), unpack(p, self.b, ND, self.local)
+        u, m = unpack(phi, self.b, ND, self.plocal), unpack(p, self.b, ND, self.plocal)
+        if not self.split:
+            return u, m
+        cut = self._interior(u.ndim)
+        return u[cut].contiguous(), m[cut].contiguous()
 
 
 # --------------------------------------------------------------------------- backend
@@ -778,10 +880,10 @@ class VnodeBackend(fused.NumbaBackend):
 
     def su3_resident_md(self, u, grid, beta, c0, c1):
         """:class:`PackedMD` for HMC with the Wilson force where the vnode kernels apply
-        (:func:`_use`; also no autograd graph on the links), else None."""
-        if not _use(u, grid, c1) or torch.is_grad_enabled() and u.requires_grad:
+        (:func:`_use_padded`: split axes with a halo exchanged per force), else None."""
+        if not _use_padded(u, grid, c1):
             return None
-        return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0)
+        return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0, grid)
 
     def su3_expm_mul(self, x, w):
         """``exp(X) W`` (the MD drift): per lane in the vnode layout where the lattice fits."""

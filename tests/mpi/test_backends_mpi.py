@@ -90,8 +90,7 @@ def test_u1_backend_distributed(grids, name):
 def test_vnode_runs_split_grids_through_a_padded_halo(grids, monkeypatch):
     """The vnode stencil kernels take split grids too (split axes padded by one exchanged
     halo site, ``vnode._on_grid``): the distributed checks above run the vnode kernels, not a
-    fallback, and agree with single-rank eager; the resident MD layout (no halo) is offered
-    only where no axis is split."""
+    fallback, and agree with single-rank eager."""
     vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
     grid, ref_grid = grids
     th, ref = SU3Gauge(grid, 5.7), SU3Gauge(ref_grid, 5.7)
@@ -114,4 +113,25 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, monkeypatch):
     check("force", th.force(u), local(f_ref, grid))
     check("action", th.action(u), s_ref)
     assert len(calls) == 2
-    assert (th.resident_md(u, [th.force]) is None) is split
+
+
+def test_vnode_resident_trajectory_on_split_grids(grids):
+    """An MD trajectory in the resident vnode layout on a split grid (padded block, halo
+    links exchanged in the packed layout before every force) ends where single-rank eager
+    ends, links and momenta; the resident path is really taken."""
+    pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    from kernels.integrators import make_integrator
+
+    grid, ref_grid = grids
+    th, ref = SU3Gauge(grid, 5.6), SU3Gauge(ref_grid, 5.6)
+    u_ref, u = ref.hot_start(SiteRNG(5), 0, 2), th.hot_start(SiteRNG(5), 0, 2)
+    p_ref, p = ref.random_momentum(SiteRNG(6), 0, 2), th.random_momentum(SiteRNG(6), 0, 2)
+    kb.set_backend("eager")
+    end = make_integrator(ref, "omelyan", 3, 0.6).integrate(u_ref, p_ref)
+    kb.set_backend("vnode")
+    assert th.resident_md(u, [th.force]) is not None
+    res = make_integrator(th, "omelyan", 3, 0.6).integrate(u, p)
+    check("links", res.field, local(end.field, grid))
+    check("momenta", res.momentum, local(end.momentum, grid))
+    assert not res.nonfinite.any()
+    assert float((end.field - u_ref).abs().max()) > 0.1  # the trajectory moved
