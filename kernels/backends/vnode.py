@@ -846,7 +846,8 @@ class VnodeBackend(fused.NumbaBackend):
     (:func:`fits`, split axes counted with their halo, :func:`_use_padded`; ``exp(X) W`` is
     site-local); the other SU(3) cases (odd extents, rectangles, graphs) are the ``numba``
     backend's, which falls back to ``eager`` in turn. The RK3 flow step stays in the layout
-    on unsplit grids only (its later stages would need fresh halos). U(1) runs the ``eager``
+    on unsplit grids; on split grids its generator is the padded vnode one, its exponential
+    the numba one (each stage needs fresh halos). U(1) runs the ``eager``
     kernels: the numba U(1) kernels are 2-4x slower than torch's vectorised ones (scalar
     ``sin``/``cos``, docs/performance.md), and this is the backend to pick for speed."""
 
@@ -892,10 +893,14 @@ class VnodeBackend(fused.NumbaBackend):
         return expm_mul(x, w)
 
     def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
-        """RK3 Wilson-flow step, every stage in the vnode layout (:func:`su3_flow_step_rk3`)."""
-        if not _use(u, grid, c1):
-            return super().su3_flow_step_rk3(u, grid, eps, c1)
-        return su3_flow_step_rk3(u, eps)
+        """RK3 Wilson-flow step: every stage in the vnode layout (:func:`su3_flow_step_rk3`);
+        on a split grid the numba step with the halo-padded vnode generator."""
+        if _use(u, grid, c1):
+            return su3_flow_step_rk3(u, eps)
+        if _use_padded(u, grid, c1):
+            gen = lambda v: self.su3_flow_generator(v, grid)  # noqa: E731
+            return fused.su3_flow_step_rk3(u, grid, eps, generator=gen)
+        return super().su3_flow_step_rk3(u, grid, eps, c1)
 
     def su3_action_density(self, u, grid, c0, c1):
         """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (split axes halo-padded)."""

@@ -71,6 +71,8 @@ def test_su3_backend_distributed(grids, name):
     check("dS/dU", _grad(dist, u), local(g_ref, grid))
     z = kb.get_backend().su3_flow_generator(u, grid)
     check("flow generator", z, local(eager.flow_generator(u_ref, ref_grid), grid))
+    step = kb.get_backend().su3_flow_step_rk3(u, grid, 0.05)
+    check("RK3 flow step", step, local(eager.flow_step_rk3(u_ref, ref_grid, 0.05), grid))
 
 
 @pytest.mark.parametrize("name", FAST)
