@@ -3,6 +3,8 @@
     python benchmarks/bench_hmc.py                  # phi4, u1, su3 at the default volumes
     python benchmarks/bench_hmc.py --quick          # smallest volume of each, fewer repeats
     mpiexec -n 2 python benchmarks/bench_hmc.py --theories su3 --batch 1
+    TRIVHMC_KERNELS=vnode python benchmarks/bench_hmc.py --theories su3 --shapes 16,16,16,16 \
+        --batch 1 --md-layout per-call    # without the resident vnode layout, for comparison
 
 For every (theory, lattice) it runs ``--warm`` trajectories from a cold (or hot) start, then
 times ``--traj`` trajectories of an Omelyan 2MN integrator with ``--steps`` outer steps over
@@ -58,10 +60,20 @@ def slowest(x: float) -> float:
 
 
 def bench(
-    name: str, shape, batch: int, steps: int, n_traj: int, n_warm: int, device: str, start: str
+    name: str,
+    shape,
+    batch: int,
+    steps: int,
+    n_traj: int,
+    n_warm: int,
+    device: str,
+    start: str,
+    per_call: bool = False,
 ):
     grid = ProcessGrid(shape)
     theory = make_theory(name, grid, device=device, **COUPLINGS[name])
+    if per_call:  # no resident MD layout: the backend converts at every force and drift
+        theory.resident_md = lambda field, forces: None
     rng = SiteRNG(1)
     hmc = HMC(theory, make_integrator(theory, "omelyan", steps, 1.0), rng)
     if start == "hot":
@@ -107,7 +119,21 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="smallest two volumes, 3 trajectories")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--start", choices=["cold", "hot"], default="cold")
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        help="global lattices instead of the defaults, e.g. 16,16,16,16 (one theory)",
+    )
+    ap.add_argument(
+        "--md-layout",
+        choices=["auto", "per-call"],
+        default="auto",
+        help="per-call: refuse the backend's resident MD layout (vnode) for comparison",
+    )
     args = ap.parse_args(argv)
+    if args.shapes and len(args.theories) != 1:
+        ap.error("--shapes needs exactly one theory in --theories")
     torch.set_default_dtype(torch.float64)
     root = MPI.COMM_WORLD.Get_rank() == 0
     if root:
@@ -126,6 +152,8 @@ def main(argv=None) -> None:
         print("-" * len(head))
     for name in args.theories:
         vols = VOLUMES[name][:2] if args.quick else VOLUMES[name]
+        if args.shapes:
+            vols = [tuple(int(n) for n in s.split(",")) for s in args.shapes]
         for shape in vols:
             r = bench(
                 name,
@@ -136,6 +164,7 @@ def main(argv=None) -> None:
                 min(3, args.warm) if args.quick else args.warm,
                 args.device,
                 args.start,
+                args.md_layout == "per-call",
             )
             if root:
                 print(

@@ -5,7 +5,10 @@ The same integers as the numpy reference (:func:`parallel.rng._philox_words`) an
 arithmetic on 32-bit words held in uint64 (the 32x32 -> 64 products of Philox fit), and the
 uniform ``(k + 1/2) 2^-52`` of a 52-bit ``k`` is exact in float64, so the draws are bitwise
 identical with or without numba (tests/test_rng.py). One fused loop replaces the ~70
-whole-array numpy passes of the reference (10 rounds, word conversions).
+whole-array numpy passes of the reference (10 rounds, word conversions). Serial on purpose:
+a parallel kernel here would start numba's threading layer before the kernel backends choose
+the work-queue layer (kernels/backends/fused.py), and the default OpenMP layer's spinning
+workers slowed every later kernel ~10x with two ranks on two cores.
 
 Counter and key layout (``SiteRNG``, layout 1): counter words ``(site & 0xffffffff,
 (site >> 32 & 0xffff) << 16 | block, chain << 16 | purpose, counter)``, key ``(k0, k1)``.
@@ -13,10 +16,8 @@ Counter and key layout (``SiteRNG``, layout 1): counter words ``(site & 0xffffff
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-import torch
-from numba import njit, prange
+from numba import njit
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -25,7 +26,7 @@ _W1 = np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def philox_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1):
     """``out0[c, s, b], out1[c, s, b]``: the two uniforms of Philox4x32-10 block ``b`` of
     chain ``chain_offset + c`` at global site ``sites[s]`` (uint64 arrays and scalars)."""
@@ -36,7 +37,7 @@ def philox_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1):
     s26 = np.uint64(26)
     lo16 = np.uint64(0xFFFF)
     scale = 2.0**-52
-    for q in prange(nb * ns):
+    for q in range(nb * ns):
         c = q // ns
         s = q % ns
         site = sites[s]
@@ -61,10 +62,3 @@ def philox_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1):
             g1 = ((x2 >> s6) << s26) | (x3 >> s6)
             out0[c, s, b] = (np.float64(g0) + 0.5) * scale
             out1[c, s, b] = (np.float64(g1) + 0.5) * scale
-
-
-def draw_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1) -> None:
-    """:func:`philox_blocks` on as many numba threads as torch uses (``torch.get_num_threads``,
-    as the fused kernels do); the numbers do not depend on the thread count."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    philox_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1)

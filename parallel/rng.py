@@ -209,7 +209,7 @@ def _philox_jit():
         fn = None
         if os.environ.get("TRIVHMC_RNG_JIT", "1") != "0":
             try:
-                from .philox_jit import draw_blocks as fn
+                from .philox_jit import philox_blocks as fn
             except ImportError:
                 fn = None
         _JIT.append(fn)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -304,3 +306,35 @@ def test_su_algebra_statistics(n: int) -> None:
 def test_su_algebra_rejects_small_n() -> None:
     with pytest.raises(ValueError, match="n >= 2"):
         SiteRNG(1).su_algebra(single_rank_grid((2, 2)), 1, 0, 1, 1)
+
+
+def test_compiled_draws_leave_numba_threading_to_the_backends() -> None:
+    """A large draw before any kernel backend is loaded must not start numba's threading
+    layer (the default OpenMP layer's spinning workers slowed every later kernel ~10x with
+    two ranks on two cores); the backends then pick the work-queue layer."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "os.environ.pop('NUMBA_THREADING_LAYER', None)\n"
+        "import torch\n"
+        "from parallel import single_rank_grid\n"
+        "from parallel.rng import SiteRNG, _philox_jit\n"
+        "from kernels.theories.su3 import SU3Gauge\n"
+        "import kernels.backends as kb\n"
+        "assert _philox_jit() is not None\n"
+        "th = SU3Gauge(single_rank_grid((4, 4, 4, 4)), 6.0)\n"
+        "u = th.hot_start(SiteRNG(1), 0, 2)\n"
+        "kb.set_backend('numba')\n"
+        "th.force(u)\n"
+        "import numba\n"
+        "print(numba.threading_layer())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "workqueue"
