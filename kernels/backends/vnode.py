@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from parallel import halo_pad
+from parallel.comm import sendrecv
 
 from . import fused
 from .eager import EagerBackend
@@ -669,10 +670,22 @@ def su3_plaquette_density(u: torch.Tensor) -> torch.Tensor:
 _HALO_TAG = 9100  # MPI tags of the packed halo exchange: _HALO_TAG + 2 d + (towards > 0)
 
 
+_SLABS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 def _slab_index(b: int, plocal: tuple[int, ...], d: int, x: int) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` of the packed entries of the padded lattice slice ``x_d = x`` (every
     chain, direction, site of the slice and real component), shapes ``(B Nd S,)`` and
-    ``(B Nd S, 18)`` (the ``slab_get`` / ``slab_put`` kernels)."""
+    ``(B Nd S, 18)`` (the ``slab_get`` / ``slab_put`` kernels); kept between trajectories."""
+    key = (b, plocal, d, x)
+    if key not in _SLABS:
+        _SLABS[key] = _build_slab_index(b, plocal, d, x)
+    return _SLABS[key]
+
+
+def _build_slab_index(
+    b: int, plocal: tuple[int, ...], d: int, x: int
+) -> tuple[np.ndarray, np.ndarray]:
     vo = int(np.prod(plocal)) // W
     inv = np.empty(vo * W, np.int64)
     inv[site_table(plocal).reshape(-1)] = np.arange(vo * W)  # flat site -> o W + l
@@ -705,7 +718,7 @@ class PackedMD:
         self.b, self.coef, self.grid = b, float(coef), grid
         self.split = _split_axes(grid) if grid is not None else ()
         self.local = tuple(local)
-        self.plocal = tuple(n + 2 * (d in self.split) for d, n in enumerate(local))
+        self.plocal = _padded_shape(self.local, self.split)
         self.n = b * ND * int(np.prod(self.plocal)) // W
         # per split axis: (send down, send up, receive from below, receive from above)
         self._slabs = {
@@ -724,21 +737,13 @@ class PackedMD:
         if not self.split:
             return x
         if halo:
-            return halo_pad(x.detach(), self.grid, 1, axes=self.split, first=2)
+            return _halo_padded(x, self.grid, self.split)
         out = x.new_zeros(x.shape[:2] + self.plocal + x.shape[-2:])
-        out[self._interior(out.ndim)] = x
+        out[_interior(out.ndim, self.split, 2)] = x
         return out
-
-    def _interior(self, ndim: int) -> tuple[slice, ...]:
-        idx = [slice(None)] * ndim
-        for d in self.split:
-            idx[2 + d] = slice(1, -1)
-        return tuple(idx)
 
     def _exchange(self, q: np.ndarray) -> None:
         """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place."""
-        from parallel.comm import sendrecv
-
         for d in self.split:
             send_dn, send_up, recv_lo, recv_hi = self._slabs[d]
             down, up = self.grid.neighbours[d]
@@ -780,33 +785,44 @@ class PackedMD:
         u, m = unpack(phi, self.b, ND, self.plocal), unpack(p, self.b, ND, self.plocal)
         if not self.split:
             return u, m
-        cut = self._interior(u.ndim)
+        cut = _interior(u.ndim, self.split, 2)
         return u[cut].contiguous(), m[cut].contiguous()
 
 
 # --------------------------------------------------------------------------- backend
-def _use(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
-    """The vnode kernels apply: Wilson gauge action, complex128 CPU links without a graph,
-    a 4D local lattice with even extents on a grid with no split axis."""
-    return (
-        not c1
-        and u.device.type == "cpu"
-        and u.dtype == torch.complex128
-        and not fused._graph(u)
-        and fits(tuple(grid.local_shape), tuple(grid.grid))
-    )
-
-
 def _split_axes(grid) -> tuple[int, ...]:
     return tuple(d for d, g in enumerate(grid.grid) if g > 1)
 
 
+def _padded_shape(local: tuple[int, ...], split: tuple[int, ...]) -> tuple[int, ...]:
+    """The local extents with a one-site halo on both sides of each split axis."""
+    return tuple(n + 2 * (d in split) for d, n in enumerate(local))
+
+
+def _halo_padded(u: torch.Tensor, grid, split: tuple[int, ...]) -> torch.Tensor:
+    """Links padded by one exchanged halo site along the split axes (corners included)."""
+    return halo_pad(u.detach(), grid, 1, axes=split, first=2)
+
+
+def _interior(ndim: int, split: tuple[int, ...], first: int) -> tuple[slice, ...]:
+    """Index of the owned sites of a padded array (lattice axis 0 at dim ``first``)."""
+    idx = [slice(None)] * ndim
+    for d in split:
+        idx[first + d] = slice(1, -1)
+    return tuple(idx)
+
+
+def _use(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
+    """The vnode kernels apply without padding: :func:`_use_padded` on a grid with no split
+    axis (Wilson action, complex128 CPU links without a graph, 4D, even extents)."""
+    return _use_padded(u, grid, c1) and not _split_axes(grid)
+
+
 def _use_padded(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
-    """The vnode stencil kernels apply on this grid, split or not: as :func:`_use`, but a
-    split axis counts with its one-site halo on both sides (:func:`_on_grid`)."""
-    local = tuple(grid.local_shape)
-    split = _split_axes(grid)
-    padded = tuple(n + 2 * (d in split) for d, n in enumerate(local))
+    """The vnode stencil kernels apply on this grid, split or not: Wilson action, complex128
+    CPU links without a graph, a 4D local lattice whose extents are even once a split axis
+    counts with its one-site halo on both sides (:func:`_on_grid`)."""
+    padded = _padded_shape(tuple(grid.local_shape), _split_axes(grid))
     return (
         not c1
         and u.device.type == "cpu"
@@ -826,11 +842,8 @@ def _on_grid(u: torch.Tensor, grid, fn, first: int = 2) -> torch.Tensor:
     split = _split_axes(grid)
     if not split:
         return fn(u)
-    out = fn(halo_pad(u.detach(), grid, 1, axes=split, first=2))
-    idx = [slice(None)] * out.ndim
-    for d in split:
-        idx[first + d] = slice(1, -1)
-    return out[tuple(idx)].contiguous()
+    out = fn(_halo_padded(u, grid, split))
+    return out[_interior(out.ndim, split, first)].contiguous()
 
 
 def _plaq_sum(u: torch.Tensor, grid) -> torch.Tensor:
