@@ -7,6 +7,7 @@ compares its distributed result with the single-rank one); they are launched by
 
 import os
 
+import pytest
 import torch
 
 collect_ignore = ["mpi"] if "TRIVHMC_UNDER_MPIEXEC" not in os.environ else []
@@ -14,3 +15,23 @@ collect_ignore = ["mpi"] if "TRIVHMC_UNDER_MPIEXEC" not in os.environ else []
 torch.set_default_dtype(torch.float64)
 # small-matrix kernels are far slower with intra-op threads on small CI machines
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """``spy(module, names)``: wrap the named functions of ``module`` for this test; returns
+    the list to which every call appends the function's name (tests/mpi uses it too)."""
+
+    def install(module, names) -> list[str]:
+        calls: list[str] = []
+        for name in names:
+            orig = getattr(module, name)
+
+            def wrapper(*a, _orig=orig, _name=name, **k):
+                calls.append(_name)
+                return _orig(*a, **k)
+
+            monkeypatch.setattr(module, name, wrapper)
+        return calls
+
+    return install

@@ -93,19 +93,11 @@ def test_fits(local, grid_dims, ok):
 
 
 @pytest.mark.parametrize("shape, used", [((4, 4, 2, 6), True), ((3, 4, 2, 2), False)])
-def test_backend_dispatch_and_fallback(monkeypatch, shape, used):
+def test_backend_dispatch_and_fallback(spy, shape, used):
     """The vnode kernels run where the lattice fits and not elsewhere; both agree with eager
     (force, staples, flow generator, action density, action)."""
     grid, u = _links(shape, batch=3)
-    calls = []
-    for fn in ("su3_ta_staples", "su3_plaquette_density", "expm_mul"):
-        orig = getattr(vnode, fn)
-
-        def spy(*a, _orig=orig, **k):
-            calls.append(1)
-            return _orig(*a, **k)
-
-        monkeypatch.setattr(vnode, fn, spy)
+    calls = spy(vnode, ("su3_ta_staples", "su3_plaquette_density", "expm_mul"))
     b = kb.make_backend("vnode")
     assert _err(b.su3_force(u, grid, 5.5, 1.0, 0.0), eager.gauge_force(u, grid, 5.5)) <= TOL
     assert _err(b.su3_staple_sum(u, grid, 1.0, 0.0), eager.staple_sum(u, grid, 1.0, 0.0)) <= TOL
@@ -257,7 +249,7 @@ def _integrate(theory, u, p, integ=None):
     return integ.integrate(u, p)
 
 
-def test_trajectory_in_the_resident_layout_equals_eager(monkeypatch):
+def test_trajectory_in_the_resident_layout_equals_eager(monkeypatch, spy):
     """An MD trajectory with links and momenta kept in the vnode layout (``PackedMD``: one
     pack and one unpack per trajectory) ends where eager's does and where vnode's per-call
     path (pack and unpack per force and drift) does; the integrator really took the
@@ -275,15 +267,7 @@ def test_trajectory_in_the_resident_layout_equals_eager(monkeypatch):
     try:
         assert isinstance(th.resident_md(u, [th.force]), vnode.PackedMD)
         integ = make_integrator(th, "omelyan", 3, 0.6)
-        calls = []
-        for fn in ("su3_ta_staples", "expm_mul", "pack", "unpack"):
-            orig = getattr(vnode, fn)
-
-            def spy(*a, _orig=orig, _fn=fn, **k):
-                calls.append(_fn)
-                return _orig(*a, **k)
-
-            monkeypatch.setattr(vnode, fn, spy)
+        calls = spy(vnode, ("su3_ta_staples", "expm_mul", "pack", "unpack"))
         res = _integrate(th, u, p, integ)
         assert sorted(calls) == ["pack", "pack", "unpack", "unpack"]  # no per-call kernels
         monkeypatch.undo()

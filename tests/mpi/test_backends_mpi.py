@@ -89,7 +89,7 @@ def test_u1_backend_distributed(grids, name):
     check("dS/dtheta", _grad(dist, t), local(g_ref, grid))
 
 
-def test_vnode_runs_split_grids_through_a_padded_halo(grids, monkeypatch):
+def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
     """The vnode stencil kernels take split grids too (split axes padded by one exchanged
     halo site, ``vnode._on_grid``): the distributed checks above run the vnode kernels, not a
     fallback, and agree with single-rank eager."""
@@ -100,15 +100,7 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, monkeypatch):
     u = th.hot_start(SiteRNG(3), 0, 1)
     split = any(g > 1 for g in grid.grid)
     assert vnode._use_padded(u, grid) and vnode._use(u, grid) is (not split)
-    calls = []
-    for fn in ("su3_ta_staples", "su3_plaquette_density"):
-        orig = getattr(vnode, fn)
-
-        def spy(*a, _orig=orig, **k):
-            calls.append(1)
-            return _orig(*a, **k)
-
-        monkeypatch.setattr(vnode, fn, spy)
+    calls = spy(vnode, ("su3_ta_staples", "su3_plaquette_density"))
     kb.set_backend("eager")
     f_ref, s_ref = ref.force(u_ref), ref.action(u_ref)
     kb.set_backend("vnode")
