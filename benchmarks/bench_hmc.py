@@ -109,6 +109,17 @@ def bench(
     }
 
 
+def lattice_shape(text: str) -> tuple[int, ...]:
+    """``--shapes`` entry: comma-separated positive extents, e.g. ``16,16,16,16``."""
+    try:
+        shape = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lattice such as 16,16,16,16")
+    return shape
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--theories", nargs="+", default=["phi4", "u1", "su3"])
@@ -122,6 +133,7 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--shapes",
         nargs="+",
+        type=lattice_shape,
         default=None,
         help="global lattices instead of the defaults, e.g. 16,16,16,16 (one theory)",
     )
@@ -153,7 +165,7 @@ def main(argv=None) -> None:
     for name in args.theories:
         vols = VOLUMES[name][:2] if args.quick else VOLUMES[name]
         if args.shapes:
-            vols = [tuple(int(n) for n in s.split(",")) for s in args.shapes]
+            vols = args.shapes
         for shape in vols:
             r = bench(
                 name,
