@@ -26,6 +26,7 @@ import time
 from datetime import datetime
 
 import torch
+from machine import cpu_model
 from mpi4py import MPI
 
 from kernels.integrators import make_integrator
@@ -42,17 +43,6 @@ VOLUMES = {
 COUPLINGS = {"phi4": {"beta": 0.6, "lam": 0.5}, "u1": {"beta": 2.0}, "su3": {"beta": 5.7}}
 #: Omelyan steps giving a high acceptance at the couplings above (tau = 1)
 STEPS = {"phi4": 10, "u1": 8, "su3": 10}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
 
 
 def slowest(x: float) -> float:

@@ -62,6 +62,7 @@ from datetime import datetime
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 import kernels.backends as kb
 from kernels.backends import eager
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"# bench_kernels {datetime.now().isoformat(timespec='seconds')}")
     print(
-        f"# {platform.node()} {platform.machine()} {platform.processor() or ''} "
+        f"# {platform.node()} {platform.machine()} {cpu_model()} "
         f"cpus={os.cpu_count()} torch={torch.__version__} backends={backends}"
     )
     print(f"# command: {' '.join(sys.argv)}")
