@@ -170,6 +170,30 @@ def test_u1_kernels_match_eager(name, shape):
     close(g, eager.u1_force(theta, grid, th.planes, 2.5), "dS/dtheta")
 
 
+@pytest.mark.parametrize("name", [n for n in FAST if n in ("numba", "vnode")])
+def test_u1_kernels_fall_back_beyond_the_polynomial_range(name):
+    """Plaquette angles above ``vtrig.LIMIT`` (where the fused kernels' polynomial ``sin``/``cos``
+    lose digits) make the fused U(1) kernels hand over to eager: the same numbers, bit for bit."""
+    from kernels.backends import fused, vtrig
+
+    grid = single_rank_grid((6, 8))
+    th = U1Gauge(grid, 2.5)
+    theta = th.hot_start(SiteRNG(2), 0, 2)
+    theta[1, 0, 2, 3] += 3.0 * vtrig.LIMIT  # one link of chain 1: four plaquettes
+    assert fused.u1_kernel(theta, grid, th.planes, 2.5, force=True) is None
+    b = kb.make_backend(name)
+    assert torch.equal(
+        b.u1_force(theta, grid, th.planes, 2.5), eager.u1_force(theta, grid, th.planes, 2.5)
+    )
+    assert torch.equal(
+        b.u1_action_density(theta, grid, th.planes),
+        eager.u1_action_density(theta, grid, th.planes),
+    )
+    x = theta.clone().requires_grad_(True)
+    d = b.u1_action_density(x, grid, th.planes)
+    assert torch.equal(d.detach(), eager.u1_action_density(theta, grid, th.planes))
+
+
 # --------------------------------------------------------------------------- compiled
 @pytest.mark.slow
 def test_compiled_matches_eager():

@@ -60,7 +60,6 @@ from parallel import halo_pad
 from parallel.comm import sendrecv
 
 from . import fused
-from .eager import EagerBackend
 
 ND = 4
 W = 1 << ND  # lanes
@@ -283,7 +282,7 @@ def link(Q, g, slot, blk, m):
     return g + slot
 
 
-@njit(parallel=True, fastmath={{'contract'}}, cache=True)
+@threaded_kernel(fastmath={{'contract'}}, cache=True)
 def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
     \"\"\"ta: out = coef TA(U_mu A_mu); else out = coef A_mu. Q: (blocks, LB), the links
     ((b Nd + mu) vo + o) and then ``nch`` scratch areas of 6 blocks; out: (B Nd vo, LB).\"\"\"
@@ -327,7 +326,7 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
                         out[bmu + o, k] = coef * Wk[1, k]
 
 
-@njit(parallel=True, fastmath={{'contract'}}, cache=True)
+@threaded_kernel(fastmath={{'contract'}}, cache=True)
 def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
     \"\"\"out[b vo + o, l] = sum_{{mu<nu}} (3 - Re Tr U_{{mu nu}}(x)).\"\"\"
     tot = nb * vo
@@ -350,7 +349,7 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
                     retr_acc(Wk, 0, Wk, 1, out, q)
 
 
-@njit(parallel=True, fastmath={{'contract'}}, cache=True)
+@threaded_kernel(fastmath={{'contract'}}, cache=True)
 def expm_mul(X, V, out, nblk, nch):
     \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X):
     A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A + f2 A^2 by
@@ -386,7 +385,7 @@ def expm_mul(X, V, out, nblk, nch):
             mm_nn(Wk, 2, V, q, out, q)
 
 
-@njit(parallel=True, cache=True)
+@threaded_kernel(cache=True)
 def slab_get(Q, rows, cols, out):
     \"\"\"out[i, c] = Q[rows[i], cols[i, c]]: the packed entries of a lattice slice.\"\"\"
     for i in prange(rows.shape[0]):
@@ -395,7 +394,7 @@ def slab_get(Q, rows, cols, out):
             out[i, c] = Q[r, cols[i, c]]
 
 
-@njit(parallel=True, cache=True)
+@threaded_kernel(cache=True)
 def slab_put(Q, rows, cols, src, zero):
     \"\"\"Q[rows[i], cols[i, c]] = src[i, c] (or 0.0 with ``zero``).\"\"\"
     for i in prange(rows.shape[0]):
@@ -404,7 +403,7 @@ def slab_put(Q, rows, cols, src, zero):
             Q[r, cols[i, c]] = 0.0 if zero else src[i, c]
 
 
-@njit(parallel=True, cache=True)
+@threaded_kernel(cache=True)
 def pack_links(src, site, dst):
     \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], i, j, r] (a = b Nd + mu, c = 6 i + 2 j
     + r; src may be strided, e.g. links with transposed 3x3 storage).\"\"\"
@@ -421,7 +420,7 @@ def pack_links(src, site, dst):
                         dst[q, (6 * i + 2 * j + r) * {W} + l] = src[a, x, i, j, r]
 
 
-@njit(parallel=True, cache=True)
+@threaded_kernel(cache=True)
 def unpack_links(src, site, dst):
     \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links).\"\"\"
     na = dst.shape[0]
@@ -860,19 +859,10 @@ class VnodeBackend(fused.NumbaBackend):
     site-local); the other SU(3) cases (odd extents, rectangles, graphs) are the ``numba``
     backend's, which falls back to ``eager`` in turn. The RK3 flow step stays in the layout
     on unsplit grids; on split grids its generator is the padded vnode one, its exponential
-    the numba one (each stage needs fresh halos). U(1) runs the ``eager``
-    kernels: the numba U(1) kernels are 2-4x slower than torch's vectorised ones (scalar
-    ``sin``/``cos``, docs/performance.md), and this is the backend to pick for speed."""
+    the numba one (each stage needs fresh halos). U(1) runs the ``numba`` backend's kernels
+    (:mod:`kernels.backends.u1_kernels`). This is the backend to pick for speed."""
 
     name = "vnode"
-
-    def u1_action_density(self, theta, grid, planes):
-        """Eager (faster than the numba kernel for this memory-bound density)."""
-        return EagerBackend.u1_action_density(self, theta, grid, planes)
-
-    def u1_force(self, theta, grid, planes, beta):
-        """Eager (faster than the numba kernel)."""
-        return EagerBackend.u1_force(self, theta, grid, planes, beta)
 
     def su3_staple_sum(self, u, grid, c0, c1):
         """Staple sum ``c0 A_mu(x)`` (split axes halo-padded, :func:`_on_grid`)."""

@@ -62,17 +62,13 @@ Threads: ``numba.prange`` over chunks of sites (over chains in :func:`loops_back
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-# as kernels.backends.fused: workers that sleep between kernels (the default OpenMP layer
-# leaves them spinning against torch's threads); NUMBA_THREADING_LAYER still wins
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+from kernels.backends.numba_threads import threaded_kernel
 
 CHUNK = 64
 
@@ -403,7 +399,7 @@ def _inverse_real(n, out):
     return logdet
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
     """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` and, if
     ``want_k``, ``K_r = N_r^{-1}`` (real Gauss-Jordan, whose pivots give the log-det) for the
@@ -554,7 +550,7 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
         grho[b, nu, s] = acc
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
     """Cotangents of ``S`` (``gs[b, nu, s]``: the same for both staples of the plane),
     ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
@@ -733,7 +729,7 @@ def _staples(loc, st, p, sk):
             _mm_dn(loc, st[i, 0], loc, p, sk, i)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def loops_forward(src, index, st, pl, ix, staples, feats, x):
     """Staples ``(B, n_st, n, 3, 3)``, features ``(B, n_pairs + n_planes, n)`` (the pairs
     ``Re Tr(S_k S_l^+) / 3``, ``k < l`` row-major, then the plaquettes) and the active link,
@@ -819,7 +815,7 @@ def _loops_site_backward(loc, st, pl, gf, b, s, sk, gs, gl):
         f += 1
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
     """Cotangent ``gsrc`` of the field (zeroed first if ``zero``, else added to) from those of
     :func:`loops_forward`'s outputs (``staples``: its staples output): per site, the
@@ -856,7 +852,7 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
 
 
 # ---------------------------------------------------------------- scatter
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def replace_links(u, where, new, out):
     """``out = u`` with ``out[b, where[k]] = new[b, k]`` (``(B, M, 9)``, ``(B, n, 9)``)."""
     for b in prange(u.shape[0]):
@@ -868,7 +864,7 @@ def replace_links(u, where, new, out):
                 out[b, where[k], e] = new[b, k, e]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def replace_links_backward(g, where, gu, gnew):
     """Cotangents of :func:`replace_links`: ``gu = g`` with zeros at ``where``, ``gnew = g[:,
     where]``, in one pass."""
@@ -882,7 +878,7 @@ def replace_links_backward(g, where, gu, gnew):
                 gu[b, where[k], e] = 0.0
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@threaded_kernel(cache=True, error_model="numpy")
 def replace_links_backward_inplace(g, where, gnew):
     """:func:`replace_links_backward` in place: ``gnew = g[:, where]``, then ``g[:, where] = 0``."""
     for b in prange(g.shape[0]):
