@@ -28,6 +28,7 @@ averages over replica groups (independent chains), as in data-parallel training.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -214,6 +215,72 @@ def _fsum_rows(v: torch.Tensor) -> torch.Tensor | None:
     return torch.tensor(out, dtype=torch.float64, device=v.device)
 
 
+def _slot_range(top: float, bottom: float) -> tuple[int, int]:
+    """The slots of the largest and of the lowest bit in use (``top``, ``bottom`` > 0)."""
+    return _slot_of(math.frexp(top)[1] - 1), _slot_of(max(math.frexp(bottom)[1] - 1 - 52, -1074))
+
+
+def _torch_slots(v2: torch.Tensor):
+    """``(specials, k_top, k_bot, local, pieces)``: the nan/+inf/-inf counts per row, the slot
+    range and the slot totals ``local`` (``(levels, rows x pieces)`` int64, slot ``k_top``
+    first; None when every value is 0) by vectorised torch passes on ``v2``'s device; rows
+    longer than ``_CHUNK`` come in ``pieces`` (each summed exactly in float64)."""
+    nrow, n = v2.shape
+    r, q, specials, top, bottom = _prepare(v2)
+    pieces = max(1, -(-n // _CHUNK))
+    if pieces > 1:  # rows in pieces of _CHUNK elements, each summed exactly in float64
+        r = torch.nn.functional.pad(r, (0, pieces * _CHUNK - n)).reshape(nrow * pieces, _CHUNK)
+        q = torch.empty_like(r)
+    if top == 0.0:
+        return specials, -1, _NSLOT, None, pieces
+    k_top, k_bot = _slot_range(top, bottom)
+    sums = _levels(r, q, k_top, k_bot).cpu().numpy()  # (levels, rows), slot k_top first
+    scale = -1074 + _W * np.arange(k_top, k_bot - 1, -1)
+    scale[scale > 971] = 0  # those come in units of 2^c (see _levels)
+    local = np.ldexp(sums, -scale[:, None]).astype(np.int64)  # exact integers < 2^53
+    return specials, k_top, k_bot, local, pieces
+
+
+_SUM_JIT: list = []
+#: below this many elements the torch passes cost no more than the compiled call
+_SUM_JIT_MIN = 1 << 12
+
+
+def _sum_jit():
+    """:mod:`parallel.exact_sum_jit` when numba is installed and ``TRIVHMC_SUM_JIT`` is not
+    ``0``; else None (the torch passes: the same sums)."""
+    if not _SUM_JIT:
+        mod = None
+        if os.environ.get("TRIVHMC_SUM_JIT", "1") != "0":
+            try:
+                from . import exact_sum_jit as mod
+            except ImportError:
+                mod = None
+        _SUM_JIT.append(mod)
+    return _SUM_JIT[0]
+
+
+def _jit_slots(v2: torch.Tensor):
+    """:func:`_torch_slots` by two compiled loops (:mod:`parallel.exact_sum_jit`) for CPU
+    input of at least ``_SUM_JIT_MIN`` elements; None where that does not apply (no numba, a
+    device tensor, values beyond ``~2^999``, whose top slots the torch path scales)."""
+    jit = _sum_jit()
+    if jit is None or v2.device.type != "cpu" or v2.numel() < _SUM_JIT_MIN:
+        return None
+    x = np.ascontiguousarray(v2.to(torch.float64).numpy())
+    specials = np.zeros((x.shape[0], 3), dtype=np.int64)
+    top_bits, low_bits = jit.scan(x.view(np.int64), specials)
+    if top_bits == 0:
+        return specials, -1, _NSLOT, None, 1
+    top, bottom = (float(np.int64(b).view(np.float64)) for b in (top_bits, low_bits))
+    k_top, k_bot = _slot_range(top, bottom)
+    if -1074 + _W * k_top > 971:
+        return None
+    local = np.zeros((k_top - k_bot + 1, x.shape[0]), dtype=np.int64)
+    jit.slot_sums(x, k_top, k_bot, _W, local)
+    return specials, k_top, k_bot, local, 1
+
+
 def exact_segment_sum(
     values: Array,
     comm: MPI.Comm | None = None,
@@ -261,20 +328,7 @@ def exact_segment_sum(
         small = _fsum_rows(v2)  # one rank, few elements: math.fsum (also correctly rounded)
         if small is not None:
             return small
-    r, q, specials, top, bottom = _prepare(v2)
-    pieces = max(1, -(-n // _CHUNK))
-    if pieces > 1:  # rows in pieces of _CHUNK elements, each summed exactly in float64
-        r = torch.nn.functional.pad(r, (0, pieces * _CHUNK - n)).reshape(nrow * pieces, _CHUNK)
-        q = torch.empty_like(r)
-    if top > 0.0:
-        k_top = _slot_of(math.frexp(top)[1] - 1)
-        k_bot = _slot_of(max(math.frexp(bottom)[1] - 1 - 52, -1074))
-        sums = _levels(r, q, k_top, k_bot).cpu().numpy()  # (levels, rows), slot k_top first
-        scale = -1074 + _W * np.arange(k_top, k_bot - 1, -1)
-        scale[scale > 971] = 0  # those come in units of 2^c (see _levels)
-        local = np.ldexp(sums, -scale[:, None]).astype(np.int64)  # exact integers < 2^53
-    else:
-        k_top, k_bot, local = -1, _NSLOT, None
+    specials, k_top, k_bot, local, pieces = _jit_slots(v2) or _torch_slots(v2)
     # the slot columns k_lo .. k_hi of the one integer Allreduce (the same on every rank)
     if not parallel:
         k_lo, k_hi = (k_bot, k_top) if local is not None else (0, -1)

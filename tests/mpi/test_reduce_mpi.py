@@ -82,6 +82,29 @@ def test_lattice_sum_is_correctly_rounded_on_every_grid(g):
     grid.free()
 
 
+@pytest.mark.parametrize("jit", [True, False], ids=["compiled", "torch"])
+@pytest.mark.parametrize("g", GRIDS_2D)
+def test_large_lattice_sums_take_either_slot_split(g, jit, monkeypatch):
+    """>= 4096 values per rank: the compiled slot split (parallel/exact_sum_jit.py, numba) and
+    the torch passes give the correctly rounded sums, the same on every grid."""
+    from parallel import reduce as reduce_mod
+
+    if jit:
+        pytest.importorskip("numba")
+        assert reduce_mod._sum_jit() is not None
+    else:
+        monkeypatch.setattr(reduce_mod, "_SUM_JIT", [None])
+    shape = (64, 96)
+    grid = ProcessGrid(shape, grid=g)
+    x = hard_values((2, *shape, 3), seed=13)
+    assert local(x, grid, 1).numel() >= reduce_mod._SUM_JIT_MIN
+    y = lattice_sum(local(x, grid, 1), grid, first=1)
+    all_equal(
+        grid, "lattice_sum", y, np.array([math.fsum(x[b].reshape(-1).tolist()) for b in (0, 1)])
+    )
+    grid.free()
+
+
 def _split(xs: list, rank: int, size: int) -> list:
     return xs[rank * len(xs) // size : (rank + 1) * len(xs) // size]
 

@@ -1,0 +1,98 @@
+"""Compiled slot split of :func:`parallel.reduce.exact_segment_sum` (optional: numba).
+
+The same fixed-point split as the torch reference (``parallel.reduce._prepare`` and
+``_levels``), value for value, in two loops instead of ~20 whole-array torch passes:
+
+* :func:`scan`: per row the counts of NaN, ``+inf``, ``-inf``; over all rows the bit patterns
+  of the largest finite ``|x|`` and of the smallest non-zero one (non-negative doubles order
+  like their bit patterns, so integer max/min give them exactly);
+* :func:`slot_sums`: per block of ``BLOCK`` values of a row (kept in cache), slot ``k`` from
+  ``k_top`` down: ``q = (r + M) - M`` with ``M = 1.5 2^(c_k + 52)`` (``r`` rounded to a multiple
+  of ``2^c_k``; exact for ``|r| < 2^(c_k + 51)``), ``r -= q``, and ``q 2^-c_k`` (an integer below
+  ``2^28``) added to an int64 accumulator; the last slot takes the rest. NaN and infinities
+  count as 0 there (the caller turns the counts into the IEEE result).
+
+Every operation is exact or the IEEE rounding the reference performs too, and each slot's
+part is summed exactly, so the slot totals and therefore the correctly rounded sums are
+bitwise those of the torch path (tests/test_exact_sum.py compares both and ``math.fsum``).
+``2^-c`` is applied as two factors (``c`` goes down to -1074, ``2^1074`` is not a double; each
+intermediate lies between ``q`` and the integer). No fast-math: ``(r + M) - M`` must not be
+simplified. Serial on purpose, like :mod:`parallel.philox_jit` (a parallel kernel here could
+start numba's threading layer before the kernel backends choose it). Slots above
+``c = 971`` (values beyond ``~2^999``) stay with the torch path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: values per block of a row split slot by slot (32 kB: stays in L1/L2 between slots)
+BLOCK = 4096
+_ABS = np.int64(0x7FFFFFFFFFFFFFFF)
+_INF = np.int64(0x7FF0000000000000)
+
+
+@njit(cache=True)
+def scan(bits, specials):
+    """``bits`` ``(rows, n)`` int64 view of float64 values; fills ``specials[row] = (nan, +inf,
+    -inf)`` counts and returns the bit patterns of the largest finite and the smallest non-zero
+    finite ``|x|`` over all rows (``0`` and ``_ABS`` when there are none)."""
+    top = np.int64(0)
+    low = _ABS
+    for row in range(bits.shape[0]):
+        nan = 0
+        pinf = 0
+        ninf = 0
+        for i in range(bits.shape[1]):
+            b = bits[row, i]
+            a = b & _ABS
+            if a >= _INF:
+                if a > _INF:
+                    nan += 1
+                elif b < 0:
+                    ninf += 1
+                else:
+                    pinf += 1
+            else:
+                top = max(top, a)
+                if a != 0:
+                    low = min(low, a)
+        specials[row, 0] = nan
+        specials[row, 1] = pinf
+        specials[row, 2] = ninf
+    return top, low
+
+
+@njit(cache=True)
+def slot_sums(x, k_top, k_bot, width, out):
+    """``out[j, row] = sum_i q_(k_top - j)(x[row, i]) / 2^c`` for the slots ``k_top .. k_bot``
+    (``c = -1074 + width k``; module docstring); non-finite values count as 0."""
+    rows, n = x.shape
+    levels = k_top - k_bot + 1
+    buf = np.empty(min(n, BLOCK))
+    big = np.finfo(np.float64).max
+    for row in range(rows):
+        for lo in range(0, n, BLOCK):
+            m = min(n, lo + BLOCK) - lo
+            xs = x[row, lo : lo + m]
+            for i in range(m):
+                v = xs[i]
+                buf[i] = v if abs(v) <= big else 0.0
+            for j in range(levels):
+                c = -1074 + width * (k_top - j)
+                a = (-c) // 2
+                s1 = 2.0**a
+                s2 = 2.0 ** (-c - a)
+                acc = np.int64(0)
+                if j < levels - 1:
+                    mag = 1.5 * 2.0 ** (c + 52)
+                    for i in range(m):
+                        r = buf[i]
+                        q = (r + mag) - mag
+                        buf[i] = r - q
+                        acc += np.int64((q * s1) * s2)
+                else:
+                    for i in range(m):
+                        acc += np.int64((buf[i] * s1) * s2)
+                out[j, row] += acc
