@@ -7,8 +7,12 @@ compares its distributed result with the single-rank one); they are launched by
 
 import os
 
-import pytest
-import torch
+# as app/__init__.py (before torch loads MKL): float64 products that round alike for any
+# block size, so distributed results can be compared bit for bit with one rank
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 collect_ignore = ["mpi"] if "TRIVHMC_UNDER_MPIEXEC" not in os.environ else []
 

@@ -200,3 +200,16 @@ def test_flow_sampler_records_identical_on_every_grid(tmp_path, deck):
 @pytest.mark.parametrize("theory", ["phi4", "su3"])
 def test_records_identical_on_every_grid_and_after_resume(tmp_path, theory):
     check_theory(tmp_path, theory, ["2x1", "1x2", "2x2"])
+
+
+def test_the_application_asks_mkl_for_size_independent_rounding():
+    """``import app`` sets ``MKL_CBWR=COMPATIBLE`` before torch loads (float64 network outputs
+    then round alike on every process grid, docs/conventions.md) and leaves a user's choice."""
+    code = "import os, app, torch; print(os.environ['MKL_CBWR'])"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    for given, want in ((None, "COMPATIBLE"), ("AUTO", "AUTO")):
+        if given:
+            env["MKL_CBWR"] = given
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == want
