@@ -9,7 +9,8 @@ split axis, :func:`parallel.halo_pad` otherwise) and stored as real planes
 Neighbours are constant offsets ``k +- stride[nu]``. Each kernel walks the interior rows of
 the last (fastest) lattice axis and, per row, runs straight-line generated code over the
 sites of the row; the outer loop over (chain, row) is ``numba.prange`` (threads =
-``torch.get_num_threads()``). Floating point: ``fastmath={'contract'}`` only (fused
+``torch.get_num_threads()``; on one thread the serial compilation,
+:mod:`kernels.backends.numba_threads`). Floating point: ``fastmath={'contract'}`` only (fused
 multiply-adds; no reassociation, NaN/Inf kept).
 
 Vectorisation (numba 0.68 / LLVM; docs/performance.md, "Kernels toward the roofline"): the
@@ -30,7 +31,9 @@ Kernels (same mathematics as :mod:`kernels.backends.eager`):
   (``coef = -1``);
 * SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` (per site for
   the theory's exact-sum action, or summed per chain for ``su3_action_local``);
-* U(1) action density ``sum_{mu<nu} (1 - cos theta_{mu nu})`` and force.
+* U(1) action density ``sum_{mu<nu} (1 - cos theta_{mu nu})`` and force
+  (:mod:`kernels.backends.u1_kernels`: contiguous passes with the vectorisable ``sin``/``cos``
+  of :mod:`kernels.backends.vtrig`; eager when an angle exceeds ``vtrig.LIMIT``).
 
 Autograd: the SU(3) action is a ``torch.autograd.Function`` whose backward is the analytic
 derivative ``dS_loc/dU_mu(x) = -c0 g A_mu(x)^+`` (torch's convention for a real function

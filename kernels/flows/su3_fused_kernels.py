@@ -56,7 +56,8 @@ each site's link cotangents into the field's in site-then-item order (serial per
 :func:`replace_links` writes the new links into a copy of the field.
 
 Threads: ``numba.prange`` over chunks of sites (over chains in :func:`loops_backward`),
-``torch.get_num_threads()`` of them (:func:`set_threads`). No fastmath.
+``torch.get_num_threads()`` of them (:func:`set_threads`; on one thread the serial
+compilation, :mod:`kernels.backends.numba_threads`). No fastmath.
 """
 
 from __future__ import annotations
