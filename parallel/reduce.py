@@ -28,7 +28,6 @@ averages over replica groups (independent chains), as in data-parallel training.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from mpi4py import MPI
 
 from .comm import Array, allreduce, bcast_array, is_torch
 from .grid import ProcessGrid
+from .optional_jit import optional_jit
 
 
 class _GlobalSum(torch.autograd.Function):
@@ -250,13 +250,7 @@ def _sum_jit():
     """:mod:`parallel.exact_sum_jit` when numba is installed and ``TRIVHMC_SUM_JIT`` is not
     ``0``; else None (the torch passes: the same sums)."""
     if not _SUM_JIT:
-        mod = None
-        if os.environ.get("TRIVHMC_SUM_JIT", "1") != "0":
-            try:
-                from . import exact_sum_jit as mod
-            except ImportError:
-                mod = None
-        _SUM_JIT.append(mod)
+        _SUM_JIT.append(optional_jit("exact_sum_jit", "TRIVHMC_SUM_JIT"))
     return _SUM_JIT[0]
 
 

@@ -55,7 +55,6 @@ SIMD loops; the MPI tests check it bitwise on the machine they run on).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -64,6 +63,7 @@ import numpy as np
 import torch
 
 from .grid import ProcessGrid
+from .optional_jit import optional_jit
 
 __all__ = [
     "CHAIN_SITE",
@@ -206,13 +206,8 @@ def _philox_jit():
     """The compiled block kernel (:mod:`parallel.philox_jit`) when numba is installed and
     ``TRIVHMC_RNG_JIT`` is not ``0``; else None (the numpy reference: the same numbers)."""
     if not _JIT:
-        fn = None
-        if os.environ.get("TRIVHMC_RNG_JIT", "1") != "0":
-            try:
-                from .philox_jit import philox_blocks as fn
-            except ImportError:
-                fn = None
-        _JIT.append(fn)
+        mod = optional_jit("philox_jit", "TRIVHMC_RNG_JIT")
+        _JIT.append(mod.philox_blocks if mod is not None else None)
     return _JIT[0]
 
 
