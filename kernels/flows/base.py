@@ -44,6 +44,8 @@ from torch.utils.checkpoint import checkpoint
 
 from parallel import ProcessGrid, row_sum
 
+from . import grid_stable
+
 
 class FlowError(RuntimeError):
     """A flow cannot do what was asked (e.g. an iterative inverse did not converge)."""
@@ -259,9 +261,9 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
+    "gelu": grid_stable.GELU,  # torch's GELU/SiLU/Softplus round by block size on some CPUs
+    "silu": grid_stable.SiLU,
+    "softplus": grid_stable.Softplus,
     "identity": nn.Identity,
 }
 

@@ -49,6 +49,7 @@ from parallel import ProcessGrid, shift
 from ..fermions.cg import norm2
 from ..fermions.wilson import FERMION_BC, GAMMA
 from .base import dtype_from_name, global_logdet, logdet_terms, parity_mask
+from .grid_stable import log1p
 from .u1 import plaquette
 
 
@@ -146,7 +147,7 @@ class PseudofermionCoupling(nn.Module):
         p = plaquette(theta, self.grid, 0, 1)
         p0 = self._shift(p, 0, -1, 1)
         plaqs = [p, p0, self._shift(p, 1, -1, 1), self._shift(p0, 1, -1, 1)]
-        dens = torch.log1p((frozen.real**2 + frozen.imag**2).sum(dim=1))
+        dens = log1p((frozen.real**2 + frozen.imag**2).sum(dim=1))  # grid-stable
         nbs = [self._shift(dens, mu, k, 1) for mu in range(2) for k in (1, -1)]
         feats = [torch.cos(q) for q in plaqs] + [torch.sin(q) for q in plaqs] + nbs
         return torch.stack(feats, dim=1).to(self.active.dtype)

@@ -52,7 +52,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from .grid_stable import softplus
 
 TWO_PI = 2.0 * math.pi
 
@@ -93,7 +94,7 @@ def circular_spline_knots(
     xk = _knots(widths, TWO_PI, min_bin)
     yk = _knots(heights, TWO_PI, min_bin)
     shift = math.log(math.expm1(1.0 - min_deriv))
-    d = min_deriv + F.softplus(derivs + shift)
+    d = min_deriv + softplus(derivs + shift)  # grid-stable (kernels/flows/grid_stable.py)
     dk = torch.cat((d, d.narrow(1, 0, 1)), dim=1)
     return xk, yk, dk
 

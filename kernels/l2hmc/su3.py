@@ -60,6 +60,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kernels.flows.grid_stable import log1p
 from parallel import ProcessGrid, shift
 
 from ..groups.su_n import algebra_norm2, dagger, project_ta, su_expm, trace
@@ -207,7 +208,7 @@ class SU3L2HMCModel(LeapfrogModel):
         feats = torch.cat(
             [
                 _trace_features(plaquette_matrices(u, self.grid, self.planes), u).to(real),
-                torch.log1p(algebra_norm2(f)).to(real),
+                log1p(algebra_norm2(f)).to(real),
             ],
             dim=1,
         )
@@ -223,7 +224,7 @@ class SU3L2HMCModel(LeapfrogModel):
     def _x_step(self, net, mu, u, p, eps, inverse: bool):
         real = eps.dtype
         frozen = plaquette_matrices(u, self.grid, self.frozen_planes[mu])
-        feats = [_trace_features(frozen, u).to(real), torch.log1p(algebra_norm2(p)).to(real)]
+        feats = [_trace_features(frozen, u).to(real), log1p(algebra_norm2(p)).to(real)]
         feats = torch.cat(feats, dim=1)
         _, q, t = net(feats)
         w = p[:, mu] * _links(torch.exp(eps * q[:, 0]))
