@@ -463,21 +463,32 @@ def _workspace(shape: tuple[int, ...]) -> np.ndarray:
     return buf
 
 
-def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
-    """Halo-padded links as real ``(B, Nd, V_padded, 18)``. On a grid with no split axis the
-    periodic halo is filled by one parallel copy (:func:`periodic_pad`; the same array as
-    :func:`parallel.halo_pad`, which a split grid uses for its exchange)."""
-    u = u.detach().resolve_conj()
-    b, nd = u.shape[:2]
+def _halo_padded(x: torch.Tensor, grid: ProcessGrid, tail: tuple[int, ...], pad) -> np.ndarray:
+    """``x`` ``(B, Nd, *local, ...)`` with a width-1 halo on every axis, as the float64 array
+    ``(B, Nd, V_padded, *tail)`` (``tail``: the reals per site; complex ``x`` is viewed as
+    real). On a grid with no split axis the periodic halo is filled by one copy, ``pad``
+    (:func:`periodic_pad`, or :func:`u1_kernels.periodic_pad` for one real per site), into a
+    reused workspace: the same array as :func:`parallel.halo_pad`, which a split grid uses
+    for its exchange."""
+    b, nd = x.shape[:2]
     local = grid.local_shape
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_real(t) if t.is_complex() else t
+
     if any(g > 1 for g in grid.grid) or len(local) < 2:
-        p = halo_pad(u, grid, 1, first=2).contiguous()
-        return torch.view_as_real(p).reshape(b, nd, -1, 18).numpy()
-    src = torch.view_as_real(u.contiguous()).reshape(b * nd, -1, 18).numpy()
+        p = halo_pad(x, grid, 1, first=2).contiguous()
+        return real(p).reshape(b, nd, -1, *tail).numpy()
+    src = real(x.contiguous()).reshape(b * nd, -1, *tail).numpy()
     vp = int(np.prod([n + 2 for n in local]))
-    dst = _workspace((b * nd, vp, 18))
-    kernels().periodic_pad(src, _source_rows(local), local[-1], dst)
-    return dst.reshape(b, nd, vp, 18)
+    dst = _workspace((b * nd, vp, *tail))
+    pad(src, _source_rows(local), local[-1], dst)
+    return dst.reshape(b, nd, vp, *tail)
+
+
+def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
+    """Halo-padded links as real ``(B, Nd, V_padded, 18)`` (:func:`_halo_padded`)."""
+    return _halo_padded(u.detach().resolve_conj(), grid, (18,), kernels().periodic_pad)
 
 
 def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -518,22 +529,6 @@ def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     return su3_plaquette_density(u, grid).flatten(1).sum(1)
 
 
-def _u1_padded(theta: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
-    """Halo-padded angles ``(B, Nd, V_padded)`` float64 (:func:`periodic_pad` into a reused
-    workspace on a grid with no split axis, :func:`parallel.halo_pad` otherwise)."""
-    theta = theta.detach()
-    b, nd = theta.shape[:2]
-    local = grid.local_shape
-    if any(g > 1 for g in grid.grid) or len(local) < 2:
-        p = halo_pad(theta, grid, 1, first=2)
-        return np.ascontiguousarray(p.reshape(b, nd, -1).numpy())
-    src = theta.contiguous().reshape(b * nd, -1).numpy()
-    vp = int(np.prod([n + 2 for n in local]))
-    dst = _workspace((b * nd, vp))
-    u1_kernels.periodic_pad(src, _source_rows(local), local[-1], dst)
-    return dst.reshape(b, nd, vp)
-
-
 def u1_kernel(
     theta: torch.Tensor, grid: ProcessGrid, planes, beta: float, force: bool
 ) -> torch.Tensor | None:
@@ -541,7 +536,7 @@ def u1_kernel(
     (:mod:`kernels.backends.u1_kernels`); None when a plaquette angle exceeds
     ``vtrig.LIMIT`` (the caller then uses the eager kernels)."""
     _threads()
-    tp = _u1_padded(theta, grid)
+    tp = _halo_padded(theta.detach(), grid, (), u1_kernels.periodic_pad)
     b, nd, vp = tp.shape
     local = grid.local_shape
     rows_p, rows_o, strides = _rows(local, 1)

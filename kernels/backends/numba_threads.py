@@ -7,10 +7,12 @@ usual MPI set-up of one rank per core with ``OMP_NUM_THREADS=1``), the parallel 
 otherwise.
 
 Why: with the work-queue threading layer (below) even a one-thread parallel kernel runs on a
-worker thread, not the caller's: every call pays a hand-over and the worker finds the caller's
-data in another core's cache. Measured on the dev VM (2026-12-03, one thread): a 65k-site
-U(1) ``sin`` kernel took 3-7 ns per site through the layer against 1.1 ns serial, the
-layout-resident vnode SU(3) force at 8^4 2.47 against 1.58 ms (docs/performance.md).
+worker thread, not the caller's: every call pays a hand-over, ~0.1 ms on the dev VM. Measured
+there (2026-12-03, one thread, the two compilations alternating in one process): the U(1)
+``sin`` pass at 256^2 0.14-0.21 against 0.069 ms, a whole U(1) force 0.56-0.63 against 0.24
+ms, the vnode action density at 8^4 0.72-0.76 against 0.49-0.51 ms. For the large SU(3) force
+kernels the two compilations differ by up to +-15% in either direction between runs and sizes,
+and an HMC trajectory shows no difference (docs/performance.md, "Kernel backends", session 7).
 
 Threading layer: the work-queue layer, unless ``NUMBA_THREADING_LAYER`` says otherwise.
 numba's default OpenMP layer leaves its worker threads spinning after a parallel kernel
