@@ -438,6 +438,13 @@ def _rows(local: tuple[int, ...], width: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 @functools.lru_cache(maxsize=32)
+def _identity_rows(local: tuple[int, ...]) -> np.ndarray:
+    """``0 .. n - 1`` over the padded rows (all axes but the last, width-1 halo): the row
+    map of an array that is already halo-padded (cached: read only)."""
+    return np.arange(int(np.prod([n + 2 for n in local[:-1]])), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=32)
 def _source_rows(local: tuple[int, ...]) -> np.ndarray:
     """For each padded row (all axes but the last, width-1 halo), the flat index of the
     periodic image row in the unpadded block (cached per shape: read only)."""
@@ -463,32 +470,22 @@ def _workspace(shape: tuple[int, ...]) -> np.ndarray:
     return buf
 
 
-def _halo_padded(x: torch.Tensor, grid: ProcessGrid, tail: tuple[int, ...], pad) -> np.ndarray:
-    """``x`` ``(B, Nd, *local, ...)`` with a width-1 halo on every axis, as the float64 array
-    ``(B, Nd, V_padded, *tail)`` (``tail``: the reals per site; complex ``x`` is viewed as
-    real). On a grid with no split axis the periodic halo is filled by one copy, ``pad``
-    (:func:`periodic_pad`, or :func:`u1_kernels.periodic_pad` for one real per site), into a
-    reused workspace: the same array as :func:`parallel.halo_pad`, which a split grid uses
-    for its exchange."""
+def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
+    """Links with a width-1 halo on every axis, as the real ``(B, Nd, V_padded, 18)``. On a
+    grid with no split axis the periodic halo is filled by one copy (:func:`periodic_pad`)
+    into a reused workspace: the same array as :func:`parallel.halo_pad`, which a split grid
+    uses for its exchange."""
+    x = u.detach().resolve_conj()
     b, nd = x.shape[:2]
     local = grid.local_shape
-
-    def real(t: torch.Tensor) -> torch.Tensor:
-        return torch.view_as_real(t) if t.is_complex() else t
-
     if any(g > 1 for g in grid.grid) or len(local) < 2:
         p = halo_pad(x, grid, 1, first=2).contiguous()
-        return real(p).reshape(b, nd, -1, *tail).numpy()
-    src = real(x.contiguous()).reshape(b * nd, -1, *tail).numpy()
+        return torch.view_as_real(p).reshape(b, nd, -1, 18).numpy()
+    src = torch.view_as_real(x.contiguous()).reshape(b * nd, -1, 18).numpy()
     vp = int(np.prod([n + 2 for n in local]))
-    dst = _workspace((b * nd, vp, *tail))
-    pad(src, _source_rows(local), local[-1], dst)
-    return dst.reshape(b, nd, vp, *tail)
-
-
-def _su3_planes(u: torch.Tensor, grid: ProcessGrid) -> np.ndarray:
-    """Halo-padded links as real ``(B, Nd, V_padded, 18)`` (:func:`_halo_padded`)."""
-    return _halo_padded(u.detach().resolve_conj(), grid, (18,), kernels().periodic_pad)
+    dst = _workspace((b * nd, vp, 18))
+    kernels().periodic_pad(src, _source_rows(local), local[-1], dst)
+    return dst.reshape(b, nd, vp, 18)
 
 
 def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -529,30 +526,78 @@ def su3_plaquette_sum(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     return su3_plaquette_density(u, grid).flatten(1).sum(1)
 
 
+@functools.lru_cache(maxsize=32)
+def _u1_plan(local: tuple[int, ...], planes: tuple[tuple[int, int], ...], force: bool):
+    """Geometry of :mod:`kernels.backends.u1_kernels` for one shape and plane set (cached:
+    read only): rows, strides, the plane tables and the chunking."""
+    rows_p, rows_o, strides = _rows(local, 1)
+    nd = len(local)
+    mus = np.array([mu for mu, _ in planes], np.int64)
+    nus = np.array([nu for _, nu in planes], np.int64)
+    # per link direction: its planes, the sign of theta_p in F_mu, the other direction
+    pl = np.full((nd, max(1, nd - 1)), -1, np.int64)
+    sg = np.zeros((nd, max(1, nd - 1)))
+    ot = np.zeros((nd, max(1, nd - 1)), np.int64)
+    fill = [0] * nd
+    for p, (mu, nu) in enumerate(planes):
+        for m, sign, other in ((mu, 1.0, nu), (nu, -1.0, mu)):
+            pl[m, fill[m]], sg[m, fill[m]], ot[m, fill[m]] = p, sign, other
+            fill[m] += 1
+    back = int(strides[0]) if force else 0
+    geo = np.array(u1_kernels.chunks(rows_p, local[-1], strides, back), np.int64)
+    return rows_p, rows_o, strides, mus, nus, pl, sg, ot, geo
+
+
 def u1_kernel(
     theta: torch.Tensor, grid: ProcessGrid, planes, beta: float, force: bool
 ) -> torch.Tensor | None:
     """Fused U(1) force ``(B, Nd, *local)`` or action density ``(B, *local)``
-    (:mod:`kernels.backends.u1_kernels`); None when a plaquette angle exceeds
-    ``vtrig.LIMIT`` (the caller then uses the eager kernels)."""
+    (:mod:`kernels.backends.u1_kernels`, one pass in row chunks); None when a plaquette
+    angle exceeds ``vtrig.LIMIT`` (the caller then uses the eager kernels). A split grid
+    reads the halo-padded angles of :func:`parallel.halo_pad`, a periodic one the angles."""
     _threads()
-    tp = _halo_padded(theta.detach(), grid, (), u1_kernels.periodic_pad)
-    b, nd, vp = tp.shape
+    b, nd = theta.shape[:2]
     local = grid.local_shape
-    rows_p, rows_o, strides = _rows(local, 1)
-    mus = np.array([mu for mu, _ in planes], np.int64)
-    nus = np.array([nu for _, nu in planes], np.int64)
+    rows_p, rows_o, strides, mus, nus, pl, sg, ot, geo = _u1_plan(
+        tuple(local), tuple((int(m), int(n)) for m, n in planes), force
+    )
+    if any(g > 1 for g in grid.grid):
+        src = halo_pad(theta.detach(), grid, 1, first=2).contiguous().reshape(b, nd, -1)
+        srow, wrap = _identity_rows(tuple(local)), False
+    else:
+        src = theta.detach().contiguous().reshape(b, nd, -1)
+        srow, wrap = _source_rows(tuple(local)), True
+    src = src.numpy()
+    nchr = -(-rows_p.shape[0] // int(geo[0]))
+    nw = max(1, min(b * nchr, 4 * numba.get_num_threads()))
     nloc = int(np.prod(local))
     if not force:
         out = np.empty((b, nloc))
-        if u1_kernels.density_rows(tp, mus, nus, rows_p, rows_o, local[-1], strides, out):
+        if u1_kernels.density(
+            src, srow, wrap, mus, nus, rows_p, rows_o, local[-1], strides, geo, nw, out
+        ):
             return None
         return torch.from_numpy(out).reshape(b, *local)
-    s = _workspace((b, len(planes), vp))
-    if u1_kernels.sin_plaquettes(tp, mus, nus, strides, vp - int(strides[0]), s):
-        return None
     out = np.empty((b, nd, nloc))
-    u1_kernels.force_rows(s, mus, nus, rows_p, rows_o, local[-1], strides, float(beta), out)
+    if u1_kernels.force(
+        src,
+        srow,
+        wrap,
+        mus,
+        nus,
+        pl,
+        sg,
+        ot,
+        rows_p,
+        rows_o,
+        local[-1],
+        strides,
+        float(beta),
+        geo,
+        nw,
+        out,
+    ):
+        return None
     return torch.from_numpy(out).reshape(theta.shape)
 
 

@@ -6,132 +6,181 @@ theta_nu(x + mu) - theta_mu(x + nu) - theta_nu(x)``, action density ``sum_{mu<nu
 theta_{mu nu}(x))``, force ``F_mu(x) = beta sum_{nu != mu} [sin theta_{mu nu}(x) - sin
 theta_{mu nu}(x - nu)]`` with ``theta_{nu mu} = -theta_{mu nu}``.
 
-Layout: halo-padded angles ``t[b, mu, k]``, ``k`` the flat padded site (width-1 halo on every
-axis, corners included), neighbours at constant offsets ``k +- strides[nu]``; ``rows_p`` /
-``rows_o`` the padded / unpadded flat starts of the interior rows of the last axis
-(:func:`kernels.backends.fused._rows`). Each inner loop runs over slices taken before the
-loop: a shifted index ``k + stride`` makes numba emit negative-index wrap-around selects, and
-LLVM then leaves the loop scalar (5 against 0.9 ns per site).
+One pass over the angles, in chunks of consecutive rows of the last axis (a chunk's scratch
+stays in the L2 cache): each chunk
 
-The force runs in two passes so that each plaquette's ``sin`` is evaluated once (a direct
-site loop needs ``sin theta_{mu nu}(x)`` and ``sin theta_{mu nu}(x - nu)`` for each of the
-``d - 1`` planes of each link: 4 per site in 2D against 1): :func:`sin_plaquettes` writes
-``sin theta_p`` over the contiguous padded range, :func:`force_rows` takes differences. Both
-inner loops are contiguous and branch-free, so LLVM vectorises them with the polynomial
-``sin``/``cos`` of :mod:`kernels.backends.vtrig`. The kernels return the number of plaquette
-angles above ``vtrig.LIMIT`` (where that ``sin`` is not accurate); the caller then falls back
-to torch. Threads: ``numba.prange`` over chunks (chains x planes x blocks of sites, or chains
-x rows).
+1. copies the padded rows it needs (width-1 halo on every axis, corners included) into a
+   scratch array: from the unpadded angles with the periodic wrap of the last axis
+   (``wrap``; ``srow`` gives the periodic image row of each padded row,
+   :func:`kernels.backends.fused._source_rows`), or from an already halo-padded array (a
+   split grid, :func:`parallel.halo_pad`; ``srow`` the identity);
+2. computes ``sin theta_p`` (force) over the chunk's contiguous padded range, extended back by
+   ``strides[0]`` so that every ``x - nu`` of the chunk is inside, or ``1 - cos theta_p``
+   (action density) on its rows;
+3. writes the force rows as differences of those sines (each plaquette's ``sin`` is
+   evaluated once per chunk: a direct site loop needs ``sin theta_{mu nu}(x)`` and ``sin
+   theta_{mu nu}(x - nu)`` for each of the ``d - 1`` planes of each link, 4 per site in 2D
+   against 1).
+
+Neighbours are at constant offsets ``k +- strides[nu]`` in the padded flat index ``k``;
+``rows_p`` / ``rows_o`` are the padded / unpadded flat starts of the interior rows
+(:func:`kernels.backends.fused._rows`). Every inner loop runs over slices taken before the
+loop and is branch-free, so LLVM vectorises it with the polynomial ``sin``/``cos`` of
+:mod:`kernels.backends.vtrig` (a shifted index ``k + stride`` inside the loop makes numba
+emit negative-index wrap-around selects, and LLVM then leaves the loop scalar: 5 against 0.9
+ns per site). The kernels return the number of plaquette angles above ``vtrig.LIMIT``
+(where that ``sin`` is not accurate); the caller then falls back to torch. Threads:
+``numba.prange`` over ``nw`` workers, each with its own scratch, each taking a contiguous
+run of the (chain, chunk) pairs. The chunk geometry (:func:`chunks`) is computed once per
+shape by the caller.
+
+Before session 8 the force ran as three passes over whole arrays (periodic padding, all the
+sines, the differences), each of which went to memory at large volumes
+(docs/performance.md, "Kernel backends").
 """
 
 from __future__ import annotations
 
-from numba import prange
+import numpy as np
+from numba import njit, prange
 
 from .numba_threads import threaded_kernel
 from .vtrig import too_large, vcos, vsin
 
-CHUNK = 4096
+CHUNK_SITES = 16384  # padded sites per chunk (at least 4 strides[0]: the back extension)
 
 
-@threaded_kernel(cache=True)
-def periodic_pad(src, srow, lx, dst):
-    """``dst[a, pr (lx + 2) + xp] = src[a, srow[pr] lx + (xp - 1) mod lx]``: the width-1
-    periodic halo of every axis (``srow``: the source row of each padded row,
-    :func:`kernels.backends.fused._source_rows`). The generated ``periodic_pad`` of
-    :mod:`kernels.backends.fused` does the same for 18 reals per site; with one real per site
-    its inner component loop made it 5-10x slower than this one (and a slice copy of whole
-    rows, tried for both, slowed the 18-real case by 30%)."""
-    na, npr = src.shape[0], srow.shape[0]
-    for q in prange(na * npr):
-        a = q // npr
-        pr = q % npr
-        sr = src[a, srow[pr] * lx : srow[pr] * lx + lx]
-        d = dst[a, pr * (lx + 2) : pr * (lx + 2) + lx + 2]
-        d[0] = sr[lx - 1]
-        d[lx + 1] = sr[0]
-        for x in range(lx):
-            d[x + 1] = sr[x]
+def chunks(rows_p: np.ndarray, lx: int, strides: np.ndarray, back: int) -> tuple[int, int, int]:
+    """``(rows per chunk, max sines per chunk, max padded rows copied per chunk)`` for the
+    kernels below: chunks of ``rpc`` interior rows whose sine range ``[rows_p[r0] - back,
+    rows_p[r1 - 1] + lx)`` needs the padded rows up to ``strides[0]`` past its end."""
+    nrows, w = rows_p.shape[0], lx + 2
+    rpc = max(1, min(nrows, -(-max(4 * int(strides[0]), CHUNK_SITES) // lx)))
+    r0 = np.arange(0, nrows, rpc)
+    r1 = np.minimum(r0 + rpc, nrows)
+    lo = rows_p[r0] - back
+    hi = rows_p[r1 - 1] + lx
+    prs = (hi - 1 + int(strides[0])) // w + 1 - lo // w
+    return rpc, int((hi - lo).max()), int(prs.max())
+
+
+@njit(cache=True, inline="always")
+def _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl):
+    """``tl[mu, (pr - pr_lo) (lx + 2) + xp]`` = padded angle of padded row ``pr``."""
+    w = lx + 2
+    lxs = lx if wrap else w
+    for mu in range(nd):
+        for pr in range(pr_lo, pr_hi):
+            r = srow[pr] * lxs
+            sr = src[b, mu, r : r + lxs]
+            d = tl[mu, (pr - pr_lo) * w : (pr - pr_lo + 1) * w]
+            if wrap:
+                d[0] = sr[lx - 1]
+                d[lx + 1] = sr[0]
+                di = d[1 : lx + 1]
+                for x in range(lx):
+                    di[x] = sr[x]
+            else:
+                for x in range(w):
+                    d[x] = sr[x]
 
 
 @threaded_kernel(cache=True, fastmath={"contract"})
-def sin_plaquettes(t, mus, nus, strides, n, s):
-    """``s[b, p, k] = sin theta_{mu nu}(k)`` for plane ``p = (mus[p], nus[p])`` and padded
-    flat ``k < n`` (``n = V_padded - strides[0]``: every such ``k + mu``, ``k + nu`` is in
-    the array). Returns the count of angles with ``|theta| > LIMIT``."""
-    nb, npl = t.shape[0], mus.shape[0]
-    nch = (n + CHUNK - 1) // CHUNK
+def force(src, srow, wrap, mus, nus, pl, sg, ot, rows_p, rows_o, lx, strides, beta, geo, nw, f):
+    """``f[b, mu, o] = beta sum_j sg[mu, j] (s_p(x) - s_p(x - e_ot))``, ``p = pl[mu, j]``
+    (``-1``: none), ``s_p = sin theta_p`` (module doc). ``src``: ``(B, Nd, n)`` angles,
+    unpadded (``wrap``) or halo-padded; ``geo = (rpc, span, ncopy)`` from :func:`chunks` with
+    ``back = strides[0]``."""
+    nb, nd = f.shape[0], f.shape[1]
+    nrows, npl = rows_p.shape[0], mus.shape[0]
+    rpc, span, ncopy = geo[0], geo[1], geo[2]
+    nchr = (nrows + rpc - 1) // rpc
+    nq = nb * nchr
+    w = lx + 2
+    back = strides[0]
     big = 0
-    for q in prange(nb * npl * nch):
-        b = q // (npl * nch)
-        p = (q // nch) % npl
-        lo = (q % nch) * CHUNK
-        hi = min(n, lo + CHUNK)
-        smu, snu = strides[mus[p]], strides[nus[p]]
-        tm, tn = t[b, mus[p]], t[b, nus[p]]
-        t0, t1, t2, t3 = tm[lo:hi], tn[lo + smu : hi + smu], tm[lo + snu : hi + snu], tn[lo:hi]
-        out = s[b, p, lo:hi]
+    for wk in prange(nw):
+        tl = np.empty((nd, ncopy * w))
+        s = np.empty((npl, span))
         cnt = 0
-        for j in range(hi - lo):
-            a = t0[j] + t1[j] - t2[j] - t3[j]
-            out[j] = vsin(a)
-            cnt += too_large(a)
+        for q in range(wk * nq // nw, (wk + 1) * nq // nw):
+            b = q // nchr
+            r0 = (q % nchr) * rpc
+            r1 = min(nrows, r0 + rpc)
+            lo = rows_p[r0] - back
+            n = rows_p[r1 - 1] + lx - lo
+            pr_lo = lo // w
+            _copy_rows(src, srow, wrap, b, nd, pr_lo, (lo + n - 1 + back) // w + 1, lx, tl)
+            a0 = lo - pr_lo * w
+            for p in range(npl):
+                smu, snu = strides[mus[p]], strides[nus[p]]
+                tm, tn = tl[mus[p]], tl[nus[p]]
+                t0, t1 = tm[a0 : a0 + n], tn[a0 + smu : a0 + smu + n]
+                t2, t3 = tm[a0 + snu : a0 + snu + n], tn[a0 : a0 + n]
+                sp = s[p, :n]
+                for j in range(n):
+                    a = t0[j] + t1[j] - t2[j] - t3[j]
+                    sp[j] = vsin(a)
+                    cnt += too_large(a)
+            for r in range(r0, r1):
+                p0 = rows_p[r] - lo
+                o = rows_o[r]
+                for mu in range(nd):
+                    fo = f[b, mu, o : o + lx]
+                    if pl[mu, 0] < 0:
+                        for x in range(lx):
+                            fo[x] = 0.0
+                    for j in range(pl.shape[1]):
+                        p = pl[mu, j]
+                        if p < 0:
+                            break
+                        c = sg[mu, j] * beta
+                        so = strides[ot[mu, j]]
+                        s0, s1 = s[p, p0 : p0 + lx], s[p, p0 - so : p0 - so + lx]
+                        if j == 0:
+                            for x in range(lx):
+                                fo[x] = c * (s0[x] - s1[x])
+                        else:
+                            for x in range(lx):
+                                fo[x] += c * (s0[x] - s1[x])
         big += cnt
     return big
 
 
 @threaded_kernel(cache=True, fastmath={"contract"})
-def force_rows(s, mus, nus, rows_p, rows_o, rowlen, strides, beta, f):
-    """``f[b, mu, o] = beta sum_p sign (s_p(x) - s_p(x - other))`` over the planes ``p`` that
-    contain ``mu`` (``sign = +1``, ``other = nu`` for ``p = (mu, nu)``; ``-1``, ``other = mu'``
-    for ``p = (mu', mu)``), ``s`` from :func:`sin_plaquettes`."""
-    nb, nd = f.shape[0], f.shape[1]
+def density(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, out):
+    """``out[b, o] = sum_p (1 - cos theta_p(x))`` (``geo`` from :func:`chunks` with
+    ``back = 0``); returns the count of ``|theta_p| > LIMIT``."""
+    nb, nd = out.shape[0], src.shape[1]
     nrows, npl = rows_p.shape[0], mus.shape[0]
-    for q in prange(nb * nrows):
-        b = q // nrows
-        p0 = rows_p[q % nrows]
-        o = rows_o[q % nrows]
-        for mu in range(nd):
-            fo = f[b, mu, o : o + rowlen]
-            for x in range(rowlen):
-                fo[x] = 0.0
-            for p in range(npl):
-                if mus[p] == mu:
-                    sign, other = 1.0, nus[p]
-                elif nus[p] == mu:
-                    sign, other = -1.0, mus[p]
-                else:
-                    continue
-                so = strides[other]
-                s0, s1 = s[b, p, p0 : p0 + rowlen], s[b, p, p0 - so : p0 - so + rowlen]
-                for x in range(rowlen):
-                    fo[x] += sign * (s0[x] - s1[x])
-            for x in range(rowlen):
-                fo[x] *= beta
-
-
-@threaded_kernel(cache=True, fastmath={"contract"})
-def density_rows(t, mus, nus, rows_p, rows_o, rowlen, strides, out):
-    """``out[b, o] = sum_p (1 - cos theta_p(x))``; returns the count of ``|theta| > LIMIT``."""
-    nb = t.shape[0]
-    nrows, npl = rows_p.shape[0], mus.shape[0]
+    rpc, ncopy = geo[0], geo[2]
+    nchr = (nrows + rpc - 1) // rpc
+    nq = nb * nchr
+    w = lx + 2
     big = 0
-    for q in prange(nb * nrows):
-        b = q // nrows
-        p0 = rows_p[q % nrows]
-        o = rows_o[q % nrows]
-        oo = out[b, o : o + rowlen]
-        for x in range(rowlen):
-            oo[x] = 0.0
+    for wk in prange(nw):
+        tl = np.empty((nd, ncopy * w))
         cnt = 0
-        for p in range(npl):
-            smu, snu = strides[mus[p]], strides[nus[p]]
-            tm, tn = t[b, mus[p]], t[b, nus[p]]
-            t0, t1 = tm[p0 : p0 + rowlen], tn[p0 + smu : p0 + smu + rowlen]
-            t2, t3 = tm[p0 + snu : p0 + snu + rowlen], tn[p0 : p0 + rowlen]
-            for x in range(rowlen):
-                a = t0[x] + t1[x] - t2[x] - t3[x]
-                oo[x] += 1.0 - vcos(a)
-                cnt += too_large(a)
+        for q in range(wk * nq // nw, (wk + 1) * nq // nw):
+            b = q // nchr
+            r0 = (q % nchr) * rpc
+            r1 = min(nrows, r0 + rpc)
+            pr_lo = rows_p[r0] // w
+            pr_hi = (rows_p[r1 - 1] + lx - 1 + strides[0]) // w + 1
+            _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl)
+            for r in range(r0, r1):
+                p0 = rows_p[r] - pr_lo * w
+                oo = out[b, rows_o[r] : rows_o[r] + lx]
+                for x in range(lx):
+                    oo[x] = 0.0
+                for p in range(npl):
+                    smu, snu = strides[mus[p]], strides[nus[p]]
+                    tm, tn = tl[mus[p]], tl[nus[p]]
+                    t0, t1 = tm[p0 : p0 + lx], tn[p0 + smu : p0 + smu + lx]
+                    t2, t3 = tm[p0 + snu : p0 + snu + lx], tn[p0 : p0 + lx]
+                    for x in range(lx):
+                        a = t0[x] + t1[x] - t2[x] - t3[x]
+                        oo[x] += 1.0 - vcos(a)
+                        cnt += too_large(a)
         big += cnt
     return big
