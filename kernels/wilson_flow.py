@@ -59,7 +59,7 @@ from parallel import ProcessGrid, lattice_sum, shift
 
 from .backends import get_backend
 from .groups.su_n import dagger, project_ta, su_expm
-from .theories.su3 import staple_sum, wilson_loops
+from .theories.su3 import staple_sum
 
 NC = 3
 
@@ -137,28 +137,20 @@ def clover_field_strength(
 
 def energy_density(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """Clover ``E = -(1/2) sum_{mu nu} tr G_{mu nu}^2``, lattice average per chain ``(B,)``."""
-    g = clover_field_strength(u, grid)
-    dens = sum((x.real.square() + x.imag.square()).sum((-1, -2)) for x in g.values())
-    return _lattice_mean(dens, grid)
+    return _lattice_mean(get_backend().su3_clover_density(u, grid), grid)
 
 
 def plaquette_energy_density(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """``E = 2 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (``-(1/2) tr G G`` to ``O(a^2)``, module
     docstring), lattice average per chain ``(B,)``."""
-    plaq, _ = wilson_loops(u, grid, rectangles=False)
-    return _lattice_mean(2.0 * sum(NC - p for p in plaq.values()), grid)
+    return _lattice_mean(2.0 * get_backend().su3_action_density(u, grid, 1.0, 0.0), grid)
 
 
 def topological_charge(u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
     """Clover ``Q = -(1/4pi^2) sum_x tr(G01 G23 + G02 G31 + G03 G12)`` per chain (4D only)."""
     if u.shape[1] != 4:
         raise ValueError(f"the topological charge needs a 4D lattice, got {u.shape[1]} dims")
-    g = clover_field_strength(u, grid)
-
-    def trp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("...ij,...ji->...", a, b).real
-
-    dens = trp(g[(0, 1)], g[(2, 3)]) - trp(g[(0, 2)], g[(1, 3)]) + trp(g[(0, 3)], g[(1, 2)])
+    dens = get_backend().su3_clover_charge_density(u, grid)
     return -lattice_sum(dens, grid, 1) / (4.0 * math.pi**2)  # exact: grid-independent
 
 

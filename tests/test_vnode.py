@@ -21,6 +21,7 @@ import kernels.backends as kb
 from kernels.backends import eager
 from kernels.groups.su_n import su_expm
 from kernels.theories.su3 import SU3Gauge
+from kernels.wilson_flow import energy_density, plaquette_energy_density, topological_charge
 from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
@@ -109,6 +110,33 @@ def test_backend_dispatch_and_fallback(spy, shape, used):
     x = 0.3 * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(2), 0, 3)
     assert _err(b.su3_expm_mul(x, u), su_expm(x) @ u) <= TOL
     assert len(calls) == (6 if used else 0)  # 5 SU(3) kernels, 1 exponential
+
+
+@pytest.mark.parametrize("shape, used", [((4, 4, 2, 6), True), ((3, 4, 2, 2), False)])
+def test_clover_densities_match_eager(spy, shape, used):
+    """The vnode clover kernel (four leaves per plane, G = TA(sum) / 4) gives the eager
+    ``clover_field_strength`` energy density and charge density; the Wilson-flow
+    observables through the backend seam follow."""
+    grid, u = _links(shape, batch=3, seed=5)
+    calls = spy(vnode, ("su3_clover_density",))
+    b, e = kb.make_backend("vnode"), kb.make_backend("eager")
+    for what in ("su3_clover_density", "su3_clover_charge_density"):
+        assert _err(getattr(b, what)(u, grid), getattr(e, what)(u, grid)) <= TOL, what
+    assert len(calls) == (2 if used else 0)
+    refs = [f(u, grid) for f in (energy_density, plaquette_energy_density)]
+    kb.set_backend("vnode")
+    try:
+        got = [f(u, grid) for f in (energy_density, plaquette_energy_density)]
+    finally:
+        kb.set_backend("eager")
+    for g, r in zip(got, refs, strict=True):
+        assert _err(g, r) <= TOL
+    kb.set_backend("vnode")
+    try:
+        q = topological_charge(u, grid)
+    finally:
+        kb.set_backend("eager")
+    assert _err(q, topological_charge(u, grid)) <= TOL
 
 
 def test_force_is_the_lie_derivative_of_the_vnode_action():

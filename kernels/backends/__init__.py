@@ -19,12 +19,16 @@ Backends
               the action is a ``torch.autograd.Function`` whose backward is the analytic
               force.
 ``vnode``     ``numba`` plus Grid-style virtual-node SU(3) Wilson kernels (16 SIMD lanes =
-              16 sub-blocks of the local lattice; kernels/backends/vnode.py) where the local
-              lattice is 4D with even extents and no axis is split; ``numba`` elsewhere.
+              16 sub-blocks of the local lattice; kernels/backends/vnode.py): force,
+              staples, action, flow step, clover energy and charge densities, where the
+              local lattice is 4D with even extents (split axes padded by a one-site halo);
+              ``numba`` elsewhere.
 
 Interface (:class:`kernels.backends.eager.EagerBackend`, which every backend subclasses):
 ``su3_staple_sum``, ``su3_force``, ``su3_action_local``, ``su3_flow_generator``,
-``su3_flow_step_rk3``, ``su3_expm_mul``, ``u1_action_density``, ``u1_force``. Adding a backend:
+``su3_flow_step_rk3``, ``su3_expm_mul``, ``su3_action_density``, ``su3_clover_density``,
+``su3_clover_charge_density`` (the Wilson-flow observables), ``u1_action_density``,
+``u1_force``. Adding a backend:
 subclass, override what it fuses, register its ``"module:class"`` in :data:`BACKENDS`, and it is
 picked up by tests/test_backends.py and tests/mpi/test_backends_mpi.py.
 

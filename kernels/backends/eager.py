@@ -245,6 +245,27 @@ class EagerBackend:
         """Per-site weighted loop sum (:func:`su3_action_density`), used by the theory."""
         return su3_action_density(u, grid, c0, c1)
 
+    def su3_clover_density(self, u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+        """Per-site clover energy density ``sum_{mu<nu} sum_ij |G_{mu nu}(x)_ij|^2``,
+        ``(B, *local)``, with ``G`` of :func:`kernels.wilson_flow.clover_field_strength`
+        (what ``wilson_flow.energy_density`` averages)."""
+        from ..wilson_flow import clover_field_strength
+
+        g = clover_field_strength(u, grid)
+        return sum((x.real.square() + x.imag.square()).sum((-1, -2)) for x in g.values())
+
+    def su3_clover_charge_density(self, u: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+        """Per-site ``Re tr(G01 G23 - G02 G13 + G03 G12)`` (4D, clover ``G``), ``(B, *local)``:
+        ``-1/(4 pi^2)`` times it, summed, is the topological charge."""
+        from ..wilson_flow import clover_field_strength
+
+        g = clover_field_strength(u, grid)
+
+        def trp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("...ij,...ji->...", a, b).real
+
+        return trp(g[(0, 1)], g[(2, 3)]) - trp(g[(0, 2)], g[(1, 3)]) + trp(g[(0, 3)], g[(1, 2)])
+
     def su3_action_local(self, u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float):
         """Local weighted loop sum per chain (:func:`su3_action_local`)."""
         return su3_action_local(u, grid, c0, c1)

@@ -149,6 +149,31 @@ def _retr_func() -> str:
     )
 
 
+def _sq_func() -> str:
+    """``D[do + l] += sum_c A[ao + c W + l]^2`` per lane (``|A|_F^2``)."""
+    terms = " + ".join(f"A[ao, {c * W} + l] * A[ao, {c * W} + l]" for c in range(18))
+    return (
+        _NJIT + "def sq_acc(A, ao, D, do):\n"
+        f"    for l in range({W}):\n"
+        f"        D[do, l] = D[do, l] + ({terms})\n"
+    )
+
+
+def _retr_ab_func() -> str:
+    """``D[do + l] += sign Re Tr(A B)`` per lane."""
+    terms = " + ".join(
+        f"A[ao, {_c(i, j, 0) * W} + l] * B[bo, {_c(j, i, 0) * W} + l]"
+        f" - A[ao, {_c(i, j, 1) * W} + l] * B[bo, {_c(j, i, 1) * W} + l]"
+        for i in range(NC)
+        for j in range(NC)
+    )
+    return (
+        _NJIT + "def retr_ab_acc(A, ao, B, bo, sign, D, do):\n"
+        f"    for l in range({W}):\n"
+        f"        D[do, l] = D[do, l] + sign * ({terms})\n"
+    )
+
+
 def _cmul(out: str, x: str, y: str, op: str = "=") -> list[str]:
     """``out = x y`` (``op`` "=") or ``out += x y`` / ``out -= x y`` for complex scalars held
     as real pairs ``{name}r``, ``{name}i``."""
@@ -350,6 +375,72 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
+def su3_clover_density(Q, nbr, msk, nb, vo, charge, out, nch):
+    \"\"\"Clover field strength G_{{mu nu}}(x) = TA(L1 + L2 + L3 + L4) / 4 from the four
+    plaquettes (leaves) of the (mu, nu) plane that start and end at x, all with the
+    orientation of L1 = U_mu(x) U_nu(x+mu) U_mu(x+nu)^+ U_nu(x)^+; then out[b vo + o, l] =
+    sum_{{mu<nu}} |G_{{mu nu}}(x)|_F^2 or, with ``charge``,
+    Re tr(G01 G23 - G02 G13 + G03 G12).\"\"\"
+    tot = nb * vo
+    for ch in prange(nch):
+        g = tot * {ND} + ch * 6
+        Wk = np.empty((9, {LB}))  # T, T', clover sum, G of the 6 planes
+        for q in range(ch * tot // nch, (ch + 1) * tot // nch):
+            b = q // vo
+            o = q % vo
+            for l in range({W}):
+                out[q, l] = 0.0
+            for mu in range({ND}):
+                bmu = (b * {ND} + mu) * vo
+                o_pmu, m_pmu = nbr[o, mu, 0], msk[o, mu, 0]
+                o_mmu, m_mmu = nbr[o, mu, 1], msk[o, mu, 1]
+                for nu in range(mu + 1, {ND}):
+                    bnu = (b * {ND} + nu) * vo
+                    o_pnu, m_pnu = nbr[o, nu, 0], msk[o, nu, 0]
+                    o_mnu, m_mnu = nbr[o, nu, 1], msk[o, nu, 1]
+                    # L1 = U_mu(x) U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+
+                    x1 = link(Q, g, 0, bnu + o_pmu, m_pmu)
+                    mm_nn(Q, bmu + o, Q, x1, Wk, 0)
+                    x2 = link(Q, g, 1, bmu + o_pnu, m_pnu)
+                    mm_nn(Q, bnu + o, Q, x2, Wk, 1)
+                    mm_nd(Wk, 0, Wk, 1, Wk, 2)
+                    # L2 = U_nu(x) (U_nu(x-mu) U_mu(x-mu+nu))^+ U_mu(x-mu)
+                    o_a = nbr[o_mmu, nu, 0]
+                    m_a = m_mmu ^ msk[o_mmu, nu, 0]
+                    x1 = link(Q, g, 0, bnu + o_mmu, m_mmu)
+                    x2 = link(Q, g, 1, bmu + o_a, m_a)
+                    mm_nn(Q, x1, Q, x2, Wk, 0)
+                    mm_nd(Q, bnu + o, Wk, 0, Wk, 1)
+                    x3 = link(Q, g, 2, bmu + o_mmu, m_mmu)
+                    mm_nn_acc(Wk, 1, Q, x3, Wk, 2)
+                    # L3 = (U_nu(x-mu-nu) U_mu(x-mu))^+ U_mu(x-mu-nu) U_nu(x-nu)
+                    o_b = nbr[o_mmu, nu, 1]
+                    m_b = m_mmu ^ msk[o_mmu, nu, 1]
+                    x1 = link(Q, g, 0, bnu + o_b, m_b)
+                    mm_nn(Q, x1, Q, x3, Wk, 0)
+                    x4 = link(Q, g, 1, bmu + o_b, m_b)
+                    x5 = link(Q, g, 3, bnu + o_mnu, m_mnu)
+                    mm_nn(Q, x4, Q, x5, Wk, 1)
+                    mm_dn_acc(Wk, 0, Wk, 1, Wk, 2)
+                    # L4 = U_nu(x-nu)^+ U_mu(x-nu) U_nu(x-nu+mu) U_mu(x)^+
+                    o_c = nbr[o_mnu, mu, 0]
+                    m_c = m_mnu ^ msk[o_mnu, mu, 0]
+                    x1 = link(Q, g, 0, bmu + o_mnu, m_mnu)
+                    x2 = link(Q, g, 1, bnu + o_c, m_c)
+                    mm_nn(Q, x1, Q, x2, Wk, 0)
+                    mm_dn(Q, x5, Wk, 0, Wk, 1)
+                    mm_nd_acc(Wk, 1, Q, bmu + o, Wk, 2)
+                    gp = 3 + (mu * (2 * {ND} - mu - 1)) // 2 + nu - mu - 1  # plane index
+                    ta_out(Wk, 2, 0.25, Wk, gp)
+                    if not charge:
+                        sq_acc(Wk, gp, out, q)
+            if charge:  # planes 01 02 03 12 13 23 at rows 3 .. 8
+                retr_ab_acc(Wk, 3, Wk, 8, 1.0, out, q)
+                retr_ab_acc(Wk, 4, Wk, 7, -1.0, out, q)
+                retr_ab_acc(Wk, 5, Wk, 6, 1.0, out, q)
+
+
+@threaded_kernel(fastmath={{'contract'}}, cache=True)
 def expm_mul(X, V, out, nblk, nch):
     \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X):
     A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A + f2 A^2 by
@@ -441,6 +532,11 @@ def _source() -> str:
         + _mm_func("mm_nn", False, False, False)
         + _mm_func("mm_nd_acc", False, True, True)
         + _mm_func("mm_dn_acc", True, False, True)
+        + _mm_func("mm_nd", False, True, False)
+        + _mm_func("mm_dn", True, False, False)
+        + _mm_func("mm_nn_acc", False, False, True)
+        + _sq_func()
+        + _retr_ab_func()
         + _ta_func()
         + _retr_func()
         + _perm_func()
@@ -579,6 +675,21 @@ def plaquette_density_packed(q: np.ndarray, b: int, local: tuple[int, ...]) -> n
     return out
 
 
+def clover_density_packed(
+    q: np.ndarray, b: int, local: tuple[int, ...], charge: bool = False
+) -> np.ndarray:
+    """Layout-resident clover energy density ``sum_{mu<nu} |G_{mu nu}(x)|_F^2`` or (``charge``)
+    ``Re tr(G01 G23 - G02 G13 + G03 G12)``, vnode ``(B Vo, W)`` (kernel
+    ``su3_clover_density``)."""
+    nbr, msk = tables(local)
+    vo = nbr.shape[0]
+    _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
+    out = np.empty((b * vo, W))
+    fused._threads()
+    kernels().su3_clover_density(q, nbr, msk, b, vo, charge, out, nchunks(b * vo))
+    return out
+
+
 def empty_packed(b: int, local: tuple[int, ...]) -> np.ndarray:
     """An uninitialised packed field with the scratch tail (the layout of :func:`pack`)."""
     vo = int(np.prod(local)) // W
@@ -664,6 +775,15 @@ def su3_plaquette_density(u: torch.Tensor) -> torch.Tensor:
     b = u.shape[0]
     local = tuple(u.shape[2:-2])
     return unpack_density(plaquette_density_packed(pack(u, work=True), b, local), b, local)
+
+
+def su3_clover_density(u: torch.Tensor, charge: bool = False) -> torch.Tensor:
+    """Clover ``sum_{mu<nu} |G_{mu nu}(x)|_F^2`` or (``charge``) ``Re tr(G01 G23 - G02 G13 +
+    G03 G12)`` per site, ``(B, *local)``."""
+    b = u.shape[0]
+    local = tuple(u.shape[2:-2])
+    d = clover_density_packed(pack(u, work=True), b, local, charge)
+    return unpack_density(d, b, local)
 
 
 _HALO_TAG = 9100  # MPI tags of the packed halo exchange: _HALO_TAG + 2 d + (towards > 0)
@@ -910,6 +1030,20 @@ class VnodeBackend(fused.NumbaBackend):
         if not _use_padded(u, grid, c1):
             return super().su3_action_density(u, grid, c0, c1)
         return c0 * _on_grid(u, grid, su3_plaquette_density, first=1)
+
+    def su3_clover_density(self, u, grid):
+        """Per-site clover ``sum_{mu<nu} |G_{mu nu}(x)|_F^2`` (split axes halo-padded; the
+        leaves reach ``x - mu - nu``, inside the one-site halo with its corners)."""
+        if not _use_padded(u, grid):
+            return super().su3_clover_density(u, grid)
+        return _on_grid(u, grid, su3_clover_density, first=1)
+
+    def su3_clover_charge_density(self, u, grid):
+        """Per-site ``Re tr(G01 G23 - G02 G13 + G03 G12)`` (clover ``G``; split axes
+        halo-padded)."""
+        if not _use_padded(u, grid):
+            return super().su3_clover_charge_density(u, grid)
+        return _on_grid(u, grid, lambda x: su3_clover_density(x, charge=True), first=1)
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; vnode forward, analytic backward (``fused._SU3WilsonAction``;

@@ -2,8 +2,9 @@
 
 The fused kernels pad halos themselves (numba, vnode) or shift real planes (soa), so the halo
 handling of each backend is checked here on grids that split one and two axes: SU(3) force,
-action, flow generator and the gradient of the action (the numba backward is analytic and
-must include the staples from neighbouring ranks), U(1) (4D) force, action and gradient.
+action, flow generator, clover energy and charge densities (their leaves reach x - mu - nu)
+and the gradient of the action (the numba backward is analytic and must include the staples
+from neighbouring ranks), U(1) (4D) force, action and gradient.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import kernels.backends as kb
 from kernels.backends import eager
 from kernels.theories.su3 import SU3Gauge
 from kernels.theories.u1 import U1Gauge
+from kernels.wilson_flow import energy_density
 from parallel import ProcessGrid, single_rank_grid
 from parallel.rng import SiteRNG
 
@@ -73,6 +75,10 @@ def test_su3_backend_distributed(grids, name):
     check("flow generator", z, local(eager.flow_generator(u_ref, ref_grid), grid))
     step = kb.get_backend().su3_flow_step_rk3(u, grid, 0.05)
     check("RK3 flow step", step, local(eager.flow_step_rk3(u_ref, ref_grid, 0.05), grid))
+    ref_b = kb.make_backend("eager")
+    for what in ("su3_clover_density", "su3_clover_charge_density"):  # reach x - mu - nu
+        got = getattr(kb.get_backend(), what)(u, grid)
+        check(what, got, local(getattr(ref_b, what)(u_ref, ref_grid), grid, first=1))
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -100,13 +106,15 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
     u = th.hot_start(SiteRNG(3), 0, 1)
     split = any(g > 1 for g in grid.grid)
     assert vnode._use_padded(u, grid) and vnode._use(u, grid) is (not split)
-    calls = spy(vnode, ("su3_ta_staples", "su3_plaquette_density"))
+    calls = spy(vnode, ("su3_ta_staples", "su3_plaquette_density", "su3_clover_density"))
     kb.set_backend("eager")
     f_ref, s_ref = ref.force(u_ref), ref.action(u_ref)
+    e_ref = energy_density(u_ref, ref_grid)
     kb.set_backend("vnode")
     check("force", th.force(u), local(f_ref, grid))
     check("action", th.action(u), s_ref)
-    assert len(calls) == 2
+    check("clover E", energy_density(u, grid), e_ref)
+    assert len(calls) == 3
 
 
 def test_vnode_resident_trajectory_on_split_grids(grids):
