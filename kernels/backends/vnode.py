@@ -441,21 +441,28 @@ def su3_clover_density(Q, nbr, msk, nb, vo, charge, out, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def expm_mul(X, V, out, nblk, nch):
-    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X):
-    A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A + f2 A^2 by
-    Cayley-Hamilton (ch_init, ch_series, ch_build) with the Taylor terms to order {CH_ORDER}
-    (|A^n / n!|_F <= 1 / n!: the first omitted term is < 1e-22 in every lane), then s
-    squarings and one product with V.\"\"\"
+def expm_mul(Z, cz, V, out, nblk, nch):
+    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X), with
+    X = sum_i cz[i] Z[i] (left to right; the RK3 stages' combinations of generators, or eps P
+    for the MD drift): A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A +
+    f2 A^2 by Cayley-Hamilton (ch_init, ch_series, ch_build) with the Taylor terms to order
+    {CH_ORDER} (|A^n / n!|_F <= 1 / n!: the first omitted term is < 1e-22 in every lane), then
+    s squarings and one product with V.\"\"\"
+    nz = cz.shape[0]
     for ch in prange(nch):
-        Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch
+        Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
         S = np.empty((12, {W}))  # Cayley-Hamilton scalars per lane
         for q in range(ch * nblk // nch, (ch + 1) * nblk // nch):
+            for k in range({LB}):
+                Wk[3, k] = cz[0] * Z[0, q, k]
+            for i in range(1, nz):
+                for k in range({LB}):
+                    Wk[3, k] = Wk[3, k] + cz[i] * Z[i, q, k]
             nrm = 0.0
             for l in range({W}):
                 s2 = 0.0
                 for c in range(18):
-                    s2 += X[q, c * {W} + l] ** 2
+                    s2 += Wk[3, c * {W} + l] ** 2
                 nrm = max(nrm, s2)
             nrm = np.sqrt(nrm)
             s = 0
@@ -464,7 +471,7 @@ def expm_mul(X, V, out, nblk, nch):
                 s += 1
             sc = 0.5**s
             for k in range({LB}):
-                Wk[0, k] = sc * X[q, k]
+                Wk[0, k] = sc * Wk[3, k]
             mm_nn(Wk, 0, Wk, 0, Wk, 1)
             ch_init(Wk, S)
             ch_series(S)
@@ -696,16 +703,24 @@ def empty_packed(b: int, local: tuple[int, ...]) -> np.ndarray:
     return np.empty((b * ND * vo + 6 * nchunks(b * vo), LB))
 
 
-def expm_mul_packed(x: np.ndarray, v: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
-    """``exp(X) V`` per link and lane (:func:`expm_mul`) for packed ``X`` ``(B Nd Vo, 18 W)``
-    (traceless anti-Hermitian) and packed links ``V``; a new packed field (scratch tail)."""
+def expm_mul_packed(
+    x: np.ndarray, v: np.ndarray, b: int, local: tuple[int, ...], coefs: tuple[float, ...] = (1.0,)
+) -> np.ndarray:
+    """``exp(X) V`` per link and lane (:func:`expm_mul`) for packed links ``V`` and ``X =
+    sum_i coefs[i] x[i]`` (``x``: ``(k, B Nd Vo, 18 W)`` packed, traceless anti-Hermitian, or
+    one ``(B Nd Vo, 18 W)`` array with ``k = 1``); the combination is formed per block inside
+    the kernel (no temporaries). Returns a new packed field (scratch tail)."""
     n = b * ND * int(np.prod(local)) // W
-    _check(x, n, "exponent")
+    z = x[None] if x.ndim == 2 else x
+    if z.shape[0] != len(coefs) or not coefs:
+        raise ValueError(f"vnode exp(X) V: {z.shape[0]} exponents for {len(coefs)} coefficients")
+    for a in z:
+        _check(a, n, "exponent")
     if v.shape[0] < n:
         _check(v, n, "links")
     w = empty_packed(b, local)
     fused._threads()
-    kernels().expm_mul(x, v, w, n, nchunks(n))
+    kernels().expm_mul(z, np.array(coefs, np.float64), v, w, n, nchunks(n))
     return w
 
 
@@ -734,21 +749,17 @@ def flow_step_rk3_packed(q: np.ndarray, b: int, local: tuple[int, ...], eps: flo
     links ``q``, every stage in the vnode layout: generator ``Z = -TA(V A)`` and ``exp(X) V``
     (:func:`expm_mul`, per lane); returns the new packed links."""
     n = b * ND * int(np.prod(local)) // W
+    z = fused._workspace((3, n, LB))  # Z0, Z1, Z2 (eps Z(W_i)); the stages combine them
 
-    def gen(v: np.ndarray) -> np.ndarray:
-        z = np.empty((n, LB))
-        ta_staples_packed(v, b, local, -eps, True, z)
-        return z
+    def gen(i: int, v: np.ndarray) -> None:
+        ta_staples_packed(v, b, local, -eps, True, z[i])
 
-    def step(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return expm_mul_packed(x, v, b, local)
-
-    z0 = gen(q)
-    w1 = step(0.25 * z0, q)
-    z1 = gen(w1)
-    w2 = step((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0, w1)
-    z2 = gen(w2)
-    return step(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0, w2)
+    gen(0, q)
+    w1 = expm_mul_packed(z[:1], q, b, local, (0.25,))
+    gen(1, w1)
+    w2 = expm_mul_packed(z[:2], w1, b, local, (-17.0 / 36.0, 8.0 / 9.0))
+    gen(2, w2)
+    return expm_mul_packed(z, w2, b, local, (17.0 / 36.0, -8.0 / 9.0, 0.75))
 
 
 def su3_flow_step_rk3(u: torch.Tensor, eps: float) -> torch.Tensor:
@@ -895,8 +906,8 @@ class PackedMD:
 
     def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
         """``exp(eps P) U`` per lane."""
-        x = (eps * pi).numpy().reshape(self.n, LB)
-        return expm_mul_packed(x, phi, self.b, self.plocal)
+        x = pi.numpy().reshape(self.n, LB)
+        return expm_mul_packed(x, phi, self.b, self.plocal, (eps,))  # eps P: same rounding
 
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
