@@ -235,14 +235,28 @@ def wilson_flow(
             qs.append(topological_charge(v, grid).cpu().numpy())
 
     with torch.no_grad():
-        v = u
-        measure(v, 0.0)
-        charge(v, 0)
-        for n in range(1, n_steps + 1):
-            v = step(v, grid, eps, c1)
-            if n % measure_every == 0 or n == n_steps:
-                measure(v, n * eps)
-            charge(v, n)
+        hook = getattr(get_backend(), "su3_resident_flow", None)
+        resident = hook(u, grid, c1) if hook is not None and integrator == "rk3" else None
+        if resident is not None:  # the backend's layout for the whole flow (vnode)
+            v = _flow_resident(
+                resident,
+                grid,
+                eps,
+                n_steps,
+                measure_every,
+                q_steps,
+                topology,
+                (ts, ec, ep, qs, q_at),
+            )
+        else:
+            v = u
+            measure(v, 0.0)
+            charge(v, 0)
+            for n in range(1, n_steps + 1):
+                v = step(v, grid, eps, c1)
+                if n % measure_every == 0 or n == n_steps:
+                    measure(v, n * eps)
+                charge(v, n)
     return FlowResult(
         t=np.array(ts),
         e_clover=np.array(ec),
@@ -251,6 +265,39 @@ def wilson_flow(
         field=v,
         q_at=q_at,
     )
+
+
+def _flow_resident(flow, grid, eps, n_steps, measure_every, q_steps, topology, out):
+    """The loop of :func:`wilson_flow` on a backend's resident flow (``step``,
+    ``clover_density``, ``plaquette_density``, ``links``): the same measurements at the same
+    steps, from the same per-site densities as :func:`energy_density`,
+    :func:`plaquette_energy_density` and :func:`topological_charge`. Returns the links."""
+    ts, ec, ep, qs, q_at = out
+
+    def charge_now() -> np.ndarray:
+        dens = flow.clover_density(charge=True)
+        return (-lattice_sum(dens, grid, 1) / (4.0 * math.pi**2)).cpu().numpy()
+
+    def measure(n: int) -> None:
+        ts.append(n * eps)
+        ec.append(_lattice_mean(flow.clover_density(), grid).cpu().numpy())
+        ep.append(_lattice_mean(2.0 * flow.plaquette_density(), grid).cpu().numpy())
+        q = charge_now() if topology or n in q_steps else None
+        if topology:
+            qs.append(q)
+        for tq in q_steps.get(n, ()):
+            q_at[tq] = q
+
+    measure(0)
+    for n in range(1, n_steps + 1):
+        flow.step(eps)
+        if n % measure_every == 0 or n == n_steps:
+            measure(n)
+        elif n in q_steps:
+            q = charge_now()
+            for tq in q_steps[n]:
+                q_at[tq] = q
+    return flow.links()
 
 
 def t0_from_flow(t: np.ndarray, t2e: np.ndarray, target: float = 0.3) -> np.ndarray:

@@ -21,7 +21,12 @@ import kernels.backends as kb
 from kernels.backends import eager
 from kernels.groups.su_n import su_expm
 from kernels.theories.su3 import SU3Gauge
-from kernels.wilson_flow import energy_density, plaquette_energy_density, topological_charge
+from kernels.wilson_flow import (
+    energy_density,
+    plaquette_energy_density,
+    topological_charge,
+    wilson_flow,
+)
 from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
@@ -346,3 +351,31 @@ def test_resident_layout_only_where_it_is_the_same_dynamics():
     finally:
         kb.set_backend("eager")
     assert res.nonfinite.tolist() == [False, True]
+
+
+def test_resident_flow_is_the_per_call_flow(monkeypatch, spy):
+    """``wilson_flow`` on the vnode backend keeps the links packed for the whole flow
+    (``PackedFlow``: one pack) and measures from the packed links: the same numbers, bit for
+    bit, as the per-call vnode path, and eager's to rounding."""
+    grid, u = _links((4, 4, 2, 6), batch=2, seed=8)
+    u = su_expm(0.2 * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(4), 0, 2)) @ u[:, :, :1, :1]
+    u = u.expand(-1, -1, 4, 4, 2, 6, -1, -1).contiguous()  # smoother: a few flow steps
+    kw = dict(t_max=0.06, eps=0.02, measure_every=2, topology=True, charge_times=(0.02,))
+    kb.set_backend("vnode")
+    try:
+        calls = spy(vnode, ("pack",))
+        res = wilson_flow(u, **({"grid": grid} | kw))
+        assert len(calls) == 1  # once for the whole flow
+        monkeypatch.setattr(vnode.VnodeBackend, "su3_resident_flow", lambda *a: None)
+        per_call = wilson_flow(u, **({"grid": grid} | kw))
+    finally:
+        kb.set_backend("eager")
+    ref = wilson_flow(u, **({"grid": grid} | kw))
+    for name in ("t", "e_clover", "e_plaq", "q"):
+        a, b, r = (getattr(x, name) for x in (res, per_call, ref))
+        assert np.array_equal(a, b), name
+        assert np.allclose(a, r, rtol=1e-12, atol=1e-12), name
+    assert res.q_at.keys() == per_call.q_at.keys() == {0.02}
+    assert np.array_equal(res.q_at[0.02], per_call.q_at[0.02])
+    assert torch.equal(res.field, per_call.field)
+    assert _err(res.field, ref.field) <= 1e-12
