@@ -237,6 +237,19 @@ def test_cayley_hamilton_exponential_of_any_matrix():
         assert _err(vnode.expm_mul(a, u), ref) <= TOL, float(a.abs().max())
 
 
+@pytest.mark.parametrize("norm", [0.06, 0.0625, 0.07, 0.25, 0.26, 0.5, 0.51, 0.99, 1.0])
+def test_exponential_series_order_per_norm(norm):
+    """The Taylor order of the coefficient series is chosen per block from the lanes' largest
+    ``|A|_F`` (``vnode._CH_ORDERS``): at, below and above each bound the product equals
+    ``matrix_exp``; a bound too generous for its order (e.g. order 10 at norm 0.99: a
+    truncation error of 2e-8) would fail here."""
+    shape = (2, 2, 2, 2)
+    grid, u = _links(shape, batch=1, seed=9)
+    x = torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(5))
+    a = norm * x / torch.linalg.matrix_norm(x)[..., None, None]  # every link at |A|_F = norm
+    assert _err(vnode.expm_mul(a, u), torch.linalg.matrix_exp(a) @ u) <= TOL
+
+
 def test_deck_selects_vnode():
     """``parallel.kernels: vnode`` in a deck makes vnode the active backend."""
     from app.deck import loads_deck

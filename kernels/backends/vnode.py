@@ -193,9 +193,12 @@ _CH_ROWS = {
     n: k
     for k, n in enumerate(f"{v}{r}" for v in ("e1", "e2", "e3", "f0", "f1", "f2") for r in "ri")
 }
-# Taylor order of the coefficient series (unrolled: the scalars stay in registers and the
-# lane loop is the vectorised one); for |A|_F <= 1 the first omitted term is < 1/23! = 4e-23
-_CH_ORDER = 22
+# Taylor orders of the coefficient series (unrolled: the scalars stay in registers and the
+# lane loop is the vectorised one), chosen per block by the largest |A|_F of its lanes: the
+# first omitted term, <= |A|^(N+1) / (N+1)!, stays below 2.1e-20 (1/16: N = 10, 1.4e-21;
+# 1/4: N = 14, 7e-22; 1/2: N = 16, 2.1e-20; 1: N = 22, 3.9e-23)
+_CH_ORDERS = ((0.0625, 10), (0.25, 14), (0.5, 16), (1.0, 22))
+_CH_ORDER = _CH_ORDERS[-1][1]
 
 
 def _s(name: str) -> str:
@@ -209,8 +212,8 @@ def _ch_funcs() -> str:
     ``e3 = det A``: ``A^3 = e1 A^2 - e2 A + e3``, so ``A^n / n! = a_n + b_n A + c_n A^2`` with
     ``(a, b, c)_{n+1} = (c e3, a - c e2, b + c e1)_n / (n + 1)`` from ``(1, 0, 0)_0``; the
     exponential is ``exp(A) = f0 + f1 A + f2 A^2`` with ``f = sum_n (a, b, c)_n``. ``ch_init``
-    reads ``A`` (Wk row 0) and ``A^2`` (row 1) and stores the invariants; ``ch_series``
-    sums the terms to order ``_CH_ORDER`` (unrolled, in registers); ``ch_build`` writes
+    reads ``A`` (Wk row 0) and ``A^2`` (row 1) and stores the invariants; ``ch_series<N>``
+    sums the terms to order ``N`` (unrolled, in registers; ``_CH_ORDERS``); ``ch_build`` writes
     ``exp(A)`` to row 2."""
     ld = [
         f"{m}{i}{j}{'ri'[r]} = Wk[{row}, {_c(i, j, r) * W} + l]"
@@ -238,14 +241,18 @@ def _ch_funcs() -> str:
     series = [f"{v}{r} = {_s(v + r)}" for v in ("e1", "e2", "e3") for r in "ri"]
     series += ["ar = 1.0", "ai = 0.0", "br = 0.0", "bi = 0.0", "cr = 0.0", "ci = 0.0"]
     series += ["f0r = 1.0", "f0i = 0.0", "f1r = 0.0", "f1i = 0.0", "f2r = 0.0", "f2i = 0.0"]
-    for n in range(1, _CH_ORDER + 1):
-        series += _cmul("na", "c", "e3")
-        series += ["nbr = ar", "nbi = ai"] + _cmul("nb", "c", "e2", "-=")
-        series += ["ncr = br", "nci = bi"] + _cmul("nc", "c", "e1", "+=")
-        for v, f in (("a", "f0"), ("b", "f1"), ("c", "f2")):
-            for r in "ri":
-                series += [f"{v}{r} = n{v}{r} * {1.0 / n!r}", f"{f}{r} = {f}{r} + {v}{r}"]
-    series += [f"{_s(f + r)} = {f}{r}" for f in ("f0", "f1", "f2") for r in "ri"]
+
+    def terms(order: int) -> list[str]:
+        out = list(series)
+        for n in range(1, order + 1):
+            out += _cmul("na", "c", "e3")
+            out += ["nbr = ar", "nbi = ai"] + _cmul("nb", "c", "e2", "-=")
+            out += ["ncr = br", "nci = bi"] + _cmul("nc", "c", "e1", "+=")
+            for v, f in (("a", "f0"), ("b", "f1"), ("c", "f2")):
+                for r in "ri":
+                    out += [f"{v}{r} = n{v}{r} * {1.0 / n!r}", f"{f}{r} = {f}{r} + {v}{r}"]
+        return out + [f"{_s(f + r)} = {f}{r}" for f in ("f0", "f1", "f2") for r in "ri"]
+
     build = list(ld)
     build += [f"{f}{r} = {_s(f + r)}" for f in ("f0", "f1", "f2") for r in "ri"]
     for i in range(NC):
@@ -259,10 +266,23 @@ def _ch_funcs() -> str:
         _NJIT + f"def {name}({args}):\n" + f"    for l in range({W}):\n" + _ind(body, 8)
         for name, args, body in (
             ("ch_init", "Wk, S", init),
-            ("ch_series", "S", series),
+            *((f"ch_series{n}", "S", terms(n)) for _, n in _CH_ORDERS),
             ("ch_build", "Wk, S", build),
         )
     )
+
+
+def _ch_dispatch() -> str:
+    """The branch of ``expm_mul`` that picks the series order for the block's scaled norm
+    ``nrm`` (``_CH_ORDERS``)."""
+    lines = []
+    for k, (bound, order) in enumerate(_CH_ORDERS):
+        if k == len(_CH_ORDERS) - 1:
+            lines.append("else:")
+        else:
+            lines.append(f"{'if' if k == 0 else 'elif'} nrm <= {bound!r}:")
+        lines.append(f"    ch_series{order}(S)")
+    return _ind(lines, 12).rstrip("\n")
 
 
 def _perm_func() -> str:
@@ -445,9 +465,10 @@ def expm_mul(Z, cz, V, out, nblk, nch):
     \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X), with
     X = sum_i cz[i] Z[i] (left to right; the RK3 stages' combinations of generators, or eps P
     for the MD drift): A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A +
-    f2 A^2 by Cayley-Hamilton (ch_init, ch_series, ch_build) with the Taylor terms to order
-    {CH_ORDER} (|A^n / n!|_F <= 1 / n!: the first omitted term is < 1e-22 in every lane), then
-    s squarings and one product with V.\"\"\"
+    f2 A^2 by Cayley-Hamilton (ch_init, ch_series<N>, ch_build) with the Taylor terms to an
+    order N chosen by n (_CH_ORDERS: |A^n / n!|_F <= n^n / n!, the first omitted term is
+    below 2.1e-20 in every lane; N = {CH_ORDER} for n > 1/2), then s squarings and one
+    product with V.\"\"\"
     nz = cz.shape[0]
     for ch in prange(nch):
         Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
@@ -474,7 +495,7 @@ def expm_mul(Z, cz, V, out, nblk, nch):
                 Wk[0, k] = sc * Wk[3, k]
             mm_nn(Wk, 0, Wk, 0, Wk, 1)
             ch_init(Wk, S)
-            ch_series(S)
+{CH_DISPATCH}
             ch_build(Wk, S)
             for _ in range(s):
                 mm_nn(Wk, 2, Wk, 2, Wk, 3)
@@ -548,7 +569,7 @@ def _source() -> str:
         + _retr_func()
         + _perm_func()
         + _ch_funcs()
-        + _KERNELS.format(LB=LB, W=W, ND=ND, CH_ORDER=_CH_ORDER)
+        + _KERNELS.format(LB=LB, W=W, ND=ND, CH_ORDER=_CH_ORDER, CH_DISPATCH=_ch_dispatch())
     )
 
 
