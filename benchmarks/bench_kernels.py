@@ -34,6 +34,8 @@ Flop counts per site (complex multiply 6, complex add 2, real ops 1; sin/cos cou
 * SU(3) Wilson flow step (Luscher RK3, kernels/wilson_flow.py): 3 generators ``-TA(V A)``
   (a force each) + 3 x 4 link updates ``exp(Z) V`` (one product each; the exponential is not
   counted, so its %roof is a lower bound); bytes: links in and out, 1152.
+* SU(3) clover energy density (the Wilson flow's ``E``): 6 planes x (4 leaves of 3 products
+  + 3 x 18 adds + TA ~30 + ``|G|^2`` 36) = 15,084; bytes: 4 links in, one real out, 584.
 * ``exp(X) V`` per link (the MD drift, ``X = 0.1 P`` with Gaussian su(3) momenta ``P``):
   counted as its 4 products with ``V`` (792; the exponential is not counted: a lower bound);
   bytes: ``X``, ``V`` in, result out, 1728.
@@ -79,6 +81,8 @@ SU3_STAPLE_FLOPS = 12 * (4 * MM + 2 * 18)
 SU3_FLOW_FLOPS = 3 * SU3_FORCE_FLOPS + 3 * 4 * MM
 SU3_EXPMUL_FLOPS = 4 * MM  # the product with V only: the exponential is not counted
 SU3_EXPMUL_BYTES = 3 * 4 * 144  # X, V in; exp(X) V out
+SU3_CLOVER_FLOPS = 6 * (12 * MM + 3 * 18 + 30 + 36)
+SU3_CLOVER_BYTES = 4 * 144 + 8
 
 
 # --------------------------------------------------------------------------- timing
@@ -189,6 +193,12 @@ def bench_su3(L, batch, repeat, roof, backends, threads) -> None:
                     SU3_EXPMUL_FLOPS,
                     SU3_EXPMUL_BYTES,
                 ),
+                (
+                    "su3 cloverE",
+                    lambda b=b: b.su3_clover_density(u, grid),
+                    SU3_CLOVER_FLOPS,
+                    SU3_CLOVER_BYTES,
+                ),
             ]
             for kernel, fn, flops, nbytes in cases:
                 tm, tb = timeit(fn, repeat)
@@ -231,6 +241,18 @@ def bench_vnode_resident(u, x, shape, batch, repeat, roof, threads) -> None:
             lambda: vnode.expm_mul_packed(qx, q, batch, shape),
             SU3_EXPMUL_FLOPS,
             SU3_EXPMUL_BYTES,
+        ),
+        (
+            "su3 flowstep",
+            lambda: vnode.flow_step_rk3_packed(q, batch, shape, 0.01),
+            SU3_FLOW_FLOPS,
+            SU3_FORCE_BYTES,
+        ),
+        (
+            "su3 cloverE",
+            lambda: vnode.clover_density_packed(q, batch, shape),
+            SU3_CLOVER_FLOPS,
+            SU3_CLOVER_BYTES,
         ),
         ("vnode pack", lambda: vnode.pack(u, work=True), 0, SU3_FORCE_BYTES),
         ("vnode unpack", lambda: vnode.unpack(out, batch, 4, shape), 0, SU3_FORCE_BYTES),

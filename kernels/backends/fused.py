@@ -32,8 +32,9 @@ Kernels (same mathematics as :mod:`kernels.backends.eager`):
 * SU(3) plaquette action density ``sum_{mu<nu} (3 - Re Tr U_{mu nu}(x))`` (per site for
   the theory's exact-sum action, or summed per chain for ``su3_action_local``);
 * U(1) action density ``sum_{mu<nu} (1 - cos theta_{mu nu})`` and force
-  (:mod:`kernels.backends.u1_kernels`: contiguous passes with the vectorisable ``sin``/``cos``
-  of :mod:`kernels.backends.vtrig`; eager when an angle exceeds ``vtrig.LIMIT``).
+  (:mod:`kernels.backends.u1_kernels`: one pass in chunks of rows, contiguous loops with the
+  vectorisable ``sin``/``cos`` of :mod:`kernels.backends.vtrig`; eager when an angle exceeds
+  ``vtrig.LIMIT``).
 
 Autograd: the SU(3) action is a ``torch.autograd.Function`` whose backward is the analytic
 derivative ``dS_loc/dU_mu(x) = -c0 g A_mu(x)^+`` (torch's convention for a real function
