@@ -27,8 +27,12 @@ face).
 Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
 product, a loop over the 16 lanes with literal component offsets and block indices (generated
 straight-line code; no negative-index handling or reference counting left in the loop): LLVM
-vectorises it (ymm FMAs; one multiply and five FMAs per output component). Floating point:
-``fastmath={'contract'}`` only. Measured speed and limits: docs/performance.md, "Kernels
+vectorises it (ymm FMAs; one multiply and five FMAs per output component). Two sites
+(blocks) ahead, each kernel prefetches into L2 the link blocks its sweep reads for the first
+time (:func:`prefetch_site`; ``exp(X) V`` its next ``X`` and ``V``;
+:mod:`kernels.backends.prefetch`): beyond the last-level cache the hardware prefetcher left
+those DRAM reads serialised with the arithmetic. Floating point: ``fastmath={'contract'}``
+only. Measured speed and limits: docs/performance.md, "Kernels
 toward the roofline (item 1)".
 
 Kernels (same mathematics as :mod:`kernels.backends.eager`):
@@ -63,11 +67,12 @@ import torch
 from parallel import halo_pad
 from parallel.comm import sendrecv
 
-from . import fused
+from . import fused, prefetch
 
 ND = 4
 W = 1 << ND  # lanes
 LB = 18 * W  # floats per link block (one 3x3 complex matrix in every lane)
+PF_AHEAD = 2  # sites (blocks) ahead that the kernels prefetch (kernels.backends.prefetch)
 NC = 3
 
 
@@ -321,6 +326,26 @@ def _perm_func() -> str:
 _KERNELS = """
 
 @njit(inline='always')
+def prefetch_site(Q, nbr, tot, vo, q, back):
+    \"\"\"Prefetch into L2 (:mod:`kernels.backends.prefetch`) the link blocks that the sweep
+    over (chain, outer site) touches first at site ``q + {PF_AHEAD}``: U_d(x + e_0) for d > 0
+    and U_0(x + e_1) (every block is first read as one of these), with ``back`` also the four
+    links at x - e_0 (the stencils that reach back; their last use was a sweep plane ago).\"\"\"
+    qn = q + {PF_AHEAD}
+    if qn < tot:
+        base = (qn // vo) * {ND} * vo
+        on = qn % vo
+        o0 = nbr[on, 0, 0]
+        for d in range(1, {ND}):
+            prefetch_row(Q, base + d * vo + o0)
+        prefetch_row(Q, base + nbr[on, 1, 0])
+        if back:
+            om = nbr[on, 0, 1]
+            for d in range({ND}):
+                prefetch_row(Q, base + d * vo + om)
+
+
+@njit(inline='always')
 def link(Q, g, slot, blk, m):
     \"\"\"Block index in Q of link block ``blk`` with lanes permuted by ``m``: ``blk`` itself
     if ``m == 0``, else a copy with permuted lanes in slot ``slot`` of this chunk's scratch
@@ -347,6 +372,7 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
+            prefetch_site(Q, nbr, tot, vo, q, True)
             for k in range({ND} * {LB}):
                 Wk[2 + k // {LB}, k % {LB}] = 0.0
             for mu in range({ND}):
@@ -401,6 +427,7 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
+            prefetch_site(Q, nbr, tot, vo, q, False)
             for l in range({W}):
                 out[q, l] = 0.0
             for mu in range({ND}):
@@ -428,6 +455,7 @@ def su3_clover_density(Q, nbr, msk, nb, vo, charge, out, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
+            prefetch_site(Q, nbr, tot, vo, q, True)
             for l in range({W}):
                 out[q, l] = 0.0
             for mu in range({ND}):
@@ -494,6 +522,10 @@ def expm_mul(Z, cz, V, out, nblk, nch):
         Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
         S = np.empty((12, {W}))  # Cayley-Hamilton scalars per lane
         for q in range(ch * nblk // nch, (ch + 1) * nblk // nch):
+            if q + {PF_AHEAD} < nblk:
+                for i in range(nz):
+                    prefetch_row(Z[i], q + {PF_AHEAD})
+                prefetch_row(V, q + {PF_AHEAD})
             for k in range({LB}):
                 Wk[3, k] = cz[0] * Z[0, q, k]
             for i in range(1, nz):
@@ -590,7 +622,10 @@ def _source() -> str:
         + _retr_func()
         + _perm_func()
         + _ch_funcs()
-        + _KERNELS.format(LB=LB, W=W, ND=ND, CH_ORDER=_CH_ORDER, CH_DISPATCH=_ch_dispatch())
+        + prefetch.source()
+        + _KERNELS.format(
+            LB=LB, W=W, ND=ND, CH_ORDER=_CH_ORDER, CH_DISPATCH=_ch_dispatch(), PF_AHEAD=PF_AHEAD
+        )
     )
 
 
