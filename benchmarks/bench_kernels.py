@@ -214,6 +214,7 @@ def bench_vnode_resident(u, x, shape, batch, repeat, roof, threads) -> None:
     from kernels.backends import vnode
 
     q = vnode.pack(u)
+    qf = q.copy()  # flowed in place by the flow-step row (as PackedFlow.step does)
     n = batch * 4 * int(np.prod(shape)) // vnode.W
     out = np.empty((n, vnode.LB))
     qx = np.ascontiguousarray(vnode.pack(x)[:n])
@@ -244,7 +245,7 @@ def bench_vnode_resident(u, x, shape, batch, repeat, roof, threads) -> None:
         ),
         (
             "su3 flowstep",
-            lambda: vnode.flow_step_rk3_packed(q, batch, shape, 0.01),
+            lambda: vnode.flow_step_rk3_packed(qf, batch, shape, 0.01, out=qf),
             SU3_FLOW_FLOPS,
             SU3_FORCE_BYTES,
         ),

@@ -218,6 +218,31 @@ def test_packed_exponential(eps):
     assert _err(vnode.unpack(w, 2, 4, shape), su_expm(x) @ u) <= TOL
 
 
+def test_packed_outputs_in_place_and_overlap_refused():
+    """``exp(X) V`` into a given output equals the fresh array and refuses an output that
+    overlaps ``V`` or ``X``; the RK3 step written over its own input links (what
+    ``PackedFlow.step`` does) equals the step into a new array, and both equal eager's."""
+    shape = (2, 4, 2, 2)
+    grid, u = _links(shape, batch=2, seed=7)
+    x = 0.3 * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(2), 1, 2)
+    n = 2 * 4 * int(np.prod(shape)) // vnode.W
+    px, pu = np.ascontiguousarray(vnode.pack(x)[:n]), vnode.pack(u)
+    w = vnode.expm_mul_packed(px, pu, 2, shape)
+    out = vnode.empty_packed(2, shape)
+    assert vnode.expm_mul_packed(px, pu, 2, shape, out=out) is out
+    np.testing.assert_array_equal(out[:n], w[:n])
+    with pytest.raises(ValueError, match="overlap"):
+        vnode.expm_mul_packed(px, pu, 2, shape, out=pu)
+    qx = vnode.pack(x)
+    with pytest.raises(ValueError, match="overlap"):
+        vnode.expm_mul_packed(qx[:n], pu, 2, shape, out=qx)
+    fresh = vnode.flow_step_rk3_packed(pu, 2, shape, 0.05)
+    q = pu.copy()
+    assert vnode.flow_step_rk3_packed(q, 2, shape, 0.05, out=q) is q
+    np.testing.assert_array_equal(q[:n], fresh[:n])
+    assert _err(vnode.unpack(q, 2, 4, shape), eager.flow_step_rk3(u, grid, 0.05)) <= TOL
+
+
 def test_cayley_hamilton_exponential_of_any_matrix():
     """The kernel's ``exp(A) = f0 + f1 A + f2 A^2`` (Cayley-Hamilton for any 3x3 ``A``, Taylor
     series of the coefficients, scaling and squaring) equals torch's ``matrix_exp``: general
