@@ -214,7 +214,8 @@ def bench_vnode_resident(u, x, shape, batch, repeat, roof, threads) -> None:
     from kernels.backends import vnode
 
     q = vnode.pack(u)
-    qf = q.copy()  # flowed in place by the flow-step row (as PackedFlow.step does)
+    qf = q.copy()  # the flow-step row overwrites it (stages in qf and spare, as PackedFlow)
+    spare = vnode.empty_packed(batch, shape)
     n = batch * 4 * int(np.prod(shape)) // vnode.W
     out = np.empty((n, vnode.LB))
     qx = np.ascontiguousarray(vnode.pack(x)[:n])
@@ -245,7 +246,7 @@ def bench_vnode_resident(u, x, shape, batch, repeat, roof, threads) -> None:
         ),
         (
             "su3 flowstep",
-            lambda: vnode.flow_step_rk3_packed(qf, batch, shape, 0.01, out=qf),
+            lambda: vnode.flow_step_rk3_packed(qf, batch, shape, 0.01, spare=spare),
             SU3_FLOW_FLOPS,
             SU3_FORCE_BYTES,
         ),

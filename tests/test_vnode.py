@@ -220,8 +220,9 @@ def test_packed_exponential(eps):
 
 def test_packed_outputs_in_place_and_overlap_refused():
     """``exp(X) V`` into a given output equals the fresh array and refuses an output that
-    overlaps ``V`` or ``X``; the RK3 step written over its own input links (what
-    ``PackedFlow.step`` does) equals the step into a new array, and both equal eager's."""
+    overlaps ``V`` or ``X``; the RK3 step with a spare buffer (what ``PackedFlow.step`` does:
+    the input links are overwritten) equals the step into a new array, and both equal
+    eager's."""
     shape = (2, 4, 2, 2)
     grid, u = _links(shape, batch=2, seed=7)
     x = 0.3 * SU3Gauge(grid, 6.0).random_momentum(SiteRNG(2), 1, 2)
@@ -236,11 +237,15 @@ def test_packed_outputs_in_place_and_overlap_refused():
     qx = vnode.pack(x)
     with pytest.raises(ValueError, match="overlap"):
         vnode.expm_mul_packed(qx[:n], pu, 2, shape, out=qx)
+    keep = pu.copy()
     fresh = vnode.flow_step_rk3_packed(pu, 2, shape, 0.05)
-    q = pu.copy()
-    assert vnode.flow_step_rk3_packed(q, 2, shape, 0.05, out=q) is q
-    np.testing.assert_array_equal(q[:n], fresh[:n])
-    assert _err(vnode.unpack(q, 2, 4, shape), eager.flow_step_rk3(u, grid, 0.05)) <= TOL
+    np.testing.assert_array_equal(pu[:n], keep[:n])  # without spare: the links left alone
+    q, spare = pu.copy(), vnode.empty_packed(2, shape)
+    assert vnode.flow_step_rk3_packed(q, 2, shape, 0.05, spare=spare) is spare
+    np.testing.assert_array_equal(spare[:n], fresh[:n])
+    assert _err(vnode.unpack(spare, 2, 4, shape), eager.flow_step_rk3(u, grid, 0.05)) <= TOL
+    with pytest.raises(ValueError, match="overlap"):
+        vnode.flow_step_rk3_packed(q, 2, shape, 0.05, spare=q)
 
 
 def test_cayley_hamilton_exponential_of_any_matrix():

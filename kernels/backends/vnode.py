@@ -130,7 +130,8 @@ def _mm_func(name: str, da: bool, db: bool, acc: bool) -> str:
 
 
 def _ta_func() -> str:
-    """``O[oo + .] = coef TA(M)`` per lane (``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``)."""
+    """``O[oo + .] = coef TA(M)`` per lane (``TA(M) = (M - M^+)/2 - Tr(M - M^+)/6``), and
+    ``ta_out_keep``: ``O = coef TA(M) + keep O`` (the low-storage RK3 combinations)."""
     lines = [
         f"m{i}{j}{'ri'[r]} = M[mo, {_c(i, j, r) * W} + l]"
         for i in range(NC)
@@ -138,8 +139,17 @@ def _ta_func() -> str:
         for r in range(2)
     ]
     lines += fused.ta_lines(lambda c: f"O[oo, {c * W} + l]")
+    keep = lines[:18] + fused.ta_lines(lambda c: f"t{c}")
+    keep += [f"O[oo, {c * W} + l] = t{c} + keep * O[oo, {c * W} + l]" for c in range(18)]
     return (
-        _NJIT + "def ta_out(M, mo, coef, O, oo):\n" + f"    for l in range({W}):\n" + _ind(lines, 8)
+        _NJIT
+        + "def ta_out(M, mo, coef, O, oo):\n"
+        + f"    for l in range({W}):\n"
+        + _ind(lines, 8)
+        + _NJIT
+        + "def ta_out_keep(M, mo, coef, keep, O, oo):\n"
+        + f"    for l in range({W}):\n"
+        + _ind(keep, 8)
     )
 
 
@@ -357,9 +367,10 @@ def link(Q, g, slot, blk, m):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
-    \"\"\"ta: out = coef TA(U_mu A_mu); else out = coef A_mu. Q: (blocks, LB), the links
-    ((b Nd + mu) vo + o) and then ``nch`` scratch areas of 6 blocks; out: (B Nd vo, LB).
+def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
+    \"\"\"ta: out = coef TA(U_mu A_mu) (+ keep out, if keep != 0); else out = coef A_mu.
+    Q: (blocks, LB), the links ((b Nd + mu) vo + o) and then ``nch`` scratch areas of 6
+    blocks; out: (B Nd vo, LB).
     Per site, plane by plane (mu < nu): P = U_nu(x+mu) U_mu(x+nu)^+ gives both upper
     staples, A_mu += P U_nu(x)^+ and A_nu += P^+ U_mu(x)^+; the lower ones are
     A_mu += (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu) and
@@ -411,7 +422,10 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, out, nch):
                 bmu = (b * {ND} + mu) * vo
                 if ta:
                     mm_nn(Q, bmu + o, Wk, 2 + mu, Wk, 1)
-                    ta_out(Wk, 1, coef, out, bmu + o)
+                    if keep == 0.0:
+                        ta_out(Wk, 1, coef, out, bmu + o)
+                    else:
+                        ta_out_keep(Wk, 1, coef, keep, out, bmu + o)
                 else:
                     for k in range({LB}):
                         out[bmu + o, k] = coef * Wk[2 + mu, k]
@@ -736,16 +750,25 @@ def _check(a: np.ndarray, rows: int, what: str) -> None:
 
 
 def ta_staples_packed(
-    q: np.ndarray, b: int, local: tuple[int, ...], coef: float, ta: bool, out: np.ndarray
+    q: np.ndarray,
+    b: int,
+    local: tuple[int, ...],
+    coef: float,
+    ta: bool,
+    out: np.ndarray,
+    keep: float = 0.0,
 ) -> None:
     """Layout-resident kernel on packed links ``q`` (:func:`pack`, scratch tail included):
-    ``out`` ``(B Nd Vo, 18 W)`` = ``coef TA(U A)`` (``ta``) or ``coef A``."""
+    ``out`` ``(B Nd Vo, 18 W)`` = ``coef TA(U A)`` (``ta``; ``+ keep out`` if ``keep`` is not
+    0: the previous contents are read only then) or ``coef A``."""
+    if keep and not ta:
+        raise ValueError("vnode staples: keep needs ta=True")
     nbr, msk = tables(local)
     vo = nbr.shape[0]
     _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
     _check(out, b * ND * vo, "output")
     fused._threads()
-    kernels().su3_ta_staples(q, nbr, msk, b, vo, float(coef), ta, out, nchunks(b * vo))
+    kernels().su3_ta_staples(q, nbr, msk, b, vo, float(coef), ta, float(keep), out, nchunks(b * vo))
 
 
 def plaquette_density_packed(q: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
@@ -838,41 +861,54 @@ def _expm_fits(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
-_STAGES: dict[tuple[int, int], np.ndarray] = {}
+_STAGES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
-def _stage_buffers(shape: tuple[int, int]) -> np.ndarray:
-    """Two packed fields ``(2, *shape)`` for the RK3 stages ``W1``, ``W2``, kept between
-    steps: fresh ones cost a page fault per 4 kB page on every step (glibc hands such blocks
-    back to the system on free): 13 against 7 ms per step at 8^4."""
-    buf = _STAGES.get(shape)
+def _stage_buffers(b: int, local: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two packed fields (RK3 stages) and the generator combination ``X`` ``(B Nd Vo, 18 W)``,
+    kept between steps: fresh arrays cost a page fault per 4 kB page on every step (glibc
+    hands such blocks back to the system on free): 10 against 6.4 ms per step at 8^4."""
+    key = (b, local)
+    buf = _STAGES.get(key)
     if buf is None:
         _STAGES.clear()
-        buf = _STAGES[shape] = np.empty((2, *shape))
+        shape = packed_shape(b, local)
+        n = b * ND * int(np.prod(local)) // W
+        buf = _STAGES[key] = (np.empty(shape), np.empty(shape), np.empty((n, LB)))
     return buf
 
 
 def flow_step_rk3_packed(
-    q: np.ndarray, b: int, local: tuple[int, ...], eps: float, out: np.ndarray | None = None
+    q: np.ndarray, b: int, local: tuple[int, ...], eps: float, spare: np.ndarray | None = None
 ) -> np.ndarray:
     """Luscher's RK3 Wilson-flow step (:func:`kernels.backends.eager.flow_step_rk3`) on packed
-    links ``q``, every stage in the vnode layout: generator ``Z = -TA(V A)`` and ``exp(X) V``
-    (:func:`expm_mul`, per lane); the stages ``W1``, ``W2`` live in reused buffers. Returns
-    the new packed links: in ``out`` (which may be ``q`` itself: the last stage no longer
-    reads it) or a new array."""
-    n = b * ND * int(np.prod(local)) // W
-    z = fused._workspace((3, n, LB))  # Z0, Z1, Z2 (eps Z(W_i)); the stages combine them
-    w = _stage_buffers(packed_shape(b, local))
+    links ``q``, every stage in the vnode layout, in low-storage form: one array ``X``
+    carries the generator combinations, each formed by the staple kernel as it writes the new
+    generator (``Z_i = eps Z(W_i) = -eps TA(W_i A)``)::
 
-    def gen(i: int, v: np.ndarray) -> None:
-        ta_staples_packed(v, b, local, -eps, True, z[i])
+        X = Z0                 W1 = exp(X / 4) W0
+        X = 8/9 Z1 - 17/36 X   W2 = exp(X) W1
+        X = 3/4 Z2 - X         W3 = exp(X) W2
 
-    gen(0, q)
-    w1 = expm_mul_packed(z[:1], q, b, local, (0.25,), out=w[0])
-    gen(1, w1)
-    w2 = expm_mul_packed(z[:2], w1, b, local, (-17.0 / 36.0, 8.0 / 9.0), out=w[1])
-    gen(2, w2)
-    return expm_mul_packed(z, w2, b, local, (17.0 / 36.0, -8.0 / 9.0, 0.75), out=out)
+    (the same exponents as eager's, up to rounding). With ``spare`` (a packed field not
+    overlapping ``q``), ``q`` and ``spare`` hold the stages (``W1``, ``W3`` in ``spare``,
+    ``W2`` in ``q``, which is overwritten) and ``spare`` is returned: three lattice arrays
+    in all (a third of the eager form's memory traffic). Without it the stages use reused
+    buffers, ``q`` is left alone and the result is a new array."""
+    stage0, stage1, x = _stage_buffers(b, local)
+    if spare is None:
+        w1, w2, w3 = stage0, stage1, empty_packed(b, local)
+    else:
+        _check(spare, packed_shape(b, local)[0], "spare links")
+        if np.may_share_memory(spare, q):
+            raise ValueError("vnode RK3 step: spare must not overlap the links")
+        w1, w2, w3 = spare, q, spare
+    ta_staples_packed(q, b, local, -eps, True, x)
+    expm_mul_packed(x, q, b, local, (0.25,), out=w1)
+    ta_staples_packed(w1, b, local, -eps * (8.0 / 9.0), True, x, keep=-17.0 / 36.0)
+    expm_mul_packed(x, w1, b, local, (1.0,), out=w2)
+    ta_staples_packed(w2, b, local, -eps * 0.75, True, x, keep=-1.0)
+    return expm_mul_packed(x, w2, b, local, (1.0,), out=w3)
 
 
 def su3_flow_step_rk3(u: torch.Tensor, eps: float) -> torch.Tensor:
@@ -881,7 +917,8 @@ def su3_flow_step_rk3(u: torch.Tensor, eps: float) -> torch.Tensor:
     local = tuple(u.shape[2:-2])
     fused._threads()
     q = pack(u, work=True)
-    return unpack(flow_step_rk3_packed(q, b, local, eps, out=q), b, nd, local)
+    spare = _stage_buffers(b, local)[0]
+    return unpack(flow_step_rk3_packed(q, b, local, eps, spare=spare), b, nd, local)
 
 
 def su3_ta_staples(u: torch.Tensor, coef: float, ta: bool) -> torch.Tensor:
@@ -1045,11 +1082,17 @@ class PackedFlow:
         self.b, self.local = u.shape[0], tuple(u.shape[2:-2])
         fused._threads()
         self.q = pack(u)
+        self.spare: np.ndarray | None = None  # the second stage buffer (swapped every step)
 
     def step(self, eps: float) -> None:
         """One RK3 step (:func:`flow_step_rk3_packed`)."""
         fused._threads()
-        flow_step_rk3_packed(self.q, self.b, self.local, eps, out=self.q)
+        if self.spare is None:
+            self.spare = empty_packed(self.b, self.local)
+        self.q, self.spare = (
+            flow_step_rk3_packed(self.q, self.b, self.local, eps, self.spare),
+            self.q,
+        )
 
     def clover_density(self, charge: bool = False) -> torch.Tensor:
         """Per-site clover ``sum_{mu<nu} |G_{mu nu}|_F^2`` (or the charge density)."""
