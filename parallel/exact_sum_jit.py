@@ -5,7 +5,7 @@ The same fixed-point split as the torch reference (``parallel.reduce._prepare`` 
 
 * :func:`scan`: per row the counts of NaN, ``+inf``, ``-inf``; over all rows the bit patterns
   of the largest finite ``|x|`` and of the smallest non-zero one (non-negative doubles order
-  like their bit patterns, so integer max/min give them exactly);
+  like their bit patterns, so integer max/min give them exactly), in one branch-free pass;
 * :func:`slot_sums`: per block of ``BLOCK`` values of a row (kept in cache), slot ``k`` from
   ``k_top`` down: ``q = (r + M) - M`` with ``M = 1.5 2^(c_k + 52)`` (``r`` rounded to a multiple
   of ``2^c_k``; exact for ``|r| < 2^(c_k + 51)``), ``r -= q``, and ``q 2^-c_k`` (an integer below
@@ -34,12 +34,8 @@ _INF = np.int64(0x7FF0000000000000)
 
 
 @njit(cache=True)
-def scan(bits, specials):
-    """``bits`` ``(rows, n)`` int64 view of float64 values; fills ``specials[row] = (nan, +inf,
-    -inf)`` counts and returns the bit patterns of the largest finite and the smallest non-zero
-    finite ``|x|`` over all rows (``0`` and ``_ABS`` when there are none)."""
-    top = np.int64(0)
-    low = _ABS
+def _count_specials(bits, specials):
+    """``specials[row] = (nan, +inf, -inf)`` counts (the rare path of :func:`scan`)."""
     for row in range(bits.shape[0]):
         nan = 0
         pinf = 0
@@ -47,21 +43,44 @@ def scan(bits, specials):
         for i in range(bits.shape[1]):
             b = bits[row, i]
             a = b & _ABS
-            if a >= _INF:
-                if a > _INF:
-                    nan += 1
-                elif b < 0:
+            if a > _INF:
+                nan += 1
+            elif a == _INF:
+                if b < 0:
                     ninf += 1
                 else:
                     pinf += 1
-            else:
-                top = max(top, a)
-                if a != 0:
-                    low = min(low, a)
         specials[row, 0] = nan
         specials[row, 1] = pinf
         specials[row, 2] = ninf
-    return top, low
+
+
+@njit(cache=True)
+def scan(bits, specials):
+    """``bits`` ``(rows, n)`` int64 view of float64 values; fills ``specials[row] = (nan, +inf,
+    -inf)`` counts and returns the bit patterns of the largest finite and the smallest non-zero
+    finite ``|x|`` over all rows (``0`` and ``_ABS`` when there are none).
+
+    One branch-free pass (integer max/min/count reductions, which LLVM vectorises): a
+    non-finite value counts as 0 for the extremes; ``(c - 1) & _ABS`` maps 0 to ``_ABS`` so
+    that it never is the minimum. Only when non-finite values occur does a second pass count
+    them by kind."""
+    top = np.int64(0)
+    low = _ABS
+    bad = 0
+    for row in range(bits.shape[0]):
+        for i in range(bits.shape[1]):
+            a = bits[row, i] & _ABS
+            fin = a < _INF
+            c = a if fin else np.int64(0)
+            top = max(top, c)
+            low = min(low, (c - 1) & _ABS)
+            bad += 0 if fin else 1
+    if bad:
+        _count_specials(bits, specials)
+    else:
+        specials[:, :] = 0
+    return top, (low + 1 if low != _ABS else _ABS)
 
 
 @njit(cache=True)

@@ -92,6 +92,17 @@ def test_random_mixtures_against_fractions():
         assert exact(xs) == reference(xs), xs
 
 
+def test_zeros_do_not_hide_the_smallest_value():
+    """Signed zeros are skipped when the scan looks for the lowest bit in use (the compiled
+    scan maps 0 to the largest pattern): a zero-heavy row whose smallest non-zero value is
+    subnormal, and rows of zeros only."""
+    rnd = random.Random(3)
+    xs = [0.0, -0.0] * 1500 + [rnd.gauss(0, 1) for _ in range(1000)] + [3 * TINY, -TINY, 1e-310]
+    rnd.shuffle(xs)
+    assert exact(xs) == reference(xs)
+    assert exact([0.0, -0.0, 0.0]) == 0.0 and exact([-0.0] * 2000) == 0.0
+
+
 def test_many_rows_and_row_mapping():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(300, 17, generator=gen, dtype=torch.float64)
