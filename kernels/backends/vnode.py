@@ -366,6 +366,18 @@ def link(Q, g, slot, blk, m):
     return g + slot
 
 
+@njit(inline='always')
+def lower_staple_acc(Q, nbr, msk, g, y, my, a, ba, bb, Wk, row):
+    \"\"\"Wk[row] += (U_a(y) U_b(y + e_a))^+ U_b(y), the lower staple of the link ``a`` at
+    ``x = y + e_b`` in the (a, b) plane (``y``, ``my``: outer site and lane mask of x - e_b;
+    ``ba``, ``bb``: the first block of directions a and b). Scratch slots 2-4, Wk[0].\"\"\"
+    x3 = link(Q, g, 2, ba + y, my)
+    x4 = link(Q, g, 3, bb + nbr[y, a, 0], my ^ msk[y, a, 0])
+    mm_nn(Q, x3, Q, x4, Wk, 0)
+    x5 = link(Q, g, 4, bb + y, my)
+    mm_dn_acc(Wk, 0, Q, x5, Wk, row)
+
+
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
 def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
     \"\"\"ta: out = coef TA(U_mu A_mu) (+ keep out, if keep != 0); else out = coef A_mu.
@@ -401,23 +413,10 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
                     mm_nd_acc(Wk, 0, Q, bnu + o, Wk, 2 + mu)
                     mm_dd_acc(Wk, 0, Q, bmu + o, Wk, 2 + nu)
                     # lower, link mu: (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu)
-                    o_mnu = nbr[o, nu, 1]
-                    m_mnu = msk[o, nu, 1]
-                    o_a = nbr[o_mnu, mu, 0]
-                    m_a = m_mnu ^ msk[o_mnu, mu, 0]
-                    x3 = link(Q, g, 2, bmu + o_mnu, m_mnu)
-                    x4 = link(Q, g, 3, bnu + o_a, m_a)
-                    mm_nn(Q, x3, Q, x4, Wk, 0)
-                    x5 = link(Q, g, 4, bnu + o_mnu, m_mnu)
-                    mm_dn_acc(Wk, 0, Q, x5, Wk, 2 + mu)
+                    y, my = nbr[o, nu, 1], msk[o, nu, 1]
+                    lower_staple_acc(Q, nbr, msk, g, y, my, mu, bmu, bnu, Wk, 2 + mu)
                     # lower, link nu: (U_nu(x-mu) U_mu(x-mu+nu))^+ U_mu(x-mu)
-                    o_c = nbr[o_mmu, nu, 0]
-                    m_c = m_mmu ^ msk[o_mmu, nu, 0]
-                    x3 = link(Q, g, 2, bnu + o_mmu, m_mmu)
-                    x4 = link(Q, g, 3, bmu + o_c, m_c)
-                    mm_nn(Q, x3, Q, x4, Wk, 0)
-                    x5 = link(Q, g, 4, bmu + o_mmu, m_mmu)
-                    mm_dn_acc(Wk, 0, Q, x5, Wk, 2 + nu)
+                    lower_staple_acc(Q, nbr, msk, g, o_mmu, m_mmu, nu, bnu, bmu, Wk, 2 + nu)
             for mu in range({ND}):
                 bmu = (b * {ND} + mu) * vo
                 if ta:
