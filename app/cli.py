@@ -16,6 +16,8 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
+from parallel.memory import keep_freed_memory
+
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -91,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     :func:`app.errors.classify` (table in docs/errors.md). ``--debug`` (anywhere on the
     command line, or ``TRIVHMC_DEBUG=1``) adds the Python traceback on every rank.
     """
+    keep_freed_memory()  # reuse freed field-sized arrays (parallel/memory.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("TRIVHMC_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

@@ -30,6 +30,7 @@ import yaml
 from flow_bench_setup import load_trivialized, say
 from mpi4py import MPI
 
+from parallel.memory import keep_freed_memory
 from parallel.rng import SiteRNG
 
 
@@ -102,6 +103,7 @@ def build_from_arch(args: argparse.Namespace):
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="registry reference name[@hash]")

@@ -35,6 +35,7 @@ from kernels.integrators import make_integrator
 from kernels.samplers.hmc import HMC
 from kernels.theories.su3 import SU3Gauge
 from parallel import ProcessGrid
+from parallel.memory import keep_freed_memory
 from parallel.rng import SiteRNG
 
 SPENT = {"post": 0.0, "wait": 0.0, "msgs": 0}
@@ -56,6 +57,7 @@ def _timed_wait(requests):
 
 
 def main() -> None:
+    keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--local", type=int, nargs=4, default=[8, 8, 8, 8])
     ap.add_argument("--steps", type=int, default=3)

@@ -33,6 +33,7 @@ from kernels.integrators import make_integrator
 from kernels.samplers.hmc import HMC
 from kernels.theories import make_theory
 from parallel import ProcessGrid
+from parallel.memory import keep_freed_memory
 from parallel.rng import SiteRNG
 
 VOLUMES = {
@@ -111,6 +112,7 @@ def lattice_shape(text: str) -> tuple[int, ...]:
 
 
 def main(argv=None) -> None:
+    keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--theories", nargs="+", default=["phi4", "u1", "su3"])
     ap.add_argument("--batch", type=int, default=4, help="chains per replica")

@@ -70,6 +70,7 @@ import kernels.backends as kb
 from kernels.backends import eager
 from kernels.theories.su3 import SU3Gauge
 from parallel import single_rank_grid
+from parallel.memory import keep_freed_memory
 from parallel.rng import SiteRNG
 
 MM = 198  # flops of a 3x3 complex matrix product
@@ -301,6 +302,7 @@ def set_threads(n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--volumes", type=int, nargs="+", default=[8, 16], help="SU(3) L (L^4)")
     ap.add_argument("--scalar-volumes", type=int, nargs="+", default=[256, 1024])

@@ -20,10 +20,12 @@ from kernels.static_loops import wilson_loop_table
 from kernels.theories.su3 import SU3Gauge, polyakov_loop
 from kernels.wilson_flow import wilson_flow
 from parallel import single_rank_grid
+from parallel.memory import keep_freed_memory
 from parallel.rng import SiteRNG
 
 
 def main() -> None:
+    keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", type=int, nargs=4, default=[8, 8, 8, 8])
     ap.add_argument("--device", default="cpu")
