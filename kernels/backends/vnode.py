@@ -63,9 +63,9 @@ from __future__ import annotations
 import numba  # noqa: F401  (optional dependency: ImportError -> backend unavailable)
 import numpy as np
 import torch
+from mpi4py import MPI
 
 from parallel import halo_pad
-from parallel.comm import sendrecv
 
 from . import fused, prefetch
 
@@ -1000,6 +1000,7 @@ class PackedMD:
         self.local = tuple(local)
         self.plocal = _padded_shape(self.local, self.split)
         self.n = b * ND * int(np.prod(self.plocal)) // W
+        self._bufs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         # per split axis: (send down, send up, receive from below, receive from above)
         self._slabs = {
             d: tuple(
@@ -1023,19 +1024,36 @@ class PackedMD:
         return out
 
     def _exchange(self, q: np.ndarray) -> None:
-        """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place."""
+        """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place: per
+        split axis both faces gathered, both messages in flight at once (``Irecv``/``Isend``
+        on buffers kept for the trajectory, one ``Waitall``), both halos scattered; axis
+        after axis, so that edges and corners arrive too."""
+        cart = self.grid.cart
         for d in self.split:
             send_dn, send_up, recv_lo, recv_hi = self._slabs[d]
             down, up = self.grid.neighbours[d]
-            for send, recv, dest, source, k in (
+            ways = (
                 (send_up, recv_lo, up, down, 1),  # my top slice is the upper rank's low halo
                 (send_dn, recv_hi, down, up, 0),
-            ):
-                buf = np.empty((send[0].size, 18))
-                kernels().slab_get(q, *send, buf)
+            )
+            reqs, bufs = [], []
+            for send, recv, dest, source, k in ways:
+                sbuf, rbuf = self._buffers(d, k, send[0].size)
+                kernels().slab_get(q, *send, sbuf)
                 tag = _HALO_TAG + 2 * d + k
-                got = sendrecv(self.grid.cart, buf, dest, buf.shape, source, tag)
-                kernels().slab_put(q, *recv, got, False)
+                reqs.append(cart.Irecv(rbuf, source=source, tag=tag))
+                reqs.append(cart.Isend(sbuf, dest=dest, tag=tag))
+                bufs.append((recv, rbuf))
+            MPI.Request.Waitall(reqs)
+            for recv, rbuf in bufs:
+                kernels().slab_put(q, *recv, rbuf, False)
+
+    def _buffers(self, d: int, k: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Send and receive buffers of the face exchange ``(d, k)``, kept between forces."""
+        key = (d, k)
+        if key not in self._bufs:
+            self._bufs[key] = (np.empty((rows, 18)), np.empty((rows, 18)))
+        return self._bufs[key]
 
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Packed links (with the kernels' scratch tail) and packed momenta."""
