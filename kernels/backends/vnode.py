@@ -605,6 +605,38 @@ def pack_links(src, site, dst):
 
 
 @threaded_kernel(cache=True)
+def pack_links_padded(src, site, dst):
+    \"\"\"pack_links for a padded block: ``site[o, l] < 0`` (a halo site) packs 0.0.\"\"\"
+    na = src.shape[0]
+    vo = site.shape[0]
+    for q in prange(na * vo):
+        a = q // vo
+        o = q % vo
+        for l in range({W}):
+            x = site[o, l]
+            for i in range(3):
+                for j in range(3):
+                    for r in range(2):
+                        v = src[a, x, i, j, r] if x >= 0 else 0.0
+                        dst[q, (6 * i + 2 * j + r) * {W} + l] = v
+
+
+@threaded_kernel(cache=True)
+def unpack_links_padded(src, site, dst):
+    \"\"\"unpack_links for a padded block: halo sites (``site[o, l] < 0``) are skipped.\"\"\"
+    na = dst.shape[0]
+    vo = site.shape[0]
+    for q in prange(na * vo):
+        a = q // vo
+        o = q % vo
+        for l in range({W}):
+            x = site[o, l]
+            if x >= 0:
+                for c in range(18):
+                    dst[a, x, c] = src[q, c * {W} + l]
+
+
+@threaded_kernel(cache=True)
 def unpack_links(src, site, dst):
     \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links).\"\"\"
     na = dst.shape[0]
@@ -697,6 +729,27 @@ def site_table(local: tuple[int, ...]) -> np.ndarray:
 
 
 _SITES: dict[tuple[int, ...], np.ndarray] = {}
+_PADDED_SITES: dict[tuple, np.ndarray] = {}
+
+
+def padded_site_table(local: tuple[int, ...], split: tuple[int, ...]) -> np.ndarray:
+    """``site[o, l]`` of the block padded by one site on both sides of the ``split`` axes: the
+    flat (row-major) index in the unpadded ``local`` block of outer site ``o``, lane ``l``, or
+    -1 on a halo site."""
+    key = (local, split)
+    t = _PADDED_SITES.get(key)
+    if t is None:
+        plocal = _padded_shape(local, split)
+        coords = np.unravel_index(site_table(plocal), plocal)
+        inside = np.ones(coords[0].shape, bool)
+        shifted = []
+        for d, c in enumerate(coords):
+            c = c - 1 if d in split else c
+            inside &= (c >= 0) & (c < local[d])
+            shifted.append(np.clip(c, 0, local[d] - 1))
+        t = np.where(inside, np.ravel_multi_index(tuple(shifted), local), -1)
+        t = _PADDED_SITES[key] = t
+    return t
 
 
 def nchunks(tot: int) -> int:
@@ -730,6 +783,35 @@ def unpack(q: np.ndarray, b: int, nd: int, local: tuple[int, ...]) -> torch.Tens
     fused._threads()
     kernels().unpack_links(q, site_table(local), out)
     return torch.view_as_complex(torch.from_numpy(out).reshape(b, nd, *local, 3, 3, 2))
+
+
+def pack_padded(x: torch.Tensor, split: tuple[int, ...], out: np.ndarray) -> np.ndarray:
+    """``(B, Nd, *local, 3, 3)`` complex128 into ``out``, the packed block padded by one site
+    on both sides of the ``split`` axes (:func:`padded_site_table`; zero on the halo sites;
+    no split axis: :func:`pack` into ``out``)."""
+    b, nd, local = x.shape[0], x.shape[1], tuple(x.shape[2:-2])
+    r = torch.view_as_real(x.detach().resolve_conj().contiguous())
+    src = r.view(b * nd, -1, 3, 3, 2).numpy()
+    fused._threads()
+    if split:
+        kernels().pack_links_padded(src, padded_site_table(local, split), out)
+    else:
+        kernels().pack_links(src, site_table(local), out)
+    return out
+
+
+def unpack_padded(
+    a: np.ndarray, b: int, local: tuple[int, ...], split: tuple[int, ...]
+) -> torch.Tensor:
+    """The owned sites of the packed padded block ``a`` (:func:`pack_padded`) as ``(B, Nd,
+    *local, 3, 3)`` complex128 (a new tensor)."""
+    out = np.empty((b * ND, int(np.prod(local)), 18))
+    fused._threads()
+    if split:
+        kernels().unpack_links_padded(a, padded_site_table(local, split), out)
+    else:
+        kernels().unpack_links(a, site_table(local), out)
+    return torch.view_as_complex(torch.from_numpy(out).reshape(b, ND, *local, 3, 3, 2))
 
 
 def unpack_density(d: np.ndarray, b: int, local: tuple[int, ...]) -> torch.Tensor:
@@ -1013,16 +1095,6 @@ class PackedMD:
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).view(self.b, -1, LB)
 
-    def _pad(self, x: torch.Tensor, halo: bool) -> torch.Tensor:
-        """``x`` on the padded block: halo sites exchanged (``halo``) or zero."""
-        if not self.split:
-            return x
-        if halo:
-            return _halo_padded(x, self.grid, self.split)
-        out = x.new_zeros(x.shape[:2] + self.plocal + x.shape[-2:])
-        out[_interior(out.ndim, self.split, 2)] = x
-        return out
-
     def _exchange(self, q: np.ndarray) -> None:
         """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place: per
         split axis both faces gathered, both messages in flight at once (``Irecv``/``Isend``
@@ -1056,9 +1128,12 @@ class PackedMD:
         return self._bufs[key]
 
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Packed links (with the kernels' scratch tail) and packed momenta."""
-        q = pack(self._pad(field, True))
-        p = np.ascontiguousarray(pack(self._pad(momentum, False))[: self.n])
+        """Packed links (with the kernels' scratch tail; halo links exchanged in the packed
+        layout) and packed momenta (zero on halo sites)."""
+        q = pack_padded(field, self.split, empty_packed(self.b, self.plocal))
+        if self.split:
+            self._exchange(q)
+        p = pack_padded(momentum, self.split, np.empty((self.n, LB)))
         return q, self._tensor(p)
 
     def force(self, phi: np.ndarray) -> torch.Tensor:
@@ -1080,11 +1155,9 @@ class PackedMD:
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
         p = pi.numpy().reshape(self.n, LB)
-        u, m = unpack(phi, self.b, ND, self.plocal), unpack(p, self.b, ND, self.plocal)
-        if not self.split:
-            return u, m
-        cut = _interior(u.ndim, self.split, 2)
-        return u[cut].contiguous(), m[cut].contiguous()
+        return unpack_padded(phi, self.b, self.local, self.split), unpack_padded(
+            p, self.b, self.local, self.split
+        )
 
 
 class PackedFlow:
