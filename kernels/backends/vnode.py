@@ -590,23 +590,8 @@ def slab_put(Q, rows, cols, src, zero):
 @threaded_kernel(cache=True)
 def pack_links(src, site, dst):
     \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], i, j, r] (a = b Nd + mu, c = 6 i + 2 j
-    + r; src may be strided, e.g. links with transposed 3x3 storage).\"\"\"
-    na = src.shape[0]
-    vo = site.shape[0]
-    for q in prange(na * vo):
-        a = q // vo
-        o = q % vo
-        for l in range({W}):
-            x = site[o, l]
-            for i in range(3):
-                for j in range(3):
-                    for r in range(2):
-                        dst[q, (6 * i + 2 * j + r) * {W} + l] = src[a, x, i, j, r]
-
-
-@threaded_kernel(cache=True)
-def pack_links_padded(src, site, dst):
-    \"\"\"pack_links for a padded block: ``site[o, l] < 0`` (a halo site) packs 0.0.\"\"\"
+    + r; src may be strided, e.g. links with transposed 3x3 storage); 0.0 where
+    ``site[o, l] < 0`` (a halo site of a padded block, :func:`padded_site_table`).\"\"\"
     na = src.shape[0]
     vo = site.shape[0]
     for q in prange(na * vo):
@@ -622,8 +607,9 @@ def pack_links_padded(src, site, dst):
 
 
 @threaded_kernel(cache=True)
-def unpack_links_padded(src, site, dst):
-    \"\"\"unpack_links for a padded block: halo sites (``site[o, l] < 0``) are skipped.\"\"\"
+def unpack_links(src, site, dst):
+    \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links; halo sites,
+    ``site[o, l] < 0``, are skipped).\"\"\"
     na = dst.shape[0]
     vo = site.shape[0]
     for q in prange(na * vo):
@@ -634,20 +620,6 @@ def unpack_links_padded(src, site, dst):
             if x >= 0:
                 for c in range(18):
                     dst[a, x, c] = src[q, c * {W} + l]
-
-
-@threaded_kernel(cache=True)
-def unpack_links(src, site, dst):
-    \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links).\"\"\"
-    na = dst.shape[0]
-    vo = site.shape[0]
-    for q in prange(na * vo):
-        a = q // vo
-        o = q % vo
-        for l in range({W}):
-            x = site[o, l]
-            for c in range(18):
-                dst[a, x, c] = src[q, c * {W} + l]
 """
 
 
@@ -793,10 +765,8 @@ def pack_padded(x: torch.Tensor, split: tuple[int, ...], out: np.ndarray) -> np.
     r = torch.view_as_real(x.detach().resolve_conj().contiguous())
     src = r.view(b * nd, -1, 3, 3, 2).numpy()
     fused._threads()
-    if split:
-        kernels().pack_links_padded(src, padded_site_table(local, split), out)
-    else:
-        kernels().pack_links(src, site_table(local), out)
+    site = padded_site_table(local, split) if split else site_table(local)
+    kernels().pack_links(src, site, out)
     return out
 
 
@@ -807,10 +777,8 @@ def unpack_padded(
     *local, 3, 3)`` complex128 (a new tensor)."""
     out = np.empty((b * ND, int(np.prod(local)), 18))
     fused._threads()
-    if split:
-        kernels().unpack_links_padded(a, padded_site_table(local, split), out)
-    else:
-        kernels().unpack_links(a, site_table(local), out)
+    site = padded_site_table(local, split) if split else site_table(local)
+    kernels().unpack_links(a, site, out)
     return torch.view_as_complex(torch.from_numpy(out).reshape(b, ND, *local, 3, 3, 2))
 
 
