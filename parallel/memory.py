@@ -22,6 +22,7 @@ the C library is glibc (elsewhere it does nothing and returns False) and is skip
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -31,23 +32,18 @@ M_MMAP_MAX = -4
 #: freed memory kept at the top of the heap before glibc trims it
 TRIM_THRESHOLD = 1 << 30
 
-_STATE: dict[str, bool] = {}
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc to serve every block from the heap and keep freed memory (module doc).
     Returns True when both settings were accepted; False on another C library, with
-    ``TRIVHMC_MALLOC=0``, or when ``mallopt`` refused. Idempotent."""
-    if "on" in _STATE:
-        return _STATE["on"]
-    on = False
-    if os.environ.get("TRIVHMC_MALLOC", "1") != "0" and platform.libc_ver()[0] == "glibc":
-        try:
-            libc = ctypes.CDLL(None)
-            mallopt = libc.mallopt
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            on = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-        except (OSError, AttributeError):
-            on = False
-    _STATE["on"] = on
-    return on
+    ``TRIVHMC_MALLOC=0``, or when ``mallopt`` refused. Idempotent (the first call decides)."""
+    if os.environ.get("TRIVHMC_MALLOC", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False

@@ -71,17 +71,19 @@ def test_site_map_and_pack_roundtrip():
 
 @pytest.mark.parametrize("split", [(0,), (1, 3), (0, 1, 2, 3)])
 def test_padded_pack_places_the_block_inside_a_zero_halo(split):
-    """``pack_padded`` puts the local block into the layout of the block padded by one site
-    on both sides of the split axes, halo sites zero (what unpacking the whole padded block
-    shows: ``u`` zero-padded), and ``unpack_padded`` returns the owned sites exactly."""
+    """``pack(split=...)`` puts the local block into the layout of the block padded by one
+    site on both sides of the split axes, halo sites zero (what unpacking the whole padded
+    block shows: ``u`` zero-padded), and ``unpack(..., split)`` returns the owned sites
+    exactly."""
     shape = (4, 2, 6, 2)
     grid, u = _links(shape)
     plocal = vnode._padded_shape(shape, split)
-    q = vnode.pack_padded(u, split, vnode.empty_packed(2, plocal))
+    q = vnode.pack(u, split=split)
+    assert q.shape == vnode.packed_shape(2, plocal)
     pad = [(0, 0)] * 2 + [(1, 1) if d in split else (0, 0) for d in range(4)] + [(0, 0)] * 2
     want = torch.from_numpy(np.pad(u.numpy(), pad))
     assert torch.equal(vnode.unpack(q, 2, 4, plocal), want)
-    assert torch.equal(vnode.unpack_padded(q, 2, shape, split), u)
+    assert torch.equal(vnode.unpack(q, 2, 4, shape, split), u)
 
 
 def test_neighbour_tables_are_the_lattice_shift():
@@ -358,11 +360,9 @@ def test_trajectory_in_the_resident_layout_equals_eager(monkeypatch, spy):
     try:
         assert isinstance(th.resident_md(u, [th.force]), vnode.PackedMD)
         integ = make_integrator(th, "omelyan", 3, 0.6)
-        names = ("su3_ta_staples", "expm_mul", "pack", "unpack", "pack_padded", "unpack_padded")
-        calls = spy(vnode, names)
+        calls = spy(vnode, ("su3_ta_staples", "expm_mul", "pack", "unpack"))
         res = _integrate(th, u, p, integ)
-        # one pack of (U, P), one unpack: no per-call kernels
-        assert sorted(calls) == ["pack_padded"] * 2 + ["unpack_padded"] * 2
+        assert sorted(calls) == ["pack", "pack", "unpack", "unpack"]  # no per-call kernels
         monkeypatch.undo()
         th_call = SU3Gauge(grid, 5.6)
         th_call.resident_md = lambda field, forces: None  # the per-call vnode path

@@ -63,9 +63,8 @@ from __future__ import annotations
 import numba  # noqa: F401  (optional dependency: ImportError -> backend unavailable)
 import numpy as np
 import torch
-from mpi4py import MPI
 
-from parallel import halo_pad
+from parallel import comm, halo_pad
 
 from . import fused, prefetch
 
@@ -719,8 +718,8 @@ def padded_site_table(local: tuple[int, ...], split: tuple[int, ...]) -> np.ndar
             c = c - 1 if d in split else c
             inside &= (c >= 0) & (c < local[d])
             shifted.append(np.clip(c, 0, local[d] - 1))
-        t = np.where(inside, np.ravel_multi_index(tuple(shifted), local), -1)
-        t = _PADDED_SITES[key] = t
+        flat = np.ravel_multi_index(tuple(shifted), local)
+        t = _PADDED_SITES[key] = np.where(inside, flat, -1)
     return t
 
 
@@ -729,57 +728,48 @@ def nchunks(tot: int) -> int:
     return max(1, min(tot, max(16, 4 * numba.config.NUMBA_NUM_THREADS)))
 
 
-def pack(u: torch.Tensor, work: bool = False) -> np.ndarray:
+def _sites(local: tuple[int, ...], split: tuple[int, ...]) -> np.ndarray:
+    """The site table of ``local``, padded along ``split`` when that is not empty."""
+    return padded_site_table(local, split) if split else site_table(local)
+
+
+def pack(
+    u: torch.Tensor,
+    work: bool = False,
+    split: tuple[int, ...] = (),
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """``(B, Nd, *local, 3, 3)`` complex128 -> vnode blocks ``(B Nd Vo + scratch, 18 W)``
     float64 (module doc), with the kernels' scratch areas (:func:`nchunks` x 6 blocks) as
-    its tail; ``work``: into a reused workspace (valid until the next packing)."""
+    its tail; ``work``: into a reused workspace (valid until the next packing); ``split``:
+    into the block padded by one site on both sides of those axes, zero on the halo sites
+    (:func:`padded_site_table`); ``out``: into that array (at least ``B Nd Vo`` rows)."""
     b, nd = u.shape[:2]
     local = tuple(u.shape[2:-2])
-    site = site_table(local)
+    site = _sites(local, split)
     vo = site.shape[0]
     r = torch.view_as_real(u.detach().resolve_conj())
     try:  # strided links are read in place (a copy of 38 MB costs 19 ms at 16^4)
         src = r.view(b * nd, -1, 3, 3, 2)
     except RuntimeError:
         src = r.reshape(b * nd, -1, 3, 3, 2)
-    shape = (b * nd * vo + 6 * nchunks(b * vo), LB)
-    q = fused._workspace(shape) if work else np.empty(shape)
+    if out is None:
+        shape = (b * nd * vo + 6 * nchunks(b * vo), LB)
+        out = fused._workspace(shape) if work else np.empty(shape)
     fused._threads()
-    kernels().pack_links(src.numpy(), site, q)
-    return q
-
-
-def unpack(q: np.ndarray, b: int, nd: int, local: tuple[int, ...]) -> torch.Tensor:
-    """Flat vnode float64 array -> ``(B, Nd, *local, 3, 3)`` complex128 (a new tensor)."""
-    out = np.empty((b * nd, int(np.prod(local)), 18))
-    fused._threads()
-    kernels().unpack_links(q, site_table(local), out)
-    return torch.view_as_complex(torch.from_numpy(out).reshape(b, nd, *local, 3, 3, 2))
-
-
-def pack_padded(x: torch.Tensor, split: tuple[int, ...], out: np.ndarray) -> np.ndarray:
-    """``(B, Nd, *local, 3, 3)`` complex128 into ``out``, the packed block padded by one site
-    on both sides of the ``split`` axes (:func:`padded_site_table`; zero on the halo sites;
-    no split axis: :func:`pack` into ``out``)."""
-    b, nd, local = x.shape[0], x.shape[1], tuple(x.shape[2:-2])
-    r = torch.view_as_real(x.detach().resolve_conj().contiguous())
-    src = r.view(b * nd, -1, 3, 3, 2).numpy()
-    fused._threads()
-    site = padded_site_table(local, split) if split else site_table(local)
-    kernels().pack_links(src, site, out)
+    kernels().pack_links(src.numpy(), site, out)
     return out
 
 
-def unpack_padded(
-    a: np.ndarray, b: int, local: tuple[int, ...], split: tuple[int, ...]
+def unpack(
+    q: np.ndarray, b: int, nd: int, local: tuple[int, ...], split: tuple[int, ...] = ()
 ) -> torch.Tensor:
-    """The owned sites of the packed padded block ``a`` (:func:`pack_padded`) as ``(B, Nd,
-    *local, 3, 3)`` complex128 (a new tensor)."""
-    out = np.empty((b * ND, int(np.prod(local)), 18))
+    """Flat vnode float64 array -> ``(B, Nd, *local, 3, 3)`` complex128 (a new tensor); with
+    ``split`` the owned sites of the padded block (:func:`pack`)."""
+    out = np.empty((b * nd, int(np.prod(local)), 18))
     fused._threads()
-    site = padded_site_table(local, split) if split else site_table(local)
-    kernels().unpack_links(a, site, out)
-    return torch.view_as_complex(torch.from_numpy(out).reshape(b, ND, *local, 3, 3, 2))
+    kernels().unpack_links(q, _sites(local, split), out)
+    return torch.view_as_complex(torch.from_numpy(out).reshape(b, nd, *local, 3, 3, 2))
 
 
 def unpack_density(d: np.ndarray, b: int, local: tuple[int, ...]) -> torch.Tensor:
@@ -1065,9 +1055,9 @@ class PackedMD:
 
     def _exchange(self, q: np.ndarray) -> None:
         """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place: per
-        split axis both faces gathered, both messages in flight at once (``Irecv``/``Isend``
-        on buffers kept for the trajectory, one ``Waitall``), both halos scattered; axis
-        after axis, so that edges and corners arrive too."""
+        split axis both faces gathered, both messages in flight at once (``parallel.comm``'s
+        ``irecv``/``isend`` on buffers kept for the trajectory, one ``waitall``), both halos
+        scattered; axis after axis, so that edges and corners arrive too."""
         cart = self.grid.cart
         for d in self.split:
             send_dn, send_up, recv_lo, recv_hi = self._slabs[d]
@@ -1081,10 +1071,10 @@ class PackedMD:
                 sbuf, rbuf = self._buffers(d, k, send[0].size)
                 kernels().slab_get(q, *send, sbuf)
                 tag = _HALO_TAG + 2 * d + k
-                reqs.append(cart.Irecv(rbuf, source=source, tag=tag))
-                reqs.append(cart.Isend(sbuf, dest=dest, tag=tag))
+                reqs.append(comm.irecv(cart, rbuf, source, tag))
+                reqs.append(comm.isend(cart, sbuf, dest, tag))
                 bufs.append((recv, rbuf))
-            MPI.Request.Waitall(reqs)
+            comm.waitall(reqs)
             for recv, rbuf in bufs:
                 kernels().slab_put(q, *recv, rbuf, False)
 
@@ -1098,10 +1088,10 @@ class PackedMD:
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Packed links (with the kernels' scratch tail; halo links exchanged in the packed
         layout) and packed momenta (zero on halo sites)."""
-        q = pack_padded(field, self.split, empty_packed(self.b, self.plocal))
+        q = pack(field, split=self.split)
         if self.split:
             self._exchange(q)
-        p = pack_padded(momentum, self.split, np.empty((self.n, LB)))
+        p = pack(momentum, split=self.split, out=np.empty((self.n, LB)))
         return q, self._tensor(p)
 
     def force(self, phi: np.ndarray) -> torch.Tensor:
@@ -1123,8 +1113,8 @@ class PackedMD:
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
         p = pi.numpy().reshape(self.n, LB)
-        return unpack_padded(phi, self.b, self.local, self.split), unpack_padded(
-            p, self.b, self.local, self.split
+        return unpack(phi, self.b, ND, self.local, self.split), unpack(
+            p, self.b, ND, self.local, self.split
         )
 
 
