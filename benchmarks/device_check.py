@@ -1,21 +1,29 @@
 """Correctness and speed of the gauge kernels on an accelerator, against the CPU.
 
     python benchmarks/device_check.py --part correctness [--device cuda|xpu|cpu]
-    mpiexec -n 2 python benchmarks/device_check.py --part halo
-    python benchmarks/device_check.py --part table
+    mpiexec -n 2 python benchmarks/device_check.py --part halo --aware off|on
+    python benchmarks/device_check.py --part table [--volumes 8 16 32]
+    python benchmarks/device_check.py --part compiled
 
 Run by benchmarks/device_check.sh. ``correctness``: SU(3) (Wilson, Symanzik) and U(1) action
 and force of every backend on the device against eager on the CPU (1e-12 relative); the
 device Philox stream against the host (uniforms bitwise, normals to 4 ulp); one SU(3) HMC
 trajectory (hot start, 2 chains) on the device against the CPU (dH, acceptance, links).
-``halo``: the distributed SU(3) force and action on the device, GPU-aware MPI off and on,
-against one rank on the CPU. ``table``: kernel times per backend and one HMC trajectory.
-Each check prints PASS/FAIL; the exit status is 1 if any failed.
+``halo``: the distributed SU(3) force and action on the device, GPU-aware MPI off or on
+(separate runs: an MPI library that is not GPU-aware may crash on device buffers), against
+one rank on the CPU. ``table``: the device's copy bandwidth and float64 matrix rate, then
+per backend and volume the kernel times, GFLOP/s, GB/s and % of the roofline min(peak,
+bandwidth x intensity) with the flop and byte counts of benchmarks/bench_kernels.py, and one
+HMC trajectory. ``compiled``: the ``compiled`` backend (torch.compile; Triton on a GPU):
+its compile time, its force against eager on the device, and its kernel times.
+The CPU-only backends (``numba``, ``vnode``) hand device tensors to ``eager``, so on a
+device they are left out. Each check prints PASS/FAIL; the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -29,6 +37,30 @@ from kernels.theories.su3 import SU3Gauge
 from kernels.theories.u1 import U1Gauge
 from parallel import ProcessGrid, set_gpu_aware, single_rank_grid
 from parallel.rng import SiteRNG
+
+try:  # the flop / byte counts per site (run from the repository root or benchmarks/)
+    from bench_kernels import (
+        SU3_ACTION_BYTES,
+        SU3_ACTION_FLOPS,
+        SU3_EXPMUL_BYTES,
+        SU3_EXPMUL_FLOPS,
+        SU3_FLOW_FLOPS,
+        SU3_FORCE_BYTES,
+        SU3_FORCE_FLOPS,
+    )
+except ImportError:  # pragma: no cover
+    from benchmarks.bench_kernels import (
+        SU3_ACTION_BYTES,
+        SU3_ACTION_FLOPS,
+        SU3_EXPMUL_BYTES,
+        SU3_EXPMUL_FLOPS,
+        SU3_FLOW_FLOPS,
+        SU3_FORCE_BYTES,
+        SU3_FORCE_FLOPS,
+    )
+
+CPU_ONLY = ("numba", "vnode")  # these delegate non-CPU tensors to eager
+SLOW_S = 0.5  # table: a kernel whose first call takes longer is not timed (keeps < 8 min)
 
 FAILED: list[str] = []
 ROOT = MPI.COMM_WORLD.Get_rank() == 0
@@ -69,11 +101,21 @@ def sync(dev: torch.device) -> None:
         mod.synchronize()
 
 
+def device_backends(dev: torch.device) -> list[str]:
+    """The backends worth checking on ``dev`` (not ``compiled``: see ``--part compiled``)."""
+    names = [n for n in kb.available_backends() if n != "compiled"]
+    if dev.type != "cpu":
+        names = [n for n in names if n not in CPU_ONLY]
+    return names
+
+
 def correctness(dev: torch.device) -> None:
     grid = single_rank_grid((4, 4, 4, 6))
     rng = SiteRNG(7)
-    u_cpu = SU3Gauge(grid, 5.7).hot_start(rng, 0, 2)
-    for name in [n for n in kb.available_backends() if n != "compiled"]:
+    th0 = SU3Gauge(grid, 5.7)
+    u_cpu = th0.hot_start(rng, 0, 2)
+    x_cpu = 0.1 * th0.random_momentum(SiteRNG(8), 0, 2)
+    for name in device_backends(dev):
         kb.set_backend(name)
         for action in ("wilson", "symanzik"):
             th_c, th_d = SU3Gauge(grid, 5.7, action), SU3Gauge(grid, 5.7, action, device=dev)
@@ -83,13 +125,28 @@ def correctness(dev: torch.device) -> None:
             u = u_cpu.to(dev)
             verdict(f"su3 {action} action [{name}] vs cpu", rel(th_d.action(u), s_ref), 1e-12)
             verdict(f"su3 {action} force [{name}] vs cpu", rel(th_d.force(u), f_ref), 1e-12)
+        b_ref, b = kb.make_backend("eager"), kb.get_backend()
+        verdict(
+            f"su3 flow step (RK3) [{name}] vs cpu",
+            rel(
+                b.su3_flow_step_rk3(u_cpu.to(dev), grid, 0.02),
+                b_ref.su3_flow_step_rk3(u_cpu, grid, 0.02),
+            ),
+            1e-12,
+        )
+        verdict(
+            f"su3 exp(X) U [{name}] vs cpu",
+            rel(b.su3_expm_mul(x_cpu.to(dev), u_cpu.to(dev)), b_ref.su3_expm_mul(x_cpu, u_cpu)),
+            1e-12,
+        )
         g2 = single_rank_grid((8, 8))
         t1c, t1d = U1Gauge(g2, 2.0), U1Gauge(g2, 2.0, device=dev)
         th = t1c.hot_start(rng, 0, 2)
         kb.set_backend("eager")
-        f_ref = t1c.force(th)
+        f_ref, s_ref = t1c.force(th), t1c.action(th)
         kb.set_backend(name)
         verdict(f"u1 force [{name}] vs cpu", rel(t1d.force(th.to(dev)), f_ref), 1e-12)
+        verdict(f"u1 action [{name}] vs cpu", rel(t1d.action(th.to(dev)), s_ref), 1e-12)
     kb.set_backend("eager")
     host, devr = SiteRNG(99), SiteRNG(99)
     devr.device_philox = "always"
@@ -110,13 +167,11 @@ def correctness(dev: torch.device) -> None:
         out[where.type] = (field, rec)
     (fc, rc), (fd, rd) = out["cpu"], out[dev.type]
     verdict("HMC trajectory links: device vs cpu", rel(fd, fc), 1e-10)
-    dh = [
-        float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max()) for a, b in ((rd.dH, rc.dH),)
-    ]
-    verdict("HMC trajectory dH: device vs cpu", dh[0], 1e-8)
+    dh_d, dh_c = (torch.as_tensor(r.dH).detach().cpu() for r in (rd, rc))
+    verdict("HMC trajectory dH: device vs cpu", float((dh_d - dh_c).abs().max()), 1e-8)
 
 
-def halo(dev: torch.device) -> None:
+def halo(dev: torch.device, modes: tuple[bool, ...]) -> None:
     shape = (4, 4, 4, 4)
     grid = ProcessGrid(shape)
     ref_grid = single_rank_grid(shape)
@@ -126,11 +181,13 @@ def halo(dev: torch.device) -> None:
     sl = (slice(None), slice(None)) + grid.local_slices()
     th = SU3Gauge(grid, 5.7, device=dev)
     u = u_ref[sl].contiguous().to(dev)
-    for aware in (False, True):
+    say(f"# MPI library: {MPI.Get_library_version().splitlines()[0].strip()}")
+    for aware in modes:
         set_gpu_aware(aware)
         try:
             f, s = th.force(u), th.action(u)
         except Exception as exc:  # a GPU-unaware MPI may crash on device buffers
+            say(f"# gpu_aware={aware}: {type(exc).__name__}: {str(exc)[:200]}")
             verdict(f"halo gpu_aware={aware}: {type(exc).__name__}", float("inf"), 0)
             continue
         verdict(f"halo force grid {list(grid.grid)} gpu_aware={aware}", rel(f, f_ref[sl]), 1e-12)
@@ -139,29 +196,83 @@ def halo(dev: torch.device) -> None:
     grid.free()
 
 
+def timed(fn, dev: torch.device, repeat: int) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` synchronised calls, after one warm-up."""
+    fn()
+    sync(dev)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def device_roof(dev: torch.device) -> tuple[float, float]:
+    """(copy bandwidth GB/s counting bytes read and written, float64 matmul GFLOP/s)."""
+    big = dev.type != "cpu"
+    n = 1 << (28 if big else 24)
+    x = torch.rand(n, dtype=torch.float64, device=dev)
+    y = torch.empty_like(x)
+    bw = 16 * n / timed(lambda: y.copy_(x), dev, 10) / 1e9
+    m = 8192 if big else 1024
+    a = torch.rand(m, m, dtype=torch.float64, device=dev)
+    peak = 2 * m**3 / timed(lambda: a @ a, dev, 5) / 1e9
+    return bw, peak
+
+
+def kernel_cases(b, th, u, x, grid):
+    """(name, call, flop per site, compulsory bytes per site) of the table's kernels."""
+    return (
+        ("su3 action", lambda: th.action(u), SU3_ACTION_FLOPS, SU3_ACTION_BYTES),
+        ("su3 force", lambda: th.force(u), SU3_FORCE_FLOPS, SU3_FORCE_BYTES),
+        (
+            "su3 flowstep",
+            lambda: b.su3_flow_step_rk3(u, grid, 0.01),
+            SU3_FLOW_FLOPS,
+            SU3_FORCE_BYTES,
+        ),
+        ("su3 expmul", lambda: b.su3_expm_mul(x, u), SU3_EXPMUL_FLOPS, SU3_EXPMUL_BYTES),
+    )
+
+
+def row(kernel, name, L, t, flops, nbytes, bw, peak) -> None:
+    sites = L**4
+    gf, gb = flops * sites / t / 1e9, nbytes * sites / t / 1e9
+    roof = min(peak, bw * flops / nbytes)
+    pct = 100 * gf / roof
+    say(f"{kernel:<13} {name:<9} {L:>6}^4 {1e3 * t:>10.3f} {gf:>9.1f} {gb:>8.1f} {pct:>6.1f}%")
+
+
+HEADER = (
+    f"{'kernel':<13} {'backend':<9} {'lattice':>8} {'ms':>10} {'GFLOP/s':>9} {'GB/s':>8} "
+    f"{'%roof':>7}"
+)
+
+
 def table(dev: torch.device, volumes: list[int]) -> None:
-    say(f"{'kernel':<13} {'backend':<9} {'lattice':>8} {'ms':>10}")
+    bw, peak = device_roof(dev)
+    say(f"# {dev}: copy {bw:.0f} GB/s (read + write), float64 matmul {peak:.0f} GFLOP/s")
+    say(HEADER)
     for L in volumes:
         grid = single_rank_grid((L,) * 4)
         th = SU3Gauge(grid, 6.0, device=dev)
         u = th.hot_start(SiteRNG(1), 0, 1)
-        for name in [n for n in kb.available_backends() if n != "compiled"]:
+        x = 0.1 * th.random_momentum(SiteRNG(2), 0, 1)
+        for name in device_backends(dev):
             kb.set_backend(name)
             b = kb.get_backend()
-            for kernel, fn in (
-                ("su3 action", lambda th=th, u=u: th.action(u)),
-                ("su3 force", lambda th=th, u=u: th.force(u)),
-                ("su3 flowstep", lambda b=b, u=u, g=grid: b.su3_flow_step_rk3(u, g, 0.01)),
-            ):
-                fn()
-                sync(dev)
-                t0 = time.perf_counter()
-                for _ in range(5):
+            with torch.no_grad():
+                for kernel, fn, flops, nbytes in kernel_cases(b, th, u, x, grid):
+                    t0 = time.perf_counter()
                     fn()
-                sync(dev)
-                say(
-                    f"{kernel:<13} {name:<9} {L:>6}^4 {1e3 * (time.perf_counter() - t0) / 5:>10.3f}"
-                )
+                    sync(dev)
+                    first = time.perf_counter() - t0
+                    if first > SLOW_S:  # e.g. soa on a GPU: thousands of tiny launches
+                        say(f"{kernel:<13} {name:<9} {L:>6}^4   skipped: first call {first:.1f} s")
+                        continue
+                    row(kernel, name, L, timed(fn, dev, 5), flops, nbytes, bw, peak)
         kb.set_backend("eager")
         hmc = HMC(th, make_integrator(th, "omelyan", 10, 1.0), SiteRNG(2))
         field = th.cold_start(1)
@@ -171,13 +282,121 @@ def table(dev: torch.device, volumes: list[int]) -> None:
         hmc.trajectory(field, 2)
         sync(dev)
         say(f"{'hmc traj':<13} {'eager':<9} {L:>6}^4 {1e3 * (time.perf_counter() - t0):>10.1f}")
+        del th, u, x, hmc, field
+
+
+def profile(dev: torch.device) -> None:
+    """Where the eager force spends its device time, and 3x3 complex products four ways."""
+    L = 16
+    grid = single_rank_grid((L,) * 4)
+    th = SU3Gauge(grid, 6.0, device=dev)
+    u = th.hot_start(SiteRNG(1), 0, 1)
+    kb.set_backend("eager")
+    th.force(u)
+    sync(dev)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(3):
+            th.force(u)
+        sync(dev)
+    keys = ["device_time_total", "cuda_time_total"] if dev.type == "cuda" else ["cpu_time_total"]
+    for key in keys:
+        try:
+            text = prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=40)
+        except (KeyError, AttributeError, RuntimeError):
+            continue
+        say(f"# eager su3 force at {L}^4, 3 calls, ops by {key}")
+        say(text)
+        break
+    n = 12 * L**4
+    a = torch.randn(n, 3, 3, dtype=torch.complex128, device=dev)
+    b = torch.randn(n, 3, 3, dtype=torch.complex128, device=dev)
+
+    def bcast(x, y):
+        return (x.unsqueeze(-1) * y.unsqueeze(-3)).sum(-2)
+
+    def bcast_real(x, y):  # on torch.view_as_real planes (..., 3, 3, 2): inductor fuses reals
+        xr, xi, yr, yi = x[..., 0], x[..., 1], y[..., 0], y[..., 1]
+        re = (xr.unsqueeze(-1) * yr.unsqueeze(-3) - xi.unsqueeze(-1) * yi.unsqueeze(-3)).sum(-2)
+        im = (xr.unsqueeze(-1) * yi.unsqueeze(-3) + xi.unsqueeze(-1) * yr.unsqueeze(-3)).sum(-2)
+        return torch.stack((re, im), -1)
+
+    variants = [
+        ("matmul", lambda: a @ b),
+        ("matmul dagger", lambda: a @ b.conj().transpose(-1, -2)),
+        ("broadcast-sum", lambda: bcast(a, b)),
+        ("einsum", lambda: torch.einsum("nij,njk->nik", a, b)),
+    ]
+    ar, br = torch.view_as_real(a), torch.view_as_real(b)
+    t0 = time.perf_counter()
+    comp = torch.compile(bcast_real, dynamic=False)
+    comp(ar, br)
+    sync(dev)
+    say(f"# torch.compile of the real broadcast-sum product: {time.perf_counter() - t0:.1f} s")
+    variants.append(("real bcast", lambda: torch.view_as_complex(bcast_real(ar, br))))
+    variants.append(("compiled real bcast", lambda: torch.view_as_complex(comp(ar, br))))
+    ref = a @ b
+    say(f"{'3x3 complex product':<22} {'N':>9} {'ms':>9} {'GB/s':>8} {'max|diff|':>10}")
+    for name, fn in variants:
+        t = timed(fn, dev, 10)
+        err = float((fn() - (ref if "dagger" not in name else fn())).abs().max())
+        say(f"{name:<22} {n:>9} {1e3 * t:>9.3f} {3 * 144 * n / t / 1e9:>8.1f} {err:>10.1e}")
+
+
+def compiled(dev: torch.device, volumes: list[int]) -> None:
+    """The ``compiled`` backend on the device: compile time, force vs eager, kernel times
+    (static shapes unless ``TRIVHMC_COMPILE_DYNAMIC`` says otherwise: one compile per size)."""
+    os.environ.setdefault("TRIVHMC_COMPILE_DYNAMIC", "0")
+    try:
+        kb.set_backend("compiled")
+    except kb.BackendError as exc:
+        say(f"# compiled backend unavailable: {exc}")
+        return
+    bw, peak = device_roof(dev)
+    for L in volumes:
+        grid = single_rank_grid((L,) * 4)
+        th = SU3Gauge(grid, 6.0, device=dev)
+        u = th.hot_start(SiteRNG(1), 0, 1)
+        x = 0.1 * th.random_momentum(SiteRNG(2), 0, 1)
+        kb.set_backend("eager")
+        f_ref = th.force(u)
+        kb.set_backend("compiled")
+        b = kb.get_backend()
+        t0 = time.perf_counter()
+        with torch.no_grad():  # the timed calls below run without grad: the same guards
+            f = th.force(u)
+        sync(dev)
+        say(f"# compiled: first force at {L}^4 {time.perf_counter() - t0:.1f} s (compiles)")
+        verdict(f"su3 force [compiled] vs eager on {dev.type}, {L}^4", rel(f, f_ref), 1e-12)
+        say(HEADER)
+        with torch.no_grad():
+            for kernel, fn, flops, nbytes in kernel_cases(b, th, u, x, grid):
+                row(kernel, "compiled", L, timed(fn, dev, 5), flops, nbytes, bw, peak)
+        del th, u, x, f, f_ref
+    kb.set_backend("eager")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--part", choices=["correctness", "halo", "table"], required=True)
-    ap.add_argument("--volumes", type=int, nargs="+", default=[8, 16])
+    ap.add_argument(
+        "--part", choices=["correctness", "halo", "table", "compiled", "profile"], required=True
+    )
+    ap.add_argument(
+        "--aware",
+        choices=["off", "on", "both"],
+        default="both",
+        help="halo: GPU-aware MPI off, on, or both in one process",
+    )
+    ap.add_argument(
+        "--volumes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="table/compiled: L of the L^4 lattices (default 8 16 32 on a device, 8 16 on the CPU)",
+    )
     args = ap.parse_args()
     torch.set_default_dtype(torch.float64)
     dev = pick_device(args.device)
@@ -185,7 +404,17 @@ def main() -> None:
         f"# device_check {args.part} on {dev} (torch {torch.__version__}, "
         f"{MPI.COMM_WORLD.Get_size()} rank(s))"
     )
-    {"correctness": correctness, "halo": halo}.get(args.part, lambda d: table(d, args.volumes))(dev)
+    volumes = args.volumes or ([8, 16] if dev.type == "cpu" else [8, 16, 32])
+    if args.part == "correctness":
+        correctness(dev)
+    elif args.part == "halo":
+        halo(dev, {"off": (False,), "on": (True,), "both": (False, True)}[args.aware])
+    elif args.part == "table":
+        table(dev, volumes)
+    elif args.part == "profile":
+        profile(dev)
+    else:
+        compiled(dev, volumes)
     if FAILED:
         say(f"# {len(FAILED)} check(s) FAILED")
         sys.exit(1)

@@ -6,8 +6,11 @@
 #     bash benchmarks/device_check.sh [--dry-run] [cuda|xpu|cpu|auto]
 #     bash benchmarks/device_check.sh --help
 #
-# It uses the torch already installed on the machine (the vendor's CUDA/ROCm/XPU build);
-# if there is none it installs the pinned PyPI build (TORCH_VERSION, default 2.13.0).
+# Where torch, numpy and mpi4py (with an MPI library) already import, it installs nothing and
+# runs trivhmc from this checkout (PYTHONPATH): the case of an offline GPU node or a prepared
+# environment. Else it makes .venv-device on the installed torch (the vendor's CUDA/ROCm/XPU
+# build; the pinned PyPI build TORCH_VERSION, default 2.13.0, if there is none) and installs
+# the project. mpiexec: $MPIEXEC, else the one on PATH, else the one beside python.
 # --dry-run: install nothing and run nothing; check that the check scripts parse and print
 # the steps that would run (used by tests/test_device_check.py on machines without a device).
 set -euo pipefail
@@ -28,32 +31,57 @@ for arg in "$@"; do
     esac
 done
 cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
 MPIEXEC="${MPIEXEC:-mpiexec}"
-STEPS=(
-    "timeout 150 python benchmarks/device_check.py --part correctness --device $DEV"
-    "timeout 90 $MPIEXEC -n 2 python benchmarks/device_check.py --part halo --device $DEV"
-    "timeout 180 python benchmarks/device_check.py --part table --device $DEV"
-)
+# the time limits add up to 8 minutes; a GPU-unaware MPI may crash on device buffers, so
+# GPU-aware off and on run as separate processes
+steps() {
+    local run="timeout" py="$1" mpi="$2" check="benchmarks/device_check.py"
+    echo "$run 120 $py $check --part correctness --device $DEV"
+    echo "$run 45 $mpi -n 2 $py $check --part halo --aware off --device $DEV"
+    echo "$run 45 $mpi -n 2 $py $check --part halo --aware on --device $DEV"
+    echo "$run 150 $py $check --part table --device $DEV"
+    echo "$run 120 $py $check --part compiled --device $DEV"
+}
 
 if [ "$DRY" = 1 ]; then
-    PY="${PYTHON:-python3}"
     "$PY" -m py_compile benchmarks/device_check.py
     "$PY" benchmarks/device_check.py --help > /dev/null
-    echo "# device_check.sh --dry-run (device $DEV): would create .venv-device, install"
+    echo "# device_check.sh --dry-run (device $DEV): would use the installed packages if torch,"
+    echo "# numpy and mpi4py import, else create .venv-device, install"
     echo "# torch==${TORCH_VERSION:-2.13.0} if torch is missing and the project ('.[test]'), then run:"
-    for step in "${STEPS[@]}"; do echo "$step"; done
+    steps python "$MPIEXEC"
     exit 0
 fi
 
-python3 -m venv --system-site-packages .venv-device
-. .venv-device/bin/activate
-python -c "import torch" 2>/dev/null || pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-pip install -q -e '.[test]'
-python -c "import torch; print('# torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+if "$PY" -c "import numpy, torch; from mpi4py import MPI" 2>/dev/null; then
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    echo "# using the installed torch, numpy, mpi4py ($PY); trivhmc from this checkout"
+else
+    "$PY" -m venv --system-site-packages .venv-device
+    . .venv-device/bin/activate
+    PY=python
+    python -c "import torch" 2>/dev/null || pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+    pip install -q -e '.[test]'
+fi
+if ! command -v "$MPIEXEC" > /dev/null; then
+    beside="$("$PY" -c 'import os, sys; print(os.path.join(sys.prefix, "bin", "mpiexec"))')"
+    [ -x "$beside" ] && MPIEXEC="$beside"
+fi
+"$PY" -c "import torch; print('# torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       'xpu', hasattr(torch, 'xpu') and torch.xpu.is_available())"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
+    --format=csv,noheader || true
 status=0
-for step in "${STEPS[@]}"; do
-    $step || status=1
-done
+while read -r step; do
+    if [[ "$step" == *" -n 2 "* ]] && ! command -v "${MPIEXEC}" > /dev/null; then
+        echo "FAIL  no mpiexec found (set MPIEXEC): $step"
+        status=1
+        continue
+    fi
+    echo "## $step"
+    $step < /dev/null || { echo "## exit status $? from: $step"; status=1; }
+done < <(steps "$PY" "$MPIEXEC")
 echo "# device_check.sh: $([ $status = 0 ] && echo all checks passed || echo FAILURES above)"
 exit $status

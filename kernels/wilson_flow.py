@@ -58,7 +58,7 @@ import torch
 from parallel import ProcessGrid, lattice_sum, shift
 
 from .backends import get_backend
-from .groups.su_n import dagger, project_ta, su_expm
+from .groups.su_n import dagger, mm, project_ta, su_expm
 from .theories.su3 import staple_sum
 
 NC = 3
@@ -91,7 +91,7 @@ def _lattice_mean(x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
 # --------------------------------------------------------------------------- flow
 def flow_generator(u: torch.Tensor, grid: ProcessGrid, c1: float = 0.0) -> torch.Tensor:
     """``Z(V) = -g0^2 d S_w(V) = -TA(V A)`` (staples with ``c0 = 1 - 8 c1``, ``c1``)."""
-    return -project_ta(u @ staple_sum(u, grid, 1.0 - 8.0 * c1, c1))
+    return -project_ta(mm(u, staple_sum(u, grid, 1.0 - 8.0 * c1, c1)))
 
 
 def flow_step_rk3(u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0) -> torch.Tensor:
@@ -106,7 +106,7 @@ def flow_step_euler(
     u: torch.Tensor, grid: ProcessGrid, eps: float, c1: float = 0.0
 ) -> torch.Tensor:
     """One Lie-Euler step ``V -> exp(eps Z(V)) V`` (first order; a cross-check of RK3)."""
-    return su_expm(eps * flow_generator(u, grid, c1)) @ u
+    return mm(su_expm(eps * flow_generator(u, grid, c1)), u)
 
 
 # --------------------------------------------------------------------------- observables
@@ -127,10 +127,10 @@ def clover_field_strength(
         umu = u[:, mu]
         for nu in range(mu + 1, nd):
             unu = u[:, nu]
-            p = umu @ fwd[mu][:, nu] @ dagger(unu @ fwd[nu][:, mu])
-            leaf_mu = _sh(dagger(umu) @ p @ umu, grid, mu, -1)  # plaquette at x - mu
-            leaf_nu = _sh(dagger(unu) @ p @ unu, grid, nu, -1)  # plaquette at x - nu
-            leaf_mn = _sh(dagger(unu) @ leaf_mu @ unu, grid, nu, -1)  # at x - mu - nu
+            p = mm(mm(umu, fwd[mu][:, nu]), dagger(mm(unu, fwd[nu][:, mu])))
+            leaf_mu = _sh(mm(mm(dagger(umu), p), umu), grid, mu, -1)  # plaquette at x - mu
+            leaf_nu = _sh(mm(mm(dagger(unu), p), unu), grid, nu, -1)  # plaquette at x - nu
+            leaf_mn = _sh(mm(mm(dagger(unu), leaf_mu), unu), grid, nu, -1)  # at x - mu - nu
             out[(mu, nu)] = 0.25 * project_ta(p + leaf_mu + leaf_nu + leaf_mn)
     return out
 

@@ -37,9 +37,12 @@ def test_dry_run_lists_every_check_and_installs_nothing():
     r = _run("--dry-run", "xpu")
     assert r.returncode == 0, r.stderr
     steps = [ln for ln in r.stdout.splitlines() if not ln.startswith("#")]
-    assert [s.split("--part ")[1].split()[0] for s in steps] == ["correctness", "halo", "table"]
+    parts = [s.split("--part ")[1].split()[0] for s in steps]
+    assert parts == ["correctness", "halo", "halo", "table", "compiled"]
     assert all(s.endswith("--device xpu") for s in steps)
-    assert "-n 2" in steps[1]
+    assert "-n 2" in steps[1] and "--aware off" in steps[1]
+    assert "-n 2" in steps[2] and "--aware on" in steps[2]
+    assert sum(int(s.split()[1]) for s in steps) <= 480  # the time limits: < 8 minutes
     assert not (REPO / ".venv-device").exists()
 
 

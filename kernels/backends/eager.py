@@ -26,7 +26,7 @@ import torch
 
 from parallel import ProcessGrid, lattice_sum, shift
 
-from ..groups.su_n import dagger, project_ta, reunitarize, su_expm
+from ..groups.su_n import dagger, mm, project_ta, reunitarize, su_expm
 
 NC = 3
 
@@ -64,15 +64,15 @@ def wilson_loops(
         umu = u[:, mu]
         for nu in range(mu + 1, nd):
             # Re Tr(U_mu(x) U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^+)
-            plaq[(mu, nu)] = _retr(umu @ fwd[mu][:, nu], u[:, nu] @ fwd[nu][:, mu])
+            plaq[(mu, nu)] = _retr(mm(umu, fwd[mu][:, nu]), mm(u[:, nu], fwd[nu][:, mu]))
     if rectangles:
         for mu in range(nd):
-            dbl = u[:, mu] @ fwd[mu][:, mu]
+            dbl = mm(u[:, mu], fwd[mu][:, mu])
             for nu in range(nd):
                 if nu == mu:
                     continue
                 unu_2mu = _sh(fwd[mu][:, nu], grid, mu, 1)
-                rect[(mu, nu)] = _retr(dbl @ unu_2mu, u[:, nu] @ _sh(dbl, grid, nu, 1))
+                rect[(mu, nu)] = _retr(mm(dbl, unu_2mu), mm(u[:, nu], _sh(dbl, grid, nu, 1)))
     return plaq, rect
 
 
@@ -118,24 +118,24 @@ def staple_sum(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torc
     unu = u[:, nus]
     unu_mu = fwd[mus, :, nus].transpose(0, 1)  # U_nu(x + mu)
     umu_nu = fwd[nus, :, mus].transpose(0, 1)  # U_mu(x + nu)
-    up = unu_mu @ dagger(unu @ umu_nu)
-    down = _group_shift(dagger(umu @ unu_mu) @ unu, grid, nus, -1)
+    up = mm(unu_mu, dagger(mm(unu, umu_nu)))
+    down = _group_shift(mm(dagger(mm(umu, unu_mu)), unu), grid, nus, -1)
     per_mu = (b, nd, nd - 1) + tuple(u.shape[2:])
     a = c0 * (up + down) if c0 else torch.zeros_like(up)
     if c1:
         dirs = list(range(nd))
         umu_mu = fwd[dirs, :, dirs].transpose(0, 1)  # U_mu(x + mu)
-        dbl = (u @ umu_mu)[:, mus]  # L_mu(x)
+        dbl = mm(u, umu_mu)[:, mus]  # L_mu(x)
         # rectangles 1 along mu, 2 along nu
-        r_up = unu_mu @ _group_shift(up, grid, nus, 1) @ dagger(unu)
-        r_down = _group_shift(dagger(unu_mu) @ down @ unu, grid, nus, -1)
+        r_up = mm(mm(unu_mu, _group_shift(up, grid, nus, 1)), dagger(unu))
+        r_down = _group_shift(mm(mm(dagger(unu_mu), down), unu), grid, nus, -1)
         a = a + c1 * (r_up + r_down)
         # rectangles 2 along mu: staples Sigma of the double link
         unu_2mu = _group_shift(unu_mu, grid, mus, 1)
-        sigma = unu_2mu @ dagger(unu @ _group_shift(dbl, grid, nus, 1))
-        sigma = sigma + _group_shift(dagger(dbl @ unu_2mu) @ unu, grid, nus, -1)
+        sigma = mm(unu_2mu, dagger(mm(unu, _group_shift(dbl, grid, nus, 1))))
+        sigma = sigma + _group_shift(mm(dagger(mm(dbl, unu_2mu)), unu), grid, nus, -1)
         sigma = sigma.reshape(per_mu).sum(2)
-        ends = umu_mu @ sigma + _group_shift(sigma @ u, grid, dirs, -1)
+        ends = mm(umu_mu, sigma) + _group_shift(mm(sigma, u), grid, dirs, -1)
         return a.reshape(per_mu).sum(2) + c1 * ends
     return a.reshape(per_mu).sum(2)
 
@@ -144,7 +144,7 @@ def gauge_force(
     u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float = 1.0, c1: float = 0.0
 ) -> torch.Tensor:
     """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (module docstring), ``(B, Nd, *local, 3, 3)``."""
-    return (beta / (2.0 * NC)) * project_ta(u @ staple_sum(u, grid, c0, c1))
+    return (beta / (2.0 * NC)) * project_ta(mm(u, staple_sum(u, grid, c0, c1)))
 
 
 def su3_action_local(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float) -> torch.Tensor:
@@ -170,7 +170,7 @@ def su3_action_density(u: torch.Tensor, grid: ProcessGrid, c0: float, c1: float)
 
 def flow_generator(u: torch.Tensor, grid: ProcessGrid, c1: float = 0.0) -> torch.Tensor:
     """``Z(V) = -TA(V A)`` with the staples of ``c0 = 1 - 8 c1``, ``c1`` (Wilson flow)."""
-    return -project_ta(u @ staple_sum(u, grid, 1.0 - 8.0 * c1, c1))
+    return -project_ta(mm(u, staple_sum(u, grid, 1.0 - 8.0 * c1, c1)))
 
 
 def flow_step_rk3(
@@ -186,11 +186,11 @@ def flow_step_rk3(
     """
     flow_generator_ = generator or flow_generator
     z0 = eps * flow_generator_(u, grid, c1)
-    w1 = su_expm(0.25 * z0) @ u
+    w1 = mm(su_expm(0.25 * z0), u)
     z1 = eps * flow_generator_(w1, grid, c1)
-    w2 = su_expm((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0) @ w1
+    w2 = mm(su_expm((8.0 / 9.0) * z1 - (17.0 / 36.0) * z0), w1)
     z2 = eps * flow_generator_(w2, grid, c1)
-    return su_expm(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0) @ w2
+    return mm(su_expm(0.75 * z2 - (8.0 / 9.0) * z1 + (17.0 / 36.0) * z0), w2)
 
 
 # --------------------------------------------------------------------------- U(1)
@@ -276,7 +276,7 @@ class EagerBackend:
 
     def su3_expm_mul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``exp(X) W`` for traceless anti-Hermitian ``X`` (the MD link update)."""
-        return su_expm(x) @ w
+        return mm(su_expm(x), w)
 
     def su3_reunitarize(self, u: torch.Tensor) -> torch.Tensor:
         """The SU(3) link nearest each of ``u`` (:func:`kernels.groups.su_n.reunitarize`)."""

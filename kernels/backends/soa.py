@@ -17,6 +17,7 @@ once per process, ``dynamic=True`` for every lattice size). Only the Wilson term
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -168,9 +169,12 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def _compiled(name: str, fn: Callable) -> Callable:
-    """One ``torch.compile(dynamic=True)`` per kernel and process, for all lattice sizes."""
+    """One ``torch.compile(dynamic=True)`` per kernel and process, for all lattice sizes
+    (``TRIVHMC_COMPILE_DYNAMIC=0``: static shapes, one compile per lattice size, which
+    compiles faster and lets the code generator specialise on the extents)."""
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True)
+        dynamic = os.environ.get("TRIVHMC_COMPILE_DYNAMIC", "1") != "0"
+        _COMPILED[name] = torch.compile(fn, dynamic=dynamic)
     return _COMPILED[name]
 
 

@@ -53,7 +53,7 @@ from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
 
 from ..backends import get_backend
 from ..backends.eager import _site_sum, wilson_loops
-from ..groups.su_n import algebra_norm2, dagger, haar_su_n, project_ta
+from ..groups.su_n import algebra_norm2, dagger, haar_su_n, mm, project_ta
 from ..theory import Theory
 
 #: rectangle coefficient c1 of each named action
@@ -128,9 +128,12 @@ def _staples_box(
         for nu in range(nd):
             if nu == mu:
                 continue
-            up = _at(p, nu, box, {mu: 1}) @ dagger(_at(p, nu, box, {}) @ _at(p, mu, box, {nu: 1}))
-            down = dagger(_at(p, mu, box, {nu: -1}) @ _at(p, nu, box, {mu: 1, nu: -1})) @ _at(
-                p, nu, box, {nu: -1}
+            up = mm(
+                _at(p, nu, box, {mu: 1}), dagger(mm(_at(p, nu, box, {}), _at(p, mu, box, {nu: 1})))
+            )
+            down = mm(
+                dagger(mm(_at(p, mu, box, {nu: -1}), _at(p, nu, box, {mu: 1, nu: -1}))),
+                _at(p, nu, box, {nu: -1}),
             )
             term = up + down
             acc = term if acc is None else acc + term
@@ -179,7 +182,7 @@ def wilson_staples_overlap(u: torch.Tensor, grid: ProcessGrid, c0: float = 1.0) 
 def gauge_force_overlap(u: torch.Tensor, grid: ProcessGrid, beta: float, c0: float = 1.0):
     """``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` for the Wilson action with the staples of
     :func:`wilson_staples_overlap` (communication hidden behind the interior)."""
-    return (beta / (2.0 * NC)) * project_ta(u @ wilson_staples_overlap(u, grid, c0))
+    return (beta / (2.0 * NC)) * project_ta(mm(u, wilson_staples_overlap(u, grid, c0)))
 
 
 def gauge_transform(u: torch.Tensor, g: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
