@@ -70,20 +70,61 @@ def test_site_map_and_pack_roundtrip():
 
 
 @pytest.mark.parametrize("split", [(0,), (1, 3), (0, 1, 2, 3)])
-def test_padded_pack_places_the_block_inside_a_zero_halo(split):
-    """``pack(split=...)`` puts the local block into the layout of the block padded by one
-    site on both sides of the split axes, halo sites zero (what unpacking the whole padded
-    block shows: ``u`` zero-padded), and ``unpack(..., split)`` returns the owned sites
-    exactly."""
+def test_ghost_layout_pack_and_tables(split):
+    """``pack(sites=GhostLayout.site)`` keeps every owned site where the unsplit layout has it,
+    zero on the ghost rows, and ``unpack`` returns the links exactly. The ghost layout's
+    neighbour tables, followed from an owned site (one hop, and the two-hop corners of the
+    stencils), reach the lattice neighbour: an owned site (lane permuted by the mask) when
+    it is inside the block, else a ghost site whose lane holds that neighbour by the rule
+    of :class:`GhostLayout` (checked here against coordinates)."""
     shape = (4, 2, 6, 2)
     grid, u = _links(shape)
-    plocal = vnode._padded_shape(shape, split)
-    q = vnode.pack(u, split=split)
-    assert q.shape == vnode.packed_shape(2, plocal)
-    pad = [(0, 0)] * 2 + [(1, 1) if d in split else (0, 0) for d in range(4)] + [(0, 0)] * 2
-    want = torch.from_numpy(np.pad(u.numpy(), pad))
-    assert torch.equal(vnode.unpack(q, 2, 4, plocal), want)
-    assert torch.equal(vnode.unpack(q, 2, 4, shape, split), u)
+    lay = vnode.GhostLayout(shape, split)
+    q = vnode.pack(u, sites=lay.site, out=np.empty((lay.nrows(2), vnode.LB)))
+    ref = vnode.pack(u)
+    vo, vs = lay.vo, lay.vs
+    assert vo == int(np.prod(shape)) // 16 and vs > vo
+    blocks = q[: 2 * 4 * vs].reshape(8, vs, -1)
+    assert np.array_equal(blocks[:, :vo], ref[: 8 * vo].reshape(8, vo, -1))
+    assert not blocks[:, vo:].any()
+    assert torch.equal(vnode.unpack(q, 2, 4, shape, lay.site), u)
+    nbr0, msk0 = vnode.tables(shape)
+    h = np.array(shape) // 2
+    # coordinates of (outer site, lane) of the extended layout, ghosts included
+    lo = np.array([-1 if d in split else 0 for d in range(4)])
+    ext = tuple(int(h[d] + 2 * (d in split)) for d in range(4))
+    oc = np.stack(np.unravel_index(np.arange(int(np.prod(ext))), ext), 1) + lo
+    owned = np.all((oc >= 0) & (oc < h), 1)
+    oc = oc[np.concatenate([np.flatnonzero(owned), np.flatnonzero(~owned)])]
+    bits = (np.arange(16)[:, None] >> np.arange(4)[None, :]) & 1
+
+    def site(o, lane):  # the lattice coordinates that (o, lane) stands for (ghost rule)
+        return oc[o] + bits[lane] * h
+
+    for d in range(4):
+        for s, step in enumerate((1, -1)):
+            if d not in split:
+                assert np.array_equal(lay.nbr[:vo, d, s], nbr0[:, d, s])
+                assert np.array_equal(lay.msk[:vo, d, s], msk0[:, d, s])
+            for o in range(vo):
+                for lane in range(16):
+                    want = site(o, lane)
+                    want[d] += step
+                    if d not in split:
+                        want[d] %= shape[d]
+                    o2, m2 = lay.nbr[o, d, s], lay.msk[o, d, s]
+                    assert np.array_equal(site(o2, lane ^ m2), want)
+                    for e in range(4):  # a second hop along another axis (staple corners)
+                        if e == d:
+                            continue
+                        for t, st in enumerate((1, -1)):
+                            w2 = want.copy()
+                            w2[e] += st
+                            if e not in split:
+                                w2[e] %= shape[e]
+                            o3 = lay.nbr[o2, e, t]
+                            m3 = m2 ^ lay.msk[o2, e, t]
+                            assert np.array_equal(site(o3, lane ^ m3), w2)
 
 
 def test_neighbour_tables_are_the_lattice_shift():

@@ -335,14 +335,14 @@ def _perm_func() -> str:
 _KERNELS = """
 
 @njit(inline='always')
-def prefetch_site(Q, nbr, tot, vo, q, back):
+def prefetch_site(Q, nbr, tot, vo, vs, q, back):
     \"\"\"Prefetch into L2 (:mod:`kernels.backends.prefetch`) the link blocks that the sweep
     over (chain, outer site) touches first at site ``q + {PF_AHEAD}``: U_d(x + e_0) for d > 0
     and U_0(x + e_1) (every block is first read as one of these), with ``back`` also the four
     links at x - e_0 (the stencils that reach back; their last use was a sweep plane ago).\"\"\"
     qn = q + {PF_AHEAD}
     if qn < tot:
-        base = (qn // vo) * {ND} * vo
+        base = (qn // vo) * {ND} * vs
         on = qn % vo
         o0 = nbr[on, 0, 0]
         for d in range(1, {ND}):
@@ -378,10 +378,11 @@ def lower_staple_acc(Q, nbr, msk, g, y, my, a, ba, bb, Wk, row):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
+def su3_ta_staples(Q, nbr, msk, nb, vo, vs, coef, ta, keep, out, nch):
     \"\"\"ta: out = coef TA(U_mu A_mu) (+ keep out, if keep != 0); else out = coef A_mu.
-    Q: (blocks, LB), the links ((b Nd + mu) vo + o) and then ``nch`` scratch areas of 6
-    blocks; out: (B Nd vo, LB).
+    Q: (blocks, LB), the links ((b Nd + mu) vs + o) and then ``nch`` scratch areas of 6
+    blocks; out: (B Nd vs, LB). The sweep covers the outer sites o < vo; a layout with
+    ghost sites (:class:`GhostLayout`) stores them at vo <= o < vs (``nbr`` reaches them).
     Per site, plane by plane (mu < nu): P = U_nu(x+mu) U_mu(x+nu)^+ gives both upper
     staples, A_mu += P U_nu(x)^+ and A_nu += P^+ U_mu(x)^+; the lower ones are
     A_mu += (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu) and
@@ -389,22 +390,22 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
     with the 4 final U_mu A_mu (52 when each link's staples are built on their own).\"\"\"
     tot = nb * vo
     for ch in prange(nch):
-        g = tot * {ND} + ch * 6
+        g = nb * {ND} * vs + ch * 6
         Wk = np.empty((2 + {ND}, {LB}))  # T, M, A_0 .. A_3
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
-            prefetch_site(Q, nbr, tot, vo, q, True)
+            prefetch_site(Q, nbr, tot, vo, vs, q, True)
             for k in range({ND} * {LB}):
                 Wk[2 + k // {LB}, k % {LB}] = 0.0
             for mu in range({ND}):
-                bmu = (b * {ND} + mu) * vo
+                bmu = (b * {ND} + mu) * vs
                 o_pmu = nbr[o, mu, 0]
                 m_pmu = msk[o, mu, 0]
                 o_mmu = nbr[o, mu, 1]
                 m_mmu = msk[o, mu, 1]
                 for nu in range(mu + 1, {ND}):
-                    bnu = (b * {ND} + nu) * vo
+                    bnu = (b * {ND} + nu) * vs
                     # upper: P = U_nu(x+mu) U_mu(x+nu)^+
                     x1 = link(Q, g, 0, bnu + o_pmu, m_pmu)
                     x2 = link(Q, g, 1, bmu + nbr[o, nu, 0], msk[o, nu, 0])
@@ -417,7 +418,7 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
                     # lower, link nu: (U_nu(x-mu) U_mu(x-mu+nu))^+ U_mu(x-mu)
                     lower_staple_acc(Q, nbr, msk, g, o_mmu, m_mmu, nu, bnu, bmu, Wk, 2 + nu)
             for mu in range({ND}):
-                bmu = (b * {ND} + mu) * vo
+                bmu = (b * {ND} + mu) * vs
                 if ta:
                     mm_nn(Q, bmu + o, Wk, 2 + mu, Wk, 1)
                     if keep == 0.0:
@@ -430,22 +431,22 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, coef, ta, keep, out, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
+def su3_plaquette_density(Q, nbr, msk, nb, vo, vs, out, nch):
     \"\"\"out[b vo + o, l] = sum_{{mu<nu}} (3 - Re Tr U_{{mu nu}}(x)).\"\"\"
     tot = nb * vo
     for ch in prange(nch):
-        g = tot * {ND} + ch * 6
+        g = nb * {ND} * vs + ch * 6
         Wk = np.empty((2, {LB}))
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
-            prefetch_site(Q, nbr, tot, vo, q, False)
+            prefetch_site(Q, nbr, tot, vo, vs, q, False)
             for l in range({W}):
                 out[q, l] = 0.0
             for mu in range({ND}):
-                bmu = (b * {ND} + mu) * vo
+                bmu = (b * {ND} + mu) * vs
                 for nu in range(mu + 1, {ND}):
-                    bnu = (b * {ND} + nu) * vo
+                    bnu = (b * {ND} + nu) * vs
                     x1 = link(Q, g, 0, bnu + nbr[o, mu, 0], msk[o, mu, 0])
                     mm_nn(Q, bmu + o, Q, x1, Wk, 0)
                     x2 = link(Q, g, 1, bmu + nbr[o, nu, 0], msk[o, nu, 0])
@@ -454,7 +455,7 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, out, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def su3_clover_density(Q, nbr, msk, nb, vo, charge, out, nch):
+def su3_clover_density(Q, nbr, msk, nb, vo, vs, charge, out, nch):
     \"\"\"Clover field strength G_{{mu nu}}(x) = TA(L1 + L2 + L3 + L4) / 4 from the four
     plaquettes (leaves) of the (mu, nu) plane that start and end at x, all with the
     orientation of L1 = U_mu(x) U_nu(x+mu) U_mu(x+nu)^+ U_nu(x)^+; then out[b vo + o, l] =
@@ -462,20 +463,20 @@ def su3_clover_density(Q, nbr, msk, nb, vo, charge, out, nch):
     Re tr(G01 G23 - G02 G13 + G03 G12).\"\"\"
     tot = nb * vo
     for ch in prange(nch):
-        g = tot * {ND} + ch * 6
+        g = nb * {ND} * vs + ch * 6
         Wk = np.empty((9, {LB}))  # T, T', clover sum, G of the 6 planes
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
-            prefetch_site(Q, nbr, tot, vo, q, True)
+            prefetch_site(Q, nbr, tot, vo, vs, q, True)
             for l in range({W}):
                 out[q, l] = 0.0
             for mu in range({ND}):
-                bmu = (b * {ND} + mu) * vo
+                bmu = (b * {ND} + mu) * vs
                 o_pmu, m_pmu = nbr[o, mu, 0], msk[o, mu, 0]
                 o_mmu, m_mmu = nbr[o, mu, 1], msk[o, mu, 1]
                 for nu in range(mu + 1, {ND}):
-                    bnu = (b * {ND} + nu) * vo
+                    bnu = (b * {ND} + nu) * vs
                     o_pnu, m_pnu = nbr[o, nu, 0], msk[o, nu, 0]
                     o_mnu, m_mnu = nbr[o, nu, 1], msk[o, nu, 1]
                     # L1 = U_mu(x) U_nu(x+mu) (U_nu(x) U_mu(x+nu))^+
@@ -521,23 +522,26 @@ def su3_clover_density(Q, nbr, msk, nb, vo, charge, out, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def expm_mul(Z, cz, V, out, nblk, nch):
+def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
     \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X), with
     X = sum_i cz[i] Z[i] (left to right; the RK3 stages' combinations of generators, or eps P
     for the MD drift): A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A +
     f2 A^2 by Cayley-Hamilton (ch_init, ch_series<N>, ch_build) with the Taylor terms to an
     order N chosen by n (_CH_ORDERS: |A^n / n!|_F <= n^n / n!, the first omitted term is
     below 2.1e-20 in every lane; N = {CH_ORDER} for n > 1/2), then s squarings and one
-    product with V.\"\"\"
+    product with V. Block q of the sweep is row (q // vo) vs + q % vo (vo = vs: row q; a
+    ghost layout skips its ghost rows).\"\"\"
     nz = cz.shape[0]
     for ch in prange(nch):
         Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
         S = np.empty((12, {W}))  # Cayley-Hamilton scalars per lane
-        for q in range(ch * nblk // nch, (ch + 1) * nblk // nch):
-            if q + {PF_AHEAD} < nblk:
+        for qq in range(ch * nblk // nch, (ch + 1) * nblk // nch):
+            q = (qq // vo) * vs + qq % vo
+            if qq + {PF_AHEAD} < nblk:
+                qn = ((qq + {PF_AHEAD}) // vo) * vs + (qq + {PF_AHEAD}) % vo
                 for i in range(nz):
-                    prefetch_row(Z[i], q + {PF_AHEAD})
-                prefetch_row(V, q + {PF_AHEAD})
+                    prefetch_row(Z[i], qn)
+                prefetch_row(V, qn)
             for k in range({LB}):
                 Wk[3, k] = cz[0] * Z[0, q, k]
             for i in range(1, nz):
@@ -569,28 +573,10 @@ def expm_mul(Z, cz, V, out, nblk, nch):
 
 
 @threaded_kernel(cache=True)
-def slab_get(Q, rows, cols, out):
-    \"\"\"out[i, c] = Q[rows[i], cols[i, c]]: the packed entries of a lattice slice.\"\"\"
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        for c in range(18):
-            out[i, c] = Q[r, cols[i, c]]
-
-
-@threaded_kernel(cache=True)
-def slab_put(Q, rows, cols, src, zero):
-    \"\"\"Q[rows[i], cols[i, c]] = src[i, c] (or 0.0 with ``zero``).\"\"\"
-    for i in prange(rows.shape[0]):
-        r = rows[i]
-        for c in range(18):
-            Q[r, cols[i, c]] = 0.0 if zero else src[i, c]
-
-
-@threaded_kernel(cache=True)
 def pack_links(src, site, dst):
     \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], i, j, r] (a = b Nd + mu, c = 6 i + 2 j
     + r; src may be strided, e.g. links with transposed 3x3 storage); 0.0 where
-    ``site[o, l] < 0`` (a halo site of a padded block, :func:`padded_site_table`).\"\"\"
+    ``site[o, l] < 0`` (a ghost site, :class:`GhostLayout`).\"\"\"
     na = src.shape[0]
     vo = site.shape[0]
     for q in prange(na * vo):
@@ -607,7 +593,7 @@ def pack_links(src, site, dst):
 
 @threaded_kernel(cache=True)
 def unpack_links(src, site, dst):
-    \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links; halo sites,
+    \"\"\"dst[a, site[o, l], c] = src[a vo + o, c W + l] (the inverse of pack_links; ghost sites,
     ``site[o, l] < 0``, are skipped).\"\"\"
     na = dst.shape[0]
     vo = site.shape[0]
@@ -700,27 +686,6 @@ def site_table(local: tuple[int, ...]) -> np.ndarray:
 
 
 _SITES: dict[tuple[int, ...], np.ndarray] = {}
-_PADDED_SITES: dict[tuple, np.ndarray] = {}
-
-
-def padded_site_table(local: tuple[int, ...], split: tuple[int, ...]) -> np.ndarray:
-    """``site[o, l]`` of the block padded by one site on both sides of the ``split`` axes: the
-    flat (row-major) index in the unpadded ``local`` block of outer site ``o``, lane ``l``, or
-    -1 on a halo site."""
-    key = (local, split)
-    t = _PADDED_SITES.get(key)
-    if t is None:
-        plocal = _padded_shape(local, split)
-        coords = np.unravel_index(site_table(plocal), plocal)
-        inside = np.ones(coords[0].shape, bool)
-        shifted = []
-        for d, c in enumerate(coords):
-            c = c - 1 if d in split else c
-            inside &= (c >= 0) & (c < local[d])
-            shifted.append(np.clip(c, 0, local[d] - 1))
-        flat = np.ravel_multi_index(tuple(shifted), local)
-        t = _PADDED_SITES[key] = np.where(inside, flat, -1)
-    return t
 
 
 def nchunks(tot: int) -> int:
@@ -728,25 +693,20 @@ def nchunks(tot: int) -> int:
     return max(1, min(tot, max(16, 4 * numba.config.NUMBA_NUM_THREADS)))
 
 
-def _sites(local: tuple[int, ...], split: tuple[int, ...]) -> np.ndarray:
-    """The site table of ``local``, padded along ``split`` when that is not empty."""
-    return padded_site_table(local, split) if split else site_table(local)
-
-
 def pack(
     u: torch.Tensor,
     work: bool = False,
-    split: tuple[int, ...] = (),
+    sites: np.ndarray | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(B, Nd, *local, 3, 3)`` complex128 -> vnode blocks ``(B Nd Vo + scratch, 18 W)``
     float64 (module doc), with the kernels' scratch areas (:func:`nchunks` x 6 blocks) as
-    its tail; ``work``: into a reused workspace (valid until the next packing); ``split``:
-    into the block padded by one site on both sides of those axes, zero on the halo sites
-    (:func:`padded_site_table`); ``out``: into that array (at least ``B Nd Vo`` rows)."""
+    its tail; ``work``: into a reused workspace (valid until the next packing); ``sites``:
+    the site table of another layout (``GhostLayout.site``: ``-1`` rows, ghost sites, are
+    zero); ``out``: into that array (at least ``B Nd Vo`` rows)."""
     b, nd = u.shape[:2]
     local = tuple(u.shape[2:-2])
-    site = _sites(local, split)
+    site = site_table(local) if sites is None else sites
     vo = site.shape[0]
     r = torch.view_as_real(u.detach().resolve_conj())
     try:  # strided links are read in place (a copy of 38 MB costs 19 ms at 16^4)
@@ -762,13 +722,13 @@ def pack(
 
 
 def unpack(
-    q: np.ndarray, b: int, nd: int, local: tuple[int, ...], split: tuple[int, ...] = ()
+    q: np.ndarray, b: int, nd: int, local: tuple[int, ...], sites: np.ndarray | None = None
 ) -> torch.Tensor:
     """Flat vnode float64 array -> ``(B, Nd, *local, 3, 3)`` complex128 (a new tensor); with
-    ``split`` the owned sites of the padded block (:func:`pack`)."""
+    ``sites`` (:func:`pack`) the owned sites of that layout."""
     out = np.empty((b * nd, int(np.prod(local)), 18))
     fused._threads()
-    kernels().unpack_links(q, _sites(local, split), out)
+    kernels().unpack_links(q, site_table(local) if sites is None else sites, out)
     return torch.view_as_complex(torch.from_numpy(out).reshape(b, nd, *local, 3, 3, 2))
 
 
@@ -807,7 +767,9 @@ def ta_staples_packed(
     _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
     _check(out, b * ND * vo, "output")
     fused._threads()
-    kernels().su3_ta_staples(q, nbr, msk, b, vo, float(coef), ta, float(keep), out, nchunks(b * vo))
+    kernels().su3_ta_staples(
+        q, nbr, msk, b, vo, vo, float(coef), ta, float(keep), out, nchunks(b * vo)
+    )
 
 
 def plaquette_density_packed(q: np.ndarray, b: int, local: tuple[int, ...]) -> np.ndarray:
@@ -817,7 +779,7 @@ def plaquette_density_packed(q: np.ndarray, b: int, local: tuple[int, ...]) -> n
     _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
     out = np.empty((b * vo, W))
     fused._threads()
-    kernels().su3_plaquette_density(q, nbr, msk, b, vo, out, nchunks(b * vo))
+    kernels().su3_plaquette_density(q, nbr, msk, b, vo, vo, out, nchunks(b * vo))
     return out
 
 
@@ -832,7 +794,7 @@ def clover_density_packed(
     _check(q, b * ND * vo + 6 * nchunks(b * vo), "links")
     out = np.empty((b * vo, W))
     fused._threads()
-    kernels().su3_clover_density(q, nbr, msk, b, vo, charge, out, nchunks(b * vo))
+    kernels().su3_clover_density(q, nbr, msk, b, vo, vo, charge, out, nchunks(b * vo))
     return out
 
 
@@ -876,7 +838,7 @@ def expm_mul_packed(
         if np.may_share_memory(w, v) or any(np.may_share_memory(w, a) for a in z):
             raise ValueError("vnode exp(X) V: the output must not overlap V or X")
     fused._threads()
-    kernels().expm_mul(z, np.array(coefs, np.float64), v, w, n, nchunks(n))
+    kernels().expm_mul(z, np.array(coefs, np.float64), v, w, n, n, n, nchunks(n))
     return w
 
 
@@ -990,33 +952,95 @@ def su3_clover_density(u: torch.Tensor, charge: bool = False) -> torch.Tensor:
 _HALO_TAG = 9100  # MPI tags of the packed halo exchange: _HALO_TAG + 2 d + (towards > 0)
 
 
-_SLABS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+class GhostLayout:
+    """The vnode layout of a local block on a grid with split axes, with ghost outer sites
+    instead of padding (Grid's approach: the sweep covers the owned sites only).
+
+    Every owned site keeps its place of the unsplit layout (outer sites ``o < vo``, lanes cut
+    each axis in two halves of ``h_d``). A split axis ``d`` gets two ghost planes of outer
+    sites at ``o_d = -1`` and ``o_d = h_d``, stored after the owned ones (``vo <= o < vs``;
+    corner planes of two split axes included), and the neighbour tables send a hop across
+    ``o_d = 0`` / ``h_d - 1`` there with no lane permutation. A ghost plane holds in each lane
+    the link at the site that lane's hop reaches: for the upper plane, lane ``l`` with lane
+    bit ``d`` clear is the owned site ``x_d = h_d`` (outer plane 0, lane ``l ^ 2^d``), and with
+    the bit set the upper rank's ``x_d = 0`` (its plane 0, lane ``l ^ 2^d``); the lower plane
+    likewise with the owned ``x_d = h_d - 1`` and the lower rank's ``x_d = L_d - 1``. So a
+    face exchange sends half the lanes of one outer plane (one lattice slice of links, the
+    minimum) and the other half of each ghost plane is a lane-permuted local copy. Axes are
+    filled one after the other, each plane spanning the ghost planes of the axes before it,
+    so edges and corners arrive too."""
+
+    def __init__(self, local: tuple[int, ...], split: tuple[int, ...]) -> None:
+        self.local, self.split = tuple(local), tuple(split)
+        h = np.array(local) // 2
+        lo = np.array([-1 if d in split else 0 for d in range(ND)])
+        ext = tuple(int(h[d] + 2 * (d in split)) for d in range(ND))
+        coords = np.stack(np.unravel_index(np.arange(int(np.prod(ext))), ext), 1) + lo
+        owned = np.all((coords >= 0) & (coords < h), 1)
+        self.vo = int(owned.sum())
+        self.vs = len(coords)
+        order = np.concatenate([np.flatnonzero(owned), np.flatnonzero(~owned)])
+        coords = coords[order]  # owned sites first, in the unsplit layout's order
+        index = np.empty(ext, np.int64)
+        index[tuple((coords - lo).T)] = np.arange(self.vs)
+        self.nbr = np.empty((self.vs, ND, 2), np.int64)
+        self.msk = np.zeros((self.vs, ND, 2), np.int64)
+        for d in range(ND):
+            for s, step in enumerate((1, -1)):
+                c = coords.copy()
+                c[:, d] += step
+                if d in split:  # into the ghost planes; a hop beyond them is never taken
+                    c[:, d] = np.clip(c[:, d], -1, h[d])
+                else:
+                    cross = (c[:, d] < 0) | (c[:, d] >= h[d])
+                    c[:, d] %= h[d]
+                    self.msk[:, d, s] = np.where(cross, 1 << d, 0)
+                self.nbr[:, d, s] = index[tuple((c - lo).T)]
+        site = site_table(tuple(local))
+        self.site = np.full((self.vs, W), -1, np.int64)
+        self.site[: self.vo] = site
+        # per split axis, in order: outer sites of the planes o_d = 0, h_d - 1, -1, h_d, each
+        # spanning the ghost range of the axes filled before it and the owned range after
+        self.planes = {}
+        for k, d in enumerate(split):
+            rng = [
+                np.arange(-1, h[a] + 1) if a in split[:k] else np.arange(h[a]) for a in range(ND)
+            ]
+            got = []
+            for x in (0, h[d] - 1, -1, h[d]):
+                r = list(rng)
+                r[d] = np.array([x])
+                mesh = np.meshgrid(*r, indexing="ij")
+                got.append(index[tuple(m.reshape(-1) - lo[a] for a, m in enumerate(mesh))])
+            self.planes[d] = tuple(got)
+
+    def rows(self, b: int, d: int) -> tuple[np.ndarray, ...]:
+        """Rows in a packed field of the four planes of axis ``d`` (:attr:`planes`), every
+        chain and link direction."""
+        base = np.arange(b * ND)[:, None] * self.vs
+        return tuple((base + p[None, :]).reshape(-1) for p in self.planes[d])
+
+    def nrows(self, b: int) -> int:
+        """Rows of a packed field with the kernels' scratch tail."""
+        return b * ND * self.vs + 6 * nchunks(b * self.vo)
 
 
-def _slab_index(b: int, plocal: tuple[int, ...], d: int, x: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, cols)`` of the packed entries of the padded lattice slice ``x_d = x`` (every
-    chain, direction, site of the slice and real component), shapes ``(B Nd S,)`` and
-    ``(B Nd S, 18)`` (the ``slab_get`` / ``slab_put`` kernels); kept between trajectories."""
-    key = (b, plocal, d, x)
-    if key not in _SLABS:
-        _SLABS[key] = _build_slab_index(b, plocal, d, x)
-    return _SLABS[key]
+def _lanes(a: np.ndarray, d: int, bit: int) -> np.ndarray:
+    """The lanes of packed rows ``a`` ``(n, 18 W)`` whose lane bit ``d`` is ``bit``, as a view
+    ``(n, 18, W / 2)`` ordered by the remaining lane bits."""
+    v = a.reshape(a.shape[0], 18, 1 << (ND - 1 - d), 2, 1 << d)
+    return v[:, :, :, bit, :]
 
 
-def _build_slab_index(
-    b: int, plocal: tuple[int, ...], d: int, x: int
-) -> tuple[np.ndarray, np.ndarray]:
-    vo = int(np.prod(plocal)) // W
-    inv = np.empty(vo * W, np.int64)
-    inv[site_table(plocal).reshape(-1)] = np.arange(vo * W)  # flat site -> o W + l
-    idx = [np.arange(n) for n in plocal]
-    idx[d] = np.array([x])
-    flat = np.ravel_multi_index(np.meshgrid(*idx, indexing="ij"), plocal).reshape(-1)
-    o, lane = inv[flat] // W, inv[flat] % W
-    rows = (np.arange(b * ND)[:, None] * vo + o[None, :]).reshape(-1)
-    cols = np.arange(18)[None, None, :] * W + lane[None, :, None]
-    cols = np.broadcast_to(cols, (b * ND, lane.size, 18)).reshape(-1, 18)
-    return rows, np.ascontiguousarray(cols)
+_LAYOUTS: dict[tuple, GhostLayout] = {}
+
+
+def ghost_layout(local: tuple[int, ...], split: tuple[int, ...]) -> GhostLayout:
+    """The (cached) :class:`GhostLayout` of ``local`` with ``split`` axes."""
+    key = (tuple(local), tuple(split))
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = GhostLayout(*key)
+    return _LAYOUTS[key]
 
 
 class PackedMD:
@@ -1024,98 +1048,107 @@ class PackedMD:
     trajectory (:class:`kernels.theory.ResidentMD`): one pack of ``(U, P)`` at the start and
     one unpack at the end, instead of a pack and an unpack per force and per drift. The
     force is ``coef TA(U A)`` (``coef = beta c0 / 6``), the drift ``U -> exp(eps P) U`` per
-    lane (:func:`expm_mul_packed`); momenta and forces are ``(B, Nd Vo, 18 W)`` tensors over
-    numpy memory, so the integrator's kick ``P -= h F`` acts on them in place.
+    lane (:func:`expm_mul`); momenta and forces are ``(B, Nd Vs, 18 W)`` tensors over numpy
+    memory, so the integrator's kick ``P -= h F`` acts on them in place.
 
-    On a grid with split axes the packed block is the local block padded by one site on both
-    sides of each split axis (as :func:`_on_grid`). Before every force the halo links are
-    exchanged in the packed layout (one axis after the other, so edges and corners arrive
-    too); the force is set to zero on halo sites, whose momenta start at zero, so the halo
-    links never move between exchanges and nothing but owned sites enters the kicks, the
-    per-chain NaN check or the result."""
+    On a grid with split axes the fields live in the :class:`GhostLayout` of the local block:
+    the kernels sweep the owned sites only, and before every force the ghost planes are
+    refilled (:meth:`_exchange`). Forces and momenta are zero on ghost sites and the drift
+    skips them, so nothing but owned sites enters the kicks, the per-chain NaN check or the
+    result."""
 
     def __init__(self, b: int, local: tuple[int, ...], coef: float, grid=None) -> None:
         self.b, self.coef, self.grid = b, float(coef), grid
         self.split = _split_axes(grid) if grid is not None else ()
         self.local = tuple(local)
-        self.plocal = _padded_shape(self.local, self.split)
-        self.n = b * ND * int(np.prod(self.plocal)) // W
-        self._bufs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        # per split axis: (send down, send up, receive from below, receive from above)
-        self._slabs = {
-            d: tuple(
-                _slab_index(b, self.plocal, d, x)
-                for x in (1, self.plocal[d] - 2, 0, self.plocal[d] - 1)
-            )
-            for d in self.split
-        }
+        self.lay = ghost_layout(self.local, self.split)
+        self.n = b * ND * self.lay.vs
+        self._rows = {d: self.lay.rows(b, d) for d in self.split}
+        self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).view(self.b, -1, LB)
 
     def _exchange(self, q: np.ndarray) -> None:
-        """Refresh the halo links of packed ``q`` from the neighbouring ranks, in place: per
-        split axis both faces gathered, both messages in flight at once (``parallel.comm``'s
-        ``irecv``/``isend`` on buffers kept for the trajectory, one ``waitall``), both halos
-        scattered; axis after axis, so that edges and corners arrive too."""
+        """Fill the ghost planes of packed ``q`` in place (:class:`GhostLayout`): per split
+        axis, the owned slices ``x_d = 0`` and ``x_d = L_d - 1`` (half the lanes of outer
+        planes 0 and ``h_d - 1``) go to the lower and upper rank, both messages in flight at
+        once (``parallel.comm``'s ``irecv``/``isend`` on kept buffers, one ``waitall``), while
+        the other half of each ghost plane is copied from the owned planes; axis after axis,
+        so that edges and corners arrive too."""
         cart = self.grid.cart
         for d in self.split:
-            send_dn, send_up, recv_lo, recv_hi = self._slabs[d]
+            src_lo, src_hi, gh_lo, gh_hi = self._rows[d]
             down, up = self.grid.neighbours[d]
-            ways = (
-                (send_up, recv_lo, up, down, 1),  # my top slice is the upper rank's low halo
-                (send_dn, recv_hi, down, up, 0),
-            )
-            reqs, bufs = [], []
-            for send, recv, dest, source, k in ways:
-                sbuf, rbuf = self._buffers(d, k, send[0].size)
-                kernels().slab_get(q, *send, sbuf)
-                tag = _HALO_TAG + 2 * d + k
-                reqs.append(comm.irecv(cart, rbuf, source, tag))
-                reqs.append(comm.isend(cart, sbuf, dest, tag))
-                bufs.append((recv, rbuf))
+            send_dn, send_up, from_up, from_dn = self._buffers(d, src_lo.size)
+            lo, hi = q[src_lo], q[src_hi]
+            send_dn[...] = _lanes(lo, d, 0)  # x_d = 0: the lower rank's upper ghosts
+            send_up[...] = _lanes(hi, d, 1)  # x_d = L_d - 1: the upper rank's lower ghosts
+            tag = _HALO_TAG + 2 * d
+            reqs = [
+                comm.irecv(cart, from_up, up, tag),
+                comm.irecv(cart, from_dn, down, tag + 1),
+                comm.isend(cart, send_dn, down, tag),
+                comm.isend(cart, send_up, up, tag + 1),
+            ]
+            g_hi, g_lo = np.empty_like(lo), np.empty_like(hi)
+            _lanes(g_hi, d, 0)[...] = _lanes(lo, d, 1)  # x_d = h_d, owned
+            _lanes(g_lo, d, 1)[...] = _lanes(hi, d, 0)  # x_d = h_d - 1, owned
             comm.waitall(reqs)
-            for recv, rbuf in bufs:
-                kernels().slab_put(q, *recv, rbuf, False)
+            _lanes(g_hi, d, 1)[...] = from_up
+            _lanes(g_lo, d, 0)[...] = from_dn
+            q[gh_hi] = g_hi
+            q[gh_lo] = g_lo
 
-    def _buffers(self, d: int, k: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """Send and receive buffers of the face exchange ``(d, k)``, kept between forces."""
-        key = (d, k)
-        if key not in self._bufs:
-            self._bufs[key] = (np.empty((rows, 18)), np.empty((rows, 18)))
-        return self._bufs[key]
+    def _buffers(self, d: int, rows: int) -> tuple[np.ndarray, ...]:
+        """Send and receive buffers of axis ``d`` (half the lanes of ``rows`` link blocks),
+        kept between forces."""
+        if d not in self._bufs:
+            shape = (rows, 18, 1 << (ND - 1 - d), 1 << d)
+            self._bufs[d] = tuple(np.empty(shape) for _ in range(4))
+        return self._bufs[d]
 
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Packed links (with the kernels' scratch tail; halo links exchanged in the packed
-        layout) and packed momenta (zero on halo sites)."""
-        q = pack(field, split=self.split)
+        """Packed links (with the kernels' scratch tail; ghost planes filled) and packed
+        momenta (zero on ghost sites)."""
+        q = pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
         if self.split:
             self._exchange(q)
-        p = pack(momentum, split=self.split, out=np.empty((self.n, LB)))
+        p = pack(momentum, sites=self.lay.site, out=np.empty((self.n, LB)))
         return q, self._tensor(p)
 
     def force(self, phi: np.ndarray) -> torch.Tensor:
-        """``coef TA(U A)`` in the layout (a new array; zero on halo sites)."""
+        """``coef TA(U A)`` in the layout (a new array; zero on ghost sites)."""
+        lay = self.lay
         if self.split:
             self._exchange(phi)
         out = np.empty((self.n, LB))
-        ta_staples_packed(phi, self.b, self.plocal, self.coef, True, out)
-        for d in self.split:
-            for rows, cols in self._slabs[d][2:]:
-                kernels().slab_put(out, rows, cols, out, True)
+        fused._threads()
+        nch = nchunks(self.b * lay.vo)
+        kernels().su3_ta_staples(
+            phi, lay.nbr, lay.msk, self.b, lay.vo, lay.vs, self.coef, True, 0.0, out, nch
+        )
+        if lay.vs > lay.vo:
+            out.reshape(self.b * ND, lay.vs, LB)[:, lay.vo :] = 0.0
         return self._tensor(out)
 
     def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
-        """``exp(eps P) U`` per lane."""
+        """``exp(eps P) U`` per lane on the owned sites (ghost rows are refilled before the
+        next force)."""
+        lay = self.lay
         x = pi.numpy().reshape(self.n, LB)
-        return expm_mul_packed(x, phi, self.b, self.plocal, (eps,))  # eps P: same rounding
+        w = np.empty((lay.nrows(self.b), LB))
+        nblk = self.b * ND * lay.vo
+        fused._threads()
+        coefs = np.array([eps], np.float64)  # eps P: the rounding of the per-call drift
+        kernels().expm_mul(x[None], coefs, phi, w, nblk, lay.vo, lay.vs, nchunks(nblk))
+        return w
 
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
         p = pi.numpy().reshape(self.n, LB)
-        return unpack(phi, self.b, ND, self.local, self.split), unpack(
-            p, self.b, ND, self.local, self.split
-        )
+        site = self.lay.site
+        return unpack(phi, self.b, ND, self.local, site), unpack(p, self.b, ND, self.local, site)
 
 
 class PackedFlow:

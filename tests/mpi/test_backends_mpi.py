@@ -117,14 +117,19 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
     assert len(calls) == 3
 
 
-def test_vnode_resident_trajectory_on_split_grids(grids):
-    """An MD trajectory in the resident vnode layout on a split grid (padded block, halo
-    links exchanged in the packed layout before every force) ends where single-rank eager
-    ends, links and momenta; the resident path is really taken."""
+@pytest.mark.parametrize("shape", [SHAPE, (8, 2, 4, 8)], ids=["4x2x4x4", "8x2x4x8"])
+def test_vnode_resident_trajectory_on_split_grids(grids, shape):
+    """An MD trajectory in the resident vnode layout on a split grid (ghost layout, ghost
+    planes refilled in the packed layout before every force; local extents 1 and >= 2 outer
+    sites along the split axes) ends where single-rank eager ends, links and momenta; the
+    resident path is really taken."""
     pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
     from kernels.integrators import make_integrator
 
     grid, ref_grid = grids
+    if shape != SHAPE:
+        grid = ProcessGrid(shape, grid=tuple(grid.grid))
+        ref_grid = single_rank_grid(shape)
     th, ref = SU3Gauge(grid, 5.6), SU3Gauge(ref_grid, 5.6)
     u_ref, u = ref.hot_start(SiteRNG(5), 0, 2), th.hot_start(SiteRNG(5), 0, 2)
     p_ref, p = ref.random_momentum(SiteRNG(6), 0, 2), th.random_momentum(SiteRNG(6), 0, 2)
