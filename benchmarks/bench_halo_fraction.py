@@ -12,9 +12,11 @@ Without ``--overlap`` the force uses the eager backend (blocking shifts: every w
 its post at once); with ``--overlap`` the Wilson force computes the interior staples between
 ``halo_begin`` and ``halo_end`` (:func:`kernels.theories.su3.wilson_staples_overlap`), so
 the wait only covers what the interior did not hide. With ``--backend vnode`` the resident
-layout's packed halo exchange before every force (``PackedMD._exchange``) counts too: its
-gathers, posts and scatters as "post", its ``waitall`` as "wait". The table prints every
-trajectory and the medians (the dev VM is shared: single runs are noisy).
+layout's ghost-plane exchange before every force (``PackedMD._post`` / ``_fill``) counts too:
+its copies, posts and ghost fills as "post", its ``waitall`` as "wait" (with axis 0 split
+alone the interior planes are computed between post and wait; ``TRIVHMC_VNODE_OVERLAP=0``
+turns that off). The table prints every trajectory and the medians (the dev VM is shared:
+single runs are noisy).
 """
 
 from __future__ import annotations
@@ -59,20 +61,23 @@ def _timed_wait(requests):
 
 
 def _time_packed_exchange() -> None:
-    """``vnode``: the resident layout's packed halo exchange (``PackedMD._exchange``) bypasses
-    ``parallel.halo``; its gathers, posts and scatters count as "post" (its ``waitall`` is
-    timed as "wait" already)."""
+    """``vnode``: the resident layout's ghost-plane exchange (``PackedMD._post`` /
+    ``_fill``, kernels/backends/vnode.py) bypasses ``parallel.halo``; its copies, posts and
+    ghost fills count as "post" (its ``waitall`` is timed as "wait" already; the interior
+    sweep between post and wait is compute)."""
     from kernels.backends import vnode
 
-    exchange = vnode.PackedMD._exchange
+    for name, msgs in (("_post", 2), ("_fill", 0)):
+        orig = getattr(vnode.PackedMD, name)
 
-    def timed(self, q):
-        t0, wait0 = time.perf_counter(), SPENT["wait"]
-        exchange(self, q)
-        SPENT["post"] += time.perf_counter() - t0 - (SPENT["wait"] - wait0)
-        SPENT["msgs"] += 2 * len(self.split)
+        def timed(self, q3, d, orig=orig, msgs=msgs):
+            t0 = time.perf_counter()
+            out = orig(self, q3, d)
+            SPENT["post"] += time.perf_counter() - t0
+            SPENT["msgs"] += msgs
+            return out
 
-    vnode.PackedMD._exchange = timed
+        setattr(vnode.PackedMD, name, timed)
 
 
 def main() -> None:

@@ -60,6 +60,8 @@ backward from the vnode staples; eager staples when a graph of the backward is r
 
 from __future__ import annotations
 
+import os
+
 import numba  # noqa: F401  (optional dependency: ImportError -> backend unavailable)
 import numpy as np
 import torch
@@ -335,23 +337,23 @@ def _perm_func() -> str:
 _KERNELS = """
 
 @njit(inline='always')
-def prefetch_site(Q, nbr, tot, vo, vs, q, back):
+def prefetch_site(Q, nbr, tot, nr, o0, vs, q, back):
     \"\"\"Prefetch into L2 (:mod:`kernels.backends.prefetch`) the link blocks that the sweep
     over (chain, outer site) touches first at site ``q + {PF_AHEAD}``: U_d(x + e_0) for d > 0
     and U_0(x + e_1) (every block is first read as one of these), with ``back`` also the four
     links at x - e_0 (the stencils that reach back; their last use was a sweep plane ago).\"\"\"
     qn = q + {PF_AHEAD}
     if qn < tot:
-        base = (qn // vo) * {ND} * vs
-        on = qn % vo
-        o0 = nbr[on, 0, 0]
+        base = (qn // nr) * {ND} * vs
+        on = o0 + qn % nr
+        op = nbr[on, 0, 0]
         for d in range(1, {ND}):
-            prefetch_row(Q, base + d * vo + o0)
+            prefetch_row(Q, base + d * vs + op)
         prefetch_row(Q, base + nbr[on, 1, 0])
         if back:
             om = nbr[on, 0, 1]
             for d in range({ND}):
-                prefetch_row(Q, base + d * vo + om)
+                prefetch_row(Q, base + d * vs + om)
 
 
 @njit(inline='always')
@@ -378,24 +380,26 @@ def lower_staple_acc(Q, nbr, msk, g, y, my, a, ba, bb, Wk, row):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def su3_ta_staples(Q, nbr, msk, nb, vo, vs, coef, ta, keep, out, nch):
+def su3_ta_staples(Q, nbr, msk, nb, vo, vs, o0, o1, coef, ta, keep, out, nch):
     \"\"\"ta: out = coef TA(U_mu A_mu) (+ keep out, if keep != 0); else out = coef A_mu.
     Q: (blocks, LB), the links ((b Nd + mu) vs + o) and then ``nch`` scratch areas of 6
-    blocks; out: (B Nd vs, LB). The sweep covers the outer sites o < vo; a layout with
-    ghost sites (:class:`GhostLayout`) stores them at vo <= o < vs (``nbr`` reaches them).
+    blocks; out: (B Nd vo, LB). The sweep covers the outer sites o0 <= o < o1 (of vo; a
+    part while the faces travel, :class:`PackedMD`); a layout with ghost sites
+    (:class:`GhostLayout`) stores them at vo <= o < vs (``nbr`` reaches them).
     Per site, plane by plane (mu < nu): P = U_nu(x+mu) U_mu(x+nu)^+ gives both upper
     staples, A_mu += P U_nu(x)^+ and A_nu += P^+ U_mu(x)^+; the lower ones are
     A_mu += (U_mu(x-nu) U_nu(x-nu+mu))^+ U_nu(x-nu) and
     A_nu += (U_nu(x-mu) U_mu(x-mu+nu))^+ U_mu(x-mu): 7 products per plane, 46 per site
     with the 4 final U_mu A_mu (52 when each link's staples are built on their own).\"\"\"
-    tot = nb * vo
+    nr = o1 - o0
+    tot = nb * nr
     for ch in prange(nch):
         g = nb * {ND} * vs + ch * 6
         Wk = np.empty((2 + {ND}, {LB}))  # T, M, A_0 .. A_3
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
-            b = q // vo
-            o = q % vo
-            prefetch_site(Q, nbr, tot, vo, vs, q, True)
+            b = q // nr
+            o = o0 + q % nr
+            prefetch_site(Q, nbr, tot, nr, o0, vs, q, True)
             for k in range({ND} * {LB}):
                 Wk[2 + k // {LB}, k % {LB}] = 0.0
             for mu in range({ND}):
@@ -419,15 +423,16 @@ def su3_ta_staples(Q, nbr, msk, nb, vo, vs, coef, ta, keep, out, nch):
                     lower_staple_acc(Q, nbr, msk, g, o_mmu, m_mmu, nu, bnu, bmu, Wk, 2 + nu)
             for mu in range({ND}):
                 bmu = (b * {ND} + mu) * vs
+                r = (b * {ND} + mu) * vo + o  # out: owned sites only
                 if ta:
                     mm_nn(Q, bmu + o, Wk, 2 + mu, Wk, 1)
                     if keep == 0.0:
-                        ta_out(Wk, 1, coef, out, bmu + o)
+                        ta_out(Wk, 1, coef, out, r)
                     else:
-                        ta_out_keep(Wk, 1, coef, keep, out, bmu + o)
+                        ta_out_keep(Wk, 1, coef, keep, out, r)
                 else:
                     for k in range({LB}):
-                        out[bmu + o, k] = coef * Wk[2 + mu, k]
+                        out[r, k] = coef * Wk[2 + mu, k]
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
@@ -440,7 +445,7 @@ def su3_plaquette_density(Q, nbr, msk, nb, vo, vs, out, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
-            prefetch_site(Q, nbr, tot, vo, vs, q, False)
+            prefetch_site(Q, nbr, tot, vo, 0, vs, q, False)
             for l in range({W}):
                 out[q, l] = 0.0
             for mu in range({ND}):
@@ -468,7 +473,7 @@ def su3_clover_density(Q, nbr, msk, nb, vo, vs, charge, out, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // vo
             o = q % vo
-            prefetch_site(Q, nbr, tot, vo, vs, q, True)
+            prefetch_site(Q, nbr, tot, vo, 0, vs, q, True)
             for l in range({W}):
                 out[q, l] = 0.0
             for mu in range({ND}):
@@ -529,8 +534,8 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
     f2 A^2 by Cayley-Hamilton (ch_init, ch_series<N>, ch_build) with the Taylor terms to an
     order N chosen by n (_CH_ORDERS: |A^n / n!|_F <= n^n / n!, the first omitted term is
     below 2.1e-20 in every lane; N = {CH_ORDER} for n > 1/2), then s squarings and one
-    product with V. Block q of the sweep is row (q // vo) vs + q % vo (vo = vs: row q; a
-    ghost layout skips its ghost rows).\"\"\"
+    product with V. Block q of the sweep is row q of Z and row (q // vo) vs + q % vo of V
+    and out (vo = vs: row q; links in a ghost layout, exponents without ghost rows).\"\"\"
     nz = cz.shape[0]
     for ch in prange(nch):
         Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
@@ -538,15 +543,14 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
         for qq in range(ch * nblk // nch, (ch + 1) * nblk // nch):
             q = (qq // vo) * vs + qq % vo
             if qq + {PF_AHEAD} < nblk:
-                qn = ((qq + {PF_AHEAD}) // vo) * vs + (qq + {PF_AHEAD}) % vo
                 for i in range(nz):
-                    prefetch_row(Z[i], qn)
-                prefetch_row(V, qn)
+                    prefetch_row(Z[i], qq + {PF_AHEAD})
+                prefetch_row(V, ((qq + {PF_AHEAD}) // vo) * vs + (qq + {PF_AHEAD}) % vo)
             for k in range({LB}):
-                Wk[3, k] = cz[0] * Z[0, q, k]
+                Wk[3, k] = cz[0] * Z[0, qq, k]
             for i in range(1, nz):
                 for k in range({LB}):
-                    Wk[3, k] = Wk[3, k] + cz[i] * Z[i, q, k]
+                    Wk[3, k] = Wk[3, k] + cz[i] * Z[i, qq, k]
             nrm = 0.0
             for l in range({W}):
                 s2 = 0.0
@@ -570,6 +574,24 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
                 for k in range({LB}):
                     Wk[2, k] = Wk[3, k]
             mm_nn(Wk, 2, V, q, out, q)
+
+
+@njit(cache=True)
+def ghost_fill(g, own, remote, m, own_if_set):
+    \"\"\"Ghost plane of a split axis (:class:`GhostLayout`): g[a, o, c W + l] = S[a, o, c W +
+    (l ^ m)] with S = ``own`` (the owned outer plane next to the ghost one) for the lanes
+    whose bit ``m`` is set if ``own_if_set``, clear otherwise, and S = ``remote`` (the
+    neighbour rank's plane) for the other lanes; arrays ``(B Nd, sites, 18 W)``, strided in
+    their first dimension.\"\"\"
+    for a in range(g.shape[0]):
+        for o in range(g.shape[1]):
+            for c in range(18):
+                k = c * {W}
+                for l in range({W}):
+                    if ((l & m) != 0) == own_if_set:
+                        g[a, o, k + l] = own[a, o, k + (l ^ m)]
+                    else:
+                        g[a, o, k + l] = remote[a, o, k + (l ^ m)]
 
 
 @threaded_kernel(cache=True)
@@ -768,7 +790,7 @@ def ta_staples_packed(
     _check(out, b * ND * vo, "output")
     fused._threads()
     kernels().su3_ta_staples(
-        q, nbr, msk, b, vo, vo, float(coef), ta, float(keep), out, nchunks(b * vo)
+        q, nbr, msk, b, vo, vo, 0, vo, float(coef), ta, float(keep), out, nchunks(b * vo)
     )
 
 
@@ -949,6 +971,8 @@ def su3_clover_density(u: torch.Tensor, charge: bool = False) -> torch.Tensor:
     return unpack_density(d, b, local)
 
 
+#: PackedMD computes the interior while the faces travel (``TRIVHMC_VNODE_OVERLAP=0``: not)
+OVERLAP = os.environ.get("TRIVHMC_VNODE_OVERLAP", "1") != "0"
 _HALO_TAG = 9100  # MPI tags of the packed halo exchange: _HALO_TAG + 2 d + (towards > 0)
 
 
@@ -1011,25 +1035,22 @@ class GhostLayout:
                 r = list(rng)
                 r[d] = np.array([x])
                 mesh = np.meshgrid(*r, indexing="ij")
-                got.append(index[tuple(m.reshape(-1) - lo[a] for a, m in enumerate(mesh))])
+                got.append(
+                    _as_slice(index[tuple(m.reshape(-1) - lo[a] for a, m in enumerate(mesh))])
+                )
             self.planes[d] = tuple(got)
-
-    def rows(self, b: int, d: int) -> tuple[np.ndarray, ...]:
-        """Rows in a packed field of the four planes of axis ``d`` (:attr:`planes`), every
-        chain and link direction."""
-        base = np.arange(b * ND)[:, None] * self.vs
-        return tuple((base + p[None, :]).reshape(-1) for p in self.planes[d])
 
     def nrows(self, b: int) -> int:
         """Rows of a packed field with the kernels' scratch tail."""
         return b * ND * self.vs + 6 * nchunks(b * self.vo)
 
 
-def _lanes(a: np.ndarray, d: int, bit: int) -> np.ndarray:
-    """The lanes of packed rows ``a`` ``(n, 18 W)`` whose lane bit ``d`` is ``bit``, as a view
-    ``(n, 18, W / 2)`` ordered by the remaining lane bits."""
-    v = a.reshape(a.shape[0], 18, 1 << (ND - 1 - d), 2, 1 << d)
-    return v[:, :, :, bit, :]
+def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
+    """``idx`` as a slice where it is a contiguous increasing range (numpy then indexes
+    with a view instead of a gather), else itself."""
+    if idx.size and np.array_equal(idx, np.arange(idx[0], idx[0] + idx.size)):
+        return slice(int(idx[0]), int(idx[0]) + idx.size)
+    return idx
 
 
 _LAYOUTS: dict[tuple, GhostLayout] = {}
@@ -1048,63 +1069,81 @@ class PackedMD:
     trajectory (:class:`kernels.theory.ResidentMD`): one pack of ``(U, P)`` at the start and
     one unpack at the end, instead of a pack and an unpack per force and per drift. The
     force is ``coef TA(U A)`` (``coef = beta c0 / 6``), the drift ``U -> exp(eps P) U`` per
-    lane (:func:`expm_mul`); momenta and forces are ``(B, Nd Vs, 18 W)`` tensors over numpy
+    lane (:func:`expm_mul`); momenta and forces are ``(B, Nd Vo, 18 W)`` tensors over numpy
     memory, so the integrator's kick ``P -= h F`` acts on them in place.
 
-    On a grid with split axes the fields live in the :class:`GhostLayout` of the local block:
+    On a grid with split axes the links live in the :class:`GhostLayout` of the local block:
     the kernels sweep the owned sites only, and before every force the ghost planes are
-    refilled (:meth:`_exchange`). Forces and momenta are zero on ghost sites and the drift
-    skips them, so nothing but owned sites enters the kicks, the per-chain NaN check or the
-    result."""
+    refilled (:meth:`_exchange`). Forces and momenta have no ghost rows (the unsplit layout
+    of the owned sites) and the drift skips the links' ghost rows, so nothing but owned
+    sites enters the kicks, the per-chain NaN check or the result."""
 
     def __init__(self, b: int, local: tuple[int, ...], coef: float, grid=None) -> None:
         self.b, self.coef, self.grid = b, float(coef), grid
         self.split = _split_axes(grid) if grid is not None else ()
         self.local = tuple(local)
         self.lay = ghost_layout(self.local, self.split)
-        self.n = b * ND * self.lay.vs
-        self._rows = {d: self.lay.rows(b, d) for d in self.split}
+        self.n = b * ND * self.lay.vo
         self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).view(self.b, -1, LB)
 
+    def _q3(self, q: np.ndarray) -> np.ndarray:
+        """The link blocks of packed ``q`` as ``(B Nd, Vs, 18 W)`` (a view)."""
+        return q[: self.b * ND * self.lay.vs].reshape(self.b * ND, self.lay.vs, LB)
+
+    def _post(self, q3: np.ndarray, d: int) -> list:
+        """Start the face exchange of split axis ``d``: the owned outer planes 0 and
+        ``h_d - 1`` (which hold the slices ``x_d = 0`` and ``L_d - 1`` in half their lanes)
+        copied to kept buffers and sent to the lower and upper rank, both receives posted
+        (``parallel.comm``'s ``irecv``/``isend``). Returns the requests."""
+        src_lo, src_hi, _, _ = self.lay.planes[d]
+        down, up = self.grid.neighbours[d]
+        send_dn, send_up, from_up, from_dn = self._buffers(d)
+        send_dn[...] = q3[:, src_lo]  # x_d = 0: the lower rank's upper ghosts
+        send_up[...] = q3[:, src_hi]  # x_d = L_d - 1: the upper rank's lower ghosts
+        tag = _HALO_TAG + 2 * d
+        cart = self.grid.cart
+        return [
+            comm.irecv(cart, from_up, up, tag),
+            comm.irecv(cart, from_dn, down, tag + 1),
+            comm.isend(cart, send_dn, down, tag),
+            comm.isend(cart, send_up, up, tag + 1),
+        ]
+
+    def _fill(self, q3: np.ndarray, d: int) -> None:
+        """Fill the ghost planes of axis ``d`` (after the exchange arrived): each lane from
+        the owned plane next to it or from the received one (``ghost_fill``)."""
+        src_lo, src_hi, gh_lo, gh_hi = self.lay.planes[d]
+        _, _, from_up, from_dn = self._buffers(d)
+        lo, hi = q3[:, src_lo], q3[:, src_hi]
+        direct = isinstance(gh_hi, slice)  # contiguous ghost planes: filled in place
+        g_hi = q3[:, gh_hi] if direct else np.empty_like(lo)
+        g_lo = q3[:, gh_lo] if direct else np.empty_like(hi)
+        k, m = kernels(), 1 << d
+        k.ghost_fill(g_hi, lo, from_up, m, False)  # x_d = h_d owned, x_d = L_d remote
+        k.ghost_fill(g_lo, hi, from_dn, m, True)  # x_d = h_d - 1 owned, x_d = -1 remote
+        if not direct:
+            q3[:, gh_hi] = g_hi
+            q3[:, gh_lo] = g_lo
+
     def _exchange(self, q: np.ndarray) -> None:
         """Fill the ghost planes of packed ``q`` in place (:class:`GhostLayout`): per split
-        axis, the owned slices ``x_d = 0`` and ``x_d = L_d - 1`` (half the lanes of outer
-        planes 0 and ``h_d - 1``) go to the lower and upper rank, both messages in flight at
-        once (``parallel.comm``'s ``irecv``/``isend`` on kept buffers, one ``waitall``), while
-        the other half of each ghost plane is copied from the owned planes; axis after axis,
-        so that edges and corners arrive too."""
-        cart = self.grid.cart
+        axis, both faces in flight at once (:meth:`_post`), one ``waitall``, then
+        :meth:`_fill`; axis after axis, so that edges and corners arrive too."""
+        q3 = self._q3(q)
         for d in self.split:
-            src_lo, src_hi, gh_lo, gh_hi = self._rows[d]
-            down, up = self.grid.neighbours[d]
-            send_dn, send_up, from_up, from_dn = self._buffers(d, src_lo.size)
-            lo, hi = q[src_lo], q[src_hi]
-            send_dn[...] = _lanes(lo, d, 0)  # x_d = 0: the lower rank's upper ghosts
-            send_up[...] = _lanes(hi, d, 1)  # x_d = L_d - 1: the upper rank's lower ghosts
-            tag = _HALO_TAG + 2 * d
-            reqs = [
-                comm.irecv(cart, from_up, up, tag),
-                comm.irecv(cart, from_dn, down, tag + 1),
-                comm.isend(cart, send_dn, down, tag),
-                comm.isend(cart, send_up, up, tag + 1),
-            ]
-            g_hi, g_lo = np.empty_like(lo), np.empty_like(hi)
-            _lanes(g_hi, d, 0)[...] = _lanes(lo, d, 1)  # x_d = h_d, owned
-            _lanes(g_lo, d, 1)[...] = _lanes(hi, d, 0)  # x_d = h_d - 1, owned
-            comm.waitall(reqs)
-            _lanes(g_hi, d, 1)[...] = from_up
-            _lanes(g_lo, d, 0)[...] = from_dn
-            q[gh_hi] = g_hi
-            q[gh_lo] = g_lo
+            comm.waitall(self._post(q3, d))
+            self._fill(q3, d)
 
-    def _buffers(self, d: int, rows: int) -> tuple[np.ndarray, ...]:
-        """Send and receive buffers of axis ``d`` (half the lanes of ``rows`` link blocks),
-        kept between forces."""
+    def _buffers(self, d: int) -> tuple[np.ndarray, ...]:
+        """Send and receive buffers of axis ``d`` (the link blocks of one outer plane; half
+        of their lanes are used), kept between forces."""
         if d not in self._bufs:
-            shape = (rows, 18, 1 << (ND - 1 - d), 1 << d)
+            plane = self.lay.planes[d][0]
+            sites = plane.stop - plane.start if isinstance(plane, slice) else plane.size
+            shape = (self.b * ND, sites, LB)
             self._bufs[d] = tuple(np.empty(shape) for _ in range(4))
         return self._bufs[d]
 
@@ -1114,22 +1153,53 @@ class PackedMD:
         q = pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
         if self.split:
             self._exchange(q)
-        p = pack(momentum, sites=self.lay.site, out=np.empty((self.n, LB)))
+        p = pack(momentum, out=np.empty((self.n, LB)))
         return q, self._tensor(p)
 
     def force(self, phi: np.ndarray) -> torch.Tensor:
-        """``coef TA(U A)`` in the layout (a new array; zero on ghost sites)."""
+        """``coef TA(U A)`` on the owned sites (a new array). With the first lattice axis
+        the only split one, the interior outer planes ``1 .. h_0 - 2`` (a contiguous range
+        of outer sites; their stencils stay inside the owned block) are computed while the
+        faces travel (``parallel.comm.progress`` between planes: MPI without a progress
+        thread moves a large message only inside MPI calls), the two boundary planes
+        after."""
         lay = self.lay
-        if self.split:
-            self._exchange(phi)
         out = np.empty((self.n, LB))
         fused._threads()
-        nch = nchunks(self.b * lay.vo)
-        kernels().su3_ta_staples(
-            phi, lay.nbr, lay.msk, self.b, lay.vo, lay.vs, self.coef, True, 0.0, out, nch
-        )
-        if lay.vs > lay.vo:
-            out.reshape(self.b * ND, lay.vs, LB)[:, lay.vo :] = 0.0
+
+        def sweep(o0: int, o1: int) -> None:
+            if o1 > o0:
+                kernels().su3_ta_staples(
+                    phi,
+                    lay.nbr,
+                    lay.msk,
+                    self.b,
+                    lay.vo,
+                    lay.vs,
+                    o0,
+                    o1,
+                    self.coef,
+                    True,
+                    0.0,
+                    out,
+                    nchunks(self.b * (o1 - o0)),
+                )
+
+        if self.split == (0,) and OVERLAP:
+            plane = lay.vo // (self.local[0] // 2)  # outer sites per plane of axis 0
+            q3 = self._q3(phi)
+            reqs = self._post(q3, 0)
+            for o0 in range(plane, lay.vo - plane, plane):  # plane by plane, and meanwhile
+                comm.progress(reqs)  # let MPI move the (rendezvous) faces along
+                sweep(o0, o0 + plane)
+            comm.waitall(reqs)
+            self._fill(q3, 0)
+            sweep(0, plane)
+            sweep(max(plane, lay.vo - plane), lay.vo)
+            return self._tensor(out)
+        if self.split:
+            self._exchange(phi)
+        sweep(0, lay.vo)
         return self._tensor(out)
 
     def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
@@ -1147,8 +1217,7 @@ class PackedMD:
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
         p = pi.numpy().reshape(self.n, LB)
-        site = self.lay.site
-        return unpack(phi, self.b, ND, self.local, site), unpack(p, self.b, ND, self.local, site)
+        return unpack(phi, self.b, ND, self.local, self.lay.site), unpack(p, self.b, ND, self.local)
 
 
 class PackedFlow:

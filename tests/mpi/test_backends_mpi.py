@@ -117,12 +117,13 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize("shape", [SHAPE, (8, 2, 4, 8)], ids=["4x2x4x4", "8x2x4x8"])
+@pytest.mark.parametrize("shape", [SHAPE, (16, 2, 4, 8)], ids=["4x2x4x4", "16x2x4x8"])
 def test_vnode_resident_trajectory_on_split_grids(grids, shape):
     """An MD trajectory in the resident vnode layout on a split grid (ghost layout, ghost
-    planes refilled in the packed layout before every force; local extents 1 and >= 2 outer
-    sites along the split axes) ends where single-rank eager ends, links and momenta; the
-    resident path is really taken."""
+    planes refilled in the packed layout before every force; 1, 2 and 4 outer planes along
+    the split axes, so that with axis 0 split alone the interior computed while the faces
+    travel is empty once and not once) ends where single-rank eager ends, links and momenta;
+    the resident path is really taken."""
     pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
     from kernels.integrators import make_integrator
 
