@@ -62,3 +62,21 @@ def philox_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1):
             g1 = ((x2 >> s6) << s26) | (x3 >> s6)
             out0[c, s, b] = (np.float64(g0) + 0.5) * scale
             out1[c, s, b] = (np.float64(g1) + 0.5) * scale
+
+
+@njit(cache=True)
+def su_assemble(p, ent_a, ent_j, ent_k, ent_re, ent_im, z):
+    """``z[s, j, k, :] += p[s, a] * (t_re, t_im)`` for the generator entries ``(a, j, k,
+    t_re, t_im)`` in their order (generator by generator, entries row-major; a zero part is
+    skipped): the su(n) momentum of :meth:`parallel.rng.SiteRNG.su_algebra` from its
+    normals ``p`` ``(S, n^2 - 1)`` into zeroed ``z`` ``(S, n, n, 2)`` (real, imaginary).
+    Every entry receives the same products added in the same order as the numpy reference's
+    whole-array passes (no contraction into FMAs), so the bits are the same."""
+    for s in range(p.shape[0]):
+        for e in range(ent_a.shape[0]):
+            pa = p[s, ent_a[e]]
+            j, k = ent_j[e], ent_k[e]
+            if ent_re[e] != 0.0:
+                z[s, j, k, 0] += pa * ent_re[e]
+            if ent_im[e] != 0.0:
+                z[s, j, k, 1] += pa * ent_im[e]

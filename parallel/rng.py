@@ -211,6 +211,28 @@ def _philox_jit():
     return _JIT[0]
 
 
+def _su_assemble_jit():
+    """The compiled su(n) assembly (:func:`parallel.philox_jit.su_assemble`) where the
+    compiled Philox kernel is in use (:func:`_philox_jit`), else None."""
+    if _philox_jit() is None:
+        return None
+    return optional_jit("philox_jit", "TRIVHMC_RNG_JIT").su_assemble
+
+
+@cache
+def _generator_entries(n: int) -> tuple[np.ndarray, ...]:
+    """The non-zero entries ``(a, j, k, Re t, Im t)`` of the su(n) generators, generator by
+    generator and row-major within one (the order of ``su_algebra``'s numpy passes)."""
+    gens = su_generators(n)
+    rows = [
+        (a, j, k, gens[a, j, k].real, gens[a, j, k].imag)
+        for a in range(n * n - 1)
+        for j, k in zip(*np.nonzero(gens[a]))
+    ]
+    a, j, k, tr, ti = (np.array(c) for c in zip(*rows))
+    return a.astype(np.int64), j.astype(np.int64), k.astype(np.int64), tr, ti
+
+
 def _uniform_pair(w: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Two float64 uniforms in (0, 1) from one Philox block (52 bits each)."""
     s6, s26 = np.uint64(6), np.uint64(26)
@@ -539,6 +561,12 @@ class SiteRNG:
         else:  # real and imaginary parts as views of one complex array (no interleaving copy)
             z = np.zeros(p.shape[:-1] + (n, n), dtype=np.complex128)
             re, im = z.real, z.imag
+            jit = _su_assemble_jit() if z.size >= _JIT_MIN else None
+            if jit is not None:  # one compiled pass, the same additions in the same order
+                ent = _generator_entries(n)
+                pf = np.ascontiguousarray(p).reshape(-1, ngen)
+                jit(pf, *ent, z.view(np.float64).reshape(-1, n, n, 2))
+                return torch.from_numpy(z).to(device=device, dtype=dtype)
         for a in range(ngen):
             pa = p[..., a]
             for j, k in zip(*np.nonzero(gens[a])):

@@ -103,8 +103,9 @@ def test_key_counter_layout_contract() -> None:
 
 
 def test_compiled_blocks_equal_the_numpy_reference(monkeypatch) -> None:
-    """The compiled block kernel (parallel/philox_jit.py, used for large draws when numba is
-    installed) gives bitwise the numpy reference's uniforms, normals and su(3) momenta, on
+    """The compiled block kernel and su(n) assembly (parallel/philox_jit.py, used for large
+    draws when numba is installed) give bitwise the numpy reference's uniforms, normals and
+    su(3) momenta, on
     sites with high words (up to the reserved chain site), chain offsets and many blocks;
     entries of a large draw also follow the key/counter contract directly."""
     from parallel import rng as rng_mod
@@ -120,6 +121,7 @@ def test_compiled_blocks_equal_the_numpy_reference(monkeypatch) -> None:
         if path == "numpy":
             monkeypatch.setattr(rng_mod, "_JIT", [None])
         assert (rng_mod._philox_jit() is None) == (path == "numpy")
+        assert (rng_mod._su_assemble_jit() is None) == (path == "numpy")
         blocks = rng._blocks(sites, 11, 0xFFFFFFFF, 3, 7, 65000)
         mom = rng.su_algebra(grid, 1, 99, 2, 3, lead=(4,), chain_offset=17)
         z = rng.normal(grid, 5, 3, 2, (4,), (3,), chain_offset=2)

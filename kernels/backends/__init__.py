@@ -21,7 +21,8 @@ Backends
 ``vnode``     ``numba`` plus Grid-style virtual-node SU(3) Wilson kernels (16 SIMD lanes =
               16 sub-blocks of the local lattice; kernels/backends/vnode.py): force,
               staples, action, flow step, clover energy and charge densities, where the
-              local lattice is 4D with even extents (split axes padded by a one-site halo);
+              local lattice is 4D with even extents (split axes: ghost planes in the resident MD
+              layout, a one-site padded halo per call);
               ``numba`` elsewhere.
 
 Interface (:class:`kernels.backends.eager.EagerBackend`, which every backend subclasses):

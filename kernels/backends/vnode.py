@@ -17,12 +17,14 @@ the lane bit ``d`` flips (``l -> l ^ 2^d``, periodic on one rank). Such a neighb
 first copied with its lanes permuted into a scratch block (:func:`perm_copy`; a quarter of
 the hops at 8^4, an eighth at 16^4); every other operand is read straight from ``Q``.
 
-Split grids (several ranks along an axis): the stencil kernels run on the local block padded
-by one exchanged halo site on both sides of each split axis (:func:`_on_grid`); the layout's
-periodic wrap then only reaches halo sites, whose results are cut off. The resident MD layout
-(:class:`PackedMD`) keeps the padded block for a whole trajectory and refreshes the halo links
-in the packed layout before every force (``slab_get`` / ``slab_put`` and one ``Sendrecv`` per
-face).
+Split grids (several ranks along an axis): the resident MD layout (:class:`PackedMD`) keeps
+the owned sites where the unsplit layout has them and adds ghost planes of outer sites per
+split axis (:class:`GhostLayout`, Grid's approach): the kernels sweep the owned sites only,
+a hop across the rank face reads a ghost plane, refilled before every force from one
+received lattice slice per face (``ghost_fill``), and with axis 0 split alone the interior
+planes are computed while the faces travel. The per-call kernels (:func:`_on_grid`) still
+run on the local block padded by one exchanged halo site on both sides of each split axis;
+the layout's periodic wrap then only reaches halo sites, whose results are cut off.
 
 Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
 product, a loop over the 16 lanes with literal component offsets and block indices (generated
