@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..groups.su_n import dagger, project_ta
+from ..groups.su_n import dagger, mm, project_ta
 
 __all__ = ["lie_autograd_force", "lie_force_from_gradient"]
 
@@ -39,7 +39,7 @@ def lie_force_from_gradient(u: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
 
     Shapes ``(..., N, N)``; differentiable (used with ``create_graph`` for force matching).
     """
-    return -0.5 * project_ta(u @ dagger(grad))
+    return -0.5 * project_ta(mm(u, dagger(grad)))
 
 
 def lie_autograd_force(

@@ -69,6 +69,7 @@ from ..groups.su_n import (
     algebra_to_components,
     components_to_algebra,
     dagger,
+    mm,
     project_ta,
     su_expm,
 )
@@ -108,9 +109,9 @@ def loop_traces(u: torch.Tensor, grid: ProcessGrid, kind: str, a: int, b: int):
     ``R_{ab}(y) = U_a(y) U_a(y+a) U_b(y+2a) U_a(y+a+b)^+ U_a(y+b)^+ U_b(y)^+`` (``"rect"``)."""
     ua, ub = u[:, a], u[:, b]
     if kind == "plaq":
-        return _tr(ua @ _sh(ub, grid, {a: 1}), ub @ _sh(ua, grid, {b: 1}))
-    dbl = ua @ _sh(ua, grid, {a: 1})
-    return _tr(dbl @ _sh(ub, grid, {a: 2}), ub @ _sh(dbl, grid, {b: 1}))
+        return _tr(mm(ua, _sh(ub, grid, {a: 1})), mm(ub, _sh(ua, grid, {b: 1})))
+    dbl = mm(ua, _sh(ua, grid, {a: 1}))
+    return _tr(mm(dbl, _sh(ub, grid, {a: 2})), mm(ub, _sh(dbl, grid, {b: 1})))
 
 
 def frozen_loops(nd: int, mu: int, rectangles: bool) -> list[tuple[str, int, int]]:
@@ -279,10 +280,10 @@ class SU3NeuralLayer(SU3StoutLayer):
         x = x.detach()
         y, c = self._context(u)
         q, omega = self._step(c, x)
-        e = algebra_to_components(project_ta(su_expm(q) @ x @ dagger(y)))
+        e = algebra_to_components(project_ta(mm(mm(su_expm(q), x), dagger(y))))
         jac = link_jacobian(q.detach(), omega.detach())
         w = -torch.linalg.solve(jac, e.unsqueeze(-1)).squeeze(-1)
-        return su_expm(components_to_algebra(w, NC)) @ x, c
+        return mm(su_expm(components_to_algebra(w, NC)), x), c
 
 
 def inverse_iterations(flow: Flow) -> list[int]:

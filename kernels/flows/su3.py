@@ -90,7 +90,7 @@ import torch
 
 from parallel import LatticeConv, ProcessGrid, halo_pad
 
-from ..groups.su_n import dagger, expm_su3, project_ta, su_generators
+from ..groups.su_n import dagger, expm_su3, mm, project_ta, su_generators
 from .base import (
     Composition,
     Flow,
@@ -386,11 +386,10 @@ class SU3StoutLayer(Flow):
 
         out = []
         for nu in self.others:
-            up = nb[it[(nu, zero)]] @ nb[it[(mu, e(nu))]] @ dagger(nb[it[(nu, e(mu))]])
-            dn = (
-                dagger(nb[it[(nu, e(nu, -1))]])
-                @ nb[it[(mu, e(nu, -1))]]
-                @ nb[it[(nu, e(nu, -1, True))]]
+            up = mm(mm(nb[it[(nu, zero)]], nb[it[(mu, e(nu))]]), dagger(nb[it[(nu, e(mu))]]))
+            dn = mm(
+                mm(dagger(nb[it[(nu, e(nu, -1))]]), nb[it[(mu, e(nu, -1))]]),
+                nb[it[(nu, e(nu, -1, True))]],
             )
             out += [up, dn]
         return out
@@ -413,8 +412,8 @@ class SU3StoutLayer(Flow):
         zero = (0,) * nd
         for p, q in self.planes:
             ep, eq = tuple(int(i == p) for i in range(nd)), tuple(int(i == q) for i in range(nd))
-            left = nb[it[(p, zero)]] @ nb[it[(q, ep)]]  # U_p(x) U_q(x + p)
-            right = nb[it[(q, zero)]] @ nb[it[(p, eq)]]  # U_q(x) U_p(x + q)
+            left = mm(nb[it[(p, zero)]], nb[it[(q, ep)]])  # U_p(x) U_q(x + p)
+            right = mm(nb[it[(q, zero)]], nb[it[(p, eq)]])  # U_q(x) U_p(x + q)
             feats.append((_retr(left, right) / NC)[..., None])
         f = torch.cat(feats, dim=-1).transpose(1, 2)  # (B, n_features, n_active)
         return self._on_lattice(f)
@@ -503,7 +502,7 @@ class SU3StoutLayer(Flow):
 
     @staticmethod
     def _step(c: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        omega = c @ dagger(x)
+        omega = mm(c, dagger(x))
         return project_ta(omega), omega
 
     # ------------------------------------------------------------ Flow
@@ -539,7 +538,7 @@ class SU3StoutLayer(Flow):
         err, it = float("inf"), 0
         while it < self.max_iter and not err <= tol:
             q, _ = self._step(c, x)
-            x_new = su3_exp(-q) @ y
+            x_new = mm(su3_exp(-q), y)
             err = float((x_new - x).abs().max()) if x.numel() else 0.0
             x, it = x_new, it + 1
         check_converged(err <= tol, err, self.grid, type(self).__name__, tol, self.max_iter)

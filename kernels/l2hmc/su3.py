@@ -63,7 +63,7 @@ from torch import nn
 from kernels.flows.grid_stable import log1p
 from parallel import ProcessGrid, shift
 
-from ..groups.su_n import algebra_norm2, dagger, project_ta, su_expm, trace
+from ..groups.su_n import algebra_norm2, dagger, mm, project_ta, su_expm, trace
 from .networks import LeapfrogModel, scaled_convnet
 from .runner import run_layers
 
@@ -86,7 +86,7 @@ def plaquette_matrices(
     out = []
     for mu, nu in planes:
         um, un = u[:, mu], u[:, nu]
-        out.append(um @ _sh(un, grid, mu) @ dagger(_sh(um, grid, nu)) @ dagger(un))
+        out.append(mm(mm(mm(um, _sh(un, grid, mu)), dagger(_sh(um, grid, nu))), dagger(un)))
     return out
 
 
@@ -231,7 +231,7 @@ class SU3L2HMCModel(LeapfrogModel):
         for j, plaq in enumerate(frozen):
             w = w + _links(t[:, j]) * project_ta(plaq)
         w = eps * w
-        new = su_expm(-w if inverse else w) @ u[:, mu]
+        new = mm(su_expm(-w if inverse else w), u[:, mu])
         return torch.cat([u[:, :mu], new.unsqueeze(1), u[:, mu + 1 :]], dim=1)
 
     # ------------------------------------------------------------ layer pieces
