@@ -28,6 +28,15 @@ import sys
 import time
 
 import torch
+from bench_kernels import (  # the flop / byte counts per site (benchmarks/ is on the path)
+    SU3_ACTION_BYTES,
+    SU3_ACTION_FLOPS,
+    SU3_EXPMUL_BYTES,
+    SU3_EXPMUL_FLOPS,
+    SU3_FLOW_FLOPS,
+    SU3_FORCE_BYTES,
+    SU3_FORCE_FLOPS,
+)
 from mpi4py import MPI
 
 import kernels.backends as kb
@@ -37,27 +46,6 @@ from kernels.theories.su3 import SU3Gauge
 from kernels.theories.u1 import U1Gauge
 from parallel import ProcessGrid, set_gpu_aware, single_rank_grid
 from parallel.rng import SiteRNG
-
-try:  # the flop / byte counts per site (run from the repository root or benchmarks/)
-    from bench_kernels import (
-        SU3_ACTION_BYTES,
-        SU3_ACTION_FLOPS,
-        SU3_EXPMUL_BYTES,
-        SU3_EXPMUL_FLOPS,
-        SU3_FLOW_FLOPS,
-        SU3_FORCE_BYTES,
-        SU3_FORCE_FLOPS,
-    )
-except ImportError:  # pragma: no cover
-    from benchmarks.bench_kernels import (
-        SU3_ACTION_BYTES,
-        SU3_ACTION_FLOPS,
-        SU3_EXPMUL_BYTES,
-        SU3_EXPMUL_FLOPS,
-        SU3_FLOW_FLOPS,
-        SU3_FORCE_BYTES,
-        SU3_FORCE_FLOPS,
-    )
 
 CPU_ONLY = ("numba", "vnode")  # these delegate non-CPU tensors to eager
 SLOW_S = 0.5  # table: a kernel whose first call takes longer is not timed (keeps < 8 min)
