@@ -55,7 +55,7 @@ def test_vnode_kernels_prefetch_unless_switched_off(monkeypatch):
         body = on.split(f"def {kernel}(")[1].split("@threaded_kernel")[0]
         assert "prefetch_site(" in body, kernel
     body = on.split("def expm_mul(")[1].split("@threaded_kernel")[0]
-    assert "prefetch_row(V, q + " in body
+    assert "prefetch_row(V, " in body and "prefetch_row(Z[i], qq + " in body
     monkeypatch.setenv("TRIVHMC_PREFETCH", "0")
     off = vnode._source()
     assert prefetch.NOOP_SOURCE in off and prefetch.IMPORT_SOURCE not in off
