@@ -169,8 +169,10 @@ def test_without_numba_or_when_set_eager_the_eager_core_runs(monkeypatch):
         set_stout_kernel("numba")
 
 
-def test_fused_loops_equal_layer_staples_features_and_eager_loops():
-    grid = single_rank_grid((4, 4, 2, 2))
+@pytest.mark.parametrize("shape", [(4, 4, 2, 2), (6, 2, 2, 2)])
+def test_fused_loops_equal_layer_staples_features_and_eager_loops(shape):
+    """Lane blocks of 16 active sites: 32 (two full blocks) and 24 (a partial last block)."""
+    grid = single_rank_grid(shape)
     th = SU3Gauge(grid, 2.0)
     u = th.hot_start(SiteRNG(8), 0, 2)
     src = u.reshape(2, -1, 3, 3)

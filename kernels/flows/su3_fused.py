@@ -5,7 +5,8 @@ loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
 
 * :func:`stout_loops`: field -> staples, loop features and active link at the active sites
   (the links read through the layer's neighbourhood index; backward scatter-added into the
-  field's cotangent);
+  field's cotangent); 16 sites at a time, one per SIMD lane
+  (:mod:`kernels.flows.su3_stout_lanes`);
 * :func:`stout_core`: ``(staples, rho, U_mu) -> (new link, log det J)``::
 
       C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
@@ -105,6 +106,20 @@ def eager_core(
     omega = c @ dagger(x)
     q = project_ta(omega)
     return su3_exp(q) @ x, link_log_det(q, omega)
+
+
+def _lanes():
+    """:mod:`kernels.flows.su3_stout_lanes` (the lane-vectorised staples and loops; imported
+    on first use: it needs numba)."""
+    from . import su3_stout_lanes
+
+    return su3_stout_lanes
+
+
+def _reals(t: torch.Tensor):
+    """Float64 numpy view ``(..., 18)`` of complex 3x3 matrices ``(..., 3, 3)`` (re, im of
+    each entry row-major; strides kept)."""
+    return torch.view_as_real(t).flatten(-3).numpy()
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -215,23 +230,24 @@ class _FusedLoops(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, src, index, st, pl, ix):  # type: ignore[override]
-        k = _load_kernels()
-        k.set_threads()
+        _load_kernels().set_threads()
         src_ = _plain(src)
         b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
         n_st, n_pl = st.shape[0], pl.shape[0]
         staples = torch.empty(b, 2, n_st // 2, n, 3, 3, dtype=src_.dtype)
         feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
         x = torch.empty(b, n, 3, 3, dtype=src_.dtype)
-        k.loops_forward(
-            src_.numpy(),
+        lanes = _lanes()
+        lanes.kernels(n_st).loops_forward(
+            _reals(src_),
             index.numpy(),
             st.numpy(),
             pl.numpy(),
             ix,
-            staples.numpy(),
+            _reals(staples),
             feats.numpy(),
-            x.numpy(),
+            _reals(x),
+            lanes.nchunks(b * -(-n // lanes.W)),
         )
         ctx.save_for_backward(src, staples)
         ctx.tables = (index, st, pl, ix)
@@ -250,8 +266,7 @@ class _FusedLoops(torch.autograd.Function):
                     [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
             return gsrc if gpass is None else gsrc + gpass, None, None, None, None
-        k = _load_kernels()
-        k.set_threads()
+        _load_kernels().set_threads()
         b, n = staples.shape[0], staples.shape[2]
         n_f = st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0]
         gst = torch.zeros_like(staples) if gst is None else gst
@@ -267,17 +282,17 @@ class _FusedLoops(torch.autograd.Function):
             if gpass is not None:
                 gsrc.copy_(gpass)
                 zero = False
-        k.loops_backward(
-            _plain(src).numpy(),
+        _lanes().kernels(st.shape[0]).loops_backward(
+            _reals(_plain(src)),
             index.numpy(),
-            _plain(staples).numpy(),
+            _reals(_plain(staples)),
             st.numpy(),
             pl.numpy(),
             ix,
-            gst.detach().resolve_conj().numpy(),  # strided: the core's is one tensor, expanded
+            _reals(gst.detach().resolve_conj()),  # strided: the core's is one tensor, expanded
             _plain(gf.to(torch.float64)).numpy(),
-            _plain(gx).numpy(),
-            gsrc.numpy(),
+            _reals(_plain(gx)),
+            _reals(gsrc),
             zero,
         )
         return gsrc, None, None, None, None
