@@ -256,3 +256,39 @@ def test_caller_cotangent_is_not_modified():
     (gv,) = torch.autograd.grad((u, ld), v, (g, torch.ones_like(ld)))
     assert torch.equal(g, g0)
     assert float(gv.abs().max()) > 1e-3
+
+
+def test_divided_difference_of_phi_equals_high_precision():
+    """``phi[i t1, i t2]`` (``phi(z) = (e^z - 1) / z``) of the core's backward, on both of its
+    branches (the real Taylor series below |t| = 0.2 with its adaptive length, the
+    exponential's divided difference above), against 50-digit arithmetic (mpmath: the
+    divided difference, or ``phi'`` when ``t1 = t2``)."""
+    mpmath = pytest.importorskip("mpmath")
+    from kernels.flows import su3_fused_kernels as k
+
+    mpmath.mp.dps = 50
+
+    def phi(z):
+        return mpmath.expm1(z) / z if z != 0 else mpmath.mpf(1)
+
+    def reference(t1, t2):
+        x, y = mpmath.mpc(0, t1), mpmath.mpc(0, t2)
+        if t1 == t2:
+            return mpmath.diff(phi, x) if t1 != 0 else mpmath.mpf(0.5)
+        return (phi(x) - phi(y)) / (x - y)
+
+    def inputs(t):
+        e = complex(mpmath.exp(mpmath.mpc(0, t / 2)))
+        return e, complex(phi(mpmath.mpc(0, t)))
+
+    gen = torch.Generator().manual_seed(4)
+    cases = [(0.0, 0.0), (1e-3, 1e-3), (0.199, -0.199), (0.2, 0.0), (0.3, 0.29), (2.5, -1.0)]
+    for _ in range(40):
+        scale = float(10 ** (-4 * torch.rand(1, generator=gen)))  # 1e-4 .. 1
+        t1, t2 = (scale * (2 * torch.rand(2, generator=gen) - 1)).tolist()
+        cases.append((t1, t2))
+    for t1, t2 in cases:
+        (e1, p1), (e2, p2) = inputs(t1), inputs(t2)
+        got = k._dd_phi(t1, t2, e1, e2, p1, p2)
+        ref = complex(reference(t1, t2))
+        assert abs(got - ref) <= 2e-15 * abs(ref), (t1, t2, got, ref)

@@ -46,8 +46,9 @@ log-det cotangent, ``G`` that of ``new``:
 
 Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
 (Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
-``|t1| >= |t2|``, ``|t1| >= 0.05``, ``phi'(0) = 1/2``, else the Taylor series ``sum_n h_{n-1}(x,
-y) / (n+1)!``; every phase from the three ``e^{i w_j / 2}`` (:func:`_phases`).
+``|t1| >= |t2|``, ``|t1| >= 0.2``, ``phi'(0) = 1/2``, else the Taylor series ``sum_m i^m
+h_m(t1, t2) / (m+2)!`` (``h_m`` the complete homogeneous polynomial, real; terms until the
+next is below 1e-18); every phase from the three ``e^{i w_j / 2}`` (:func:`_phases`).
 
 Staples and loops: :mod:`kernels.flows.su3_stout_lanes` (16 sites per SIMD lane block).
 :func:`replace_links` writes the new links into a copy of the field.
@@ -104,20 +105,33 @@ def _dd_phi(t1, t2, e1, e2, phi1, phi2):
     """First divided difference ``phi[i t1, i t2]`` given ``e = e^{i t / 2}`` and ``phi(i t)``."""
     if abs(t1) < abs(t2):
         t1, t2, e1, e2, phi1, phi2 = t2, t1, e2, e1, phi2, phi1
-    if abs(t1) >= 0.05:
+    if abs(t1) >= 0.2:  # cancellation in de - phi2: ~eps / |t1|
         de = e1 * e2 * _sinc_of(0.5 * (t1 - t2), (e1 * e2.conjugate()).imag)  # exp[x, y]
         return (de - phi2) * complex(0.0, -1.0 / t1)
-    x, y = complex(0.0, t1), complex(0.0, t2)
-    out = 0.0j
-    hn = 1.0 + 0.0j  # h_{n-1}(x, y), n = 1
-    xn = 1.0 + 0.0j  # x^{n-1}
-    fact = 2.0  # (n+1)!
-    for n in range(1, 14):
-        out += hn / fact
-        xn = xn * x
-        hn = xn + y * hn
-        fact *= n + 2
-    return out
+    # phi[i t1, i t2] = sum_{m >= 0} i^m h_m / (m + 2)!, h_m = sum_{j <= m} t1^j t2^(m - j) real
+    # (h_m = t1^m + t2 h_{m-1}); |h_m| <= (m + 1) |t1|^m: stop when that bound on the next
+    # term is below 1e-18 (|t1| < 0.2: at most 13 terms)
+    re, im = 0.0, 0.0
+    h, p, inv, ap = 1.0, 1.0, 0.5, 1.0  # h_m, t1^m, 1 / (m + 2)!, |t1|^m
+    a = abs(t1)
+    for m in range(16):
+        term = h * inv
+        r = m % 4
+        if r == 0:
+            re += term
+        elif r == 1:
+            im += term
+        elif r == 2:
+            re -= term
+        else:
+            im -= term
+        p *= t1
+        h = p + t2 * h
+        inv /= m + 3
+        ap *= a
+        if (m + 2) * ap * inv < 1e-18:
+            break
+    return complex(re, im)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -459,21 +473,67 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
                 ld[b, s] = _log_abs_det(n)
 
 
+def _dd_sources() -> tuple[np.ndarray, np.ndarray]:
+    """Which divided differences ``phi[i theta_a, i theta_b]`` (``a <= b``) repeat an earlier one:
+    ``theta_a`` depends only on the class of ``a`` (0 for the three diagonal ``(jj)``, else
+    ``a``), the divided difference is symmetric, and transposing both indices negates both
+    thetas, which conjugates it (``phi(conj z) = conj phi(z)``). Returns ``source[a, b]`` (flat
+    index ``9 a' + b'`` of the first pair with the same value, -1 if none) and ``conj[a, b]``.
+    16 of the 45 pairs are computed."""
+
+    def cls(a: int) -> int:
+        return 0 if a % 4 == 0 else a
+
+    def tr(c: int) -> int:
+        return 3 * (c % 3) + c // 3
+
+    first: dict[tuple[int, int], int] = {}
+    source = np.full((9, 9), -1, np.int64)
+    conj = np.zeros((9, 9), np.bool_)
+    for a in range(9):
+        for b in range(a, 9):
+            key = tuple(sorted((cls(a), cls(b))))
+            flip = tuple(sorted((tr(cls(a)), tr(cls(b)))))
+            if key in first:
+                source[a, b] = first[key]
+            elif flip in first:
+                source[a, b], conj[a, b] = first[flip], True
+            else:
+                first[key] = 9 * a + b
+    return source, conj
+
+
+_DD_SOURCE, _DD_CONJ = _dd_sources()
+
+
 @njit(cache=True, error_model="numpy", inline="always")
-def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi):
-    """Log-det cotangent factors from ``K = N^{-1}`` (module docstring): ``R`` into ``m``,
-    ``S`` into ``gc`` (``dd``, ``n`` scratch)."""
+def _divided_differences(phi, ea, w, dd, n, iphi):
+    """``dd[a, b] = phi[i theta_a, i theta_b] / Phi_b`` (both orders), each distinct value
+    computed once (:func:`_dd_sources`; ``n`` keeps the values, ``iphi = 1 / Phi``)."""
     for a in range(9):
         iphi[a] = 1.0 / phi[a]
     for a in range(9):
         ta = w[a // 3] - w[a % 3]
         for bb in range(a, 9):
-            if a % 4 == 0 and bb % 4 == 0:
+            src = _DD_SOURCE[a, bb]
+            if src >= 0:  # the same theta pair, or both negated (conjugate), done before
+                d = n[src // 9, src % 9]
+                if _DD_CONJ[a, bb]:
+                    d = d.conjugate()
+            elif a % 4 == 0 and bb % 4 == 0:
                 d = 0.5 + 0.0j  # phi'(0): theta_(jj) = 0
             else:
                 d = _dd_phi(ta, w[bb // 3] - w[bb % 3], ea[a], ea[bb], phi[a], phi[bb])
+            n[a, bb] = d
             dd[a, bb] = d * iphi[bb]  # phi[i theta_a, i theta_b] / Phi_b
             dd[bb, a] = d * iphi[a]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _ld_cotangents(k_, phi, ea, w, dd, n, m, gc, iphi):
+    """Log-det cotangent factors from ``K = N^{-1}`` (module docstring): ``R`` into ``m``,
+    ``S`` into ``gc`` (``dd``, ``n``, ``iphi`` scratch)."""
+    _divided_differences(phi, ea, w, dd, n, iphi)
     # R (through Phi) into m, S (through L) into gc (reused as scratch)
     for p in range(3):
         for q in range(3):
