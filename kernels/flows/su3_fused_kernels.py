@@ -379,35 +379,37 @@ def _from_real(kr, z, k):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _inverse_real(n, out):
-    """``out = n^{-1}`` (9x9 real) by Gauss-Jordan with partial pivoting (``n`` destroyed);
-    returns ``log |det n|``."""
+def _inverse_real(a, perm):
+    """``a <- a^{-1}`` in place (9x9 real) by Gauss-Jordan with partial pivoting: with the row
+    swaps ``P`` recorded in ``perm``, ``(P a)^{-1}`` is built in the columns that elimination
+    frees, then ``a^{-1} = (P a)^{-1} P`` swaps its columns back in reverse order. Returns
+    ``log |det a|`` (from the pivots)."""
     logdet = 0.0
-    for i in range(9):
-        for j in range(9):
-            out[i, j] = 1.0 if i == j else 0.0
     for col in range(9):
-        piv, best = col, abs(n[col, col])
+        piv, best = col, abs(a[col, col])
         for r in range(col + 1, 9):
-            if abs(n[r, col]) > best:
-                piv, best = r, abs(n[r, col])
+            if abs(a[r, col]) > best:
+                piv, best = r, abs(a[r, col])
+        perm[col] = piv
         logdet += math.log(best)
         if piv != col:
             for k in range(9):
-                n[col, k], n[piv, k] = n[piv, k], n[col, k]
-                out[col, k], out[piv, k] = out[piv, k], out[col, k]
-        inv = 1.0 / n[col, col]
-        for k in range(col + 1, 9):
-            n[col, k] *= inv
+                a[col, k], a[piv, k] = a[piv, k], a[col, k]
+        inv = 1.0 / a[col, col]
+        a[col, col] = 1.0
         for k in range(9):
-            out[col, k] *= inv
+            a[col, k] *= inv
         for r in range(9):
             if r != col:
-                f = n[r, col]
-                for k in range(col + 1, 9):
-                    n[r, k] -= f * n[col, k]
+                f = a[r, col]
+                a[r, col] = 0.0
                 for k in range(9):
-                    out[r, k] -= f * out[col, k]
+                    a[r, k] -= f * a[col, k]
+    for col in range(8, -1, -1):
+        p = perm[col]
+        if p != col:
+            for r in range(9):
+                a[r, col], a[r, p] = a[r, p], a[r, col]
     return logdet
 
 
@@ -432,7 +434,7 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
         n = np.empty((9, 9), np.complex128)
         k_ = np.empty((9, 9), np.complex128)
         nr = np.empty((9, 9))
-        kr = np.empty((9, 9))
+        perm = np.empty(9, np.int64)
         w = np.empty(3)
         v = np.empty((3, 3), np.complex128)
         a = np.empty((3, 3), np.complex128)
@@ -465,10 +467,10 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
             _build_n(o, phi, n)
             if want_k:  # K in the real basis, K_r = N_r^{-1}
                 _to_real(n, k_, nr)
-                ld[b, s] = _inverse_real(nr, kr)
+                ld[b, s] = _inverse_real(nr, perm)
                 for i in range(9):
                     for j in range(9):
-                        kinv[b, s, i, j] = kr[i, j]
+                        kinv[b, s, i, j] = nr[i, j]
             else:
                 ld[b, s] = _log_abs_det(n)
 
