@@ -9,6 +9,8 @@ suite; its arithmetic is the ``soa`` one, tested here.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -233,6 +235,36 @@ def test_numba_workers_sleep_between_kernels():
     want = os.environ.get("NUMBA_THREADING_LAYER", "workqueue")
     if want in ("workqueue", "omp", "tbb"):
         assert numba.threading_layer() == want
+
+
+def test_the_application_lets_torch_threads_sleep_when_numba_kernels_run():
+    """``import app`` sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads when numba is
+    installed (torch's spinning OpenMP threads otherwise hold the cores numba's workers need:
+    ~25% of a two-thread vnode trajectory), not without numba (pure torch is faster with
+    spinning threads), and never over a user's choice."""
+    import os
+    import subprocess
+    import sys
+
+    hide_numba = (
+        "import importlib.util as u; f = u.find_spec; "
+        "u.find_spec = lambda n, *a: None if n == 'numba' else f(n, *a); "
+    )
+    code = "import os, app, torch; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    has_numba = importlib.util.find_spec("numba") is not None
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    cases = [
+        ("", None, "PASSIVE" if has_numba else "unset"),
+        (hide_numba, None, "unset"),
+        ("", "ACTIVE", "ACTIVE"),
+    ]
+    for prefix, given, want in cases:
+        run_env = dict(env, **({"OMP_WAIT_POLICY": given} if given else {}))
+        out = subprocess.run(
+            [sys.executable, "-c", prefix + code], capture_output=True, text=True, env=run_env
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == want
 
 
 def test_numba_exponential_of_any_matrix():
