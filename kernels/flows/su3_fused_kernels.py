@@ -53,7 +53,7 @@ next is below 1e-18); every phase from the three ``e^{i w_j / 2}`` (:func:`_phas
 Staples and loops: :mod:`kernels.flows.su3_stout_lanes` (16 sites per SIMD lane block).
 :func:`replace_links` writes the new links into a copy of the field.
 
-Threads: ``numba.prange`` over chunks of sites (over chains in :func:`loops_backward`),
+Threads: ``numba.prange`` over chunks of sites (over chains in the write-back's backward),
 ``torch.get_num_threads()`` of them (:func:`set_threads`; on one thread the serial
 compilation, :mod:`kernels.backends.numba_threads`). No fastmath.
 """
