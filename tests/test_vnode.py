@@ -19,7 +19,7 @@ import torch
 
 import kernels.backends as kb
 from kernels.backends import eager
-from kernels.groups.su_n import su_expm
+from kernels.groups.su_n import project_ta, su_expm
 from kernels.theories.su3 import SU3Gauge
 from kernels.wilson_flow import (
     energy_density,
@@ -306,16 +306,16 @@ def test_packed_outputs_in_place_and_overlap_refused():
         vnode.flow_step_rk3_packed(q, 2, shape, 0.05, spare=q)
 
 
-def test_cayley_hamilton_exponential_of_any_matrix():
-    """The kernel's ``exp(A) = f0 + f1 A + f2 A^2`` (Cayley-Hamilton for any 3x3 ``A``, Taylor
-    series of the coefficients, scaling and squaring) equals torch's ``matrix_exp``: general
-    complex matrices (trace, non-normal) over six decades of norm, a degenerate spectrum (the
-    coefficients are not unique there), zero, and lanes of one block with very different
-    norms (one order and one squaring count per block)."""
+def test_cayley_hamilton_exponential_of_su3_matrices():
+    """The kernel's ``exp(A) = f0 + f1 A + f2 A^2`` (Cayley-Hamilton for ``A`` in su(3), the
+    coefficients' Taylor series in real arithmetic, scaling and squaring) equals torch's
+    ``matrix_exp``: traceless anti-Hermitian matrices over six decades of norm, a degenerate
+    spectrum (the coefficients are not unique there), zero, and lanes of one block with very
+    different norms (one order and one squaring count per block)."""
     shape = (2, 2, 2, 2)
     grid, u = _links(shape, batch=1, seed=8)
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(u.shape, dtype=u.dtype, generator=gen)
+    x = project_ta(torch.randn(u.shape, dtype=u.dtype, generator=gen))
     deg = torch.zeros_like(x)
     deg[..., 0, 0] = deg[..., 1, 1] = 0.7j
     deg[..., 2, 2] = -1.4j
@@ -333,7 +333,7 @@ def test_exponential_series_order_per_norm(norm):
     truncation error of 2e-8) would fail here."""
     shape = (2, 2, 2, 2)
     grid, u = _links(shape, batch=1, seed=9)
-    x = torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(5))
+    x = project_ta(torch.randn(u.shape, dtype=u.dtype, generator=torch.Generator().manual_seed(5)))
     a = norm * x / torch.linalg.matrix_norm(x)[..., None, None]  # every link at |A|_F = norm
     assert _err(vnode.expm_mul(a, u), torch.linalg.matrix_exp(a) @ u) <= TOL
 

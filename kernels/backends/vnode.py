@@ -49,9 +49,10 @@ Kernels (same mathematics as :mod:`kernels.backends.eager`):
   ``Q``, four leaves per plane);
 * plaquette action density ``sum_{mu<nu} (3 - Re Tr[U_mu(x) U_nu(x+mu) (U_nu(x)
   U_mu(x+nu))^+])`` per site;
-* ``exp(X) V`` per link and lane (Cayley-Hamilton: ``exp(A) = f0 + f1 A + f2 A^2`` for
-  ``A = X / 2^s`` with ``|A|_F <= 1`` in every lane, the ``f`` from the Taylor series
-  reduced by ``A^3 = e1 A^2 - e2 A + e3``, then ``s`` squarings), and with it Luscher's
+* ``exp(X) V`` per link and lane for ``X`` in su(3) (Cayley-Hamilton: ``exp(A) = f0 + f1 A +
+  f2 A^2`` for ``A = X / 2^s`` with ``|A|_F <= 1`` in every lane, the ``f`` from the Taylor
+  series reduced by ``A^3 = -e2 A + e3``, in real arithmetic, then ``s`` squarings), and
+  with it Luscher's
   RK3 Wilson-flow step with all three stages in the layout (:func:`flow_step_rk3_packed`).
 
 :func:`pack` / :func:`unpack` convert from/to the ``(B, Nd, *local, 3, 3)`` complex128 layout
@@ -209,11 +210,11 @@ def _cmul(out: str, x: str, y: str, op: str = "=") -> list[str]:
     ]
 
 
-# Cayley-Hamilton scratch rows (``S[row, lane]``): invariants e1, e2, e3 of A and the sums
-# (f0, f1, f2) of the terms A^n / n! = a_n + b_n A + c_n A^2; re, im.
+# Cayley-Hamilton scratch rows (``S[row, lane]``): the invariants e2 (real) and eta = Im e3 of
+# A in su(3), then the sums (f0, f1, f2) of the terms A^n / n! = a_n + b_n A + c_n A^2; re, im.
 _CH_ROWS = {
     n: k
-    for k, n in enumerate(f"{v}{r}" for v in ("e1", "e2", "e3", "f0", "f1", "f2") for r in "ri")
+    for k, n in enumerate(["e2", "eta", *(f"{v}{r}" for v in ("f0", "f1", "f2") for r in "ri")])
 }
 # Taylor orders of the coefficient series (unrolled: the scalars stay in registers and the
 # lane loop is the vectorised one), chosen per block by the largest |A|_F of its lanes: the
@@ -230,13 +231,23 @@ def _s(name: str) -> str:
 def _ch_funcs() -> str:
     """Lane loops of the Cayley-Hamilton exponential (:func:`expm_mul` kernel).
 
-    For any 3x3 ``A`` with invariants ``e1 = Tr A``, ``e2 = (Tr(A)^2 - Tr(A^2)) / 2``,
+    For a 3x3 ``A`` with invariants ``e1 = Tr A``, ``e2 = (Tr(A)^2 - Tr(A^2)) / 2``,
     ``e3 = det A``: ``A^3 = e1 A^2 - e2 A + e3``, so ``A^n / n! = a_n + b_n A + c_n A^2`` with
     ``(a, b, c)_{n+1} = (c e3, a - c e2, b + c e1)_n / (n + 1)`` from ``(1, 0, 0)_0``; the
-    exponential is ``exp(A) = f0 + f1 A + f2 A^2`` with ``f = sum_n (a, b, c)_n``. ``ch_init``
-    reads ``A`` (Wk row 0) and ``A^2`` (row 1) and stores the invariants; ``ch_series<N>``
-    sums the terms to order ``N`` (unrolled, in registers; ``_CH_ORDERS``); ``ch_build`` writes
-    ``exp(A)`` to row 2."""
+    exponential is ``exp(A) = f0 + f1 A + f2 A^2`` with ``f = sum_n (a, b, c)_n``.
+
+    For ``A`` in su(3) (traceless anti-Hermitian, the MD drift and the flow's generators;
+    the backend interface's contract) ``e1 = 0``, ``e2 = -Tr(A^2) / 2`` is real and ``e3 =
+    i eta`` imaginary, and ``A^n`` is Hermitian for even ``n`` (``a``, ``c`` real, ``b``
+    imaginary) and anti-Hermitian for odd ``n`` (``a``, ``c`` imaginary, ``b`` real): with
+    one real per coefficient, ``(alpha, beta, gamma)_{n+1} = (+- gamma eta, alpha - gamma e2,
+    beta)_n / (n + 1)`` (``+`` into odd ``n + 1``, ``-`` into even), about 8 real operations
+    per term instead of 34 complex ones. (The trace and the non-anti-Hermitian part of an
+    input, rounding-sized there, are not seen by the series; ``ch_build`` uses ``A`` itself.)
+
+    ``ch_init`` reads ``A`` (Wk row 0) and ``A^2`` (row 1) and stores ``e2``, ``eta``;
+    ``ch_series<N>`` sums the terms to order ``N`` (unrolled, in registers; ``_CH_ORDERS``);
+    ``ch_build`` writes ``exp(A)`` to row 2."""
     ld = [
         f"{m}{i}{j}{'ri'[r]} = Wk[{row}, {_c(i, j, r) * W} + l]"
         for m, row in (("a", 0),)
@@ -245,34 +256,31 @@ def _ch_funcs() -> str:
         for r in range(2)
     ]
     init = list(ld)
-    init += [
-        f"t{r} = Wk[1, {_c(0, 0, k) * W} + l] + Wk[1, {_c(1, 1, k) * W} + l]"
-        f" + Wk[1, {_c(2, 2, k) * W} + l]"
-        for k, r in enumerate("ri")
-    ]
-    init += ["e1r = a00r + a11r + a22r", "e1i = a00i + a11i + a22i"]
-    init += _cmul("e1s", "e1", "e1")
-    init += ["e2r = 0.5 * (e1sr - tr)", "e2i = 0.5 * (e1si - ti)"]
+    init += [f"tr = Wk[1, {_c(0, 0, 0) * W} + l] + Wk[1, {_c(1, 1, 0) * W} + l]"]
+    init[-1] += f" + Wk[1, {_c(2, 2, 0) * W} + l]"
+    init += ["e2 = -0.5 * tr"]  # e1 = Tr A = 0, Tr A^2 real
     init += _cmul("m0", "a11", "a22") + _cmul("m0", "a12", "a21", "-=")
     init += _cmul("m1", "a10", "a22") + _cmul("m1", "a12", "a20", "-=")
     init += _cmul("m2", "a10", "a21") + _cmul("m2", "a11", "a20", "-=")
-    init += _cmul("e3", "a00", "m0") + _cmul("e3", "a01", "m1", "-=")
-    init += _cmul("e3", "a02", "m2", "+=")
-    for v in ("e1", "e2", "e3"):
-        init += [f"{_s(v + r)} = {v}{r}" for r in "ri"]
-    series = [f"{v}{r} = {_s(v + r)}" for v in ("e1", "e2", "e3") for r in "ri"]
-    series += ["ar = 1.0", "ai = 0.0", "br = 0.0", "bi = 0.0", "cr = 0.0", "ci = 0.0"]
+    init += ["eta = a00r * m0i + a00i * m0r - a01r * m1i - a01i * m1r + a02r * m2i + a02i * m2r"]
+    init += [f"{_s('e2')} = e2", f"{_s('eta')} = eta"]
+    series = [f"e2 = {_s('e2')}", f"eta = {_s('eta')}"]
+    series += ["al = 1.0", "be = 0.0", "ga = 0.0"]
     series += ["f0r = 1.0", "f0i = 0.0", "f1r = 0.0", "f1i = 0.0", "f2r = 0.0", "f2i = 0.0"]
 
     def terms(order: int) -> list[str]:
         out = list(series)
         for n in range(1, order + 1):
-            out += _cmul("na", "c", "e3")
-            out += ["nbr = ar", "nbi = ai"] + _cmul("nb", "c", "e2", "-=")
-            out += ["ncr = br", "nci = bi"] + _cmul("nc", "c", "e1", "+=")
-            for v, f in (("a", "f0"), ("b", "f1"), ("c", "f2")):
-                for r in "ri":
-                    out += [f"{v}{r} = n{v}{r} * {1.0 / n!r}", f"{f}{r} = {f}{r} + {v}{r}"]
+            sign = "" if n % 2 else "-"  # c e3 = +- gamma eta going to odd / even n
+            out += [
+                f"nal = {sign}ga * eta * {1.0 / n!r}",
+                f"be, ga = (al - ga * e2) * {1.0 / n!r}, be * {1.0 / n!r}",
+                "al = nal",
+            ]
+            if n % 2:  # a = i alpha, b = beta, c = i gamma
+                out += ["f0i = f0i + al", "f1r = f1r + be", "f2i = f2i + ga"]
+            else:  # a = alpha, b = i beta, c = gamma
+                out += ["f0r = f0r + al", "f1i = f1i + be", "f2r = f2r + ga"]
         return out + [f"{_s(f + r)} = {f}{r}" for f in ("f0", "f1", "f2") for r in "ri"]
 
     build = list(ld)
@@ -530,7 +538,7 @@ def su3_clover_density(Q, nbr, msk, nb, vo, vs, charge, out, nch):
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
 def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
-    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (any 3x3 X), with
+    \"\"\"out[q] = exp(X[q]) V[q] for the first ``nblk`` blocks, every lane (X in su(3)), with
     X = sum_i cz[i] Z[i] (left to right; the RK3 stages' combinations of generators, or eps P
     for the MD drift): A = X / 2^s with max over lanes |A|_F = n <= 1, exp(A) = f0 + f1 A +
     f2 A^2 by Cayley-Hamilton (ch_init, ch_series<N>, ch_build) with the Taylor terms to an
@@ -541,7 +549,7 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
     nz = cz.shape[0]
     for ch in prange(nch):
         Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
-        S = np.empty((12, {W}))  # Cayley-Hamilton scalars per lane
+        S = np.empty((8, {W}))  # Cayley-Hamilton scalars per lane
         for qq in range(ch * nblk // nch, (ch + 1) * nblk // nch):
             q = (qq // vo) * vs + qq % vo
             if qq + {PF_AHEAD} < nblk:
