@@ -22,9 +22,9 @@ the owned sites where the unsplit layout has them and adds ghost planes of outer
 split axis (:class:`GhostLayout`, Grid's approach): the kernels sweep the owned sites only,
 a hop across the rank face reads a ghost plane, refilled before every force from one
 received lattice slice per face (``ghost_fill``), and with axis 0 split alone the interior
-planes are computed while the faces travel. The per-call kernels (:func:`_on_grid`) still
-run on the local block padded by one exchanged halo site on both sides of each split axis;
-the layout's periodic wrap then only reaches halo sites, whose results are cut off.
+planes are computed while the faces travel. The per-call kernels on a split grid
+(:func:`_staples_on_grid`, :func:`_density_on_grid`) pack the links into the same ghost
+layout and run the same sweep.
 
 Each kernel is a ``numba.prange`` loop over chunks of (chain, outer site) and, per 3x3
 product, a loop over the 16 lanes with literal component offsets and block indices (generated
@@ -69,7 +69,7 @@ import numba  # noqa: F401  (optional dependency: ImportError -> backend unavail
 import numpy as np
 import torch
 
-from parallel import comm, halo_pad
+from parallel import comm
 
 from . import fused, prefetch
 
@@ -1157,22 +1157,26 @@ class PackedMD:
             self._bufs[d] = tuple(np.empty(shape) for _ in range(4))
         return self._bufs[d]
 
-    def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Packed links (with the kernels' scratch tail; ghost planes filled) and packed
-        momenta (zero on ghost sites)."""
+    def pack_links(self, field: torch.Tensor) -> np.ndarray:
+        """Packed links with the kernels' scratch tail, ghost planes filled."""
         q = pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
         if self.split:
             self._exchange(q)
-        p = pack(momentum, out=np.empty((self.n, LB)))
-        return q, self._tensor(p)
+        return q
 
-    def force(self, phi: np.ndarray) -> torch.Tensor:
-        """``coef TA(U A)`` on the owned sites (a new array). With the first lattice axis
-        the only split one, the interior outer planes ``1 .. h_0 - 2`` (a contiguous range
-        of outer sites; their stencils stay inside the owned block) are computed while the
-        faces travel (``parallel.comm.progress`` between planes: MPI without a progress
-        thread moves a large message only inside MPI calls), the two boundary planes
-        after."""
+    def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Packed links (with the kernels' scratch tail; ghost planes filled) and packed
+        momenta (zero on ghost sites)."""
+        p = pack(momentum, out=np.empty((self.n, LB)))
+        return self.pack_links(field), self._tensor(p)
+
+    def force(self, phi: np.ndarray, ta: bool = True) -> torch.Tensor:
+        """``coef TA(U A)`` (or with ``ta=False`` the staple sum ``coef A``) on the owned
+        sites (a new array). With the first lattice axis the only split one, the interior
+        outer planes ``1 .. h_0 - 2`` (a contiguous range of outer sites; their stencils stay
+        inside the owned block) are computed while the faces travel
+        (``parallel.comm.progress`` between planes: MPI without a progress thread moves a
+        large message only inside MPI calls), the two boundary planes after."""
         lay = self.lay
         out = np.empty((self.n, LB))
         fused._threads()
@@ -1189,7 +1193,7 @@ class PackedMD:
                     o0,
                     o1,
                     self.coef,
-                    True,
+                    ta,
                     0.0,
                     out,
                     nchunks(self.b * (o1 - o0)),
@@ -1211,6 +1215,24 @@ class PackedMD:
             self._exchange(phi)
         sweep(0, lay.vo)
         return self._tensor(out)
+
+    def density(self, phi: np.ndarray, kind: str) -> torch.Tensor:
+        """Per-site ``(B, *local)`` density of packed links ``phi`` (ghost planes filled):
+        ``"plaquette"`` (``sum_{mu<nu} (3 - Re Tr U_{mu nu})``), ``"clover"`` (clover
+        energy) or ``"charge"`` (clover charge density)."""
+        lay = self.lay
+        out = np.empty((self.b * lay.vo, W))
+        nch = nchunks(self.b * lay.vo)
+        fused._threads()
+        if kind == "plaquette":
+            kernels().su3_plaquette_density(phi, lay.nbr, lay.msk, self.b, lay.vo, lay.vs, out, nch)
+        elif kind in ("clover", "charge"):
+            kernels().su3_clover_density(
+                phi, lay.nbr, lay.msk, self.b, lay.vo, lay.vs, kind == "charge", out, nch
+            )
+        else:
+            raise ValueError(f"vnode density {kind!r}: plaquette, clover or charge")
+        return unpack_density(out, self.b, self.local)
 
     def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
         """``exp(eps P) U`` per lane on the owned sites (ghost rows are refilled before the
@@ -1276,99 +1298,96 @@ def _split_axes(grid) -> tuple[int, ...]:
     return tuple(d for d, g in enumerate(grid.grid) if g > 1)
 
 
-def _padded_shape(local: tuple[int, ...], split: tuple[int, ...]) -> tuple[int, ...]:
-    """The local extents with a one-site halo on both sides of each split axis."""
-    return tuple(n + 2 * (d in split) for d, n in enumerate(local))
-
-
-def _halo_padded(u: torch.Tensor, grid, split: tuple[int, ...]) -> torch.Tensor:
-    """Links padded by one exchanged halo site along the split axes (corners included)."""
-    return halo_pad(u.detach(), grid, 1, axes=split, first=2)
-
-
-def _interior(ndim: int, split: tuple[int, ...], first: int) -> tuple[slice, ...]:
-    """Index of the owned sites of a padded array (lattice axis 0 at dim ``first``)."""
-    idx = [slice(None)] * ndim
-    for d in split:
-        idx[first + d] = slice(1, -1)
-    return tuple(idx)
-
-
 def _use(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
-    """The vnode kernels apply without padding: :func:`_use_padded` on a grid with no split
-    axis (Wilson action, complex128 CPU links without a graph, 4D, even extents)."""
-    return _use_padded(u, grid, c1) and not _split_axes(grid)
+    """The vnode kernels apply on an unsplit grid: :func:`_use_split` and no split axis."""
+    return _use_split(u, grid, c1) and not _split_axes(grid)
 
 
-def _use_padded(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
-    """The vnode stencil kernels apply on this grid, split or not: Wilson action, complex128
-    CPU links without a graph, a 4D local lattice whose extents are even once a split axis
-    counts with its one-site halo on both sides (:func:`_on_grid`)."""
-    padded = _padded_shape(tuple(grid.local_shape), _split_axes(grid))
+def _use_split(u: torch.Tensor, grid, c1: float = 0.0) -> bool:
+    """The vnode stencil kernels apply on this grid, split or not (split axes through the
+    :class:`GhostLayout`): Wilson action, complex128 CPU links without a graph, a 4D local
+    lattice with even extents."""
+    local = tuple(grid.local_shape)
     return (
         not c1
         and u.device.type == "cpu"
         and u.dtype == torch.complex128
         and not fused._graph(u)
-        and fits(padded, (1,) * len(padded))
+        and fits(local, (1,) * len(local))
     )
 
 
-def _on_grid(u: torch.Tensor, grid, fn, first: int = 2) -> torch.Tensor:
-    """``fn`` (a vnode kernel on the whole local block, periodic in every axis) on the local
-    links. On a grid with split axes the links are first padded by one exchanged halo site on
-    both sides of each split axis (``parallel.halo_pad``, edges and corners included); every
-    stencil of the kernels reaches one site in each direction, so the results on the owned
-    sites use the neighbouring ranks' links and never the layout's periodic wrap, which only
-    the halo sites see. Those are cut off (lattice axis 0 at array dim ``first``)."""
-    split = _split_axes(grid)
-    if not split:
-        return fn(u)
-    out = fn(_halo_padded(u, grid, split))
-    return out[_interior(out.ndim, split, first)].contiguous()
+def _ghosts(u: torch.Tensor, grid, coef: float = 0.0) -> tuple[PackedMD, np.ndarray]:
+    """The local links in the :class:`GhostLayout` of a split grid, ghost planes filled
+    (:meth:`PackedMD.pack_links`), and the :class:`PackedMD` that runs kernels on them."""
+    md = PackedMD(u.shape[0], tuple(grid.local_shape), coef, grid)
+    return md, md.pack_links(u)
+
+
+def _staples_on_grid(u: torch.Tensor, grid, coef: float, ta: bool) -> torch.Tensor:
+    """``coef TA(U A)`` (``ta``) or ``coef A`` on the local links: the whole block when no
+    axis is split, else the owned sites of the ghost layout (faces exchanged first; with
+    only axis 0 split the interior is computed while they travel, :meth:`PackedMD.force`)."""
+    if not _split_axes(grid):
+        return su3_ta_staples(u, coef, ta)
+    md, q = _ghosts(u, grid, coef)
+    out = md.force(q, ta).numpy().reshape(md.n, LB)
+    return unpack(out, md.b, ND, md.local)
+
+
+def _density_on_grid(u: torch.Tensor, grid, kind: str) -> torch.Tensor:
+    """Per-site density ``(B, *local)`` (:meth:`PackedMD.density`: ``"plaquette"``,
+    ``"clover"``, ``"charge"``) on the local links, through the ghost layout on a split
+    grid."""
+    if not _split_axes(grid):
+        if kind == "plaquette":
+            return su3_plaquette_density(u)
+        return su3_clover_density(u, charge=kind == "charge")
+    md, q = _ghosts(u, grid)
+    return md.density(q, kind)
 
 
 def _plaq_sum(u: torch.Tensor, grid) -> torch.Tensor:
-    return _on_grid(u, grid, su3_plaquette_density, first=1).flatten(1).sum(1)
+    return _density_on_grid(u, grid, "plaquette").flatten(1).sum(1)
 
 
 def _staples(u: torch.Tensor, grid) -> torch.Tensor:
-    return _on_grid(u, grid, lambda x: su3_ta_staples(x, 1.0, ta=False))
+    return _staples_on_grid(u, grid, 1.0, ta=False)
 
 
 class VnodeBackend(fused.NumbaBackend):
     """The virtual-node SU(3) Wilson kernels (module doc) where the local lattice fits
-    (:func:`fits`, split axes counted with their halo, :func:`_use_padded`; ``exp(X) W`` is
+    (:func:`fits`, split axes through the ghost layout, :func:`_use_split`; ``exp(X) W`` is
     site-local); the other SU(3) cases (odd extents, rectangles, graphs) are the ``numba``
     backend's, which falls back to ``eager`` in turn. The RK3 flow step stays in the layout
-    on unsplit grids; on split grids its generator is the padded vnode one, its exponential
+    on unsplit grids; on split grids its generator is the ghost-layout vnode one, its exponential
     the numba one (each stage needs fresh halos). U(1) runs the ``numba`` backend's kernels
     (:mod:`kernels.backends.u1_kernels`). This is the backend to pick for speed."""
 
     name = "vnode"
 
     def su3_staple_sum(self, u, grid, c0, c1):
-        """Staple sum ``c0 A_mu(x)`` (split axes halo-padded, :func:`_on_grid`)."""
-        if not _use_padded(u, grid, c1):
+        """Staple sum ``c0 A_mu(x)`` (split axes: :func:`_staples_on_grid`)."""
+        if not _use_split(u, grid, c1):
             return super().su3_staple_sum(u, grid, c0, c1)
-        return _on_grid(u, grid, lambda x: su3_ta_staples(x, c0, ta=False))
+        return _staples_on_grid(u, grid, c0, ta=False)
 
     def su3_force(self, u, grid, beta, c0, c1):
-        """``(beta c0 / 6) TA(U A)`` (split axes halo-padded)."""
-        if not _use_padded(u, grid, c1):
+        """``(beta c0 / 6) TA(U A)`` (split axes: ghost layout)."""
+        if not _use_split(u, grid, c1):
             return super().su3_force(u, grid, beta, c0, c1)
-        return _on_grid(u, grid, lambda x: su3_ta_staples(x, beta * c0 / 6.0, ta=True))
+        return _staples_on_grid(u, grid, beta * c0 / 6.0, ta=True)
 
     def su3_flow_generator(self, u, grid, c1=0.0):
-        """``-TA(V A)`` (split axes halo-padded)."""
-        if not _use_padded(u, grid, c1):
+        """``-TA(V A)`` (split axes: ghost layout)."""
+        if not _use_split(u, grid, c1):
             return super().su3_flow_generator(u, grid, c1)
-        return _on_grid(u, grid, lambda x: su3_ta_staples(x, -1.0, ta=True))
+        return _staples_on_grid(u, grid, -1.0, ta=True)
 
     def su3_resident_md(self, u, grid, beta, c0, c1):
         """:class:`PackedMD` for HMC with the Wilson force where the vnode kernels apply
-        (:func:`_use_padded`: split axes with a halo exchanged per force), else None."""
-        if not _use_padded(u, grid, c1):
+        (:func:`_use_split`: split axes with ghost planes exchanged per force), else None."""
+        if not _use_split(u, grid, c1):
             return None
         return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0, grid)
 
@@ -1385,38 +1404,38 @@ class VnodeBackend(fused.NumbaBackend):
 
     def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
         """RK3 Wilson-flow step: every stage in the vnode layout (:func:`su3_flow_step_rk3`);
-        on a split grid the numba step with the halo-padded vnode generator."""
+        on a split grid the numba step with the ghost-layout vnode generator."""
         if _use(u, grid, c1):
             return su3_flow_step_rk3(u, eps)
-        if _use_padded(u, grid, c1):
+        if _use_split(u, grid, c1):
             gen = lambda v: self.su3_flow_generator(v, grid)  # noqa: E731
             return fused.su3_flow_step_rk3(u, grid, eps, generator=gen)
         return super().su3_flow_step_rk3(u, grid, eps, c1)
 
     def su3_action_density(self, u, grid, c0, c1):
-        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (split axes halo-padded)."""
-        if not _use_padded(u, grid, c1):
+        """Per-site ``c0 sum_{mu<nu} (3 - Re Tr U_{mu nu})`` (split axes: ghost layout)."""
+        if not _use_split(u, grid, c1):
             return super().su3_action_density(u, grid, c0, c1)
-        return c0 * _on_grid(u, grid, su3_plaquette_density, first=1)
+        return c0 * _density_on_grid(u, grid, "plaquette")
 
     def su3_clover_density(self, u, grid):
-        """Per-site clover ``sum_{mu<nu} |G_{mu nu}(x)|_F^2`` (split axes halo-padded; the
-        leaves reach ``x - mu - nu``, inside the one-site halo with its corners)."""
-        if not _use_padded(u, grid):
+        """Per-site clover ``sum_{mu<nu} |G_{mu nu}(x)|_F^2`` (split axes: ghost layout; the
+        leaves reach ``x - mu - nu``, a ghost edge site when both axes are split)."""
+        if not _use_split(u, grid):
             return super().su3_clover_density(u, grid)
-        return _on_grid(u, grid, su3_clover_density, first=1)
+        return _density_on_grid(u, grid, "clover")
 
     def su3_clover_charge_density(self, u, grid):
         """Per-site ``Re tr(G01 G23 - G02 G13 + G03 G12)`` (clover ``G``; split axes
-        halo-padded)."""
-        if not _use_padded(u, grid):
+        ghost layout)."""
+        if not _use_split(u, grid):
             return super().su3_clover_charge_density(u, grid)
-        return _on_grid(u, grid, lambda x: su3_clover_density(x, charge=True), first=1)
+        return _density_on_grid(u, grid, "charge")
 
     def su3_action_local(self, u, grid, c0, c1):
         """Wilson loop sum; vnode forward, analytic backward (``fused._SU3WilsonAction``;
-        split axes halo-padded in both)."""
-        if not _use_padded(u.detach(), grid, c1):
+        split axes: ghost layout in both)."""
+        if not _use_split(u.detach(), grid, c1):
             return super().su3_action_local(u, grid, c0, c1)
         if fused._graph(u):
             return fused._SU3WilsonAction.apply(u, grid, c0, _plaq_sum, _staples)

@@ -1,10 +1,10 @@
 """Every fast kernel backend on a distributed lattice equals single-rank ``eager`` (mpiexec).
 
-The fused kernels pad halos themselves (numba, vnode) or shift real planes (soa), so the halo
-handling of each backend is checked here on grids that split one and two axes: SU(3) force,
-action, flow generator, clover energy and charge densities (their leaves reach x - mu - nu)
-and the gradient of the action (the numba backward is analytic and must include the staples
-from neighbouring ranks), U(1) (4D) force, action and gradient.
+The fused kernels pad halos (numba), exchange ghost planes (vnode) or shift real planes
+(soa), so the halo handling of each backend is checked here on grids that split one and two
+axes: SU(3) force, action, flow generator, clover energy and charge densities (their leaves
+reach x - mu - nu) and the gradient of the action (the numba backward is analytic and must
+include the staples from neighbouring ranks), U(1) (4D) force, action and gradient.
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def test_u1_backend_distributed(grids, name):
     check("dS/dtheta", _grad(dist, t), local(g_ref, grid))
 
 
-def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
-    """The vnode stencil kernels take split grids too (split axes padded by one exchanged
-    halo site, ``vnode._on_grid``): the distributed checks above run the vnode kernels, not a
+def test_vnode_runs_split_grids_through_ghost_planes(grids, spy):
+    """The vnode stencil kernels take split grids too (the links packed into the ghost layout
+    of the local block, ghost planes exchanged: ``vnode._staples_on_grid``,
+    ``_density_on_grid``): the distributed checks above run the vnode kernels, not a
     fallback, and agree with single-rank eager."""
     vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
     grid, ref_grid = grids
@@ -105,8 +106,9 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
     u_ref = ref.hot_start(SiteRNG(3), 0, 1)
     u = th.hot_start(SiteRNG(3), 0, 1)
     split = any(g > 1 for g in grid.grid)
-    assert vnode._use_padded(u, grid) and vnode._use(u, grid) is (not split)
-    calls = spy(vnode, ("su3_ta_staples", "su3_plaquette_density", "su3_clover_density"))
+    assert vnode._use_split(u, grid) and vnode._use(u, grid) is (not split)
+    whole = spy(vnode, ("su3_ta_staples", "su3_plaquette_density", "su3_clover_density"))
+    ghosts = spy(vnode.PackedMD, ("force", "density"))
     kb.set_backend("eager")
     f_ref, s_ref = ref.force(u_ref), ref.action(u_ref)
     e_ref = energy_density(u_ref, ref_grid)
@@ -114,7 +116,7 @@ def test_vnode_runs_split_grids_through_a_padded_halo(grids, spy):
     check("force", th.force(u), local(f_ref, grid))
     check("action", th.action(u), s_ref)
     check("clover E", energy_density(u, grid), e_ref)
-    assert len(calls) == 3
+    assert (len(whole), len(ghosts)) == ((0, 3) if split else (3, 0))
 
 
 @pytest.mark.parametrize("shape", [SHAPE, (16, 2, 4, 8)], ids=["4x2x4x4", "16x2x4x8"])
