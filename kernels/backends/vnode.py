@@ -1170,15 +1170,25 @@ class PackedMD:
         p = pack(momentum, out=np.empty((self.n, LB)))
         return self.pack_links(field), self._tensor(p)
 
-    def force(self, phi: np.ndarray, ta: bool = True) -> torch.Tensor:
-        """``coef TA(U A)`` (or with ``ta=False`` the staple sum ``coef A``) on the owned
-        sites (a new array). With the first lattice axis the only split one, the interior
-        outer planes ``1 .. h_0 - 2`` (a contiguous range of outer sites; their stencils stay
-        inside the owned block) are computed while the faces travel
+    def force(
+        self,
+        phi: np.ndarray,
+        ta: bool = True,
+        coef: float | None = None,
+        keep: float = 0.0,
+        out: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """``coef TA(U A)`` (or with ``ta=False`` the staple sum ``coef A``; ``coef`` default:
+        the constructor's; ``+ keep out`` when ``keep`` is not 0, the RK3 stages'
+        combinations) on the owned sites, into ``out`` or a new array; the ghost planes of
+        ``phi`` are refilled first. With the first lattice axis the only split one, the
+        interior outer planes ``1 .. h_0 - 2`` (a contiguous range of outer sites; their
+        stencils stay inside the owned block) are computed while the faces travel
         (``parallel.comm.progress`` between planes: MPI without a progress thread moves a
         large message only inside MPI calls), the two boundary planes after."""
         lay = self.lay
-        out = np.empty((self.n, LB))
+        out = np.empty((self.n, LB)) if out is None else out
+        coef = self.coef if coef is None else float(coef)
         fused._threads()
 
         def sweep(o0: int, o1: int) -> None:
@@ -1192,9 +1202,9 @@ class PackedMD:
                     lay.vs,
                     o0,
                     o1,
-                    self.coef,
+                    coef,
                     ta,
-                    0.0,
+                    float(keep),
                     out,
                     nchunks(self.b * (o1 - o0)),
                 )
@@ -1234,17 +1244,24 @@ class PackedMD:
             raise ValueError(f"vnode density {kind!r}: plaquette, clover or charge")
         return unpack_density(out, self.b, self.local)
 
-    def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
-        """``exp(eps P) U`` per lane on the owned sites (ghost rows are refilled before the
-        next force)."""
+    def expm(
+        self, x: np.ndarray, phi: np.ndarray, coef: float, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``exp(coef X) U`` per lane on the owned sites (``X`` ``(B Nd Vo, 18 W)`` in su(3),
+        no ghost rows; ``out`` a packed field of this layout, not ``phi``, or a new one;
+        its ghost rows are refilled before the next force)."""
         lay = self.lay
-        x = pi.numpy().reshape(self.n, LB)
-        w = np.empty((lay.nrows(self.b), LB))
+        w = np.empty((lay.nrows(self.b), LB)) if out is None else out
         nblk = self.b * ND * lay.vo
         fused._threads()
-        coefs = np.array([eps], np.float64)  # eps P: the rounding of the per-call drift
+        coefs = np.array([coef], np.float64)
         kernels().expm_mul(x[None], coefs, phi, w, nblk, lay.vo, lay.vs, nchunks(nblk))
         return w
+
+    def evolve(self, phi: np.ndarray, pi: torch.Tensor, eps: float) -> np.ndarray:
+        """``exp(eps P) U`` per lane on the owned sites (:meth:`expm`; ``eps P`` formed in the
+        kernel: the rounding of the per-call drift)."""
+        return self.expm(pi.numpy().reshape(self.n, LB), phi, eps)
 
     def leave(self, phi: np.ndarray, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Links and momenta in the ``(B, Nd, *local, 3, 3)`` complex layout (owned sites)."""
@@ -1254,43 +1271,83 @@ class PackedMD:
 
 class PackedFlow:
     """Luscher's RK3 Wilson flow with the links in the vnode layout from the first step to
-    the last (unsplit grids): one pack, and the observables straight from the packed links
-    (clover energy and charge densities, plaquette density: the kernels of the per-call
-    backend methods on the same numbers, so the measurements are bit for bit those of the
-    per-call path). Per RK3 step at 8^4 this saves a pack and an unpack of the links and the
-    packs of every measurement."""
+    the last: one pack, and the observables straight from the packed links (clover energy
+    and charge densities, plaquette density: the kernels of the per-call backend methods on
+    the same numbers, so the measurements are bit for bit those of the per-call path). Per
+    RK3 step at 8^4 this saves a pack and an unpack of the links and the packs of every
+    measurement.
 
-    def __init__(self, u: torch.Tensor) -> None:
+    On a grid with split axes (``grid``) the links live in the :class:`GhostLayout` of the
+    local block (:class:`PackedMD`'s kernels): each stage's generator refills the ghost
+    planes of its links first (with axis 0 split alone, the interior is swept while the
+    faces travel), the exponentials update the owned sites, and a measurement refills the
+    ghost planes of the current links once. The per-call RK3 step of a split grid is this
+    class's step (:meth:`VnodeBackend.su3_flow_step_rk3`), so there too the resident flow
+    is the per-call flow bit for bit."""
+
+    def __init__(self, u: torch.Tensor, grid=None) -> None:
         self.b, self.local = u.shape[0], tuple(u.shape[2:-2])
         fused._threads()
-        self.q = pack(u)
+        self.md: PackedMD | None = None
+        if grid is not None and _split_axes(grid):
+            self.md = PackedMD(self.b, self.local, 0.0, grid)
+            self.q = self.md.pack_links(u)
+            self._x = np.empty((self.md.n, LB))  # the generator combination X
+        else:
+            self.q = pack(u)
         self.spare: np.ndarray | None = None  # the second stage buffer (swapped every step)
+        self._ghosts_fresh = True  # the ghost planes of q hold the current neighbours
 
     def step(self, eps: float) -> None:
-        """One RK3 step (:func:`flow_step_rk3_packed`)."""
+        """One RK3 step (:func:`flow_step_rk3_packed`, or its ghost-layout form)."""
         fused._threads()
         if self.spare is None:
-            self.spare = empty_packed(self.b, self.local)
-        self.q, self.spare = (
-            flow_step_rk3_packed(self.q, self.b, self.local, eps, self.spare),
-            self.q,
-        )
+            self.spare = np.empty_like(self.q)
+        if self.md is None:
+            new = flow_step_rk3_packed(self.q, self.b, self.local, eps, self.spare)
+        else:
+            new = self._step_ghosts(eps)
+        self.q, self.spare = new, self.q
+        self._ghosts_fresh = False
+
+    def _step_ghosts(self, eps: float) -> np.ndarray:
+        """:func:`flow_step_rk3_packed`'s low-storage stages in the ghost layout: ``W1`` in
+        the spare buffer, ``W2`` over the links, ``W3`` in the spare buffer (returned)."""
+        md, x, w0, w1 = self.md, self._x, self.q, self.spare
+        md.force(w0, coef=-eps, out=x)  # X = Z0
+        md.expm(x, w0, 0.25, out=w1)  # W1 = exp(X / 4) W0
+        md.force(w1, coef=-eps * (8.0 / 9.0), keep=-17.0 / 36.0, out=x)  # 8/9 Z1 - 17/36 X
+        md.expm(x, w1, 1.0, out=w0)  # W2
+        md.force(w0, coef=-eps * 0.75, keep=-1.0, out=x)  # 3/4 Z2 - X
+        return md.expm(x, w0, 1.0, out=w1)  # W3
+
+    def _density(self, kind: str) -> torch.Tensor:
+        """A per-site density of the current links (ghost planes refilled once per step)."""
+        if not self._ghosts_fresh:
+            self.md._exchange(self.q)
+            self._ghosts_fresh = True
+        return self.md.density(self.q, kind)
 
     def clover_density(self, charge: bool = False) -> torch.Tensor:
         """Per-site clover ``sum_{mu<nu} |G_{mu nu}|_F^2`` (or the charge density)."""
+        if self.md is not None:
+            return self._density("charge" if charge else "clover")
         return unpack_density(
             clover_density_packed(self.q, self.b, self.local, charge), self.b, self.local
         )
 
     def plaquette_density(self) -> torch.Tensor:
         """Per-site ``sum_{mu<nu} (3 - Re Tr U_{mu nu})``."""
+        if self.md is not None:
+            return self._density("plaquette")
         return unpack_density(
             plaquette_density_packed(self.q, self.b, self.local), self.b, self.local
         )
 
     def links(self) -> torch.Tensor:
-        """The flowed links, ``(B, Nd, *local, 3, 3)`` complex128."""
-        return unpack(self.q, self.b, ND, self.local)
+        """The flowed links, ``(B, Nd, *local, 3, 3)`` complex128 (owned sites)."""
+        sites = None if self.md is None else self.md.lay.site
+        return unpack(self.q, self.b, ND, self.local, sites)
 
 
 # --------------------------------------------------------------------------- backend
@@ -1360,9 +1417,9 @@ class VnodeBackend(fused.NumbaBackend):
     (:func:`fits`, split axes through the ghost layout, :func:`_use_split`; ``exp(X) W`` is
     site-local); the other SU(3) cases (odd extents, rectangles, graphs) are the ``numba``
     backend's, which falls back to ``eager`` in turn. The RK3 flow step stays in the layout
-    on unsplit grids; on split grids its generator is the ghost-layout vnode one, its exponential
-    the numba one (each stage needs fresh halos). U(1) runs the ``numba`` backend's kernels
-    (:mod:`kernels.backends.u1_kernels`). This is the backend to pick for speed."""
+    (on split grids the ghost layout, its planes refilled before each stage's generator).
+    U(1) runs the ``numba`` backend's kernels (:mod:`kernels.backends.u1_kernels`). This is
+    the backend to pick for speed."""
 
     name = "vnode"
 
@@ -1392,9 +1449,9 @@ class VnodeBackend(fused.NumbaBackend):
         return PackedMD(u.shape[0], tuple(grid.local_shape), beta * c0 / 6.0, grid)
 
     def su3_resident_flow(self, u, grid, c1=0.0):
-        """:class:`PackedFlow` for the RK3 Wilson flow on an unsplit grid where the vnode
-        kernels apply (:func:`_use`), else None (split grids need halos at every stage)."""
-        return PackedFlow(u) if _use(u, grid, c1) else None
+        """:class:`PackedFlow` for the RK3 Wilson flow where the vnode kernels apply
+        (:func:`_use_split`; split axes through the ghost layout), else None."""
+        return PackedFlow(u, grid) if _use_split(u, grid, c1) else None
 
     def su3_expm_mul(self, x, w):
         """``exp(X) W`` (the MD drift): per lane in the vnode layout where the lattice fits."""
@@ -1403,13 +1460,14 @@ class VnodeBackend(fused.NumbaBackend):
         return expm_mul(x, w)
 
     def su3_flow_step_rk3(self, u, grid, eps, c1=0.0):
-        """RK3 Wilson-flow step: every stage in the vnode layout (:func:`su3_flow_step_rk3`);
-        on a split grid the numba step with the ghost-layout vnode generator."""
+        """RK3 Wilson-flow step: every stage in the vnode layout (:func:`su3_flow_step_rk3`;
+        on a split grid in the ghost layout, :class:`PackedFlow`)."""
         if _use(u, grid, c1):
             return su3_flow_step_rk3(u, eps)
-        if _use_split(u, grid, c1):
-            gen = lambda v: self.su3_flow_generator(v, grid)  # noqa: E731
-            return fused.su3_flow_step_rk3(u, grid, eps, generator=gen)
+        if _use_split(u, grid, c1):  # the resident flow's step: the same numbers
+            flow = PackedFlow(u, grid)
+            flow.step(eps)
+            return flow.links()
         return super().su3_flow_step_rk3(u, grid, eps, c1)
 
     def su3_action_density(self, u, grid, c0, c1):

@@ -9,6 +9,7 @@ include the staples from neighbouring ranks), U(1) (4D) force, action and gradie
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
@@ -117,6 +118,40 @@ def test_vnode_runs_split_grids_through_ghost_planes(grids, spy):
     check("action", th.action(u), s_ref)
     check("clover E", energy_density(u, grid), e_ref)
     assert (len(whole), len(ghosts)) == ((0, 3) if split else (3, 0))
+
+
+def test_vnode_resident_flow_on_split_grids(grids, spy, monkeypatch):
+    """``wilson_flow`` with vnode on a split grid keeps the links in the ghost layout for the
+    whole flow (one pack; ghost planes refilled per stage and per measurement): the same
+    numbers, bit for bit, as the per-call vnode steps and densities, and single-rank eager's
+    to rounding (t, clover and plaquette E, clover Q, the flowed links)."""
+    vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    from kernels.groups.su_n import su_expm
+    from kernels.wilson_flow import wilson_flow
+
+    grid, ref_grid = grids
+    rng = SiteRNG(5)
+    th, ref = SU3Gauge(grid, 6.0), SU3Gauge(ref_grid, 6.0)
+    u_ref = su_expm(0.3 * ref.random_momentum(rng, 0, 2))  # smooth: a few flow steps
+    u = su_expm(0.3 * th.random_momentum(rng, 0, 2))
+    kw = dict(t_max=0.06, eps=0.02, measure_every=2, topology=True, charge_times=(0.02,))
+    kb.set_backend("eager")
+    want = wilson_flow(u_ref, ref_grid, **kw)
+    kb.set_backend("vnode")
+    packs = spy(vnode.PackedMD, ("pack_links",))
+    res = wilson_flow(u, grid, **kw)
+    split = any(g > 1 for g in grid.grid)
+    assert len(packs) == (1 if split else 0)
+    monkeypatch.setattr(vnode.VnodeBackend, "su3_resident_flow", lambda *a: None)
+    per_call = wilson_flow(u, grid, **kw)
+    for name in ("t", "e_clover", "e_plaq", "q"):
+        a, b, r = (getattr(x, name) for x in (res, per_call, want))
+        assert np.array_equal(a, b), name
+        err = MPI.COMM_WORLD.allreduce(float(np.abs(a - r).max()), op=MPI.MAX)
+        assert err <= 1e-12, (name, err)
+    assert np.array_equal(res.q_at[0.02], per_call.q_at[0.02])
+    assert torch.equal(res.field, per_call.field)
+    check("flowed links", res.field, local(want.field, grid))
 
 
 @pytest.mark.parametrize("shape", [SHAPE, (16, 2, 4, 8)], ids=["4x2x4x4", "16x2x4x8"])
