@@ -643,8 +643,7 @@ def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
                 w[i] = wsave[b, s, i]
                 for j in range(3):
                     v[i, j] = vsave[b, s, i, j]
-            _context(s_, rho, x, b, s, c, om)
-            g = gld[b, s]
+            g = gld[b, s]  # (C and Omega: computed where needed, _input_cotangents)
             # --- log-det: K = N^{-1}
             _phases(w, ph, ea, phi)
             for i in range(9):
