@@ -209,7 +209,7 @@ class ParallelSection(_Section):
         default=None,
         description="Gauge-kernel backend (kernels/backends): eager (reference), soa, compiled "
         "(torch.compile), numba (needs the `fast` extra), vnode (numba plus virtual-node SU(3) "
-        "kernels on 4D lattices with even local extents, split axes through a one-site halo; "
+        "kernels on 4D lattices with even local extents, split axes through ghost planes; "
         "links kept in its layout through each HMC trajectory). null: "
         "$TRIVHMC_KERNELS, else eager. All give the same results to rounding; bit-identical "
         "records on every process grid need eager.",
