@@ -127,6 +127,28 @@ def test_ghost_layout_pack_and_tables(split):
                             assert np.array_equal(site(o3, lane ^ m3), w2)
 
 
+def test_ghost_fill_takes_each_lane_from_its_source():
+    """``ghost_fill`` (one generated body per lane bit and side) against its definition:
+    lane ``l`` of a ghost block is lane ``l ^ m`` of the owned block next to it where bit
+    ``m`` of ``l`` equals ``own_if_set``, else of the received block; on strided arrays as
+    ``PackedMD`` passes them (a column slice of the link blocks); a mask of two bits is
+    refused."""
+    rng = np.random.default_rng(2)
+    own = rng.standard_normal((6, 5, vnode.LB))[::2]
+    remote = rng.standard_normal((3, 5, vnode.LB))
+    lanes = np.arange(vnode.W)
+    for m in (1, 2, 4, 8):
+        for own_if_set in (False, True):
+            g = np.zeros((3, 5, vnode.LB))
+            vnode.kernels().ghost_fill(g, own, remote, m, own_if_set)
+            src = np.where(((lanes & m) != 0) == own_if_set, 0, 1)  # 0: own, 1: remote
+            both = np.stack([own, remote]).reshape(2, 3, 5, 18, vnode.W)
+            want = both[src, :, :, :, lanes ^ m]  # (W, 3, 5, 18)
+            np.testing.assert_array_equal(g.reshape(3, 5, 18, vnode.W), want.transpose(1, 2, 3, 0))
+    with pytest.raises(ValueError, match="single lane bit"):
+        vnode.kernels().ghost_fill(g, own, remote, 3, True)
+
+
 def test_neighbour_tables_are_the_lattice_shift():
     """``nbr``/``msk`` move every (outer site, lane) to the site ``x +- e_d`` (periodic)."""
     shape = (2, 4, 6, 4)

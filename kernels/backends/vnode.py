@@ -344,6 +344,37 @@ def _perm_func() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ghost_fill_func() -> str:
+    """``ghost_fill(g, own, remote, m, own_if_set)``: the ghost plane of a split axis
+    (:class:`GhostLayout`), ``g[a, o, c W + l] = S[a, o, c W + (l ^ m)]`` with ``S = own``
+    (the owned outer plane next to the ghost one) for the lanes whose bit ``m`` is set if
+    ``own_if_set``, clear otherwise, and ``S = remote`` (the neighbour rank's plane) for the
+    others; arrays ``(B Nd, sites, 18 W)``, strided in their first dimension. One literal
+    body per ``(m, own_if_set)``: each component's 16 loads (the lane permutation and the
+    choice of source fixed) before its 16 stores, which LLVM turns into vector moves and
+    shuffles (a per-lane branch on the source left the loop scalar)."""
+    lines = ["", "@njit(cache=True)", "def ghost_fill(g, own, remote, m, own_if_set):"]
+    first = True
+    for d in range(ND):
+        m = 1 << d
+        for own_if_set in (False, True):
+            flag = "own_if_set" if own_if_set else "not own_if_set"
+            lines.append(f"    {'if' if first else 'elif'} m == {m} and {flag}:")
+            first = False
+            lines += [
+                "        for a in range(g.shape[0]):",
+                "            for o in range(g.shape[1]):",
+                "                for c in range(18):",
+                f"                    k = c * {W}",
+            ]
+            for l in range(W):
+                src = "own" if ((l & m) != 0) == own_if_set else "remote"
+                lines.append(f"                    x{l} = {src}[a, o, k + {l ^ m}]")
+            lines += [f"                    g[a, o, k + {l}] = x{l}" for l in range(W)]
+    lines += ["    else:", "        raise ValueError('ghost_fill: m must be a single lane bit')"]
+    return "\n".join(lines) + "\n"
+
+
 _KERNELS = """
 
 @njit(inline='always')
@@ -586,24 +617,6 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
             mm_nn(Wk, 2, V, q, out, q)
 
 
-@njit(cache=True)
-def ghost_fill(g, own, remote, m, own_if_set):
-    \"\"\"Ghost plane of a split axis (:class:`GhostLayout`): g[a, o, c W + l] = S[a, o, c W +
-    (l ^ m)] with S = ``own`` (the owned outer plane next to the ghost one) for the lanes
-    whose bit ``m`` is set if ``own_if_set``, clear otherwise, and S = ``remote`` (the
-    neighbour rank's plane) for the other lanes; arrays ``(B Nd, sites, 18 W)``, strided in
-    their first dimension.\"\"\"
-    for a in range(g.shape[0]):
-        for o in range(g.shape[1]):
-            for c in range(18):
-                k = c * {W}
-                for l in range({W}):
-                    if ((l & m) != 0) == own_if_set:
-                        g[a, o, k + l] = own[a, o, k + (l ^ m)]
-                    else:
-                        g[a, o, k + l] = remote[a, o, k + (l ^ m)]
-
-
 @threaded_kernel(cache=True)
 def pack_links(src, site, dst):
     \"\"\"dst[a vo + o, c W + l] = src[a, site[o, l], i, j, r] (a = b Nd + mu, c = 6 i + 2 j
@@ -655,6 +668,7 @@ def _source() -> str:
         + _ta_func()
         + _retr_func()
         + _perm_func()
+        + _ghost_fill_func()
         + _ch_funcs()
         + prefetch.source()
         + _KERNELS.format(
