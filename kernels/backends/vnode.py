@@ -925,6 +925,12 @@ def _stage_buffers(b: int, local: tuple[int, ...]) -> tuple[np.ndarray, np.ndarr
     return buf
 
 
+#: Luscher's RK3 in low-storage form, per stage ``(a, keep, c)``: ``X = a eps Z(W) + keep X``
+#: (``Z = -TA(W A)``), then ``W <- exp(c X) W`` (:func:`flow_step_rk3_packed`, and
+#: :class:`PackedFlow` on a split grid)
+RK3_STAGES = ((1.0, 0.0, 0.25), (8.0 / 9.0, -17.0 / 36.0, 1.0), (0.75, -1.0, 1.0))
+
+
 def flow_step_rk3_packed(
     q: np.ndarray, b: int, local: tuple[int, ...], eps: float, spare: np.ndarray | None = None
 ) -> np.ndarray:
@@ -950,12 +956,11 @@ def flow_step_rk3_packed(
         if np.may_share_memory(spare, q):
             raise ValueError("vnode RK3 step: spare must not overlap the links")
         w1, w2, w3 = spare, q, spare
-    ta_staples_packed(q, b, local, -eps, True, x)
-    expm_mul_packed(x, q, b, local, (0.25,), out=w1)
-    ta_staples_packed(w1, b, local, -eps * (8.0 / 9.0), True, x, keep=-17.0 / 36.0)
-    expm_mul_packed(x, w1, b, local, (1.0,), out=w2)
-    ta_staples_packed(w2, b, local, -eps * 0.75, True, x, keep=-1.0)
-    return expm_mul_packed(x, w2, b, local, (1.0,), out=w3)
+    v = q
+    for (a, keep, c), w in zip(RK3_STAGES, (w1, w2, w3), strict=True):
+        ta_staples_packed(v, b, local, -eps * a, True, x, keep=keep)
+        v = expm_mul_packed(x, v, b, local, (c,), out=w)
+    return v
 
 
 def su3_flow_step_rk3(u: torch.Tensor, eps: float) -> torch.Tensor:
@@ -1327,13 +1332,11 @@ class PackedFlow:
     def _step_ghosts(self, eps: float) -> np.ndarray:
         """:func:`flow_step_rk3_packed`'s low-storage stages in the ghost layout: ``W1`` in
         the spare buffer, ``W2`` over the links, ``W3`` in the spare buffer (returned)."""
-        md, x, w0, w1 = self.md, self._x, self.q, self.spare
-        md.force(w0, coef=-eps, out=x)  # X = Z0
-        md.expm(x, w0, 0.25, out=w1)  # W1 = exp(X / 4) W0
-        md.force(w1, coef=-eps * (8.0 / 9.0), keep=-17.0 / 36.0, out=x)  # 8/9 Z1 - 17/36 X
-        md.expm(x, w1, 1.0, out=w0)  # W2
-        md.force(w0, coef=-eps * 0.75, keep=-1.0, out=x)  # 3/4 Z2 - X
-        return md.expm(x, w0, 1.0, out=w1)  # W3
+        v = self.q
+        for (a, keep, c), w in zip(RK3_STAGES, (self.spare, self.q, self.spare), strict=True):
+            self.md.force(v, coef=-eps * a, keep=keep, out=self._x)
+            v = self.md.expm(self._x, v, c, out=w)
+        return v
 
     def _density(self, kind: str) -> torch.Tensor:
         """A per-site density of the current links (ghost planes refilled once per step)."""

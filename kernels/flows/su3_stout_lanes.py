@@ -26,12 +26,11 @@ bit; each is deterministic. Floating point: ``fastmath={'contract'}`` only.
 
 from __future__ import annotations
 
-import numba
-
 from kernels.backends import fused, vnode
 
 W = vnode.W
 LB = vnode.LB
+nchunks = vnode.nchunks  # work chunks (each with its own scratch) per (chain, block) pairs
 
 _KERNELS = """
 
@@ -247,8 +246,3 @@ def kernels(nst: int):
     if nst not in _K:
         _K[nst] = fused._load_module(_source(nst), f"stout_lanes{nst}")
     return _K[nst]
-
-
-def nchunks(tot: int) -> int:
-    """Work chunks (each with its own scratch) for ``tot`` (chain, block) pairs."""
-    return max(1, min(tot, 4 * numba.config.NUMBA_NUM_THREADS))
