@@ -1,5 +1,5 @@
-"""The vectorisable ``sin``/``cos`` of kernels/backends/vtrig.py against libm (numpy), and the
-serial/parallel twins of kernels/backends/numba_threads.py."""
+"""The vectorisable ``sin``/``cos``/``sqrt`` of kernels/backends/vtrig.py against libm
+(numpy), and the serial/parallel twins of kernels/backends/numba_threads.py."""
 
 from __future__ import annotations
 
@@ -56,6 +56,33 @@ def test_special_values_and_the_range_counter():
     s, c, big = _run(np.array([np.nan, np.inf, -np.inf, 2 * vtrig.LIMIT, -1e300]))
     assert np.all(np.isnan(s[:3])) and np.all(np.isnan(c[:3]))
     assert big == 4  # inf, -inf and the two finite ones above LIMIT (NaN is not counted)
+
+
+@numba.njit
+def _sincos_sqrt(x, s, c, r):
+    for i in range(x.shape[0]):
+        s[i], c[i] = vtrig.vsincos(x[i])
+        r[i] = vtrig.vsqrt(abs(x[i]))
+
+
+def test_sincos_equals_sin_cos_and_sqrt_is_correctly_rounded():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-10, 10, 10_000), rng.uniform(-1e-3, 1e-3, 1000), [0.0]])
+    s, c, r = (np.empty_like(x) for _ in range(3))
+    _sincos_sqrt(x, s, c, r)
+    s0, c0, _ = _run(x)
+    assert np.array_equal(s, s0) and np.array_equal(c, c0)
+    assert np.array_equal(r, np.sqrt(np.abs(x)))  # IEEE sqrt: correctly rounded, bitwise
+    _sincos_sqrt(np.array([-4.0]), s[:1], c[:1], r[:1])
+    assert r[0] == 2.0  # of |x|
+    out = np.empty(1)
+    _negative_sqrt(np.array([-1.0]), out)
+    assert np.isnan(out[0])  # no exception below zero
+
+
+@numba.njit
+def _negative_sqrt(x, out):
+    out[0] = vtrig.vsqrt(x[0])
 
 
 def test_threaded_kernel_runs_the_serial_twin_on_one_thread():

@@ -18,7 +18,8 @@ Formula (Cody-Waite reduction, then Taylor polynomials on ``|r| <= pi/4``)::
 ``|q| < 2^20``; the truncation of the series is below ``(pi/4)^17 / 17! = 5e-17``. Absolute
 error <= 3e-16 for ``|x| <= LIMIT = 1e5`` (tests/test_vtrig.py against ``numpy``); above
 ``LIMIT`` the reduction loses digits, so callers count such arguments (:func:`too_large`)
-and fall back to a library call. NaN and +-inf give NaN, as libm.
+and fall back to a library call. NaN and +-inf give NaN, as libm. Also :func:`vsincos` (both
+from one reduction) and :func:`vsqrt` (the ``llvm.sqrt`` intrinsic, for the same reason).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import math
 from decimal import Decimal, localcontext
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 LIMIT = 1.0e5
 
@@ -71,6 +73,30 @@ def vcos(x):
     s, c, n = _reduced(x)
     v = -s if n & 1 else c
     return -v if n & 2 else v
+
+
+@njit(cache=True, inline="always", fastmath={"contract"})
+def vsincos(x):
+    """``(sin x, cos x)`` for ``|x| <= LIMIT`` from one reduction."""
+    s, c, n = _reduced(x)
+    sv = c if n & 1 else s
+    cv = -s if n & 1 else c
+    return (-sv if n & 2 else sv), (-cv if n & 2 else cv)
+
+
+@intrinsic
+def vsqrt(typingctx, x):
+    """``sqrt x`` as the ``llvm.sqrt`` intrinsic: vectorisable (numba's ``math.sqrt`` calls
+    libm's ``sqrt``, which LLVM must assume sets ``errno``, so a loop with it stays scalar);
+    NaN for ``x < 0``, no exception. Correctly rounded, as libm's."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.sqrt", [args[0].type])
+        return builder.call(fn, args)
+
+    return x(x), codegen
 
 
 @njit(cache=True, inline="always")

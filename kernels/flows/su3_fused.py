@@ -13,6 +13,8 @@ loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
       new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
   (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
+  its forward runs 16 sites at a time in SIMD lanes
+  (:mod:`kernels.flows.su3_stout_core_lanes_fwd`), its backward site by site;
 * :func:`replace_links`: the field with the active links replaced (its backward works in
   place on its own cotangent buffers).
 
@@ -116,6 +118,13 @@ def _lanes():
     return su3_stout_lanes
 
 
+def _core_lanes_fwd():
+    """:mod:`kernels.flows.su3_stout_core_lanes_fwd` (the core's forward in SIMD lanes)."""
+    from . import su3_stout_core_lanes_fwd
+
+    return su3_stout_core_lanes_fwd
+
+
 def _reals(t: torch.Tensor):
     """Float64 numpy view ``(..., 18)`` of complex 3x3 matrices ``(..., 3, 3)`` (re, im of
     each entry row-major; strides kept)."""
@@ -142,16 +151,18 @@ class _FusedCore(torch.autograd.Function):
         want_k = any(ctx.needs_input_grad)  # K = N^{-1} for the backward
         kshape = (*x_.shape[:2], 9, 9) if want_k else (1, 1, 9, 9)
         kinv = torch.empty(kshape, dtype=torch.float64)  # real-basis K_r = N_r^{-1}
-        k.core_forward(
-            s_.numpy(),
+        lanes = _core_lanes_fwd()
+        lanes.kernels().core_forward(
+            _reals(s_),
             r_.numpy(),
-            x_.numpy(),
-            new.numpy(),
+            _reals(x_),
+            _reals(new),
             ld.numpy(),
             w.numpy(),
-            v.numpy(),
+            _reals(v),
             kinv.numpy(),
             want_k,
+            lanes.nchunks(x_.shape[0] * -(-x_.shape[1] // lanes.W)),
         )
         ctx.save_for_backward(staples, rho, x, w, v, kinv)
         return new, ld
