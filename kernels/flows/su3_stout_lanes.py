@@ -85,12 +85,13 @@ def loops_forward(src, index, st, pl, ix, staples, feats, x, nch):
         loc = np.empty((ni + 2, {LB}))
         sk = np.empty((nst, {LB}))
         fe = np.empty((nf, {W}))
+        skf, fef = sk.reshape(nst * {LB}), fe.reshape(nf * {W})  # flat views (pair loops)
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // nblk
             s0 = (q % nblk) * {W}
             gather(src, index, ns, b, s0, ni, loc)
             staples_of(loc, st, ni, sk)
-            pair_features(sk, fe)
+            pair_features(skf, fef)
             f = nst * (nst - 1) // 2
             for i in range(pl.shape[0]):
                 mm_nn(loc, pl[i, 0], loc, pl[i, 1], loc, ni)
@@ -122,8 +123,12 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
         gl = np.empty((ni, {LB}))
         sk = np.empty((nst, {LB}))
         gs = np.empty((nst, {LB}))
+        gs0 = np.empty((nst, {LB}))  # the staples' incoming cotangents (pairs_backward adds)
         g = np.empty({W})
         gq = np.empty((nst * (nst - 1) // 2, {W}))
+        skf, gsf = sk.reshape(nst * {LB}), gs.reshape(nst * {LB})  # flat views (pair loops)
+        gs0f = gs0.reshape(nst * {LB})
+        gqf = gq.reshape(gq.shape[0] * {W})
         if zero:
             gsrc[b] = 0.0
         for blk in range(nblk):
@@ -136,12 +141,12 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
                     gl[ix, c * {W} + l] = gx[b, s, c]
                 for k in range(nst):
                     for c in range(18):
-                        gs[k, c * {W} + l] = gst[b, k % 2, k // 2, s, c]
+                        gs0[k, c * {W} + l] = gst[b, k % 2, k // 2, s, c]
                         sk[k, c * {W} + l] = staples[b, k % 2, k // 2, s, c]
             f = nst * (nst - 1) // 2  # pairs Re Tr(S_k S_m^+) / 3: dS_k = S_m, dS_m = S_k
             for i in range(f):
                 lane_values(gf, b, i, s0, ns, 1.0 / 3.0, gq[i])
-            pairs_backward(sk, gq, gs)
+            pairs_backward(skf, gqf, gs0f, gsf)
             for k in range(nst):
                 a, bb, c = st[k, 0], st[k, 1], st[k, 2]
                 if st[k, 3]:  # A B C^+
@@ -182,30 +187,42 @@ def _pairs(nst: int) -> list[tuple[int, int]]:
 
 
 def _load_staples(nst: int) -> list[str]:
-    return [f"s{k}_{c} = S[{k}, {c * W} + l]" for k in range(nst) for c in range(18)]
+    return [f"s{k}_{c} = S[{k * LB + c * W} + l]" for k in range(nst) for c in range(18)]
 
 
 def _pair_funcs(nst: int) -> str:
     """Generated lane loops of the staple pairs (``nst`` staples; every load before every
-    store, so that LLVM vectorises the lane loop): ``pair_features``: ``F[f, l] = Re Tr(S_k
-    S_m^+) / 3`` for the pairs ``k < m`` in row-major order ``f``; ``pairs_backward``: ``G_k
-    += sum_m g_km S_m`` with ``g_km = g_mk = Gq[f(k, m), l]``; and ``retr3``: ``D[do, l] = Re
-    Tr(A[ao] B[bo]^+) / 3``."""
+    store, flat arrays at constant offsets, so that LLVM vectorises the lane loop without a
+    run-time alias check per row): ``pair_features``: ``F[f, l] = Re Tr(S_k S_m^+) / 3`` for
+    the pairs ``k < m`` in row-major order ``f``; ``pairs_backward``: ``G_k = G0_k + sum_m
+    g_km S_m`` with ``g_km = g_mk = Gq[f(k, m), l]``; and ``retr3``: ``D[do, l] = Re Tr(A[ao]
+    B[bo]^+) / 3``."""
     pairs = _pairs(nst)
     feats = _load_staples(nst)
     feats += [
-        f"F[{f}, l] = (" + " + ".join(f"s{k}_{c} * s{m}_{c}" for c in range(18)) + ") * (1.0 / 3.0)"
+        f"F[{f * W} + l] = ("
+        + " + ".join(f"s{k}_{c} * s{m}_{c}" for c in range(18))
+        + ") * (1.0 / 3.0)"
         for f, (k, m) in enumerate(pairs)
     ]
-    back = [f"g{f} = Gq[{f}, l]" for f in range(len(pairs))]
-    for c in range(18):  # one component at a time: few live values
-        back += [f"s{k} = S[{k}, {c * W} + l]" for k in range(nst)]
-        back += [f"t{k} = G[{k}, {c * W} + l]" for k in range(nst)]
-        for k in range(nst):
-            terms = [
-                f"g{f} * s{m if kk == k else kk}" for f, (kk, m) in enumerate(pairs) if k in (kk, m)
-            ]
-            back.append(f"G[{k}, {c * W} + l] = t{k} + " + " + ".join(terms))
+    # G_k = G0_k + sum_m g_km S_m, three matrix components per lane loop: one loop over all 18
+    # holds more memory dependences than LLVM's loop-access analysis examines (it then leaves
+    # the loop scalar); one component at a time inside a loop: few live values
+    back = []
+    for c0 in range(0, 18, 3):
+        back.append(f"for l in range({W}):")
+        body = [f"g{f} = Gq[{f * W} + l]" for f in range(len(pairs))]
+        for c in range(c0, c0 + 3):
+            body += [f"s{k} = S[{k * LB + c * W} + l]" for k in range(nst)]
+            body += [f"t{k} = G0[{k * LB + c * W} + l]" for k in range(nst)]
+            for k in range(nst):
+                terms = [
+                    f"g{f} * s{m if kk == k else kk}"
+                    for f, (kk, m) in enumerate(pairs)
+                    if k in (kk, m)
+                ]
+                body.append(f"G[{k * LB + c * W} + l] = t{k} + " + " + ".join(terms))
+        back += ["    " + ln for ln in body]
     retr = " + ".join(f"A[ao, {c * W} + l] * B[bo, {c * W} + l]" for c in range(18))
     return (
         vnode._NJIT
@@ -213,9 +230,8 @@ def _pair_funcs(nst: int) -> str:
         + f"    for l in range({W}):\n"
         + vnode._ind(feats, 8)
         + vnode._NJIT
-        + "def pairs_backward(S, Gq, G):\n"
-        + f"    for l in range({W}):\n"
-        + vnode._ind(back, 8)
+        + "def pairs_backward(S, Gq, G0, G):\n"
+        + vnode._ind(back, 4)
         + vnode._NJIT
         + "def retr3(A, ao, B, bo, D, do):\n"
         + f"    for l in range({W}):\n"
