@@ -35,13 +35,24 @@ from .lie import lie_force_from_gradient
 ForceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _lie_fused(*ts: torch.Tensor):
+    """:mod:`kernels.flows.lie_fused` when it applies to ``ts`` (numba, CPU complex128 3x3,
+    no graph to build), else None."""
+    try:
+        from . import lie_fused
+    except ImportError:
+        return None
+    return lie_fused if lie_fused.available(*ts) else None
+
+
 def gradient_from_force(theory, u: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
     """Euclidean cotangent ``g = dS/dU`` of a momentum-space force (see module docstring)."""
     hook = getattr(theory, "gradient_from_force", None)
     if hook is not None:
         return hook(u, force)
     if u.is_complex():
-        return 2.0 * (force @ u)
+        fused = _lie_fused(u, force)
+        return fused.gradient_from_force(u, force) if fused else 2.0 * (force @ u)
     return force
 
 
@@ -51,7 +62,8 @@ def force_from_gradient(theory, v: torch.Tensor, grad: torch.Tensor) -> torch.Te
     if hook is not None:
         return hook(v, grad)
     if v.is_complex():
-        return lie_force_from_gradient(v, grad)
+        fused = _lie_fused(v, grad)
+        return fused.lie_force_from_gradient(v, grad) if fused else lie_force_from_gradient(v, grad)
     return grad
 
 
@@ -93,5 +105,5 @@ def pullback_force(
         )
     if grad is None:  # e.g. the log-det alone of a volume-preserving flow
         grad = torch.zeros_like(x)
-    f_v = force_from_gradient(theory, x, grad)
+    f_v = force_from_gradient(theory, x if create_graph else x.detach(), grad)
     return f_v if create_graph else f_v.detach()
