@@ -13,8 +13,8 @@ loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
       new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
   (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
-  its forward runs 16 sites at a time in SIMD lanes
-  (:mod:`kernels.flows.su3_stout_core_lanes_fwd`), its backward site by site;
+  forward and backward run 16 sites at a time in SIMD lanes
+  (:mod:`kernels.flows.su3_stout_core_lanes_fwd`, :mod:`~kernels.flows.su3_stout_core_lanes_bwd`);
 * :func:`replace_links`: the field with the active links replaced (its backward works in
   place on its own cotangent buffers).
 
@@ -125,6 +125,13 @@ def _core_lanes_fwd():
     return su3_stout_core_lanes_fwd
 
 
+def _core_lanes_bwd():
+    """:mod:`kernels.flows.su3_stout_core_lanes_bwd` (the core's backward in SIMD lanes)."""
+    from . import su3_stout_core_lanes_bwd
+
+    return su3_stout_core_lanes_bwd
+
+
 def _reals(t: torch.Tensor):
     """Float64 numpy view ``(..., 18)`` of complex 3x3 matrices ``(..., 3, 3)`` (re, im of
     each entry row-major; strides kept)."""
@@ -190,18 +197,20 @@ class _FusedCore(torch.autograd.Function):
         gs = staples.new_empty(staples.shape[:1] + staples.shape[2:])  # per plane
         grho = torch.empty_like(rho)
         gx = torch.empty_like(x)
-        k.core_backward(
-            _plain(staples).numpy(),
+        lanes = _core_lanes_bwd()
+        lanes.kernels().core_backward(
+            _reals(_plain(staples)),
             _plain(rho).numpy(),
-            _plain(x).numpy(),
+            _reals(_plain(x)),
             w.numpy(),
-            v.numpy(),
+            _reals(v),
             kinv.numpy(),
-            _plain(gnew).numpy(),
+            _reals(_plain(gnew)),
             _plain(gld.to(torch.float64)).numpy(),
-            gs.numpy(),
+            _reals(gs),
             grho.numpy(),
-            gx.numpy(),
+            _reals(gx),
+            lanes.nchunks(x.shape[0] * -(-x.shape[1] // lanes.W)),
         )
         return gs.unsqueeze(1).expand(staples.shape), grho, gx  # up = down: one tensor
 
