@@ -1,5 +1,13 @@
 """numba kernels of the SU(3) stout layer (imported only when numba is present).
 
+Since session 13 the fused path runs the core in SIMD lanes
+(:mod:`kernels.flows.su3_stout_core_lanes_fwd`, :mod:`~kernels.flows.su3_stout_core_lanes_bwd`,
+same formulas); :func:`core_forward` and :func:`core_backward` here are the site-by-site
+scalar versions, kept as the reference the lane kernels are tested against (they check the
+saved intermediates ``w``, ``V``, ``K_r`` that the eager core does not expose), and their
+helpers serve the lanes: :func:`_inverse_real` is the pivoting fallback of the lane
+Gauss-Jordan, :data:`_DD_SOURCE` / :data:`_DD_CONJ` the divided differences' dedup table.
+
 Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, 0, nu, s] = C^up_nu``,
 ``S[b, 1, nu, s] = C^dn_nu`` (``nu`` over the directions ``!= mu`` in order; staple ``k`` of
 the loop features is ``S[b, k % 2, k // 2]``), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
