@@ -26,7 +26,7 @@ bit; each is deterministic. Floating point: ``fastmath={'contract'}`` only.
 
 from __future__ import annotations
 
-from kernels.backends import fused, vnode
+from kernels.backends import fused, prefetch, vnode
 
 W = vnode.W
 LB = vnode.LB
@@ -42,6 +42,17 @@ def gather(src, index, ns, b, s0, ni, loc):
             k = index[it * ns + min(s0 + l, ns - 1)]
             for c in range(18):
                 loc[it, c * {W} + l] = src[b, k, c]
+
+
+@njit(cache=True)
+def prefetch_next(a, index, ns, s0, ni):
+    \"\"\"Prefetch (into L2) the rows a[index[it ns + s]] of the next block's sites s0 + W ...
+    (the gather's reads, or the scatter-add's targets): the index is irregular, so the
+    hardware prefetchers do not see them coming.\"\"\"
+    if s0 + {W} < ns:
+        for it in range(ni):
+            for l in range({W}):
+                prefetch_row(a, index[it * ns + min(s0 + {W} + l, ns - 1)])
 
 
 @njit(fastmath={{'contract'}}, cache=True)
@@ -90,6 +101,7 @@ def loops_forward(src, index, st, pl, ix, staples, feats, x, nch):
             b = q // nblk
             s0 = (q % nblk) * {W}
             gather(src, index, ns, b, s0, ni, loc)
+            prefetch_next(src[b], index, ns, s0, ni)
             staples_of(loc, st, ni, sk)
             pair_features(skf, fef)
             f = nst * (nst - 1) // 2
@@ -134,6 +146,8 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
         for blk in range(nblk):
             s0 = blk * {W}
             gather(src, index, ns, b, s0, ni, loc)
+            prefetch_next(src[b], index, ns, s0, ni)
+            prefetch_next(gsrc[b], index, ns, s0, ni)
             gl[:, :] = 0.0
             for l in range({W}):
                 s = min(s0 + l, ns - 1)
@@ -242,6 +256,7 @@ def _pair_funcs(nst: int) -> str:
 def _source(nst: int) -> str:
     return (
         fused._HEADER
+        + prefetch.source()
         + vnode._mm_func("mm_nn", False, False, False)
         + vnode._mm_func("mm_nd", False, True, False)
         + vnode._mm_func("mm_dn", True, False, False)
