@@ -37,9 +37,10 @@ def _reals(t: torch.Tensor) -> np.ndarray:
 def _inputs(scale: float, b: int, n: int, nnu: int = 3, seed: int = 1):
     gen = torch.Generator().manual_seed(seed)
     staples = _su3(gen, b, 2, nnu, n)
+    planes = staples[:, 0] + staples[:, 1]  # the core's input: P_nu = C^up_nu + C^dn_nu
     x = _su3(gen, b, n)
     rho = scale * torch.randn(b, nnu, n, dtype=torch.float64, generator=gen)
-    return staples, rho, x
+    return planes, rho, x
 
 
 def _cotangents(x: torch.Tensor, seed: int = 5):
@@ -49,7 +50,7 @@ def _cotangents(x: torch.Tensor, seed: int = 5):
     return gnew, gld
 
 
-def _saved(staples, rho, x):
+def _saved(planes, rho, x):
     """What the scalar forward saves for the backward: ``w``, ``V``, ``K_r``."""
     b, n = x.shape[:2]
     new = torch.empty_like(x)
@@ -58,13 +59,13 @@ def _saved(staples, rho, x):
     v = torch.empty_like(x)
     kinv = torch.empty(b, n, 9, 9, dtype=torch.float64)
     scalar.core_forward(
-        staples.numpy(), rho.numpy(), x.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy(),
+        planes.numpy(), rho.numpy(), x.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy(),
         kinv.numpy(), True,
     )  # fmt: skip
     return w, v, kinv
 
 
-def _lanes_backward(staples, rho, x, saved, gnew, gld, nch=None, kernel=None):
+def _lanes_backward(planes, rho, x, saved, gnew, gld, nch=None, kernel=None):
     b, nnu, n = rho.shape
     w, v, kinv = saved
     gs = torch.full((b, nnu, n, 3, 3), complex("nan"), dtype=torch.complex128)
@@ -73,20 +74,20 @@ def _lanes_backward(staples, rho, x, saved, gnew, gld, nch=None, kernel=None):
     nch = lanes.nchunks(b * -(-n // W)) if nch is None else nch
     kernel = lanes.kernels().core_backward if kernel is None else kernel
     kernel(
-        _reals(staples), rho.numpy(), _reals(x), w.numpy(), _reals(v), kinv.numpy(),
+        _reals(planes), rho.numpy(), _reals(x), w.numpy(), _reals(v), kinv.numpy(),
         _reals(gnew), gld.numpy(), _reals(gs), grho.numpy(), _reals(gx), nch,
     )  # fmt: skip
     return gs, grho, gx
 
 
-def _scalar_backward(staples, rho, x, saved, gnew, gld):
+def _scalar_backward(planes, rho, x, saved, gnew, gld):
     b, nnu, n = rho.shape
     w, v, kinv = saved
     gs = torch.empty(b, nnu, n, 3, 3, dtype=torch.complex128)
     grho = torch.empty_like(rho)
     gx = torch.empty_like(x)
     scalar.core_backward(
-        staples.numpy(), rho.numpy(), x.numpy(), w.numpy(), v.numpy(), kinv.numpy(),
+        planes.numpy(), rho.numpy(), x.numpy(), w.numpy(), v.numpy(), kinv.numpy(),
         gnew.numpy(), gld.numpy(), gs.numpy(), grho.numpy(), gx.numpy(),
     )  # fmt: skip
     return gs, grho, gx
@@ -116,13 +117,13 @@ def _branches(w: torch.Tensor) -> tuple[int, int]:
     [(0.02, 2, 40, 3), (0.08, 1, 33, 3), (0.3, 2, 16, 3), (0.08, 2, 21, 1), (0.08, 1, 19, 5)],
 )
 def test_lane_backward_equals_scalar(scale, b, n, nnu):
-    staples, rho, x = _inputs(scale, b, n, nnu)
-    saved = _saved(staples, rho, x)
+    planes, rho, x = _inputs(scale, b, n, nnu)
+    saved = _saved(planes, rho, x)
     gnew, gld = _cotangents(x)
-    ref = _scalar_backward(staples, rho, x, saved, gnew, gld)
+    ref = _scalar_backward(planes, rho, x, saved, gnew, gld)
     for r in ref:
         assert float(r.abs().max()) > 1e-3  # non-trivial reference
-    _assert_close(_lanes_backward(staples, rho, x, saved, gnew, gld), ref)
+    _assert_close(_lanes_backward(planes, rho, x, saved, gnew, gld), ref)
     if scale >= 0.08:  # both branches of the divided differences
         direct, series = _branches(saved[0])
         assert direct > 0 and series > 0
@@ -131,51 +132,50 @@ def test_lane_backward_equals_scalar(scale, b, n, nnu):
 def test_lane_backward_zero_and_tiny_coefficients():
     """``rho = 0`` (``Q = 0``, three equal eigenvalues), ``1e-9`` and ``0.08`` mixed within
     each block; then all zero."""
-    staples, rho, x = _inputs(0.08, 2, 37)
+    planes, rho, x = _inputs(0.08, 2, 37)
     rho[:, :, ::3] = 0.0
     rho[:, :, 1::3] = 1e-9
     gnew, gld = _cotangents(x)
-    saved = _saved(staples, rho, x)
+    saved = _saved(planes, rho, x)
     assert (saved[0][:, ::3] == 0).all()
-    ref = _scalar_backward(staples, rho, x, saved, gnew, gld)
-    got = _lanes_backward(staples, rho, x, saved, gnew, gld)
+    ref = _scalar_backward(planes, rho, x, saved, gnew, gld)
+    got = _lanes_backward(planes, rho, x, saved, gnew, gld)
     _assert_close(got, ref)
     for sl in (slice(0, None, 3), slice(1, None, 3)):  # rho = 0 (gs = 0), 1e-9: own scale
         _assert_close([_sites(a, sl) for a in got], [_sites(r, sl) for r in ref])
     rho.zero_()
-    saved = _saved(staples, rho, x)
-    ref = _scalar_backward(staples, rho, x, saved, gnew, gld)
+    saved = _saved(planes, rho, x)
+    ref = _scalar_backward(planes, rho, x, saved, gnew, gld)
     assert float(ref[0].abs().max()) == 0.0 and float(ref[1].abs().max()) > 1e-3
-    _assert_close(_lanes_backward(staples, rho, x, saved, gnew, gld), ref)  # gs = 0 exactly
+    _assert_close(_lanes_backward(planes, rho, x, saved, gnew, gld), ref)  # gs = 0 exactly
 
 
 @pytest.mark.parametrize(("scale", "b", "n"), [(0.02, 1, 24), (0.08, 2, 40), (0.3, 2, 17)])
 @pytest.mark.parametrize("which", ["both", "link", "logdet"])
 def test_lane_backward_equals_eager_autograd(scale, b, n, which):
-    staples, rho, x = _inputs(scale, b, n, seed=2)
+    planes, rho, x = _inputs(scale, b, n, seed=2)
     gnew, gld = _cotangents(x, seed=3)
     gnew = torch.zeros_like(gnew) if which == "logdet" else gnew
     gld = torch.zeros_like(gld) if which == "link" else gld
-    ins = [t.clone().requires_grad_(True) for t in (staples, rho, x)]
+    ins = [t.clone().requires_grad_(True) for t in (planes, rho, x)]
     new, ld = eager_core(*ins)
     gs0, grho0, gx0 = torch.autograd.grad((new, ld), ins, (gnew, gld))
-    got = _lanes_backward(staples, rho, x, _saved(staples, rho, x), gnew, gld)
-    for ref in (gs0[:, 0], gs0[:, 1], grho0, gx0):
+    got = _lanes_backward(planes, rho, x, _saved(planes, rho, x), gnew, gld)
+    for ref in (gs0, grho0, gx0):
         assert float(ref.abs().max()) > 1e-3
-    _assert_close(got, (gs0[:, 0], grho0, gx0))
-    _assert_close(got[:1], (gs0[:, 1],))  # the same for the up and down staple
+    _assert_close(got, (gs0, grho0, gx0))
 
 
 def test_chunks_and_parallel_compilation_give_the_same_result():
     """Any number of work chunks (more than the (chain, block) pairs included), and the
     parallel compilation (numba threads > 1) against the serial twin: bit for bit."""
-    staples, rho, x = _inputs(0.08, 2, 50)
-    saved = _saved(staples, rho, x)
+    planes, rho, x = _inputs(0.08, 2, 50)
+    saved = _saved(planes, rho, x)
     gnew, gld = _cotangents(x)
     k = lanes.kernels().core_backward
-    ref = _lanes_backward(staples, rho, x, saved, gnew, gld, nch=1, kernel=k.serial)
+    ref = _lanes_backward(planes, rho, x, saved, gnew, gld, nch=1, kernel=k.serial)
     for nch in (2, 3, 8, 11):
-        got = _lanes_backward(staples, rho, x, saved, gnew, gld, nch=nch, kernel=k.serial)
+        got = _lanes_backward(planes, rho, x, saved, gnew, gld, nch=nch, kernel=k.serial)
         assert all(torch.equal(a, r) for a, r in zip(got, ref, strict=True))
-    got = _lanes_backward(staples, rho, x, saved, gnew, gld, nch=3, kernel=k.parallel)
+    got = _lanes_backward(planes, rho, x, saved, gnew, gld, nch=3, kernel=k.parallel)
     assert all(torch.equal(a, r) for a, r in zip(got, ref, strict=True))

@@ -37,10 +37,10 @@ def _inputs(scale: float, b: int, n: int, seed: int = 1):
     staples = _su3(gen, b, 2, 3, n)
     x = _su3(gen, b, n)
     rho = scale * torch.randn(b, 3, n, dtype=torch.float64, generator=gen)
-    return staples, rho, x
+    return staples[:, 0] + staples[:, 1], rho, x  # the plane sums P_nu = C^up_nu + C^dn_nu
 
 
-def _lanes_forward(staples, rho, x, want_k=True):
+def _lanes_forward(planes, rho, x, want_k=True):
     b, n = x.shape[:2]
     new = torch.empty_like(x)
     ld = torch.empty(b, n, dtype=torch.float64)
@@ -48,13 +48,13 @@ def _lanes_forward(staples, rho, x, want_k=True):
     v = torch.empty_like(x)
     kinv = torch.full((b, n, 9, 9) if want_k else (1, 1, 9, 9), np.nan, dtype=torch.float64)
     lanes.kernels().core_forward(
-        _reals(staples), rho.numpy(), _reals(x), _reals(new), ld.numpy(), w.numpy(), _reals(v),
+        _reals(planes), rho.numpy(), _reals(x), _reals(new), ld.numpy(), w.numpy(), _reals(v),
         kinv.numpy(), want_k, lanes.nchunks(b * -(-n // W)),
     )  # fmt: skip
     return new, ld, w, v, kinv
 
 
-def _scalar_forward(staples, rho, x):
+def _scalar_forward(planes, rho, x):
     b, n = x.shape[:2]
     new = torch.empty_like(x)
     ld = torch.empty(b, n, dtype=torch.float64)
@@ -62,7 +62,7 @@ def _scalar_forward(staples, rho, x):
     v = torch.empty_like(x)
     kinv = torch.empty(b, n, 9, 9, dtype=torch.float64)
     scalar.core_forward(
-        staples.numpy(), rho.numpy(), x.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy(),
+        planes.numpy(), rho.numpy(), x.numpy(), new.numpy(), ld.numpy(), w.numpy(), v.numpy(),
         kinv.numpy(), True,
     )  # fmt: skip
     return new, ld, w, v, kinv
@@ -70,18 +70,18 @@ def _scalar_forward(staples, rho, x):
 
 @pytest.mark.parametrize(("scale", "b", "n"), [(0.02, 2, 40), (0.08, 1, 33), (0.3, 2, 16)])
 def test_lane_forward_equals_eager_and_scalar(scale, b, n):
-    staples, rho, x = _inputs(scale, b, n)
-    new, ld, w, v, kinv = _lanes_forward(staples, rho, x)
-    new0, ld0 = eager_core(staples, rho, x)
+    planes, rho, x = _inputs(scale, b, n)
+    new, ld, w, v, kinv = _lanes_forward(planes, rho, x)
+    new0, ld0 = eager_core(planes, rho, x)
     assert (new - new0).abs().max() < 1e-13
     assert float(ld0.abs().max()) > 1e-2  # a real log-det
     assert (ld - ld0).abs().max() < 1e-13 * max(1.0, float(ld0.abs().max()))
-    _, _, w1, v1, kinv1 = _scalar_forward(staples, rho, x)
+    _, _, w1, v1, kinv1 = _scalar_forward(planes, rho, x)
     assert (w - w1).abs().max() < 1e-13
     assert (kinv - kinv1).abs().max() < 1e-12 * float(kinv1.abs().max())
     # the saved eigensystem reproduces i TA(Omega) = V diag(w) V^+
     r = rho.to(x.dtype)
-    c = sum(r[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i]) for i in range(3))
+    c = sum(r[:, i, :, None, None] * planes[:, i] for i in range(3))
     h = 1j * project_ta(c @ x.mH)
     assert (v @ torch.diag_embed(w.to(v.dtype)) @ v.mH - h).abs().max() < 1e-13
     assert (v.mH @ v - torch.eye(3, dtype=v.dtype)).abs().max() < 1e-14
@@ -90,11 +90,11 @@ def test_lane_forward_equals_eager_and_scalar(scale, b, n):
 def test_degenerate_spectrum_and_tiny_coefficients_take_the_fallback():
     """``rho = 0``: ``Q = 0``, three equal eigenvalues (LAPACK in every such lane); ``rho =
     1e-9``: a nearly degenerate spectrum, mixed with ordinary lanes."""
-    staples, rho, x = _inputs(0.1, 2, 37, seed=3)
+    planes, rho, x = _inputs(0.1, 2, 37, seed=3)
     rho[:, :, 1::5] = 1e-9
     rho[:, :, ::3] = 0.0
-    new, ld, w, v, kinv = _lanes_forward(staples, rho, x)
-    new0, ld0 = eager_core(staples, rho, x)
+    new, ld, w, v, kinv = _lanes_forward(planes, rho, x)
+    new0, ld0 = eager_core(planes, rho, x)
     assert (new - new0).abs().max() < 1e-13
     assert (ld - ld0).abs().max() < 1e-13
     assert torch.all(w[:, ::3] == 0.0) and torch.all(ld[:, ::3] == 0.0)
@@ -103,9 +103,9 @@ def test_degenerate_spectrum_and_tiny_coefficients_take_the_fallback():
 
 
 def test_without_k_only_the_link_and_log_det():
-    staples, rho, x = _inputs(0.08, 1, 20, seed=4)
-    new, ld, _, _, kinv = _lanes_forward(staples, rho, x, want_k=False)
-    new0, ld0 = eager_core(staples, rho, x)
+    planes, rho, x = _inputs(0.08, 1, 20, seed=4)
+    new, ld, _, _, kinv = _lanes_forward(planes, rho, x, want_k=False)
+    new0, ld0 = eager_core(planes, rho, x)
     assert (new - new0).abs().max() < 1e-13 and (ld - ld0).abs().max() < 1e-13
     assert torch.isnan(kinv).all()  # not written
 

@@ -41,7 +41,7 @@ def _inputs(scale: float, seed: int = 1, b: int = 2, n: int = 40):
     staples = _su3(gen, b, 2, 3, n)
     x = _su3(gen, b, n)
     rho = scale * torch.randn(b, 3, n, dtype=torch.float64, generator=gen)
-    return staples, rho, x
+    return staples[:, 0] + staples[:, 1], rho, x  # the plane sums P_nu = C^up_nu + C^dn_nu
 
 
 def _grads(fn, inputs, gnew, gld, create_graph=False):
@@ -60,15 +60,15 @@ def _grads(fn, inputs, gnew, gld, create_graph=False):
 @pytest.mark.parametrize("scale", [0.02, 0.08, 0.3])
 @pytest.mark.parametrize("which", ["both", "link", "logdet"])
 def test_fused_core_equals_eager_core_forward_and_backward(scale, which):
-    staples, rho, x = _inputs(scale)
+    planes, rho, x = _inputs(scale)
     assert uses_fused(x)
     gen = torch.Generator().manual_seed(5)
     gnew = torch.randn(x.shape, dtype=torch.complex128, generator=gen)
     gld = torch.randn(x.shape[:2], dtype=torch.float64, generator=gen)
     gnew = None if which == "logdet" else gnew
     gld = None if which == "link" else gld
-    (n0, l0), g0, _ = _grads(eager_core, (staples, rho, x), gnew, gld)
-    (n1, l1), g1, _ = _grads(su3_fused._FusedCore.apply, (staples, rho, x), gnew, gld)
+    (n0, l0), g0, _ = _grads(eager_core, (planes, rho, x), gnew, gld)
+    (n1, l1), g1, _ = _grads(su3_fused._FusedCore.apply, (planes, rho, x), gnew, gld)
     n0, l0, n1, l1 = (t.detach() for t in (n0, l0, n1, l1))
     assert (n1 - n0).abs().max() < 1e-13
     assert (l1 - l0).abs().max() < 1e-13 * max(1.0, float(l0.abs().max()))
@@ -81,13 +81,13 @@ def test_fused_core_equals_eager_core_forward_and_backward(scale, which):
 def test_fused_core_degenerate_spectrum_and_zero_coefficients():
     """``rho = 0`` gives ``Q = 0`` (three equal eigenvalues: every divided difference on its
     series branch); a tiny ``rho`` mixes branches."""
-    staples, rho, x = _inputs(0.0)
+    planes, rho, x = _inputs(0.0)
     rho[:, :, ::2] = 1e-9
     gen = torch.Generator().manual_seed(2)
     gnew = torch.randn(x.shape, dtype=torch.complex128, generator=gen)
     gld = torch.randn(x.shape[:2], dtype=torch.float64, generator=gen)
-    (n0, l0), g0, _ = _grads(eager_core, (staples, rho, x), gnew, gld)
-    (n1, l1), g1, _ = _grads(su3_fused._FusedCore.apply, (staples, rho, x), gnew, gld)
+    (n0, l0), g0, _ = _grads(eager_core, (planes, rho, x), gnew, gld)
+    (n1, l1), g1, _ = _grads(su3_fused._FusedCore.apply, (planes, rho, x), gnew, gld)
     n0, l0, n1, l1 = (t.detach() for t in (n0, l0, n1, l1))
     assert (n1 - n0).abs().max() < 1e-14 and (l1 - l0).abs().max() < 1e-14
     for a, b in zip(g0, g1, strict=True):
@@ -96,12 +96,12 @@ def test_fused_core_degenerate_spectrum_and_zero_coefficients():
 
 def test_double_backward_uses_eager_core():
     """A graph through the backward (force matching): the second derivative equals eager's."""
-    staples, rho, x = _inputs(0.08, seed=3)
+    planes, rho, x = _inputs(0.08, seed=3)
     gen = torch.Generator().manual_seed(4)
     gld = torch.randn(x.shape[:2], dtype=torch.float64, generator=gen)
     out = []
     for fn in (eager_core, su3_fused._FusedCore.apply):
-        _, (gs, grho, gx), ins = _grads(fn, (staples, rho, x), None, gld, create_graph=True)
+        _, (gs, grho, gx), ins = _grads(fn, (planes, rho, x), None, gld, create_graph=True)
         second = torch.autograd.grad(gx.abs().pow(2).sum() + grho.pow(2).sum(), ins)
         out.append([gx, grho, *second])
     for a, b in zip(*out, strict=True):
@@ -148,11 +148,11 @@ def test_flow_and_trivialized_force_equal_eager_and_numerical_derivative():
 
 
 def test_without_numba_or_when_set_eager_the_eager_core_runs(monkeypatch):
-    staples, rho, x = _inputs(0.08)
-    n0, l0 = eager_core(staples, rho, x)
+    planes, rho, x = _inputs(0.08)
+    n0, l0 = eager_core(planes, rho, x)
     monkeypatch.setattr(su3_fused, "_kernels", False)  # as if numba were not installed
     assert not su3_fused.fused_available() and not uses_fused(x)
-    n1, l1 = stout_core(staples, rho, x)
+    n1, l1 = stout_core(planes, rho, x)
     assert torch.equal(n1, n0) and torch.equal(l1, l0)
     monkeypatch.undo()
     set_stout_kernel("eager")
@@ -170,7 +170,7 @@ def test_without_numba_or_when_set_eager_the_eager_core_runs(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 2, 2), (6, 2, 2, 2)])
-def test_fused_loops_equal_layer_staples_features_and_eager_loops(shape):
+def test_fused_loops_equal_layer_plane_sums_features_and_eager_loops(shape):
     """Lane blocks of 16 active sites: 32 (two full blocks) and 24 (a partial last block)."""
     grid = single_rank_grid(shape)
     th = SU3Gauge(grid, 2.0)
@@ -179,16 +179,16 @@ def test_fused_loops_equal_layer_staples_features_and_eager_loops(shape):
     for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers[::3]:
         st, pl, ix = layer._tables
         index = layer.neighbour_index
-        staples, f, x, passed = su3_fused._FusedLoops.apply(src, index, st, pl, ix)
+        planes, f, x, passed = su3_fused._FusedLoops.apply(src, index, st, pl, ix)
         assert torch.equal(passed, src)
         ref_staples = layer.staples(u)
         ref_f = layer.features(u, ref_staples)
-        ref = torch.stack(ref_staples, 1).reshape(2, 3, 2, -1, 3, 3).transpose(1, 2)
-        assert (staples - ref).abs().max() < 1e-14
+        ref = torch.stack([ref_staples[2 * i] + ref_staples[2 * i + 1] for i in range(3)], 1)
+        assert (planes - ref).abs().max() < 1e-14
         assert (layer._on_lattice(f) - ref_f).abs().max() < 1e-14
         assert torch.equal(x, layer.neighbourhood(u)[ix])
         gen = torch.Generator().manual_seed(9)
-        cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (staples, f, x, src)]
+        cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in (planes, f, x, src)]
         for through in (False, True):  # with a cotangent on the passed-through field or not
             grads = []
             for fused in (False, True):

@@ -229,18 +229,25 @@ class SU3NeuralLayer(SU3StoutLayer):
         self, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The inputs of the layer core (:func:`kernels.flows.su3_fused.stout_core`, fused on
-        CPU, the torch core elsewhere): the weighted staples ``rho_k C_k`` as ``(B, 2, Nd-1,
-        n_active, 3, 3)`` (up, down) with unit plane coefficients, so the core's ``C = sum_nu
-        (up_nu + dn_nu)`` is this layer's ``sum_k rho_k C_k``; ``U_mu(x)``; the field."""
+        CPU, the torch core elsewhere): the weighted plane sums ``rho_{2 nu} C_{2 nu} + rho_{2
+        nu + 1} C_{2 nu + 1}`` (up, down of plane ``nu``), ``(B, Nd-1, n_active, 3, 3)``, with
+        unit plane coefficients, so the core's ``C = sum_nu P_nu`` is this layer's ``sum_k
+        rho_k C_k``; ``U_mu(x)``; the field."""
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
         rho = self.coefficients(u, staples, nb).to(u.dtype)
         x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
         b, n = x.shape[:2]
-        weighted = torch.stack([rho[:, k, :, None, None] * s for k, s in enumerate(staples)], 1)
-        stacked = weighted.reshape(b, -1, 2, n, NC, NC).transpose(1, 2)
-        ones = torch.ones(b, stacked.shape[2], n, dtype=x.real.dtype, device=x.device)
-        return stacked, ones, x, u
+        planes = torch.stack(
+            [
+                rho[:, 2 * i, :, None, None] * staples[2 * i]
+                + rho[:, 2 * i + 1, :, None, None] * staples[2 * i + 1]
+                for i in range(len(staples) // 2)
+            ],
+            1,
+        )
+        ones = torch.ones(b, planes.shape[1], n, dtype=x.real.dtype, device=x.device)
+        return planes, ones, x, u
 
     def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The active links ``U_mu(x)`` and ``C = sum_k rho_k C_k``, on the active sites,

@@ -461,8 +461,9 @@ class SU3StoutLayer(Flow):
     def _core_inputs(
         self, u: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(staples, rho, U_mu(x), base)`` on the active sites: ``(B, 2, Nd-1, n_active, 3,
-        3)`` (up, down), real ``(B, Nd-1, n_active)``, ``(B, n_active, 3, 3)``, and the field
+        """``(planes, rho, U_mu(x), base)`` on the active sites: the plane sums of the staples
+        ``P_nu = C^up_nu + C^dn_nu`` ``(B, Nd-1, n_active, 3, 3)``, real ``(B, Nd-1,
+        n_active)``, ``(B, n_active, 3, 3)``, and the field
         to write the new links into (``u``, or on the fused path without split axes ``u``
         passed through :func:`~kernels.flows.su3_fused.stout_loops`)."""
         if uses_fused(u):  # numba staples and loops (su3_fused.stout_loops)
@@ -470,27 +471,25 @@ class SU3StoutLayer(Flow):
             b = u.shape[0]
             padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
             src = padded.reshape(b, -1, NC, NC)
-            staples, f, x, passed = stout_loops(src, self.neighbour_index, st, pl, ix)
+            planes, f, x, passed = stout_loops(src, self.neighbour_index, st, pl, ix)
             base = u if self._split else passed.reshape(u.shape)
             if self.pointwise:  # 1^D network: evaluate it on the active sites only
-                return staples, self._rho_pointwise(f), x, base
-            return staples, self._rho_of(self._on_lattice(f)), x, base
+                return planes, self._rho_pointwise(f), x, base
+            return planes, self._rho_of(self._on_lattice(f)), x, base
         nb = self.neighbourhood(u)
         staples = self.staples(u, nb)
         rho = self._rho_active(u, staples, nb)
         x = nb[self._item[(self.mu, (0,) * self.grid.ndim)]]
-        b, n = x.shape[:2]
-        stacked = torch.stack(staples, dim=1).reshape(b, -1, 2, n, NC, NC).transpose(1, 2)
-        return stacked, rho, x, u
+        planes = torch.stack(
+            [staples[2 * i] + staples[2 * i + 1] for i in range(len(self.others))], 1
+        )
+        return planes, rho, x, u
 
     def _context(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U_mu(x), C(x))`` on the active sites, ``(B, n_active, 3, 3)`` each."""
-        staples, rho, x, _ = self._core_inputs(u)
+        planes, rho, x, _ = self._core_inputs(u)
         rho = rho.to(u.dtype)
-        return x, sum(
-            rho[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i])
-            for i in range(len(self.others))
-        )
+        return x, sum(rho[:, i, :, None, None] * planes[:, i] for i in range(len(self.others)))
 
     def _scatter(self, u: torch.Tensor, new_active: torch.Tensor) -> torch.Tensor:
         """``u`` with the active links ``U_mu(x)`` replaced (one ``index_copy``, or its numba
@@ -510,8 +509,8 @@ class SU3StoutLayer(Flow):
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside);
         the log-det as its per-active-link terms ``(B, n_active)`` (summed exactly by
         :meth:`Flow.forward`, so the total is grid-independent)."""
-        staples, rho, x, base = self._core_inputs(v)  # subclasses: their own coefficients
-        new, log_det = stout_core(staples, rho, x)  # fused or eager (su3_fused)
+        planes, rho, x, base = self._core_inputs(v)  # subclasses: their own coefficients
+        new, log_det = stout_core(planes, rho, x)  # fused or eager (su3_fused)
         return self._scatter(base, new), log_det  # per active link, (B, n_active)
 
     def inverse_local(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

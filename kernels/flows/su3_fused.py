@@ -1,15 +1,16 @@
 """Fused CPU path of the SU(3) stout layer (:class:`kernels.flows.su3.SU3StoutLayer`).
 
-Three ``torch.autograd.Function`` s whose forward and first-order backward are numba site
-loops (:mod:`kernels.flows.su3_fused_kernels`, formulas there):
+Three ``torch.autograd.Function`` s whose forward and first-order backward are numba
+kernels (formulas in :mod:`kernels.flows.su3_fused_kernels`):
 
-* :func:`stout_loops`: field -> staples, loop features and active link at the active sites
+* :func:`stout_loops`: field -> plane sums of the staples ``P_nu = C^up_nu + C^dn_nu``, loop
+  features and active link at the active sites
   (the links read through the layer's neighbourhood index; backward scatter-added into the
   field's cotangent); 16 sites at a time, one per SIMD lane
   (:mod:`kernels.flows.su3_stout_lanes`);
-* :func:`stout_core`: ``(staples, rho, U_mu) -> (new link, log det J)``::
+* :func:`stout_core`: ``(P, rho, U_mu) -> (new link, log det J)``::
 
-      C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
+      C = sum_nu rho_nu P_nu,  Omega = C x^+,  Q = TA(Omega),
       new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
   (eigenbasis of ``i Q``, a 9x9 determinant on ``gl(3)`` instead of the 8x8 ``phi`` series);
@@ -94,17 +95,15 @@ def uses_fused(x: torch.Tensor) -> bool:
 
 
 def eager_core(
-    staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
+    planes: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The torch reference of the core: ``staples (B, 2, Nd-1, n, 3, 3)`` (``[:, 0, nu]`` up,
-    ``[:, 1, nu]`` down), real ``rho (B, Nd-1, n)``, ``x (B, n, 3, 3)`` -> ``(new (B, n, 3,
-    3), ld (B, n))``."""
+    """The torch reference of the core: the plane sums of the staples ``planes (B, Nd-1, n,
+    3, 3)`` (``P_nu = C^up_nu + C^dn_nu``), real ``rho (B, Nd-1, n)``, ``x (B, n, 3, 3)`` ->
+    ``(new (B, n, 3, 3), ld (B, n))``."""
     from .su3 import link_log_det, su3_exp
 
     r = rho.to(x.dtype)
-    c = sum(
-        r[:, i, :, None, None] * (staples[:, 0, i] + staples[:, 1, i]) for i in range(rho.shape[1])
-    )
+    c = sum(r[:, i, :, None, None] * planes[:, i] for i in range(rho.shape[1]))
     omega = c @ dagger(x)
     q = project_ta(omega)
     return su3_exp(q) @ x, link_log_det(q, omega)
@@ -147,9 +146,9 @@ class _FusedCore(torch.autograd.Function):
     """numba forward and analytic first-order backward; eager when a graph is requested."""
 
     @staticmethod
-    def forward(ctx, staples, rho, x):  # type: ignore[override]
+    def forward(ctx, planes, rho, x):  # type: ignore[override]
         k = _load_kernels()
-        s_, r_, x_ = (_plain(t) for t in (staples, rho, x))
+        p_, r_, x_ = (_plain(t) for t in (planes, rho, x))
         k.set_threads()
         new = torch.empty_like(x_)
         ld = torch.empty(x_.shape[:2], dtype=torch.float64)
@@ -160,7 +159,7 @@ class _FusedCore(torch.autograd.Function):
         kinv = torch.empty(kshape, dtype=torch.float64)  # real-basis K_r = N_r^{-1}
         lanes = _core_lanes_fwd()
         lanes.kernels().core_forward(
-            _reals(s_),
+            _reals(p_),
             r_.numpy(),
             _reals(x_),
             _reals(new),
@@ -171,17 +170,17 @@ class _FusedCore(torch.autograd.Function):
             want_k,
             lanes.nchunks(x_.shape[0] * -(-x_.shape[1] // lanes.W)),
         )
-        ctx.save_for_backward(staples, rho, x, w, v, kinv)
+        ctx.save_for_backward(planes, rho, x, w, v, kinv)
         return new, ld
 
     @staticmethod
     def backward(ctx, gnew, gld):  # type: ignore[override]
-        staples, rho, x, w, v, kinv = ctx.saved_tensors
+        planes, rho, x, w, v, kinv = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiate the eager core
             with torch.enable_grad():
                 ins = [
                     t if t.requires_grad else t.detach().requires_grad_(True)
-                    for t in (staples, rho, x)
+                    for t in (planes, rho, x)
                 ]
                 new, ld = eager_core(*ins)
                 outs, grads = [], []
@@ -194,12 +193,12 @@ class _FusedCore(torch.autograd.Function):
         k.set_threads()
         gnew = torch.zeros_like(x) if gnew is None else gnew
         gld = torch.zeros(x.shape[:2], dtype=torch.float64) if gld is None else gld
-        gs = staples.new_empty(staples.shape[:1] + staples.shape[2:])  # per plane
+        gp = torch.empty(planes.shape, dtype=planes.dtype)
         grho = torch.empty_like(rho)
         gx = torch.empty_like(x)
         lanes = _core_lanes_bwd()
         lanes.kernels().core_backward(
-            _reals(_plain(staples)),
+            _reals(_plain(planes)),
             _plain(rho).numpy(),
             _reals(_plain(x)),
             w.numpy(),
@@ -207,12 +206,12 @@ class _FusedCore(torch.autograd.Function):
             kinv.numpy(),
             _reals(_plain(gnew)),
             _plain(gld.to(torch.float64)).numpy(),
-            _reals(gs),
+            _reals(gp),
             grho.numpy(),
             _reals(gx),
             lanes.nchunks(x.shape[0] * -(-x.shape[1] // lanes.W)),
         )
-        return gs.unsqueeze(1).expand(staples.shape), grho, gx  # up = down: one tensor
+        return gp, grho, gx
 
 
 def eager_loops(
@@ -228,7 +227,7 @@ def eager_loops(
         else:
             out.append(dagger(nb[:, i]) @ nb[:, j] @ nb[:, k])
     stacked = torch.stack(out, dim=1)  # (B, n_st, n, 3, 3), [up, dn] per plane
-    staples = stacked.reshape(b, -1, 2, stacked.shape[2], 3, 3).transpose(1, 2)
+    planes = stacked[:, 0::2] + stacked[:, 1::2]
     sv = torch.view_as_real(stacked.resolve_conj()).flatten(-3)  # (B, n_st, n, 18)
     feats = [
         (sv[:, k] * sv[:, m]).sum(-1) / 3.0 for k in range(len(out)) for m in range(k + 1, len(out))
@@ -236,7 +235,7 @@ def eager_loops(
     for p, q, r, t in pl.tolist():
         left, right = nb[:, p] @ nb[:, q], nb[:, r] @ nb[:, t]
         feats.append((left.real * right.real + left.imag * right.imag).sum((-1, -2)) / 3.0)
-    return staples, torch.stack(feats, dim=1), nb[:, ix]
+    return planes, torch.stack(feats, dim=1), nb[:, ix]
 
 
 def _n_items(st: torch.Tensor, pl: torch.Tensor, ix: int) -> int:
@@ -245,8 +244,9 @@ def _n_items(st: torch.Tensor, pl: torch.Tensor, ix: int) -> int:
 
 
 class _FusedLoops(torch.autograd.Function):
-    """numba staples, loops and active link with an analytic backward (scatter-added into
-    the field's cotangent); eager under a graph."""
+    """numba plane sums of the staples, loops and active link with an analytic backward
+    (scatter-added into the field's cotangent; the staples recomputed there, nothing but the
+    field saved); eager under a graph."""
 
     @staticmethod
     def forward(ctx, src, index, st, pl, ix):  # type: ignore[override]
@@ -254,7 +254,7 @@ class _FusedLoops(torch.autograd.Function):
         src_ = _plain(src)
         b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
         n_st, n_pl = st.shape[0], pl.shape[0]
-        staples = torch.empty(b, 2, n_st // 2, n, 3, 3, dtype=src_.dtype)
+        planes = torch.empty(b, n_st // 2, n, 3, 3, dtype=src_.dtype)
         feats = torch.empty(b, n_st * (n_st - 1) // 2 + n_pl, n, dtype=torch.float64)
         x = torch.empty(b, n, 3, 3, dtype=src_.dtype)
         lanes = _lanes()
@@ -264,52 +264,51 @@ class _FusedLoops(torch.autograd.Function):
             st.numpy(),
             pl.numpy(),
             ix,
-            _reals(staples),
+            _reals(planes),
             feats.numpy(),
             _reals(x),
             lanes.nchunks(b * -(-n // lanes.W)),
         )
-        ctx.save_for_backward(src, staples)
-        ctx.tables = (index, st, pl, ix)
-        return staples, feats, x, src.view_as(src)
+        ctx.save_for_backward(src)
+        ctx.tables = (index, st, pl, ix, n)
+        return planes, feats, x, src.view_as(src)
 
     @staticmethod
-    def backward(ctx, gst, gf, gx, gpass):  # type: ignore[override]
-        src, staples = ctx.saved_tensors
-        index, st, pl, ix = ctx.tables
+    def backward(ctx, gpl, gf, gx, gpass):  # type: ignore[override]
+        (src,) = ctx.saved_tensors
+        index, st, pl, ix, n = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
             with torch.enable_grad():
                 s_in = src if src.requires_grad else src.detach().requires_grad_(True)
                 outs = eager_loops(s_in, index, st, pl, ix)
-                pairs = [(o, g) for o, g in zip(outs, (gst, gf, gx), strict=True) if g is not None]
+                pairs = [(o, g) for o, g in zip(outs, (gpl, gf, gx), strict=True) if g is not None]
                 (gsrc,) = torch.autograd.grad(
                     [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
             return gsrc if gpass is None else gsrc + gpass, None, None, None, None
         _load_kernels().set_threads()
-        b, n = staples.shape[0], staples.shape[2]
+        b, dt = src.shape[0], src.dtype
         n_f = st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0]
-        gst = torch.zeros_like(staples) if gst is None else gst
+        gpl = torch.zeros(b, st.shape[0] // 2, n, 3, 3, dtype=dt) if gpl is None else gpl
         gf = torch.zeros(b, n_f, n, dtype=torch.float64) if gf is None else gf
-        gx = torch.zeros(b, n, 3, 3, dtype=staples.dtype) if gx is None else gx
+        gx = torch.zeros(b, n, 3, 3, dtype=dt) if gx is None else gx
         # the pass-through output's cotangent (the next field minus the replaced links, from
         # replace_links) receives the loops' contributions in place: no second field-sized
         # cotangent and no sum of the two by autograd
         if gpass is not None and _owned(gpass):
             gsrc, zero = gpass, False
         else:
-            gsrc, zero = torch.empty(src.shape, dtype=staples.dtype), True
+            gsrc, zero = torch.empty(src.shape, dtype=dt), True
             if gpass is not None:
                 gsrc.copy_(gpass)
                 zero = False
         _lanes().kernels(st.shape[0]).loops_backward(
             _reals(_plain(src)),
             index.numpy(),
-            _reals(_plain(staples)),
             st.numpy(),
             pl.numpy(),
             ix,
-            _reals(gst.detach().resolve_conj()),  # strided: the core's is one tensor, expanded
+            _reals(_plain(gpl)),
             _plain(gf.to(torch.float64)).numpy(),
             _reals(_plain(gx)),
             _reals(gsrc),
@@ -321,16 +320,17 @@ class _FusedLoops(torch.autograd.Function):
 def stout_loops(
     src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Staples, loop features and the active link of a layer at its ``n`` active sites, from
-    the (halo-padded) field ``src (B, M, 3, 3)`` and the flat neighbourhood ``index
-    (n_items * n)`` (item-major: link ``src[:, index[item * n + s]]``,
+    """Plane sums of the staples, loop features and the active link of a layer at its ``n``
+    active sites, from the (halo-padded) field ``src (B, M, 3, 3)`` and the flat
+    neighbourhood ``index (n_items * n)`` (item-major: link ``src[:, index[item * n + s]]``,
     :meth:`kernels.flows.su3.SU3StoutLayer.neighbourhood`). Tables (int64): ``st (n_st, 4)``
     rows ``(A, B, C, up)``: staple ``A B C^+`` (up) or ``A^+ B C``; ``pl (n_planes, 4)`` rows
     ``(P, Q, R, T)``: feature ``Re Tr(P Q (R T)^+) / 3`` after the pairs ``Re Tr(S_k S_l^+) /
-    3`` (``k < l``, row-major); ``ix`` the active link's item. Returns staples ``(B, n_st, n,
-    3, 3)``, features ``(B, n_pairs + n_planes, n)``, active link ``(B, n, 3, 3)`` and ``src``
-    passed through (to build the next field from: its cotangent then takes the loops'
-    contributions in place). Fused (numba) when :func:`uses_fused`, else :func:`eager_loops`."""
+    3`` (``k < l``, row-major); ``ix`` the active link's item. Returns the plane sums ``(B,
+    n_st / 2, n, 3, 3)`` (``P_nu = S_{2 nu} + S_{2 nu + 1}``), features ``(B, n_pairs +
+    n_planes, n)``, active link ``(B, n, 3, 3)`` and ``src`` passed through (to build the next
+    field from: its cotangent then takes the loops' contributions in place). Fused (numba)
+    when :func:`uses_fused`, else :func:`eager_loops`."""
     if uses_fused(src):
         return _FusedLoops.apply(src, index, st, pl, ix)
     return (*eager_loops(src, index, st, pl, ix), src)
@@ -410,10 +410,10 @@ def replace_links(u: torch.Tensor, where: torch.Tensor, new: torch.Tensor) -> to
 
 
 def stout_core(
-    staples: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
+    planes: torch.Tensor, rho: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(new, ld)`` of the layer core (module docstring): fused when :func:`uses_fused`,
-    else :func:`eager_core`."""
+    """``(new, ld)`` of the layer core (module docstring) from the plane sums of the staples
+    ``(B, Nd-1, n, 3, 3)``: fused when :func:`uses_fused`, else :func:`eager_core`."""
     if uses_fused(x):
-        return _FusedCore.apply(staples, rho.to(torch.float64), x)
-    return eager_core(staples, rho, x)
+        return _FusedCore.apply(planes, rho.to(torch.float64), x)
+    return eager_core(planes, rho, x)

@@ -8,11 +8,11 @@ saved intermediates ``w``, ``V``, ``K_r`` that the eager core does not expose), 
 helpers serve the lanes: :func:`_inverse_real` is the pivoting fallback of the lane
 Gauss-Jordan, :data:`_DD_SOURCE` / :data:`_DD_CONJ` the divided differences' dedup table.
 
-Per active link ``s`` of chain ``b``, complex128: the staples ``S[b, 0, nu, s] = C^up_nu``,
-``S[b, 1, nu, s] = C^dn_nu`` (``nu`` over the directions ``!= mu`` in order; staple ``k`` of
-the loop features is ``S[b, k % 2, k // 2]``), ``rho[b, nu, s]`` (real), the link ``x[b, s]``::
+Per active link ``s`` of chain ``b``, complex128: the plane sums of the staples ``P[b, nu, s]
+= C^up_nu + C^dn_nu`` (``nu`` over the directions ``!= mu`` in order), ``rho[b, nu, s]``
+(real), the link ``x[b, s]``::
 
-    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  Q = TA(Omega),
+    C = sum_nu rho_nu P_nu,  Omega = C x^+,  Q = TA(Omega),
     new = exp(Q) x,   ld = log det(1 + phi(-ad_Q) L),   L(w) = -TA(Omega w)
 
 (:mod:`kernels.flows.su3`: ``L = dQ/dw`` for ``x -> exp(w) x``; ``TA(Omega w) = (Omega w +
@@ -49,8 +49,7 @@ log-det cotangent, ``G`` that of ``new``:
   sinc((w_j - w_k)/2) = e^{i w_k} Phi_jk`` (as :class:`kernels.flows.su3._SU3Exp`);
 * ``dL/dQ = V [g conj(R) + (V^+ G x^+ V) o D] V^+``, ``dL/dOmega = TA(dL/dQ) + g V conj(S)
   V^+``, ``dL/dC = (dL/dOmega) x``, ``dL/dx = exp(Q)^+ G + (dL/dOmega)^+ C``,
-  ``dL/dC^up_nu = dL/dC^dn_nu = rho_nu dL/dC`` (written once per plane), ``dL/drho_nu = Re
-  tr((dL/dC)^+ (C^up_nu + C^dn_nu))``.
+  ``dL/dP_nu = rho_nu dL/dC``, ``dL/drho_nu = Re tr((dL/dC)^+ P_nu)``.
 
 Divided differences of ``phi`` at ``x = i t1``, ``y = i t2``: ``(exp[x, y] - phi(y)) / x``
 (Leibniz rule for ``z phi(z) = e^z - 1``; ``exp[x, y] = e^{(x+y)/2} sinc((t1 - t2)/2)``) with
@@ -143,14 +142,14 @@ def _dd_phi(t1, t2, e1, e2, phi1, phi2):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _context(s_, rho, x, b, s, c, om):
+def _context(p_, rho, x, b, s, c, om):
     """``C`` and ``Omega = C x^+`` at site ``(b, s)`` into ``c``, ``om``."""
     nnu = rho.shape[1]
     for i in range(3):
         for j in range(3):
             acc = 0.0j
             for nu in range(nnu):
-                acc += rho[b, nu, s] * (s_[b, 0, nu, s, i, j] + s_[b, 1, nu, s, i, j])
+                acc += rho[b, nu, s] * p_[b, nu, s, i, j]
             c[i, j] = acc
     for i in range(3):
         for j in range(3):
@@ -422,7 +421,7 @@ def _inverse_real(a, perm):
 
 
 @threaded_kernel(cache=True, error_model="numpy")
-def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
+def core_forward(p_, rho, x, new, ld, wsave, vsave, kinv, want_k):
     """``new = exp(Q) x`` and ``ld = log det J`` per site; saves ``w``, ``V`` and, if
     ``want_k``, ``K_r = N_r^{-1}`` (real Gauss-Jordan, whose pivots give the log-det) for the
     backward (else the log-det by complex LU)."""
@@ -450,7 +449,7 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k):
         best = np.empty(3, np.complex128)
         for it in range(ch * CHUNK, min(total, (ch + 1) * CHUNK)):
             b, s = it // ns, it % ns
-            _context(s_, rho, x, b, s, c, om)
+            _context(p_, rho, x, b, s, c, om)
             _ta(om, t)
             for i in range(3):
                 for j in range(3):
@@ -591,11 +590,11 @@ def _omega_cotangent(v, ph, phi, g, m, gc, ge, t, o, gq, gom):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
+def _input_cotangents(p_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
     """``dL/dS``, ``dL/drho``, ``dL/dx`` at site ``(b, s)`` from ``dL/dOmega`` (``gom``) and
     ``exp(Q)`` (``e``)."""
     nnu = rho.shape[1]
-    _context(s_, rho, x, b, s, c, om)
+    _context(p_, rho, x, b, s, c, om)
     for i in range(3):
         for j in range(3):
             acc = 0.0j
@@ -612,15 +611,15 @@ def _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx):
         for i in range(3):
             for j in range(3):
                 z = gc[i, j]
-                sum_s = s_[b, 0, nu, s, i, j] + s_[b, 1, nu, s, i, j]
+                sum_s = p_[b, nu, s, i, j]
                 acc += z.real * sum_s.real + z.imag * sum_s.imag
-                gs[b, nu, s, i, j] = r * z  # the same for C^up_nu and C^dn_nu
+                gs[b, nu, s, i, j] = r * z
         grho[b, nu, s] = acc
 
 
 @threaded_kernel(cache=True, error_model="numpy")
-def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
-    """Cotangents of ``S`` (``gs[b, nu, s]``: the same for both staples of the plane),
+def core_backward(p_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
+    """Cotangents of the plane sums ``P`` (``gs[b, nu, s]``),
     ``rho``, ``x`` from those of ``new`` and ``ld`` (module docstring)."""
     nb, ns = x.shape[0], x.shape[1]
     total = nb * ns
@@ -668,7 +667,7 @@ def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
                     e[i, j] = acc
             _omega_cotangent(v, ph, phi, g, m, gc, e, t, om, gq, gom)
             _exp_q(v, ph, t, o, e)  # exp(Q) again for dL/dx
-            _input_cotangents(s_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx)
+            _input_cotangents(p_, rho, x, gnew, b, s, c, om, e, gom, gc, gs, grho, gx)
 
 
 # ---------------------------------------------------------------- scatter

@@ -30,9 +30,9 @@ unused lanes and writes nothing for them. Per block, from the forward's saved ``
         Y_pq = sum_k K_(kq),(kp) Phi_(kp) - mean_(pq),  mean_b = sum_n K_b,(nn) Phi_(nn) / 3;
     dL/dOmega = V [TA(g conj(R) + (V^+ G x^+ V) o D) + g conj(S)] V^+
         (= TA(V t V^+) + V g conj(S) V^+ of the scalar kernel, V unitary);
-    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  dL/dC = (dL/dOmega) x,
+    C = sum_nu rho_nu P_nu (P_nu = C^up_nu + C^dn_nu, the plane sums),  dL/dC = (dL/dOmega) x,
     dL/dx = G + (V diag(e^{-i w} - 1) V^+)^+ G + (dL/dOmega)^+ C,
-    dL/dC^up_nu = dL/dC^dn_nu = rho_nu dL/dC,  dL/drho_nu = Re tr((dL/dC)^+ (C^up_nu + C^dn_nu)).
+    dL/dP_nu = rho_nu dL/dC,  dL/drho_nu = Re tr((dL/dC)^+ P_nu).
 
 The results agree with the scalar kernel to rounding (tests/test_stout_core_lanes_bwd.py), not
 bit for bit (other operation order, fused multiply-adds). Floating point:
@@ -508,7 +508,7 @@ def _csum_dispatch() -> list[str]:
 _KERNELS = """
 
 @njit(cache=True)
-def gather(s_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi):
+def gather(p_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi):
     \"\"\"Lane-major copies of one block's inputs (lane l: site min(s0 + l, ns - 1)), one
     source array per loop.\"\"\"
     ns = x.shape[1]
@@ -534,7 +534,7 @@ def gather(s_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi):
         for l in range({W}):
             s = min(s0 + l, ns - 1)
             for c in range(18):
-                bi[3 + nu, c * {W} + l] = s_[b, 0, nu, s, c] + s_[b, 1, nu, s, c]
+                bi[3 + nu, c * {W} + l] = p_[b, nu, s, c]
     for l in range({W}):
         s = min(s0 + l, ns - 1)
         for j in range(3):
@@ -570,10 +570,10 @@ def staple_sum(sc, bi, nnu, bu):
 
 
 @threaded_kernel(fastmath={{'contract'}}, error_model='numpy', cache=True)
-def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx, nch):
-    \"\"\"Cotangents gs (B, nnu, n, 18) (one per plane: the same for both staples), grho
+def core_backward(p_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx, nch):
+    \"\"\"Cotangents gs (B, nnu, n, 18) of the plane sums, grho
     (B, nnu, n), gx (B, n, 18) from gnew (B, n, 18), gld (B, n) and the forward's saved
-    wsave (B, n, 3), vsave (B, n, 18), kinv (B, n, 9, 9); staples s_ (B, 2, nnu, n, 18),
+    wsave (B, n, 3), vsave (B, n, 18), kinv (B, n, 9, 9); plane sums p_ (B, nnu, n, 18),
     rho (B, nnu, n), x (B, n, 18); nch work chunks of (chain, block) pairs.\"\"\"
     nbat, ns = x.shape[0], x.shape[1]
     nnu = rho.shape[1]
@@ -594,7 +594,7 @@ def core_backward(s_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // nblk
             s0 = (q % nblk) * {W}
-            gather(s_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi)
+            gather(p_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi)
             trig(sc, tg)
             phases_a(sc, tg, pa)
             phases_b(tg, pa, pb)

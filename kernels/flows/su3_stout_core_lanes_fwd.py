@@ -8,7 +8,7 @@ stage is a generated lane loop of straight-line code that reads its inputs from 
 array and writes another (so that LLVM vectorises the lane loop without alias checks between
 loads and stores of the same array). Per block::
 
-    C = sum_nu rho_nu (C^up_nu + C^dn_nu),  Omega = C x^+,  h = i TA(Omega) = V diag(w) V^+,
+    C = sum_nu rho_nu P_nu,  Omega = C x^+,  h = i TA(Omega) = V diag(w) V^+,
     exp(Q) = 1 + V diag(e^{-i w} - 1) V^+,  new = exp(Q) x,  O = V^+ Omega V,
     N_r[r, c] = delta_rc - Re <T_r, Phi o P L9(T_c)>,   K_r = N_r^{-1},  ld = log |det N_r|
 
@@ -511,15 +511,15 @@ def _gj_column(col: int) -> str:
 _KERNELS = """
 
 @njit(fastmath={{'contract'}}, cache=True)
-def load_block(s_, rho, x, b, s0, C, X):
-    \"\"\"C = sum_nu rho_nu (C^up_nu + C^dn_nu) and X = x at the block's sites.\"\"\"
+def load_block(p_, rho, x, b, s0, C, X):
+    \"\"\"C = sum_nu rho_nu P_nu and X = x at the block's sites.\"\"\"
     ns, nnu = x.shape[1], rho.shape[1]
     for l in range({W}):
         s = min(s0 + l, ns - 1)
         for c in range(18):
             acc = 0.0
             for nu in range(nnu):
-                acc += rho[b, nu, s] * (s_[b, 0, nu, s, c] + s_[b, 1, nu, s, c])
+                acc += rho[b, nu, s] * p_[b, nu, s, c]
             C[c * {W} + l] = acc
             X[c * {W} + l] = x[b, s, c]
 
@@ -573,8 +573,9 @@ def gj_fallback(kk, a, perm):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k, nch):
-    \"\"\"new (B, n, 18) = exp(Q) x and ld (B, n) = log det J per active site; saves w (B, n, 3),
+def core_forward(p_, rho, x, new, ld, wsave, vsave, kinv, want_k, nch):
+    \"\"\"new (B, n, 18) = exp(Q) x and ld (B, n) = log det J per active site from the plane
+    sums p_ (B, nnu, n, 18), rho (B, nnu, n), x (B, n, 18); saves w (B, n, 3),
     V (B, n, 18) and, if want_k, K_r = N_r^{{-1}} (B, n, 9, 9).\"\"\"
     nbat, ns = x.shape[0], x.shape[1]
     nblk = (ns + {W} - 1) // {W}
@@ -594,7 +595,7 @@ def core_forward(s_, rho, x, new, ld, wsave, vsave, kinv, want_k, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // nblk
             s0 = (q % nblk) * {W}
-            load_block(s_, rho, x, b, s0, C, X)
+            load_block(p_, rho, x, b, s0, C, X)
             mm_nd(blk, {BC}, blk, {BX}, blk, {BOM})  # Omega = C x^+
             eig_prep(OM, hs)
             angles(hs, an)

@@ -1,27 +1,29 @@
 """Lane-vectorised staples and loops of the SU(3) stout layer (the fused path's
-:func:`kernels.flows.su3_fused.stout_loops`), generated like :mod:`kernels.backends.vnode`.
+:func:`kernels.flows.su3_fused.stout_loops`; the torch reference is
+:func:`~kernels.flows.su3_fused.eager_loops`), generated like :mod:`kernels.backends.vnode`.
 
-Same mathematics, arguments and outputs as :func:`kernels.flows.su3_fused_kernels.loops_forward`
-and :func:`~kernels.flows.su3_fused_kernels.loops_backward` (formulas there), but ``W = 16``
-active sites of one chain at a time, one site per SIMD lane: the ``n_items`` links each site
-reads (through the layer's neighbourhood index, from the halo-padded field) are gathered into
-a scratch array of link blocks ``loc[item, c W + l]`` (``c = 2 (3 i + j) + {0: re, 1: im}``,
-the :mod:`~kernels.backends.vnode` block layout), and every 3x3 product is vnode's unrolled
-lane loop (LLVM vectorises it: one multiply and five FMAs per output component and lane)
-instead of one site's scalar complex arithmetic. The last block of a layer repeats its last
-site in the unused lanes and writes nothing for them.
+``W = 16`` active sites of one chain at a time, one site per SIMD lane: the ``n_items`` links
+each site reads (through the layer's neighbourhood index, from the halo-padded field) are
+gathered into a scratch array of link blocks ``loc[item, c W + l]`` (``c = 2 (3 i + j) + {0:
+re, 1: im}``, the :mod:`~kernels.backends.vnode` block layout; the next block's links
+prefetched), and every 3x3 product is vnode's unrolled lane loop (LLVM vectorises it: one
+multiply and five FMAs per output component and lane). The last block of a layer repeats its
+last site in the unused lanes and writes nothing for them.
 
-Per block (``S_k`` the staples, ``G`` cotangents, products as in the scalar kernels)::
+Per block (``S_k`` the staples, ``k = 2 nu + {0: up, 1: down}``, ``G`` cotangents)::
 
-    forward:   S_k = A B C^+ (up) or A^+ B C (down),   f_kl = Re Tr(S_k S_l^+) / 3,
-               f_plane = Re Tr(P Q (R T)^+) / 3
-    backward:  G_{S_k} += (g_kl / 3) S_l,  G_{S_l} += (g_kl / 3) S_k;  the staples' and the
-               plaquettes' chain rule into the links; then the links' cotangents added into
-               the field's, block by block (item-major, lane order), one thread per chain.
+    forward:   S_k = A B C^+ (up) or A^+ B C (down),   P_nu = S_{2 nu} + S_{2 nu + 1},
+               f_kl = Re Tr(S_k S_l^+) / 3,   f_plane = Re Tr(P Q (R T)^+) / 3
+    backward:  the staples recomputed, G_{S_k} = G_{P_{k // 2}} + sum_l (g_kl / 3) S_l; the
+               staples' and the plaquettes' chain rule into the links; then the links'
+               cotangents added into the field's, block by block (item-major, lane order),
+               one thread per chain.
 
-The floating-point order of the backward's scatter-add differs from the scalar kernel's
-(site-then-item there), so the two agree to rounding (tests/test_stout_fused.py), not bit for
-bit; each is deterministic. Floating point: ``fastmath={'contract'}`` only.
+Only the plane sums leave the kernel (the core needs ``C = sum_nu rho_nu P_nu``): half the
+bytes of the six staples, and the backward rebuilds the staples from the links it gathers
+anyway. The scatter-add's floating-point order is fixed (deterministic); it agrees with the
+eager loops' autograd to rounding (tests/test_stout_fused.py). Floating point:
+``fastmath={'contract'}`` only.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ def staples_of(loc, st, p, sk):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def loops_forward(src, index, st, pl, ix, staples, feats, x, nch):
-    \"\"\"Staples (B, 2, n_st / 2, n, 18), features (B, n_pairs + n_planes, n) and the active
-    link (B, n, 18) from the field src (B, M, 18) (float views of the complex arrays).\"\"\"
+def loops_forward(src, index, st, pl, ix, planes, feats, x, nch):
+    \"\"\"Plane sums of the staples (B, n_st / 2, n, 18), features (B, n_pairs + n_planes, n)
+    and the active link (B, n, 18) from the field src (B, M, 18) (float views of the complex
+    arrays).\"\"\"
     nbat, ns = src.shape[0], x.shape[1]
     ni = index.shape[0] // ns
     nst = st.shape[0]
@@ -112,9 +115,9 @@ def loops_forward(src, index, st, pl, ix, staples, feats, x, nch):
                 f += 1
             for l in range(min({W}, ns - s0)):
                 s = s0 + l
-                for k in range(nst):
+                for k in range(nst // 2):
                     for c in range(18):
-                        staples[b, k % 2, k // 2, s, c] = sk[k, c * {W} + l]
+                        planes[b, k, s, c] = sk[2 * k, c * {W} + l] + sk[2 * k + 1, c * {W} + l]
                 for g in range(nf):
                     feats[b, g, s] = fe[g, l]
                 for c in range(18):
@@ -122,10 +125,11 @@ def loops_forward(src, index, st, pl, ix, staples, feats, x, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
+def loops_backward(src, index, st, pl, ix, gpl, gf, gx, gsrc, zero):
     \"\"\"Cotangent gsrc (B, M, 18) of the field (zeroed first if zero, else added to) from
-    those of loops_forward's outputs; one thread per chain (serial scatter-add: no races, a
-    fixed order).\"\"\"
+    those of loops_forward's outputs (gpl: of the plane sums, the cotangent of both staples
+    of a plane); the staples recomputed; one thread per chain (serial scatter-add: no races,
+    a fixed order).\"\"\"
     nbat, ns = src.shape[0], gx.shape[1]
     ni = index.shape[0] // ns
     nst = st.shape[0]
@@ -155,8 +159,8 @@ def loops_backward(src, index, staples, st, pl, ix, gst, gf, gx, gsrc, zero):
                     gl[ix, c * {W} + l] = gx[b, s, c]
                 for k in range(nst):
                     for c in range(18):
-                        gs0[k, c * {W} + l] = gst[b, k % 2, k // 2, s, c]
-                        sk[k, c * {W} + l] = staples[b, k % 2, k // 2, s, c]
+                        gs0[k, c * {W} + l] = gpl[b, k // 2, s, c]
+            staples_of(loc, st, ni, sk)
             f = nst * (nst - 1) // 2  # pairs Re Tr(S_k S_m^+) / 3: dS_k = S_m, dS_m = S_k
             for i in range(f):
                 lane_values(gf, b, i, s0, ns, 1.0 / 3.0, gq[i])
