@@ -83,7 +83,7 @@ def pullback_force(
     result has the local shape of ``v``; detached unless ``create_graph``.
     """
     with torch.enable_grad():
-        x = v.detach().requires_grad_(True)
+        x = v.detach().contiguous().requires_grad_(True)  # one copy, not one per fused kernel
         # the per-site log-det terms: the gradient of their sum is the same without the
         # exact global sum (whose backward broadcasts the cotangent), which costs a reduction
         local = getattr(flow, "forward_local", None)
