@@ -73,8 +73,13 @@ def _lanes_backward(planes, rho, x, saved, gnew, gld, nch=None, kernel=None):
     gx = torch.full_like(x, complex("nan"))
     nch = lanes.nchunks(b * -(-n // W)) if nch is None else nch
     kernel = lanes.kernels().core_backward if kernel is None else kernel
+    from kernels.flows.su3_stout_core_lanes_fwd import blocks_from_sites
+
+    # the lane forward saves whole lane blocks: the scalar forward's per-site values so laid out
+    wb, vb = blocks_from_sites(w.numpy()), blocks_from_sites(_reals(v))
+    kb = blocks_from_sites(kinv.numpy().reshape(b, n, 81))
     kernel(
-        _reals(planes), rho.numpy(), _reals(x), w.numpy(), _reals(v), kinv.numpy(),
+        _reals(planes), rho.numpy(), _reals(x), wb, vb, kb,
         _reals(gnew), gld.numpy(), _reals(gs), grho.numpy(), _reals(gx), nch,
     )  # fmt: skip
     return gs, grho, gx

@@ -41,17 +41,38 @@ def _inputs(scale: float, b: int, n: int, seed: int = 1):
 
 
 def _lanes_forward(planes, rho, x, want_k=True):
+    """The lane kernel's outputs, its saved lane blocks converted to per-site tensors (``w (B,
+    n, 3)``, ``V (B, n, 3, 3)``, ``K_r (B, n, 9, 9)``; ``K_r`` NaN (untouched) without
+    ``want_k``)."""
     b, n = x.shape[:2]
+    nblk = -(-n // W)
     new = torch.empty_like(x)
     ld = torch.empty(b, n, dtype=torch.float64)
-    w = torch.empty(b, n, 3, dtype=torch.float64)
-    v = torch.empty_like(x)
-    kinv = torch.full((b, n, 9, 9) if want_k else (1, 1, 9, 9), np.nan, dtype=torch.float64)
+    w = np.full((b, nblk, 3 * W), np.nan)
+    v = np.full((b, nblk, 18 * W), np.nan)
+    kinv = np.full((b, nblk, 81 * W) if want_k else (1, 1, 81), np.nan)
     lanes.kernels().core_forward(
-        _reals(planes), rho.numpy(), _reals(x), _reals(new), ld.numpy(), w.numpy(), _reals(v),
-        kinv.numpy(), want_k, lanes.nchunks(b * -(-n // W)),
+        _reals(planes), rho.numpy(), _reals(x), _reals(new), ld.numpy(), w, v, kinv, want_k,
+        lanes.nchunks(b * nblk),
     )  # fmt: skip
+    assert not np.isnan(w).any() and not np.isnan(v).any()  # every lane of every block
+    w = torch.from_numpy(lanes.sites_from_blocks(w, n).copy())
+    v = lanes.sites_from_blocks(v, n).reshape(b, n, 3, 3, 2)
+    v = torch.view_as_complex(torch.from_numpy(np.ascontiguousarray(v)))
+    if want_k:
+        kinv = torch.from_numpy(lanes.sites_from_blocks(kinv, n).reshape(b, n, 9, 9).copy())
+    else:
+        kinv = torch.from_numpy(kinv)
     return new, ld, w, v, kinv
+
+
+def test_block_layout_round_trip():
+    a = np.arange(2 * 21 * 5, dtype=float).reshape(2, 21, 5)
+    blk = lanes.blocks_from_sites(a)
+    assert blk.shape == (2, 2, 5 * W)
+    assert blk[1, 0, 3 * W + 7] == a[1, 7, 3]  # component-major, lane-minor
+    assert blk[0, 1, 2 * W + 15] == a[0, 20, 2]  # unused lanes repeat the last site
+    assert np.array_equal(lanes.sites_from_blocks(blk, 21), a)
 
 
 def _scalar_forward(planes, rho, x):

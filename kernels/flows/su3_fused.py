@@ -150,14 +150,15 @@ class _FusedCore(torch.autograd.Function):
         k = _load_kernels()
         p_, r_, x_ = (_plain(t) for t in (planes, rho, x))
         k.set_threads()
+        lanes = _core_lanes_fwd()
+        nb, nblk = x_.shape[0], -(-x_.shape[1] // lanes.W)
         new = torch.empty_like(x_)
         ld = torch.empty(x_.shape[:2], dtype=torch.float64)
-        w = torch.empty(*x_.shape[:2], 3, dtype=torch.float64)
-        v = torch.empty_like(x_)
-        want_k = any(ctx.needs_input_grad)  # K = N^{-1} for the backward
-        kshape = (*x_.shape[:2], 9, 9) if want_k else (1, 1, 9, 9)
-        kinv = torch.empty(kshape, dtype=torch.float64)  # real-basis K_r = N_r^{-1}
-        lanes = _core_lanes_fwd()
+        # saved for the backward in the kernels' lane-block layout: w, V, K_r = N_r^{-1}
+        w = torch.empty(nb, nblk, 3 * lanes.W, dtype=torch.float64)
+        v = torch.empty(nb, nblk, 18 * lanes.W, dtype=torch.float64)
+        want_k = any(ctx.needs_input_grad)  # K for the backward
+        kinv = torch.empty((nb, nblk, 81 * lanes.W) if want_k else (1, 1, 81), dtype=torch.float64)
         lanes.kernels().core_forward(
             _reals(p_),
             r_.numpy(),
@@ -165,10 +166,10 @@ class _FusedCore(torch.autograd.Function):
             _reals(new),
             ld.numpy(),
             w.numpy(),
-            _reals(v),
+            v.numpy(),
             kinv.numpy(),
             want_k,
-            lanes.nchunks(x_.shape[0] * -(-x_.shape[1] // lanes.W)),
+            lanes.nchunks(nb * nblk),
         )
         ctx.save_for_backward(planes, rho, x, w, v, kinv)
         return new, ld
@@ -202,7 +203,7 @@ class _FusedCore(torch.autograd.Function):
             _plain(rho).numpy(),
             _reals(_plain(x)),
             w.numpy(),
-            _reals(v),
+            v.numpy(),
             kinv.numpy(),
             _reals(_plain(gnew)),
             _plain(gld.to(torch.float64)).numpy(),

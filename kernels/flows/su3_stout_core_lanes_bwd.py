@@ -513,15 +513,11 @@ def gather(p_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi):
     source array per loop.\"\"\"
     ns = x.shape[1]
     nnu = rho.shape[1]
-    for l in range({W}):
-        s = min(s0 + l, ns - 1)
-        for i in range(9):
-            for j in range(9):
-                kr[(9 * i + j) * {W} + l] = kinv[b, s, i, j]
-    for l in range({W}):
-        s = min(s0 + l, ns - 1)
-        for c in range(18):
-            bi[0, c * {W} + l] = vsave[b, s, c]
+    q = s0 // {W}
+    for k in range(81 * {W}):  # the forward's saved blocks: lane layout already
+        kr[k] = kinv[b, q, k]
+    for k in range(18 * {W}):
+        bi[0, k] = vsave[b, q, k]
     for l in range({W}):
         s = min(s0 + l, ns - 1)
         for c in range(18):
@@ -538,7 +534,7 @@ def gather(p_, rho, x, wsave, vsave, kinv, gnew, gld, b, s0, sc, kr, bi):
     for l in range({W}):
         s = min(s0 + l, ns - 1)
         for j in range(3):
-            sc[j * {W} + l] = wsave[b, s, j]
+            sc[j * {W} + l] = wsave[b, q, j * {W} + l]
         sc[3 * {W} + l] = gld[b, s]
         for nu in range(nnu):
             sc[(4 + nu) * {W} + l] = rho[b, nu, s]
@@ -573,7 +569,8 @@ def staple_sum(sc, bi, nnu, bu):
 def core_backward(p_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx, nch):
     \"\"\"Cotangents gs (B, nnu, n, 18) of the plane sums, grho
     (B, nnu, n), gx (B, n, 18) from gnew (B, n, 18), gld (B, n) and the forward's saved
-    wsave (B, n, 3), vsave (B, n, 18), kinv (B, n, 9, 9); plane sums p_ (B, nnu, n, 18),
+    wsave (B, nblk, 3 W), vsave (B, nblk, 18 W), kinv (B, nblk, 81 W) (lane blocks:
+    component-major, lane-minor); plane sums p_ (B, nnu, n, 18),
     rho (B, nnu, n), x (B, n, 18); nch work chunks of (chain, block) pairs.\"\"\"
     nbat, ns = x.shape[0], x.shape[1]
     nnu = rho.shape[1]

@@ -575,8 +575,10 @@ def gj_fallback(kk, a, perm):
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
 def core_forward(p_, rho, x, new, ld, wsave, vsave, kinv, want_k, nch):
     \"\"\"new (B, n, 18) = exp(Q) x and ld (B, n) = log det J per active site from the plane
-    sums p_ (B, nnu, n, 18), rho (B, nnu, n), x (B, n, 18); saves w (B, n, 3),
-    V (B, n, 18) and, if want_k, K_r = N_r^{{-1}} (B, n, 9, 9).\"\"\"
+    sums p_ (B, nnu, n, 18), rho (B, nnu, n), x (B, n, 18); saves, per block of W sites in
+    the lane layout (component-major, lane-minor; the last block's unused lanes repeat its
+    last site), w (B, nblk, 3 W), V (B, nblk, 18 W) and, if want_k, K_r = N_r^{{-1}} (B, nblk,
+    81 W).\"\"\"
     nbat, ns = x.shape[0], x.shape[1]
     nblk = (ns + {W} - 1) // {W}
     tot = nbat * nblk
@@ -617,13 +619,14 @@ def core_forward(p_, rho, x, new, ld, wsave, vsave, kinv, want_k, nch):
                 ld[b, s] = kk[({GS} + 2) * {W} + l]
                 for c in range(18):
                     new[b, s, c] = NEW[c * {W} + l]
-                    vsave[b, s, c] = V[c * {W} + l]
-                for j in range(3):
-                    wsave[b, s, j] = ws[j * {W} + l]
-                if want_k:
-                    for i in range(9):
-                        for j in range(9):
-                            kinv[b, s, i, j] = kk[({KA} + 9 * i + j) * {W} + l]
+            blk_ = q % nblk  # saved for the backward as whole lane blocks (no transposition)
+            for k in range(18 * {W}):
+                vsave[b, blk_, k] = V[k]
+            for k in range(3 * {W}):
+                wsave[b, blk_, k] = ws[k]
+            if want_k:
+                for k in range(81 * {W}):
+                    kinv[b, blk_, k] = kk[{KA} * {W} + k]
 """
 
 
@@ -671,6 +674,24 @@ def _source() -> str:
             gj_calls=vnode._ind(gj_calls, 12).rstrip("\n"),
         )
     )
+
+
+def blocks_from_sites(a: np.ndarray) -> np.ndarray:
+    """``(B, n, k)`` per site -> ``(B, nblk, k W)`` lane blocks (the saved layout), the last
+    block's unused lanes repeating its last site."""
+    b, n, k = a.shape
+    nblk = -(-n // W)
+    idx = np.minimum(np.arange(nblk * W), n - 1)
+    return np.ascontiguousarray(
+        a[:, idx].reshape(b, nblk, W, k).transpose(0, 1, 3, 2).reshape(b, nblk, k * W)
+    )
+
+
+def sites_from_blocks(a: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`blocks_from_sites`: ``(B, nblk, k W)`` -> ``(B, n, k)``."""
+    b, nblk, kw = a.shape
+    k = kw // W
+    return a.reshape(b, nblk, k, W).transpose(0, 1, 3, 2).reshape(b, nblk * W, k)[:, :n]
 
 
 _K = None
