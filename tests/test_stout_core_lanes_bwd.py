@@ -20,27 +20,10 @@ pytest.importorskip("numba")
 from kernels.flows import su3_fused_kernels as scalar  # noqa: E402
 from kernels.flows import su3_stout_core_lanes_bwd as lanes  # noqa: E402
 from kernels.flows.su3_fused import eager_core  # noqa: E402
-from kernels.groups.su_n import expm_su3, project_ta  # noqa: E402
+from tests.stout_inputs import core_inputs as _inputs  # noqa: E402
+from tests.stout_inputs import reals as _reals  # noqa: E402
 
 W = lanes.W
-
-
-def _su3(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    a = torch.randn(*shape, 3, 3, dtype=torch.complex128, generator=gen)
-    return expm_su3(project_ta(a))
-
-
-def _reals(t: torch.Tensor) -> np.ndarray:
-    return torch.view_as_real(t).flatten(-3).numpy()
-
-
-def _inputs(scale: float, b: int, n: int, nnu: int = 3, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    staples = _su3(gen, b, 2, nnu, n)
-    planes = staples[:, 0] + staples[:, 1]  # the core's input: P_nu = C^up_nu + C^dn_nu
-    x = _su3(gen, b, n)
-    rho = scale * torch.randn(b, nnu, n, dtype=torch.float64, generator=gen)
-    return planes, rho, x
 
 
 def _cotangents(x: torch.Tensor, seed: int = 5):

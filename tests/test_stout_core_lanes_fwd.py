@@ -18,26 +18,11 @@ pytest.importorskip("numba")
 from kernels.flows import su3_fused_kernels as scalar  # noqa: E402
 from kernels.flows import su3_stout_core_lanes_fwd as lanes  # noqa: E402
 from kernels.flows.su3_fused import eager_core  # noqa: E402
-from kernels.groups.su_n import expm_su3, project_ta  # noqa: E402
+from kernels.groups.su_n import project_ta  # noqa: E402
+from tests.stout_inputs import core_inputs as _inputs  # noqa: E402
+from tests.stout_inputs import reals as _reals  # noqa: E402
 
 W = lanes.W
-
-
-def _su3(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    a = torch.randn(*shape, 3, 3, dtype=torch.complex128, generator=gen)
-    return expm_su3(project_ta(a))
-
-
-def _reals(t: torch.Tensor) -> np.ndarray:
-    return torch.view_as_real(t).flatten(-3).numpy()
-
-
-def _inputs(scale: float, b: int, n: int, seed: int = 1):
-    gen = torch.Generator().manual_seed(seed)
-    staples = _su3(gen, b, 2, 3, n)
-    x = _su3(gen, b, n)
-    rho = scale * torch.randn(b, 3, n, dtype=torch.float64, generator=gen)
-    return staples[:, 0] + staples[:, 1], rho, x  # the plane sums P_nu = C^up_nu + C^dn_nu
 
 
 def _lanes_forward(planes, rho, x, want_k=True):
