@@ -65,6 +65,7 @@ from parallel import ProcessGrid, halo_pad, shift
 
 from . import eager, numba_threads, u1_kernels  # noqa: F401 (numba_threads: layer)
 from .eager import EagerBackend
+from .numba_threads import match_torch_threads
 
 # the work-queue threading layer and serial twins for one thread: numba_threads
 
@@ -495,8 +496,7 @@ def _from_planes(out: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(t)
 
 
-def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+_threads = match_torch_threads
 
 
 def su3_ta_staples(u: torch.Tensor, grid: ProcessGrid, coef: float, ta: bool) -> torch.Tensor:

@@ -64,6 +64,14 @@ class ThreadedKernel:
         return self.parallel(*args)
 
 
+def match_torch_threads() -> None:
+    """numba threads = torch's (at most numba's maximum): called before a threaded kernel so
+    that it uses the threads the run was given (``OMP_NUM_THREADS``, ``--threads``)."""
+    import torch
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 def threaded_kernel(**options):
     """Decorator: ``njit(**options)`` twice, parallel and serial (:class:`ThreadedKernel`)."""
 

@@ -18,12 +18,11 @@ raises ImportError). The same arithmetic as eager up to the order of the
 
 from __future__ import annotations
 
-import numba  # optional dependency: ImportError -> callers keep the eager formulas
 import numpy as np
 import torch
-from numba import prange
+from numba import prange  # optional dependency: ImportError -> callers keep the eager formulas
 
-from kernels.backends.numba_threads import threaded_kernel
+from kernels.backends.numba_threads import match_torch_threads, threaded_kernel
 
 
 @threaded_kernel(cache=True, error_model="numpy")
@@ -80,13 +79,9 @@ def _flat(t: torch.Tensor):
     return t.detach().resolve_conj().contiguous().reshape(-1, 3, 3).numpy()
 
 
-def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 def lie_force_from_gradient(u: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """``-TA(U G^+) / 2`` (:func:`kernels.flows.lie.lie_force_from_gradient`), no graph."""
-    _threads()
+    match_torch_threads()
     out = torch.empty(u.shape, dtype=u.dtype)
     ta_product_dagger(_flat(u), _flat(grad), -0.5, out.reshape(-1, 3, 3).numpy())
     return out
@@ -95,7 +90,7 @@ def lie_force_from_gradient(u: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
 def gradient_from_force(u: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
     """``2 F U`` (the default of :func:`kernels.flows.pullback.gradient_from_force`), no
     graph."""
-    _threads()
+    match_torch_threads()
     out = torch.empty(u.shape, dtype=u.dtype)
     scaled_product(_flat(force), _flat(u), 2.0, out.reshape(-1, 3, 3).numpy())
     return out

@@ -69,19 +69,15 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-import torch
 from numba import njit, prange
 
-from kernels.backends.numba_threads import threaded_kernel
+from kernels.backends.numba_threads import match_torch_threads, threaded_kernel
 
 CHUNK = 64
 
 
-def set_threads() -> None:
-    """numba threads = torch's (at most numba's maximum)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+set_threads = match_torch_threads
 
 
 @njit(cache=True, error_model="numpy", inline="always")

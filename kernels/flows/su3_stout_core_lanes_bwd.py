@@ -43,6 +43,7 @@ with its own scratch (:func:`kernels.backends.vnode.nchunks`).
 
 from __future__ import annotations
 
+import functools
 import math
 
 from kernels.backends import fused, vnode
@@ -364,20 +365,20 @@ class _Body:
             f"{_r('rs', _RS_R + _c(p, q, 1))} = r{p}{q}i",
         ]
 
+    def _k_phi(self, pairs: list[tuple[int, int]]) -> tuple[list[str], list[str]]:
+        """Real and imaginary parts of the terms ``K[a, b] Phi_b`` for the index pairs."""
+        re, im = [], []
+        for a, b in pairs:
+            kr_, ki_ = self.k(a, b)
+            pr, pi = self.phi(b)
+            re.append(f"{kr_} * {pr} - {ki_} * {pi}")
+            im.append(f"{kr_} * {pi} + {ki_} * {pr}")
+        return re, im
+
     def s_entry(self, p: int, q: int) -> None:
         """``S_pq`` into ``rs``."""
-        xr, xi = [], []
-        for k in range(3):  # K[(qk), (pk)] Phi_(pk)
-            kr_, ki_ = self.k(3 * q + k, 3 * p + k)
-            pr, pi = self.phi(3 * p + k)
-            xr.append(f"{kr_} * {pr} - {ki_} * {pi}")
-            xi.append(f"{kr_} * {pi} + {ki_} * {pr}")
-        yr, yi = [], []
-        for k in range(3):  # K[(kq), (kp)] Phi_(kp)
-            kr_, ki_ = self.k(3 * k + q, 3 * k + p)
-            pr, pi = self.phi(3 * k + p)
-            yr.append(f"{kr_} * {pr} - {ki_} * {pi}")
-            yi.append(f"{kr_} * {pi} + {ki_} * {pr}")
+        xr, xi = self._k_phi([(3 * q + k, 3 * p + k) for k in range(3)])  # K[(qk),(pk)] Phi_(pk)
+        yr, yi = self._k_phi([(3 * k + q, 3 * k + p) for k in range(3)])  # K[(kq),(kp)] Phi_(kp)
         mxr, mxi = self.mean(3 * q + p)
         myr, myi = self.mean(3 * p + q)
         self.lines.append(f"s{p}{q}r = -0.5 * (({' + '.join(xr + yr)}) - {mxr} - {myr})")
@@ -653,12 +654,7 @@ def _source() -> str:
     )
 
 
-_K = None
-
-
+@functools.cache
 def kernels():
     """The compiled module (generated, cached on disk, imported on first use)."""
-    global _K
-    if _K is None:
-        _K = fused._load_module(_source(), "stout_core_bwd")
-    return _K
+    return fused._load_module(_source(), "stout_core_bwd")

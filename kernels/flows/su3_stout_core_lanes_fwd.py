@@ -15,7 +15,7 @@ loads and stores of the same array). Per block::
 (``T_c`` the real orthonormal basis of ``u(3)`` in the eigenbasis, :mod:`su3_fused_kernels`;
 ``L9(M) = (O M + M O^+) / 2``, ``P`` the trace projection, ``Phi_(jk) = phi(i (w_j - w_k))``).
 
-* Eigensystem: Cardano (``acos``, ``cos``, ``sin`` in a scalar loop: no vector math library)
+* Eigensystem: Cardano (``acos`` in a scalar loop, ``sin``, ``cos`` by vtrig)
   and, per eigenvalue, the largest of the three cross products of rows of ``h - w_k`` (a
   select per lane), then the columns made unitary. Lanes whose spectrum is (nearly)
   degenerate (gap below ``2e-2 * 2 sqrt(p)``, the scalar kernel's criterion) are redone by
@@ -32,6 +32,7 @@ Floating point: ``fastmath={'contract'}`` only.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -694,12 +695,7 @@ def sites_from_blocks(a: np.ndarray, n: int) -> np.ndarray:
     return a.reshape(b, nblk, k, W).transpose(0, 1, 3, 2).reshape(b, nblk * W, k)[:, :n]
 
 
-_K = None
-
-
+@functools.cache
 def kernels():
     """The compiled module (generated, cached on disk, imported on first use)."""
-    global _K
-    if _K is None:
-        _K = fused._load_module(_source(), "stout_core_fwd")
-    return _K
+    return fused._load_module(_source(), "stout_core_fwd")
