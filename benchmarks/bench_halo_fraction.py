@@ -11,7 +11,8 @@ buffers and posting ``Isend``/``Irecv`` (``parallel.halo._post``), "wait" = the 
 Without ``--overlap`` the force uses the eager backend (blocking shifts: every wait follows
 its post at once); with ``--overlap`` the Wilson force computes the interior staples between
 ``halo_begin`` and ``halo_end`` (:func:`kernels.theories.su3.wilson_staples_overlap`), so
-the wait only covers what the interior did not hide. With ``--backend vnode`` the resident
+the wait only covers what the interior did not hide (eager backend only: a fused backend
+ignores ``--overlap``, ``SU3Gauge._overlapped``). With ``--backend vnode`` the resident
 layout's ghost-plane exchange before every force (``PackedMD._post`` / ``_fill``) counts too:
 its copies, posts and ghost fills as "post", its ``waitall`` as "wait" (with axis 0 split
 alone the interior planes are computed between post and wait; ``TRIVHMC_VNODE_OVERLAP=0``

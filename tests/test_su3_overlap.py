@@ -62,3 +62,31 @@ def test_overlap_default_follows_set_overlap():
             SU3Gauge(grid, 6.0, action="symanzik", overlap=True)
     finally:
         su3.set_overlap(before)
+
+
+def test_fused_backend_keeps_its_own_exchange(monkeypatch):
+    """``overlap`` selects the eager overlapped force on the eager backend only: under
+    ``vnode`` the theory's force is the backend's (equal to eager to rounding) and an HMC
+    trajectory keeps the resident layout, which overlaps its own face exchange."""
+    pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    import kernels.backends as kb
+
+    grid = single_rank_grid((4, 4, 4, 4))
+    th = SU3Gauge(grid, 5.7, overlap=True)
+    u = th.hot_start(SiteRNG(5), 0, 1)
+    ref = gauge_force(u, grid, 5.7)
+    calls = []
+    monkeypatch.setattr(su3, "gauge_force_overlap", lambda *a: calls.append(a) or ref)
+    assert th._overlapped()
+    th.force(u)
+    assert len(calls) == 1  # eager: the overlapped force
+    before = kb.get_backend().name
+    kb.set_backend("vnode")
+    try:
+        assert not th._overlapped()
+        got = th.force(u)
+        assert len(calls) == 1
+        assert (got - ref).abs().max().item() <= 1e-13 * ref.abs().max().item()
+        assert th.resident_md(u, [th.force]) is not None
+    finally:
+        kb.set_backend(before)

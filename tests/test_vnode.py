@@ -127,22 +127,38 @@ def test_ghost_layout_pack_and_tables(split):
                             assert np.array_equal(site(o3, lane ^ m3), w2)
 
 
+def test_half_lanes_are_the_lanes_with_the_bit():
+    """``half_lanes(a, d, bit)``: the lanes of each component whose bit ``d`` is ``bit``, in
+    increasing lane order (a view)."""
+    a = np.arange(2 * vnode.LB, dtype=float).reshape(2, vnode.LB)
+    lanes = np.arange(vnode.W)
+    for d in range(4):
+        for bit in (0, 1):
+            h = vnode.half_lanes(a, d, bit)
+            assert h.base is not None and h.shape[:2] == (2, 18)
+            keep = lanes[((lanes >> d) & 1) == bit]
+            want = a.reshape(2, 18, vnode.W)[:, :, keep]
+            np.testing.assert_array_equal(h.reshape(2, 18, vnode.W // 2), want)
+
+
 def test_ghost_fill_takes_each_lane_from_its_source():
     """``ghost_fill`` (one generated body per lane bit and side) against its definition:
     lane ``l`` of a ghost block is lane ``l ^ m`` of the owned block next to it where bit
-    ``m`` of ``l`` equals ``own_if_set``, else of the received block; on strided arrays as
-    ``PackedMD`` passes them (a column slice of the link blocks); a mask of two bits is
-    refused."""
+    ``m`` of ``l`` equals ``own_if_set``, else of the neighbour's block, of which only the
+    used half of the lanes arrives (``half_lanes``); on strided arrays as ``PackedMD``
+    passes them (a column slice of the link blocks); a mask of two bits is refused."""
     rng = np.random.default_rng(2)
     own = rng.standard_normal((6, 5, vnode.LB))[::2]
-    remote = rng.standard_normal((3, 5, vnode.LB))
+    full = rng.standard_normal((3, 5, vnode.LB))  # the neighbour rank's plane
     lanes = np.arange(vnode.W)
-    for m in (1, 2, 4, 8):
+    for d, m in enumerate((1, 2, 4, 8)):
         for own_if_set in (False, True):
+            remote = np.ascontiguousarray(vnode.half_lanes(full, d, int(own_if_set)))
+            remote = remote.reshape(3, 5, vnode.LB // 2)
             g = np.zeros((3, 5, vnode.LB))
             vnode.kernels().ghost_fill(g, own, remote, m, own_if_set)
             src = np.where(((lanes & m) != 0) == own_if_set, 0, 1)  # 0: own, 1: remote
-            both = np.stack([own, remote]).reshape(2, 3, 5, 18, vnode.W)
+            both = np.stack([own, full]).reshape(2, 3, 5, 18, vnode.W)
             want = both[src, :, :, :, lanes ^ m]  # (W, 3, 5, 18)
             np.testing.assert_array_equal(g.reshape(3, 5, 18, vnode.W), want.transpose(1, 2, 3, 0))
     with pytest.raises(ValueError, match="single lane bit"):

@@ -346,13 +346,16 @@ def _perm_func() -> str:
 
 def _ghost_fill_func() -> str:
     """``ghost_fill(g, own, remote, m, own_if_set)``: the ghost plane of a split axis
-    (:class:`GhostLayout`), ``g[a, o, c W + l] = S[a, o, c W + (l ^ m)]`` with ``S = own``
-    (the owned outer plane next to the ghost one) for the lanes whose bit ``m`` is set if
-    ``own_if_set``, clear otherwise, and ``S = remote`` (the neighbour rank's plane) for the
-    others; arrays ``(B Nd, sites, 18 W)``, strided in their first dimension. One literal
-    body per ``(m, own_if_set)``: each component's 16 loads (the lane permutation and the
-    choice of source fixed) before its 16 stores, which LLVM turns into vector moves and
-    shuffles (a per-lane branch on the source left the loop scalar)."""
+    (:class:`GhostLayout`), ``g[a, o, c W + l] = own[a, o, c W + (l ^ m)]`` for the lanes
+    whose bit ``m`` is set if ``own_if_set``, clear otherwise (``own``: the owned outer plane
+    next to the ghost one), and ``g[a, o, c W + l] = remote[a, o, c W/2 + half_m(l ^ m)]`` for
+    the others: ``remote`` holds only the half of the neighbour rank's lanes that are used
+    (:func:`half_lanes`, those whose bit ``m`` differs from ``own_if_set``; ``half_m`` drops
+    bit ``m`` from a lane index). ``g``, ``own``: ``(B Nd, sites, 18 W)``, ``remote``
+    ``(B Nd, sites, 9 W)``, strided in their first dimension. One literal body per
+    ``(m, own_if_set)``: each component's 16 loads (the lane permutation and the choice of
+    source fixed) before its 16 stores, which LLVM turns into vector moves and shuffles (a
+    per-lane branch on the source left the loop scalar)."""
     lines = ["", "@njit(cache=True)", "def ghost_fill(g, own, remote, m, own_if_set):"]
     first = True
     for d in range(ND):
@@ -366,13 +369,27 @@ def _ghost_fill_func() -> str:
                 "            for o in range(g.shape[1]):",
                 "                for c in range(18):",
                 f"                    k = c * {W}",
+                f"                    kh = c * {W // 2}",
             ]
             for l in range(W):
-                src = "own" if ((l & m) != 0) == own_if_set else "remote"
-                lines.append(f"                    x{l} = {src}[a, o, k + {l ^ m}]")
+                j = l ^ m
+                if ((l & m) != 0) == own_if_set:
+                    lines.append(f"                    x{l} = own[a, o, k + {j}]")
+                else:
+                    jh = (j & (m - 1)) | ((j >> (d + 1)) << d)
+                    lines.append(f"                    x{l} = remote[a, o, kh + {jh}]")
             lines += [f"                    g[a, o, k + {l}] = x{l}" for l in range(W)]
     lines += ["    else:", "        raise ValueError('ghost_fill: m must be a single lane bit')"]
     return "\n".join(lines) + "\n"
+
+
+def half_lanes(a: np.ndarray, d: int, bit: int) -> np.ndarray:
+    """The lanes of link blocks ``a`` (``(..., 18 W)``) whose bit ``d`` is ``bit``, as a
+    ``(..., 18, W / 2^(d+1), 2^d)`` view (lane ``l`` at ``half_d(l) = (l >> (d + 1)) 2^d +
+    (l mod 2^d)``): what a face exchange of split axis ``d`` sends (:meth:`PackedMD._post`),
+    half an outer plane, and what ``ghost_fill`` reads as ``remote``."""
+    v = a.reshape(*a.shape[:-1], 18, W >> (d + 1), 2, 1 << d)
+    return v[..., bit, :]
 
 
 _KERNELS = """
@@ -1123,15 +1140,20 @@ class PackedMD:
         return q[: self.b * ND * self.lay.vs].reshape(self.b * ND, self.lay.vs, LB)
 
     def _post(self, q3: np.ndarray, d: int) -> list:
-        """Start the face exchange of split axis ``d``: the owned outer planes 0 and
-        ``h_d - 1`` (which hold the slices ``x_d = 0`` and ``L_d - 1`` in half their lanes)
-        copied to kept buffers and sent to the lower and upper rank, both receives posted
-        (``parallel.comm``'s ``irecv``/``isend``). Returns the requests."""
+        """Start the face exchange of split axis ``d``: the halves of the owned outer planes
+        0 and ``h_d - 1`` that hold the slices ``x_d = 0`` and ``L_d - 1`` (:func:`half_lanes`;
+        the other half of each plane is interior) copied to kept buffers and sent to the
+        lower and upper rank, both receives posted (``parallel.comm``'s ``irecv``/``isend``).
+        Returns the requests."""
         src_lo, src_hi, _, _ = self.lay.planes[d]
         down, up = self.grid.neighbours[d]
         send_dn, send_up, from_up, from_dn = self._buffers(d)
-        send_dn[...] = q3[:, src_lo]  # x_d = 0: the lower rank's upper ghosts
-        send_up[...] = q3[:, src_hi]  # x_d = L_d - 1: the upper rank's lower ghosts
+        # x_d = 0, the lanes with bit d clear: the lower rank's upper ghosts; x_d = L_d - 1,
+        # those with the bit set: the upper rank's lower ghosts (the other lanes are owned
+        # by the neighbour already: half a plane per face, ghost_fill)
+        shape = (*send_dn.shape[:2], 18, W >> (d + 1), 1 << d)
+        send_dn.reshape(shape)[...] = half_lanes(q3[:, src_lo], d, 0)
+        send_up.reshape(shape)[...] = half_lanes(q3[:, src_hi], d, 1)
         tag = _HALO_TAG + 2 * d
         cart = self.grid.cart
         return [
@@ -1167,12 +1189,12 @@ class PackedMD:
             self._fill(q3, d)
 
     def _buffers(self, d: int) -> tuple[np.ndarray, ...]:
-        """Send and receive buffers of axis ``d`` (the link blocks of one outer plane; half
-        of their lanes are used), kept between forces."""
+        """Send and receive buffers of axis ``d`` (half the lanes of the link blocks of one
+        outer plane, ``(B Nd, sites, 9 W)``), kept between forces."""
         if d not in self._bufs:
             plane = self.lay.planes[d][0]
             sites = plane.stop - plane.start if isinstance(plane, slice) else plane.size
-            shape = (self.b * ND, sites, LB)
+            shape = (self.b * ND, sites, LB // 2)
             self._bufs[d] = tuple(np.empty(shape) for _ in range(4))
         return self._bufs[d]
 

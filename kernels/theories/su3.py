@@ -282,7 +282,9 @@ class SU3Gauge(Theory):
                 f"overlap (communication hidden behind the interior staples) supports the "
                 f"Wilson action only, not {action!r} with c1 = {self.c1}"
             )
-        #: force through :func:`gauge_force_overlap` (Wilson; same result to rounding)
+        #: force through :func:`gauge_force_overlap` (Wilson; same result to rounding) where
+        #: the active backend is ``eager``; the fused backends keep their own exchange
+        #: (:meth:`_overlapped`)
         self.overlap = bool(overlap)
         self.nd = grid.ndim
         self.planes = [(mu, nu) for mu in range(self.nd) for nu in range(mu + 1, self.nd)]
@@ -309,9 +311,17 @@ class SU3Gauge(Theory):
         """Gauge force ``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (left Lie derivative), see
         :func:`gauge_force`; with ``overlap`` (and no autograd graph) through
         :func:`gauge_force_overlap`, the halo exchange hidden behind the interior staples."""
-        if self.overlap and not (torch.is_grad_enabled() and field.requires_grad):
+        if self._overlapped() and not (torch.is_grad_enabled() and field.requires_grad):
             return gauge_force_overlap(field, self.grid, self.beta, self.c0)
         return gauge_force(field, self.grid, self.beta, self.c0, self.c1)
+
+    def _overlapped(self) -> bool:
+        """``overlap`` on the eager backend: the force through :func:`gauge_force_overlap`.
+        Under a fused backend ``overlap`` changes nothing: its own force is several times
+        faster than the eager overlapped one, and ``vnode``'s resident MD layout hides the
+        face exchange behind the interior planes itself (:class:`kernels.backends.vnode.
+        PackedMD`, ``TRIVHMC_VNODE_OVERLAP``); before, ``overlap`` switched ``vnode`` off."""
+        return self.overlap and get_backend().name == "eager"
 
     def kinetic(self, momentum: torch.Tensor) -> torch.Tensor:
         """``K = -sum_{x,mu} Re Tr P_mu(x)^2 = (1/2) sum p_a^2`` per chain (global, exact sum)."""
@@ -324,10 +334,11 @@ class SU3Gauge(Theory):
     def resident_md(self, field: torch.Tensor, forces: list):
         """The backend's own layout for a trajectory (``vnode``: links and momenta stay in the
         virtual-node layout, :class:`kernels.backends.vnode.PackedMD`) when every level force
-        is this theory's force (not with ``overlap``); else None."""
+        is this theory's force (``overlap`` or not: the layout overlaps its own exchange,
+        :meth:`_overlapped`); else None."""
         hook = getattr(get_backend(), "su3_resident_md", None)
         mine = [self.force, *(t.force for t in self.action_terms())]
-        if hook is None or self.overlap or any(f not in mine for f in forces):
+        if hook is None or any(f not in mine for f in forces):
             return None
         return hook(field, self.grid, self.beta, self.c0, self.c1)
 
