@@ -382,11 +382,27 @@ def _source() -> str:
     )
 
 
+#: modules whose jitted helpers the generated kernels import and inline (``vsincos``,
+#: ``prefetch_row``): numba's disk cache is keyed by the generated file alone, so their source
+#: is part of the module's hash (:func:`_load_module`); a change there compiles anew
+INLINED_DEPENDENCIES = ("vtrig.py", "prefetch.py")
+
+
+def dependency_hash(files: tuple[str, ...] = INLINED_DEPENDENCIES) -> str:
+    """SHA-256 (16 hex digits) of the source of ``files`` in this package directory."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update((Path(__file__).parent / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _load_module(src: str, name: str):
     """Write generated kernel source ``src`` to a cache directory (so numba can cache the
     machine code across processes) and import it as module ``trivhmc_{name}_{hash}`` from
-    ``{name}_kernels_{hash}.py`` (numba's cache on disk records that module name)."""
-    tag = hashlib.sha256((src + numba.__version__).encode()).hexdigest()[:16]
+    ``{name}_kernels_{hash}.py`` (numba's cache on disk records that module name). The hash
+    covers ``src``, numba's version and the inlined helper modules
+    (:data:`INLINED_DEPENDENCIES`)."""
+    tag = hashlib.sha256((src + numba.__version__ + dependency_hash()).encode()).hexdigest()[:16]
     root = Path(os.environ.get("TRIVHMC_CACHE", Path(tempfile.gettempdir()) / "trivhmc-cache"))
     try:
         root.mkdir(parents=True, exist_ok=True)

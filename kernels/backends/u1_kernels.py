@@ -47,6 +47,12 @@ from numba import njit, prange
 from .numba_threads import threaded_kernel
 from .vtrig import too_large, vcos, vsin
 
+#: :func:`kernels.backends.fused.dependency_hash` of ``vtrig.py``, whose ``vsin``/``vcos`` these
+#: kernels inline. numba caches this module's machine code keyed by this file's text alone,
+#: so a change of ``vtrig.py`` would keep running the old inlined code; the pin puts vtrig's
+#: hash into this file's text (tests/test_vtrig.py fails until it is updated)
+VTRIG_HASH = "7d7c3d387e885baa"
+
 CHUNK_SITES = 16384  # padded sites per chunk (at least 4 strides[0]: the back extension)
 
 
