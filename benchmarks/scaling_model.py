@@ -3,6 +3,7 @@
     python benchmarks/scaling_model.py                       # Frontier-like defaults
     python benchmarks/scaling_model.py --machine aurora --ratio 20
     python benchmarks/scaling_model.py --check-vm            # the dev-VM parameters, 1/2/4 ranks
+    python benchmarks/scaling_model.py --check-vm --vm-local 16 --vm-traj1 0.51   # 16^4 per rank
 
 Model (one trajectory, Omelyan 2MN with ``n`` steps: ``N_f = 2 n + 1`` force evaluations; the
 trivialized force costs ``r`` plain forces in compute *and* in halo exchanges, since every
@@ -97,15 +98,16 @@ def crossover_extent(t_site: float, alpha: float, beta: float, h: float, split: 
 def vm_check(a) -> None:
     """The dev VM in the same formulas, calibrated on the measured one-rank trajectory, against
     the measured 1 -> 2 -> 4 rank trajectories (benchmarks/bench_halo_fraction.py)."""
-    local = (8, 8, 8, 8)
+    local = (a.vm_local,) * 4
     v = math.prod(local)
     nf = 2 * a.vm_steps + 1  # force evaluations per Omelyan trajectory
     nx = nf + 2  # exchanges per trajectory: one per force + the two action evaluations
     face = v // local[0] * 4 * 144  # bytes of one link face (4 links x 144 B per site)
     print(
-        f"# dev VM model: local 8^4, grid N x 1 x 1 x 1, Omelyan {a.vm_steps} steps ({nf} "
-        f"forces), t_traj(1 rank) {a.vm_traj1:.2f} s measured -> {1e6 * a.vm_traj1 / (nf * v):.1f}"
-        f" us/site/force; alpha {1e6 * a.vm_alpha:.0f} us, beta {a.vm_beta / 1e9:.2f} GB/s, "
+        f"# dev VM model: local {a.vm_local}^4, grid N x 1 x 1 x 1, Omelyan {a.vm_steps} steps "
+        f"({nf} forces), t_traj(1 rank) {a.vm_traj1:.2f} s measured -> "
+        f"{1e6 * a.vm_traj1 / (nf * v):.1f} us/site/force; alpha {1e6 * a.vm_alpha:.0f} us, "
+        f"beta {a.vm_beta / 1e9:.2f} GB/s, "
         f"{a.vm_cores} cores"
     )
     print(f"{'ranks':>5} {'model s':>8} {'model ovl':>9} {'halo %':>7} {'weak eff':>8}")
@@ -143,6 +145,7 @@ def main(argv=None) -> None:
     ap.add_argument("--vm-alpha", type=float, default=17e-6, help="s per exchange (software)")
     ap.add_argument("--vm-beta", type=float, default=10e9, help="B/s shared-memory MPI")
     ap.add_argument("--vm-cores", type=float, default=2.0)
+    ap.add_argument("--vm-local", type=int, default=8, help="local extent L (L^4 per rank)")
     a = ap.parse_args(argv)
     m = MACHINES[a.machine]
     a.beta, a.mem = m["beta"], m["mem"]
