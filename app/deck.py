@@ -216,9 +216,11 @@ class ParallelSection(_Section):
     )
     overlap: bool | None = Field(
         default=None,
-        description="SU(3) Wilson action: compute the interior staples while the halo faces "
-        "travel (parallel.halo_begin/halo_end). Same results to rounding, bit-identical on "
-        "every process grid; improved actions and other theories ignore it. null: "
+        description="SU(3) Wilson action on the `eager` kernel backend: compute the interior "
+        "staples while the halo faces travel (parallel.halo_begin/halo_end). Same results to "
+        "rounding, bit-identical on every process grid; improved actions and other theories "
+        "ignore it, and so do the fused backends (their force is faster; `vnode`'s resident "
+        "MD layout overlaps its own face exchange, `TRIVHMC_VNODE_OVERLAP`). null: "
         "$TRIVHMC_OVERLAP, else off.",
     )
     gpu_aware_mpi: bool | None = Field(
