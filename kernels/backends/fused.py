@@ -388,8 +388,10 @@ def _source() -> str:
 INLINED_DEPENDENCIES = ("vtrig.py", "prefetch.py")
 
 
+@functools.cache
 def dependency_hash(files: tuple[str, ...] = INLINED_DEPENDENCIES) -> str:
-    """SHA-256 (16 hex digits) of the source of ``files`` in this package directory."""
+    """SHA-256 (16 hex digits) of the source of ``files`` in this package directory (read
+    once per process: every generated module's load asks for it)."""
     h = hashlib.sha256()
     for f in files:
         h.update((Path(__file__).parent / f).read_bytes())

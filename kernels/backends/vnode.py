@@ -1151,9 +1151,9 @@ class PackedMD:
         # x_d = 0, the lanes with bit d clear: the lower rank's upper ghosts; x_d = L_d - 1,
         # those with the bit set: the upper rank's lower ghosts (the other lanes are owned
         # by the neighbour already: half a plane per face, ghost_fill)
-        shape = (*send_dn.shape[:2], 18, W >> (d + 1), 1 << d)
-        send_dn.reshape(shape)[...] = half_lanes(q3[:, src_lo], d, 0)
-        send_up.reshape(shape)[...] = half_lanes(q3[:, src_hi], d, 1)
+        lo, hi = half_lanes(q3[:, src_lo], d, 0), half_lanes(q3[:, src_hi], d, 1)
+        send_dn.reshape(lo.shape)[...] = lo
+        send_up.reshape(hi.shape)[...] = hi
         tag = _HALO_TAG + 2 * d
         cart = self.grid.cart
         return [
