@@ -17,6 +17,12 @@ their ratio: wall time (max over ranks), or with ``--clock cpu`` this process's 
 (``time.process_time``; with one thread it is the work done, much less sensitive to other jobs
 on a shared machine). The ratio bounds what trivialized HMC must gain in ``tau_int`` (and
 step count) to be cheaper than plain HMC.
+
+``--compile`` (one process, no split axis) wraps the flow's ``forward_local`` in
+``torch.compile`` (dynamo + inductor; the backward is compiled with it) and adds a column with
+that force and its largest difference from the eager one. A trial, not an application
+setting: the halo exchange's MPI calls cannot be traced, so on a split grid every exchange
+would need a graph break (docs/performance.md, "Force cost").
 """
 
 from __future__ import annotations
@@ -116,6 +122,11 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", default="16,64,256", help="chains per call, comma list")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the force with the flow's forward_local under torch.compile",
+    )
+    ap.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
@@ -128,15 +139,47 @@ def main(argv=None) -> None:
         theory, triv = build_from_arch(args)
     grid = theory.grid
     pick = 0 if args.clock == "wall" else 1
+    compiled = compiled_twin(triv) if args.compile else None
     say(f"# clock: {args.clock}")
     say("")
-    say("| chains | plain force s / chain | trivialized force s / chain | ratio |")
-    say("|---|---|---|---|")
+    head = "| chains | plain force s / chain | trivialized force s / chain | ratio |"
+    rule = "|---|---|---|---|"
+    if compiled is not None:
+        head += " compiled s / chain | ratio | compile s | max abs diff |"
+        rule += "---|---|---|---|"
+    say(head)
+    say(rule)
     for batch in (int(b) for b in args.batches.split(",") if b.strip()):
         field = theory.hot_start(SiteRNG(1), 0, batch, grid.replica * batch)
         plain = seconds_per_call(lambda f=field: theory.force(f), args.repeat)[pick] / batch
         flowed = seconds_per_call(lambda f=field: triv.force(f), args.repeat)[pick] / batch
-        say(f"| {batch} | {plain:.2e} | {flowed:.2e} | {flowed / max(plain, 1e-12):.1f} |")
+        row = f"| {batch} | {plain:.2e} | {flowed:.2e} | {flowed / max(plain, 1e-12):.1f} |"
+        if compiled is not None:
+            t0 = time.perf_counter()
+            diff = float((compiled.force(field) - triv.force(field)).abs().max())
+            first = time.perf_counter() - t0  # compilation for this shape
+            tc = seconds_per_call(lambda f=field: compiled.force(f), args.repeat)[pick] / batch
+            row += f" {tc:.2e} | {tc / max(plain, 1e-12):.1f} | {first:.0f} | {diff:.1e} |"
+        say(row)
+
+
+def compiled_twin(triv):
+    """An object with the ``force`` of ``triv`` (:class:`TransformedTheory`) whose flow's
+    ``forward_local`` runs under ``torch.compile`` (``dynamic=False``: one graph per batch
+    size; same parameters). One process with no split axis only."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from kernels.flows.pullback import pullback_force
+
+    theory, flow = triv.theory, triv.flow
+    if any(n > 1 for n in theory.grid.grid):
+        raise SystemExit(
+            "--compile: one process per lattice only (a halo exchange over MPI cannot be traced)"
+        )
+    twin = SimpleNamespace(forward_local=torch.compile(flow.forward_local, dynamic=False))
+    return SimpleNamespace(force=lambda v: pullback_force(twin, theory, v, theory.force))
 
 
 if __name__ == "__main__":

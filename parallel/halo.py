@@ -306,7 +306,7 @@ def _begin_raw(x: Array, grid: ProcessGrid, widths: Widths, first: int, signs: S
             tag = _NB_TAG + 8 * mu + (side > 0)
             sign = _boundary_sign(grid, signs, mu, side)
             messages.append(_post(grid, out, mu, side, [tuple(src)], [tuple(dst)], tag, sign))
-    return HaloHandle(out, grid, widths, first, signs, split, messages, False, region)
+    return HaloHandle(out, grid, widths, first, signs, split, messages, not split, region)
 
 
 def _end_raw(handle: HaloHandle) -> Array:

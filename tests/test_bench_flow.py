@@ -52,3 +52,35 @@ def test_flow_memory_table(capsys):
     saved = {r[0]: float(r[2]) for r in rows}
     assert saved["yes"] < saved["no"]  # checkpointing keeps less for the backward pass
     assert "8x8x8x16" in out
+
+
+def test_flow_force_compiled_column(capsys):
+    """``--compile``: the flow's forward under torch.compile gives the eager force (the table's
+    last column is their largest difference)."""
+    args = ["--arch", "u1_stout", "--lattice", "4,4", "--couplings", "beta=2.0", "--compile"]
+    _load("bench_flow_force").main([*args, "--batches", "2", "--repeat", "1", "--clock", "cpu"])
+    out = capsys.readouterr().out
+    (row,) = re.findall(r"^\| 2 \| .*\|$", out, re.M)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 8
+    assert float(cells[7]) <= 1e-12
+
+
+@pytest.mark.parametrize("arch", ["phi4_minimal", "u1_stout"])
+def test_single_rank_flow_traces_in_one_graph(arch):
+    """On one rank the halo exchange is local copies only: dynamo traces the whole flow
+    forward without a graph break (a break per exchange is what made compiling slower)."""
+    import torch
+    import torch._dynamo
+
+    from kernels.flows.base import build_flow
+    from kernels.theories import architectures
+    from parallel import single_rank_grid
+
+    grid = single_rank_grid((4, 4))
+    flow = build_flow({"builder": architectures()[arch][1], "kwargs": {}}, grid)
+    shape = (2, 4, 4) if arch.startswith("phi4") else (2, 2, 4, 4)
+    v = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    report = torch._dynamo.explain(flow.forward_local)(v)
+    assert report.graph_break_count == 0, report.break_reasons
+    torch._dynamo.reset()
