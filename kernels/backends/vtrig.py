@@ -9,7 +9,8 @@ value on the dev VM, against 7.7 ns for ``torch.sin`` and 17 ns for ``numpy.sin`
 :func:`vsin` and :func:`vcos` (Cody-Waite reduction modulo ``pi``, then one odd Taylor
 polynomial on ``|r| <= pi/2``: a SIMD loop evaluates every branch of a select, so one
 polynomial of 11 terms costs less than the two of 7 and 8 terms of a quarter-period
-reduction; 0.70 against 0.96 ns per value on the dev VM)::
+reduction; 0.70 against 0.96 ns per value on the dev VM's Zen 4 host, ~1.9 ns on its AVX2-only
+Zen 2 host, where the parity of ``q`` from an integer conversion cost ~10% more: :func:`_odd`)::
 
     sin x:  q = rint(x/pi),         r = ((x - q P1) - q P2) - q P3,   sin x = (-1)^q sin r,
     cos x:  h = rint(x/pi - 1/2) + 1/2,   r = ((x - h P1) - h P2) - h P3,
@@ -65,15 +66,25 @@ _H1, _H2, _H3, _H4, _H5, _H6, _H7, _H8, _H9, _H10 = (
 
 
 @njit(cache=True, inline="always", fastmath={"contract"})
+def _odd(q):
+    """True for an odd integer-valued float ``q`` (``|q| < 2^52``), from ``floor`` in
+    floating point: converting a vector of doubles to 64-bit integers (``np.int64(q) & 1``)
+    has no AVX2 instruction (``vcvttpd2qq`` is AVX-512DQ), so on an AVX2-only CPU (Zen 2/3,
+    Frontier's Trento hosts) LLVM converted lane by lane inside the vector loop."""
+    return q - 2.0 * np.floor(q * 0.5) != 0.0
+
+
+@njit(cache=True, inline="always", fastmath={"contract"})
 def _reduced(x):
-    """``(sin r, cos r, q mod 4)`` with ``x = q pi/2 + r``."""
+    """``(sin r, cos r, q mod 4)`` with ``x = q pi/2 + r`` (``q mod 4`` as a float:
+    :func:`_odd`)."""
     q = np.rint(x * _TWO_OVER_PI)
     r = ((x - q * _P1) - q * _P2) - q * _P3
     z = r * r
     s = r + r * z * (_S1 + z * (_S2 + z * (_S3 + z * (_S4 + z * (_S5 + z * (_S6 + z * _S7))))))
     c = _C7 + z * _C8
     c = 1.0 - 0.5 * z + z * z * (_C2 + z * (_C3 + z * (_C4 + z * (_C5 + z * (_C6 + z * c)))))
-    return s, c, np.int64(q) & 3
+    return s, c, q - 4.0 * np.floor(q * 0.25)
 
 
 @njit(cache=True, inline="always", fastmath={"contract"})
@@ -91,7 +102,7 @@ def vsin(x):
     """``sin x`` for ``|x| <= LIMIT`` (module docstring: reduction modulo ``pi``)."""
     q = np.rint(x * _INV_PI)
     s = _sin_half_period(((x - q * _PI1) - q * _PI2) - q * _PI3)
-    return -s if np.int64(q) & 1 else s
+    return -s if _odd(q) else s
 
 
 @njit(cache=True, inline="always", fastmath={"contract"})
@@ -100,16 +111,17 @@ def vcos(x):
     q = np.rint(x * _INV_PI - 0.5)
     h = q + 0.5
     s = _sin_half_period(((x - h * _PI1) - h * _PI2) - h * _PI3)
-    return s if np.int64(q) & 1 else -s
+    return s if _odd(q) else -s
 
 
 @njit(cache=True, inline="always", fastmath={"contract"})
 def vsincos(x):
     """``(sin x, cos x)`` for ``|x| <= LIMIT`` from one reduction."""
     s, c, n = _reduced(x)
-    sv = c if n & 1 else s
-    cv = -s if n & 1 else c
-    return (-sv if n & 2 else sv), (-cv if n & 2 else cv)
+    odd = _odd(n)
+    sv = c if odd else s
+    cv = -s if odd else c
+    return (-sv if n >= 2.0 else sv), (-cv if n >= 2.0 else cv)
 
 
 @intrinsic
