@@ -23,6 +23,7 @@ from torch import nn
 
 from .grid import ProcessGrid
 from .halo import halo_pad
+from .optional_jit import optional_jit
 
 _CONV = {
     1: torch.nn.functional.conv1d,
@@ -202,10 +203,57 @@ def _pairwise_sum_last(t: torch.Tensor) -> torch.Tensor:
     return t[..., 0]
 
 
+#: largest ``C_in C_out k^2`` (multiply-adds per site) for the compiled direct 2D convolution;
+#: wider layers keep ``conv2d`` (its GEMM gains on reuse that a site loop does not have)
+CONV_JIT_MAX_MACS = 1024
+_CONV_JIT: list = []
+
+
+def _conv_jit():
+    """:mod:`parallel.conv_jit` when numba is installed and ``TRIVHMC_CONV_JIT`` is not ``0``."""
+    if not _CONV_JIT:
+        _CONV_JIT.append(optional_jit("conv_jit", "TRIVHMC_CONV_JIT"))
+    return _CONV_JIT[0]
+
+
+def _jit_conv2d(
+    xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor | None:
+    """:func:`parallel.conv_jit.valid_conv2d` where it applies (2D, CPU float64, no graph to
+    build, a small layer), else None."""
+    ts = (xp, weight) if bias is None else (xp, weight, bias)
+    if xp.ndim != 4 or any(t.device.type != "cpu" or t.dtype != torch.float64 for t in ts):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return None
+    co, ci, k = weight.shape[0], weight.shape[1], weight.shape[2]
+    if ci * co * k * k > CONV_JIT_MAX_MACS or weight.shape[3] != k:
+        return None
+    jit = _conv_jit()
+    if jit is None:
+        return None
+    h, w = xp.shape[2] - k + 1, xp.shape[3] - k + 1
+    out = torch.empty((xp.shape[0], co, h, w), dtype=torch.float64)
+    b = torch.empty(0, dtype=torch.float64) if bias is None else bias.detach().contiguous()
+    jit.valid_conv2d(
+        xp.detach().contiguous().numpy(),
+        weight.detach().contiguous().numpy(),
+        b.numpy(),
+        out.numpy(),
+    )
+    return out
+
+
 def _valid_conv(
     xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grid: ProcessGrid
 ) -> torch.Tensor:
-    """Valid cross-correlation of a padded field (the local block ``grid.local_shape`` out)."""
+    """Valid cross-correlation of a padded field (the local block ``grid.local_shape`` out):
+    in 2D on the CPU in float64 the compiled direct loop (:mod:`parallel.conv_jit`) for small
+    layers, else the torch convolution."""
+    if grid.ndim == 2:
+        out = _jit_conv2d(xp, weight, bias)
+        if out is not None:
+            return out
     conv = _CONV.get(grid.ndim)
     if conv is not None:
         return conv(xp, weight, bias)
