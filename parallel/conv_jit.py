@@ -57,3 +57,73 @@ def valid_conv2d(xp, w, bias, out):
                 a = acc[r * wp : r * wp + wd]
                 for x in range(wd):
                     row[x] = a[x]
+
+
+#: partial sums per tap in :func:`weight_grad2d` (two ymm registers of doubles)
+LANES = 8
+
+
+@njit(cache=True)
+def weight_grad2d(xp, gy, gw):
+    """``gw[o, i, dy, dx] = sum_{b, r, x} gy[b, o, r, x] xp[b, i, r + dy, x + dx]``, the weight
+    gradient of :func:`valid_conv2d` (``xp`` ``(B, C_in, H + k - 1, W + k - 1)``, ``gy``
+    ``(B, C_out, H, W)``, ``gw`` ``(C_out, C_in, k, k)``, C-contiguous float64).
+
+    ``gy`` of one chain is laid out on the flat padded rows (zeros in the ``k - 1`` extra
+    columns), so each tap is a dot product of two contiguous runs, taken in ``LANES`` partial
+    sums (index ``j mod LANES``, held in registers: :func:`_dot_lanes`) that are added to
+    per-tap totals chain by chain and summed in lane order at the end: a fixed order for
+    given shapes."""
+    nb, co, h, wd = gy.shape
+    ci, k = gw.shape[1], gw.shape[2]
+    wp = xp.shape[3]
+    n = (h - 1) * wp + wd
+    acc = np.zeros((co, ci, k, k, LANES))
+    g = np.zeros((co, n))
+    for b in range(nb):
+        for o in range(co):
+            for r in range(h):
+                src = gy[b, o, r]
+                for x in range(wd):
+                    g[o, r * wp + x] = src[x]
+        for i in range(ci):
+            flat = xp[b, i].reshape(-1)
+            for dy in range(k):
+                for dx in range(k):
+                    s = flat[dy * wp + dx : dy * wp + dx + n]
+                    for o in range(co):
+                        _dot_lanes(g[o], s, acc[o, i, dy, dx])
+    _lane_totals(acc.reshape(-1, LANES), gw.reshape(-1))
+
+
+@njit(cache=True, inline="always")
+def _dot_lanes(g, s, a):
+    """``a[l] += sum_{j = l mod LANES} g[j] s[j]`` (``LANES = 8``; the partial sums in
+    registers, each a left-to-right sum)."""
+    n = g.shape[0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    nfull = n - n % 8
+    for j in range(0, nfull, 8):
+        a0 = a0 + g[j] * s[j]
+        a1 = a1 + g[j + 1] * s[j + 1]
+        a2 = a2 + g[j + 2] * s[j + 2]
+        a3 = a3 + g[j + 3] * s[j + 3]
+        a4 = a4 + g[j + 4] * s[j + 4]
+        a5 = a5 + g[j + 5] * s[j + 5]
+        a6 = a6 + g[j + 6] * s[j + 6]
+        a7 = a7 + g[j + 7] * s[j + 7]
+    t = (a0, a1, a2, a3, a4, a5, a6, a7)
+    for ln in range(8):
+        a[ln] = a[ln] + t[ln]
+    for j in range(nfull, n):
+        a[j - nfull] = a[j - nfull] + g[j] * s[j]
+
+
+@njit(cache=True)
+def _lane_totals(acc, out):
+    """``out[t] = sum_l acc[t, l]``, left to right."""
+    for t in range(acc.shape[0]):
+        v = 0.0
+        for ln in range(LANES):
+            v = v + acc[t, ln]
+        out[t] = v

@@ -114,3 +114,36 @@ def test_lattice_conv_gradients_with_the_compiled_loop():
     (gx,) = torch.autograd.grad(y, x, g)
     (gref,) = torch.autograd.grad(ref, ref_in, g)
     assert torch.allclose(gx, gref, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 2, 3, 18, 18), (3, 2, 8, 3, 16, 16), (2, 3, 5, 5, 7, 9)])
+def test_weight_gradient_matches_torch(shape):
+    b, ci, co, k, h, w = shape
+    xp, wt, _ = _case(*shape, False, seed=4)
+    gy = torch.randn(b, co, h, w, dtype=torch.float64)
+    ref = torch.nn.grad.conv2d_weight(xp, wt.shape, gy)
+    gw = torch.empty(wt.shape, dtype=torch.float64)
+    conv_jit.weight_grad2d(xp.numpy(), gy.numpy(), gw.numpy())
+    assert float((gw - ref).abs().max()) <= 1e-12 * max(1.0, float(ref.abs().max()))
+
+
+def test_lattice_conv_weight_gradient_with_the_compiled_loop(monkeypatch):
+    calls = []
+    real = conv_jit.weight_grad2d
+    monkeypatch.setattr(conv_jit, "weight_grad2d", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(conv_mod, "_CONV_JIT", [conv_jit])
+    torch.manual_seed(5)
+    grid = single_rank_grid((6, 10))
+    layer = LatticeConv(grid, 3, 2, 3, bias=True, dtype=torch.float64)
+    x = torch.randn(2, 3, 6, 10, dtype=torch.float64)
+    g = torch.randn(2, 2, 6, 10, dtype=torch.float64)
+    gw, gb = torch.autograd.grad(layer(x), [layer.weight, layer.bias], g)
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="circular")
+    w = layer.weight.detach().clone().requires_grad_(True)
+    b = layer.bias.detach().clone().requires_grad_(True)
+    rw, rb = torch.autograd.grad(torch.nn.functional.conv2d(xp, w, b), [w, b], g)
+    assert torch.allclose(gw, rw, rtol=0, atol=1e-12) and torch.allclose(gb, rb, rtol=0, atol=1e-12)
+    assert calls == [1]
+    wide = LatticeConv(grid, 3, 3, 3, bias=False, dtype=torch.float64)  # 3 outputs: torch's
+    torch.autograd.grad(wide(x).sum(), [wide.weight])
+    assert calls == [1]
