@@ -8,7 +8,12 @@ with periodic (or antiperiodic) wrap-around on the *global* lattice: the local b
 by a halo of width ``r`` (:func:`parallel.halo.halo_pad`) and then convolved without padding.
 On one rank this equals ``torch.nn.ConvNd(..., padding=r, padding_mode="circular")``. For
 D = 1, 2, 3 the torch convolution kernels are used; for other D (4D lattices) a generic
-shift-and-contract implementation. Gradients flow through the halo exchange's adjoint.
+shift-and-contract implementation. In 2D on the CPU in float64, layers of at most
+``CONV_JIT_MAX_MACS`` multiply-adds per site (and no autograd graph to build) run a compiled
+direct loop instead (:mod:`parallel.conv_jit`, numba; ``TRIVHMC_CONV_JIT=0`` off): torch's
+float64 ``conv2d`` is ``im2col`` and one GEMM per chain, 3-9x slower for the small layers of
+the 2D flows; the weight gradient too for at most two output channels. Gradients flow
+through the halo exchange's adjoint.
 ``LatticeConv.at_sites(x, index)`` evaluates the same formula at selected local sites only
 (e.g. the active sites of a masked coupling layer), after the same halo exchange.
 """
