@@ -114,8 +114,10 @@ class AffineCoupling(Flow):
         self.register_buffer("active", 1.0 - frozen, persistent=False)
 
     def _st(self, x_frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(x_frozen.unsqueeze(1))
-        return self.s_act(out[:, 0]) * self.active, out[:, 1] * self.active
+        # unbind, not two selects: its backward stacks the two cotangents, where each
+        # select's would zero a field of both channels and autograd would add the two
+        s, t = self.net(x_frozen.unsqueeze(1)).unbind(1)
+        return self.s_act(s) * self.active, t * self.active
 
     def forward_local(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u, log|det du/dv|)`` of this layer on the local block (halo exchanges inside)."""
