@@ -228,6 +228,8 @@ def _jit_conv2d_applies(xp: torch.Tensor, weight: torch.Tensor, other: torch.Ten
     ts = (xp, weight) if other is None else (xp, weight, other)
     if xp.ndim != 4 or any(t.device.type != "cpu" or t.dtype != torch.float64 for t in ts):
         return None
+    if torch.compiler.is_compiling():  # dynamo cannot trace a numba call: torch's convolution
+        return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
         return None
     co, ci, k = weight.shape[0], weight.shape[1], weight.shape[2]

@@ -54,6 +54,7 @@ def test_flow_memory_table(capsys):
     assert "8x8x8x16" in out
 
 
+@pytest.mark.slow  # inductor's first compilation on a fresh machine: ~25 s
 def test_flow_force_compiled_column(capsys):
     """``--compile``: the flow's forward under torch.compile gives the eager force (the table's
     last column is their largest difference)."""
