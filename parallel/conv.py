@@ -98,7 +98,22 @@ class LatticeConv(nn.Module):
     def _at_sites_padded(self, xp, index, weight, bias) -> torch.Tensor:
         """The contraction over (input channel, tap) as products and a fixed pairwise sum,
         not a matrix product: a BLAS kernel's summation order can depend on the number of
-        sites (which differs between process grids), this order does not."""
+        sites (which differs between process grids), this order does not. On the CPU in
+        float64 without a graph, a compiled loop with a fixed left-to-right sum per site
+        instead (:func:`parallel.conv_jit.conv_at_sites`; grid-independent as well)."""
+        jit = _jit_conv2d_applies(xp, weight, bias, any_dim=True)
+        if jit is not None:
+            taps = self._neighbourhoods(index, tuple(xp.shape[2:])).t().contiguous()
+            out = torch.empty((xp.shape[0], weight.shape[0], taps.shape[1]), dtype=torch.float64)
+            b = torch.empty(0, dtype=torch.float64) if bias is None else bias.detach().contiguous()
+            jit.conv_at_sites(
+                xp.detach().contiguous().reshape(xp.shape[0], xp.shape[1], -1).numpy(),
+                taps.numpy(),
+                weight.detach().contiguous().reshape(weight.shape[0], weight.shape[1], -1).numpy(),
+                b.numpy(),
+                out.numpy(),
+            )
+            return out
         p = self._sites(xp, index)  # (B, C_in, n, k^D)
         b, c, n, k = p.shape
         p = p.permute(0, 2, 1, 3).reshape(b, 1, n, c * k)
@@ -222,18 +237,25 @@ def _conv_jit():
     return _CONV_JIT[0]
 
 
-def _jit_conv2d_applies(xp: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None):
-    """:mod:`parallel.conv_jit` if it applies to a 2D layer with these tensors (CPU float64,
-    no graph to build, at most ``CONV_JIT_MAX_MACS`` multiply-adds per site), else None."""
+def _jit_conv2d_applies(
+    xp: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None, any_dim: bool = False
+):
+    """:mod:`parallel.conv_jit` if it applies to a 2D layer (any dimension with ``any_dim``)
+    with these tensors (CPU float64, no graph to build, at most ``CONV_JIT_MAX_MACS``
+    multiply-adds per site), else None."""
     ts = (xp, weight) if other is None else (xp, weight, other)
-    if xp.ndim != 4 or any(t.device.type != "cpu" or t.dtype != torch.float64 for t in ts):
+    if (xp.ndim != 4 and not any_dim) or any(
+        t.device.type != "cpu" or t.dtype != torch.float64 for t in ts
+    ):
         return None
     if torch.compiler.is_compiling():  # dynamo cannot trace a numba call: torch's convolution
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
         return None
     co, ci, k = weight.shape[0], weight.shape[1], weight.shape[2]
-    if ci * co * k * k > CONV_JIT_MAX_MACS or weight.shape[3] != k:
+    if ci * co * math.prod(weight.shape[2:]) > CONV_JIT_MAX_MACS or weight.ndim != xp.ndim:
+        return None
+    if any(n != k for n in weight.shape[2:]):
         return None
     return _conv_jit()
 

@@ -127,3 +127,30 @@ def _lane_totals(acc, out):
         for ln in range(LANES):
             v = v + acc[t, ln]
         out[t] = v
+
+
+@njit(cache=True)
+def conv_at_sites(xpf, taps, w, bias, out):
+    """``out[b, o, s] = bias[o] + sum_{i, t} w[o, i, t] xpf[b, i, taps[t, s]]``: the
+    convolution at selected sites (``LatticeConv.at_sites``) from the flat padded field ``xpf``
+    ``(B, C_in, P)`` and the flat window indices ``taps`` ``(k^D, n)`` (tap-major), ``w``
+    ``(C_out, C_in, k^D)``, ``out`` ``(B, C_out, n)``; ``bias`` of length 0: none. One
+    left-to-right sum per site over (input channel, tap), no FMA: as :func:`valid_conv2d`, the
+    same value wherever the site lies."""
+    nb, ci = xpf.shape[0], xpf.shape[1]
+    co, nt = w.shape[0], w.shape[2]
+    n = taps.shape[1]
+    has_bias = bias.shape[0] > 0
+    for b in range(nb):
+        for o in range(co):
+            row = out[b, o]
+            b0 = bias[o] if has_bias else 0.0
+            for s in range(n):
+                row[s] = b0
+            for i in range(ci):
+                src = xpf[b, i]
+                for t in range(nt):
+                    wv = w[o, i, t]
+                    tt = taps[t]
+                    for s in range(n):
+                        row[s] = row[s] + wv * src[tt[s]]

@@ -147,3 +147,31 @@ def test_lattice_conv_weight_gradient_with_the_compiled_loop(monkeypatch):
     wide = LatticeConv(grid, 3, 3, 3, bias=False, dtype=torch.float64)  # 3 outputs: torch's
     torch.autograd.grad(wide(x).sum(), [wide.weight])
     assert calls == [1]
+
+
+@pytest.mark.parametrize("shape,k", [((8, 6), 3), ((6, 10), 1), ((4, 4, 4), 3)])
+def test_at_sites_loop_matches_torch_path_and_not_the_subset(monkeypatch, shape, k):
+    """``LatticeConv.at_sites`` through the compiled loop equals the torch pairwise path to
+    rounding, and a site's value does not depend on which other sites are asked for."""
+    torch.manual_seed(7)
+    grid = single_rank_grid(shape)
+    layer = LatticeConv(grid, 3, 2, k, bias=True, dtype=torch.float64)
+    x = torch.randn(2, 3, *shape, dtype=torch.float64)
+    n = x[0, 0].numel()
+    index = torch.arange(0, n, 3)
+    calls = []
+    real = conv_jit.conv_at_sites
+    monkeypatch.setattr(conv_jit, "conv_at_sites", lambda *a: (calls.append(1), real(*a))[1])
+    monkeypatch.setattr(conv_mod, "_CONV_JIT", [conv_jit])
+    with torch.no_grad():
+        got = layer.at_sites(x, index)
+        sub = layer.at_sites(x, index[1::2].clone())
+    assert calls == [1, 1]
+    assert torch.equal(sub, got[:, :, 1::2])
+    monkeypatch.setattr(conv_mod, "_CONV_JIT", [None])
+    with torch.no_grad():
+        ref = layer.at_sites(x, index)
+    assert calls == [1, 1]
+    assert torch.allclose(got, ref, rtol=0, atol=1e-13)
+    full = layer(x).reshape(2, 2, -1)[:, :, index]
+    assert torch.allclose(got, full, rtol=0, atol=1e-13)
