@@ -12,8 +12,8 @@ shift-and-contract implementation. In 2D on the CPU in float64, layers of at mos
 ``CONV_JIT_MAX_MACS`` multiply-adds per site (and no autograd graph to build) run a compiled
 direct loop instead (:mod:`parallel.conv_jit`, numba; ``TRIVHMC_CONV_JIT=0`` off): torch's
 float64 ``conv2d`` is ``im2col`` and one GEMM per chain, 3-9x slower for the small layers of
-the 2D flows; the weight gradient too for at most two output channels. Gradients flow
-through the halo exchange's adjoint.
+the 2D flows; the weight gradient too for at most two output channels, and ``at_sites`` in
+any dimension. Gradients flow through the halo exchange's adjoint.
 ``LatticeConv.at_sites(x, index)`` evaluates the same formula at selected local sites only
 (e.g. the active sites of a masked coupling layer), after the same halo exchange.
 """
