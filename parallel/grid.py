@@ -18,6 +18,7 @@ Conventions (docs/conventions.md):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from functools import cached_property
 
@@ -151,6 +152,12 @@ class ProcessGrid:
         self.offset = tuple(c * l for c, l in zip(self.coords, self.local_shape))
         # neighbours[mu] = (rank at -1, rank at +1) along axis mu
         self.neighbours = [self.cart.Shift(mu, 1) for mu in range(self.ndim)]
+        # communicators over one process (a single-rank grid): freeing them is a local call,
+        # so they go with the grid (MPICH allows 2048 per process; a long test session or a
+        # driver that builds many grids would run out). Over several ranks MPI_Comm_free is
+        # collective and garbage collection runs in no agreed order: those stay until free().
+        comms = (self.cart, self.domain_comm, self.replica_comm)
+        self._release = weakref.finalize(self, _free_comms, comms) if size == 1 else None
 
     # ---------------------------------------------------------------- geometry
     @property
@@ -214,10 +221,21 @@ class ProcessGrid:
         )
 
     def free(self) -> None:
-        """Release the communicators this grid created."""
-        for c in (self.cart, self.domain_comm, self.replica_comm):
-            if c != MPI.COMM_NULL:
-                c.Free()
+        """Release the communicators this grid created (once; a single-rank grid also
+        releases them when it is garbage collected)."""
+        if self._release is not None:
+            self._release()
+            return
+        _free_comms((self.cart, self.domain_comm, self.replica_comm))
+
+
+def _free_comms(comms: tuple[MPI.Comm, ...]) -> None:
+    """``Free`` each communicator that is not null (nothing after ``MPI_Finalize``)."""
+    if MPI.Is_finalized():
+        return
+    for c in comms:
+        if c != MPI.COMM_NULL:
+            c.Free()
 
 
 def single_rank_grid(shape: Sequence[int]) -> ProcessGrid:
