@@ -155,9 +155,11 @@ def main(argv=None) -> None:
         flowed = seconds_per_call(lambda f=field: triv.force(f), args.repeat)[pick] / batch
         row = f"| {batch} | {plain:.2e} | {flowed:.2e} | {flowed / max(plain, 1e-12):.1f} |"
         if compiled is not None:
+            ref = triv.force(field)
             t0 = time.perf_counter()
-            diff = float((compiled.force(field) - triv.force(field)).abs().max())
+            got = compiled.force(field)
             first = time.perf_counter() - t0  # compilation for this shape
+            diff = float((got - ref).abs().max())
             tc = seconds_per_call(lambda f=field: compiled.force(f), args.repeat)[pick] / batch
             row += f" {tc:.2e} | {tc / max(plain, 1e-12):.1f} | {first:.0f} | {diff:.1e} |"
         say(row)

@@ -101,16 +101,15 @@ class LatticeConv(nn.Module):
         sites (which differs between process grids), this order does not. On the CPU in
         float64 without a graph, a compiled loop with a fixed left-to-right sum per site
         instead (:func:`parallel.conv_jit.conv_at_sites`; grid-independent as well)."""
-        jit = _jit_conv2d_applies(xp, weight, bias, any_dim=True)
+        jit = _conv_jit_for(xp, weight, bias, any_dim=True)
         if jit is not None:
-            taps = self._neighbourhoods(index, tuple(xp.shape[2:])).t().contiguous()
+            taps = self._window_table(index, tuple(xp.shape[2:]))[2]
             out = torch.empty((xp.shape[0], weight.shape[0], taps.shape[1]), dtype=torch.float64)
-            b = torch.empty(0, dtype=torch.float64) if bias is None else bias.detach().contiguous()
             jit.conv_at_sites(
-                xp.detach().contiguous().reshape(xp.shape[0], xp.shape[1], -1).numpy(),
+                _host(xp.reshape(xp.shape[0], xp.shape[1], -1)),
                 taps.numpy(),
-                weight.detach().contiguous().reshape(weight.shape[0], weight.shape[1], -1).numpy(),
-                b.numpy(),
+                _host(weight.reshape(weight.shape[0], weight.shape[1], -1)),
+                _host_bias(bias),
                 out.numpy(),
             )
             return out
@@ -123,9 +122,14 @@ class LatticeConv(nn.Module):
 
     def _neighbourhoods(self, index: torch.Tensor, padded: tuple[int, ...]) -> torch.Tensor:
         """Flat indices into the padded block of each site's ``k^D`` window, ``(n, k^D)``,
-        the window offsets in the weight's C order. Cached for one index tensor: the cache
-        holds a reference to it (so its address cannot be reused while cached) and keys on
-        its version counter (in-place changes)."""
+        the window offsets in the weight's C order (cached: :meth:`_window_table`)."""
+        return self._window_table(index, padded)[1]
+
+    def _window_table(self, index: torch.Tensor, padded: tuple[int, ...]) -> tuple:
+        """``(index, windows (n, k^D), the same tap-major and contiguous (k^D, n))`` for
+        :meth:`_neighbourhoods` and the compiled ``at_sites`` loop. Cached for one index
+        tensor: the cache holds a reference to it (so its address cannot be reused while
+        cached) and keys on its version counter (in-place changes)."""
         key = (index.data_ptr(), index.numel(), index._version, index.device, padded)
         cache = self.__dict__.setdefault("_window_cache", {})
         if key not in cache:
@@ -135,9 +139,10 @@ class LatticeConv(nn.Module):
             offsets = torch.tensor(list(itertools.product(range(k), repeat=len(local))))
             pos = coords[:, None, :] + offsets[None, :, :]  # padded coordinates (n, k^D, D)
             strides = torch.tensor([math.prod(padded[m + 1 :]) for m in range(len(padded))])
+            windows = (pos * strides).sum(-1).to(index.device)
             cache.clear()
-            cache[key] = (index, (pos * strides).sum(-1).to(index.device))
-        return cache[key][1]
+            cache[key] = (index, windows, windows.t().contiguous())
+        return cache[key]
 
     def extra_repr(self) -> str:
         """Layer settings for ``repr``."""
@@ -224,8 +229,8 @@ def _pairwise_sum_last(t: torch.Tensor) -> torch.Tensor:
     return t[..., 0]
 
 
-#: largest ``C_in C_out k^2`` (multiply-adds per site) for the compiled direct 2D convolution;
-#: wider layers keep ``conv2d`` (its GEMM gains on reuse that a site loop does not have)
+#: largest ``C_in C_out k^D`` (multiply-adds per site) for the compiled convolution loops;
+#: wider layers keep torch's (its GEMM gains on reuse that a site loop does not have)
 CONV_JIT_MAX_MACS = 1024
 _CONV_JIT: list = []
 
@@ -237,7 +242,7 @@ def _conv_jit():
     return _CONV_JIT[0]
 
 
-def _jit_conv2d_applies(
+def _conv_jit_for(
     xp: torch.Tensor, weight: torch.Tensor, other: torch.Tensor | None, any_dim: bool = False
 ):
     """:mod:`parallel.conv_jit` if it applies to a 2D layer (any dimension with ``any_dim``)
@@ -260,24 +265,28 @@ def _jit_conv2d_applies(
     return _conv_jit()
 
 
+def _host(t: torch.Tensor):
+    """A C-contiguous float64 numpy view (or copy) of a CPU tensor, without its graph."""
+    return t.detach().contiguous().numpy()
+
+
+def _host_bias(bias: torch.Tensor | None):
+    """:func:`_host` of ``bias``; an empty array for none (the compiled loops' convention)."""
+    return _host(torch.empty(0, dtype=torch.float64) if bias is None else bias)
+
+
 def _jit_conv2d(
     xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor | None:
     """:func:`parallel.conv_jit.valid_conv2d` where it applies (2D, CPU float64, no graph to
     build, a small layer), else None."""
-    jit = _jit_conv2d_applies(xp, weight, bias)
+    jit = _conv_jit_for(xp, weight, bias)
     if jit is None:
         return None
     co, k = weight.shape[0], weight.shape[2]
     h, w = xp.shape[2] - k + 1, xp.shape[3] - k + 1
     out = torch.empty((xp.shape[0], co, h, w), dtype=torch.float64)
-    b = torch.empty(0, dtype=torch.float64) if bias is None else bias.detach().contiguous()
-    jit.valid_conv2d(
-        xp.detach().contiguous().numpy(),
-        weight.detach().contiguous().numpy(),
-        b.numpy(),
-        out.numpy(),
-    )
+    jit.valid_conv2d(_host(xp), _host(weight), _host_bias(bias), out.numpy())
     return out
 
 
@@ -289,12 +298,11 @@ def _jit_conv2d_weight(
     else None. (Its dot products per tap win over ``conv2d_weight`` by 1.6-4.6x for one or two
     output channels and lose by up to 2x for eight with few chains: docs/performance.md,
     "Session 16".)"""
-    if weight.shape[0] > 2 or _jit_conv2d_applies(xp, weight, gy) is None:
+    jit = None if weight.shape[0] > 2 else _conv_jit_for(xp, weight, gy)
+    if jit is None:
         return None
     gw = torch.empty(weight.shape, dtype=torch.float64)
-    _conv_jit().weight_grad2d(
-        xp.detach().contiguous().numpy(), gy.detach().contiguous().numpy(), gw.numpy()
-    )
+    jit.weight_grad2d(_host(xp), _host(gy), gw.numpy())
     return gw
 
 
@@ -304,10 +312,9 @@ def _valid_conv(
     """Valid cross-correlation of a padded field (the local block ``grid.local_shape`` out):
     in 2D on the CPU in float64 the compiled direct loop (:mod:`parallel.conv_jit`) for small
     layers, else the torch convolution."""
-    if grid.ndim == 2:
-        out = _jit_conv2d(xp, weight, bias)
-        if out is not None:
-            return out
+    out = _jit_conv2d(xp, weight, bias)  # None unless 2D (and the rest: _conv_jit_for)
+    if out is not None:
+        return out
     conv = _CONV.get(grid.ndim)
     if conv is not None:
         return conv(xp, weight, bias)
