@@ -26,7 +26,7 @@ import time
 from datetime import datetime
 
 import torch
-from machine import cpu_model
+from machine import cpu_model, numba_target
 from mpi4py import MPI
 
 from kernels.integrators import make_integrator
@@ -143,6 +143,7 @@ def main(argv=None) -> None:
     if root:
         print(f"# bench_hmc  {datetime.now().isoformat(timespec='seconds')}")
         print(f"# machine: {platform.node()}  {cpu_model()}  ({os.cpu_count()} cpus)")
+        print(f"# {numba_target()}")
         print(
             f"# torch {torch.__version__}, {torch.get_num_threads()} threads/rank, "
             f"{MPI.COMM_WORLD.Get_size()} MPI rank(s), device {args.device}"

@@ -64,7 +64,7 @@ from datetime import datetime
 
 import numpy as np
 import torch
-from machine import cpu_model
+from machine import cpu_model, numba_target
 
 import kernels.backends as kb
 from kernels.backends import eager
@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# {platform.node()} {platform.machine()} {cpu_model()} "
         f"cpus={os.cpu_count()} torch={torch.__version__} backends={backends}"
     )
+    print(f"# {numba_target()}")
     print(f"# command: {' '.join(sys.argv)}")
     for threads in args.threads:
         set_threads(threads)

@@ -27,3 +27,13 @@ def cpu_model() -> str:
     name = info.get("model name") or platform.processor() or "unknown cpu"
     extra = [f"{k} {info[k]}" for k in ("cpu family", "model", "cpu MHz") if k in info]
     return f"{name} ({', '.join(extra)})" if extra else name
+
+
+def numba_target() -> str:
+    """The CPU and vector width numba compiles the kernels for (parallel/jit_target.py)."""
+    try:
+        from parallel import jit_target
+
+        return jit_target.describe()
+    except ImportError:
+        return "numba not installed"

@@ -27,6 +27,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import jit_target
+
+jit_target.configure()  # before the first @njit: 512-bit vectors on AVX-512 hosts
+
 #: values per block of a row split slot by slot (32 kB: stays in L1/L2 between slots)
 BLOCK = 4096
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)

@@ -37,6 +37,10 @@ import types
 import numba
 from numba import njit
 
+from parallel import jit_target
+
+jit_target.configure()  # before the first @njit: 512-bit vectors on AVX-512 hosts
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 

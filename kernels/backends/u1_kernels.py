@@ -51,7 +51,7 @@ from .vtrig import too_large, vcos, vsin
 #: kernels inline. numba caches this module's machine code keyed by this file's text alone,
 #: so a change of ``vtrig.py`` would keep running the old inlined code; the pin puts vtrig's
 #: hash into this file's text (tests/test_vtrig.py fails until it is updated)
-VTRIG_HASH = "d24bba5c448b61db"
+VTRIG_HASH = "074ea509e431f13d"
 
 CHUNK_SITES = 16384  # padded sites per chunk (at least 4 strides[0]: the back extension)
 

@@ -43,6 +43,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from parallel import jit_target
+
+jit_target.configure()  # before the first @njit: 512-bit vectors on AVX-512 hosts
+
 LIMIT = 1.0e5
 
 _TWO_OVER_PI = 2.0 / math.pi
