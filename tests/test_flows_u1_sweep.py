@@ -137,7 +137,8 @@ def test_bad_geometry():
 
 def test_fit_marginal_kl_is_the_true_kl_and_polish_lowers_it():
     """The returned KL per plaquette is the real ``KL(h_# uniform || von Mises)`` (checked by
-    an independent 20 000-point quadrature against scipy's von Mises density), and the
+    an independent 20 000-point quadrature against scipy's von Mises density, not the
+    optimisers' points), and the
     L-BFGS polish on the midpoint grid lowers it well below the Adam-only fit."""
     beta = 4.0
     layer = U1SweepCoupling(single_rank_grid((4, 4)), 0, 1, n_mix=8, transform="spline")
@@ -153,7 +154,8 @@ def test_fit_marginal_kl_is_the_true_kl_and_polish_lowers_it():
         # q(u) = (1 / 2 pi) / h'(x): KL = E_x[log q(h(x)) - log p(h(x))]
         return float((-math.log(TWO_PI) - log_dh - log_p).mean())
 
-    assert abs(kl - true_kl(params)) < 0.05 * true_kl(params) + 1e-5
-    assert abs(kl_rough - true_kl(rough)) < 0.2 * true_kl(rough) + 1e-4
+    # 2%: the midpoint value on the polish's own grid sat ~5% low (it learns that grid's error)
+    assert abs(kl - true_kl(params)) < 0.02 * true_kl(params)
+    assert abs(kl_rough - true_kl(rough)) < 0.02 * true_kl(rough)
     assert true_kl(params) < 0.5 * true_kl(rough)
     assert true_kl(params) < 3e-3

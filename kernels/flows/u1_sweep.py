@@ -134,6 +134,9 @@ def marginal_map(
     return h + t, logdh
 
 
+REPORT_REFINE = 8  # fit_marginal reports its KL on this many times finer a grid
+
+
 def fit_marginal(
     layer: U1PlaquetteCoupling,
     beta: float,
@@ -151,8 +154,9 @@ def fit_marginal(
     ``samples`` cells: ``steps`` Adam steps on stratified draws (one uniform point per cell,
     unbiased), then up to ``polish`` rounds of L-BFGS on the cell midpoints (a deterministic
     midpoint quadrature; Adam alone stalls at a KL per plaquette a few times larger, which a
-    ``V``-plaquette flow pays ``V`` times). The returned KL is the midpoint-rule value (after
-    ``polish = 0``: the last stratified estimate)."""
+    ``V``-plaquette flow pays ``V`` times). The returned KL is the midpoint rule on
+    ``REPORT_REFINE * samples + 1`` cells, points neither optimiser used (the polish lowers its
+    own midpoint value below the true KL by fitting that grid's quadrature error)."""
     gen = torch.Generator().manual_seed(seed)
     k = layer.net.net[-1].weight.shape[0] - 1
     dt = layer.net.net[-1].weight.dtype
@@ -166,7 +170,7 @@ def fit_marginal(
     cell = TWO_PI / samples
 
     def kl_at(p: torch.Tensor) -> torch.Tensor:
-        u, logdh = marginal_map(layer, p, raw.expand(samples, k), t)
+        u, logdh = marginal_map(layer, p, raw.expand(p.numel(), k), t)
         return (-math.log(TWO_PI) - logdh - beta * torch.cos(u)).mean() + log_norm
 
     kl = torch.tensor(float("nan"))
@@ -199,9 +203,12 @@ def fit_marginal(
 
         for _ in range(int(polish)):
             lbfgs.step(closure)
-        with torch.no_grad():
-            kl = kl_at(mid)
-    return torch.cat((raw.detach(), t.detach())), float(kl.detach())
+    # the reported KL: midpoints of a finer grid that neither optimiser saw (L-BFGS on the
+    # fixed midpoints learns their quadrature error: its own value sits ~5% below the true KL)
+    fine = REPORT_REFINE * samples + 1
+    with torch.no_grad():
+        kl = kl_at((torch.arange(fine, dtype=dt) + 0.5) * (TWO_PI / fine))
+    return torch.cat((raw.detach(), t.detach())), float(kl)
 
 
 def init_marginal(flow: Composition, beta: float, **fit_kwargs) -> float:
