@@ -518,3 +518,62 @@ def test_resident_flow_is_the_per_call_flow(monkeypatch, spy):
     assert np.array_equal(res.q_at[0.02], per_call.q_at[0.02])
     assert torch.equal(res.field, per_call.field)
     assert _err(res.field, ref.field) <= 1e-12
+
+
+def _compiled_product(da: bool, db: bool, acc: bool, rows: bool):
+    import numba
+
+    src = (
+        vnode._NJIT.replace("cache=True", "cache=False")
+        + f"def f(A, ao, B, bo, C, co):\n    for l in range({vnode.W}):\n"
+        + vnode._ind(vnode._mm(da, db, acc, rows), 8)
+    )
+    ns = {"njit": numba.njit}
+    exec(src, ns)
+    return ns["f"]
+
+
+def _complex_blocks(x: np.ndarray) -> np.ndarray:
+    """(blocks, 18 W) lane blocks -> (blocks, W, 3, 3) complex: element (i, j) of lane l is
+    ``x[:, (2 (3 i + j) + r) W + l]``, r = 0 real, 1 imaginary."""
+    w = vnode.W
+    y = x.reshape(x.shape[0], 3, 3, 2, w)
+    return np.moveaxis(y[..., 0, :] + 1j * y[..., 1, :], -1, 1)
+
+
+@pytest.mark.parametrize("da", [False, True])
+@pytest.mark.parametrize("db", [False, True])
+@pytest.mark.parametrize("acc", [False, True])
+def test_rowwise_lane_product_has_the_loads_first_bits(da, db, acc):
+    """The two orders of the generated 3x3 lane product (all inputs first; row by row, used
+    where numba compiles for 512-bit vectors) give the same bits, and both are op(A) op(B)
+    (+ C) by numpy's complex product to 1e-15."""
+    rng = np.random.default_rng(7)
+    a, b, c = (rng.standard_normal((3, vnode.LB)) for _ in range(3))
+    out = {}
+    for rows in (False, True):
+        cc = c.copy()
+        _compiled_product(da, db, acc, rows)(a, 1, b, 2, cc, 0)
+        out[rows] = cc
+    assert out[True].tobytes() == out[False].tobytes()
+    ca, cb, c0 = _complex_blocks(a)[1], _complex_blocks(b)[2], _complex_blocks(c)[0]
+    ref = (ca.conj().swapaxes(-1, -2) if da else ca) @ (cb.conj().swapaxes(-1, -2) if db else cb)
+    ref = ref + c0 if acc else ref
+    assert np.abs(_complex_blocks(out[True])[0] - ref).max() < 1e-15 * 10
+    assert (out[True][1:] == c[1:]).all()  # only block co is written
+
+
+def test_rowwise_choice(monkeypatch):
+    """Row-wise products only with TRIVHMC_MM_ROWS=1; a bad value is named; by default the
+    loads-first source is the one compiled."""
+    monkeypatch.delenv("TRIVHMC_MM_ROWS", raising=False)
+    assert not vnode.rowwise()
+    body = "".join(" " * 8 + ln + "\n" for ln in vnode._mm(False, True, True, False))
+    assert body in vnode._mm_func("mm_nd_acc", False, True, True)
+    monkeypatch.setenv("TRIVHMC_MM_ROWS", "yes")
+    with pytest.raises(ValueError, match="TRIVHMC_MM_ROWS"):
+        vnode.rowwise()
+    monkeypatch.setenv("TRIVHMC_MM_ROWS", "1")
+    assert vnode.rowwise()
+    body = "".join(" " * 8 + ln + "\n" for ln in vnode._mm(False, True, True, True))
+    assert body in vnode._mm_func("mm_nd_acc", False, True, True)
