@@ -14,7 +14,8 @@ its first ``@njit``. Nothing changes when:
 
 * ``NUMBA_CPU_FEATURES`` or ``NUMBA_CPU_NAME`` is set (the user's choice wins);
 * ``TRIVHMC_SIMD512=0`` is set (LLVM's own choice: 256-bit on these CPUs);
-* the CPU has no AVX-512 (AMD Zen 2/3, Frontier's hosts; Zen 4 is not tuned for 256 bits);
+* the CPU has no AVX-512 (AMD Zen 2/3, Frontier's hosts). On Zen 4/5, which LLVM does not tune
+  for 256 bits, the setting is applied and changes nothing measurable (session 17, Zen 5);
 * numba's CPU target already exists (another library compiled a function first): the width
   is then whatever that compilation chose, reported by :func:`describe`.
 
