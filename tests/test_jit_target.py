@@ -5,7 +5,9 @@ decorated, so the width cannot change inside the test process. The bitwise compa
 between widths is the claim the module makes (no reassociation; each lane computes its site
 with the same operations), checked on the kernels an ensemble's records depend on: ``sin`` /
 ``cos``, the U(1) force and action density, the exact global sum, the compiled convolution
-and (slow: compiles the whole vnode module twice) the SU(3) force, action and flow step.
+and (slow: compiles the whole vnode module and the stout layer's twice) the SU(3) force,
+action, flow step and clover density and a stout flow's output, log-det and trivialized
+force.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ if which == "su3":
     out["su3_force"] = h(be.su3_force(u, g4, 6.0, 1.0, 0.0))
     out["su3_density"] = h(be.su3_action_density(u, g4, 1.0, 0.0))
     out["su3_flow"] = h(be.su3_flow_step_rk3(u, g4, 0.02))
+    out["su3_clover"] = h(be.su3_clover_density(u, g4))
+    from kernels.flows.su3 import su3_stout_flow
+    from kernels.samplers.trivialized import TransformedTheory
+    torch.set_default_dtype(torch.float64)
+    gs = single_rank_grid((4, 4, 2, 2))
+    ths = SU3Gauge(gs, 2.0)
+    v = ths.hot_start(SiteRNG(5), 0, 2)
+    torch.manual_seed(3)
+    flow = su3_stout_flow(gs, n_layers=4, hidden=(4,), rho_max=0.9)
+    flow.requires_grad_(False)
+    with torch.no_grad():
+        y, ld = flow(v)
+    out["stout"] = h(y) + h(ld) + h(TransformedTheory(ths, flow).force(v))
 print("RESULT" + json.dumps(out))
 """
 

@@ -78,7 +78,6 @@ W = 1 << ND  # lanes
 LB = 18 * W  # floats per link block (one 3x3 complex matrix in every lane)
 PF_AHEAD = 2  # sites (blocks) ahead that the kernels prefetch (kernels.backends.prefetch)
 NC = 3
-MM_ROWS_ENV = "TRIVHMC_MM_ROWS"  # 1: row-wise 3x3 lane products (rowwise)
 
 
 def _c(i: int, j: int, r: int) -> int:
@@ -86,86 +85,38 @@ def _c(i: int, j: int, r: int) -> int:
 
 
 # --------------------------------------------------------------------------- code generation
-def _mm_names(da: bool, db: bool, i: int, k: int, j: int) -> tuple[str, str, str, str]:
-    """Local names of ``op(A)[i, k]`` and ``op(B)[k, j]`` (real, imaginary): the element of
-    the stored block, transposed where daggered."""
-    a = f"a{k}{i}" if da else f"a{i}{k}"
-    b = f"b{j}{k}" if db else f"b{k}{j}"
-    return a + "r", a + "i", b + "r", b + "i"
-
-
-def _mm_load(name: str, arr: str, i: int, j: int) -> list[str]:
-    """Load element ``(i, j)`` (real, imaginary) of the block ``arr`` into ``name{i}{j}{r|i}``."""
-    return [f"{name}{i}{j}{'ri'[r]} = {arr}{_c(i, j, r) * W} + l]" for r in range(2)]
-
-
-def _mm_entry(da: bool, db: bool, acc: bool, i: int, j: int) -> list[str]:
-    """The two stores of ``C[i, j]`` (real, imaginary), each one chain of six products."""
-    sa, sb = (-1 if da else 1), (-1 if db else 1)
-    re: list[tuple[int, str]] = []
-    im: list[tuple[int, str]] = []
-    for k in range(NC):
-        ar, ai, br, bi = _mm_names(da, db, i, k, j)
-        # (ar + i sa ai)(br + i sb bi): re = ar br - sa sb ai bi, im = sb ar bi + sa ai br
-        re += [(1, f"{ar} * {br}"), (-sa * sb, f"{ai} * {bi}")]
-        im += [(sb, f"{ar} * {bi}"), (sa, f"{ai} * {br}")]
-    lines = []
-    for r, terms in ((0, re), (1, im)):
-        c = f"C[co, {_c(i, j, r) * W} + l]"
-        if not acc:  # start the chain with a positive product
-            terms.sort(key=lambda t: -t[0])
-        expr = c if acc else ""
-        for sign, t in terms:
-            expr += (" + " if sign > 0 else " - ") if expr else ("" if sign > 0 else "-")
-            expr += t
-        lines.append(f"{c} = {expr}")
-    return lines
-
-
-def _mm(da: bool, db: bool, acc: bool, rows: bool = False) -> list[str]:
+def _mm(da: bool, db: bool, acc: bool) -> list[str]:
     """Lane-loop body: ``C[co + c W + l] (+)= op(A) op(B)`` with ``A``, ``B`` the link blocks
     at offsets ``ao``, ``bo`` (``op`` daggers if ``da``/``db``). Each output is one
     left-to-right chain ``(+-) x0 y0 +- x1 y1 ...``: one multiply and five FMAs
-    (``fastmath={'contract'}``).
-
-    ``rows=False``: all 36 inputs are loaded before the first store (``C`` may be ``A`` or
-    ``B``). ``rows=True`` (:func:`rowwise`): row ``i`` of ``op(A)`` is loaded before the
-    outputs of row ``i``, and column ``j`` of ``op(B)`` before each output pair ``(i, j)``:
-    12 live inputs instead of 36 (no spills with 32 vector registers at 2 registers per value),
-    the same chains and therefore the same bits; ``C`` must not overlap ``A`` or ``B`` (no
-    caller passes the same block; the tests ran with a check)."""
+    (``fastmath={'contract'}``)."""
     lines = []
-    if not rows:
-        for name, arr in (("a", "A[ao, "), ("b", "B[bo, ")):
-            lines += [ln for i in range(NC) for j in range(NC) for ln in _mm_load(name, arr, i, j)]
+    for name, arr in (("a", "A[ao, "), ("b", "B[bo, ")):
+        for i in range(NC):
+            for j in range(NC):
+                for r in range(2):
+                    lines.append(f"{name}{i}{j}{'ri'[r]} = {arr}{_c(i, j, r) * W} + l]")
+    sa, sb = (-1 if da else 1), (-1 if db else 1)
     for i in range(NC):
-        if rows:  # op(A)[i, k], k = 0..2
-            lines += [
-                ln for k in range(NC) for ln in _mm_load("a", "A[ao, ", *((k, i) if da else (i, k)))
-            ]
         for j in range(NC):
-            if rows:  # op(B)[k, j], k = 0..2
-                lines += [
-                    ln
-                    for k in range(NC)
-                    for ln in _mm_load("b", "B[bo, ", *((j, k) if db else (k, j)))
-                ]
-            lines += _mm_entry(da, db, acc, i, j)
+            re: list[tuple[int, str]] = []
+            im: list[tuple[int, str]] = []
+            for k in range(NC):
+                ar, ai = (f"a{k}{i}r", f"a{k}{i}i") if da else (f"a{i}{k}r", f"a{i}{k}i")
+                br, bi = (f"b{j}{k}r", f"b{j}{k}i") if db else (f"b{k}{j}r", f"b{k}{j}i")
+                # (ar + i sa ai)(br + i sb bi): re = ar br - sa sb ai bi, im = sb ar bi + sa ai br
+                re += [(1, f"{ar} * {br}"), (-sa * sb, f"{ai} * {bi}")]
+                im += [(sb, f"{ar} * {bi}"), (sa, f"{ai} * {br}")]
+            for r, terms in (("r", re), ("i", im)):
+                c = f"C[co, {_c(i, j, 'ri'.index(r)) * W} + l]"
+                if not acc:  # start the chain with a positive product
+                    terms.sort(key=lambda t: -t[0])
+                expr = c if acc else ""
+                for sign, t in terms:
+                    expr += (" + " if sign > 0 else " - ") if expr else ("" if sign > 0 else "-")
+                    expr += t
+                lines.append(f"{c} = {expr}")
     return lines
-
-
-def rowwise() -> bool:
-    """Whether the generated 3x3 lane products load row by row (:func:`_mm` ``rows=True``):
-    only with ``TRIVHMC_MM_ROWS=1`` (default 0, loads first). Same bits either way. Measured
-    (docs/performance.md, "Kernel backends", session 17): a product alone in L1 on an Emerald
-    Rapids host compiled for 512-bit vectors ran at 35 against 28.6 GFLOP/s row-wise, but the
-    whole kernels on a Zen 5 host (512-bit) were 5-25% slower row-wise, and with 256-bit
-    vectors or 16 registers (Zen 2, session 16) a product alone was slower too. Try it on an
-    Intel AVX-512 host (``benchmarks/bench_kernels.py``); nothing else changes."""
-    value = os.environ.get(MM_ROWS_ENV, "0").strip()
-    if value not in ("0", "1"):
-        raise ValueError(f"{MM_ROWS_ENV}={value!r}: expected 0 (loads first) or 1 (row-wise)")
-    return value == "1"
 
 
 def _ind(lines: list[str], n: int) -> str:
@@ -178,7 +129,7 @@ _NJIT = "\n@njit(fastmath={'contract'}, cache=True)\n"
 def _mm_func(name: str, da: bool, db: bool, acc: bool) -> str:
     return (
         _NJIT + f"def {name}(A, ao, B, bo, C, co):\n"
-        f"    for l in range({W}):\n" + _ind(_mm(da, db, acc, rowwise()), 8)
+        f"    for l in range({W}):\n" + _ind(_mm(da, db, acc), 8)
     )
 
 
