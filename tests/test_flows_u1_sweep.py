@@ -138,8 +138,8 @@ def test_bad_geometry():
 def test_fit_marginal_kl_is_the_true_kl_and_polish_lowers_it():
     """The returned KL per plaquette is the real ``KL(h_# uniform || von Mises)`` (checked by
     an independent 200 000-point quadrature against scipy's von Mises density, not the
-    optimisers' points), and the
-    L-BFGS polish on the midpoint grid lowers it well below the Adam-only fit."""
+    optimisers' points), and the L-BFGS polish on the midpoint grid lowers it well below the
+    Adam-only fit."""
     beta = 4.0
     layer = U1SweepCoupling(single_rank_grid((4, 4)), 0, 1, n_mix=8, transform="spline")
     rough, kl_rough = fit_marginal(layer, beta, steps=200, polish=0)
