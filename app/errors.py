@@ -143,6 +143,9 @@ def classify(exc: BaseException) -> tuple[int, str, bool]:
         return exc.exit_code, f"{prefix}{exc}", True
     if grid_module is not None and isinstance(exc, grid_module.GridError):  # on every rank
         return LayoutError.exit_code, f"error: {exc}", True
+    settings_module = sys.modules.get("parallel.settings")
+    if settings_module is not None and isinstance(exc, settings_module.SettingError):
+        return InputError.exit_code, f"error: {exc}", True  # the same environment everywhere
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.split(".")[0]
         if top in OPTIONAL_MODULES:

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import os
 
+from .settings import SettingError
+
 ENV = "TRIVHMC_SIMD512"
 _NO_PREFER_256 = "-prefer-256-bit"
 _state: str | None = None
@@ -41,7 +43,7 @@ _state: str | None = None
 def _setting() -> bool:
     value = os.environ.get(ENV, "1").strip()
     if value not in ("0", "1"):
-        raise ValueError(f"{ENV}={value!r}: expected 0 (LLVM's vector width) or 1 (512-bit)")
+        raise SettingError(f"{ENV}={value!r}: expected 0 (LLVM's vector width) or 1 (512-bit)")
     return value == "1"
 
 

@@ -44,9 +44,12 @@ def deck(tmp_path) -> Path:
     return p
 
 
-def trivhmc(*args: str, ranks: int = 0, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``trivhmc ARGS`` in a fresh process, under ``mpiexec -n ranks`` if ranks > 0."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def trivhmc(
+    *args: str, ranks: int = 0, cwd: Path | None = None, **extra_env: str
+) -> subprocess.CompletedProcess:
+    """``trivhmc ARGS`` in a fresh process, under ``mpiexec -n ranks`` if ranks > 0, with
+    ``extra_env`` added to the environment."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra_env)
     cmd = [sys.executable, "-m", "app.cli", *args]
     if ranks:
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
@@ -213,6 +216,18 @@ def test_disk_full(deck, capsys, monkeypatch):
     monkeypatch.setattr(train_cmd, "main", lambda a: (_ for _ in ()).throw(QuotaError("quota")))
     assert main(["train", str(deck)]) == 8
     assert isinstance(QuotaError("x"), OSError)
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_bad_kernel_setting_in_the_environment(deck, ranks):
+    """A bad ``TRIVHMC_*`` kernel setting (parallel.settings.SettingError) is bad input: exit
+    2, the variable and the accepted values named once, nothing created."""
+    pytest.importorskip("numba")
+    proc = trivhmc(
+        "run", str(deck), "--set", "parallel.kernels=vnode", ranks=ranks, TRIVHMC_SIMD512="yes"
+    )
+    assert_clean(proc, InputError.exit_code, "trivhmc run: error:", "TRIVHMC_SIMD512='yes'", "0")
+    assert not (deck.parent / "out").exists()
 
 
 def test_every_error_class_has_its_own_status():

@@ -37,6 +37,8 @@ import weakref
 
 import torch
 
+from parallel.settings import SettingError
+
 from ..groups.su_n import dagger, project_ta
 
 ENV_VAR = "TRIVHMC_STOUT_KERNEL"
@@ -60,7 +62,7 @@ def stout_kernel_setting() -> str:
         return _setting
     env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if env not in CHOICES:
-        raise ValueError(f"${ENV_VAR}={env!r}: one of {CHOICES}")
+        raise SettingError(f"${ENV_VAR}={env!r}: one of {CHOICES}")
     return env
 
 
