@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 
 from parallel.memory import keep_freed_memory
+from parallel.settings import SettingError, check_switches, flag
 
 from .errors import (
     EXIT_BROKEN_PIPE,
@@ -93,9 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     :func:`app.errors.classify` (table in docs/errors.md). ``--debug`` (anywhere on the
     command line, or ``TRIVHMC_DEBUG=1``) adds the Python traceback on every rank.
     """
-    keep_freed_memory()  # reuse freed field-sized arrays (parallel/memory.py)
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("TRIVHMC_DEBUG", "") not in ("", "0")
+    debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
@@ -104,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors (2), --help / --version (0)
         return int(exc.code or 0)
     _current[0] = args.command
+    try:  # the environment's switches: a bad value is bad input (parallel/settings.py)
+        check_switches()
+        debug = flag("TRIVHMC_DEBUG", False) or debug
+        keep_freed_memory()  # reuse freed field-sized arrays (parallel/memory.py)
+    except SettingError as exc:
+        return _report(exc, args.command, debug)
     with warnings.catch_warnings():
         if not debug:
             warnings.showwarning = _show_warning

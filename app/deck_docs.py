@@ -16,6 +16,8 @@ import annotated_types as at
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+import parallel.settings as S
+
 from . import deck as D
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "deck.md"
@@ -157,7 +159,24 @@ def render() -> str:
                     out.append(_doc(subs[0]) + "\n")
                     out += _table(subs[0], f"{section}.{key}")
                     out.append("")
+    out += _environment()
     return "\n".join(out).rstrip() + "\n"
+
+
+def _environment() -> list[str]:
+    """The ``TRIVHMC_*`` environment variables (parallel/settings.py)."""
+    rows = [
+        "## Environment variables\n",
+        "Settings outside the deck, read from the environment (`mpiexec` gives every rank the "
+        "same). On/off switches take 1/0, true/false, yes/no or on/off in any case; unset or "
+        "empty gives the default; the command line checks them all when it starts, and any "
+        "other value stops it with exit status 2 before any output (docs/errors.md).\n",
+        "| variable | kind | description |",
+        "|---|---|---|",
+    ]
+    rows += [f"| `{k}` | on/off | {v} |" for k, v in S.SWITCHES.items()]
+    rows += [f"| `{k}` | value | {v} |" for k, v in S.OTHER_VARIABLES.items()]
+    return rows + [""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ from app.setup import build_grid, build_sampler, build_theory, initial_field
 from app.writers import Writers, open_ensembles, save_configs
 from kernels.samplers.protocol import Record, Sampler
 from kernels.theory import Theory
-from parallel import ProcessGrid, set_gpu_aware
+from parallel import ProcessGrid, gpu_aware, set_gpu_aware
 from parallel.rng import SiteRNG
 
 __all__ = ["RECORDS", "RunResult", "physics_of", "run"]
@@ -97,6 +97,8 @@ class _Context:
 def _prepare(deck: Deck) -> tuple[_Context, SiteRNG]:
     if deck.parallel.gpu_aware_mpi is not None:
         set_gpu_aware(deck.parallel.gpu_aware_mpi)
+    else:
+        gpu_aware()  # reads $TRIVHMC_GPU_AWARE_MPI now: a bad value fails before any output
     grid = build_grid(deck)
     theory = build_theory(deck, grid)
     rng = SiteRNG(deck.run.seed)

@@ -41,12 +41,18 @@ def build_grid(deck: Deck) -> ProcessGrid:
 def select_kernels(deck: Deck) -> None:
     """Activate the deck's kernel backend (``parallel.kernels``), if it names one, and the
     SU(3) halo/compute overlap (``parallel.overlap``)."""
+    from kernels.flows.su3_fused import stout_kernel_setting
     from kernels.theories.su3 import set_overlap
+
+    stout_kernel_setting()  # $TRIVHMC_STOUT_KERNEL: a bad value fails here, before any output
 
     if deck.parallel.overlap is not None:
         set_overlap(deck.parallel.overlap)
     name = deck.parallel.kernels
     if name is None:
+        from kernels.backends import get_backend
+
+        get_backend()  # $TRIVHMC_KERNELS, else eager: a bad value fails here, before any output
         return
     from kernels.backends import BackendError, set_backend
 

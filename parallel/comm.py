@@ -15,16 +15,18 @@ CPU tensors always go through a zero-copy numpy view.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
+from .settings import flag
+
 Array = Any  # numpy.ndarray | torch.Tensor
 
-_GPU_AWARE = os.environ.get("TRIVHMC_GPU_AWARE_MPI", "0").lower() in ("1", "true", "yes")
+#: set_gpu_aware's choice; None: $TRIVHMC_GPU_AWARE_MPI (read on first use), else off
+_GPU_AWARE: bool | None = None
 
 
 def set_gpu_aware(enabled: bool) -> None:
@@ -35,6 +37,9 @@ def set_gpu_aware(enabled: bool) -> None:
 
 def gpu_aware() -> bool:
     """Whether device buffers are passed to MPI directly."""
+    global _GPU_AWARE
+    if _GPU_AWARE is None:
+        _GPU_AWARE = flag("TRIVHMC_GPU_AWARE_MPI", False)
     return _GPU_AWARE
 
 
@@ -61,7 +66,7 @@ def to_buffer(x: Array) -> Array:
     t = x.detach()
     if t.device.type == "cpu":
         return t.contiguous().numpy()
-    if _GPU_AWARE:
+    if gpu_aware():
         t = t.contiguous()
         synchronize(t.device)
         return t
@@ -72,7 +77,7 @@ def empty_like_buffer(x: Array, shape: tuple[int, ...]) -> Array:
     """A receive buffer of ``shape`` matching the kind/dtype/device path of ``x``."""
     if not is_torch(x):
         return np.empty(shape, dtype=x.dtype)
-    if x.device.type == "cpu" or not _GPU_AWARE:
+    if x.device.type == "cpu" or not gpu_aware():
         return np.empty(shape, dtype=torch.empty((), dtype=x.dtype).numpy().dtype)
     return torch.empty(shape, dtype=x.dtype, device=x.device)
 
@@ -141,7 +146,7 @@ class BufferPool:
 
 def _buffer_device(x: Array) -> torch.device | None:
     """Device of the message buffer for ``x``: ``None`` for a host numpy buffer."""
-    if is_torch(x) and x.device.type != "cpu" and _GPU_AWARE:
+    if is_torch(x) and x.device.type != "cpu" and gpu_aware():
         return x.device
     return None
 

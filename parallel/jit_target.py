@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 
-from .settings import SettingError
+from .settings import flag
 
 ENV = "TRIVHMC_SIMD512"
 _NO_PREFER_256 = "-prefer-256-bit"
@@ -41,10 +41,7 @@ _state: str | None = None
 
 
 def _setting() -> bool:
-    value = os.environ.get(ENV, "1").strip()
-    if value not in ("0", "1"):
-        raise SettingError(f"{ENV}={value!r}: expected 0 (LLVM's vector width) or 1 (512-bit)")
-    return value == "1"
+    return flag(ENV, True)  # off: LLVM's vector width; on: 512-bit
 
 
 def _target_exists() -> bool:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import platform
+
+from .settings import flag
 
 #: ``mallopt`` parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -38,7 +39,7 @@ def keep_freed_memory() -> bool:
     """Ask glibc to serve every block from the heap and keep freed memory (module doc).
     Returns True when both settings were accepted; False on another C library, with
     ``TRIVHMC_MALLOC=0``, or when ``mallopt`` refused. Idempotent (the first call decides)."""
-    if os.environ.get("TRIVHMC_MALLOC", "1") == "0" or platform.libc_ver()[0] != "glibc":
+    if not flag("TRIVHMC_MALLOC", True) or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL(None)

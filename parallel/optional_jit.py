@@ -8,13 +8,14 @@ environment switch is not ``0`` (for comparisons, and as a way out).
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
+
+from .settings import flag
 
 
 def optional_jit(module: str, switch: str) -> ModuleType | None:
     """``parallel.<module>`` unless ``$switch`` is ``0`` or numba is missing (then None)."""
-    if os.environ.get(switch, "1") == "0":
+    if not flag(switch, True):
         return None
     try:
         return importlib.import_module(f"parallel.{module}")

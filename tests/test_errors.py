@@ -218,15 +218,26 @@ def test_disk_full(deck, capsys, monkeypatch):
     assert isinstance(QuotaError("x"), OSError)
 
 
-@pytest.mark.parametrize("ranks", [0, 2])
-def test_bad_kernel_setting_in_the_environment(deck, ranks):
-    """A bad ``TRIVHMC_*`` kernel setting (parallel.settings.SettingError) is bad input: exit
-    2, the variable and the accepted values named once, nothing created."""
-    pytest.importorskip("numba")
-    proc = trivhmc(
-        "run", str(deck), "--set", "parallel.kernels=vnode", ranks=ranks, TRIVHMC_SIMD512="yes"
-    )
-    assert_clean(proc, InputError.exit_code, "trivhmc run: error:", "TRIVHMC_SIMD512='yes'", "0")
+@pytest.mark.parametrize(
+    "ranks, variable, value, sets, words",
+    [
+        (0, "TRIVHMC_SIMD512", "fast", ["parallel.kernels=vnode"], ["'0'", "'1'"]),
+        (2, "TRIVHMC_SIMD512", "fast", ["parallel.kernels=vnode"], ["'0'", "'1'"]),
+        (2, "TRIVHMC_KERNELS", "turbo", [], ["unknown kernel backend", "vnode"]),
+        (0, "TRIVHMC_PREFETCH", "maybe", ["parallel.kernels=numba"], ["'off'"]),
+        (0, "TRIVHMC_GPU_AWARE_MPI", "2", [], ["'true'"]),
+        (0, "TRIVHMC_DEBUG", "verbose", [], ["'yes'"]),
+        (0, "TRIVHMC_MALLOC", "-1", [], ["'no'"]),
+    ],
+)
+def test_bad_setting_in_the_environment(deck, ranks, variable, value, sets, words):
+    """A bad ``TRIVHMC_*`` setting (parallel.settings.SettingError) is bad input: exit 2, the
+    variable, its value and the accepted values named once, nothing created."""
+    if sets:
+        pytest.importorskip("numba")
+    args = [a for s in sets for a in ("--set", s)]
+    proc = trivhmc("run", str(deck), *args, ranks=ranks, **{variable: value})
+    assert_clean(proc, InputError.exit_code, "trivhmc run: error:", f"{variable}={value!r}", *words)
     assert not (deck.parent / "out").exists()
 
 

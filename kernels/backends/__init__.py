@@ -46,6 +46,8 @@ from __future__ import annotations
 import os
 from importlib import import_module
 
+from parallel.settings import SettingError
+
 from .eager import EagerBackend
 
 __all__ = [
@@ -113,5 +115,9 @@ def get_backend() -> EagerBackend:
     """The active backend: the last :func:`set_backend`, else ``$TRIVHMC_KERNELS``, else eager."""
     global _active
     if _active is None:
-        _active = make_backend(os.environ.get(ENV_VAR, "eager") or "eager")
+        name = os.environ.get(ENV_VAR, "").strip() or "eager"
+        try:
+            _active = make_backend(name)
+        except BackendError as exc:  # the environment's value: bad input, not a code error
+            raise SettingError(f"{ENV_VAR}={name!r}: {exc}") from None
     return _active

@@ -38,13 +38,14 @@ import numba
 from numba import njit
 
 from parallel import jit_target
+from parallel.settings import flag
 
 jit_target.configure()  # before the first @njit: 512-bit vectors on AVX-512 hosts
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
-SERIAL_TWIN = os.environ.get("TRIVHMC_SERIAL_TWIN", "1") != "0"
+SERIAL_TWIN = flag("TRIVHMC_SERIAL_TWIN", True)
 
 
 class ThreadedKernel:

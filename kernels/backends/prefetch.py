@@ -21,12 +21,12 @@ numba's disk cache keeps the two apart): for A/B measurements and as a way out.
 
 from __future__ import annotations
 
-import os
-
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from parallel.settings import flag
 
 #: cache line size assumed for the prefetch stride (x86-64, Arm Neoverse, Sapphire Rapids)
 LINE = 64
@@ -36,7 +36,7 @@ LOCALITY = 2
 
 def enabled() -> bool:
     """False when ``TRIVHMC_PREFETCH=0`` (kernels built with the no-op)."""
-    return os.environ.get("TRIVHMC_PREFETCH", "1") != "0"
+    return flag("TRIVHMC_PREFETCH", True)
 
 
 #: generated-source stand-in for :func:`prefetch_row` when prefetching is off

@@ -17,12 +17,12 @@ once per process, ``dynamic=True`` for every lattice size). Only the Wilson term
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 
 from parallel import ProcessGrid, shift
+from parallel.settings import flag
 
 from .eager import EagerBackend
 
@@ -173,7 +173,7 @@ def _compiled(name: str, fn: Callable) -> Callable:
     (``TRIVHMC_COMPILE_DYNAMIC=0``: static shapes, one compile per lattice size, which
     compiles faster and lets the code generator specialise on the extents)."""
     if name not in _COMPILED:
-        dynamic = os.environ.get("TRIVHMC_COMPILE_DYNAMIC", "1") != "0"
+        dynamic = flag("TRIVHMC_COMPILE_DYNAMIC", True)
         _COMPILED[name] = torch.compile(fn, dynamic=dynamic)
     return _COMPILED[name]
 

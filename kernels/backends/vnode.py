@@ -63,13 +63,12 @@ backward from the vnode staples; eager staples when a graph of the backward is r
 
 from __future__ import annotations
 
-import os
-
 import numba  # noqa: F401  (optional dependency: ImportError -> backend unavailable)
 import numpy as np
 import torch
 
 from parallel import comm
+from parallel.settings import flag
 
 from . import fused, prefetch
 
@@ -1017,8 +1016,9 @@ def su3_clover_density(u: torch.Tensor, charge: bool = False) -> torch.Tensor:
     return unpack_density(d, b, local)
 
 
-#: PackedMD computes the interior while the faces travel (``TRIVHMC_VNODE_OVERLAP=0``: not)
-OVERLAP = os.environ.get("TRIVHMC_VNODE_OVERLAP", "1") != "0"
+#: PackedMD computes the interior while the faces travel (``TRIVHMC_VNODE_OVERLAP=0``: not;
+#: read at import)
+OVERLAP = flag("TRIVHMC_VNODE_OVERLAP", True)
 _HALO_TAG = 9100  # MPI tags of the packed halo exchange: _HALO_TAG + 2 d + (towards > 0)
 
 

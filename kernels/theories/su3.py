@@ -40,7 +40,6 @@ orientations), each averaged ``Re Tr / 3``; the Polyakov loop
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Callable
 
@@ -50,6 +49,7 @@ from mpi4py import MPI
 
 from parallel import ProcessGrid, exact_segment_sum, halo_begin, halo_end, lattice_sum, shift
 from parallel.rng import PURPOSE_MOMENTUM, PURPOSE_START
+from parallel.settings import flag
 
 from ..backends import get_backend
 from ..backends.eager import _site_sum, wilson_loops
@@ -83,7 +83,8 @@ def gauge_force(
 
 
 # --------------------------------------------------------------------------- overlap
-_OVERLAP = os.environ.get("TRIVHMC_OVERLAP", "0").lower() in ("1", "true", "yes")
+#: set_overlap's choice; None: $TRIVHMC_OVERLAP (read when a theory is built), else off
+_OVERLAP: bool | None = None
 
 
 def set_overlap(enabled: bool) -> None:
@@ -276,7 +277,9 @@ class SU3Gauge(Theory):
         self.c1 = float(ACTIONS[action] if c1 is None else c1)
         self.c0 = 1.0 - 8.0 * self.c1
         if overlap is None:  # the process default (set_overlap), for the Wilson action only
-            overlap = _OVERLAP and self.c1 == 0.0
+            overlap = self.c1 == 0.0 and (
+                flag("TRIVHMC_OVERLAP", False) if _OVERLAP is None else _OVERLAP
+            )
         if overlap and self.c1 != 0.0:
             raise ValueError(
                 f"overlap (communication hidden behind the interior staples) supports the "
