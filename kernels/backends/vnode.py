@@ -1206,10 +1206,19 @@ class PackedMD:
         return q
 
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Packed links (with the kernels' scratch tail; ghost planes filled) and packed
-        momenta (zero on ghost sites)."""
+        """Packed links (with the kernels' scratch tail) and packed momenta. The links' ghost
+        planes are *not* filled: nothing of the trajectory reads them before a force, and
+        :meth:`force` refills them first (the drift and :meth:`leave` touch owned sites
+        only), so an exchange here would be sent again unchanged by the first force. They
+        hold NaN until then: a read of a stale ghost would show as a non-finite force."""
         p = pack(momentum, out=np.empty((self.n, LB)))
-        return self.pack_links(field), self._tensor(p)
+        q = pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
+        q3 = self._q3(q)
+        for d in self.split:
+            _, _, gh_lo, gh_hi = self.lay.planes[d]
+            q3[:, gh_lo] = np.nan
+            q3[:, gh_hi] = np.nan
+        return q, self._tensor(p)
 
     def force(
         self,

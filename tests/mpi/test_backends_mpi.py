@@ -180,3 +180,26 @@ def test_vnode_resident_trajectory_on_split_grids(grids, shape):
     check("momenta", res.momentum, local(end.momentum, grid))
     assert not res.nonfinite.any()
     assert float((end.field - u_ref).abs().max()) > 0.1  # the trajectory moved
+
+
+def test_vnode_resident_md_ghosts_are_poisoned_until_the_first_force(grids):
+    """:meth:`PackedMD.enter` does not exchange (the first force refills the ghost planes):
+    its ghost planes hold NaN, so a kernel that read them before a refill would give a
+    non-finite result; after a force they hold the neighbours' links (the density, which
+    reads them without refilling, equals single-rank eager)."""
+    vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    grid, ref_grid = grids
+    if not any(g > 1 for g in grid.grid):
+        pytest.skip("no split axis: no ghost planes")
+    th, ref = SU3Gauge(grid, 5.7), SU3Gauge(ref_grid, 5.7)
+    u_ref, u = ref.hot_start(SiteRNG(4), 0, 2), th.hot_start(SiteRNG(4), 0, 2)
+    p = th.random_momentum(SiteRNG(6), 0, 2)
+    kb.set_backend("eager")
+    d_ref = eager.EagerBackend().su3_action_density(u_ref, ref_grid, 1.0, 0.0)
+    kb.set_backend("vnode")
+    md = vnode.PackedMD(2, tuple(u.shape[2:-2]), 5.7 / 6, grid)
+    q, _ = md.enter(u, p)
+    stale = md.density(q, "plaquette")
+    assert bool(torch.isnan(stale).any())  # (a local extent of 2: every site sees a ghost)
+    md.force(q)
+    check("density after a force", md.density(q, "plaquette"), local(d_ref, grid, 1))
