@@ -101,6 +101,10 @@ class IntegrationResult:
     momentum: torch.Tensor
     nonfinite: torch.Tensor
     force_evaluations: list[int] = field(default_factory=list)
+    #: the theory's action ``(B,)`` at the start and at the end, when asked for
+    #: (``integrate(actions=True)``) and the resident layout gave them; else None
+    initial_action: torch.Tensor | None = None
+    final_action: torch.Tensor | None = None
 
 
 class Integrator:
@@ -176,11 +180,16 @@ class Integrator:
         momentum: torch.Tensor,
         tau: float | None = None,
         n_steps: int | None = None,
+        actions: bool = False,
     ) -> IntegrationResult:
         """Integrate ``(field, momentum)`` over the time ``tau`` (default: the trajectory
         length); ``n_steps`` overrides the outer level's step count (step-size tuning).
 
-        A negative ``tau`` integrates backwards. The inputs are not modified.
+        A negative ``tau`` integrates backwards. The inputs are not modified. With
+        ``actions`` and a resident layout that computes the theory's action
+        (:class:`kernels.theory.ResidentMD`), the result carries the action at the start and
+        at the end (from the resident links: no conversion, and the halo exchanges of the
+        first and last forces serve them); otherwise they are None.
         """
         tau = self.trajectory_length if tau is None else float(tau)
         n0 = self.levels[0].n_steps if n_steps is None else int(n_steps)
@@ -191,16 +200,21 @@ class Integrator:
         self._bad = torch.zeros(field.shape[0], dtype=torch.bool, device=field.device)
         # the backend's own layout for the whole trajectory where the theory offers one
         self._md = self.theory.resident_md(field, [lv.force for lv in self.levels])
+        s0 = s1 = None
         try:
             if self._md is None:
                 phi, pi = self._run_level(0, field, momentum.detach().clone(), tau, n0)
             else:
                 phi, pi = self._md.enter(field, momentum.detach())
-                phi, pi = self._md.leave(*self._run_level(0, phi, pi, tau, n0))
+                action = getattr(self._md, "action", None) if actions else None
+                s0 = None if action is None else action(phi)
+                phi, pi = self._run_level(0, phi, pi, tau, n0)
+                s1 = None if s0 is None else action(phi)
+                phi, pi = self._md.leave(phi, pi)
         finally:
             self._cache = [None] * len(self.levels)
             self._md = None
-        return IntegrationResult(phi, pi, self._bad, list(self._count))
+        return IntegrationResult(phi, pi, self._bad, list(self._count), s0, s1)
 
     def _force(self, k: int, phi: torch.Tensor) -> torch.Tensor:
         cached = self._cache[k]

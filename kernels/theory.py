@@ -49,6 +49,11 @@ class ResidentMD(Protocol):
     def leave(self, phi: object, pi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(field, momentum)`` in the theory's layout."""
 
+    def action(self, phi: object) -> torch.Tensor | None:
+        """Optional: the theory's action ``(B,)`` at ``phi``, bit for bit ``theory.action``
+        of the field :meth:`leave` would return (the integrator asks at the start and at the
+        end when the sampler wants the Hamiltonian's actions), or None where it cannot."""
+
 
 class Theory(ABC):
     """A lattice field theory on a distributed lattice."""
@@ -110,6 +115,12 @@ class Theory(ABC):
         level forces are ``forces`` (:class:`ResidentMD`), or None (the default): the
         integrator then works on the fields as they are."""
         return None
+
+    def has_resident_md(self) -> bool:
+        """Whether this theory can offer a :meth:`resident_md` at all (it overrides it):
+        samplers then take the Hamiltonian's actions from the integrator
+        (``integrate(actions=True)``), where side-effect free :meth:`action` s allow."""
+        return type(self).resident_md is not Theory.resident_md
 
     # ------------------------------------------------------------ starts and measurements
     @abstractmethod

@@ -518,3 +518,51 @@ def test_resident_flow_is_the_per_call_flow(monkeypatch, spy):
     assert np.array_equal(res.q_at[0.02], per_call.q_at[0.02])
     assert torch.equal(res.field, per_call.field)
     assert _err(res.field, ref.field) <= 1e-12
+
+
+def test_hmc_takes_the_hamiltonians_actions_from_the_resident_layout(spy):
+    """HMC on vnode takes S(start) and S(end) from the resident links (``PackedMD.action``;
+    no pack of the links for them) and its records and fields are bit for bit those of HMC
+    that computes both with ``theory.action`` (resident layout without actions), and the
+    actions equal ``theory.action`` of the fields exactly."""
+    from kernels.integrators import make_integrator
+    from kernels.samplers.hmc import HMC
+
+    grid, u = _links((4, 2, 4, 2), batch=2, seed=12)
+    kb.set_backend("vnode")
+    try:
+        runs = []
+        for with_actions in (True, False):
+            th = SU3Gauge(grid, 5.6)
+            if not with_actions:
+                plain = th.resident_md
+
+                def no_actions(field, forces, _plain=plain):
+                    md = _plain(field, forces)
+                    md.action_of_density = None
+                    return md
+
+                th.resident_md = no_actions
+            hmc = HMC(th, make_integrator(th, "omelyan", 3, 0.6), SiteRNG(7))
+            calls = spy(vnode, ("pack",))
+            x, recs = u, []
+            for k in range(3):
+                x, rec = hmc.trajectory(x, k)
+                recs.append(rec)
+            runs.append((x, recs, len(calls)))
+            if with_actions:
+                res = hmc.integrator.integrate(
+                    u, th.random_momentum(SiteRNG(1), 0, 2), actions=True
+                )
+                assert torch.equal(res.initial_action, th.action(u))
+                assert torch.equal(res.final_action, th.action(res.field))
+    finally:
+        kb.set_backend("eager")
+    (x1, r1, packs1), (x2, r2, packs2) = runs
+    assert torch.equal(x1, x2)
+    for a, b in zip(r1, r2, strict=True):
+        assert torch.equal(a.dH, b.dH) and torch.equal(a.action, b.action)
+        assert torch.equal(a.accepted, b.accepted)
+    assert any(bool(r.accepted.any()) for r in r1) and float((x1 - u).abs().max()) > 0.1
+    # per trajectory: links and momenta packed once each; the per-call actions pack twice more
+    assert (packs1, packs2) == (3 * 2, 3 * 4)

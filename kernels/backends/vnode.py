@@ -1122,7 +1122,18 @@ class PackedMD:
     the kernels sweep the owned sites only, and before every force the ghost planes are
     refilled (:meth:`_exchange`). Forces and momenta have no ghost rows (the unsplit layout
     of the owned sites) and the drift skips the links' ghost rows, so nothing but owned
-    sites enters the kicks, the per-chain NaN check or the result."""
+    sites enters the kicks, the per-chain NaN check or the result.
+
+    The links array whose ghost planes were filled last and whose owned sites have not been
+    written since is remembered (``_fresh``; a drift writes a new array, an :meth:`expm` into
+    it forgets it): a force or an action on it does not exchange again. So the exchange made
+    for the action at the start of a trajectory serves its first force, and the last force's
+    serves the action at the end (:meth:`action`).
+
+    ``action_of_density`` (set by the theory, :meth:`kernels.theories.su3.SU3Gauge.
+    resident_md`) maps the plaquette density ``(B, *local)`` to the theory's action ``(B,)``;
+    with it :meth:`action` gives the Hamiltonian's action from the resident links, bit for bit
+    the theory's ``action`` of the unpacked links (the same kernel on the same numbers)."""
 
     def __init__(self, b: int, local: tuple[int, ...], coef: float, grid=None) -> None:
         self.b, self.coef, self.grid = b, float(coef), grid
@@ -1131,6 +1142,8 @@ class PackedMD:
         self.lay = ghost_layout(self.local, self.split)
         self.n = b * ND * self.lay.vo
         self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
+        self._fresh: np.ndarray | None = None  # the links whose ghost planes are current
+        self.action_of_density = None  # density (B, *local) -> action (B,), or None
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).view(self.b, -1, LB)
@@ -1187,6 +1200,12 @@ class PackedMD:
         for d in self.split:
             comm.waitall(self._post(q3, d))
             self._fill(q3, d)
+        self._fresh = q
+
+    def _refresh(self, q: np.ndarray) -> None:
+        """Fill the ghost planes of ``q`` unless they are current already."""
+        if self.split and q is not self._fresh:
+            self._exchange(q)
 
     def _buffers(self, d: int) -> tuple[np.ndarray, ...]:
         """Send and receive buffers of axis ``d`` (half the lanes of the link blocks of one
@@ -1228,12 +1247,12 @@ class PackedMD:
         keep: float = 0.0,
         out: np.ndarray | None = None,
     ) -> torch.Tensor:
-        """``coef TA(U A)`` (or with ``ta=False`` the staple sum ``coef A``; ``coef`` default:
-        the constructor's; ``+ keep out`` when ``keep`` is not 0, the RK3 stages'
-        combinations) on the owned sites, into ``out`` or a new array; the ghost planes of
-        ``phi`` are refilled first. With the first lattice axis the only split one, the
-        interior outer planes ``1 .. h_0 - 2`` (a contiguous range of outer sites; their
-        stencils stay inside the owned block) are computed while the faces travel
+        """``coef TA(U A)`` (or with ``ta=False`` the staple sum ``coef A``; ``coef`` default: the
+        constructor's; ``+ keep out`` when ``keep`` is not 0, the RK3 stages' combinations)
+        on the owned sites, into ``out`` or a new array; the ghost planes of ``phi`` are
+        refilled first unless they are current. With the first lattice axis the only split
+        one, the interior outer planes ``1 .. h_0 - 2`` (a contiguous range of outer sites;
+        their stencils stay inside the owned block) are computed while the faces travel
         (``parallel.comm.progress`` between planes: MPI without a progress thread moves a
         large message only inside MPI calls), the two boundary planes after."""
         lay = self.lay
@@ -1259,7 +1278,7 @@ class PackedMD:
                     nchunks(self.b * (o1 - o0)),
                 )
 
-        if self.split == (0,) and OVERLAP:
+        if self.split == (0,) and OVERLAP and phi is not self._fresh:
             plane = lay.vo // (self.local[0] // 2)  # outer sites per plane of axis 0
             q3 = self._q3(phi)
             reqs = self._post(q3, 0)
@@ -1268,13 +1287,21 @@ class PackedMD:
                 sweep(o0, o0 + plane)
             comm.waitall(reqs)
             self._fill(q3, 0)
+            self._fresh = phi
             sweep(0, plane)
             sweep(max(plane, lay.vo - plane), lay.vo)
             return self._tensor(out)
-        if self.split:
-            self._exchange(phi)
+        self._refresh(phi)
         sweep(0, lay.vo)
         return self._tensor(out)
+
+    def action(self, phi: np.ndarray) -> torch.Tensor | None:
+        """The theory's action ``(B,)`` of the links ``phi`` (ghost planes refilled unless
+        current), or None without ``action_of_density``."""
+        if self.action_of_density is None:
+            return None
+        self._refresh(phi)
+        return self.action_of_density(self.density(phi, "plaquette"))
 
     def density(self, phi: np.ndarray, kind: str) -> torch.Tensor:
         """Per-site ``(B, *local)`` density of packed links ``phi`` (ghost planes filled):
@@ -1302,6 +1329,8 @@ class PackedMD:
         its ghost rows are refilled before the next force)."""
         lay = self.lay
         w = np.empty((lay.nrows(self.b), LB)) if out is None else out
+        if w is self._fresh:  # its owned sites change: its ghost planes are stale
+            self._fresh = None
         nblk = self.b * ND * lay.vo
         fused._threads()
         coefs = np.array([coef], np.float64)

@@ -221,13 +221,21 @@ class HMC:
         # auxiliary fields (pseudofermions) for this trajectory, drawn at the start field
         theory.reset_costs()
         theory.refresh(field, self.rng, counter, chain_offset)
-        with torch.no_grad():
-            s0 = theory.action(field)
-            h0 = theory.kinetic(p0) + s0
-        res = self.integrator.integrate(field, p0, tau, n_steps)
+        # the actions from the integrator's resident layout where the theory has one (the
+        # same numbers, without converting the links: kernels.theory.ResidentMD.action);
+        # elsewhere S(start) before the trajectory, as always (solvers keep state)
+        resident = self.integrator.theory is theory and theory.has_resident_md()
+        s0 = None
+        if not resident:
+            with torch.no_grad():
+                s0 = theory.action(field)
+        res = self.integrator.integrate(field, p0, tau, n_steps, actions=resident)
         proposal = res.field.detach()
         with torch.no_grad():
-            s1 = theory.action(proposal)
+            if s0 is None:
+                s0 = theory.action(field) if res.initial_action is None else res.initial_action
+            h0 = theory.kinetic(p0) + s0
+            s1 = theory.action(proposal) if res.final_action is None else res.final_action
             dh = (theory.kinetic(res.momentum) + s1) - h0
         bad_force = global_sum(res.nonfinite.to(dh.dtype), grid) > 0
         bad = bad_force | ~torch.isfinite(dh)

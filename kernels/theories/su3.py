@@ -307,8 +307,11 @@ class SU3Gauge(Theory):
     def action(self, field: torch.Tensor) -> torch.Tensor:
         """``S = (beta/3) sum_x [c0 sum_P (3 - Re Tr U_P) + c1 sum_R (3 - Re Tr U_R)]`` (B,)."""
         # per-site density from the backend, then one exact lattice sum (grid-independent)
-        s = get_backend().su3_action_density(field, self.grid, self.c0, self.c1)
-        return (self.beta / NC) * lattice_sum(s, self.grid, 1)
+        return self._action_of(get_backend().su3_action_density(field, self.grid, self.c0, self.c1))
+
+    def _action_of(self, density: torch.Tensor) -> torch.Tensor:
+        """``(beta/3)`` times the exact lattice sum of the weighted loop density ``(B, *local)``."""
+        return (self.beta / NC) * lattice_sum(density, self.grid, 1)
 
     def force(self, field: torch.Tensor) -> torch.Tensor:
         """Gauge force ``F_mu(x) = (beta/6) TA(U_mu(x) A_mu(x))`` (left Lie derivative), see
@@ -343,7 +346,11 @@ class SU3Gauge(Theory):
         mine = [self.force, *(t.force for t in self.action_terms())]
         if hook is None or any(f not in mine for f in forces):
             return None
-        return hook(field, self.grid, self.beta, self.c0, self.c1)
+        md = hook(field, self.grid, self.beta, self.c0, self.c1)
+        if md is not None and self.c1 == 0.0 and type(self).action is SU3Gauge.action:
+            # the Hamiltonian's action from the resident links too (bit for bit self.action)
+            md.action_of_density = lambda d: self._action_of(self.c0 * d)
+        return md
 
     def random_momentum(self, rng, counter: int, batch: int, chain_offset: int = 0) -> torch.Tensor:
         """Gaussian su(3) momenta ``P = sum_a p_a T_a``, ``p_a`` standard normal (``P ~ exp(-K)``),

@@ -203,3 +203,26 @@ def test_vnode_resident_md_ghosts_are_poisoned_until_the_first_force(grids):
     assert bool(torch.isnan(stale).any())  # (a local extent of 2: every site sees a ghost)
     md.force(q)
     check("density after a force", md.density(q, "plaquette"), local(d_ref, grid, 1))
+
+
+def test_vnode_resident_actions_on_split_grids(grids, spy):
+    """On a split grid the integrator's resident actions (``integrate(actions=True)``)
+    equal ``theory.action`` of the start and end fields bit for bit, and a trajectory makes
+    one ghost exchange per force and none besides: the action at the start fills the ghost
+    planes the first force uses, the last force's serve the action at the end."""
+    vnode = pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    from kernels.integrators import make_integrator
+
+    grid, _ = grids
+    th = SU3Gauge(grid, 5.6)
+    u, p = th.hot_start(SiteRNG(8), 0, 2), th.random_momentum(SiteRNG(9), 0, 2)
+    kb.set_backend("vnode")
+    posts = spy(vnode.PackedMD, ("_post",))
+    res = make_integrator(th, "omelyan", 3, 0.6).integrate(u, p, actions=True)
+    n_post = len(posts)
+    assert res.force_evaluations == [7]
+    split = [d for d, g in enumerate(grid.grid) if g > 1]
+    assert n_post == 7 * len(split), (n_post, split)
+    assert torch.equal(res.initial_action, th.action(u))
+    assert torch.equal(res.final_action, th.action(res.field))
+    assert float((res.field - u).abs().max()) > 0.1
