@@ -93,7 +93,10 @@ class IntegrationResult:
     """End point of one molecular-dynamics trajectory.
 
     ``nonfinite`` is a rank-local per-chain flag (shape ``(B,)``): some force on this rank had
-    a NaN/Inf entry for that chain (reduce it over the domain group before deciding).
+    a NaN/Inf entry for that chain (reduce it over the domain group before deciding). It is
+    read off the final momenta: every force is kicked into them (``pi -= h F``), and a NaN
+    or infinity stays non-finite under any later kick, so one check per trajectory sees
+    every force (and a NaN link, whose next force is NaN).
     ``force_evaluations`` counts evaluations per level, outermost first.
     """
 
@@ -204,12 +207,14 @@ class Integrator:
         try:
             if self._md is None:
                 phi, pi = self._run_level(0, field, momentum.detach().clone(), tau, n0)
+                self._check(pi)
             else:
                 phi, pi = self._md.enter(field, momentum.detach())
                 action = getattr(self._md, "action", None) if actions else None
                 s0 = None if action is None else action(phi)
                 phi, pi = self._run_level(0, phi, pi, tau, n0)
                 s1 = None if s0 is None else action(phi)
+                self._check(pi)
                 phi, pi = self._md.leave(phi, pi)
         finally:
             self._cache = [None] * len(self.levels)
@@ -222,10 +227,13 @@ class Integrator:
             return cached[1]
         f = (self.levels[k].evaluate(phi) if self._md is None else self._md.force(phi)).detach()
         self._count[k] += 1
-        # per-chain finiteness: a NaN/Inf anywhere makes the chain's sum non-finite
-        self._bad |= ~torch.isfinite(f.reshape(f.shape[0], -1).sum(dim=1))
         self._cache[k] = (phi, f)
         return f
+
+    def _check(self, pi: torch.Tensor) -> None:
+        """Per-chain finiteness of the final momenta (:class:`IntegrationResult`): a NaN/Inf
+        anywhere makes the chain's sum non-finite."""
+        self._bad |= ~torch.isfinite(pi.reshape(pi.shape[0], -1).sum(dim=1))
 
     def _kick(self, k: int, phi: torch.Tensor, pi: torch.Tensor, h: float) -> torch.Tensor:
         return pi.sub_(self._force(k, phi), alpha=h)

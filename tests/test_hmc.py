@@ -109,6 +109,43 @@ def test_integrator_flags_nonfinite_force_per_chain():
     assert res.nonfinite.tolist() == [b in BAD for b in range(5)]
 
 
+class OnceBadForcePhi4(Phi4):
+    """phi^4 whose force is non-finite at one force evaluation only (the ``bad_call``-th of
+    the trajectory), for one chain: NaN, +Inf or -Inf at one site."""
+
+    def __init__(self, *a, bad_call: int, value: float, chain: int, **k):
+        super().__init__(*a, **k)
+        self.bad_call, self.value, self.chain, self.calls = bad_call, value, chain, 0
+
+    def force(self, phi):
+        f = super().force(phi)
+        self.calls += 1
+        if self.calls == self.bad_call:
+            f = f.clone()
+            f[self.chain, 1, 2] = self.value
+        return f
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("bad_call", [1, 3, 5])
+@pytest.mark.parametrize("scheme", ["leapfrog", "omelyan"])
+def test_integrator_flags_a_force_non_finite_once_mid_trajectory(value, bad_call, scheme):
+    """The flag is read off the final momenta: a force that is non-finite once, at the
+    start, in the middle or last (leapfrog with 2 steps: 3 forces, omelyan: 5), and finite
+    before and after, still flags its chain (and only it)."""
+    grid = single_rank_grid((6, 4))
+    theory = OnceBadForcePhi4(grid, 0.4, 0.3, bad_call=bad_call, value=value, chain=2)
+    rng = SiteRNG(SEED)
+    n_forces = {"leapfrog": 3, "omelyan": 5}[scheme]
+    if bad_call > n_forces:
+        bad_call = theory.bad_call = n_forces
+    res = make_integrator(theory, scheme, 2).integrate(
+        theory.hot_start(rng, 0, 4), theory.random_momentum(rng, 1, 4)
+    )
+    assert res.force_evaluations == [n_forces] and theory.calls == n_forces
+    assert res.nonfinite.tolist() == [False, False, True, False]
+
+
 # ------------------------------------------------------------------ tuning
 def _phi4_hmc(n_steps, target=None, batch=16):
     theory = Phi4(single_rank_grid((8, 8)), 0.5, 0.5)
