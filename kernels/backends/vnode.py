@@ -1375,7 +1375,6 @@ class PackedFlow:
         else:
             self.q = pack(u)
         self.spare: np.ndarray | None = None  # the second stage buffer (swapped every step)
-        self._ghosts_fresh = True  # the ghost planes of q hold the current neighbours
 
     def step(self, eps: float) -> None:
         """One RK3 step (:func:`flow_step_rk3_packed`, or its ghost-layout form)."""
@@ -1387,7 +1386,6 @@ class PackedFlow:
         else:
             new = self._step_ghosts(eps)
         self.q, self.spare = new, self.q
-        self._ghosts_fresh = False
 
     def _step_ghosts(self, eps: float) -> np.ndarray:
         """:func:`flow_step_rk3_packed`'s low-storage stages in the ghost layout: ``W1`` in
@@ -1400,9 +1398,7 @@ class PackedFlow:
 
     def _density(self, kind: str) -> torch.Tensor:
         """A per-site density of the current links (ghost planes refilled once per step)."""
-        if not self._ghosts_fresh:
-            self.md._exchange(self.q)
-            self._ghosts_fresh = True
+        self.md._refresh(self.q)  # PackedMD knows whose ghost planes are current
         return self.md.density(self.q, kind)
 
     def clover_density(self, charge: bool = False) -> torch.Tensor:
