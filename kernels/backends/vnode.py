@@ -1217,11 +1217,14 @@ class PackedMD:
             self._bufs[d] = tuple(np.empty(shape) for _ in range(4))
         return self._bufs[d]
 
+    def _pack(self, field: torch.Tensor) -> np.ndarray:
+        """Packed links with the kernels' scratch tail, ghost planes not filled."""
+        return pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
+
     def pack_links(self, field: torch.Tensor) -> np.ndarray:
         """Packed links with the kernels' scratch tail, ghost planes filled."""
-        q = pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
-        if self.split:
-            self._exchange(q)
+        q = self._pack(field)
+        self._refresh(q)
         return q
 
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -1231,7 +1234,7 @@ class PackedMD:
         only), so an exchange here would be sent again unchanged by the first force. They
         hold NaN until then: a read of a stale ghost would show as a non-finite force."""
         p = pack(momentum, out=np.empty((self.n, LB)))
-        q = pack(field, sites=self.lay.site, out=np.empty((self.lay.nrows(self.b), LB)))
+        q = self._pack(field)
         q3 = self._q3(q)
         for d in self.split:
             _, _, gh_lo, gh_hi = self.lay.planes[d]
