@@ -210,10 +210,16 @@ def _cmul(out: str, x: str, y: str, op: str = "=") -> list[str]:
 
 
 # Cayley-Hamilton scratch rows (``S[row, lane]``): the invariants e2 (real) and eta = Im e3 of
-# A in su(3), then the sums (f0, f1, f2) of the terms A^n / n! = a_n + b_n A + c_n A^2; re, im.
+# A in su(3), then the sums (f0, f1, f2) of the terms A^n / n! = a_n + b_n A + c_n A^2; re, im;
+# then |X|_F^2 of the exponent before its scaling (ch_norm2). They live in row 4 of the
+# kernel's scratch ``Wk`` (one flat array ``F``, every access at a constant offset: LLVM
+# vectorises the lane loops without run-time alias checks).
+_CH_S = 4 * LB  # offset of the scalars' rows in F
 _CH_ROWS = {
     n: k
-    for k, n in enumerate(["e2", "eta", *(f"{v}{r}" for v in ("f0", "f1", "f2") for r in "ri")])
+    for k, n in enumerate(
+        ["e2", "eta", *(f"{v}{r}" for v in ("f0", "f1", "f2") for r in "ri"), "n2"]
+    )
 }
 # Taylor orders of the coefficient series (unrolled: the scalars stay in registers and the
 # lane loop is the vectorised one), chosen per block by the largest |A|_F of its lanes: the
@@ -224,7 +230,12 @@ _CH_ORDER = _CH_ORDERS[-1][1]
 
 
 def _s(name: str) -> str:
-    return f"S[{_CH_ROWS[name]}, l]"
+    return f"F[{_CH_S + _CH_ROWS[name] * W} + l]"
+
+
+def _f(row: int, c: int) -> str:
+    """Component ``c`` of the lane's matrix in scratch row ``row`` of the flat ``F``."""
+    return f"F[{row * LB + c * W} + l]"
 
 
 def _ch_funcs() -> str:
@@ -244,19 +255,21 @@ def _ch_funcs() -> str:
     per term instead of 34 complex ones. (The trace and the non-anti-Hermitian part of an
     input, rounding-sized there, are not seen by the series; ``ch_build`` uses ``A`` itself.)
 
-    ``ch_init`` reads ``A`` (Wk row 0) and ``A^2`` (row 1) and stores ``e2``, ``eta``;
-    ``ch_series<N>`` sums the terms to order ``N`` (unrolled, in registers; ``_CH_ORDERS``);
-    ``ch_build`` writes ``exp(A)`` to row 2."""
+    All three read and write one flat scratch array ``F`` (the kernel's ``Wk`` rows, at
+    constant offsets): ``ch_init`` reads ``A`` (row 0) and ``A^2`` (row 1) and stores ``e2``,
+    ``eta`` (row 4, ``_CH_ROWS``); ``ch_series<N>`` sums the terms to order ``N`` (unrolled, in
+    registers; ``_CH_ORDERS``); ``ch_build`` writes ``exp(A)`` to row 2. (With a 2D scratch
+    numba computes each row's offset from the run-time shape and LLVM left ``ch_init`` and
+    ``ch_build`` scalar: 55 ns per link for the whole ``exp(X) V``.)"""
     ld = [
-        f"{m}{i}{j}{'ri'[r]} = Wk[{row}, {_c(i, j, r) * W} + l]"
+        f"{m}{i}{j}{'ri'[r]} = {_f(row, _c(i, j, r))}"
         for m, row in (("a", 0),)
         for i in range(NC)
         for j in range(NC)
         for r in range(2)
     ]
     init = list(ld)
-    init += [f"tr = Wk[1, {_c(0, 0, 0) * W} + l] + Wk[1, {_c(1, 1, 0) * W} + l]"]
-    init[-1] += f" + Wk[1, {_c(2, 2, 0) * W} + l]"
+    init += [f"tr = {_f(1, _c(0, 0, 0))} + {_f(1, _c(1, 1, 0))} + {_f(1, _c(2, 2, 0))}"]
     init += ["e2 = -0.5 * tr"]  # e1 = Tr A = 0, Tr A^2 real
     init += _cmul("m0", "a11", "a22") + _cmul("m0", "a12", "a21", "-=")
     init += _cmul("m1", "a10", "a22") + _cmul("m1", "a12", "a20", "-=")
@@ -282,21 +295,23 @@ def _ch_funcs() -> str:
                 out += ["f0r = f0r + al", "f1i = f1i + be", "f2r = f2r + ga"]
         return out + [f"{_s(f + r)} = {f}{r}" for f in ("f0", "f1", "f2") for r in "ri"]
 
+    norm = [_f(3, c) for c in range(18)]
     build = list(ld)
     build += [f"{f}{r} = {_s(f + r)}" for f in ("f0", "f1", "f2") for r in "ri"]
     for i in range(NC):
         for j in range(NC):
-            build += [f"q{r} = Wk[1, {_c(i, j, k) * W} + l]" for k, r in enumerate("ri")]
+            build += [f"q{r} = {_f(1, _c(i, j, k))}" for k, r in enumerate("ri")]
             build += _cmul("w", "f1", f"a{i}{j}") + _cmul("w", "f2", "q", "+=")
             if i == j:
                 build += ["wr = wr + f0r", "wi = wi + f0i"]
-            build += [f"Wk[2, {_c(i, j, k) * W} + l] = w{r}" for k, r in enumerate("ri")]
+            build += [f"{_f(2, _c(i, j, k))} = w{r}" for k, r in enumerate("ri")]
     return "".join(
         _NJIT + f"def {name}({args}):\n" + f"    for l in range({W}):\n" + _ind(body, 8)
         for name, args, body in (
-            ("ch_init", "Wk, S", init),
-            *((f"ch_series{n}", "S", terms(n)) for _, n in _CH_ORDERS),
-            ("ch_build", "Wk, S", build),
+            ("ch_init", "F", init),
+            *((f"ch_series{n}", "F", terms(n)) for _, n in _CH_ORDERS),
+            ("ch_build", "F", build),
+            ("ch_norm2", "F", [f"{_s('n2')} = " + " + ".join(f"{x} * {x}" for x in norm)]),
         )
     )
 
@@ -310,7 +325,7 @@ def _ch_dispatch() -> str:
             lines.append("else:")
         else:
             lines.append(f"{'if' if k == 0 else 'elif'} nrm <= {bound!r}:")
-        lines.append(f"    ch_series{order}(S)")
+        lines.append(f"    ch_series{order}(F)")
     return _ind(lines, 12).rstrip("\n")
 
 
@@ -595,8 +610,8 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
     and out (vo = vs: row q; links in a ghost layout, exponents without ghost rows).\"\"\"
     nz = cz.shape[0]
     for ch in prange(nch):
-        Wk = np.empty((4, {LB}))  # A, A^2, exp(A), scratch (X before the scaling)
-        S = np.empty((8, {W}))  # Cayley-Hamilton scalars per lane
+        Wk = np.empty((5, {LB}))  # A, A^2, exp(A), X before the scaling, scalars per lane
+        F = Wk.reshape(5 * {LB})  # flat view (the Cayley-Hamilton lane loops)
         for qq in range(ch * nblk // nch, (ch + 1) * nblk // nch):
             q = (qq // vo) * vs + qq % vo
             if qq + {PF_AHEAD} < nblk:
@@ -608,12 +623,10 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
             for i in range(1, nz):
                 for k in range({LB}):
                     Wk[3, k] = Wk[3, k] + cz[i] * Z[i, qq, k]
+            ch_norm2(F)
             nrm = 0.0
             for l in range({W}):
-                s2 = 0.0
-                for c in range(18):
-                    s2 += Wk[3, c * {W} + l] ** 2
-                nrm = max(nrm, s2)
+                nrm = max(nrm, F[{CH_N2} + l])
             nrm = np.sqrt(nrm)
             s = 0
             while nrm > 1.0:
@@ -623,9 +636,9 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
             for k in range({LB}):
                 Wk[0, k] = sc * Wk[3, k]
             mm_nn(Wk, 0, Wk, 0, Wk, 1)
-            ch_init(Wk, S)
+            ch_init(F)
 {CH_DISPATCH}
-            ch_build(Wk, S)
+            ch_build(F)
             for _ in range(s):
                 mm_nn(Wk, 2, Wk, 2, Wk, 3)
                 for k in range({LB}):
@@ -688,7 +701,13 @@ def _source() -> str:
         + _ch_funcs()
         + prefetch.source()
         + _KERNELS.format(
-            LB=LB, W=W, ND=ND, CH_ORDER=_CH_ORDER, CH_DISPATCH=_ch_dispatch(), PF_AHEAD=PF_AHEAD
+            LB=LB,
+            W=W,
+            ND=ND,
+            CH_ORDER=_CH_ORDER,
+            CH_DISPATCH=_ch_dispatch(),
+            CH_N2=_CH_S + _CH_ROWS["n2"] * W,
+            PF_AHEAD=PF_AHEAD,
         )
     )
 
