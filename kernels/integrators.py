@@ -252,6 +252,8 @@ class Integrator:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = t / n
         ops = _step_ops(self.scheme_of(k), self.lam)
+        if len(self.levels) == 1 and getattr(self._md, "kick", None) is not None:
+            return self._run_fused(phi, pi, h, _merged_kicks(ops, n))
         for _ in range(n):
             for op, c in ops:
                 if op == "kick":
@@ -259,6 +261,33 @@ class Integrator:
                 else:
                     phi, pi = self._drift(k, phi, pi, c * h)
         return phi, pi
+
+    def _run_fused(
+        self, phi: object, pi: torch.Tensor, h: float, ops: list[tuple[str, float]]
+    ) -> tuple[object, torch.Tensor]:
+        """One level in a resident layout with a fused force-and-kick
+        (:meth:`kernels.theory.ResidentMD.kick`): the kicks that meet at a step boundary are
+        one kick (:func:`_merged_kicks`), so each force is computed once and used at once,
+        never stored."""
+        for op, c in ops:
+            if op == "kick":
+                pi = self._md.kick(phi, pi, c * h)
+                self._count[0] += 1
+            else:
+                phi = self._md.evolve(phi, pi, c * h)
+        return phi, pi
+
+
+def _merged_kicks(ops: tuple[tuple[str, float], ...], n: int) -> list[tuple[str, float]]:
+    """``n`` steps of ``ops`` with adjacent kicks (at the same field: the last kick of a
+    step and the first of the next) merged into one of the summed size."""
+    out: list[tuple[str, float]] = []
+    for op, c in ops * n:
+        if op == "kick" and out and out[-1][0] == "kick":
+            out[-1] = ("kick", out[-1][1] + c)
+        else:
+            out.append((op, c))
+    return out
 
 
 def _step_ops(scheme: str, lam: float) -> tuple[tuple[str, float], ...]:

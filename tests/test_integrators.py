@@ -245,3 +245,29 @@ def test_exp_minus_dh_averages_to_one(name):
     dh_means = dh.mean(axis=0)
     assert dh_means.mean() > 3.0 * dh_means.std(ddof=1) / math.sqrt(batch)
     assert err < 0.03
+
+
+def test_merged_kicks_of_the_fused_path():
+    """The fused force-and-kick path (a resident layout with ``kick``) merges the two kicks
+    that meet at a step boundary: the same drifts, one kick per force evaluation, the kick
+    sizes summing to the trajectory's."""
+    from kernels.integrators import _merged_kicks, _step_ops
+
+    lam = OMELYAN_LAMBDA
+    ops = _merged_kicks(_step_ops("omelyan", lam), 3)
+    assert [op for op, _ in ops] == ["kick", "drift"] * 6 + ["kick"]
+    kicks = [c for op, c in ops if op == "kick"]
+    assert kicks == pytest.approx(
+        [lam, 1 - 2 * lam, 2 * lam, 1 - 2 * lam, 2 * lam, 1 - 2 * lam, lam]
+    )
+    assert [c for op, c in ops if op == "drift"] == [0.5] * 6
+    assert _merged_kicks(_step_ops("leapfrog", lam), 2) == [
+        ("kick", 0.5),
+        ("drift", 1.0),
+        ("kick", 1.0),
+        ("drift", 1.0),
+        ("kick", 0.5),
+    ]
+    fr = _merged_kicks(_step_ops("forest_ruth", lam), 2)
+    assert sum(c for op, c in fr if op == "kick") == pytest.approx(2.0)
+    assert len([op for op, _ in fr if op == "kick"]) == 2 * 3 + 1

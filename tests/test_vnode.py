@@ -566,3 +566,35 @@ def test_hmc_takes_the_hamiltonians_actions_from_the_resident_layout(spy):
     assert any(bool(r.accepted.any()) for r in r1) and float((x1 - u).abs().max()) > 0.1
     # per trajectory: links and momenta packed once each; the per-call actions pack twice more
     assert (packs1, packs2) == (3 * 2, 3 * 4)
+
+
+def test_fused_kick_is_the_kick_and_the_integrator_uses_it(monkeypatch):
+    """``PackedMD.kick`` (the force kernel writing ``(-h coef) TA(U A) + pi`` into the
+    momenta) is ``pi - h F`` to rounding; the one-level integrator on vnode kicks through it
+    once per force evaluation (the kicks at a step boundary merged, no stored force) and
+    ends where the stored-force path ends."""
+    from kernels.integrators import make_integrator
+
+    grid, u = _links((4, 2, 4, 2), batch=2, seed=13)
+    th = SU3Gauge(grid, 5.6)
+    p = th.random_momentum(SiteRNG(4), 0, 2)
+    kb.set_backend("vnode")
+    try:
+        md = th.resident_md(u, [th.force])
+        phi, pi = md.enter(u, p)
+        pi0 = pi.clone()
+        ref = pi0.clone().sub_(md.force(phi), alpha=0.37)
+        got = md.kick(phi, pi, 0.37)
+        assert got is pi and _err(got, ref) <= 1e-15 and float((ref - pi0).abs().max()) > 0.1
+        kicks = []
+        plain = vnode.PackedMD.kick
+        monkeypatch.setattr(vnode.PackedMD, "kick", lambda s, *a: kicks.append(1) or plain(s, *a))
+        fused = make_integrator(th, "omelyan", 3, 0.6).integrate(u, p)
+        monkeypatch.undo()
+        monkeypatch.setattr(vnode.PackedMD, "kick", None)  # the stored-force path
+        stored = make_integrator(th, "omelyan", 3, 0.6).integrate(u, p)
+    finally:
+        kb.set_backend("eager")
+    assert len(kicks) == 7 and fused.force_evaluations == stored.force_evaluations == [7]
+    assert _err(fused.field, stored.field) <= 1e-13
+    assert _err(fused.momentum, stored.momentum) <= 1e-13

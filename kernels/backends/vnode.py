@@ -1317,6 +1317,14 @@ class PackedMD:
         sweep(0, lay.vo)
         return self._tensor(out)
 
+    def kick(self, phi: np.ndarray, pi: torch.Tensor, h: float) -> torch.Tensor:
+        """``pi - h F(phi)`` in place, the force never stored: the force kernel writes ``(-h
+        coef) TA(U A) + pi`` into ``pi`` (one pass over the momenta instead of a force
+        array and a separate update; the rounding differs from ``pi.sub_(F, alpha=h)`` in
+        the last bits)."""
+        self.force(phi, coef=-h * self.coef, keep=1.0, out=pi.numpy().reshape(self.n, LB))
+        return pi
+
     def action(self, phi: np.ndarray) -> torch.Tensor | None:
         """The theory's action ``(B,)`` of the links ``phi`` (ghost planes refilled unless
         current), or None without ``action_of_density``."""
