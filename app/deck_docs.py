@@ -168,14 +168,17 @@ def _environment() -> list[str]:
     rows = [
         "## Environment variables\n",
         "Settings outside the deck, read from the environment (`mpiexec` gives every rank the "
-        "same). On/off switches take 1/0, true/false, yes/no or on/off in any case; unset or "
-        "empty gives the default; the command line checks them all when it starts, and any "
-        "other value stops it with exit status 2 before any output (docs/errors.md).\n",
+        "same). On/off switches take 1/0, true/false, yes/no or on/off, settings with a list "
+        "of words one of those words, in any case; unset or empty gives the default. The "
+        "command line checks both kinds when it starts: any other value stops it with exit "
+        "status 2 before any output (docs/errors.md).\n",
         "| variable | kind | description |",
         "|---|---|---|",
     ]
     rows += [f"| `{k}` | on/off | {v} |" for k, v in S.SWITCHES.items()]
-    rows += [f"| `{k}` | value | {v} |" for k, v in S.OTHER_VARIABLES.items()]
+    bar = " \\| "  # a "|" inside a table cell
+    kinds = {k: bar.join(words) for k, words in S.CHOICES.items()}
+    rows += [f"| `{k}` | {kinds.get(k, 'value')} | {v} |" for k, v in S.OTHER_VARIABLES.items()]
     return rows + [""]
 
 

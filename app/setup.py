@@ -26,6 +26,7 @@ from kernels.theories import descriptor, make_theory
 from kernels.theory import Theory
 from parallel import ProcessGrid
 from parallel.rng import SiteRNG
+from parallel.settings import choice
 
 
 def torch_dtype(theory_name: str, dtype: str) -> torch.dtype:
@@ -41,10 +42,9 @@ def build_grid(deck: Deck) -> ProcessGrid:
 def select_kernels(deck: Deck) -> None:
     """Activate the deck's kernel backend (``parallel.kernels``), if it names one, and the
     SU(3) halo/compute overlap (``parallel.overlap``)."""
-    from kernels.flows.su3_fused import stout_kernel_setting
     from kernels.theories.su3 import set_overlap
 
-    stout_kernel_setting()  # $TRIVHMC_STOUT_KERNEL: a bad value fails here, before any output
+    choice("TRIVHMC_STOUT_KERNEL", "auto")  # a bad value fails here, before any output
 
     if deck.parallel.overlap is not None:
         set_overlap(deck.parallel.overlap)

@@ -6,7 +6,8 @@ goes through :func:`flag`, which accepts ``1/0``, ``true/false``, ``yes/no`` and
 case; unset or empty gives the default) and nothing else; every switch is listed in
 :data:`SWITCHES`, and the command line checks them all when it starts
 (:func:`check_switches`), so that a bad value fails before any output, also where this run does
-not read it. A value the code does not accept raises
+not read it; so are the settings that take one of a few words (:data:`CHOICES`, read through
+:func:`choice`). A value the code does not accept raises
 :class:`SettingError`, whose message names the variable, the value and what is accepted. The
 command line reports it as bad input (exit status 2, docs/errors.md) on rank 0 alone:
 ``mpiexec`` gives every rank the same environment, so every rank raises it at the same point.
@@ -46,6 +47,13 @@ OTHER_VARIABLES: dict[str, str] = {
 }
 
 
+#: the ``OTHER_VARIABLES`` that take one of a few words -> the words (any case; unset or
+#: empty gives the caller's default), read through :func:`choice`
+CHOICES: dict[str, tuple[str, ...]] = {
+    "TRIVHMC_STOUT_KERNEL": ("auto", "eager"),
+}
+
+
 class SettingError(ValueError):
     """A ``TRIVHMC_*`` environment variable holds a value the code does not accept."""
 
@@ -67,8 +75,25 @@ def flag(name: str, default: bool) -> bool:
     raise SettingError(f"{name}={raw!r}: expected an on/off switch, one of {TRUE + FALSE}")
 
 
+def choice(name: str, default: str) -> str:
+    """The setting ``$name``, one of the words in :data:`CHOICES` (lower case; surrounding
+    blanks ignored), ``default`` when unset or empty; any other value raises
+    :class:`SettingError`."""
+    words = CHOICES[name]
+    raw = os.environ.get(name)
+    value = "" if raw is None else raw.strip().lower()
+    if value == "":
+        return default
+    if value in words:
+        return value
+    raise SettingError(f"{name}={raw!r}: expected one of {words}")
+
+
 def check_switches() -> None:
-    """Read every switch in :data:`SWITCHES` once: raises :class:`SettingError` on the first
-    bad value (called by the command line before it does anything)."""
+    """Read every switch in :data:`SWITCHES` and every setting in :data:`CHOICES` once: raises
+    :class:`SettingError` on the first bad value (called by the command line before it does
+    anything)."""
     for name in SWITCHES:
         flag(name, False)
+    for name, words in CHOICES.items():
+        choice(name, words[0])

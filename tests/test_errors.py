@@ -228,6 +228,7 @@ def test_disk_full(deck, capsys, monkeypatch):
         (0, "TRIVHMC_GPU_AWARE_MPI", "2", [], ["'true'"]),
         (0, "TRIVHMC_DEBUG", "verbose", [], ["'yes'"]),
         (0, "TRIVHMC_MALLOC", "-1", [], ["'no'"]),
+        (0, "TRIVHMC_STOUT_KERNEL", "fast", [], ["'auto'", "'eager'"]),
     ],
 )
 def test_bad_setting_in_the_environment(deck, ranks, variable, value, sets, words):

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from parallel.settings import OTHER_VARIABLES, SWITCHES, SettingError, check_switches, flag
+from parallel.settings import (
+    CHOICES,
+    OTHER_VARIABLES,
+    SWITCHES,
+    SettingError,
+    check_switches,
+    choice,
+    flag,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,3 +99,23 @@ def test_every_switch_in_the_code_is_registered_and_read_through_flag():
                 assert name in OTHER_VARIABLES, (
                     f"{path}: {name} read without parallel.settings.flag"
                 )
+
+
+@pytest.mark.parametrize("value", ["auto", "EAGER", " eager ", "Auto"])
+def test_choice_takes_its_words_in_any_case(monkeypatch, value):
+    monkeypatch.setenv("TRIVHMC_STOUT_KERNEL", value)
+    assert choice("TRIVHMC_STOUT_KERNEL", "auto") == value.strip().lower()
+
+
+def test_choice_default_and_refusal(monkeypatch):
+    monkeypatch.delenv("TRIVHMC_STOUT_KERNEL", raising=False)
+    assert choice("TRIVHMC_STOUT_KERNEL", "auto") == "auto"
+    monkeypatch.setenv("TRIVHMC_STOUT_KERNEL", " ")
+    assert choice("TRIVHMC_STOUT_KERNEL", "eager") == "eager"
+    monkeypatch.setenv("TRIVHMC_STOUT_KERNEL", "fused")
+    with pytest.raises(SettingError, match=re.escape("TRIVHMC_STOUT_KERNEL='fused'")) as err:
+        choice("TRIVHMC_STOUT_KERNEL", "auto")
+    assert "'auto'" in str(err.value) and "'eager'" in str(err.value)
+    with pytest.raises(SettingError, match="TRIVHMC_STOUT_KERNEL"):
+        check_switches()
+    assert set(CHOICES) <= set(OTHER_VARIABLES)  # documented in the deck reference too

@@ -32,17 +32,17 @@ eager), default from the environment variable ``TRIVHMC_STOUT_KERNEL`` (``auto``
 from __future__ import annotations
 
 import importlib.util
-import os
 import weakref
 
 import torch
 
-from parallel.settings import SettingError
+from parallel.settings import CHOICES as SETTING_CHOICES
+from parallel.settings import choice
 
 from ..groups.su_n import dagger, project_ta
 
 ENV_VAR = "TRIVHMC_STOUT_KERNEL"
-CHOICES = ("auto", "eager")
+CHOICES = SETTING_CHOICES[ENV_VAR]
 _setting: str | None = None
 _kernels = None  # the numba module once imported, False if unavailable
 
@@ -60,10 +60,7 @@ def stout_kernel_setting() -> str:
     """The active setting (:func:`set_stout_kernel`, else the environment, else ``auto``)."""
     if _setting is not None:
         return _setting
-    env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if env not in CHOICES:
-        raise SettingError(f"${ENV_VAR}={env!r}: one of {CHOICES}")
-    return env
+    return choice(ENV_VAR, "auto")
 
 
 def _load_kernels():
