@@ -10,6 +10,7 @@ and the package imports without numba.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -598,3 +599,57 @@ def test_fused_kick_is_the_kick_and_the_integrator_uses_it(monkeypatch):
     assert len(kicks) == 7 and fused.force_evaluations == stored.force_evaluations == [7]
     assert _err(fused.field, stored.field) <= 1e-13
     assert _err(fused.momentum, stored.momentum) <= 1e-13
+
+
+_INFINITE_EXPONENT = r"""
+import json
+import torch
+import kernels.backends as kb
+from kernels.integrators import make_integrator
+from kernels.theories.su3 import SU3Gauge
+from parallel import single_rank_grid
+from parallel.rng import SiteRNG
+
+grid = single_rank_grid((4, 2, 4, 2))
+th = SU3Gauge(grid, 5.6)
+u = th.hot_start(SiteRNG(5), 0, 2)
+x = 0.3 * th.random_momentum(SiteRNG(6), 0, 2)
+bad = x.clone()
+bad[1, 2, 0, 1, 3, 0, 0, 1] = complex(float("inf"), 0.0)
+out = {}
+for name in ("numba", "vnode"):
+    be = kb.make_backend(name)
+    good, got = be.su3_expm_mul(x, u), be.su3_expm_mul(bad, u)
+    out[name] = [
+        bool(torch.isfinite(got[0]).all()),
+        bool(torch.isfinite(got[1]).all()),
+        bool(torch.equal(got[0], good[0])),
+    ]
+kb.set_backend("vnode")
+p = th.random_momentum(SiteRNG(3), 0, 2)
+p[1, 0, 1, 0, 0, 0, 0, 1] = complex(float("inf"), 0.0)
+res = make_integrator(th, "omelyan", 2, 0.5).integrate(u, p)
+out["hmc"] = res.nonfinite.tolist()
+print(json.dumps(out))
+"""
+
+
+def test_an_infinite_exponent_ends_non_finite_instead_of_hanging():
+    """``exp(X) V`` with an infinite entry in ``X`` (an overflowed force kicked into the
+    momenta) returns non-finite links for that chain alone (the numba and vnode kernels:
+    their scaling loop halved the norm until it was at most 1, forever for an infinite
+    one), and an HMC trajectory on vnode with an infinite momentum flags only its chain. In
+    a subprocess with a timeout, so that a hang fails."""
+    run = subprocess.run(
+        [sys.executable, "-c", _INFINITE_EXPONENT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {
+        "numba": [True, False, True],
+        "vnode": [True, False, True],
+        "hmc": [False, True],
+    }

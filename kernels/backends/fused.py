@@ -270,9 +270,10 @@ def expm_mul(X, W, out, chunk):
                     nrm += X[m, i, j].real ** 2 + X[m, i, j].imag ** 2
             nrm = np.sqrt(nrm)
             s = 0
-            while nrm > 1.0:
-                nrm *= 0.5
-                s += 1
+            if nrm <= 1e300:  # not for an infinite exponent (halving would never end): it stays
+                while nrm > 1.0:  # unscaled and its non-finite values reach the result
+                    nrm *= 0.5
+                    s += 1
             scale = 0.5**s
             for i in range(3):
                 for j in range(3):

@@ -629,9 +629,10 @@ def expm_mul(Z, cz, V, out, nblk, vo, vs, nch):
                 nrm = max(nrm, F[{CH_N2} + l])
             nrm = np.sqrt(nrm)
             s = 0
-            while nrm > 1.0:
-                nrm *= 0.5
-                s += 1
+            if nrm <= 1e300:  # not for an infinite exponent (halving would never end): it stays
+                while nrm > 1.0:  # unscaled and its non-finite values reach the result
+                    nrm *= 0.5
+                    s += 1
             sc = 0.5**s
             for k in range({LB}):
                 Wk[0, k] = sc * Wk[3, k]
