@@ -58,14 +58,19 @@ class SettingError(ValueError):
     """A ``TRIVHMC_*`` environment variable holds a value the code does not accept."""
 
 
+def _read(name: str) -> tuple[str | None, str]:
+    """``$name`` as set (None if unset) and normalised (blanks stripped, lower case)."""
+    raw = os.environ.get(name)
+    return raw, "" if raw is None else raw.strip().lower()
+
+
 def flag(name: str, default: bool) -> bool:
     """The on/off switch ``$name``: True for 1/true/yes/on, False for 0/false/no/off (any
     case, surrounding blanks ignored), ``default`` when unset or empty; any other value raises
     :class:`SettingError`. ``name`` must be listed in :data:`SWITCHES`."""
     if name not in SWITCHES:
         raise KeyError(f"{name} is not a registered switch (parallel.settings.SWITCHES)")
-    raw = os.environ.get(name)
-    value = "" if raw is None else raw.strip().lower()
+    raw, value = _read(name)
     if value == "":
         return default
     if value in TRUE:
@@ -80,12 +85,11 @@ def choice(name: str, default: str) -> str:
     blanks ignored), ``default`` when unset or empty; any other value raises
     :class:`SettingError`."""
     words = CHOICES[name]
-    raw = os.environ.get(name)
-    value = "" if raw is None else raw.strip().lower()
-    if value == "":
-        return default
+    raw, value = _read(name)
     if value in words:
         return value
+    if value == "":
+        return default
     raise SettingError(f"{name}={raw!r}: expected one of {words}")
 
 
