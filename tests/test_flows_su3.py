@@ -106,6 +106,29 @@ def test_link_jacobian_formula_equals_autograd():
     assert ld.abs().min() > 1e-2  # a non-trivial Jacobian
 
 
+def test_a_non_finite_link_spoils_only_its_own_log_det():
+    """``link_log_det`` (eager path; its ``phi(-ad_Q)`` series is scaled by the largest norm
+    of the batch) with one infinite and one NaN link: those two come out non-finite, every
+    other link's log-det is bit for bit that of the clean batch, and nothing raises (an
+    infinite norm made ``math.ceil`` raise, a NaN one turned every link's series into the
+    identity)."""
+    gen = torch.Generator().manual_seed(3)
+    u = haar_su_n(torch.randn(6, 3, 3, 2, generator=gen))
+    c = 0.4 * torch.complex(
+        torch.randn(6, 3, 3, generator=gen), torch.randn(6, 3, 3, generator=gen)
+    )
+    omega = c @ dagger(u)
+    q = project_ta(omega)
+    ref = link_log_det(q, omega)
+    bad_q, bad_o = q.clone(), omega.clone()
+    bad_q[1, 0, 1] = complex(float("inf"), 0.0)
+    bad_o[4, 2, 2] = complex(float("nan"), 0.0)
+    got = link_log_det(bad_q, bad_o)
+    ok = torch.tensor([True, False, True, True, False, True])
+    assert torch.equal(got[ok], ref[ok]) and ref.abs().min() > 1e-3
+    assert not torch.isfinite(got[~ok]).any()
+
+
 # ------------------------------------------------------------------ the flow
 def test_inverse_roundtrip_and_log_det_cancel():
     grid = single_rank_grid(SHAPE)

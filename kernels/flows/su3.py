@@ -166,9 +166,13 @@ def _phi_series(x: torch.Tensor) -> torch.Tensor:
 
     Scaling and "squaring": ``X_0 = X / 2^m`` with ``max ||X_0||_F <= 1/2``, the Taylor series
     ``sum_{k <= K} X_0^k / (k+1)!`` by Horner with the tail bound ``e^r r^(K+1) / (K+2)!``
-    below ``1e-17``, then ``m`` times ``phi(2Y) = phi(Y) (2 + Y phi(Y)) / 2``.
+    below ``1e-17``, then ``m`` times ``phi(2Y) = phi(Y) (2 + Y phi(Y)) / 2``. ``m`` and ``K``
+    come from the largest *finite* norm of the batch: a NaN or infinite ``X`` (a broken
+    chain) gives a non-finite result for itself and leaves the others' bits alone.
     """
-    r = float(torch.linalg.matrix_norm(x.detach()).max()) if x.numel() else 0.0
+    norms = torch.linalg.matrix_norm(x.detach()) if x.numel() else x.new_zeros(0)
+    norms = norms[torch.isfinite(norms)]  # a non-finite X (a broken chain) only spoils its own
+    r = float(norms.max()) if norms.numel() else 0.0  # result (inf: no scale or series for it)
     m = max(0, math.ceil(math.log2(r / 0.5))) if r > 0.5 else 0
     y = x / 2.0**m
     r0 = r / 2.0**m
