@@ -192,6 +192,18 @@ def _phi_series(x: torch.Tensor) -> torch.Tensor:
     return p.reshape(*lead, n, n)
 
 
+def _eigh_or_nan(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of Hermitian ``h``; a matrix with a non-finite entry (a broken
+    chain, which ``eigh`` refuses for the whole batch) gets NaN eigenvalues and vectors
+    while the others are decomposed as usual."""
+    bad = ~torch.isfinite(h).all(dim=(-1, -2))
+    if not bool(bad.any()):
+        return torch.linalg.eigh(h)
+    w, v = torch.linalg.eigh(torch.where(bad[..., None, None], torch.zeros_like(h), h))
+    nan = float("nan")
+    return w.masked_fill(bad[..., None], nan), v.masked_fill(bad[..., None, None], nan)
+
+
 class _SU3Exp(torch.autograd.Function):
     """``exp(Q)`` of traceless anti-Hermitian 3x3 ``Q`` with a cheap first derivative.
 
@@ -222,7 +234,7 @@ class _SU3Exp(torch.autograd.Function):
                 qq = q if q.requires_grad else q.detach().requires_grad_(True)
                 (dq,) = torch.autograd.grad(torch.linalg.matrix_exp(qq), qq, g, create_graph=True)
             return dq
-        w, v = torch.linalg.eigh(1j * q)
+        w, v = _eigh_or_nan(1j * q)
         half = 0.5 * (w[..., :, None] + w[..., None, :])
         diff = w[..., :, None] - w[..., None, :]
         d = torch.polar(torch.sinc(diff / (2.0 * math.pi)), half)

@@ -451,9 +451,13 @@ def core_forward(p_, rho, x, new, ld, wsave, vsave, kinv, want_k):
                 for j in range(3):
                     h[i, j] = 1j * t[i, j]
             if not _eigh3(h, w, v, a, cv, best):
-                w0, v0 = np.linalg.eigh(h)  # (nearly) degenerate spectrum
-                w[:] = w0
-                v[:, :] = v0
+                if np.isfinite(h).all():
+                    w0, v0 = np.linalg.eigh(h)  # (nearly) degenerate spectrum
+                    w[:] = w0
+                    v[:, :] = v0
+                else:  # a broken chain: NaN for it alone (LAPACK would stop every chain)
+                    w[:] = np.nan
+                    v[:, :] = np.nan
             for i in range(3):
                 wsave[b, s, i] = w[i]
                 for j in range(3):

@@ -534,10 +534,21 @@ def angles(hs, an):
 
 @njit(cache=True)
 def eig_fallback(hs, ws, V):
-    \"\"\"LAPACK eigh for the flagged lanes (nearly degenerate spectrum).\"\"\"
+    \"\"\"LAPACK eigh for the flagged lanes (nearly degenerate spectrum); a lane with a
+    non-finite entry (a broken chain: LAPACK would refuse it and stop every chain) gets NaN
+    eigenvalues and vectors.\"\"\"
     h = np.empty((3, 3), np.complex128)
     for l in range({W}):
         if ws[3 * {W} + l] == 0.0:
+            continue
+        size = 0.0
+        for k in range(9):
+            size += abs(hs[k * {W} + l])
+        if not size < 1e300:  # inf or nan
+            for i in range(3):
+                ws[i * {W} + l] = np.nan
+            for k in range(18):
+                V[k * {W} + l] = np.nan
             continue
         for i in range(3):
             h[i, i] = hs[i * {W} + l]
