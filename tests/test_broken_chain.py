@@ -1,6 +1,7 @@
-"""A broken SU(3) chain (a NaN link) is rejected and leaves the other chains of its batch bit
-for bit as they are without it, on every SU(3) path: plain HMC with the eager and the vnode
-kernels, and stout-trivialized HMC with the eager and the fused stout layer.
+"""A broken chain (a NaN in its field) is rejected and leaves the other chains of its batch bit
+for bit as they are without it: on every SU(3) path (plain HMC with the eager and the vnode
+kernels, stout-trivialized HMC with the eager and the fused stout layer), and for one flow
+of each other theory.
 
 docs/hmc.md promises this (non-finite policy); tests/test_hmc.py checks it for phi^4 with an
 injected NaN force. Here the NaN is in the field, so it goes through everything a chain's
@@ -18,10 +19,12 @@ import torch
 
 import kernels.backends as kb
 from kernels.flows import su3_fused
+from kernels.flows.base import build_flow
 from kernels.flows.su3 import su3_stout_flow
 from kernels.integrators import make_integrator
 from kernels.samplers.hmc import HMC, NonFiniteTrajectoryWarning
 from kernels.samplers.trivialized import TransformedTheory
+from kernels.theories import REGISTRY, make_theory
 from kernels.theories.su3 import SU3Gauge
 from parallel import single_rank_grid
 from parallel.rng import SiteRNG
@@ -68,23 +71,58 @@ def test_a_nan_chain_leaves_the_others_alone(backend, flowed, stout):
         pytest.skip("numba missing: no fused stout layer")
     theory = _theory(flowed)
     field = SU3Gauge(theory.grid, 5.6).hot_start(SiteRNG(4), 0, 3)
-    broken = field.clone()
-    broken[BAD, 1, 0, 1, 2, 0, 0, 2] = complex(float("nan"), 0.0)
-    good = [b for b in range(3) if b != BAD]
-    kb.set_backend(backend)
     su3_fused.set_stout_kernel(stout)
+    try:
+        _check(theory, field, backend, (BAD, 1, 0, 1, 2, 0, 0, 2))
+    finally:
+        su3_fused.set_stout_kernel(None)
+
+
+def _check(theory, field, backend, where=None):
+    """Two trajectories of the batch ``field`` and of the same batch with a NaN at ``where``
+    (default: the first entry of chain ``BAD``): the broken chain is flagged, rejected and
+    keeps its field; the others' records and fields are bit for bit the clean run's."""
+    broken = field.clone()
+    broken[where or (BAD,) + (0,) * (field.dim() - 1)] = float("nan")
+    good = [b for b in range(field.shape[0]) if b != BAD]
+    kb.set_backend(backend)
     try:
         f_clean, r_clean = _run(theory, field)
         f_bad, r_bad = _run(theory, broken)
     finally:
         kb.set_backend("eager")
-        su3_fused.set_stout_kernel(None)
     for rc, rb in zip(r_clean, r_bad, strict=True):
-        assert rb.nonfinite.tolist() == [b == BAD for b in range(3)]
-        assert not bool(rb.accepted[BAD])
+        assert rb.nonfinite.tolist() == [b == BAD for b in range(field.shape[0])]
+        assert not bool(rb.accepted[BAD]) and not rc.nonfinite.any()
         assert torch.equal(rb.dH[good], rc.dH[good])
         assert torch.equal(rb.accepted[good], rc.accepted[good])
-        assert not rc.nonfinite.any()
     assert torch.equal(f_bad[good], f_clean[good])
     assert torch.equal(f_bad[BAD].nan_to_num(), broken[BAD].nan_to_num())  # kept its field
     assert any(bool(r.accepted[good].any()) for r in r_clean)  # the chains moved
+
+
+@pytest.mark.parametrize(
+    "name, couplings, arch, backend",
+    [
+        ("phi4", {"beta": 0.5, "lam": 0.5}, "phi4_affine", "eager"),
+        ("u1", {"beta": 2.0}, None, "vnode"),
+        ("u1", {"beta": 2.0}, "u1_sweep", "eager"),
+        ("u1", {"beta": 2.0}, "u1_nthmc", "eager"),
+        ("schwinger", {"beta": 2.0, "kappa": 0.2}, "schwinger_stout", "eager"),
+    ],
+)
+def test_a_nan_chain_leaves_the_others_alone_other_theories(name, couplings, arch, backend):
+    if backend == "vnode":
+        pytest.importorskip("kernels.backends.vnode", exc_type=ImportError)
+    grid = single_rank_grid((8, 8))
+    base = make_theory(name, grid, **couplings)
+    theory = base
+    if arch is not None:
+        torch.manual_seed(0)
+        flow = build_flow({"builder": REGISTRY[name].architectures[arch], "kwargs": {}}, grid)
+        flow.requires_grad_(False)
+        theory = TransformedTheory(base, flow)
+    field = base.hot_start(SiteRNG(4), 0, 3)
+    if name != "phi4":
+        field = 0.3 * field  # links near 1: the chains accept
+    _check(theory, field, backend)
