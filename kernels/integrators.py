@@ -265,8 +265,8 @@ class Integrator:
     def _run_fused(
         self, phi: object, pi: torch.Tensor, h: float, ops: list[tuple[str, float]]
     ) -> tuple[object, torch.Tensor]:
-        """One level in a resident layout with a fused force-and-kick
-        (:meth:`kernels.theory.ResidentMD.kick`): the kicks that meet at a step boundary are
+        """One level in a resident layout with a fused force-and-kick (the optional ``kick``
+        of :class:`kernels.theory.ResidentMD`): the kicks that meet at a step boundary are
         one kick (:func:`_merged_kicks`), so each force is computed once and used at once,
         never stored."""
         for op, c in ops:

@@ -34,9 +34,14 @@ class ResidentMD(Protocol):
     ``vnode`` SU(3) layout), so that the layout conversion is paid once per trajectory
     instead of once per force and drift. The integrator calls :meth:`enter`, then only
     :meth:`force`, :meth:`evolve` and ``pi.sub_(F, alpha=h)`` on the returned momentum (an
-    element-wise update: any layout works), or :meth:`kick` where offered, then
-    :meth:`leave`. Forces and momenta are
-    tensors with the chain as their leading dim (the integrator's per-chain NaN check)."""
+    element-wise update: any layout works), then :meth:`leave`. Forces and momenta are
+    tensors with the chain as their leading dim (the integrator's per-chain NaN check).
+
+    Optional, not declared here (a subclass must not inherit a stub): ``kick(phi, pi, h)``,
+    ``pi - h F(phi)`` in place, the force and the update in one pass. Where it exists and the
+    integrator has one level, the integrator merges the kicks that meet at a step boundary
+    (same ``phi``) into one and calls it instead of :meth:`force` and ``pi.sub_``: one kick
+    per force evaluation (``kernels.backends.vnode.PackedMD.kick``)."""
 
     def enter(self, field: torch.Tensor, momentum: torch.Tensor) -> tuple[object, torch.Tensor]:
         """``(phi, pi)`` in the resident layout (copies: the inputs are not modified)."""
@@ -54,12 +59,6 @@ class ResidentMD(Protocol):
         """Optional: the theory's action ``(B,)`` at ``phi``, bit for bit ``theory.action``
         of the field :meth:`leave` would return (the integrator asks at the start and at the
         end when the sampler wants the Hamiltonian's actions), or None where it cannot."""
-
-    def kick(self, phi: object, pi: torch.Tensor, h: float) -> torch.Tensor:
-        """Optional: ``pi - h F(phi)`` in place, the force and the update in one pass. Where
-        it exists and the integrator has one level, the integrator merges the kicks that
-        meet at a step boundary (same ``phi``) into one and calls this instead of
-        :meth:`force` and ``pi.sub_``: one kick per force evaluation."""
 
 
 class Theory(ABC):
