@@ -170,3 +170,26 @@ def test_parallel_transport_conv(grids, rep):
     out_ref.abs().square().sum().backward()
     out.abs().square().sum().backward()
     check("transport conv input gradient", psi.grad, local(psi_ref.grad, grid))
+
+
+@pytest.mark.parametrize("stout", ["eager", "auto"])
+def test_a_nan_link_on_one_rank_spoils_only_its_chain(grids, stout):
+    """A NaN link of chain 1 at a site one rank owns: the trivialized action and force of
+    chain 0 are the clean single-rank ones on every rank, chain 1's action is NaN
+    everywhere, and nothing raises (eigh of the NaN matrix stopped the whole run before
+    session 19)."""
+    grid, ref_grid = grids
+    dist, ref, fd, fr = _pair(grid, ref_grid)
+    td, tr = TransformedTheory(dist, fd), TransformedTheory(ref, fr)
+    v_ref = ref.hot_start(SiteRNG(33), 0, 2)
+    bad_ref = v_ref.clone()
+    bad_ref[1, 2, 3, 1, 0, 2, 1, 1] = complex(float("nan"), 0.0)
+    set_stout_kernel(stout)
+    try:
+        action, force = td.action(local(bad_ref, grid)).detach(), td.force(local(bad_ref, grid))
+        clean_action, clean_force = tr.action(v_ref).detach(), tr.force(v_ref)
+    finally:
+        set_stout_kernel(None)
+    check("clean chain's action", action[:1], clean_action[:1])
+    check("clean chain's force", force[:1], local(clean_force, grid)[:1])
+    assert bool(torch.isnan(action[1]))
