@@ -126,3 +126,36 @@ def test_a_nan_chain_leaves_the_others_alone_other_theories(name, couplings, arc
     if name != "phi4":
         field = 0.3 * field  # links near 1: the chains accept
     _check(theory, field, backend)
+
+
+def test_flow_metropolis_flags_a_broken_current_state():
+    """Flow independence Metropolis with a NaN in one chain's current field: that chain's
+    ``dH`` is NaN, it is flagged non-finite and never moves; the others' records and fields
+    are bit for bit the clean run's."""
+    from kernels.flows.phi4 import phi4_affine_flow
+    from kernels.flows.priors import prior_for
+    from kernels.samplers.flow_metropolis import FlowMetropolis, FlowMetropolisSampler
+
+    theory = make_theory("phi4", single_rank_grid((4, 4)), beta=0.3, lam=0.5)
+    torch.manual_seed(1)
+    flow = phi4_affine_flow(theory.grid, n_pairs=1, hidden=())
+    field = theory.hot_start(SiteRNG(2), 0, 3)
+    broken = field.clone()
+    broken[BAD, 0, 0] = float("nan")
+    runs = []
+    for start in (field, broken):
+        fm = FlowMetropolisSampler(FlowMetropolis(theory, flow, prior_for(theory), SiteRNG(1)))
+        x, recs = start, []
+        for counter in range(1, 4):
+            x, rec = fm.trajectory(x, counter)
+            recs.append(rec)
+        runs.append((x, recs))
+    (x_clean, r_clean), (x_bad, r_bad) = runs
+    good = [0, 2]
+    for rc, rb in zip(r_clean, r_bad, strict=True):
+        assert rb.nonfinite.tolist() == [False, True, False] and not rc.nonfinite.any()
+        assert not bool(rb.accepted[BAD])
+        assert torch.equal(rb.dH[good], rc.dH[good])
+        assert torch.equal(rb.accepted[good], rc.accepted[good])
+    assert torch.equal(x_bad[good], x_clean[good])
+    assert any(bool(r.accepted[good].any()) for r in r_clean)  # the chains moved

@@ -175,7 +175,8 @@ class FlowMetropolisSampler:
         self._state = new_state
         self._log_w = None
         dh = -(rec.proposal_log_w - old)
-        bad = ~torch.isfinite(rec.proposal_log_w)
+        # a non-finite proposal, or a broken current state (its dH is NaN: never accepted)
+        bad = ~torch.isfinite(rec.proposal_log_w) | ~torch.isfinite(dh)
         record = Record(
             counter=int(counter),
             dH=dh,
