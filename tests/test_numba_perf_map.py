@@ -5,15 +5,10 @@ numba's disk cache has no symbol table)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from fresh_numba import run_fresh
 
 pytest.importorskip("numba")
-ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = r"""
 import ctypes, sys
@@ -42,17 +37,7 @@ print(n, hex(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)))
 
 def test_map_names_a_kernel_and_its_helper(tmp_path):
     path = tmp_path / "perf.map"
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), TRIVHMC_CACHE=str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    run = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    n, entry = run.stdout.split()
+    n, entry = run_fresh(_PROBE, tmp_path, str(path)).split()
     rows = [line.split(maxsplit=2) for line in path.read_text().splitlines()]
     assert int(n) == len(rows) >= 2
     starts = [int(r[0], 16) for r in rows]

@@ -15,19 +15,15 @@ names are x86's).
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from fresh_numba import run_fresh
 
 pytest.importorskip("numba")
 if platform.machine().lower() not in ("x86_64", "amd64"):
     pytest.skip("x86-64 instruction names", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = r"""
 import json, re
@@ -47,12 +43,6 @@ print(json.dumps(out))
 
 
 def test_cayley_hamilton_lane_loops_are_packed(tmp_path):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), TRIVHMC_CACHE=str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    run = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=ROOT
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    counts = json.loads(run_fresh(_PROBE, tmp_path).strip().splitlines()[-1])
     for name, (packed, scalar) in counts.items():
         assert packed > 0 and scalar == 0, f"{name}: {packed} packed, {scalar} scalar ops"
