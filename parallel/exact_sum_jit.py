@@ -9,14 +9,14 @@ The same fixed-point split as the torch reference (``parallel.reduce._prepare`` 
 * :func:`slot_sums`: per block of ``BLOCK`` values of a row (kept in cache), slot ``k`` from
   ``k_top`` down: ``q = (r + M) - M`` with ``M = 1.5 2^(c_k + 52)`` (``r`` rounded to a multiple
   of ``2^c_k``; exact for ``|r| < 2^(c_k + 51)``), ``r -= q``, and ``q 2^-c_k`` (an integer below
-  ``2^28``) added to an int64 accumulator; the last slot takes the rest. NaN and infinities
-  count as 0 there (the caller turns the counts into the IEEE result).
+  ``2^28``) added to an int64 accumulator; the last slot takes the rest. The integer is read
+  from the bits of ``r + M`` (no float-to-int conversion, which AVX2 lacks). NaN and
+  infinities count as 0 there (the caller turns the counts into the IEEE result).
 
 Every operation is exact or the IEEE rounding the reference performs too, and each slot's
 part is summed exactly, so the slot totals and therefore the correctly rounded sums are
 bitwise those of the torch path (tests/test_exact_sum.py compares both and ``math.fsum``).
-``2^-c`` is applied as two factors (``c`` goes down to -1074, ``2^1074`` is not a double; each
-intermediate lies between ``q`` and the integer). No fast-math: ``(r + M) - M`` must not be
+No fast-math: ``(r + M) - M`` must not be
 simplified. Serial on purpose, like :mod:`parallel.philox_jit` (a parallel kernel here could
 start numba's threading layer before the kernel backends choose it). Slots above
 ``c = 971`` (values beyond ``~2^999``) stay with the torch path.
@@ -31,8 +31,9 @@ from . import jit_target
 
 jit_target.configure()  # before the first @njit: 512-bit vectors on AVX-512 hosts
 
-#: values per block of a row split slot by slot (32 kB: stays in L1/L2 between slots)
-BLOCK = 4096
+#: values per block of a row split slot by slot (two 16 kB scratch rows: stay in L1 between
+#: slots; 2048 was 1.2x faster than 4096 on a Zen 3 host)
+BLOCK = 2048
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)
 _INF = np.int64(0x7FF0000000000000)
 
@@ -90,10 +91,19 @@ def scan(bits, specials):
 @njit(cache=True)
 def slot_sums(x, k_top, k_bot, width, out):
     """``out[j, row] = sum_i q_(k_top - j)(x[row, i]) / 2^c`` for the slots ``k_top .. k_bot``
-    (``c = -1074 + width k``; module docstring); non-finite values count as 0."""
+    (``c = -1074 + width k``; module docstring); non-finite values count as 0.
+
+    The integer ``q / 2^c`` is read from the bits of ``t = r + M`` (``M = 1.5 2^(c + 52)``):
+    ``t`` lies in ``M``'s binade, whose spacing is ``2^c``, so ``bits(t) - bits(M) = (t - M) /
+    2^c = q / 2^c`` exactly. The last slot takes the rest ``r`` (a multiple of ``2^c``) the same
+    way. Integer adds of those bit patterns vectorise where a float-to-int64 conversion does not
+    (AVX2 has none: 0.84 against ~0.2 ns per value and slot on a Zen 3 host)."""
     rows, n = x.shape
     levels = k_top - k_bot + 1
-    buf = np.empty(min(n, BLOCK))
+    nbuf = min(n, BLOCK)
+    buf = np.empty(nbuf)
+    tb = np.empty(nbuf)
+    tbits = tb.view(np.int64)
     big = np.finfo(np.float64).max
     for row in range(rows):
         for lo in range(0, n, BLOCK):
@@ -104,18 +114,19 @@ def slot_sums(x, k_top, k_bot, width, out):
                 buf[i] = v if abs(v) <= big else 0.0
             for j in range(levels):
                 c = -1074 + width * (k_top - j)
-                a = (-c) // 2
-                s1 = 2.0**a
-                s2 = 2.0 ** (-c - a)
-                acc = np.int64(0)
+                mag = 1.5 * 2.0 ** (c + 52)
+                # bits of M: biased exponent c + 52 + 1023, leading fraction bit 2^51
+                mbits = ((np.int64(c) + 1075) << 52) | (np.int64(1) << 51)
                 if j < levels - 1:
-                    mag = 1.5 * 2.0 ** (c + 52)
                     for i in range(m):
                         r = buf[i]
-                        q = (r + mag) - mag
-                        buf[i] = r - q
-                        acc += np.int64((q * s1) * s2)
+                        t = r + mag
+                        buf[i] = r - (t - mag)
+                        tb[i] = t
                 else:
                     for i in range(m):
-                        acc += np.int64((buf[i] * s1) * s2)
+                        tb[i] = buf[i] + mag
+                acc = np.int64(0)
+                for i in range(m):
+                    acc += tbits[i] - mbits
                 out[j, row] += acc

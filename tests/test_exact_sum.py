@@ -156,3 +156,17 @@ def test_too_many_elements_is_an_error(monkeypatch, method):
     monkeypatch.setattr(reduce_mod, "MAX_EXACT_ELEMENTS", 10)
     with pytest.raises(ValueError, match="at most"):
         exact_sum(torch.ones(11, dtype=torch.float64))
+
+
+def test_long_rows_cross_the_compiled_blocks():
+    """Rows of several compiled blocks (``exact_sum_jit.BLOCK`` values) and a partial last
+    block, with magnitudes from subnormal to ``2^990`` (the largest the compiled loops take)
+    and cancellations between blocks, against exact rational arithmetic."""
+    rnd = random.Random(21)
+    rows = []
+    for top in (990, 60, -900):
+        xs = [rnd.uniform(-1, 1) * 2.0 ** rnd.randint(top - 120, top) for _ in range(5000)]
+        xs += [-x for x in xs[:2500:3]] + [TINY * rnd.randint(-(2**40), 2**40) for _ in range(7)]
+        rows.append(xs[:5003])
+    x = torch.tensor(rows, dtype=torch.float64)
+    assert exact_segment_sum(x).tolist() == [reference(r) for r in rows]
