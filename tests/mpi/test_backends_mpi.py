@@ -94,6 +94,15 @@ def test_u1_backend_distributed(grids, name):
     check("action", dist.action(t), s_ref)
     check("force", dist.force(t), local(f_ref, grid))
     check("dS/dtheta", _grad(dist, t), local(g_ref, grid))
+    # the action is the same bits on every grid (the fused U(1) action's own exact sum), and a
+    # NaN on one rank makes every rank hand over to the general exact sum together
+    kb.set_backend(name)
+    one = ref.action(t_ref)
+    assert torch.equal(dist.action(t), one)
+    if grid.cart.Get_rank() == grid.size - 1:
+        t[1, 2, 0, 0, 0, 0] = float("nan")
+    s = dist.action(t)
+    assert s[0] == one[0] and torch.isnan(s[1])
 
 
 def test_vnode_runs_split_grids_through_ghost_planes(grids, spy):
