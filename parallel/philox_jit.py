@@ -28,44 +28,79 @@ _M1 = np.uint64(0xCD9E8D57)
 _W0 = np.uint64(0x9E3779B9)
 _W1 = np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+_S16 = np.uint64(16)
+_S6 = np.uint64(6)
+_S26 = np.uint64(26)
+_LO16 = np.uint64(0xFFFF)
+_SCALE = 2.0**-52
+
+
+@njit(cache=True, inline="always")
+def _round(x0, x1, x2, x3, a, e):
+    """One Philox4x32 round on the words ``x`` with round key ``(a, e)``."""
+    p0 = x0 * _M0
+    p1 = x2 * _M1
+    return (p1 >> _S32) ^ x1 ^ a, p1 & _MASK32, (p0 >> _S32) ^ x3 ^ e, p0 & _MASK32
+
+
+@njit(cache=True, inline="always")
+def _block(x0, x1, x2, x3, ka, ke):
+    """Philox4x32-10 of the counter words ``x`` (round keys ``ka``, ``ke``) as the two
+    52-bit uniforms ``(k + 1/2) 2^-52``."""
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[0], ke[0])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[1], ke[1])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[2], ke[2])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[3], ke[3])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[4], ke[4])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[5], ke[5])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[6], ke[6])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[7], ke[7])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[8], ke[8])
+    x0, x1, x2, x3 = _round(x0, x1, x2, x3, ka[9], ke[9])
+    g0 = ((x0 >> _S6) << _S26) | (x1 >> _S6)
+    g1 = ((x2 >> _S6) << _S26) | (x3 >> _S6)
+    return (np.float64(g0) + 0.5) * _SCALE, (np.float64(g1) + 0.5) * _SCALE
 
 
 @njit(cache=True)
 def philox_blocks(sites, chain_offset, purpose, counter, k0, k1, out0, out1):
     """``out0[c, s, b], out1[c, s, b]``: the two uniforms of Philox4x32-10 block ``b`` of
-    chain ``chain_offset + c`` at global site ``sites[s]`` (uint64 arrays and scalars)."""
+    chain ``chain_offset + c`` at global site ``sites[s]`` (uint64 arrays and scalars).
+
+    The round keys are computed once and the ten rounds written out; the innermost loop runs
+    over the blocks of a site, or, with one block per site (U(1), phi^4 in 2D), over the
+    sites: LLVM vectorises either (``vpmuludq``: 32x32 -> 64-bit products). One block per site
+    took 25 ns per block in a site loop with an inner block loop of one trip, 6 now (Zen 3)."""
     nb, ns, nblk = out0.shape
-    s32 = np.uint64(32)
-    s16 = np.uint64(16)
-    s6 = np.uint64(6)
-    s26 = np.uint64(26)
-    lo16 = np.uint64(0xFFFF)
-    scale = 2.0**-52
-    for q in range(nb * ns):
-        c = q // ns
-        s = q % ns
-        site = sites[s]
-        w2 = ((np.uint64(chain_offset) + np.uint64(c)) << s16) | np.uint64(purpose)
-        for b in range(nblk):
+    ka = np.empty(10, np.uint64)
+    ke = np.empty(10, np.uint64)
+    a = np.uint64(k0)
+    e = np.uint64(k1)
+    for r in range(10):
+        ka[r] = a
+        ke[r] = e
+        a = (a + _W0) & _MASK32
+        e = (e + _W1) & _MASK32
+    x3 = np.uint64(counter)
+    for c in range(nb):
+        x2 = ((np.uint64(chain_offset) + np.uint64(c)) << _S16) | np.uint64(purpose)
+        if nblk == 1:
+            o0 = out0[c].reshape(ns)
+            o1 = out1[c].reshape(ns)
+            for s in range(ns):
+                site = sites[s]
+                x1 = ((site >> _S32) & _LO16) << _S16
+                o0[s], o1[s] = _block(site & _MASK32, x1, x2, x3, ka, ke)
+            continue
+        for s in range(ns):
+            site = sites[s]
             x0 = site & _MASK32
-            x1 = (((site >> s32) & lo16) << s16) | np.uint64(b)
-            x2 = w2
-            x3 = np.uint64(counter)
-            a = np.uint64(k0)
-            e = np.uint64(k1)
-            for r in range(10):
-                if r:
-                    a = (a + _W0) & _MASK32
-                    e = (e + _W1) & _MASK32
-                p0 = x0 * _M0
-                p1 = x2 * _M1
-                n0 = (p1 >> s32) ^ x1 ^ a
-                n2 = (p0 >> s32) ^ x3 ^ e
-                x0, x1, x2, x3 = n0, p1 & _MASK32, n2, p0 & _MASK32
-            g0 = ((x0 >> s6) << s26) | (x1 >> s6)
-            g1 = ((x2 >> s6) << s26) | (x3 >> s6)
-            out0[c, s, b] = (np.float64(g0) + 0.5) * scale
-            out1[c, s, b] = (np.float64(g1) + 0.5) * scale
+            x1 = ((site >> _S32) & _LO16) << _S16
+            p0 = out0[c, s]
+            p1 = out1[c, s]
+            for b in range(nblk):
+                p0[b], p1[b] = _block(x0, x1 | np.uint64(b), x2, x3, ka, ke)
 
 
 @njit(cache=True)

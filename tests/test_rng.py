@@ -123,9 +123,10 @@ def test_compiled_blocks_equal_the_numpy_reference(monkeypatch) -> None:
         assert (rng_mod._philox_jit() is None) == (path == "numpy")
         assert (rng_mod._su_assemble_jit() is None) == (path == "numpy")
         blocks = rng._blocks(sites, 11, 0xFFFFFFFF, 3, 7, 65000)
+        one = rng._blocks(sites, 12, 5, 3, 1, 9)  # one block per site: its own loop
         mom = rng.su_algebra(grid, 1, 99, 2, 3, lead=(4,), chain_offset=17)
         z = rng.normal(grid, 5, 3, 2, (4,), (3,), chain_offset=2)
-        draws[path] = (*blocks, mom, z)
+        draws[path] = (*blocks, mom, z, *one)
     for a, b in zip(draws["jit"], draws["numpy"]):
         a, b = (torch.as_tensor(t) for t in (a, b))
         assert a.shape == b.shape and torch.equal(a, b)
@@ -133,6 +134,10 @@ def test_compiled_blocks_equal_the_numpy_reference(monkeypatch) -> None:
     for c, s, blk in [(0, 0, 0), (2, 4, 6), (1, 5, 3), (2, 3000, 1)]:
         ref = _contract_uniforms(seed, int(sites[s]), blk, 65000 + c, 11, 0xFFFFFFFF)
         assert u0[c, s, blk] == ref[0] and draws["jit"][1][c, s, blk] == ref[1]
+    one0, one1 = draws["jit"][-2:]
+    for c, s in [(0, 0), (2, 4), (1, 4199)]:
+        ref = _contract_uniforms(seed, int(sites[s]), 0, 9 + c, 12, 5)
+        assert (one0[c, s, 0], one1[c, s, 0]) == ref
 
 
 def test_value_order_over_lead_and_trail() -> None:
