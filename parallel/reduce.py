@@ -437,7 +437,8 @@ def _lattice_exact(x: torch.Tensor, grid: ProcessGrid, first: int, keep_trailing
         v = v.permute(*range(first), *range(first + nd, x.ndim), *lat)
     nseg = math.prod(lead + trail)
     comm = grid.cart if grid.size > 1 else None
-    return exact_segment_sum(v.reshape(nseg, -1), comm).to(x.dtype).reshape(lead + trail)
+    per_row = v.numel() // nseg if nseg else math.prod(v.shape[len(lead + trail) :])
+    return exact_segment_sum(v.reshape(nseg, per_row), comm).to(x.dtype).reshape(lead + trail)
 
 
 class _ExactLatticeSum(torch.autograd.Function):

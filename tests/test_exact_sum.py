@@ -170,3 +170,12 @@ def test_long_rows_cross_the_compiled_blocks():
         rows.append(xs[:5003])
     x = torch.tensor(rows, dtype=torch.float64)
     assert exact_segment_sum(x).tolist() == [reference(r) for r in rows]
+
+
+def test_lattice_sum_of_no_chains_is_empty():
+    """A batch of zero chains sums to an empty result (the lattice size is explicit)."""
+    from parallel import lattice_sum, single_rank_grid
+
+    grid = single_rank_grid((4, 6))
+    assert lattice_sum(torch.zeros(0, 4, 6), grid, 1).shape == (0,)
+    assert lattice_sum(torch.zeros(0, 2, 4, 6, 3), grid, 2, keep_trailing=True).shape == (0, 2, 3)

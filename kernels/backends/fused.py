@@ -576,11 +576,12 @@ def _u1_source(theta: torch.Tensor, grid: ProcessGrid, rows_p: np.ndarray, geo: 
     b, nd = theta.shape[:2]
     local = tuple(grid.local_shape)
     if any(g > 1 for g in grid.grid):
-        src = halo_pad(theta.detach(), grid, 1, first=2).contiguous().reshape(b, nd, -1)
+        src = halo_pad(theta.detach(), grid, 1, first=2).contiguous()
         srow, wrap = _identity_rows(local), False
     else:
-        src = theta.detach().contiguous().reshape(b, nd, -1)
+        src = theta.detach().contiguous()
         srow, wrap = _source_rows(local), True
+    src = src.reshape(b, nd, math.prod(src.shape[2:]))  # explicit: no chains is valid too
     nchr = -(-rows_p.shape[0] // int(geo[0]))
     nw = max(1, min(b * nchr, 4 * numba.get_num_threads()))
     return src.numpy(), srow, wrap, nw
