@@ -158,12 +158,33 @@ def force(src, srow, wrap, mus, nus, pl, sg, ot, rows_p, rows_o, lx, strides, be
     return big
 
 
+@njit(cache=True, inline="always", fastmath={"contract"})
+def _density_row(tl, mus, nus, strides, p0, oo):
+    """``oo[x] = sum_p (1 - cos theta_p)`` for the row at padded offset ``p0`` of the copied
+    rows ``tl`` (:func:`density`, :func:`action_slots`); returns the count of
+    ``|theta_p| > LIMIT``."""
+    lx = oo.shape[0]
+    cnt = 0
+    for x in range(lx):
+        oo[x] = 0.0
+    for p in range(mus.shape[0]):
+        smu, snu = strides[mus[p]], strides[nus[p]]
+        tm, tn = tl[mus[p]], tl[nus[p]]
+        t0, t1 = tm[p0 : p0 + lx], tn[p0 + smu : p0 + smu + lx]
+        t2, t3 = tm[p0 + snu : p0 + snu + lx], tn[p0 : p0 + lx]
+        for x in range(lx):
+            a = t0[x] + t1[x] - t2[x] - t3[x]
+            oo[x] += 1.0 - vcos(a)
+            cnt += too_large(a)
+    return cnt
+
+
 @threaded_kernel(cache=True, fastmath={"contract"})
 def density(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, out):
     """``out[b, o] = sum_p (1 - cos theta_p(x))`` (``geo`` from :func:`chunks` with
     ``back = 0``); returns the count of ``|theta_p| > LIMIT``."""
     nb, nd = out.shape[0], src.shape[1]
-    nrows, npl = rows_p.shape[0], mus.shape[0]
+    nrows = rows_p.shape[0]
     rpc, ncopy = geo[0], geo[2]
     nchr = (nrows + rpc - 1) // rpc
     nq = nb * nchr
@@ -181,18 +202,7 @@ def density(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, out
             _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl)
             for r in range(r0, r1):
                 p0 = rows_p[r] - pr_lo * w
-                oo = out[b, rows_o[r] : rows_o[r] + lx]
-                for x in range(lx):
-                    oo[x] = 0.0
-                for p in range(npl):
-                    smu, snu = strides[mus[p]], strides[nus[p]]
-                    tm, tn = tl[mus[p]], tl[nus[p]]
-                    t0, t1 = tm[p0 : p0 + lx], tn[p0 + smu : p0 + smu + lx]
-                    t2, t3 = tm[p0 + snu : p0 + snu + lx], tn[p0 : p0 + lx]
-                    for x in range(lx):
-                        a = t0[x] + t1[x] - t2[x] - t3[x]
-                        oo[x] += 1.0 - vcos(a)
-                        cnt += too_large(a)
+                cnt += _density_row(tl, mus, nus, strides, p0, out[b, rows_o[r] : rows_o[r] + lx])
         big += cnt
     return big
 
@@ -240,7 +250,7 @@ def action_slots(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw
     NaN density) is counted, like a plaquette angle above ``vtrig.LIMIT``: the caller then
     takes the general exact sum. Returns that count."""
     nb, nd = out.shape[1], src.shape[1]
-    nrows, npl = rows_p.shape[0], mus.shape[0]
+    nrows = rows_p.shape[0]
     rpc, ncopy = geo[0], geo[2]
     nchr = (nrows + rpc - 1) // rpc
     nq = nb * nchr
@@ -260,18 +270,9 @@ def action_slots(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw
             _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl)
             for r in range(r0, r1):
                 p0 = rows_p[r] - pr_lo * w
-                oo = dv[(r - r0) * lx : (r - r0 + 1) * lx]
-                for x in range(lx):
-                    oo[x] = 0.0
-                for p in range(npl):
-                    smu, snu = strides[mus[p]], strides[nus[p]]
-                    tm, tn = tl[mus[p]], tl[nus[p]]
-                    t0, t1 = tm[p0 : p0 + lx], tn[p0 + smu : p0 + smu + lx]
-                    t2, t3 = tm[p0 + snu : p0 + snu + lx], tn[p0 : p0 + lx]
-                    for x in range(lx):
-                        a = t0[x] + t1[x] - t2[x] - t3[x]
-                        oo[x] += 1.0 - vcos(a)
-                        cnt += too_large(a)
+                cnt += _density_row(
+                    tl, mus, nus, strides, p0, dv[(r - r0) * lx : (r - r0 + 1) * lx]
+                )
             cnt += _split_into_slots(dv[: (r1 - r0) * lx], tb, mags, mbits, out[wk, b])
         big += cnt
     return big
