@@ -159,3 +159,17 @@ def test_fit_marginal_kl_is_the_true_kl_and_polish_lowers_it():
     assert abs(kl_rough - true_kl(rough)) < 0.02 * true_kl(rough)
     assert true_kl(params) < 0.5 * true_kl(rough)
     assert true_kl(params) < 3e-3
+
+
+def test_marginal_map_with_shared_spline_parameters_is_the_per_plaquette_map():
+    """Spline parameters shared by every plaquette, ``(1, k)``, give their knots once: the
+    same map and log-derivative, bit for bit, as the parameters repeated per plaquette."""
+    layer = U1SweepCoupling(single_rank_grid((4, 4)), 0, 1, n_mix=8, transform="spline")
+    gen = torch.Generator().manual_seed(5)
+    k = layer.net.net[-1].weight.shape[0] - 1
+    par = torch.randn(k, generator=gen, dtype=DT)
+    x = torch.rand(777, generator=gen, dtype=DT) * TWO_PI
+    t = torch.tensor([0.3], dtype=DT)
+    u1, d1 = marginal_map(layer, x, par[None], t)
+    u2, d2 = marginal_map(layer, x, par.expand(x.numel(), k), t)
+    assert torch.equal(u1, u2) and torch.equal(d1, d2)

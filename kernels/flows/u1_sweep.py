@@ -124,10 +124,14 @@ def marginal_map(
     layer: U1PlaquetteCoupling, p: torch.Tensor, raw: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h(p) + t, log h'(p))`` of ``layer``'s elementwise transform for plaquettes ``p``
-    ``(N,)`` in ``[0, 2 pi)`` with raw parameters ``raw`` ``(N, k)`` (NCP ``s`` or spline
-    widths/heights/derivatives), as the layer computes them from its network output."""
+    ``(N,)`` in ``[0, 2 pi)`` with raw parameters ``raw`` ``(N, k)`` or, shared by every
+    plaquette, ``(1, k)`` (NCP ``s`` or spline widths/heights/derivatives), as the layer
+    computes them from its network output. Shared spline parameters give their knots once
+    (then broadcast), not once per plaquette."""
     if layer.transform == "spline":
-        h, _, logdh = rq_spline(p, *layer._knots(raw))
+        n = p.shape[0]
+        knots = (x.expand(n, *x.shape[1:]) for x in layer._knots(raw))
+        h, _, logdh = rq_spline(p, *knots)
     else:
         h, _ = ncp_mixture(p, raw)
         logdh = ncp_log_derivative(p, raw)
@@ -170,7 +174,8 @@ def fit_marginal(
     cell = TWO_PI / samples
 
     def kl_at(p: torch.Tensor) -> torch.Tensor:
-        u, logdh = marginal_map(layer, p, raw.expand(p.numel(), k), t)
+        shared = raw[None] if layer.transform == "spline" else raw.expand(p.numel(), k)
+        u, logdh = marginal_map(layer, p, shared, t)
         return (-math.log(TWO_PI) - logdh - beta * torch.cos(u)).mean() + log_norm
 
     kl = torch.tensor(float("nan"))
