@@ -89,44 +89,70 @@ def scan(bits, specials):
 
 
 @njit(cache=True)
+def split_block(vals, tb, mags, mbits, acc):
+    """``acc[j] += sum_i q_j(vals[i]) / 2^c_j`` over the slots ``j`` with ``mags[j] = M_j = 1.5
+    2^(c_j + 52)`` and its bit pattern ``mbits[j]`` (``c_j`` descending); the last slot takes
+    the rest. ``vals`` is consumed (the rests), ``tb`` is scratch of at least its length.
+    Returns the count of rests that the last slot does not hold exactly (not a multiple of
+    its ``2^c``, or NaN): none where the slots reach each value's lowest bit.
+
+    The integer ``q / 2^c`` is read from the bits of ``t = r + M``: ``t`` lies in ``M``'s
+    binade, whose spacing is ``2^c``, so ``bits(t) - bits(M) = (t - M) / 2^c = q / 2^c``
+    exactly. Integer adds of those bit patterns vectorise where a float-to-int64 conversion
+    does not (AVX2 has none: 0.84 against ~0.2 ns per value and slot on a Zen 3 host). Also
+    inlined by :func:`kernels.backends.u1_kernels.action_slots` (its ``EXACT_SUM_HASH`` pins
+    this file)."""
+    n = vals.shape[0]
+    tv = tb[:n]
+    tvb = tb.view(np.int64)[:n]
+    nlev = mags.shape[0]
+    bad = 0
+    for j in range(nlev):
+        mag = mags[j]
+        if j < nlev - 1:
+            for i in range(n):
+                v = vals[i]
+                t = v + mag
+                vals[i] = v - (t - mag)
+                tv[i] = t
+        else:
+            for i in range(n):
+                v = vals[i]
+                t = v + mag
+                tv[i] = t
+                bad += np.int64((t - mag) != v)
+        s = np.int64(0)
+        mb = mbits[j]
+        for i in range(n):
+            s += tvb[i] - mb
+        acc[j] += s
+    return bad
+
+
+@njit(cache=True)
 def slot_sums(x, k_top, k_bot, width, out):
     """``out[j, row] = sum_i q_(k_top - j)(x[row, i]) / 2^c`` for the slots ``k_top .. k_bot``
-    (``c = -1074 + width k``; module docstring); non-finite values count as 0.
-
-    The integer ``q / 2^c`` is read from the bits of ``t = r + M`` (``M = 1.5 2^(c + 52)``):
-    ``t`` lies in ``M``'s binade, whose spacing is ``2^c``, so ``bits(t) - bits(M) = (t - M) /
-    2^c = q / 2^c`` exactly. The last slot takes the rest ``r`` (a multiple of ``2^c``) the same
-    way. Integer adds of those bit patterns vectorise where a float-to-int64 conversion does not
-    (AVX2 has none: 0.84 against ~0.2 ns per value and slot on a Zen 3 host)."""
+    (``c = -1074 + width k``; module docstring), block by block (:func:`split_block`);
+    non-finite values count as 0."""
     rows, n = x.shape
     levels = k_top - k_bot + 1
+    mags = np.empty(levels)
+    for j in range(levels):
+        mags[j] = 1.5 * 2.0 ** (-1074 + width * (k_top - j) + 52)
+    mbits = mags.view(np.int64)
     nbuf = min(n, BLOCK)
     buf = np.empty(nbuf)
     tb = np.empty(nbuf)
-    tbits = tb.view(np.int64)
+    acc = np.zeros(levels, np.int64)
     big = np.finfo(np.float64).max
     for row in range(rows):
+        acc[:] = 0
         for lo in range(0, n, BLOCK):
             m = min(n, lo + BLOCK) - lo
             xs = x[row, lo : lo + m]
             for i in range(m):
                 v = xs[i]
                 buf[i] = v if abs(v) <= big else 0.0
-            for j in range(levels):
-                c = -1074 + width * (k_top - j)
-                mag = 1.5 * 2.0 ** (c + 52)
-                # bits of M: biased exponent c + 52 + 1023, leading fraction bit 2^51
-                mbits = ((np.int64(c) + 1075) << 52) | (np.int64(1) << 51)
-                if j < levels - 1:
-                    for i in range(m):
-                        r = buf[i]
-                        t = r + mag
-                        buf[i] = r - (t - mag)
-                        tb[i] = t
-                else:
-                    for i in range(m):
-                        tb[i] = buf[i] + mag
-                acc = np.int64(0)
-                for i in range(m):
-                    acc += tbits[i] - mbits
-                out[j, row] += acc
+            split_block(buf[:m], tb, mags, mbits, acc)
+        for j in range(levels):
+            out[j, row] += acc[j]

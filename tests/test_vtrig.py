@@ -124,3 +124,17 @@ def test_static_kernels_pin_the_vtrig_source_they_inline():
     want = fused.dependency_hash(("vtrig.py",))
     assert u1_kernels.VTRIG_HASH == want, f"set u1_kernels.VTRIG_HASH = {want!r}"
     assert "vtrig.py" in fused.INLINED_DEPENDENCIES
+
+
+def test_u1_kernels_pin_the_exact_sum_source_they_link():
+    """Likewise for ``parallel/exact_sum_jit.py``, whose ``split_block`` the one-pass U(1)
+    action links into its cached code. On failure: set ``u1_kernels.EXACT_SUM_HASH`` to the
+    value printed."""
+    import hashlib
+    from pathlib import Path
+
+    from kernels.backends import u1_kernels
+    from parallel import exact_sum_jit
+
+    want = hashlib.sha256(Path(exact_sum_jit.__file__).read_bytes()).hexdigest()[:16]
+    assert u1_kernels.EXACT_SUM_HASH == want, f"set u1_kernels.EXACT_SUM_HASH = {want!r}"

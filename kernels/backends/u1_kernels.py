@@ -49,6 +49,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from parallel.exact_sum_jit import split_block
+
 from .numba_threads import threaded_kernel
 from .vtrig import too_large, vcos, vsin
 
@@ -57,6 +59,9 @@ from .vtrig import too_large, vcos, vsin
 #: so a change of ``vtrig.py`` would keep running the old inlined code; the pin puts vtrig's
 #: hash into this file's text (tests/test_vtrig.py fails until it is updated)
 VTRIG_HASH = "074ea509e431f13d"
+#: the same pin for ``parallel/exact_sum_jit.py``, whose ``split_block`` :func:`action_slots`
+#: calls (numba links it into this module's cached code; tests/test_vtrig.py checks the pin)
+EXACT_SUM_HASH = "d0bc68acc218283a"
 
 CHUNK_SITES = 16384  # padded sites per chunk (at least 4 strides[0]: the back extension)
 
@@ -207,41 +212,10 @@ def density(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, out
     return big
 
 
-@njit(cache=True, fastmath={"contract"})
-def _split_into_slots(vals, tb, mags, mbits, acc):
-    """``acc[j] += sum_i q_j(vals[i]) / 2^c_j`` (:func:`action_slots`; ``vals`` consumed,
-    ``tb`` scratch); returns the count of rests that the last slot does not hold exactly."""
-    n = vals.shape[0]
-    tv = tb[:n]
-    tvb = tb.view(np.int64)[:n]
-    nlev = mags.shape[0]
-    bad = 0
-    for j in range(nlev):
-        mag = mags[j]
-        if j < nlev - 1:
-            for i in range(n):
-                v = vals[i]
-                t = v + mag
-                vals[i] = v - (t - mag)
-                tv[i] = t
-        else:
-            for i in range(n):
-                v = vals[i]
-                t = v + mag
-                tv[i] = t
-                bad += np.int64((t - mag) != v)
-        s = np.int64(0)
-        mb = mbits[j]
-        for i in range(n):
-            s += tvb[i] - mb
-        acc[j] += s
-    return bad
-
-
 @threaded_kernel(cache=True, fastmath={"contract"})
 def action_slots(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, mags, mbits, out):
     """The action density of :func:`density` (the same values, bit for bit), split over fixed
-    slots of the exact sum (:mod:`parallel.exact_sum_jit`) instead of stored:
+    slots of the exact sum (:func:`parallel.exact_sum_jit.split_block`) instead of stored:
     ``out[wk, b, j] = sum (q_j / 2^c_j)`` over worker ``wk``'s sites of chain ``b``, slot ``j``
     with ``mags[j] = 1.5 2^(c_j + 52)`` and its bit pattern ``mbits[j]`` (``c_j`` descending;
     the last slot takes the rest). Each density is a multiple of ``2^-53`` below ``2 npl + 1``
@@ -273,6 +247,6 @@ def action_slots(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw
                 cnt += _density_row(
                     tl, mus, nus, strides, p0, dv[(r - r0) * lx : (r - r0 + 1) * lx]
                 )
-            cnt += _split_into_slots(dv[: (r1 - r0) * lx], tb, mags, mbits, out[wk, b])
+            cnt += split_block(dv[: (r1 - r0) * lx], tb, mags, mbits, out[wk, b])
         big += cnt
     return big
