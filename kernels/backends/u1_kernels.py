@@ -163,6 +163,21 @@ def force(src, srow, wrap, mus, nus, pl, sg, ot, rows_p, rows_o, lx, strides, be
     return big
 
 
+@njit(cache=True, inline="always")
+def _load_chunk(src, srow, wrap, q, nchr, rpc, rows_p, lx, strides, tl):
+    """Chunk ``q`` of :func:`density` and :func:`action_slots`: its chain ``b``, interior rows
+    ``r0 .. r1 - 1`` and first padded row ``pr_lo``, with its padded rows copied into ``tl``
+    (:func:`_copy_rows`)."""
+    w = lx + 2
+    b = q // nchr
+    r0 = (q % nchr) * rpc
+    r1 = min(rows_p.shape[0], r0 + rpc)
+    pr_lo = rows_p[r0] // w
+    pr_hi = (rows_p[r1 - 1] + lx - 1 + strides[0]) // w + 1
+    _copy_rows(src, srow, wrap, b, tl.shape[0], pr_lo, pr_hi, lx, tl)
+    return b, r0, r1, pr_lo
+
+
 @njit(cache=True, inline="always", fastmath={"contract"})
 def _density_row(tl, mus, nus, strides, p0, oo):
     """``oo[x] = sum_p (1 - cos theta_p)`` for the row at padded offset ``p0`` of the copied
@@ -199,12 +214,7 @@ def density(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw, out
         tl = np.empty((nd, ncopy * w))
         cnt = 0
         for q in range(wk * nq // nw, (wk + 1) * nq // nw):
-            b = q // nchr
-            r0 = (q % nchr) * rpc
-            r1 = min(nrows, r0 + rpc)
-            pr_lo = rows_p[r0] // w
-            pr_hi = (rows_p[r1 - 1] + lx - 1 + strides[0]) // w + 1
-            _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl)
+            b, r0, r1, pr_lo = _load_chunk(src, srow, wrap, q, nchr, rpc, rows_p, lx, strides, tl)
             for r in range(r0, r1):
                 p0 = rows_p[r] - pr_lo * w
                 cnt += _density_row(tl, mus, nus, strides, p0, out[b, rows_o[r] : rows_o[r] + lx])
@@ -236,12 +246,7 @@ def action_slots(src, srow, wrap, mus, nus, rows_p, rows_o, lx, strides, geo, nw
         tb = np.empty(rpc * lx)
         cnt = 0
         for q in range(wk * nq // nw, (wk + 1) * nq // nw):
-            b = q // nchr
-            r0 = (q % nchr) * rpc
-            r1 = min(nrows, r0 + rpc)
-            pr_lo = rows_p[r0] // w
-            pr_hi = (rows_p[r1 - 1] + lx - 1 + strides[0]) // w + 1
-            _copy_rows(src, srow, wrap, b, nd, pr_lo, pr_hi, lx, tl)
+            b, r0, r1, pr_lo = _load_chunk(src, srow, wrap, q, nchr, rpc, rows_p, lx, strides, tl)
             for r in range(r0, r1):
                 p0 = rows_p[r] - pr_lo * w
                 cnt += _density_row(
