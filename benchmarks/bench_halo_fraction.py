@@ -18,6 +18,15 @@ its copies, posts and ghost fills as "post", its ``waitall`` as "wait" (with axi
 alone the interior planes are computed between post and wait; ``TRIVHMC_VNODE_OVERLAP=0``
 turns that off). The table prints every trajectory and the medians (the dev VM is shared:
 single runs are noisy).
+
+``--alternate`` (N >= 2 ranks) measures the weak-scaling efficiency inside one launch, so that
+both sides see the same load on a shared machine. Every round runs one N-rank trajectory;
+then, on rank 0 alone, one trajectory of the local lattice on a one-rank grid of
+``COMM_SELF`` (the 1-rank run) while the other ranks wait in a sleeping poll of an
+``Ibarrier`` (no core spinning); then that 1-rank trajectory on every rank at once. The
+efficiency (1 rank / N ranks) splits into "shared" (1 rank alone / N single ranks at once:
+what sharing cores, caches and memory costs) and "comm" (N single ranks / N ranks: what
+the split grid and its exchanges cost); medians of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -81,7 +90,18 @@ def _time_packed_exchange() -> None:
         setattr(vnode.PackedMD, name, timed)
 
 
-def main() -> None:
+def idle_until_rank0(comm: MPI.Comm) -> None:
+    """Wait for rank 0 without keeping a core busy (MPI's blocking calls spin): a sleeping
+    poll of a non-blocking barrier that rank 0 enters when its work is done."""
+    req = comm.Ibarrier()
+    if comm.rank == 0:
+        req.Wait()
+        return
+    while not req.Test():
+        time.sleep(2e-4)
+
+
+def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--local", type=int, nargs=4, default=[8, 8, 8, 8])
@@ -89,7 +109,12 @@ def main() -> None:
     ap.add_argument("--traj", type=int, default=3)
     ap.add_argument("--backend", default="eager")
     ap.add_argument("--overlap", action="store_true", help="Wilson force with overlap")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--alternate",
+        action="store_true",
+        help="N >= 2 ranks: alternate N-rank trajectories with 1-rank ones on rank 0",
+    )
+    args = ap.parse_args(argv)
     torch.set_default_dtype(torch.float64)
     halo_mod._post = shifts_mod._post = _timed_post
     comm_mod.waitall = _timed_wait
@@ -104,6 +129,12 @@ def main() -> None:
     hmc = HMC(th, make_integrator(th, "omelyan", args.steps, 1.0), SiteRNG(1))
     field = th.hot_start(SiteRNG(1), 0, 1)
     field, _ = hmc.trajectory(field, 1)
+    if args.alternate:
+        if n < 2:
+            raise SystemExit("--alternate needs at least 2 ranks")
+        alternate(args, comm, th, hmc, field)
+        grid.free()
+        return
     rows = []
     for c in range(2, 2 + args.traj):
         SPENT.update(post=0.0, wait=0.0, msgs=0)
@@ -138,6 +169,66 @@ def main() -> None:
             f"{int(med[3]):>6}"
         )
     grid.free()
+
+
+def alternate(args, comm: MPI.Comm, th: SU3Gauge, hmc: HMC, field) -> None:
+    """Rounds of three trajectories: one N-rank trajectory; one 1-rank trajectory of the
+    local lattice (``COMM_SELF`` grid) on rank 0 while the others idle
+    (:func:`idle_until_rank0`); and that 1-rank trajectory on every rank at once (no
+    communication: what sharing the machine's cores, caches and memory costs)."""
+    n = comm.Get_size()
+    g1 = ProcessGrid(tuple(args.local), grid=(1, 1, 1, 1), comm=MPI.COMM_SELF)
+    th1 = SU3Gauge(g1, 5.7, overlap=args.overlap)
+    hmc1 = HMC(th1, make_integrator(th1, "omelyan", args.steps, 1.0), SiteRNG(1))
+    f1, _ = hmc1.trajectory(th1.hot_start(SiteRNG(1), 0, 1), 1)
+    rows = []
+    for c in range(2, 2 + args.traj):
+        SPENT.update(post=0.0, wait=0.0, msgs=0)
+        comm.Barrier()
+        t0 = time.perf_counter()
+        field, _ = hmc.trajectory(field, c)
+        wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        halo = comm.allreduce(SPENT["post"] + SPENT["wait"], op=MPI.MAX)
+        one = 0.0
+        if comm.rank == 0:
+            t0 = time.perf_counter()
+            f1, _ = hmc1.trajectory(f1, c)
+            one = time.perf_counter() - t0
+        idle_until_rank0(comm)
+        comm.Barrier()
+        t0 = time.perf_counter()
+        f1, _ = hmc1.trajectory(f1, c)
+        both = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        rows.append((one, both, wall, halo))
+    g1.free()
+    if comm.rank == 0:
+        print(
+            f"# bench_halo_fraction --alternate {datetime.now().isoformat(timespec='seconds')} "
+            f"{platform.node()} cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} ranks={n} "
+            f"backend={args.backend} overlap={args.overlap} "
+            f"local={'x'.join(map(str, args.local))} Omelyan steps={args.steps}"
+        )
+        print(
+            f"{'round':>5} {'1 rank s':>9} {f'{n}x1 rank s':>11} {f'{n} ranks s':>10} "
+            f"{'efficiency':>10} {'shared':>7} {'comm':>6} {'halo %':>7}"
+        )
+        cols = []
+        for i, (one, both, wall, halo) in enumerate(rows):
+            eff, shared, comm_eff = one / wall, one / both, both / wall
+            cols.append((one, both, wall, eff, shared, comm_eff, 100 * halo / wall))
+            print(
+                f"{i:>5} {one:>9.4f} {both:>11.4f} {wall:>10.4f} {eff:>10.2f} {shared:>7.2f} "
+                f"{comm_eff:>6.2f} {100 * halo / wall:>6.1f}%"
+            )
+        m = [statistics.median(col) for col in zip(*cols)]
+        print(
+            f"{'med':>5} {m[0]:>9.4f} {m[1]:>11.4f} {m[2]:>10.4f} {m[3]:>10.2f} {m[4]:>7.2f} "
+            f"{m[5]:>6.2f} {m[6]:>6.1f}%"
+        )
+        print(
+            "# efficiency = 1 rank / N ranks = shared (1 rank / N x 1 rank at once) x comm "
+            "(N x 1 rank / N ranks); medians of the per-round ratios"
+        )
 
 
 if __name__ == "__main__":

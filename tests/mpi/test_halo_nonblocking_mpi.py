@@ -173,3 +173,40 @@ def test_lazy_conjugate_and_negative_views(grid):
             np.testing.assert_array_equal(got, rolled(ref_full, mu, 1, False))
         ref = padded_reference(ref_full, grid, [(1, 1)] * 4, False)
         np.testing.assert_array_equal(halo_pad(view, grid, 1, first=2).numpy(), ref)
+
+
+def test_bench_halo_fraction_alternate_table(capsys):
+    """benchmarks/bench_halo_fraction.py --alternate (smoke test, tiny lattice): one row per
+    round with positive timings and efficiency = 1 rank / N ranks = shared x comm; timings
+    are measured by the script, never asserted here."""
+    if SIZE < 2:
+        pytest.skip("--alternate needs at least 2 ranks")
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_halo_fraction.py"
+    spec = importlib.util.spec_from_file_location("bench_halo_fraction", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--local", "4", "4", "4", "4", "--steps", "1", "--traj", "2", "--alternate"])
+    out = capsys.readouterr().out
+    if MPI.COMM_WORLD.rank != 0:
+        assert out == ""
+        return
+    num = r"(\d+\.\d+)"
+    row = r"^\s+(\d+)" + rf"\s+{num}" * 7 + "%$"
+    rows = re.findall(row, out, re.M)
+    assert [r[0] for r in rows] == ["0", "1"], out
+
+    def ratio_of(printed: str, a: str, b: str) -> bool:
+        """The printed ratio (2 decimals) is a / b of the printed times (4 decimals)."""
+        x, y = float(a), float(b)
+        return abs(float(printed) - x / y) <= 0.0051 + x / y * 5.1e-5 * (1 / x + 1 / y)
+
+    for _, one, both, wall, eff, shared, comm_eff, _halo in rows:
+        assert min(float(one), float(both), float(wall)) > 0
+        assert ratio_of(eff, one, wall), out
+        assert ratio_of(shared, one, both), out
+        assert ratio_of(comm_eff, both, wall), out
+    assert f"ranks={SIZE}" in out and "med" in out
