@@ -3,6 +3,11 @@
 ``tests/mpi/`` holds tests that run *under* ``mpiexec`` (every rank runs the module and
 compares its distributed result with the single-rank one); they are launched by
 ``tests/test_mpi.py`` with 1, 2 and 4 ranks and are not collected directly.
+
+The suite runs on pytest-xdist workers (``-n auto`` in pyproject.toml): one per available
+core, at most :data:`MAX_WORKERS`, none under ``mpiexec`` (every rank is one process of a
+distributed test); ``-n 0`` runs it in one process. The ``mpiexec`` launches, the longest
+tests by far, are scheduled first so that they do not finish last on one worker.
 """
 
 import os
@@ -14,11 +19,43 @@ os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-collect_ignore = ["mpi"] if "TRIVHMC_UNDER_MPIEXEC" not in os.environ else []
+UNDER_MPIEXEC = "TRIVHMC_UNDER_MPIEXEC" in os.environ
+collect_ignore = ["mpi"] if not UNDER_MPIEXEC else []
+#: most pytest-xdist workers for ``-n auto`` (each imports torch and numba: ~0.5-1 GB)
+MAX_WORKERS = 4
 
 torch.set_default_dtype(torch.float64)
 # small-matrix kernels are far slower with intra-op threads on small CI machines
 torch.set_num_threads(1)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per available core, at most :data:`MAX_WORKERS`; 0 (no
+    workers, the tests run in the process) under ``mpiexec``."""
+    if UNDER_MPIEXEC:
+        return 0
+    return max(1, min(MAX_WORKERS, available_cores()))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The ``mpiexec`` launches of tests/test_mpi.py first, most ranks first (the longest
+    tests: started last, one would run alone at the end of a parallel session)."""
+
+    def key(item) -> tuple[int, int]:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.path.name == "test_mpi.py" and "nranks" in params:
+            return (0, -int(params["nranks"]))
+        return (1, 0)
+
+    items.sort(key=key)  # stable: the rest keep their order
 
 
 @pytest.fixture

@@ -33,9 +33,12 @@ def run_under_mpi(
     env = dict(
         os.environ,
         TRIVHMC_UNDER_MPIEXEC="1",
+        TRIVHMC_MPI_RANKS=str(nranks),  # tests/mpi/conftest.py checks the world's size
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
+    for name in [k for k in env if k.startswith("PYTEST_XDIST_")]:
+        del env[name]  # the ranks are not this xdist worker (tests/mpi/conftest.py checks)
     cmd = [
         mpiexec(),
         "-n",
