@@ -101,6 +101,22 @@ def idle_until_rank0(comm: MPI.Comm) -> None:
         time.sleep(2e-4)
 
 
+def build_hmc(grid: ProcessGrid, args) -> tuple[SU3Gauge, HMC]:
+    """The benchmark's theory (Wilson beta 5.7) and Omelyan HMC on ``grid``."""
+    th = SU3Gauge(grid, 5.7, overlap=args.overlap)
+    return th, HMC(th, make_integrator(th, "omelyan", args.steps, 1.0), SiteRNG(1))
+
+
+def timed_trajectory(hmc: HMC, field, c: int, comm: MPI.Comm):
+    """One trajectory started together on every rank of ``comm``, the halo counters reset:
+    ``(field, this rank's seconds)``."""
+    SPENT.update(post=0.0, wait=0.0, msgs=0)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    field, _ = hmc.trajectory(field, c)
+    return field, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()  # as the application does (parallel/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -125,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     n = comm.Get_size()
     shape = (args.local[0] * n, *args.local[1:])
     grid = ProcessGrid(shape, grid=(n, 1, 1, 1))
-    th = SU3Gauge(grid, 5.7, overlap=args.overlap)
-    hmc = HMC(th, make_integrator(th, "omelyan", args.steps, 1.0), SiteRNG(1))
+    th, hmc = build_hmc(grid, args)
     field = th.hot_start(SiteRNG(1), 0, 1)
     field, _ = hmc.trajectory(field, 1)
     if args.alternate:
@@ -137,11 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for c in range(2, 2 + args.traj):
-        SPENT.update(post=0.0, wait=0.0, msgs=0)
-        comm.Barrier()
-        t0 = time.perf_counter()
-        field, _ = hmc.trajectory(field, c)
-        wall = time.perf_counter() - t0
+        field, wall = timed_trajectory(hmc, field, c, comm)
         rows.append(
             (
                 comm.allreduce(wall, op=MPI.MAX),
@@ -178,16 +189,12 @@ def alternate(args, comm: MPI.Comm, th: SU3Gauge, hmc: HMC, field) -> None:
     communication: what sharing the machine's cores, caches and memory costs)."""
     n = comm.Get_size()
     g1 = ProcessGrid(tuple(args.local), grid=(1, 1, 1, 1), comm=MPI.COMM_SELF)
-    th1 = SU3Gauge(g1, 5.7, overlap=args.overlap)
-    hmc1 = HMC(th1, make_integrator(th1, "omelyan", args.steps, 1.0), SiteRNG(1))
+    th1, hmc1 = build_hmc(g1, args)
     f1, _ = hmc1.trajectory(th1.hot_start(SiteRNG(1), 0, 1), 1)
     rows = []
     for c in range(2, 2 + args.traj):
-        SPENT.update(post=0.0, wait=0.0, msgs=0)
-        comm.Barrier()
-        t0 = time.perf_counter()
-        field, _ = hmc.trajectory(field, c)
-        wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        field, wall = timed_trajectory(hmc, field, c, comm)
+        wall = comm.allreduce(wall, op=MPI.MAX)
         halo = comm.allreduce(SPENT["post"] + SPENT["wait"], op=MPI.MAX)
         one = 0.0
         if comm.rank == 0:
@@ -195,10 +202,8 @@ def alternate(args, comm: MPI.Comm, th: SU3Gauge, hmc: HMC, field) -> None:
             f1, _ = hmc1.trajectory(f1, c)
             one = time.perf_counter() - t0
         idle_until_rank0(comm)
-        comm.Barrier()
-        t0 = time.perf_counter()
-        f1, _ = hmc1.trajectory(f1, c)
-        both = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        f1, both = timed_trajectory(hmc1, f1, c, comm)
+        both = comm.allreduce(both, op=MPI.MAX)
         rows.append((one, both, wall, halo))
     g1.free()
     if comm.rank == 0:
