@@ -1,4 +1,4 @@
-"""Configuration for tests that run under mpiexec: float64 default, quiet non-root ranks.
+"""Configuration for tests that run under mpiexec: float64 default, and a check of the launch.
 
 Every rank must be one process of the distributed test: a pytest-xdist worker (whose MPI
 world would be itself alone, so every check would pass as a one-rank check) or a world of
