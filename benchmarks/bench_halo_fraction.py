@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.alternate:
         if n < 2:
             raise SystemExit("--alternate needs at least 2 ranks")
-        alternate(args, comm, th, hmc, field)
+        alternate(args, comm, hmc, field)
         grid.free()
         return
     rows = []
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     grid.free()
 
 
-def alternate(args, comm: MPI.Comm, th: SU3Gauge, hmc: HMC, field) -> None:
+def alternate(args, comm: MPI.Comm, hmc: HMC, field) -> None:
     """Rounds of three trajectories: one N-rank trajectory; one 1-rank trajectory of the
     local lattice (``COMM_SELF`` grid) on rank 0 while the others idle
     (:func:`idle_until_rank0`); and that 1-rank trajectory on every rank at once (no
