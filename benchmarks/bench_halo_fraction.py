@@ -139,14 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         _time_packed_exchange()
     comm = MPI.COMM_WORLD
     n = comm.Get_size()
+    if args.alternate and n < 2:
+        raise SystemExit("bench_halo_fraction.py: --alternate needs at least 2 ranks")
     shape = (args.local[0] * n, *args.local[1:])
     grid = ProcessGrid(shape, grid=(n, 1, 1, 1))
     th, hmc = build_hmc(grid, args)
     field = th.hot_start(SiteRNG(1), 0, 1)
     field, _ = hmc.trajectory(field, 1)
     if args.alternate:
-        if n < 2:
-            raise SystemExit("--alternate needs at least 2 ranks")
         alternate(args, comm, hmc, field)
         grid.free()
         return
