@@ -18,6 +18,9 @@ their ratio: wall time (max over ranks), or with ``--clock cpu`` this process's 
 on a shared machine). The ratio bounds what trivialized HMC must gain in ``tau_int`` (and
 step count) to be cheaper than plain HMC.
 
+``--breakdown N`` prints after the table where the trivialized force's CPU time goes (the N
+largest items of ``torch.profiler``'s self time, for the last batch size).
+
 ``--compile`` (one process, no split axis) wraps the flow's ``forward_local`` in
 ``torch.compile`` (dynamo + inductor; the backward is compiled with it) and adds a column with
 that force and its largest difference from the eager one. A trial, not an application
@@ -127,6 +130,14 @@ def main(argv=None) -> None:
         help="also time the force with the flow's forward_local under torch.compile",
     )
     ap.add_argument(
+        "--breakdown",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the table: the N largest items of the trivialized force's own CPU time "
+        "(torch.profiler, the last batch size; rank 0)",
+    )
+    ap.add_argument(
         "--clock",
         choices=["wall", "cpu"],
         default="wall",
@@ -163,6 +174,42 @@ def main(argv=None) -> None:
             tc = seconds_per_call(lambda f=field: compiled.force(f), args.repeat)[pick] / batch
             row += f" {tc:.2e} | {tc / max(plain, 1e-12):.1f} | {first:.0f} | {diff:.1e} |"
         say(row)
+    if args.breakdown:
+        breakdown(lambda f=field: triv.force(f), args.repeat, args.breakdown)
+
+
+def breakdown(force, repeat: int, top: int) -> None:
+    """Print where the CPU time of ``force()`` goes: ``torch.profiler`` over ``repeat`` calls
+    (after one warm-up), the ``top`` entries by self CPU time (a custom autograd Function's
+    forward and backward are entries of their own: the fused kernels inside them run in
+    Python, so their time is the Function's), in ms per call and % of the whole call's CPU
+    time (profiler overhead included), and what no torch op holds (Python, numba kernels
+    called outside a Function, such as a fused plain force)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    force()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.process_time()
+        for _ in range(repeat):
+            force()
+        whole = (time.process_time() - t0) * 1e6  # us, as the profiler's times
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = max(whole, sum(e.self_cpu_time_total for e in rows), 1.0)
+    say("")
+    say(f"trivialized force, self CPU time per call ({repeat} calls, torch.profiler):")
+    say("")
+    say("| item | calls per force | ms per force | % |")
+    say("|---|---|---|---|")
+    for e in rows[:top]:
+        ms = e.self_cpu_time_total / 1e3 / repeat
+        pct = 100.0 * e.self_cpu_time_total / total
+        say(f"| {e.key} | {e.count / repeat:g} | {ms:.3f} | {pct:.1f} |")
+    rest = total - sum(e.self_cpu_time_total for e in rows)
+    say(
+        f"| (outside any torch op: Python, numba calls there) | | {rest / 1e3 / repeat:.3f} |"
+        f" {100.0 * rest / total:.1f} |"
+    )
+    say(f"| (whole call, this process's CPU time) | | {total / 1e3 / repeat:.3f} | 100.0 |")
 
 
 def compiled_twin(triv):

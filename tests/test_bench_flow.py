@@ -38,6 +38,22 @@ def test_flow_force_arch_table(args, capsys):
     assert "untrained" in out and "clock: cpu" in out
 
 
+def test_flow_force_breakdown_table(capsys):
+    """``--breakdown N``: N items with their share, what no op holds, and the whole call."""
+    _load("bench_flow_force").main(
+        ["--arch", "su3_stout", "--lattice", "2,2,2,2", "--options", "n_layers=2,hidden=[2]"]
+        + ["--batches", "1", "--repeat", "2", "--clock", "cpu", "--breakdown", "3"]
+    )
+    out = capsys.readouterr().out.split("self CPU time per call")[1]
+    rows = re.findall(r"^\| (.+?) \|\s*(\S*)\s*\| (\S+) \| (\S+) \|$", out, re.M)
+    items = [r for r in rows if not r[0].startswith("(")]
+    assert len(items) == 3 and all(float(r[1]) > 0 for r in items)
+    assert any("Fused" in r[0] for r in items)  # the stout layer's Functions lead
+    assert rows[-1][0].startswith("(whole call") and float(rows[-1][3]) == 100.0
+    shares = [float(r[3]) for r in rows[:-1]]
+    assert all(0 <= x <= 100 for x in shares) and sum(shares) <= 100.0 + 1e-6
+
+
 def test_flow_force_bad_arch():
     with pytest.raises(SystemExit, match="one of"):
         _load("bench_flow_force").main(["--arch", "nope", "--lattice", "2,2"])
