@@ -18,7 +18,7 @@ their ratio: wall time (max over ranks), or with ``--clock cpu`` this process's 
 on a shared machine). The ratio bounds what trivialized HMC must gain in ``tau_int`` (and
 step count) to be cheaper than plain HMC.
 
-``--breakdown N`` prints after the table where the trivialized force's CPU time goes (the N
+``--breakdown N`` prints after the table where the trivialized force's time goes (the N
 largest items of ``torch.profiler``'s self time, for the last batch size).
 
 ``--compile`` (one process, no split axis) wraps the flow's ``forward_local`` in
@@ -134,8 +134,8 @@ def main(argv=None) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="after the table: the N largest items of the trivialized force's own CPU time "
-        "(torch.profiler, the last batch size; rank 0)",
+        help="after the table: the N largest items of the trivialized force's time "
+        "(torch.profiler self time, the last batch size; rank 0)",
     )
     ap.add_argument(
         "--clock",
@@ -179,24 +179,25 @@ def main(argv=None) -> None:
 
 
 def breakdown(force, repeat: int, top: int) -> None:
-    """Print where the CPU time of ``force()`` goes: ``torch.profiler`` over ``repeat`` calls
-    (after one warm-up), the ``top`` entries by self CPU time (a custom autograd Function's
-    forward and backward are entries of their own: the fused kernels inside them run in
-    Python, so their time is the Function's), in ms per call and % of the whole call's CPU
-    time (profiler overhead included), and what no torch op holds (Python, numba kernels
-    called outside a Function, such as a fused plain force)."""
+    """Print where the time of ``force()`` goes: ``torch.profiler`` over ``repeat`` calls
+    (after one warm-up), the ``top`` entries by self time (the profiler's "CPU time": the
+    wall duration of an op on the calling thread, its own worker threads' time not added; a
+    custom autograd Function's forward and backward are entries of their own, with the
+    fused kernels they call), in ms per call and % of the whole call's wall time (profiler
+    overhead included), and what no torch op holds (Python, numba kernels called outside a
+    Function, such as a fused plain force)."""
     from torch.profiler import ProfilerActivity, profile
 
     force()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.process_time()
+        t0 = time.perf_counter()
         for _ in range(repeat):
             force()
-        whole = (time.process_time() - t0) * 1e6  # us, as the profiler's times
+        whole = (time.perf_counter() - t0) * 1e6  # us, wall, as the profiler's op durations
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = max(whole, sum(e.self_cpu_time_total for e in rows), 1.0)
     say("")
-    say(f"trivialized force, self CPU time per call ({repeat} calls, torch.profiler):")
+    say(f"trivialized force, self time per call ({repeat} calls, torch.profiler):")
     say("")
     say("| item | calls per force | ms per force | % |")
     say("|---|---|---|---|")
@@ -209,7 +210,7 @@ def breakdown(force, repeat: int, top: int) -> None:
         f"| (outside any torch op: Python, numba calls there) | | {rest / 1e3 / repeat:.3f} |"
         f" {100.0 * rest / total:.1f} |"
     )
-    say(f"| (whole call, this process's CPU time) | | {total / 1e3 / repeat:.3f} | 100.0 |")
+    say(f"| (whole call, wall time) | | {total / 1e3 / repeat:.3f} | 100.0 |")
 
 
 def compiled_twin(triv):
