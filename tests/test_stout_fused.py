@@ -22,7 +22,7 @@ from kernels.theories.su3 import SU3Gauge
 from parallel import single_rank_grid
 from parallel.rng import SiteRNG
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
 
 @pytest.fixture(autouse=True)
@@ -169,9 +169,10 @@ def test_without_numba_or_when_set_eager_the_eager_core_runs(monkeypatch):
         set_stout_kernel("numba")
 
 
-@pytest.mark.parametrize("shape", [(4, 4, 2, 2), (6, 2, 2, 2)])
+@pytest.mark.parametrize("shape", [(4, 4, 2, 2), (6, 2, 2, 2), (8, 4, 2, 2)])
 def test_fused_loops_equal_layer_plane_sums_features_and_eager_loops(shape):
-    """Lane blocks of 16 active sites: 32 (two full blocks) and 24 (a partial last block)."""
+    """Lane blocks of 16 active sites: 32 (two full blocks) and 24 (a partial last block);
+    at 8x4x2x2 the backward runs in four slabs of 16 sites (two per colour)."""
     grid = single_rank_grid(shape)
     th = SU3Gauge(grid, 2.0)
     u = th.hot_start(SiteRNG(8), 0, 2)
@@ -179,7 +180,7 @@ def test_fused_loops_equal_layer_plane_sums_features_and_eager_loops(shape):
     for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers[::3]:
         st, pl, ix = layer._tables
         index = layer.neighbour_index
-        planes, f, x, passed = su3_fused._FusedLoops.apply(src, index, st, pl, ix)
+        planes, f, x, passed = su3_fused._FusedLoops.apply(src, index, st, pl, ix, layer._slabs)
         assert torch.equal(passed, src)
         ref_staples = layer.staples(u)
         ref_f = layer.features(u, ref_staples)
@@ -194,13 +195,61 @@ def test_fused_loops_equal_layer_plane_sums_features_and_eager_loops(shape):
             for fused in (False, True):
                 s_in = src.clone().requires_grad_(True)
                 if fused:
-                    outs = su3_fused._FusedLoops.apply(s_in, index, st, pl, ix)
+                    outs = su3_fused._FusedLoops.apply(s_in, index, st, pl, ix, layer._slabs)
                 else:
                     outs = (*su3_fused.eager_loops(s_in, index, st, pl, ix), s_in)
                 n_out = 4 if through else 3
                 grads.append(torch.autograd.grad(outs[:n_out], s_in, cots[:n_out])[0])
             assert (grads[0] - grads[1]).abs().max() < 1e-13 * grads[0].abs().max()
             assert float(grads[0].abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 2, 2), (12, 2, 2, 2), (4, 4, 2, 2), (6, 2, 2, 2)])
+def test_backward_slabs_of_one_colour_never_add_into_the_same_row(shape):
+    """The premise of the parallel backward (su3_stout_lanes): the field rows a slab's sites
+    read (and add into) are disjoint from those of every other slab of the same parity;
+    axis 0 with ``L0 % 4 == 0`` gives ``L0 / 2`` slabs, otherwise one."""
+    grid = single_rank_grid(shape)
+    for layer in su3_stout_flow(grid, n_layers=8, hidden=(2,)).layers:
+        idx = layer.neighbour_index.reshape(len(layer._item), -1)
+        sl = layer._slabs.tolist()
+        assert sl[0] == 0 and sl[-1] == idx.shape[1] and sl == sorted(sl)
+        assert len(sl) - 1 == (shape[0] // 2 if shape[0] % 4 == 0 else 1)
+        rows = [set(idx[:, a:b].reshape(-1).tolist()) for a, b in zip(sl[:-1], sl[1:])]
+        for i in range(len(rows)):
+            for j in range(i + 2, len(rows), 2):
+                assert not rows[i] & rows[j], (layer.mu, layer.parity, i, j)
+    with pytest.raises(ValueError, match="ordered along axis 0"):
+        su3_fused.backward_slabs(torch.tensor([0, 2, 1, 3]), 4)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one numba thread here")
+def test_loops_backward_same_bits_on_one_and_two_threads_and_with_one_slab():
+    """The slabs' fixed order: the field's cotangent is bitwise the same on 1 and 2 threads;
+    with a single slab (the serial order) it agrees to rounding."""
+    grid = single_rank_grid((12, 4, 2, 2))
+    u = SU3Gauge(grid, 2.0).hot_start(SiteRNG(8), 0, 2)
+    layer = su3_stout_flow(grid, n_layers=2, hidden=(2,)).layers[1]
+    st, pl, ix = layer._tables
+    src, index = u.reshape(2, -1, 3, 3), layer.neighbour_index
+    one = torch.tensor([0, layer._slabs[-1]])
+    gen = torch.Generator().manual_seed(4)
+    outs = su3_fused._FusedLoops.apply(src, index, st, pl, ix, layer._slabs)
+    cots = [torch.randn(t.shape, dtype=t.dtype, generator=gen) for t in outs]
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n, slabs in ((1, layer._slabs), (2, layer._slabs), (2, one)):
+            torch.set_num_threads(n)
+            s_in = src.clone().requires_grad_(True)
+            outs = su3_fused._FusedLoops.apply(s_in, index, st, pl, ix, slabs)
+            grads.append(torch.autograd.grad(outs, s_in, cots)[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(layer._slabs) == 7
+    assert torch.equal(grads[0], grads[1])
+    assert (grads[2] - grads[0]).abs().max() < 1e-13 * grads[0].abs().max()
+    assert not torch.equal(grads[2], grads[0])  # a different order: the slabs were used
 
 
 def test_force_matching_double_backward_equals_eager():

@@ -102,7 +102,7 @@ from .base import (
     stout_sublattice,
 )
 from .phi4 import ConvNet
-from .su3_fused import replace_links, stout_core, stout_loops, uses_fused
+from .su3_fused import backward_slabs, replace_links, stout_core, stout_loops, uses_fused
 
 NC = 3
 NG = NC * NC - 1
@@ -327,7 +327,10 @@ class SU3StoutLayer(Flow):
         for i in reversed(range(nd)):
             coords.append(rest % local[i])
             rest = rest // local[i]
-        coords = torch.stack(coords[::-1], dim=-1) + split.to(idx.dtype)  # (n_active, nd)
+        coords = torch.stack(coords[::-1], dim=-1)  # (n_active, nd), local
+        #: the fused loops' backward slabs along axis 0 (su3_fused.backward_slabs)
+        self._slabs = backward_slabs(coords[:, 0], local[0])
+        coords = coords + split.to(idx.dtype)  # into the halo-padded block
         extent = torch.tensor(padded, dtype=idx.dtype)
 
         def e(axis: int) -> tuple[int, ...]:
@@ -487,7 +490,7 @@ class SU3StoutLayer(Flow):
             b = u.shape[0]
             padded = halo_pad(u, self.grid, 1, axes=self._split, first=2) if self._split else u
             src = padded.reshape(b, -1, NC, NC)
-            planes, f, x, passed = stout_loops(src, self.neighbour_index, st, pl, ix)
+            planes, f, x, passed = stout_loops(src, self.neighbour_index, st, pl, ix, self._slabs)
             base = u if self._split else passed.reshape(u.shape)
             if self.pointwise:  # 1^D network: evaluate it on the active sites only
                 return planes, self._rho_pointwise(f), x, base

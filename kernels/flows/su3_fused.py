@@ -249,7 +249,7 @@ class _FusedLoops(torch.autograd.Function):
     field saved); eager under a graph."""
 
     @staticmethod
-    def forward(ctx, src, index, st, pl, ix):  # type: ignore[override]
+    def forward(ctx, src, index, st, pl, ix, slabs):  # type: ignore[override]
         _load_kernels().set_threads()
         src_ = _plain(src)
         b, n = src_.shape[0], index.shape[0] // _n_items(st, pl, ix)
@@ -270,13 +270,13 @@ class _FusedLoops(torch.autograd.Function):
             lanes.nchunks(b * -(-n // lanes.W)),
         )
         ctx.save_for_backward(src)
-        ctx.tables = (index, st, pl, ix, n)
+        ctx.tables = (index, st, pl, ix, n, slabs)
         return planes, feats, x, src.view_as(src)
 
     @staticmethod
     def backward(ctx, gpl, gf, gx, gpass):  # type: ignore[override]
         (src,) = ctx.saved_tensors
-        index, st, pl, ix, n = ctx.tables
+        index, st, pl, ix, n, slabs = ctx.tables
         if torch.is_grad_enabled():  # create_graph: differentiate the eager loops
             with torch.enable_grad():
                 s_in = src if src.requires_grad else src.detach().requires_grad_(True)
@@ -285,7 +285,7 @@ class _FusedLoops(torch.autograd.Function):
                 (gsrc,) = torch.autograd.grad(
                     [o for o, _ in pairs], [s_in], [g for _, g in pairs], create_graph=True
                 )
-            return gsrc if gpass is None else gsrc + gpass, None, None, None, None
+            return gsrc if gpass is None else gsrc + gpass, None, None, None, None, None
         _load_kernels().set_threads()
         b, dt = src.shape[0], src.dtype
         n_f = st.shape[0] * (st.shape[0] - 1) // 2 + pl.shape[0]
@@ -313,12 +313,33 @@ class _FusedLoops(torch.autograd.Function):
             _reals(_plain(gx)),
             _reals(gsrc),
             zero,
+            slabs.numpy(),
         )
-        return gsrc, None, None, None, None
+        return gsrc, None, None, None, None, None
+
+
+def backward_slabs(x0: torch.Tensor, extent: int) -> torch.Tensor:
+    """Site boundaries ``(n_slabs + 1,)`` int64 of the loops' backward slabs
+    (:mod:`kernels.flows.su3_stout_lanes`): the active sites, ordered with nondecreasing
+    local axis-0 coordinate ``x0`` (``0 <= x0 < extent``), cut into slabs ``x0 in [2 k, 2 k +
+    2)`` when ``extent % 4 == 0`` (two sites of slabs ``k`` and ``k + 2`` then never add into
+    the same row of the field's cotangent), else one slab of all of them."""
+    n = x0.numel()
+    if extent % 4:
+        return torch.tensor([0, n], dtype=torch.int64)
+    if n and bool((x0[1:] < x0[:-1]).any()):
+        raise ValueError("backward_slabs: the active sites must be ordered along axis 0")
+    edges = torch.arange(0, extent + 1, 2, dtype=x0.dtype)
+    return torch.searchsorted(x0.contiguous(), edges).to(torch.int64)
 
 
 def stout_loops(
-    src: torch.Tensor, index: torch.Tensor, st: torch.Tensor, pl: torch.Tensor, ix: int
+    src: torch.Tensor,
+    index: torch.Tensor,
+    st: torch.Tensor,
+    pl: torch.Tensor,
+    ix: int,
+    slabs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plane sums of the staples, loop features and the active link of a layer at its ``n``
     active sites, from the (halo-padded) field ``src (B, M, 3, 3)`` and the flat
@@ -329,10 +350,13 @@ def stout_loops(
     3`` (``k < l``, row-major); ``ix`` the active link's item. Returns the plane sums ``(B,
     n_st / 2, n, 3, 3)`` (``P_nu = S_{2 nu} + S_{2 nu + 1}``), features ``(B, n_pairs +
     n_planes, n)``, active link ``(B, n, 3, 3)`` and ``src`` passed through (to build the next
-    field from: its cotangent then takes the loops' contributions in place). Fused (numba)
-    when :func:`uses_fused`, else :func:`eager_loops`."""
+    field from: its cotangent then takes the loops' contributions in place). ``slabs``: the
+    backward's slabs (:func:`backward_slabs`; default one slab). Fused (numba) when
+    :func:`uses_fused`, else :func:`eager_loops`."""
     if uses_fused(src):
-        return _FusedLoops.apply(src, index, st, pl, ix)
+        if slabs is None:
+            slabs = torch.tensor([0, index.shape[0] // _n_items(st, pl, ix)], dtype=torch.int64)
+        return _FusedLoops.apply(src, index, st, pl, ix, slabs)
     return (*eager_loops(src, index, st, pl, ix), src)
 
 

@@ -7,8 +7,8 @@ each site reads (through the layer's neighbourhood index, from the halo-padded f
 gathered into a scratch array of link blocks ``loc[item, c W + l]`` (``c = 2 (3 i + j) + {0:
 re, 1: im}``, the :mod:`~kernels.backends.vnode` block layout; the next block's links
 prefetched), and every 3x3 product is vnode's unrolled lane loop (LLVM vectorises it: one
-multiply and five FMAs per output component and lane). The last block of a layer repeats its
-last site in the unused lanes and writes nothing for them.
+multiply and five FMAs per output component and lane). The last block of a layer (of a
+slab, in the backward) repeats its last site in the unused lanes and writes nothing for them.
 
 Per block (``S_k`` the staples, ``k = 2 nu + {0: up, 1: down}``, ``G`` cotangents)::
 
@@ -17,12 +17,21 @@ Per block (``S_k`` the staples, ``k = 2 nu + {0: up, 1: down}``, ``G`` cotangent
     backward:  the staples recomputed, G_{S_k} = G_{P_{k // 2}} + sum_l (g_kl / 3) S_l; the
                staples' and the plaquettes' chain rule into the links; then the links'
                cotangents added into the field's, block by block (item-major, lane order),
-               one thread per chain.
+               slab by slab (below).
 
 Only the plane sums leave the kernel (the core needs ``C = sum_nu rho_nu P_nu``): half the
 bytes of the six staples, and the backward rebuilds the staples from the links it gathers
-anyway. The scatter-add's floating-point order is fixed (deterministic); it agrees with the
-eager loops' autograd to rounding (tests/test_stout_fused.py). Floating point:
+anyway.
+
+The backward's scatter-add runs in parallel within a chain without races and in a fixed
+order: the layer cuts its active sites (row-major) into slabs of two slices of axis 0
+(:func:`kernels.flows.su3_fused.backward_slabs`). A site adds into rows within one slice of
+its own along axis 0, so two sites of slabs ``k`` and ``k + 2`` never add into the same row
+when the slabs are an even number (``L0 % 4 == 0``; the periodic wrap joins the last, odd
+slab to slab 0): the even slabs of every chain run in parallel, then the odd ones, and a row
+receives its contributions in the same order on any number of threads (one slab otherwise,
+one thread per chain). It agrees with
+the eager loops' autograd to rounding (tests/test_stout_fused.py). Floating point:
 ``fastmath={'contract'}`` only.
 """
 
@@ -37,24 +46,24 @@ nchunks = vnode.nchunks  # work chunks (each with its own scratch) per (chain, b
 _KERNELS = """
 
 @njit(fastmath={{'contract'}}, cache=True)
-def gather(src, index, ns, b, s0, ni, loc):
-    \"\"\"loc[it, c W + l] = src[b, index[it ns + s], c], s = min(s0 + l, ns - 1).\"\"\"
+def gather(src, index, ns, end, b, s0, ni, loc):
+    \"\"\"loc[it, c W + l] = src[b, index[it ns + s], c], s = min(s0 + l, end - 1).\"\"\"
     for it in range(ni):
         for l in range({W}):
-            k = index[it * ns + min(s0 + l, ns - 1)]
+            k = index[it * ns + min(s0 + l, end - 1)]
             for c in range(18):
                 loc[it, c * {W} + l] = src[b, k, c]
 
 
 @njit(cache=True)
-def prefetch_next(a, index, ns, s0, ni):
+def prefetch_next(a, index, ns, end, s0, ni):
     \"\"\"Prefetch (into L2) the rows a[index[it ns + s]] of the next block's sites s0 + W ...
     (the gather's reads, or the scatter-add's targets): the index is irregular, so the
     hardware prefetchers do not see them coming.\"\"\"
-    if s0 + {W} < ns:
+    if s0 + {W} < end:
         for it in range(ni):
             for l in range({W}):
-                prefetch_row(a, index[it * ns + min(s0 + {W} + l, ns - 1)])
+                prefetch_row(a, index[it * ns + min(s0 + {W} + l, end - 1)])
 
 
 @njit(fastmath={{'contract'}}, cache=True)
@@ -66,10 +75,10 @@ def scaled(A, ao, g, B, bo):
 
 
 @njit(fastmath={{'contract'}}, cache=True)
-def lane_values(v, b, f, s0, ns, scale, g):
-    \"\"\"g[l] = scale v[b, f, min(s0 + l, ns - 1)].\"\"\"
+def lane_values(v, b, f, s0, end, scale, g):
+    \"\"\"g[l] = scale v[b, f, min(s0 + l, end - 1)].\"\"\"
     for l in range({W}):
-        g[l] = scale * v[b, f, min(s0 + l, ns - 1)]
+        g[l] = scale * v[b, f, min(s0 + l, end - 1)]
 
 
 @njit(fastmath={{'contract'}}, cache=True)
@@ -103,8 +112,8 @@ def loops_forward(src, index, st, pl, ix, planes, feats, x, nch):
         for q in range(ch * tot // nch, (ch + 1) * tot // nch):
             b = q // nblk
             s0 = (q % nblk) * {W}
-            gather(src, index, ns, b, s0, ni, loc)
-            prefetch_next(src[b], index, ns, s0, ni)
+            gather(src, index, ns, ns, b, s0, ni, loc)
+            prefetch_next(src[b], index, ns, ns, s0, ni)
             staples_of(loc, st, ni, sk)
             pair_features(skf, fef)
             f = nst * (nst - 1) // 2
@@ -125,78 +134,85 @@ def loops_forward(src, index, st, pl, ix, planes, feats, x, nch):
 
 
 @threaded_kernel(fastmath={{'contract'}}, cache=True)
-def loops_backward(src, index, st, pl, ix, gpl, gf, gx, gsrc, zero):
+def loops_backward(src, index, st, pl, ix, gpl, gf, gx, gsrc, zero, slabs):
     \"\"\"Cotangent gsrc (B, M, 18) of the field (zeroed first if zero, else added to) from
     those of loops_forward's outputs (gpl: of the plane sums, the cotangent of both staples
-    of a plane); the staples recomputed; one thread per chain (serial scatter-add: no races,
-    a fixed order).\"\"\"
+    of a plane); the staples recomputed. The active sites come in slabs (site ranges
+    slabs[k] .. slabs[k + 1]) whose even and odd members never add into the same row of
+    gsrc: the even slabs of every chain run in parallel, then the odd ones; within a slab
+    one thread, blocks in order (a fixed order whatever the thread count).\"\"\"
     nbat, ns = src.shape[0], gx.shape[1]
     ni = index.shape[0] // ns
     nst = st.shape[0]
-    nblk = (ns + {W} - 1) // {W}
-    for b in prange(nbat):
-        loc = np.empty((ni + 4, {LB}))  # links, then L, R, g L, g R
-        gl = np.empty((ni, {LB}))
-        sk = np.empty((nst, {LB}))
-        gs = np.empty((nst, {LB}))
-        gs0 = np.empty((nst, {LB}))  # the staples' incoming cotangents (pairs_backward adds)
-        g = np.empty({W})
-        gq = np.empty((nst * (nst - 1) // 2, {W}))
-        skf, gsf = sk.reshape(nst * {LB}), gs.reshape(nst * {LB})  # flat views (pair loops)
-        gs0f = gs0.reshape(nst * {LB})
-        gqf = gq.reshape(gq.shape[0] * {W})
-        if zero:
+    nsl = slabs.shape[0] - 1
+    if zero:
+        for b in prange(nbat):
             gsrc[b] = 0.0
-        for blk in range(nblk):
-            s0 = blk * {W}
-            gather(src, index, ns, b, s0, ni, loc)
-            prefetch_next(src[b], index, ns, s0, ni)
-            prefetch_next(gsrc[b], index, ns, s0, ni)
-            gl[:, :] = 0.0
-            for l in range({W}):
-                s = min(s0 + l, ns - 1)
-                for c in range(18):
-                    gl[ix, c * {W} + l] = gx[b, s, c]
+    for color in range(2):
+        ntask = (nsl - color + 1) // 2
+        for q in prange(nbat * ntask):
+            b = q // ntask
+            kz = color + 2 * (q % ntask)
+            a0, a1 = slabs[kz], slabs[kz + 1]
+            loc = np.empty((ni + 4, {LB}))  # links, then L, R, g L, g R
+            gl = np.empty((ni, {LB}))
+            sk = np.empty((nst, {LB}))
+            gs = np.empty((nst, {LB}))
+            gs0 = np.empty((nst, {LB}))  # the staples' incoming cotangents (pairs_backward adds)
+            g = np.empty({W})
+            gq = np.empty((nst * (nst - 1) // 2, {W}))
+            skf, gsf = sk.reshape(nst * {LB}), gs.reshape(nst * {LB})  # flat views (pair loops)
+            gs0f = gs0.reshape(nst * {LB})
+            gqf = gq.reshape(gq.shape[0] * {W})
+            for s0 in range(a0, a1, {W}):
+                gather(src, index, ns, a1, b, s0, ni, loc)
+                prefetch_next(src[b], index, ns, a1, s0, ni)
+                prefetch_next(gsrc[b], index, ns, a1, s0, ni)
+                gl[:, :] = 0.0
+                for l in range({W}):
+                    s = min(s0 + l, a1 - 1)
+                    for c in range(18):
+                        gl[ix, c * {W} + l] = gx[b, s, c]
+                    for k in range(nst):
+                        for c in range(18):
+                            gs0[k, c * {W} + l] = gpl[b, k // 2, s, c]
+                staples_of(loc, st, ni, sk)
+                f = nst * (nst - 1) // 2  # pairs Re Tr(S_k S_m^+) / 3: dS_k = S_m, dS_m = S_k
+                for i in range(f):
+                    lane_values(gf, b, i, s0, a1, 1.0 / 3.0, gq[i])
+                pairs_backward(skf, gqf, gs0f, gsf)
                 for k in range(nst):
-                    for c in range(18):
-                        gs0[k, c * {W} + l] = gpl[b, k // 2, s, c]
-            staples_of(loc, st, ni, sk)
-            f = nst * (nst - 1) // 2  # pairs Re Tr(S_k S_m^+) / 3: dS_k = S_m, dS_m = S_k
-            for i in range(f):
-                lane_values(gf, b, i, s0, ns, 1.0 / 3.0, gq[i])
-            pairs_backward(skf, gqf, gs0f, gsf)
-            for k in range(nst):
-                a, bb, c = st[k, 0], st[k, 1], st[k, 2]
-                if st[k, 3]:  # A B C^+
-                    mm_nd(loc, bb, loc, c, loc, ni)  # P = B C^+
-                    mm_nd_acc(gs, k, loc, ni, gl, a)  # dA += G P^+
-                    mm_dn(loc, a, gs, k, loc, ni + 1)  # dP = A^+ G
-                    mm_nn_acc(loc, ni + 1, loc, c, gl, bb)  # dB += dP C
-                    mm_dn_acc(loc, ni + 1, loc, bb, gl, c)  # dC += dP^+ B
-                else:  # A^+ B C
-                    mm_nn(loc, bb, loc, c, loc, ni)  # P = B C
-                    mm_nd_acc(loc, ni, gs, k, gl, a)  # dA += P G^+
-                    mm_nn(loc, a, gs, k, loc, ni + 1)  # dP = A G
-                    mm_nd_acc(loc, ni + 1, loc, c, gl, bb)  # dB += dP C^+
-                    mm_dn_acc(loc, bb, loc, ni + 1, gl, c)  # dC += B^+ dP
-            for i in range(pl.shape[0]):  # Re Tr(L R^+), L = P Q, R = R T
-                lane_values(gf, b, f, s0, ns, 1.0 / 3.0, g)
-                pp, qq, rr, tt = pl[i, 0], pl[i, 1], pl[i, 2], pl[i, 3]
-                mm_nn(loc, pp, loc, qq, loc, ni)  # L
-                mm_nn(loc, rr, loc, tt, loc, ni + 1)  # R
-                scaled(loc, ni, g, loc, ni + 2)
-                scaled(loc, ni + 1, g, loc, ni + 3)
-                mm_nd_acc(loc, ni + 3, loc, qq, gl, pp)  # dP += g R Q^+
-                mm_dn_acc(loc, pp, loc, ni + 3, gl, qq)  # dQ += P^+ g R
-                mm_nd_acc(loc, ni + 2, loc, tt, gl, rr)  # dR += g L T^+
-                mm_dn_acc(loc, rr, loc, ni + 2, gl, tt)  # dT += R^+ g L
-                f += 1
-            nl = min({W}, ns - s0)
-            for k in range(ni):
-                for l in range(nl):
-                    m = index[k * ns + s0 + l]
-                    for c in range(18):
-                        gsrc[b, m, c] += gl[k, c * {W} + l]
+                    a, bb, c = st[k, 0], st[k, 1], st[k, 2]
+                    if st[k, 3]:  # A B C^+
+                        mm_nd(loc, bb, loc, c, loc, ni)  # P = B C^+
+                        mm_nd_acc(gs, k, loc, ni, gl, a)  # dA += G P^+
+                        mm_dn(loc, a, gs, k, loc, ni + 1)  # dP = A^+ G
+                        mm_nn_acc(loc, ni + 1, loc, c, gl, bb)  # dB += dP C
+                        mm_dn_acc(loc, ni + 1, loc, bb, gl, c)  # dC += dP^+ B
+                    else:  # A^+ B C
+                        mm_nn(loc, bb, loc, c, loc, ni)  # P = B C
+                        mm_nd_acc(loc, ni, gs, k, gl, a)  # dA += P G^+
+                        mm_nn(loc, a, gs, k, loc, ni + 1)  # dP = A G
+                        mm_nd_acc(loc, ni + 1, loc, c, gl, bb)  # dB += dP C^+
+                        mm_dn_acc(loc, bb, loc, ni + 1, gl, c)  # dC += B^+ dP
+                for i in range(pl.shape[0]):  # Re Tr(L R^+), L = P Q, R = R T
+                    lane_values(gf, b, f, s0, a1, 1.0 / 3.0, g)
+                    pp, qq, rr, tt = pl[i, 0], pl[i, 1], pl[i, 2], pl[i, 3]
+                    mm_nn(loc, pp, loc, qq, loc, ni)  # L
+                    mm_nn(loc, rr, loc, tt, loc, ni + 1)  # R
+                    scaled(loc, ni, g, loc, ni + 2)
+                    scaled(loc, ni + 1, g, loc, ni + 3)
+                    mm_nd_acc(loc, ni + 3, loc, qq, gl, pp)  # dP += g R Q^+
+                    mm_dn_acc(loc, pp, loc, ni + 3, gl, qq)  # dQ += P^+ g R
+                    mm_nd_acc(loc, ni + 2, loc, tt, gl, rr)  # dR += g L T^+
+                    mm_dn_acc(loc, rr, loc, ni + 2, gl, tt)  # dT += R^+ g L
+                    f += 1
+                nl = min({W}, a1 - s0)
+                for k in range(ni):
+                    for l in range(nl):
+                        m = index[k * ns + s0 + l]
+                        for c in range(18):
+                            gsrc[b, m, c] += gl[k, c * {W} + l]
 """
 
 

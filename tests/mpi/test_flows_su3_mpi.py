@@ -146,6 +146,35 @@ def test_fused_core_equals_eager_reference(grids):
     check("fused trivialized force", td.force(v), local(f_ref, grid))
 
 
+def test_fused_force_with_backward_slabs_equals_eager_reference():
+    """Axis 0 of extent 8 split over all ranks: the fused loops' backward runs in slabs (4 on
+    one rank, 2 on each of two, 1 on each of four: su3_fused.backward_slabs) and the
+    trivialized force equals the eager force on one rank."""
+    pytest.importorskip("numba")
+    if SIZE not in (1, 2, 4):
+        pytest.skip("1, 2 or 4 ranks")
+    shape = (8, 2, 2, 2)
+    grid = ProcessGrid(shape, grid=(SIZE, 1, 1, 1))
+    ref_grid = single_rank_grid(shape)
+    try:
+        dist, ref = SU3Gauge(grid, 2.0), SU3Gauge(ref_grid, 2.0)
+        fd, fr = _flow(grid), _flow(ref_grid)
+        fd.load_state_dict(fr.state_dict())
+        want = {1: 4, 2: 2, 4: 1}[SIZE]
+        assert all(len(layer._slabs) == want + 1 for layer in fd.layers)
+        td, tr = TransformedTheory(dist, fd), TransformedTheory(ref, fr)
+        v_ref, v = ref.hot_start(SiteRNG(35), 0, 2), dist.hot_start(SiteRNG(35), 0, 2)
+        set_stout_kernel("eager")
+        try:
+            f_ref = tr.force(v_ref)
+        finally:
+            set_stout_kernel(None)
+        assert uses_fused(v)
+        check("trivialized force (slabs)", td.force(v), local(f_ref, grid))
+    finally:
+        grid.free()
+
+
 @pytest.mark.parametrize("rep", ["fundamental", "adjoint"])
 def test_parallel_transport_conv(grids, rep):
     grid, ref_grid = grids
