@@ -30,9 +30,8 @@ its own along axis 0, so two sites of slabs ``k`` and ``k + 2`` never add into t
 when the slabs are an even number (``L0 % 4 == 0``; the periodic wrap joins the last, odd
 slab to slab 0): the even slabs of every chain run in parallel, then the odd ones, and a row
 receives its contributions in the same order on any number of threads (one slab otherwise,
-one thread per chain). It agrees with
-the eager loops' autograd to rounding (tests/test_stout_fused.py). Floating point:
-``fastmath={'contract'}`` only.
+one thread per chain). It agrees with the eager loops' autograd to rounding
+(tests/test_stout_fused.py). Floating point: ``fastmath={'contract'}`` only.
 """
 
 from __future__ import annotations
