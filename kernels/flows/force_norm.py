@@ -80,7 +80,7 @@ def force_through_inverse(transformed, u: torch.Tensor, with_v: bool = False, ph
         uu, logdet = flow(x)
         g = gradient_from_force(theory, uu, physical_force(uu))
         (grad,) = torch.autograd.grad(
-            [uu, logdet], x, [g, -torch.ones_like(logdet)], create_graph=True
+            [uu, logdet], x, [g, torch.full_like(logdet, -1.0)], create_graph=True
         )
     f = force_from_gradient(theory, x, grad)
     return (f, x) if with_v else f

@@ -97,7 +97,7 @@ def pullback_force(
             cotangents.append(gradient_from_force(theory, at, f))
         if with_logdet:
             outputs.append(logdet)
-            cotangents.append(-torch.ones_like(logdet))
+            cotangents.append(torch.full_like(logdet, -1.0))  # one pass, not ones and a negation
         if not outputs:
             raise ValueError("pullback_force needs a physical force or the log-det")
         (grad,) = torch.autograd.grad(
