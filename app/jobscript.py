@@ -220,15 +220,20 @@ def _layout_hint(deck: Deck, system: System, nodes: int, ranks_per_node: int) ->
     return "use " + ", or ".join(hints)
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def local_ranks(deck: Deck) -> int:
     """Ranks for a local run of a deck with a free grid: the most that fit the lattice and
     the replicas on this machine's cores."""
     from .preflight import _fits
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     reps = deck.parallel.replicas
     fit = [n for n in range(cores, 0, -1) if _fits(deck.lattice.shape, n, reps, None)]
     return fit[0] if fit else reps

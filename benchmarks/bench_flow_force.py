@@ -195,7 +195,8 @@ def breakdown(force, repeat: int, top: int) -> None:
             force()
         whole = (time.perf_counter() - t0) * 1e6  # us, wall, as the profiler's op durations
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = max(whole, sum(e.self_cpu_time_total for e in rows), 1.0)
+    in_ops = sum(e.self_cpu_time_total for e in rows)
+    total = max(whole, in_ops, 1.0)
     say("")
     say(f"trivialized force, self time per call ({repeat} calls, torch.profiler):")
     say("")
@@ -205,7 +206,7 @@ def breakdown(force, repeat: int, top: int) -> None:
         ms = e.self_cpu_time_total / 1e3 / repeat
         pct = 100.0 * e.self_cpu_time_total / total
         say(f"| {e.key} | {e.count / repeat:g} | {ms:.3f} | {pct:.1f} |")
-    rest = total - sum(e.self_cpu_time_total for e in rows)
+    rest = total - in_ops
     say(
         f"| (outside any torch op: Python, numba calls there) | | {rest / 1e3 / repeat:.3f} |"
         f" {100.0 * rest / total:.1f} |"

@@ -29,19 +29,13 @@ torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per available core, at most :data:`MAX_WORKERS`; 0 (no
     workers, the tests run in the process) under ``mpiexec``."""
     if UNDER_MPIEXEC:
         return 0
+    from app.jobscript import available_cores  # here: the controller only, not at collection
+
     return max(1, min(MAX_WORKERS, available_cores()))
 
 

@@ -339,7 +339,7 @@ def stout_loops(
     st: torch.Tensor,
     pl: torch.Tensor,
     ix: int,
-    slabs: torch.Tensor | None = None,
+    slabs: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Plane sums of the staples, loop features and the active link of a layer at its ``n``
     active sites, from the (halo-padded) field ``src (B, M, 3, 3)`` and the flat
@@ -351,11 +351,9 @@ def stout_loops(
     n_st / 2, n, 3, 3)`` (``P_nu = S_{2 nu} + S_{2 nu + 1}``), features ``(B, n_pairs +
     n_planes, n)``, active link ``(B, n, 3, 3)`` and ``src`` passed through (to build the next
     field from: its cotangent then takes the loops' contributions in place). ``slabs``: the
-    backward's slabs (:func:`backward_slabs`; default one slab). Fused (numba) when
-    :func:`uses_fused`, else :func:`eager_loops`."""
+    backward's slabs (:func:`backward_slabs`). Fused (numba) when :func:`uses_fused`, else
+    :func:`eager_loops`."""
     if uses_fused(src):
-        if slabs is None:
-            slabs = torch.tensor([0, index.shape[0] // _n_items(st, pl, ix)], dtype=torch.int64)
         return _FusedLoops.apply(src, index, st, pl, ix, slabs)
     return (*eager_loops(src, index, st, pl, ix), src)
 
