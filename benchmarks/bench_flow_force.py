@@ -144,6 +144,8 @@ def main(argv=None) -> None:
         help="wall: wall time, max over ranks; cpu: this process's CPU time (one thread)",
     )
     args = ap.parse_args(argv)
+    if args.breakdown < 0:
+        raise SystemExit(f"--breakdown {args.breakdown}: the number of items must be >= 0")
     if args.model:
         theory, triv, _ = load_trivialized(args, "bench_flow_force")
     else:

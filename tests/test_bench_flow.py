@@ -54,6 +54,11 @@ def test_flow_force_breakdown_table(capsys):
     assert all(0 <= x <= 100 for x in shares) and sum(shares) <= 100.0 + 1e-6
 
 
+def test_flow_force_negative_breakdown_refused():
+    with pytest.raises(SystemExit, match="must be >= 0"):
+        _load("bench_flow_force").main(["--arch", "su3_stout", "--breakdown", "-1"])
+
+
 def test_flow_force_bad_arch():
     with pytest.raises(SystemExit, match="one of"):
         _load("bench_flow_force").main(["--arch", "nope", "--lattice", "2,2"])
