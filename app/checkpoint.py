@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 import torch
 
-from app.errors import InputError
+from app.errors import InputError, StorageError, is_storage_error
 from app.io.atomic import atomic_path, atomic_write_bytes, remove_stale_temporaries
 from parallel import ProcessGrid, gather_to_root
 
@@ -105,13 +105,15 @@ def write_checkpoint(
                 old.unlink()
             remove_stale_temporaries(path)
         except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-            err = f"{type(exc).__name__}: {exc}"
+            err = (f"{type(exc).__name__}: {exc}", is_storage_error(exc))
     err = grid.comm.bcast(err, root=0)
     if err is not None:
-        raise OSError(
-            f"checkpoint at trajectory {ckpt.trajectory} not written ({err}); "
+        message = (
+            f"checkpoint at trajectory {ckpt.trajectory} not written ({err[0]}); "
             f"the previous checkpoint is intact"
         )
+        # a full disk or quota is a storage error (exit 8) on every rank
+        raise StorageError(message) if err[1] else OSError(message)
     return path
 
 

@@ -9,6 +9,7 @@ code  exception                   meaning
 0                                 success
 1     (anything else)             internal error (a bug): rerun with ``--debug``
 2     :class:`InputError`         bad input: deck, ``--set``, option, input file
+                                  (also a corrupt file: ``app.io.errors.ConfigFormatError``)
 3                                 ``run --status``: more trajectories are needed
 4     :class:`LayoutError`        the lattice / replicas do not fit the rank count
 5     :class:`DeviceError`        the deck's device is not usable with this torch
@@ -146,6 +147,11 @@ def classify(exc: BaseException) -> tuple[int, str, bool]:
     settings_module = sys.modules.get("parallel.settings")
     if settings_module is not None and isinstance(exc, settings_module.SettingError):
         return InputError.exit_code, f"error: {exc}", True  # the same environment everywhere
+    io_errors = sys.modules.get("app.io.errors")
+    if io_errors is not None and isinstance(exc, io_errors.ConfigFormatError):
+        # a corrupt or foreign file is bad input; raised where it was read (collective
+        # where every rank reads it: the callers that know make it an InputError)
+        return InputError.exit_code, f"error: {exc}", False
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         top = exc.name.split(".")[0]
         if top in OPTIONAL_MODULES:

@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, is_storage_error
 
 LOCK_NAME = ".trivhmc.lock"
 TAKEOVER_LOG = "lock-takeovers.log"
@@ -50,6 +50,10 @@ log = logging.getLogger("trivhmc.lock")
 
 class RunLockedError(InputError):
     """The output directory is in use by another live run."""
+
+
+class OutputDirectoryError(InputError):
+    """The output directory cannot be created or written (a file in the way, permissions)."""
 
 
 def job_id() -> str | None:
@@ -227,8 +231,22 @@ def acquire_run_lock(directory: Path, comm, is_root: bool) -> RunLock | None:
         try:
             lock = RunLock(directory).acquire()
         except RunLockedError as err:
-            error = str(err)
+            error = err
+        except OSError as err:  # a plain file in the way, no permission, full disk
+            error = err if is_storage_error(err) else _unusable(directory, err)
     error = comm.bcast(error, root=0)
     if error is not None:
-        raise RunLockedError(error)
+        raise error
     return lock
+
+
+def _unusable(directory: Path, err: OSError) -> OutputDirectoryError:
+    path = Path(directory)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        what = f"{blocker} exists and is not a directory"
+    else:
+        what = f"{err.strerror or err}" + (f" ({err.filename})" if err.filename else "")
+    return OutputDirectoryError(
+        f"cannot use output.directory {path}: {what}; choose another output.directory"
+    )

@@ -12,17 +12,64 @@ extras (flow Metropolis: ``ess``). Chains of all replica groups are concatenated
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.errors import InputError
 from app.io.atomic import atomic_write_bytes
 from kernels.samplers.protocol import Record
 from parallel import ProcessGrid
 
 RECORDS = "records.jsonl"
+
+
+class RecordsError(InputError):
+    """``records.jsonl`` is damaged or does not cover the trajectories a resume needs."""
+
+
+def read_prefix(path: Path, next_trajectory: int) -> tuple[list[str], str | None]:
+    """The lines of trajectories ``0 .. next_trajectory - 1`` of a records file, and what is
+    wrong with it (None if nothing).
+
+    Lines of later trajectories (written after the checkpoint a run resumes from) are
+    dropped, and so is a last line cut by a kill. Anything else is a problem: a damaged line
+    before the last one, trajectories out of order or repeated, or records missing before
+    ``next_trajectory`` (a deleted or replaced file: resuming would leave a gap).
+    """
+    lines = path.read_text().splitlines() if path.exists() else []
+    keep: list[str] = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the line being written when the run was killed
+            return keep, (
+                f"{path} line {i + 1} is not valid JSON (a damaged file: only the last line "
+                "may be cut, by a kill)"
+            )
+        traj = rec.get("trajectory") if isinstance(rec, dict) else None
+        if not isinstance(traj, int) or isinstance(traj, bool):
+            return keep, f'{path} line {i + 1} has no integer "trajectory"'
+        if traj >= next_trajectory:
+            continue
+        if traj != len(keep):
+            return keep, (
+                f"{path} line {i + 1} holds trajectory {traj} where {len(keep)} was expected "
+                "(records run 0, 1, 2, ... once each)"
+            )
+        keep.append(line)
+    if len(keep) < next_trajectory:
+        held = f"trajectories 0..{len(keep) - 1}" if keep else "no records"
+        where = "" if path.exists() else " (the file is missing)"
+        return keep, (
+            f"{path} holds {held}{where}, but the checkpoint is at trajectory "
+            f"{next_trajectory}: the records of trajectories {len(keep)}..{next_trajectory - 1} "
+            "are missing"
+        )
+    return keep, None
 
 
 def plain(x: torch.Tensor) -> Any:
@@ -44,17 +91,14 @@ class Records:
         self.is_writer = grid.is_world_root
 
     def truncate(self, next_trajectory: int) -> None:
-        """Drop records of trajectories >= ``next_trajectory`` (after a checkpoint)."""
+        """Drop records of trajectories >= ``next_trajectory`` (after a checkpoint); a file
+        that does not hold exactly ``0 .. next_trajectory - 1`` raises :class:`RecordsError`
+        (checked on every rank before, by app/run_directory.py)."""
         if not self.is_writer or not self.path.exists():
             return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if rec.get("trajectory", math.inf) < next_trajectory:
-                keep.append(line)
+        keep, problem = read_prefix(self.path, next_trajectory)
+        if problem is not None:
+            raise RecordsError(problem)
         atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
 
     def gather(self, per_chain: dict[str, Any]) -> dict[str, Any] | None:

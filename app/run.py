@@ -17,7 +17,10 @@ Run directory (docs/run-output.md)::
 Order of writes at a checkpoint: configurations and ensemble files first, then the
 checkpoint (verified), then ``progress.json``. A kill at any moment leaves the previous
 checkpoint and everything it points to intact; on resume, records and ensemble rows after the
-checkpoint are dropped and regenerated (bitwise identical).
+checkpoint are dropped and regenerated (bitwise identical). A fresh run writes checkpoint 0
+(the start field) before its first trajectory, so a run killed at any point resumes. Before
+anything is cut or written, app/run_directory.py checks that the directory's files agree with
+the start (no earlier run overwritten, no gap left in records or ensembles).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from app.checkpoint import (
     write_checkpoint,
 )
 from app.deck import Deck
+from app.errors import InputError, is_storage_error
+from app.io.collective import on_root
 from app.measure import open_on_the_fly
 from app.progress import write_progress
 from app.records import (
@@ -50,6 +55,7 @@ from app.records import (
     plain,
     scalar_columns,
 )
+from app.run_directory import check_run_directory
 from app.runlog import RunLog
 from app.setup import build_grid, build_sampler, build_theory, initial_field
 from app.writers import Writers, open_ensembles, save_configs
@@ -104,10 +110,7 @@ def _prepare(deck: Deck) -> tuple[_Context, SiteRNG]:
     rng = SiteRNG(deck.run.seed)
     chains = deck.run.chains
     out = deck.output_dir
-    if grid.is_world_root:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (out / "configs").mkdir(exist_ok=True)
-    grid.comm.Barrier()
+    on_root(lambda: _make_directories(out, deck), grid.comm)  # an error on every rank
     sampler, flow_ref = build_sampler(deck, theory, rng)
     run_info = {
         "seed": deck.run.seed,
@@ -119,6 +122,20 @@ def _prepare(deck: Deck) -> tuple[_Context, SiteRNG]:
         deck, grid, theory, sampler, chains, grid.replica * chains, out, physics_of(deck), run_info
     )
     return ctx, rng
+
+
+def _make_directories(out: Path, deck: Deck) -> None:
+    """``checkpoints/`` and, for SU(3) configuration files, ``configs/``."""
+    try:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if {"ildg", "nersc"} & set(deck.output.formats):
+            (out / "configs").mkdir(exist_ok=True)
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise
+        raise InputError(
+            f"cannot create the run directories in {out}: {exc.strerror or exc} ({exc.filename})"
+        ) from None
 
 
 def _refuse_changed_physics(ctx: _Context, ckpt: Checkpoint) -> None:
@@ -151,12 +168,6 @@ def _start_state(ctx: _Context, rng: SiteRNG) -> tuple[torch.Tensor, int, Checkp
         state = read_local_fields(ckpt, grid, theory.first, ctx.chains, theory.device)
         ctx.sampler.load_state_dict(ckpt.sampler_state)
         return state.to(theory.dtype), ckpt.trajectory, ckpt
-    # decided on rank 0, raised on every rank (a collective error)
-    if grid.comm.bcast(grid.is_world_root and (ctx.out / RECORDS).exists(), root=0):
-        raise CheckpointError(
-            f"{ctx.out} holds records of an earlier run but no usable checkpoint; "
-            "move it away or choose another output.directory"
-        )
     start = initial_field(ctx.deck, theory, rng, ctx.chains)
     return ctx.sampler.from_physical(start), 0, None
 
@@ -287,10 +298,15 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
     grid, sampler, out = ctx.grid, ctx.sampler, ctx.out
     total, therm_n = deck.run.total_trajectories, deck.run.thermalization
     state, traj, ckpt = _start_state(ctx, rng)
+    # before anything is cut or overwritten: do the directory's files agree with the start?
+    chains_total = ctx.run_info["chains_total"]
+    check_run_directory(deck, grid, out, chains_total, None if ckpt is None else traj)
 
     start_traj = traj
     outputs = _open_outputs(ctx, traj, resume=ckpt is not None)
     writers = outputs.writers
+    if ckpt is None:  # checkpoint 0: a run killed before its first checkpoint resumes
+        _checkpoint(ctx, state, traj, writers)
 
     bar = _progress_bar(ctx, traj, progress)
     t_start = time.perf_counter()

@@ -284,3 +284,20 @@ def test_failed_run_leaves_no_new_parent_directories(deck, capsys):
     assert code == InputError.exit_code and "sampler.levels" in err and "fermion" in err
     assert "Traceback" not in err
     assert not (deck.parent / "runs").exists()
+
+
+def test_a_corrupt_file_is_bad_input_not_an_internal_error():
+    """Readers raise ConfigFormatError (a ValueError) for corrupt files: exit 2, its message."""
+    from app.errors import classify
+    from app.io.errors import ChecksumError, ConfigFormatError
+    from app.io.hdf5 import EnsembleDamagedError
+
+    for exc in (
+        ConfigFormatError("a.lime: bad"),
+        ChecksumError("b.h5: checksum"),
+        EnsembleDamagedError("c.h5: damaged"),
+    ):
+        code, message, _ = classify(exc)
+        assert code == InputError.exit_code == 2
+        assert message == f"error: {exc}" and "internal" not in message
+    assert classify(ValueError("a bug"))[0] == 1

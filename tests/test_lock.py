@@ -148,3 +148,16 @@ def test_killed_but_unreaped_holder_counts_as_dead(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_output_directory_in_the_way_of_a_file_is_bad_input(tmp_path):
+    """A plain file where the directory (or a parent) should be: one collective error."""
+    from mpi4py import MPI
+
+    from app.lock import OutputDirectoryError, acquire_run_lock
+
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(OutputDirectoryError, match="exists and is not a directory"):
+            acquire_run_lock(target, MPI.COMM_SELF, True)
+    assert (tmp_path / "file").read_text() == "x"

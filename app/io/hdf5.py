@@ -106,7 +106,17 @@ def open_ensemble(path: str | os.PathLike, mode: str = "r"):
 
 
 def committed_counts(f: h5py.File) -> tuple[int, int]:
-    """``(n_configs, n_rows)`` committed in an open ensemble file (the valid rows)."""
+    """``(n_configs, n_rows)`` committed in an open ensemble file (the valid rows); an HDF5
+    file without the ensemble layout (e.g. a checkpoint) raises :class:`ConfigFormatError`."""
+    obs = f.get("observables")
+    if "config_trajectory" not in f or not isinstance(obs, h5py.Group) or "trajectory" not in obs:
+        kind = f.attrs.get("format", "")
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        raise ConfigFormatError(
+            f"{f.filename} is not a {FORMAT} file"
+            + (f" (its format attribute says {kind!r})" if kind else "")
+            + ": it has no config_trajectory / observables/trajectory datasets"
+        )
     n_cfg = int(f["config_trajectory"].shape[0])
     n_obs = int(f["observables"]["trajectory"].shape[0])
     if COMMITTED in f.attrs:
@@ -451,26 +461,7 @@ class EnsembleWriter:
         if not self.path.exists():
             raise FileNotFoundError(f"cannot continue ensemble {self.path}: no such file")
         with open_ensemble(self.path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise ValueError(f"{self.path} is not a {FORMAT} file")
-            diffs = []
-            if f.attrs["theory"] != meta["theory"]:
-                diffs.append(f"theory {f.attrs['theory']!r} != {meta['theory']!r}")
-            if tuple(f.attrs["lattice"]) != self.lattice:
-                diffs.append(f"lattice {f.attrs['lattice'].tolist()} != {list(self.lattice)}")
-            stored = json.loads(f.attrs["params"])
-            if stored != json.loads(meta["params"]):
-                keys = sorted(
-                    k
-                    for k in set(stored) | set(self.params)
-                    if stored.get(k) != json.loads(meta["params"]).get(k)
-                )
-                diffs.append(
-                    "parameters differ: "
-                    + ", ".join(
-                        f"{k}: file {stored.get(k)!r} != {self.params.get(k)!r}" for k in keys
-                    )
-                )
+            diffs = compatibility_problems(f, meta["theory"], self.lattice, self.params)
         if diffs:
             raise ValueError(f"cannot continue ensemble {self.path}: " + "; ".join(diffs))
 
@@ -616,6 +607,34 @@ class EnsembleWriter:
             self._sync(f)
             _resize_to(f, keep, rows)
             self._sync(f)
+
+
+def compatibility_problems(
+    f: h5py.File,
+    theory: str,
+    lattice: Sequence[int],
+    params: Mapping[str, Any],
+    seed: int | None = None,
+) -> list[str]:
+    """Why the open file ``f`` cannot be continued by a run of ``theory`` on ``lattice`` with
+    couplings ``params`` (and ``seed``, if given): one line per difference, [] if none."""
+    if f.attrs.get("format") != FORMAT:
+        return [f"it is not a {FORMAT} file"]
+    diffs = []
+    if f.attrs["theory"] != theory:
+        diffs.append(f"theory {f.attrs['theory']!r} != {theory!r}")
+    if tuple(int(n) for n in f.attrs["lattice"]) != tuple(int(n) for n in lattice):
+        diffs.append(f"lattice {f.attrs['lattice'].tolist()} != {list(lattice)}")
+    stored, wanted = json.loads(f.attrs["params"]), json.loads(_json(dict(params)))
+    keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if keys:
+        diffs.append(
+            "parameters differ: "
+            + ", ".join(f"{k}: file {stored.get(k)!r} != {wanted.get(k)!r}" for k in keys)
+        )
+    if seed is not None and "seed" in f.attrs and int(f.attrs["seed"]) != int(seed):
+        diffs.append(f"seed {int(f.attrs['seed'])} != {int(seed)}")
+    return diffs
 
 
 # ---------------------------------------------------------------------- readers
