@@ -68,4 +68,10 @@ def save_configs(deck, grid, theory, physical, traj, offset, out, writers) -> No
             if "nersc" in fmts:
                 from app.io.nersc import write_nersc
 
-                write_nersc(stem.with_suffix(".nersc"), links, grid, sequence_number=traj + 1)
+                write_nersc(
+                    stem.with_suffix(".nersc"),
+                    links,
+                    grid,
+                    ensemble_label=f"{name}_c{offset + b}",  # the run and its chain
+                    sequence_number=traj + 1,
+                )

@@ -164,3 +164,22 @@ def test_not_nersc(tmp_path):
     path.write_bytes(b"BEGIN_HEADER\nDATATYPE = 4D_SU3_GAUGE_3x3\n")
     with pytest.raises(ConfigFormatError, match="no END_HEADER"):
         read_nersc(path)
+
+
+def test_a_run_labels_its_nersc_files_by_run_and_chain(tmp_path):
+    """The run writes ENSEMBLE_LABEL = the stem of its file names, SEQUENCE_NUMBER = the
+    1-based trajectory count (the number in the name)."""
+    from app.cli import main
+
+    (tmp_path / "deck.yaml").write_text(
+        "theory: {name: su3, beta: 6.0, action: wilson}\n"
+        "lattice: {shape: [2, 2, 2, 4]}\n"
+        "sampler: {name: hmc, steps: 2, trajectory_length: 0.1}\n"
+        "run: {seed: 1, thermalization: 0, trajectories: 2, save_every: 2, chains: 2}\n"
+        "output: {directory: b6, formats: [nersc], progress: false}\n"
+    )
+    assert main(["run", str(tmp_path / "deck.yaml")]) == 0
+    for chain in (0, 1):
+        _, info = read_nersc(tmp_path / "b6" / "configs" / f"b6_c{chain}_000002.nersc")
+        assert info.header["ENSEMBLE_LABEL"] == f"b6_c{chain}"
+        assert info.header["SEQUENCE_NUMBER"] == "2"
