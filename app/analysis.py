@@ -22,9 +22,14 @@ several replica chains r = 1..R of lengths N_r, N = sum_r N_r:
   ``delta tau_int = sqrt(delta tau_int(W)^2 + tau_exp^2 delta rho(W + 1)^2)``; ``tau_exp``
   (the slowest mode's exponential autocorrelation time, in units of the analysed series) is an
   input, estimated from the slowest observable or a longer run. Needs ``w_max >= 4``;
-* ``Gamma(0) = 0``: data that are one constant are exact (error 0, ``tau_int = 1/2``); chains
-  that are each constant but differ from each other (a sampler that never moved) give NaN
-  error and ``tau_int``: nothing is known about their autocorrelation.
+* ``Gamma(0) = 0``: data that are one constant are exact (error 0, ``tau_int = 1/2``, as
+  pyerrors returns for ``Gamma(0) = 0``); chains that are each constant but differ from each
+  other (a sampler that never moved) give NaN error and ``tau_int``: nothing is known about
+  their autocorrelation. "Constant" is decided on the values themselves (every value of a
+  replicum equal), not on ``Gamma(0)``, which rounding of the replicum's mean makes a tiny
+  positive number (pyerrors then reports a meaningless ``tau_int``);
+* one measurement per chain (e.g. ``--skip`` leaving one trajectory): no fluctuation can be
+  measured, so the error and ``tau_int`` are NaN (``null`` in JSON), never 0.
 
 These are the same conventions as pyerrors (``Obs.gamma_method(S=..., tau_exp=...,
 N_sigma=...)``), against which tests/test_analysis.py checks this implementation; the only
@@ -145,11 +150,9 @@ def gamma_method(
     means = np.array([r.mean() for r in reps])
     mean = float(np.sum(lengths * means) / n)
     w_max = int(lengths.max()) // 2
-    nan = float("nan")
-    if w_max < 2:  # too short for any autocorrelation analysis
-        var = float(sum(np.sum((r - m) ** 2) for r, m in zip(reps, means)))
-        err = math.sqrt(var / (n * (n - 1))) if n > 1 else nan
-        return GammaResult(mean, err, nan, 0.5, nan, 0, n, len(reps), np.ones(1), np.full(1, 0.5))
+    short = _short_or_constant(reps, means, mean, w_max)
+    if short is not None:
+        return short
 
     gamma = np.zeros(w_max)
     div = np.zeros(w_max)
@@ -159,16 +162,8 @@ def gamma_method(
     div[div < 1] = 1.0
     gamma /= div
 
-    if abs(gamma[0]) < 10 * np.finfo(float).tiny:  # no fluctuation inside any replicum
-        if np.ptp(means) == 0.0:  # truly constant data: exact, error 0
-            return GammaResult(
-                mean, 0.0, 0.0, 0.5, 0.0, 0, n, len(reps), np.ones(w_max), np.full(w_max, 0.5)
-            )
-        # frozen chains that differ from each other (e.g. a sampler that never accepted):
-        # nothing is known about the autocorrelation, so neither tau_int nor the error is
-        return GammaResult(
-            mean, nan, nan, nan, nan, 0, n, len(reps), np.full(w_max, nan), np.full(w_max, nan)
-        )
+    if abs(gamma[0]) < 10 * np.finfo(float).tiny:  # fluctuations below the float range
+        return _constant_result(mean, bool(np.ptp(means) == 0.0), n, len(reps), w_max)
 
     rho = gamma / gamma[0]
     tau_n = np.cumsum(np.concatenate(([0.5], rho[1:])))
@@ -204,6 +199,42 @@ def gamma_method(
         n_replicas=len(reps),
         rho=rho,
         tau_int_curve=tau_n,
+    )
+
+
+def _short_or_constant(
+    reps: list[np.ndarray], means: np.ndarray, mean: float, w_max: int
+) -> GammaResult | None:
+    """The result of data with no fluctuation, one measurement per chain, or too few for an
+    autocorrelation analysis (module docstring); ``None`` for every other series."""
+    n, n_rep = sum(len(r) for r in reps), len(reps)
+    nan = float("nan")
+    if max(len(r) for r in reps) < 2:  # one measurement per chain: no fluctuation measured
+        return GammaResult(mean, nan, nan, nan, nan, 0, n, n_rep, np.full(1, nan), np.full(1, nan))
+    if all(np.ptp(r) == 0.0 for r in reps):  # no fluctuation inside any replicum (exactly:
+        # the deviations from a replicum's mean would be rounding noise, not Gamma(0) = 0)
+        same = len({float(r[0]) for r in reps}) == 1  # one value in every replicum
+        mean = float(reps[0][0]) if same else mean  # that value, not its rounded average
+        return _constant_result(mean, same, n, n_rep, max(w_max, 1))
+    if w_max < 2:  # too short for any autocorrelation analysis
+        var = float(sum(np.sum((r - m) ** 2) for r, m in zip(reps, means)))
+        err = math.sqrt(var / (n * (n - 1))) if n > 1 else nan
+        return GammaResult(mean, err, nan, 0.5, nan, 0, n, n_rep, np.ones(1), np.full(1, 0.5))
+    return None
+
+
+def _constant_result(mean: float, same: bool, n: int, n_rep: int, w_max: int) -> GammaResult:
+    """Data without fluctuation inside any replicum (``Gamma(0) = 0``); ``same``: the
+    replica hold the same value."""
+    if same:  # one constant: exact, error 0 and tau_int = 1/2 (as pyerrors)
+        return GammaResult(
+            mean, 0.0, 0.0, 0.5, 0.0, 0, n, n_rep, np.ones(w_max), np.full(w_max, 0.5)
+        )
+    # frozen chains that differ from each other (e.g. a sampler that never accepted):
+    # nothing is known about the autocorrelation, so neither tau_int nor the error is
+    nan = float("nan")
+    return GammaResult(
+        mean, nan, nan, nan, nan, 0, n, n_rep, np.full(w_max, nan), np.full(w_max, nan)
     )
 
 
@@ -499,14 +530,30 @@ def _components(name: str, a: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def production_count(run: RunData) -> int:
+    """Number of production trajectories of a run (rows of ``dH``; without ``dH``, e.g. a
+    measurements file, the longest observable series)."""
+    for a in (run.dH, run.exp_minus_dH, run.accepted):
+        if a is not None:
+            return int(a.shape[0])
+    return max((int(a.shape[0]) for a in run.observables.values()), default=0)
+
+
 def series(run: RunData, skip: int = 0) -> dict[str, np.ndarray]:
     """Every analysed series as (chains, T) after the thermalisation cut: observable
     components and ``exp_minus_dH``. ``skip`` counts production trajectories; observables
     measured every k-th trajectory lose the measurements made in the skipped range."""
     if skip < 0:
         raise InputError("--skip must be >= 0")
-    out: dict[str, np.ndarray] = {}
     n_all = None if run.dH is None else run.dH.shape[0]
+    n_prod = production_count(run)
+    if skip and skip >= n_prod:
+        what = "trajectory" if n_prod == 1 else "trajectories"
+        raise InputError(
+            f"--skip {skip} leaves nothing to analyse: {run.source} has {n_prod} production "
+            f"{what}; skip fewer (an error needs at least 2 measurements left per chain)"
+        )
+    out: dict[str, np.ndarray] = {}
     from .derived import natural_key
 
     for name in sorted(run.observables, key=natural_key):  # C_2 before C_10

@@ -10,8 +10,12 @@ A deck has six sections (``theory``, ``lattice``, ``parallel``, ``sampler``, ``r
     run:      {seed: 1234, thermalization: 200, trajectories: 2000}
     output:   {directory: runs/u1_b2, formats: [hdf5]}
 
-Every model forbids unknown keys and is strict (YAML gives native types: ``steps: 10.5`` or
-``beta: "2"`` are errors, an ``int`` is accepted where a ``float`` is expected).
+Every model forbids unknown keys and is strict (YAML gives native types: ``steps: 10.5``,
+``steps: 1e3`` or ``beta: "2"`` are errors, an ``int`` is accepted where a ``float`` is
+expected). Decks and ``--set`` values are read with :class:`DeckLoader`, PyYAML's safe loader
+with YAML 1.2 floats (``1e-10``, ``1E5``, ``5e+3`` are numbers, not strings as in YAML 1.1).
+Every number in a deck must be finite: ``.inf``, ``.nan`` or ``1e999`` are errors naming the
+key (:func:`_nonfinite_problems`).
 :func:`load_deck` reports every problem at once, each with its key path and its line in the
 file (or the ``--set`` override that caused it), and suggests the nearest valid key or value
 (:mod:`difflib`). Relative paths in a deck (``output.directory``, ``run.start``,
@@ -105,7 +109,11 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 # ---------------------------------------------------------------------------- schema
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan=False: a deck built in code gets the same finite-number check as a file
+    # (loads_deck reports non-finite numbers first, by key: _nonfinite_problems)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 _THEORY_NAME_DOC = "Theory name; selects which couplings are allowed."
@@ -1036,6 +1044,13 @@ def _from_pydantic(err: ValidationError) -> list[Problem]:
             expected = str(ctx.get("expected", ""))
             hint = _suggest(str(value), _quoted(expected)) if isinstance(value, str) else ""
             msg = f"invalid value {value!r}{hint} (expected {expected})"
+        elif kind == "finite_number":
+            msg = _NONFINITE.format(value=value)
+        elif kind == "int_type" and isinstance(value, float) and value.is_integer():
+            msg = (
+                f"{e['msg']} (got {value!r}); write an integer without a decimal point or "
+                f"exponent, e.g. {int(value)}"
+            )
         elif isinstance(value, dict | list) and kind.endswith("_type"):
             msg = f"{e['msg']} (got a {'mapping' if isinstance(value, dict) else 'list'})"
         else:
@@ -1044,7 +1059,54 @@ def _from_pydantic(err: ValidationError) -> list[Problem]:
     return problems
 
 
+_NONFINITE = "must be a finite number (got {value!r})"
+
+
+def _nonfinite_problems(data: Any, path: KeyPath = ()) -> list[Problem]:
+    """Every non-finite number (``.inf``, ``.nan``, ``1e999``) anywhere in raw deck data,
+    free-form mappings such as ``train.options`` included: none has a meaning in a deck."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(path, _NONFINITE.format(value=data))]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _nonfinite_problems(v, path + (str(k),))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _nonfinite_problems(v, path + (i,))]
+    return []
+
+
 # ---------------------------------------------------------------------------- YAML with lines
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+#: YAML 1.2 core-schema floats (an exponent without a point or a sign: ``1e-10``, ``1E5``,
+#: ``5e+3``), plus YAML 1.1's forms that PyYAML already reads (``1_000.5``, base 60). It
+#: never matches an integer, so integers stay ``int``.
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class DeckLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-10``, ``1E5`` and ``5e+3`` are floats
+    (YAML 1.1, and so plain PyYAML, reads an exponent without a point or sign as a string).
+    Used for deck files and ``--set`` values alike."""
+
+
+DeckLoader.yaml_implicit_resolvers = {
+    first: [(tag, _FLOAT_RE if tag == _FLOAT_TAG else rx) for tag, rx in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`DeckLoader` (YAML 1.2 floats)."""
+    return yaml.load(text, Loader=DeckLoader)
+
+
 def _yaml_error(exc: yaml.YAMLError, source: str) -> DeckError:
     mark = getattr(exc, "problem_mark", None)
     where = f"line {mark.line + 1}" if mark is not None else None
@@ -1057,8 +1119,8 @@ def parse_yaml(text: str, source: str = "<deck>") -> tuple[Any, dict[KeyPath, in
     (a key's own line for mappings, an item's line for sequences). Duplicate keys are an
     error (plain PyYAML would silently keep the last one)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=DeckLoader)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source) from None
     lines: dict[KeyPath, int] = {(): 1}
@@ -1109,7 +1171,7 @@ def apply_override(data: dict[str, Any], spec: str, source: str = "<deck>") -> K
     if not all(parts):
         raise DeckError([Problem((), f"bad key path {key!r}", where)], source)
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as exc:
         raise DeckError(
             [Problem(parts, f"value is not valid YAML: {exc}", where)], source
@@ -1180,7 +1242,7 @@ def loads_deck(
     overridden: dict[KeyPath, str] = {}
     for spec in overrides:
         overridden[apply_override(data, spec, source)] = spec
-    problems = _check_keys(data, [Deck], ())
+    problems = _check_keys(data, [Deck], ()) + _nonfinite_problems(data)
     context = {"base_dir": Path(base_dir) if base_dir is not None else Path.cwd()}
     deck = None
     try:
@@ -1190,6 +1252,7 @@ def loads_deck(
     except DeckError as exc:  # cross-section checks
         problems += exc.problems
     if problems or deck is None:
+        problems = list(dict.fromkeys(problems))  # a non-finite number is found twice
         located = [_locate(p, lines, overridden) for p in problems]
         located.sort(key=lambda p: int(p.where[5:]) if p.where and p.where[:5] == "line " else 0)
         raise DeckError(located, source)

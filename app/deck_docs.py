@@ -45,6 +45,12 @@ Rules:
   line (`deck.yaml, line 4: theory.lamda: unknown key 'lamda'; did you mean 'lambda'?`).
 - Types are strict: `steps: 10.5` or `beta: "2"` are errors; an integer is accepted where a
   float is expected. `null` is YAML's None.
+- Numbers are read as in YAML 1.2: `1e-10`, `1E5`, `5e+3` are floats (plain PyYAML, which
+  follows YAML 1.1, would read them as strings), in the deck and in `--set` values alike. A
+  float is not accepted where an integer is expected, whatever its value: `steps: 1e3` is an
+  error, like `steps: 1000.0`; write `steps: 1000`.
+- Every number must be finite: `.inf`, `.nan` or an overflowing `1e999` are errors naming the
+  key, anywhere in the deck (free-form mappings such as `train.options` included).
 - Every problem in a deck is reported at once. `trivhmc` exits with status 2 on a bad deck.
 - Command-line overrides: `--set KEY.PATH=VALUE` (repeatable), VALUE parsed as YAML, e.g.
   `--set run.seed=7 --set lattice.shape=[8,8]`. Unknown paths are errors as above.

@@ -70,15 +70,20 @@ def derived_gamma(
         if [len(r) for r in p] != lengths:
             raise ValueError("derived_gamma: the primaries must be measured on the same configs")
     n = sum(lengths)
+    if n == 0:
+        raise ValueError("derived_gamma: the primaries have no measurements")
     abar = np.array([sum(float(r.sum()) for r in p) / n for p in primaries])
-    value = float(f(abar))
-    grad = np.zeros(len(abar))
-    for k in range(len(abar)):
-        h = 1e-6 * max(abs(abar[k]), 1e-12)
-        up, dn = abar.copy(), abar.copy()
-        up[k] += h
-        dn[k] -= h
-        grad[k] = (f(up) - f(dn)) / (2.0 * h)
+    # f at a point where it is undefined (0/0 of a constant observable, log of 0) gives NaN
+    # or Inf, reported as a NaN result below: numpy's warnings about it are not news
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = float(f(abar))
+        grad = np.zeros(len(abar))
+        for k in range(len(abar)):
+            h = 1e-6 * max(abs(abar[k]), 1e-12)
+            up, dn = abar.copy(), abar.copy()
+            up[k] += h
+            dn[k] -= h
+            grad[k] = (f(up) - f(dn)) / (2.0 * h)
     if not (math.isfinite(value) and np.all(np.isfinite(grad))):
         nan = float("nan")
         return GammaResult(value, nan, nan, nan, nan, 0, n, n_rep, np.ones(1), np.ones(1))
@@ -94,7 +99,7 @@ def derived_gamma(
 class Derived:
     """One derived quantity: its result and a one-line definition."""
 
-    result: GammaResult
+    result: GammaResult | None  # None: no measurements (dropped from the result)
     formula: str
 
 
@@ -130,6 +135,8 @@ def derived_quantities(
     out: dict[str, Derived] = {}
 
     def derived_gamma(f, primaries, S):
+        if not any(len(r) >= bin_size for p in primaries for r in p):
+            return None  # nothing measured after the cut (or not one full bin)
         return _derived_gamma(f, primaries, S, bin_size, tau_exp)
 
     if "M" in series:
@@ -185,7 +192,7 @@ def derived_quantities(
                 derived_gamma(meff, [cs[t - 1], cs[t], cs[(t + 1) % lt]], S),
                 f"arccosh[({base}_{t - 1} + {base}_{t + 1}) / (2 {base}_{t})]",
             )
-    return out
+    return {k: d for k, d in out.items() if d.result is not None}
 
 
 _derived_gamma = derived_gamma

@@ -278,3 +278,47 @@ def test_plots(tmp_path):
     assert names == ["exp_minus_dH.png", "plaquette.png", "q_0.png"]
     for p in files:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------------- edge cases
+def test_one_measurement_per_chain_has_no_error():
+    """One value per chain: no fluctuation is measured, so the error is undefined (NaN),
+    never 0, whether the chains agree or not."""
+    for data in ([[0.3], [0.7]], [[0.5], [0.5]], [[2.0]]):
+        r = gamma_method(data)
+        assert r.mean == pytest.approx(np.mean(data))
+        assert math.isnan(r.error) and math.isnan(r.tau_int)
+
+
+def test_constant_observable_is_exact_without_warnings():
+    """A constant observable has error 0 and tau_int 1/2 (pyerrors' convention for
+    Gamma(0) = 0) for every length and value, also when rounding makes its replicum mean differ
+    from the value (0.1 x 6: Gamma(0) ~ 1e-34, which used to give tau_int ~ 2)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for value in (0.1, 1 / 3, 0.7, 123.456, 0.0):
+            for n in (2, 3, 6, 13, 100, 257):
+                r = gamma_method(np.full(n, value))
+                assert (r.mean, r.error, r.tau_int) == (value, 0.0, 0.5), (value, n)
+                two = gamma_method([np.full(n, value), np.full(n + 1, value)])
+                assert (two.error, two.tau_int) == (0.0, 0.5)
+
+
+def test_skip_beyond_the_run_is_an_input_error(tmp_path, capsys):
+    from app.cli import main
+
+    write_records(tmp_path / "records.jsonl", chains=2, n_prod=20)
+    for skip in (20, 21, 1000):
+        with pytest.raises(InputError, match="has 20 production trajectories"):
+            analyze(tmp_path, skip=skip)
+        assert main(["analyze", str(tmp_path), "--skip", str(skip)]) == 2
+        assert "--skip" in capsys.readouterr().err
+    # one trajectory left per chain: the errors are undefined, not 0 (JSON null)
+    assert main(["analyze", str(tmp_path), "--skip", "19", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["observables"]["plaquette"]["error"] is None
+    assert j["observables"]["plaquette"]["mean"] is not None
+    a = analyze(tmp_path, skip=18)
+    assert a.observables["plaquette"].error > 0

@@ -299,3 +299,64 @@ def test_docs_deck_md_up_to_date():
     text = render()
     for key in ("`theory.lambda`", "`run.max_runtime`", "`sampler.flow.model`", "`output.formats`"):
         assert key in text
+
+
+# ---------------------------------------------------------------------------- YAML 1.2 floats
+SCHWINGER = """\
+theory: {name: schwinger, beta: 2.0, kappa: 0.2, hasenbusch: [0.1], cg_tol: 1e-10}
+lattice: {shape: [8, 8]}
+run: {seed: 1, trajectories: 10}
+output: {directory: runs/x}
+"""
+
+
+@pytest.mark.parametrize(
+    "text,value", [("1e-10", 1e-10), ("1E5", 1e5), ("5e+3", 5e3), ("2.5e3", 2.5e3), ("3e0", 3.0)]
+)
+def test_yaml_12_floats_in_decks_and_overrides(text, value):
+    """An exponent without a point or sign is a float (YAML 1.2), not a string (YAML 1.1)."""
+    d = loads_deck(GOOD.replace("lambda: 0.5", f"lambda: {text}"))
+    assert d.theory.lam == value and isinstance(d.theory.lam, float)
+    d = loads_deck(GOOD, overrides=[f"theory.beta={text}"])
+    assert d.theory.beta == value
+    d = loads_deck(SCHWINGER.replace("1e-10", text))
+    assert d.theory.cg_tol == value
+    assert loads_deck(d.to_yaml()).theory.cg_tol == value  # and round-trips
+
+
+def test_yaml_12_floats_keep_integers_and_strings():
+    from app.deck import load_yaml
+
+    assert load_yaml("{a: 10, b: 0x1f, c: 1_000, d: 1e, e: e5, f: abc, g: .5, h: 1.}") == {
+        "a": 10, "b": 31, "c": 1000, "d": "1e", "e": "e5", "f": "abc", "g": 0.5, "h": 1.0,
+    }  # fmt: skip
+    assert type(load_yaml("10")) is int
+
+
+def test_float_written_for_an_integer_is_an_error_naming_it():
+    """``steps: 1e3`` is a float, and a count must be an integer: refused, like 10.0."""
+    p = one(GOOD.replace("trajectories: 100", "trajectories: 1e2"))
+    assert p.path == ("run", "trajectories") and p.where == "line 9"
+    assert "valid integer" in p.message and "e.g. 100" in p.message
+    p = one(GOOD, ["run.seed=7e0"])
+    assert p.path == ("run", "seed") and p.where == "--set run.seed=7e0"
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999", "-1.0e999"])
+def test_non_finite_numbers_are_refused(value):
+    p = one(GOOD.replace("beta: 0.616", f"beta: {value}"))
+    assert p.path == ("theory", "beta") and p.where == "line 3"
+    assert "finite number" in p.message
+    p = one(GOOD + f"sampler: {{trajectory_length: {value}}}\n")
+    assert p.path == ("sampler", "trajectory_length") and "finite number" in p.message
+    p = one(GOOD, [f"run.max_runtime={value}"])
+    assert p.path == ("run", "max_runtime") and p.where == f"--set run.max_runtime={value}"
+    p = one(SCHWINGER.replace("[0.1]", f"[0.1, {value}]"))
+    assert p.path == ("theory", "hasenbusch", 1) and "finite number" in p.message
+    # free-form mappings too (train.options are the architecture's keyword arguments)
+    train = "train: {architecture: u1_sweep, model_name: m, options: {scale: VALUE}}\n"
+    p = one(GOOD.replace("phi4", "u1").replace("  lambda: 0.5\n", "").replace("[12, 12]", "[8, 8]")
+            + train.replace("VALUE", value))  # fmt: skip
+    assert p.path == ("train", "options", "scale") and "finite number" in p.message
+    with pytest.raises(DeckError, match="theory.beta: must be a finite number"):
+        loads_deck(GOOD.replace("beta: 0.616", f"beta: {value}"), source="deck.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import autograd.numpy as anp
 import numpy as np
@@ -181,3 +182,52 @@ def test_cli_tau_exp_tail(tmp_path, capsys):
     assert "tau_exp = 30" in capsys.readouterr().out
     assert main(["analyze", str(tmp_path), "--tau-exp", "-1"]) == 2
     assert "--tau-exp" in capsys.readouterr().err
+
+
+def _records(tmp_path, n, obs) -> None:
+    recs = [
+        {
+            "trajectory": t,
+            "thermalization": False,
+            "dH": [0.0],
+            "accepted": [True],
+            "exp_minus_dH": [1.0],
+            "observables": {k: [float(v(t))] for k, v in obs.items()},
+        }
+        for t in range(n)
+    ]
+    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+
+
+def test_skip_all_trajectories_is_an_input_error(tmp_path, capsys):
+    """--skip N >= the production trajectories: one message naming their number, exit 2
+    (was a ZeroDivisionError in derived_gamma)."""
+    rng = np.random.default_rng(1)
+    _records(tmp_path, 10, {"M": lambda t: rng.normal(), "Q_int": lambda t: t % 3 - 1})
+    for skip in ("10", "11"):
+        assert main(["analyze", str(tmp_path), "--skip", skip, "--volume", "16"]) == 2
+        err = capsys.readouterr().err
+        assert "10 production trajectories" in err and "internal error" not in err
+    assert main(["analyze", str(tmp_path), "--skip", "9", "--volume", "16", "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["derived"]["chi_t"]["error"] is None and j["derived"]["binder"]["error"] is None
+    assert j["derived"]["chi_t"]["mean"] is not None
+
+
+def test_derived_of_constant_observables_no_warnings(tmp_path, capsys):
+    """Constant inputs: derived quantities that are defined are exact (error 0, tau_int 1/2),
+    those that are not (0/0, log 0, arccosh of 0/0) are NaN; numpy warns about neither."""
+    obs = {"M": lambda t: 0.0, "Q_int": lambda t: 1.0, "W_R1_T1": lambda t: 0.0}
+    obs |= {"W_R1_T2": lambda t: 0.0, **{f"C_{i}": (lambda t: 0.0) for i in range(6)}}
+    _records(tmp_path, 40, obs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["analyze", str(tmp_path), "--volume", "4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    d = json.loads(captured.out)["derived"]
+    assert (d["chi_t"]["mean"], d["chi_t"]["error"], d["chi_t"]["tau_int"]) == (0.25, 0.0, 0.5)
+    for name in ("binder", "V_eff[1][1]", "m_eff[C][1]"):
+        assert d[name]["mean"] is None and d[name]["error"] is None, name
+    with pytest.raises(ValueError, match="no measurements"):
+        derived_gamma(lambda a: a[0], [[np.zeros(0)]])

@@ -297,3 +297,36 @@ def test_grid_for_another_lattice(good_file):
     path, _ = good_file
     with pytest.raises(ConfigFormatError, match=r"holds a \[2, 2, 4, 4\] lattice"):
         read_ildg(path, single_rank_grid((2, 2, 2, 4)))
+
+
+# ------------------------------------------------------------------ output directory
+@pytest.mark.parametrize("suffix", ["lime", "nersc", "h5"])
+def test_convert_into_a_missing_directory(tmp_path, capsys, suffix):
+    """``trivhmc convert x.lime nodir/y.lime``: exit 2 naming the directory (was an internal
+    error from MPI_File_open), nothing written, the source untouched."""
+    from app.cli import main
+    from app.io.convert import convert
+    from app.io.paths import OutputPathError
+
+    src = tmp_path / "x.lime"
+    write_ildg(src, random_links((2, 2, 2, 2), seed=5), date=DATE)
+    before = src.read_bytes()
+    dst = tmp_path / "nodir" / f"y.{suffix}"
+    assert main(["convert", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {dst}" in err and "does not exist" in err
+    assert "internal error" not in err and "MPI_File_open" not in err
+    assert not (tmp_path / "nodir").exists() and src.read_bytes() == before
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputPathError, match="afile is not a directory"):
+        convert(src, tmp_path / "afile" / f"y.{suffix}")
+    assert main(["convert", str(src), str(tmp_path / f"y.{suffix}")]) == 0  # and a good one
+
+
+def test_write_ildg_into_a_missing_directory(tmp_path):
+    from app.errors import InputError
+
+    links = random_links((2, 2, 2, 2), seed=6)
+    with pytest.raises(InputError, match="nodir does not exist"):
+        write_ildg(tmp_path / "nodir" / "y.lime", links, date=DATE)
+    assert list(tmp_path.iterdir()) == []

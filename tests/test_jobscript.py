@@ -388,3 +388,48 @@ def test_local_uses_the_machines_cores(monkeypatch):
     r = render(deck, "local", "/p/d.yaml", "/p/s", walltime=None)
     assert r.layout.total_ranks == 4  # the most ranks <= 6 cores that divide 8^4
     assert "export OMP_NUM_THREADS=$(( $(nproc) > NRANKS ? $(nproc) / NRANKS : 1 ))" in r.text
+
+
+def _documented_commands(path: Path) -> list[str]:
+    """``trivhmc ...`` command lines of the fenced code blocks of a Markdown file
+    (continuation lines joined, trailing ``# comments`` dropped)."""
+    lines, inside, pending = [], False, ""
+    for raw in path.read_text().splitlines():
+        if raw.lstrip().startswith("```"):
+            inside, pending = not inside, ""
+            continue
+        if not inside:
+            continue
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        line = re.split(r"\s#\s", line)[0].strip()
+        if line.startswith("trivhmc "):
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/jobscripts.md"])
+def test_documented_jobscript_and_validate_commands_run(doc, monkeypatch, capsys):
+    """Every ``trivhmc jobscript`` example (with --dry-run added: nothing is written) and
+    every ``trivhmc validate`` example of the docs runs as written from the repository root.
+    (The README's frontier example lacked ``--set parallel.device=cuda`` and failed.)"""
+    import shlex
+
+    from app.cli import main
+
+    commands = [
+        c for c in _documented_commands(REPO / doc) if c.split()[1] in ("jobscript", "validate")
+    ]
+    assert any(c.split()[1] == "jobscript" for c in commands), commands
+    monkeypatch.chdir(REPO)
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        if argv[0] == "jobscript" and "--dry-run" not in argv:
+            argv.append("--dry-run")
+        assert main(argv) == 0, f"{doc}: {command}: {capsys.readouterr().err}"
+        out = capsys.readouterr().out
+        if argv[0] == "jobscript":
+            assert out.startswith("#!/bin/bash"), command

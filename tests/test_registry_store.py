@@ -278,6 +278,35 @@ def test_models_list_queries_and_show(tmp_path, capsys) -> None:
     assert resolve(a, tmp_path).name == a.split("@")[1]
 
 
+def test_registry_option_before_or_after_the_action(tmp_path, capsys, monkeypatch) -> None:
+    """``models --registry DIR ACTION ...`` and ``models ACTION ... --registry DIR`` are the
+    same for every action; the option after the action wins when both are given."""
+    monkeypatch.delenv("TRIVHMC_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default registry ./models stays empty
+    one, two = tmp_path / "one", tmp_path / "two"
+    ref = _save(one, "m", seed=5)
+    for before, after in (([], ["--registry", str(one)]), (["--registry", str(one)], [])):
+        assert main(["models", *before, "list", "--json", *after]) == 0
+        assert [m["ref"] for m in json.loads(capsys.readouterr().out)] == [ref]
+        assert main(["models", *before, "show", ref, *after]) == 0
+        assert json.loads(capsys.readouterr().out)["name"] == "m"
+        assert main(["models", *before, "verify", *after]) == 0
+        assert "1 model(s) checked, 0 damaged" in capsys.readouterr().out
+        assert main(["models", *before, "export", ref, str(tmp_path), *after]) == 0
+        capsys.readouterr()
+    exported = tmp_path / f"{ref}.pt"
+    assert main(["models", "import", str(exported), "--registry", str(two)]) == 0
+    assert f"{ref}  imported" in capsys.readouterr().out
+    assert main(["models", "--registry", str(two), "import", str(exported)]) == 0
+    assert f"{ref}  already present" in capsys.readouterr().out
+    empty = str(tmp_path / "empty")
+    assert main(["models", "--registry", str(one), "list", "--json", "--registry", empty]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert not (tmp_path / "models").exists()
+    assert main(["models", "list", "--json"]) == 0  # neither: ./models, empty
+    assert json.loads(capsys.readouterr().out) == []
+
+
 # ------------------------------------------------------------------ MLflow (optional extra)
 def _tracking_deck(tmp_path: Path, tracking: str) -> Path:
     deck = DECK.format(beta=0.3, seed=1, name="tracked", registry=tmp_path / "reg", tag="prod")

@@ -35,9 +35,24 @@ def main(args: argparse.Namespace) -> int:
             f"cannot tell the format of {args.output} from its suffix; add --to "
             f"{{{','.join(FORMATS)}}} or name it .lime/.ildg, .nersc or .h5/.hdf5"
         )
-    try:
-        fmt = convert(args.input, args.output, args.to, index=args.index, precision=args.precision)
-    except (ConfigFormatError, OSError, IndexError, ValueError) as exc:
-        raise InputError(f"convert {args.input} -> {args.output}: {exc}") from None
-    print(f"wrote {args.output} ({fmt})")
+    from mpi4py import MPI
+
+    from ..errors import is_storage_error
+    from ..io.collective import on_root
+
+    def work() -> str:
+        try:
+            return convert(
+                args.input, args.output, args.to, index=args.index, precision=args.precision
+            )
+        except (ConfigFormatError, OSError, IndexError, ValueError) as exc:
+            if is_storage_error(exc):
+                raise  # disk full / quota: its own exit status
+            raise InputError(f"convert {args.input} -> {args.output}: {exc}") from None
+
+    # serial work: world rank 0 converts, every rank raises its error (the same exit status
+    # everywhere, no MPI_Abort) -- one writer, not one per rank
+    fmt = on_root(work, MPI.COMM_WORLD)
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        print(f"wrote {args.output} ({fmt})")
     return 0

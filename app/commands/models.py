@@ -6,8 +6,9 @@
   trivhmc models export REF DEST     one portable .pt file (card + weights)
   trivhmc models import FILE|DIR     add an exported model (hash checked)
 
-The registry is --registry, else $TRIVHMC_MODELS, else ./models. ``verify`` exits 2 if any
-model is damaged; a damaged model is never loaded (docs/registry.md).
+The registry is --registry (before or after ACTION), else $TRIVHMC_MODELS, else ./models.
+``verify`` exits 2 if any model is damaged; a damaged model is never loaded
+(docs/registry.md).
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ from pathlib import Path
 
 from ..errors import InputError
 
+_REGISTRY_HELP = "registry directory (default: $TRIVHMC_MODELS, ./models)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``trivhmc models``."""
-    parser.add_argument(
-        "--registry", default=None, help="registry directory (default: $TRIVHMC_MODELS, ./models)"
-    )
+    """Options of ``trivhmc models``. ``--registry DIR`` goes before or after the action
+    (``models --registry DIR import F`` = ``models import F --registry DIR``)."""
+    parser.add_argument("--registry", default=None, help=_REGISTRY_HELP)
+    # the same option on every action; SUPPRESS: an action that does not give it leaves the
+    # value given before the action (or the default None) alone
+    registry = argparse.ArgumentParser(add_help=False)
+    registry.add_argument("--registry", default=argparse.SUPPRESS, help=_REGISTRY_HELP)
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ls = sub.add_parser("list", help="list models, optionally filtered")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[registry])
+
+    ls = action("list", "list models, optionally filtered")
     ls.add_argument("--name", default=None, help="only this model name")
     ls.add_argument("--theory", default=None, help="only this theory (e.g. u1, phi4, su3)")
     ls.add_argument("--lattice", default=None, help="only this training lattice, e.g. 8x8")
@@ -39,15 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ls.add_argument("--tag", action="append", default=[], help="only models with this tag")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    show = sub.add_parser("show", help="print a model card (hash checked)")
+    show = action("show", "print a model card (hash checked)")
     show.add_argument("ref", help="name or name@hash")
     show.add_argument("--history", action="store_true", help="include the training history")
-    ver = sub.add_parser("verify", help="check content hashes (exit 2 if any is damaged)")
+    ver = action("verify", "check content hashes (exit 2 if any is damaged)")
     ver.add_argument("refs", nargs="*", help="models to check (default: all)")
-    exp = sub.add_parser("export", help="write a model as one portable .pt file")
+    exp = action("export", "write a model as one portable .pt file")
     exp.add_argument("ref", help="name or name@hash")
     exp.add_argument("dest", help="output file, or an existing directory")
-    imp = sub.add_parser("import", help="add exported models to the registry")
+    imp = action("import", "add exported models to the registry")
     imp.add_argument("sources", nargs="+", help="exported .pt files or version directories")
 
 

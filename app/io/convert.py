@@ -1,10 +1,12 @@
 """Convert one SU(3) configuration between ILDG, NERSC and HDF5 (``trivhmc convert``).
 
-Serial (one rank). Reading verifies the source (checksums, unitarity, header values); the
-output is written atomically in double precision unless ``precision="single"`` (ILDG only).
-An HDF5 source must hold SU(3) links ``(4, Lx, Ly, Lz, Lt, 3, 3)``; ``index`` picks the
-configuration (default: the last). An HDF5 target is a new one-configuration ensemble file
-whose metadata name the source.
+Serial (one rank; ``trivhmc convert`` under MPI converts on world rank 0 and raises its
+error on every rank). The target's directory must exist and be writable
+(:class:`app.io.paths.OutputPathError`, exit status 2). Reading verifies the source
+(checksums, unitarity, header values); the output is written atomically in double
+precision unless ``precision="single"`` (ILDG only). An HDF5 source must hold SU(3) links
+``(4, Lx, Ly, Lz, Lt, 3, 3)``; ``index`` picks the configuration (default: the last). An
+HDF5 target is a new one-configuration ensemble file whose metadata name the source.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .formats import FORMATS, detect_format, format_from_name
 from .hdf5 import EnsembleWriter, read_config, read_metadata
 from .ildg import read_ildg, write_ildg
 from .nersc import read_nersc, write_nersc
+from .paths import check_output_dir
 
 
 def read_any(path: str | os.PathLike, index: int = -1) -> tuple[np.ndarray, dict[str, Any]]:
@@ -62,6 +65,7 @@ def convert(
             f"cannot tell the target format of {dst}: pass to= one of {', '.join(FORMATS)} "
             f"(or use a .lime/.ildg, .nersc, .h5/.hdf5 suffix)"
         )
+    check_output_dir(dst)  # before the (long) read: a missing directory is one clear error
     links, source = read_any(src, index)
     if fmt == "ildg":
         write_ildg(dst, links, precision=precision, extra_info=f"converted from {src}")

@@ -47,6 +47,7 @@ from . import gauge_stats, lime
 from .atomic import atomic_path
 from .collective import on_root
 from .errors import ChecksumError, ConfigFormatError, MissingChecksumWarning
+from .paths import check_output_dir
 from .scidac_checksum import format_checksum, lexicographic_index, parse_checksum, scidac_checksum
 from .validate import check_links
 from .xmlutil import clean_text, element, find_text, local_name, parse_xml, to_xml
@@ -272,6 +273,7 @@ def write_ildg(
     prec = precision_of(precision)
     comm = grid.cart
     path = Path(path)
+    check_output_dir(path, comm)  # before MPI_File_open: one clear error on every rank
 
     block = links_to_file_order(links, prec.dtype)
     raw = block.view(np.uint8).reshape(-1)

@@ -39,6 +39,7 @@ from .atomic import atomic_write
 from .collective import on_root
 from .errors import ChecksumError, ConfigFormatError
 from .ildg import NC, ND, _as_links, _check_grid, file_order_to_links
+from .paths import check_output_dir
 from .validate import check_links
 
 BEGIN = b"BEGIN_HEADER"
@@ -285,6 +286,7 @@ def write_nersc(
     if grid is None:
         grid = single_rank_grid(links.shape[1:5])
     _check_grid(links, grid)
+    check_output_dir(path, grid.cart)  # before the gather: one clear error on every rank
     full = gather_to_root(links, grid, first=1)
     return on_root(
         lambda: _write_global(path, full, ensemble_id, ensemble_label, sequence_number, creator),

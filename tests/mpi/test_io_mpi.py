@@ -146,3 +146,41 @@ def test_nersc_and_hdf5_distributed(shared_dir, links, dims):
     with pytest.raises(ValueError, match="parameters differ: beta"):
         EnsembleWriter(h5, "su3", {"beta": 5.5}, LATTICE, "hmc", 1, "test", grid=grid, mode="a")
     grid.free()
+
+
+@pytest.mark.parametrize("dims", GRIDS)
+def test_write_into_a_missing_directory_fails_on_every_rank(shared_dir, links, dims):
+    """A missing target directory is one OutputPathError (exit 2) on every rank, decided
+    before MPI_File_open (which would fail with an MPI-IO error on each rank alone)."""
+    from app.io.paths import OutputPathError
+
+    grid = ProcessGrid(LATTICE, grid=dims)
+    mine = local_block(links, grid)
+    for name in ("nodir/cfg.lime", "nodir/cfg.nersc"):
+        write = write_ildg if name.endswith(".lime") else write_nersc
+        with pytest.raises(OutputPathError, match="nodir does not exist"):
+            write(shared_dir / name, mine, grid)
+    grid.barrier()
+    assert not (shared_dir / "nodir").exists()
+    grid.free()
+
+
+def test_convert_command_into_a_missing_directory(shared_dir, links, capsys):
+    """``mpiexec -n N trivhmc convert x.lime nodir/y.lime``: exit 2 on every rank, the message
+    once (rank 0), no MPI_Abort; a good target is written once."""
+    from app.cli import main
+
+    src = shared_dir / "convert_src.lime"
+    if WORLD.Get_rank() == 0:
+        write_ildg(src, links, date=DATE)
+    WORLD.Barrier()
+    assert main(["convert", str(src), str(shared_dir / "nodir" / "y.lime")]) == 2
+    err = capsys.readouterr().err
+    if WORLD.Get_rank() == 0:
+        assert "cannot write" in err and "nodir does not exist" in err
+    else:
+        assert err == ""
+    assert main(["convert", str(src), str(shared_dir / "converted.nersc")]) == 0
+    WORLD.Barrier()
+    back, info = read_nersc(shared_dir / "converted.nersc")
+    assert np.array_equal(back, links) and info.checksum_status == "ok"
