@@ -17,6 +17,7 @@ code  exception                   meaning
 7     :class:`MissingModelError`  the deck's flow model is not in the registry
 8     :class:`StorageError`       disk full, quota exceeded (``ENOSPC``/``EDQUOT``)
 130                               interrupted (Ctrl-C, SIGINT)
+143                               ``run`` stopped by SIGTERM, after a checkpoint
 141                               output pipe closed (``trivhmc analyze | head``)
 ====  ==========================  ===================================================
 
@@ -98,7 +99,10 @@ class NotAvailableError(TrivhmcError):
 
 
 #: exit status of an interrupt and of a closed output pipe (128 + signal number)
+EXIT_SIGNAL_BASE = 128
 EXIT_INTERRUPTED = 130
+#: ``trivhmc run`` stopped by SIGTERM after writing a checkpoint (128 + 15)
+EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERNAL = 1
 

@@ -26,6 +26,8 @@ the start (no earlier run overwritten, no gap left in records or ensembles).
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,8 @@ class RunResult:
     directory: Path
     #: first trajectory of this invocation (for the summary)
     start: int = 0
+    #: the signal (SIGTERM) that stopped the run after a checkpoint, None otherwise
+    signal: int | None = None
 
 
 def physics_of(deck: Deck) -> dict[str, Any]:
@@ -292,6 +296,30 @@ def _write_outputs(
         _save(ctx, state, physical, traj, outputs.writers)
 
 
+class _StopRequest:
+    """SIGTERM (a scheduler's wall-time warning, ``scancel``, ``qdel``) asks the run to stop
+    after the trajectory in progress with a checkpoint, as ``run.max_runtime`` does. The
+    handler only sets a flag; the loop acts on it after the trajectory (all ranks agree
+    through the same allreduce as ``max_runtime``). Installed only in the main thread;
+    the previous handler comes back when the run returns."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
 def run(deck: Deck, progress: bool | None = None) -> RunResult:
     """Run (or resume) the deck's ensemble generation. Collective over MPI.COMM_WORLD."""
     ctx, rng = _prepare(deck)
@@ -311,6 +339,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
     bar = _progress_bar(ctx, traj, progress)
     t_start = time.perf_counter()
     n_acc = n_done = 0
+    stop_request = _StopRequest().__enter__()
     try:
         while traj < total:
             therm = traj < therm_n
@@ -328,15 +357,19 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             out_of_time = (
                 deck.run.max_runtime is not None
                 and time.perf_counter() - t_start > deck.run.max_runtime
-            )
+            ) or stop_request.signal is not None
             out_of_time = bool(grid.comm.allreduce(out_of_time, op=MPI.LOR))
             if traj % deck.run.checkpoint_every == 0 or traj == total or out_of_time:
                 _checkpoint(ctx, state, traj, writers)
             if out_of_time and traj < total:
                 break
     finally:
+        stop_request.__exit__()
         if bar is not None:
             bar.close()
+    # a signal seen by any rank stopped the run: report it on every rank
+    stopped_by = grid.comm.allreduce(stop_request.signal or 0, op=MPI.MAX) or None
     # chains of this replica, averaged over the replica groups
     acc = grid.replica_comm.allreduce(n_acc / max(n_done, 1), op=MPI.SUM) / grid.replicas
-    return RunResult(traj, total, traj >= total, acc, out, start=start_traj)
+    stopped_by = stopped_by if traj < total else None
+    return RunResult(traj, total, traj >= total, acc, out, start=start_traj, signal=stopped_by)

@@ -220,3 +220,56 @@ def test_max_runtime_checkpoints_and_stops_cleanly(tmp_path):
     exe = str(Path(sys.executable).parent / "trivhmc")
     status = subprocess.run([exe, "run", "--status", str(deck)], capture_output=True, text=True)
     assert status.returncode == 3 and json.loads(status.stdout)["done"] == done
+
+
+def test_sigterm_checkpoints_stops_with_143_and_resumes_bit_for_bit(tmp_path):
+    """SIGTERM to the launcher's process group (a scheduler's wall-time warning): the run
+    finishes the trajectory in progress, writes a checkpoint covering every record, releases
+    its lock and exits 143; resumed, it equals an uninterrupted run of the same length."""
+    long = DECK.replace("trajectories: 20", "trajectories: 100000")
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(long.replace("checkpoint_every: 4", "checkpoint_every: 100000"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        trivhmc_cmd(2, deck),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    records = tmp_path / "out" / "records.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped by SIGTERM after a checkpoint" in stdout
+    out = tmp_path / "out"
+    done = json.loads((out / "progress.json").read_text())["trajectory"]
+    assert done == records.read_text().count("\n") >= 6
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == f"ckpt_{done:08d}.h5"
+    assert not (out / ".trivhmc.lock").exists()
+
+    # resume to done + 3 trajectories; compare with a run that was never stopped
+    extra = ("--set", f"run.trajectories={done + 3 - 4}")
+    deck.write_text(long)
+    proc = run_to_end(1, deck, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "deck.yaml").write_text(long)
+    proc = run_to_end(1, tmp_path / "ref" / "deck.yaml", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, ref = final_state(tmp_path), final_state(tmp_path / "ref")
+    np.testing.assert_array_equal(got["fields"], ref["fields"])
+    assert got["trajectory"] == ref["trajectory"] == done + 3
+    for c in (0, 1):
+        for a, b in zip(got["ensembles"][c][:2], ref["ensembles"][c][:2], strict=True):
+            np.testing.assert_array_equal(a, b)
+    strip = lambda r: {k: v for k, v in r.items() if "time" not in k}  # noqa: E731
+    assert {t: strip(r) for t, r in got["records"].items()} == {
+        t: strip(r) for t, r in ref["records"].items()
+    }

@@ -1,5 +1,8 @@
 """Generate an ensemble from a deck (resumes from the last checkpoint by itself).
 
+A SIGTERM (scheduler wall-time warning, ``scancel``) stops the run after the trajectory in
+progress, with a checkpoint; the exit status is then 143 (128 + SIGTERM).
+
 ``trivhmc run --status deck.yaml`` prints how far the run is (one JSON line) and exits 0 when
 it is complete, 3 when more trajectories are needed (app/progress.py, docs/jobscripts.md).
 """
@@ -8,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 
+from ..errors import EXIT_SIGNAL_BASE
 from ._common import add_deck_arguments
 
 
@@ -68,6 +73,9 @@ def main(args: argparse.Namespace) -> int:
             state = "already complete, nothing to do"
         elif result.finished:
             state = f"finished (this invocation ran {result.trajectory - result.start})"
+        elif result.signal is not None:
+            name = signal.Signals(result.signal).name
+            state = f"stopped by {name} after a checkpoint; resume to continue"
         else:
             state = "stopped (max_runtime); resume to continue"
         summary = summarize(result.directory / RECORDS, result.start)
@@ -75,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
             f"trivhmc run: {result.trajectory}/{result.total} trajectories, {state}; "
             f"{summary.text()}; output in {result.directory}"
         )
+    if result.signal is not None:  # as a shell reports a process the signal ended
+        return EXIT_SIGNAL_BASE + result.signal
     return 0
 
 
