@@ -26,6 +26,7 @@ the start (no earlier run overwritten, no gap left in records or ensembles).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -45,7 +46,7 @@ from app.checkpoint import (
     write_checkpoint,
 )
 from app.deck import Deck
-from app.errors import InputError, is_storage_error
+from app.errors import InputError, StorageError, is_storage_error
 from app.io.collective import on_root
 from app.measure import open_on_the_fly
 from app.progress import write_progress
@@ -204,9 +205,20 @@ def _checkpoint(ctx: _Context, state: torch.Tensor, traj: int, writers: Writers)
         w.flush()
     ck = Checkpoint(traj, ctx.physics, ctx.run_info, ctx.sampler.state_dict())
     write_checkpoint(ctx.out / "checkpoints", ck, state, ctx.grid, ctx.theory.first)
-    if ctx.grid.is_world_root:
+    on_root(lambda: _write_progress(ctx, traj), ctx.grid.comm, broadcast=False)
+
+
+def _write_progress(ctx: _Context, traj: int) -> None:
+    """``progress.json`` (world rank 0); a full disk becomes a :class:`StorageError`."""
+    try:
         write_progress(ctx.out, traj, ctx.deck.run.total_trajectories)
-    ctx.grid.comm.Barrier()
+    except OSError as exc:
+        if isinstance(exc, StorageError) or not is_storage_error(exc):
+            raise
+        raise StorageError(
+            f"cannot write {ctx.out / 'progress.json'}: {os.strerror(exc.errno)}; the "
+            f"checkpoint at trajectory {traj} is complete. Free space and run again."
+        ) from None
 
 
 def _save(
@@ -240,6 +252,33 @@ class _Outputs:
     runlog: RunLog
     measurer: Any
     writers: Writers
+    #: world rank 0: why an append failed (full disk or quota), reported at the trajectory's end
+    failed: str | None = None
+
+    def append(self, what: Path, write, collective: bool = False) -> None:
+        """Call ``write`` (a world-rank-0 append to ``what``); a full disk or quota is kept in
+        :attr:`failed` and raised collectively by the loop (:func:`_raise_append_failure`).
+        After a failure, appends are skipped, unless ``write`` is collective (every rank
+        must call it)."""
+        if self.failed is not None and not collective:
+            return
+        try:
+            write()
+        except OSError as exc:
+            if isinstance(exc, StorageError) or not is_storage_error(exc):
+                raise
+            if self.failed is None:
+                self.failed = f"cannot append to {what}: {os.strerror(exc.errno)}"
+
+
+def _raise_append_failure(ctx: _Context, outputs: _Outputs, traj: int) -> None:
+    """Every rank raises world rank 0's append failure as one :class:`StorageError`."""
+    reason = ctx.grid.comm.bcast(outputs.failed, root=0)
+    raise StorageError(
+        f"{reason} (trajectory {traj}). The run stopped without a checkpoint; the files are "
+        "intact up to the last checkpoint (a line cut by the failure is dropped on resume). "
+        "Free space or raise the quota, then run again: it resumes from that checkpoint."
+    )
 
 
 def _open_outputs(ctx: _Context, traj: int, resume: bool) -> _Outputs:
@@ -283,14 +322,17 @@ def _write_outputs(
     merged = outputs.records.gather(per_chain)
     if merged is not None:
         line = {"trajectory": traj, "thermalization": therm, **merged, **scalar_columns(rec)}
-        outputs.records.append(line)
-        outputs.runlog.trajectory(line)
+        outputs.append(outputs.records.path, lambda: outputs.records.append(line))
+        outputs.append(outputs.runlog.path, lambda: outputs.runlog.trajectory(line))
     measurer = outputs.measurer
     if measurer is not None and measurer.due(therm, prod_index):
         if physical is None:
             physical = ctx.sampler.to_physical(state)
         local = measurer.measure(physical)
-        measurer.record(traj, outputs.records.gather(local), local)
+        merged_m = outputs.records.gather(local)
+        outputs.append(
+            measurer.path, lambda: measurer.record(traj, merged_m, local), collective=True
+        )
     save_every = deck.run.save_every
     if not therm and save_every > 0 and (prod_index + 1) % save_every == 0:
         _save(ctx, state, physical, traj, outputs.writers)
@@ -358,7 +400,13 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 deck.run.max_runtime is not None
                 and time.perf_counter() - t_start > deck.run.max_runtime
             ) or stop_request.signal is not None
-            out_of_time = bool(grid.comm.allreduce(out_of_time, op=MPI.LOR))
+            # one allreduce per trajectory: bit 1 stop (time, signal), bit 2 an append failed
+            flags = grid.comm.allreduce(
+                int(out_of_time) | (2 if outputs.failed is not None else 0), op=MPI.BOR
+            )
+            if flags & 2:
+                _raise_append_failure(ctx, outputs, traj - 1)
+            out_of_time = bool(flags & 1)
             if traj % deck.run.checkpoint_every == 0 or traj == total or out_of_time:
                 _checkpoint(ctx, state, traj, writers)
             if out_of_time and traj < total:

@@ -94,3 +94,62 @@ def test_full_disk_on_two_ranks_ends_cleanly_and_resume_completes(tmp_path):
         return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in lines]
 
     assert records(out) == records(tmp_path / "ref")
+
+
+FULL_RECORDS = """\
+import builtins, errno, os
+_after = int(os.environ["FAKE_ENOSPC_AFTER_APPENDS"])
+_orig = builtins.open
+_count = [0]
+class _Full:
+    def __init__(self, f):
+        self._f = f
+    def write(self, text):
+        self._f.write(text[: len(text) // 2])  # a line cut by the full disk
+        self._f.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self._f.close()
+def open(file, mode="r", *args, **kwargs):
+    f = _orig(file, mode, *args, **kwargs)
+    if str(file).endswith("records.jsonl") and "a" in mode:
+        _count[0] += 1
+        if _count[0] > _after:
+            return _Full(f)
+    return f
+builtins.open = open
+"""
+
+
+def test_full_disk_while_appending_records_on_two_ranks(tmp_path):
+    """records.jsonl is appended by world rank 0 alone; a full disk there stops every rank
+    with one storage error (exit 8, no MPI_Abort), before any further checkpoint; the cut
+    line is dropped on resume, which completes the run bit for bit."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_RECORDS)
+    path = str(inject) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = launch(tmp_path, "out", {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_APPENDS": "5"})
+    err = proc.stderr
+    assert proc.returncode == 8, err
+    assert "Traceback" not in err and "MPI_Abort" not in err and "(rank" not in err, err
+    assert err.count("No space left on device") == 1, err
+    assert "cannot append to" in err and "records.jsonl" in err and "trajectory 5" in err
+    out = tmp_path / "out"
+    assert (out / "records.jsonl").read_text().count("\n") == 5  # 0..4 and a cut line
+    assert (out / "checkpoints" / "LATEST").read_text().strip() == "ckpt_00000004.h5"
+    assert launch(tmp_path, "out", {}).returncode == 0
+    ref = launch(tmp_path, "ref", {})
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    def records(d: Path) -> list[dict]:
+        lines = (d / "records.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in lines]
+
+    assert records(out) == records(tmp_path / "ref")
+    for c in (0, 1):
+        name = f"ensemble_c{c}.h5"
+        with h5py.File(out / name) as a, h5py.File(tmp_path / "ref" / name) as b:
+            np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
