@@ -143,3 +143,75 @@ def test_damaged_file_is_named(tmp_path):
         read_metadata(path)
     with pytest.raises(EnsembleDamagedError, match="ens.h5"):
         EnsembleWriter(path, "u1", {"beta": 2.0}, (4, 4), "hmc", 1, "test", mode="a")
+
+
+HOLDER = """\
+import sys, time
+import h5py
+from app.io.hdf5 import open_ensemble
+path, how, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ctx = open_ensemble(path, "r") if how == "trivhmc" else h5py.File(path, "r")  # h5py: locks
+with ctx as f:
+    print("open", f.attrs["committed"].tolist(), flush=True)
+    time.sleep(seconds)
+"""
+
+
+def _hold(path, how: str, seconds: float) -> subprocess.Popen:
+    """Another process holding ``path`` open for reading (``how``: trivhmc's reader, or
+    h5py's default, which takes HDF5's file lock); returns once it is open."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), how, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith("open")
+    return proc
+
+
+def _writer(path) -> EnsembleWriter:
+    return EnsembleWriter(path, "u1", {"beta": 2.0}, (4, 4), "hmc", 1, "test")
+
+
+def test_a_reader_never_makes_the_writer_fail(tmp_path):
+    """``trivhmc analyze``/``info`` on a running run: trivhmc's readers take no file lock,
+    so the run's next update goes through while they hold the file open."""
+    path = tmp_path / "ens.h5"
+    w = _writer(path)
+    holder = _hold(path, "trivhmc", 30)
+    try:
+        t0 = time.monotonic()
+        w.append_observables(0, {"plaquette": 0.5})
+        w.flush()
+        assert time.monotonic() - t0 < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert read_observables(path)["plaquette"].tolist() == [0.5]
+
+
+def test_a_writer_waits_for_a_locking_reader_then_names_it_busy(tmp_path, monkeypatch):
+    """A foreign program holding the file with HDF5's lock: the writer waits for it (here
+    1 s) and succeeds; held past LOCK_WAIT_S, one clear error (exit 2), not 'damaged'."""
+    import app.io.hdf5 as h5mod
+    from app.errors import InputError
+
+    path = tmp_path / "ens.h5"
+    w = _writer(path)
+    holder = _hold(path, "h5py", 1.0)
+    w.append_observables(0, {"plaquette": 0.5})
+    w.flush()  # waited for the holder
+    holder.wait()
+    assert read_observables(path)["plaquette"].tolist() == [0.5]
+
+    monkeypatch.setattr(h5mod, "LOCK_WAIT_S", 0.5)
+    holder = _hold(path, "h5py", 30)
+    try:
+        w.append_observables(1, {"plaquette": 0.25})
+        with pytest.raises(h5mod.EnsembleBusyError, match="another process") as err:
+            w.flush()
+        assert isinstance(err.value, InputError)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert read_observables(path)["plaquette"].tolist() == [0.5]  # nothing damaged

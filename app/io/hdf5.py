@@ -58,6 +58,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from app.errors import InputError
 from parallel import ProcessGrid, gather_to_root
 
 from .atomic import atomic_path, is_storage_error, remove_stale_temporaries
@@ -85,17 +86,70 @@ class EnsembleDamagedError(ConfigFormatError):
     """An ensemble file cannot be opened by HDF5 (its metadata is damaged)."""
 
 
+class EnsembleBusyError(InputError):
+    """An ensemble file is locked by another process for longer than the writer waits."""
+
+
+#: how long a writer waits for a file locked by another process (seconds, with backoff)
+LOCK_WAIT_S = 60.0
+
+
+def _is_lock_conflict(exc: OSError) -> bool:
+    """True when HDF5 could not take its file lock (another process has the file open)."""
+    text = str(exc).lower()
+    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in text
+
+
+def _open_h5(path: str | os.PathLike, mode: str) -> h5py.File:
+    """``h5py.File``: readers without HDF5's file lock, writers waiting for other holders.
+
+    A reader (``mode="r"``) takes no lock, so ``trivhmc analyze``/``info``/``measure`` on a
+    running run never makes the run's next update fail; what it reads is safe because only
+    the committed rows count (see Durability). A writer whose file is locked by another
+    process (an external tool holding it open) retries for :data:`LOCK_WAIT_S` seconds.
+    """
+    if mode == "r":
+        for delay in (0.2, 0.5, None):  # a writer's update in flight: look again shortly
+            try:
+                return h5py.File(path, "r", locking=False)
+            except OSError as exc:
+                if "locking flag" in str(exc):  # open in this process with the lock
+                    return h5py.File(path, "r")
+                if delay is None or isinstance(exc, FileNotFoundError) or is_storage_error(exc):
+                    raise
+            time.sleep(delay)
+    delay, waited = 0.05, 0.0
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except OSError as exc:
+            if not _is_lock_conflict(exc) or waited >= LOCK_WAIT_S:
+                raise
+        time.sleep(delay)
+        waited += delay
+        delay = min(2 * delay, 2.0)
+
+
 @contextlib.contextmanager
 def open_ensemble(path: str | os.PathLike, mode: str = "r"):
-    """``h5py.File(path, mode)``; a file HDF5 cannot open raises :class:`EnsembleDamagedError`
-    naming it (a missing file keeps ``FileNotFoundError``)."""
+    """``h5py.File(path, mode)`` (readers without a file lock, writers waiting for one); a
+    file HDF5 cannot open raises :class:`EnsembleDamagedError` naming it (a missing file keeps
+    ``FileNotFoundError``; a lock held elsewhere for longer than :data:`LOCK_WAIT_S` raises
+    :class:`EnsembleBusyError`)."""
     if mode == "r" and not os.path.exists(path):
         raise FileNotFoundError(f"no such ensemble file: {path}")
     try:
-        f = h5py.File(path, mode)
+        f = _open_h5(path, mode)
     except OSError as exc:
         if is_storage_error(exc) or isinstance(exc, FileNotFoundError):
             raise
+        if _is_lock_conflict(exc):
+            raise EnsembleBusyError(
+                f"cannot open HDF5 ensemble {path} for writing: another process has held it "
+                f"open with a lock for {LOCK_WAIT_S:.0f} s (an HDF5 tool or a program that "
+                "opened it with h5py's default locking); close it and run again (trivhmc's "
+                "own readers take no lock)"
+            ) from None
         raise EnsembleDamagedError(
             f"cannot open HDF5 ensemble {path}: {str(exc).splitlines()[0]}. The file is not "
             "HDF5 or its HDF5 metadata is damaged (e.g. the process was killed while HDF5 "
@@ -162,7 +216,7 @@ def read_configs(
     cannot be checked; :func:`read_config` checks whole configurations)."""
     with open_ensemble(path, "r") as f:
         if "configs" not in f:
-            raise KeyError(f"{path} holds no configurations")
+            raise ConfigFormatError(f"{path} holds no configurations")
         ds = f["configs"]
         n = committed_counts(f)[0]
         first = int(ds.attrs.get("first", default_first))
@@ -730,8 +784,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         for key in ("sampler", "params"):
             if key in meta:
                 meta[key] = json.loads(meta[key])
-        meta["parameters"] = {k: _plain(v) for k, v in f["parameters"].attrs.items()}
-        meta["rng"] = {k: int(v) for k, v in f["rng"].attrs.items()}
+        groups = {name: f[name].attrs if name in f else {} for name in ("parameters", "rng")}
+        meta["parameters"] = {k: _plain(v) for k, v in groups["parameters"].items()}
+        meta["rng"] = {k: int(v) for k, v in groups["rng"].items()}
         meta.pop(COMMITTED, None)
         meta["n_configs"] = n_cfg if "configs" in f else 0
         meta["config_trajectory"] = config_numbers(f).tolist()  # 1-based counts, any version

@@ -16,13 +16,18 @@ import os
 import warnings
 from typing import Any
 
-import h5py
 import numpy as np
 
 from . import gauge_stats
 from .errors import InvalidFieldError, MissingChecksumWarning
 from .formats import detect_format
-from .hdf5 import check_config, config_checksum_status, read_config, read_metadata
+from .hdf5 import (
+    check_config,
+    config_checksum_status,
+    open_ensemble,
+    read_config,
+    read_metadata,
+)
 from .ildg import read_ildg
 from .nersc import read_nersc
 from .scidac_checksum import format_checksum
@@ -118,7 +123,7 @@ def config_info(path: str | os.PathLike, index: int = -1) -> dict[str, Any]:
             return out
         out["precision"] = "double" if "128" in meta["config_dtype"] else meta["config_dtype"]
         links = read_config(path, index, verify=False)
-        with h5py.File(path, "r") as f:
+        with open_ensemble(path, "r") as f:  # no file lock: safe on a running run
             try:
                 out["checksum"] = config_checksum_status(f, index, links)
             except InvalidFieldError as err:
