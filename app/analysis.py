@@ -139,8 +139,8 @@ def gamma_method(
         raise ValueError("gamma_method needs at least one sample")
     if any(not np.all(np.isfinite(r)) for r in reps):
         raise ValueError("gamma_method: the data contain NaN or Inf")
-    if S < 0:
-        raise ValueError("S must be >= 0")
+    if not (S >= 0 and math.isfinite(S)):
+        raise ValueError(f"S must be a finite number >= 0, got {S}")
     if not (tau_exp >= 0 and math.isfinite(tau_exp)):
         raise ValueError(f"tau_exp must be a finite number >= 0, got {tau_exp}")
     if not (n_sigma > 0 and math.isfinite(n_sigma)):
@@ -269,8 +269,11 @@ class RunData:
     observables: dict[str, np.ndarray] = field(default_factory=dict)
     #: global lattice extents, when the file says (HDF5 ensembles)
     lattice: tuple[int, ...] | None = None
-    #: Wilson-flow histories of measurements.jsonl: "t" (m,), "t2E"/"tdt2E" (T, chains, m)
+    #: Wilson-flow histories of measurements*.jsonl: "t" (m,), "t2E"/"tdt2E" (rows, chains,
+    #: m): one row per line (per trajectory; offline: per configuration, one chain)
     flow: dict[str, np.ndarray] = field(default_factory=dict)
+    #: what an HDF5 ensemble records about its run: "theory", "lattice", "params"
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def volume(self) -> int | None:
@@ -278,8 +281,37 @@ class RunData:
         return None if self.lattice is None else int(np.prod(self.lattice))
 
 
+#: what ``trivhmc analyze`` reads, for the messages about anything else
+READS = "analyze reads records.jsonl, measurements*.jsonl or ensemble_c*.h5 (docs/run-output.md)"
+_SERIES_KEYS = ("dH", "accepted", "exp_minus_dH")
+_CHAIN_FILE = re.compile(r"^ensemble_c(\d+)\.h5$|_c(\d+)_\d+(?:\.[A-Za-z0-9]+)?$")
+
+
+def chain_of_file(name: str | Path) -> int | None:
+    """The chain a file of a run holds, from its name: ``ensemble_c<chain>.h5`` or
+    ``<name>_c<chain>_<count>.lime`` / ``.nersc`` (docs/run-output.md); None for any other
+    name."""
+    m = _CHAIN_FILE.search(Path(str(name)).name)
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
+def _is_numeric(value: Any) -> bool:
+    """A JSON number (``true``/``false``, ``null`` as not measured) or nested lists of them."""
+    if isinstance(value, list):
+        return all(_is_numeric(x) for x in value)
+    return value is None or isinstance(value, (int, float))
+
+
 def _chain_array(value: Any, n_chains: int | None, what: str) -> np.ndarray:
-    a = np.asarray(value, dtype=np.float64)
+    """``value`` (a number or a list over chains) as a float array; ``what`` (``file:line:
+    key``) names it in the error for anything that is not numbers."""
+    if not _is_numeric(value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InputError(f"{what}: {shown} is not a number or a list of numbers (one per chain)")
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: the lists of its chains differ in length") from None
     if a.ndim == 0:
         a = a.reshape(1)
     if n_chains is not None and a.shape[0] != n_chains:
@@ -288,17 +320,37 @@ def _chain_array(value: Any, n_chains: int | None, what: str) -> np.ndarray:
 
 
 def read_records(path: str | Path) -> RunData:
-    """Read a ``records.jsonl`` file (docs/run-output.md): production records only, the last
-    record of each trajectory number (a resumed run may repeat trajectories after its
-    checkpoint), sorted by trajectory. A truncated last line (a killed run) is ignored with
-    a warning; any other malformed line is an error."""
+    """Read a ``records.jsonl`` or ``measurements*.jsonl`` file (docs/run-output.md):
+    production records only, the last record of each trajectory number (a resumed run may
+    repeat trajectories after its checkpoint), sorted by trajectory. Offline measurements
+    (``trivhmc measure``: one line per configuration, with ``file`` and ``chain``) are grouped
+    by chain (:func:`_read_offline`). A truncated last line (a killed run) is ignored with a
+    warning; any other malformed line, a value that is not a number, a file without
+    production records or without anything to analyse is an :class:`InputError`."""
     path = Path(path)
-    recs, lattice = _production_records(path)
+    lines, lattice = _production_records(path)
+    if any("file" in rec or "chain" in rec for _, rec in lines):
+        run = _read_offline(path, lines, lattice)
+    else:
+        by_traj = {rec["trajectory"]: (i, rec) for i, rec in lines}  # the last one counts
+        run = _read_per_trajectory(path, [by_traj[t] for t in sorted(by_traj)], lattice)
+    if not run.observables and all(getattr(run, k) is None for k in _SERIES_KEYS):
+        hint = " (the run's progress file)" if path.name == "progress.json" else ""
+        raise InputError(
+            f"{path}{hint}: none of its {len(lines)} production record(s) has dH, accepted, "
+            f"exp_minus_dH or observables: not a records or measurements file; {READS}"
+        )
+    return run
+
+
+def _read_per_trajectory(
+    path: Path, recs: list[tuple[int, dict[str, Any]]], lattice: tuple[int, ...] | None
+) -> RunData:
+    """A records file or on-the-fly ``measurements.jsonl``: one record per trajectory, each
+    value a list over chains (``recs``: ``(line, record)`` sorted by trajectory)."""
     run = RunData(source=str(path), lattice=lattice)
-    if not recs:
-        return run
     cols, obs = _record_columns(path, recs)
-    run.flow = _flow_histories(recs)
+    run.flow = _flow_histories([rec for _, rec in recs])
     for key, vals in cols.items():
         if vals:
             if len(vals) != len(recs):
@@ -312,15 +364,89 @@ def read_records(path: str | Path) -> RunData:
     return run
 
 
-def _production_records(path: Path) -> tuple[list[dict[str, Any]], tuple[int, ...] | None]:
-    """The production records of a JSON-lines file, the last one of each trajectory, sorted
-    by trajectory, and the lattice extents if a record gives them (see :func:`read_records`)."""
+def _read_offline(
+    path: Path, lines: list[tuple[int, dict[str, Any]]], lattice: tuple[int, ...] | None
+) -> RunData:
+    """Offline measurements (``trivhmc measure``): one line per configuration with its
+    ``file`` and ``chain`` (files written before the ``chain`` field: the chain the file name
+    gives, :func:`chain_of_file`, else 0). The series are ``(trajectories, chains)`` with NaN
+    where a chain has no configuration of that trajectory; a configuration measured twice
+    (the same chain and trajectory) is an error, never a silent choice."""
+    rows: list[tuple[int, int, int, dict[str, Any]]] = []
+    seen: dict[tuple[int, int], tuple[int, Any]] = {}
+    for i, rec in lines:
+        if "file" not in rec and "chain" not in rec:
+            raise InputError(
+                f"{path}:{i}: a record without `file` among offline measurement lines "
+                "(trivhmc measure writes `file` and `chain` on every line); analyze the "
+                "records and the measurements files separately"
+            )
+        chain = rec.get("chain")
+        if chain is None:  # written before trivhmc measure recorded the chain
+            chain = chain_of_file(str(rec.get("file", "")))
+            chain = 0 if chain is None else chain
+        elif isinstance(chain, bool) or not isinstance(chain, int) or chain < 0:
+            raise InputError(f"{path}:{i}: chain: {chain!r} is not an integer >= 0")
+        key = (chain, rec["trajectory"])
+        if key in seen:
+            j, other = seen[key]
+            files = f" ({other} and {rec.get('file')})" if "file" in rec else ""
+            raise InputError(
+                f"{path}:{i}: chain {chain} trajectory {rec['trajectory']} was measured already "
+                f"on line {j}{files}; each configuration must be measured once: measure again "
+                "with each configuration file once (not, e.g., both its .lime and .nersc copy)"
+            )
+        seen[key] = (i, rec.get("file"))
+        rows.append((chain, rec["trajectory"], i, rec))
+    chains = sorted({c for c, _, _, _ in rows})
+    trajs = sorted({t for _, t, _, _ in rows})
+    ci, ti = {c: k for k, c in enumerate(chains)}, {t: k for k, t in enumerate(trajs)}
+    values: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+    for c, t, i, rec in rows:
+        for name, value in _observables_of(path, i, rec).items():
+            what = f"{path}:{i}: observables.{name}"
+            a = _chain_array(value, None, what)
+            if a.shape[0] != 1:
+                raise InputError(f"{what}: {a.shape[0]} values; an offline line holds one")
+            values.setdefault(name, []).append((ti[t], ci[c], a[0]))
+    run = RunData(source=str(path), lattice=lattice)
+    for name, vals in values.items():
+        shape = vals[0][2].shape
+        if any(v.shape != shape for _, _, v in vals):
+            raise InputError(f"{path}: observable {name} changes shape between records")
+        a = np.full((len(trajs), len(chains), *shape), np.nan)
+        for t, c, v in vals:
+            a[t, c] = v
+        run.observables[name] = a
+    # histories, one row per line ((lines, 1, m)): only plotted, as the mean over all rows
+    run.flow = _flow_histories([rec for _, _, _, rec in rows])
+    return run
+
+
+def _observables_of(path: Path, line: int, rec: dict[str, Any]) -> dict[str, Any]:
+    obs = rec.get("observables") or {}
+    if not isinstance(obs, dict):
+        raise InputError(f"{path}:{line}: observables: not a JSON object {{NAME: values}}")
+    return obs
+
+
+def _production_records(
+    path: Path,
+) -> tuple[list[tuple[int, dict[str, Any]]], tuple[int, ...] | None]:
+    """``(line number, record)`` of every production record of a JSON-lines file, in file
+    order, and the lattice extents if a record gives them (see :func:`read_records`). A file
+    that is empty, holds only thermalization records, or is not text (an ILDG/NERSC
+    configuration) is an :class:`InputError`."""
+    _refuse_configuration(path)
     try:
         lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a records file (not UTF-8 text); {READS}") from None
+    except OSError as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
-    by_traj: dict[int, dict[str, Any]] = {}
+    out: list[tuple[int, dict[str, Any]]] = []
     lattice = None
+    n_therm = 0
     last = max((i for i, s in enumerate(lines) if s.strip()), default=-1)
     for i, line in enumerate(lines):
         if not line.strip():
@@ -333,32 +459,72 @@ def _production_records(path: Path) -> tuple[list[dict[str, Any]], tuple[int, ..
                 warnings.warn(f"{path}:{i + 1}: ignoring a truncated last record", stacklevel=3)
                 continue
             raise InputError(f"{path}:{i + 1}: not a JSON object: {exc}") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("trajectory"), int):
+        traj = rec.get("trajectory") if isinstance(rec, dict) else None
+        if not isinstance(traj, int) or isinstance(traj, bool):
             raise InputError(f"{path}:{i + 1}: a record needs an integer 'trajectory'")
         if rec.get("thermalization", False):
+            n_therm += 1
             continue
-        by_traj[rec["trajectory"]] = rec
-        if isinstance(rec.get("lattice"), list):  # measurements.jsonl (app/measure.py)
-            lattice = tuple(int(x) for x in rec["lattice"])
-    return [by_traj[t] for t in sorted(by_traj)], lattice
+        out.append((i + 1, rec))
+        if "lattice" in rec:  # measurements*.jsonl (app/measure.py)
+            lattice = _lattice_field(rec["lattice"], f"{path}:{i + 1}")
+    if not out:
+        if n_therm:
+            raise InputError(
+                f"{path} holds no production records yet: its {n_therm} record(s) are all "
+                "thermalization (run.thermalization); analyse it once production has started"
+            )
+        empty = " (it is empty)" if last < 0 else ""
+        raise InputError(f"{path} holds no records{empty}; {READS}")
+    return out, lattice
+
+
+def _refuse_configuration(path: Path) -> None:
+    """An ILDG or NERSC configuration given where a records file is read: say what it is."""
+    from app.io.errors import ConfigFormatError
+    from app.io.formats import detect_format
+
+    try:
+        fmt = detect_format(path)
+    except ConfigFormatError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if fmt in ("ildg", "nersc"):
+        kind = {"ildg": "an ILDG", "nersc": "a NERSC"}[fmt]
+        raise InputError(
+            f"{path} is {kind} configuration, not a records file or ensemble; {READS} "
+            "(trivhmc measure DECK FILE measures a configuration)"
+        )
+
+
+def _lattice_field(lat: Any, where: str) -> tuple[int, ...]:
+    """The ``lattice`` of a measurement line, checked to be a list of extents > 0."""
+    if not (
+        isinstance(lat, list)
+        and lat
+        and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in lat)
+    ):
+        raise InputError(f"{where}: lattice: {lat!r} is not a list of extents > 0")
+    return tuple(lat)
 
 
 def _record_columns(
-    path: Path, recs: list[dict[str, Any]]
+    path: Path, recs: list[tuple[int, dict[str, Any]]]
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
     """Per-record chain arrays of ``dH``/``accepted``/``exp_minus_dH`` and of each observable,
     with the number of chains checked to be the same throughout."""
     n_chains = None
-    cols: dict[str, list[np.ndarray]] = {"dH": [], "accepted": [], "exp_minus_dH": []}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in _SERIES_KEYS}
     obs: dict[str, list[np.ndarray]] = {}
-    for rec in recs:
-        where = f"{path}: trajectory {rec['trajectory']}"
+    for i, rec in recs:
+        where = f"{path}:{i}: trajectory {rec['trajectory']}"
         for key in cols:
             if key in rec:
                 a = _chain_array(rec[key], n_chains, f"{where}: {key}")
                 n_chains = a.shape[0]
                 cols[key].append(a)
-        for name, value in (rec.get("observables") or {}).items():
+        for name, value in _observables_of(path, i, rec).items():
             a = _chain_array(value, n_chains, f"{where}: observables.{name}")
             n_chains = a.shape[0]
             obs.setdefault(name, []).append(a)
@@ -376,28 +542,39 @@ def _flow_histories(recs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         for key in ("t2E", "tdt2E"):
             if all(key in f for f in flows):
                 out[key] = np.array([f[key] for f in flows], dtype=float)
-    except ValueError:
-        return {}  # histories of different lengths: not plotted
+    except (TypeError, ValueError):
+        return {}  # histories of different lengths (or not numbers): not plotted
     return out
+
+
+def _attr_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read_hdf5(path: str | Path) -> RunData:
     """Read per-trajectory data from an HDF5 ensemble file: datasets ``observables/NAME``
     and ``dH``, ``accepted`` (optionally ``exp_minus_dH``) at the root, each with axis 0 =
-    trajectory and, when 2D or more, axis 1 = chain (docs/run-output.md)."""
+    trajectory and, when 2D or more, axis 1 = chain (docs/run-output.md). A file of another
+    format (a checkpoint), without any of these datasets, or without a committed row is an
+    :class:`InputError`. Opened without HDF5 file locking (a running run's writer is never
+    disturbed, app/io/hdf5.py)."""
     import h5py
 
     from app.io.errors import ConfigFormatError
-    from app.io.hdf5 import committed_rows
+    from app.io.hdf5 import FORMAT, committed_rows, open_ensemble
 
     path = Path(path)
     run = RunData(source=str(path))
     try:
-        with h5py.File(path, "r") as f:
-            if "lattice" in f.attrs:
-                run.lattice = tuple(int(x) for x in np.asarray(f.attrs["lattice"]).ravel())
+        with open_ensemble(path, "r") as f:
+            fmt = _attr_text(f.attrs.get("format", ""))
+            if fmt and fmt != FORMAT:
+                raise InputError(f"{path} is not a trivhmc ensemble (format {fmt}); {READS}")
+            run.identity = _identity(f.attrs)
+            if "lattice" in run.identity:
+                run.lattice = tuple(run.identity["lattice"])
             rows = slice(committed_rows(f)[1])  # an ensemble's committed rows only
-            for key in ("dH", "accepted", "exp_minus_dH"):
+            for key in _SERIES_KEYS:
                 ds = f.get(key)
                 if ds is None and "observables" in f:
                     ds = f["observables"].get(key)
@@ -414,6 +591,13 @@ def read_hdf5(path: str | Path) -> RunData:
                         run.observables[name] = a[:, None] if a.ndim == 1 else a
     except (OSError, ConfigFormatError) as exc:
         raise InputError(f"cannot read HDF5 file {path}: {exc}") from None
+    if not run.observables and all(getattr(run, k) is None for k in _SERIES_KEYS):
+        raise InputError(
+            f"{path} holds no observables/NAME, dH or accepted datasets: not a trivhmc "
+            f"ensemble; {READS}"
+        )
+    if production_count(run) == 0:
+        raise InputError(f"{path} holds no committed trajectory yet; nothing to analyse")
     return run
 
 
@@ -421,7 +605,7 @@ def merge_chains(runs: list[RunData], source: str) -> RunData:
     """Combine single-run data (e.g. one HDF5 file per chain) along the chain axis; series
     of unequal length are cut to the shortest."""
     out = RunData(source=source, lattice=runs[0].lattice if runs else None)
-    for key in ("dH", "accepted", "exp_minus_dH"):
+    for key in _SERIES_KEYS:
         parts = [getattr(r, key) for r in runs]
         if all(p is not None for p in parts):
             n = min(p.shape[0] for p in parts)
@@ -434,22 +618,71 @@ def merge_chains(runs: list[RunData], source: str) -> RunData:
     return out
 
 
+def _check_one_run(files: list[Path], runs: list[RunData]) -> None:
+    """The ensemble files of a directory must be chains of one run: the same theory,
+    couplings (``params``) and lattice where the files record them."""
+    first = runs[0].identity
+    for f, r in zip(files[1:], runs[1:]):
+        diffs = []
+        for key in ("theory", "lattice", "params"):
+            a, b = first.get(key), r.identity.get(key)
+            if a is not None and b is not None and a != b:
+                if key == "params":
+                    a, b = _params_diff(a, b)
+                diffs.append(f"{key} {a} != {b}")
+        if diffs:
+            raise InputError(
+                f"{files[0]} and {f} are not chains of one run ({'; '.join(diffs)}): analyze "
+                "each ensemble file on its own, or keep the chains of one run in a directory"
+            )
+
+
+def _identity(attrs: Any) -> dict[str, Any]:
+    """The ``theory``, ``lattice`` and ``params`` an ensemble's root attributes record (the
+    couplings decoded from JSON: compared as values, not as text)."""
+    out: dict[str, Any] = {}
+    if "theory" in attrs:
+        out["theory"] = _attr_text(attrs["theory"])
+    if "lattice" in attrs:
+        out["lattice"] = [int(x) for x in np.asarray(attrs["lattice"]).ravel()]
+    if "params" in attrs:
+        out["params"] = _json_or_text(_attr_text(attrs["params"]))
+    return out
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _params_diff(pa: Any, pb: Any) -> tuple[str, str]:
+    """The couplings in which two ``params`` attributes differ, as JSON text."""
+    if not (isinstance(pa, dict) and isinstance(pb, dict)):
+        return json.dumps(pa), json.dumps(pb)
+    keys = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
+    return (json.dumps({k: pa.get(k) for k in keys}), json.dumps({k: pb.get(k) for k in keys}))
+
+
 def _lattice_of(files: list[Path]) -> tuple[int, ...] | None:
     """The lattice an ensemble file of the run records (None if there is none)."""
-    import h5py
+    from app.io.errors import ConfigFormatError
+    from app.io.hdf5 import open_ensemble
 
     for f in files:
         try:
-            with h5py.File(f, "r") as h:
+            with open_ensemble(f, "r") as h:
                 if "lattice" in h.attrs:
                     return tuple(int(x) for x in np.asarray(h.attrs["lattice"]).ravel())
-        except OSError:
+        except (OSError, ConfigFormatError):
             continue
     return None
 
 
 def load_run(path: str | Path) -> RunData:
-    """A run directory (its ``records.jsonl``), a ``.jsonl`` file or an HDF5 file."""
+    """A run directory (its ``records.jsonl``, else its ``ensemble_c*.h5`` files, which must be
+    chains of one run), a ``.jsonl`` file or an HDF5 file."""
     path = Path(path)
     if path.is_dir():
         rec = path / RECORDS_FILE
@@ -460,11 +693,16 @@ def load_run(path: str | Path) -> RunData:
             return run
         if not files:
             raise InputError(f"{path} holds neither {RECORDS_FILE} nor ensemble_c*.h5 files")
-        return merge_chains([read_hdf5(f) for f in files], source=str(path))
+        runs = [read_hdf5(f) for f in files]
+        _check_one_run(files, runs)
+        return merge_chains(runs, source=str(path))
     if not path.exists():
         raise InputError(f"{path} does not exist")
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(8)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
     if magic == b"\x89HDF\r\n\x1a\n":
         return read_hdf5(path)
     return read_records(path)
@@ -598,38 +836,88 @@ def analyze_data(
         raise InputError(f"--bin {bin_size}: the bin size must be >= 1")
     volume = volume or run.volume
     data = series(run, skip)
-    if names:
-        unknown = set(names) - set(run.observables) - set(data)
+
+    def wanted(name: str) -> bool:
+        return name == "exp_minus_dH" or not names or name in names or _base(name) in names
+
+    if names and set(names) - set(run.observables) - set(data):
+        # derived names too (whatever the binning leaves of them; S = 0: names only)
+        both = derived_quantities(data, volume, S=0.0) if derived else {}
+        known = set(run.observables) | set(data) | set(both) | {_base(k) for k in both}
+        unknown = set(names) - known
         if unknown:
             raise InputError(
                 f"unknown observable(s) {sorted(unknown)}; available: {sorted(run.observables)}"
+                + (f", derived: {sorted({_base(k) for k in both})}" if both else "")
             )
+    _check_bin(run.source, {k: v for k, v in data.items() if wanted(k)}, bin_size)
+    der = {}
+    if derived:
+        der = derived_quantities(data, volume, S=S, bin_size=bin_size, tau_exp=tau_exp)
+        der = {k: v for k, v in der.items() if wanted(k)}
     acceptance = None
     if run.accepted is not None and np.isfinite(run.accepted[skip:]).any():
         acceptance = float(np.nanmean(run.accepted[skip:]))
     obs: dict[str, GammaResult] = {}
     emd = None
     n_chains = 1
-    n_traj = 0 if run.dH is None else max(0, run.dH.shape[0] - skip)
+    if run.dH is not None:
+        n_traj = max(0, run.dH.shape[0] - skip)
+    else:  # measurements: the rows (trajectories) of the longest series
+        n_traj = max((s.shape[1] for s in data.values()), default=0)
     for name, s in data.items():
-        base = name.split("[")[0]
         n_chains = max(n_chains, s.shape[0])
         chains = [bin_series(c[np.isfinite(c)], bin_size) for c in s]  # NaN: not measured
         if not any(len(c) for c in chains):
             continue
         if name == "exp_minus_dH":
             emd = _gamma_of(name, chains, S, tau_exp)
-        elif not names or name in names or base in names:
+        elif wanted(name):
             obs[name] = _gamma_of(name, chains, S, tau_exp)
-            if run.dH is None:
-                n_traj = max(n_traj, s.shape[1])
-    der = {}
-    if derived:
-        der = derived_quantities(data, volume, S=S, bin_size=bin_size, tau_exp=tau_exp)
-        if names:
-            der = {k: v for k, v in der.items() if k in names or k.split("[")[0] in names}
+    after = f" after --skip {skip}" if skip else ""
+    if names:
+        got = set(obs) | set(der) | {_base(k) for k in (*obs, *der)}
+        got |= set() if emd is None else {"exp_minus_dH"}
+        missing = sorted(set(names) - got)
+        if missing:
+            short = f" (or fewer than --bin {bin_size} per chain)" if bin_size > 1 else ""
+            raise InputError(
+                f"observable(s) {missing} of {run.source}: no finite measurement{after}{short}"
+            )
+    if not obs and emd is None and not der and acceptance is None:
+        raise InputError(f"{run.source}: nothing to analyse: no finite measurement{after}")
     return Analysis(
         run.source, n_traj, n_chains, skip, acceptance, emd, obs, der, bin_size, volume, tau_exp
+    )
+
+
+def _base(name: str) -> str:
+    """``m_eff[C][3]`` -> ``m_eff``: the name ``--observable`` selects a family by."""
+    return name.split("[")[0]
+
+
+def _check_bin(source: str, data: dict[str, np.ndarray], bin_size: int) -> None:
+    """``--bin B`` must not exceed the measurements per chain of any analysed series (their
+    bins would be empty and the series silently left out)."""
+    if bin_size <= 1:
+        return
+    counts = {k: max(int(np.count_nonzero(np.isfinite(c))) for c in s) for k, s in data.items()}
+    short = {k: n for k, n in counts.items() if 0 < n < bin_size}
+    if not short:
+        return
+    longest = max(counts.values())
+    if longest < bin_size:
+        raise InputError(
+            f"--bin {bin_size} exceeds the {longest} measurements per chain of {source}; "
+            f"use --bin {max(1, longest // 2)} or less (an error needs at least 2 bins per chain)"
+        )
+    listed = sorted(short, key=lambda k: (short[k], k))
+    text = ", ".join(f"{k} ({short[k]})" for k in listed[:5])
+    more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+    raise InputError(
+        f"--bin {bin_size} exceeds the measurements per chain of {text}{more} in {source}; use "
+        f"--bin {max(1, min(short.values()) // 2)} or less, or select the other observables "
+        "with --observable"
     )
 
 
@@ -676,7 +964,7 @@ def format_table(a: Analysis) -> str:
                 f"{name:<{width}}  {r.mean:>14.8g}  {r.error:>10.3g}  {r.tau_int:>8.3f}  "
                 f"{r.tau_int_error:>7.3f}  {r.window:>5d}"
             )
-    else:
+    elif not a.derived:
         lines.append("no observables recorded")
     if a.derived:
         width = max(12, *(len(k) for k in a.derived))

@@ -18,9 +18,10 @@ model's correlators: ``register("schwinger", fn)`` with ``fn(section, theory, fi
 
 Output: JSON lines (one object per configuration: ``trajectory``, ``observables`` with a list
 over chains, ``flow`` histories, ``lattice``): ``measurements.jsonl`` on the fly,
-``measurements_offline.jsonl`` offline over a run; and groups in each HDF5 ensemble file
-(datasets ``trajectory``, one per column, and ``flow_t``, ``t2E``, ``tdt2E``):
-``measurements`` on the fly, one row appended per measured trajectory as it happens with
+``measurements_offline.jsonl`` offline (also ``file`` and ``chain``; the output must not be
+an input or anything but an earlier offline output, :func:`output_problem`); and groups in
+each HDF5 ensemble file (datasets ``trajectory``, one per column, and ``flow_t``, ``t2E``,
+``tdt2E``): ``measurements`` on the fly, one row appended per measured trajectory as it happens with
 the two-phase commit of the ensemble (rows past the group's ``committed`` attribute are
 written and fsynced, then the marker; a killed run keeps every committed row, a resume cuts
 the rest and the rows after its checkpoint), and ``measurements_offline`` (replaced by each
@@ -321,19 +322,32 @@ def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[
     (``parallel.grid``); group ``r`` measures configurations ``r, r + R, r + 2R, ...`` and
     world rank 0 writes the results in file order. Every rank of a group reads the file and
     keeps its block. Unreadable files fail on every rank (all ranks list and check them
-    first)."""
+    first), and so does an output the command may not write (:func:`output_problem`, decided
+    on world rank 0 before anything is measured)."""
+    from mpi4py import MPI
+
+    from app.io.collective import on_root
+    from app.io.paths import OutputPathError
     from app.setup import build_grid, build_theory
 
     grid = build_grid(deck)
     theory = build_theory(deck, grid)
     measurer = Measurer(deck, theory)
-    entries = _entries(_sources(deck, files))
+    sources = _sources(deck, files)
+    entries = _entries(sources)
     if output:
         out = Path(output)
     elif files:
-        out = Path.cwd() / MEASUREMENTS
+        out = Path.cwd() / OFFLINE
     else:  # beside the run's own (on the fly) measurements.jsonl
         out = deck.output_dir / OFFLINE
+
+    def check() -> None:
+        problem = output_problem(out, [p for p, _ in sources])
+        if problem is not None:
+            raise OutputPathError(f"cannot write {out}: {problem}")
+
+    on_root(check, MPI.COMM_WORLD, broadcast=False)
     mine: list[tuple[int, int, dict[str, Any]]] = []
     error = None
     try:
@@ -348,8 +362,12 @@ def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[
         from app.io.atomic import atomic_write_bytes
 
         rows = sorted((r for part in parts for r in part), key=lambda r: r[0])
-        lines = [record_line(t, m, measurer.lattice, file=str(entries[j][0])) for j, t, m in rows]
-        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = [
+            record_line(
+                t, m, measurer.lattice, file=str(entries[j][0]), chain=_chain(entries[j][0])
+            )
+            for j, t, m in rows
+        ]
         atomic_write_bytes(out, "".join(f"{x}\n" for x in lines).encode())
         per_file: dict[Path, list[tuple[int, dict[str, Any]]]] = {}
         for j, t, m in rows:
@@ -359,6 +377,66 @@ def measure_offline(deck: Deck, files: list[str], output: Path | None) -> tuple[
             write_hdf5_group(path, file_rows, group=OFFLINE_GROUP)
     grid.comm.Barrier()
     return out, len(entries)
+
+
+def _chain(path: Path) -> int:
+    """The chain of a configuration file, from its name (``ensemble_c<chain>.h5``,
+    ``<name>_c<chain>_<count>.lime``; :func:`app.analysis.chain_of_file`); 0 for any other
+    name."""
+    from app.analysis import chain_of_file
+
+    chain = chain_of_file(path)
+    return 0 if chain is None else chain
+
+
+def is_offline_output(path: Path) -> bool:
+    """True for an empty file or one whose first line is a line of :func:`measure_offline`
+    (a JSON object with ``trajectory``, ``observables`` and ``file``): an earlier output of
+    ``trivhmc measure``, which it may replace. Records (``records.jsonl``), on-the-fly
+    measurements (no ``file``), ensembles and configurations are not."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+            if not first.strip() and not fh.read(1):
+                return True
+    except OSError:
+        return False
+    try:
+        rec = json.loads(first)
+    except ValueError:  # not JSON, not UTF-8
+        return False
+    return isinstance(rec, dict) and {"trajectory", "observables", "file"} <= set(rec)
+
+
+def output_problem(out: Path, inputs: list[Path]) -> str | None:
+    """Why ``trivhmc measure`` may not write its JSON lines to ``out``, or None: its
+    directory must exist and be writable (no directory is created), and an existing ``out``
+    must be a regular file that is neither one of the ``inputs`` nor anything but an
+    earlier output of the command (:func:`is_offline_output`): nothing else is overwritten."""
+    import os
+
+    from app.io.paths import output_dir_problem
+
+    problem = output_dir_problem(out)
+    if problem is not None:
+        return problem
+    if not os.path.lexists(out):
+        return None
+    for p in inputs:
+        try:
+            if os.path.samefile(out, p):
+                return "it is one of the configuration files being measured; give another name"
+        except OSError:
+            continue
+    if not out.is_file():
+        return "it exists and is not a regular file; give a file name"
+    if not is_offline_output(out):
+        return (
+            "it exists and is not an earlier output of trivhmc measure (its first line is not "
+            "a measurement line with a `file` field), e.g. a run's records.jsonl or "
+            "measurements.jsonl; give a new file name or move it away"
+        )
+    return None
 
 
 def _measure_share(grid, theory, measurer, entries, mine) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,18 +69,28 @@ def main(args: argparse.Namespace) -> int:
     from ..analysis import analyze_data, format_table, load_run, plot
     from ..errors import InputError, MissingDependency
 
-    if args.S < 0:
-        raise InputError("--S must be >= 0")
+    # every option and the --plot target first: a bad value is one message, before any reading
+    if not (math.isfinite(args.S) and args.S >= 0):
+        raise InputError(f"--S must be a finite number >= 0, got {args.S}")
     if not args.tau_exp >= 0 or args.tau_exp == float("inf"):
         raise InputError(f"--tau-exp {args.tau_exp}: must be a finite number >= 0")
+    if args.skip < 0:
+        raise InputError(f"--skip {args.skip}: must be >= 0")
+    if args.bin_size < 1:
+        raise InputError(f"--bin {args.bin_size}: the bin size must be >= 1")
+    if args.volume is not None and args.volume < 1:
+        raise InputError(f"--volume {args.volume}: must be >= 1")
     if args.plot:  # before any output: a missing extra is one message, not a half result
+        problem = plot_dir_problem(Path(args.plot))
+        if problem:
+            raise InputError(
+                f"--plot {args.plot}: {problem}; give a directory (created if missing)"
+            )
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise MissingDependency("matplotlib", "analysis", "analyze --plot") from None
     run = load_run(args.path)
-    if args.volume is not None and args.volume < 1:
-        raise InputError(f"--volume {args.volume}: must be >= 1")
     result = analyze_data(
         run,
         skip=args.skip,
@@ -96,3 +109,22 @@ def main(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"wrote {len(files)} plot(s) to {args.plot}")
     return 0
+
+
+def plot_dir_problem(directory: Path) -> str | None:
+    """Why the plots cannot be written into ``directory`` (created with its missing parents),
+    or None: it, or its nearest existing ancestor, must be a writable directory."""
+    if directory.exists():
+        if not directory.is_dir():
+            return f"{directory} exists and is not a directory"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return f"the directory {directory} is not writable"
+        return None
+    parent = directory.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create it: the directory {parent} is not writable"
+    return None

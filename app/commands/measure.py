@@ -5,7 +5,10 @@ flow times, Polyakov loop, Wilson loops W(R, T), the theory's correlators.
 Without FILES every configuration of the run (its ensemble_c*.h5, else configs/*.lime or
 *.nersc) is measured; results go to OUTPUT_DIR/measurements_offline.jsonl and into a
 ``measurements`` group of each ensemble file. With FILES (ILDG, NERSC or HDF5) the JSON lines
-go to ./measurements.jsonl or --output. Distributed over MPI like the run
+go to ./measurements_offline.jsonl or --output. The output is checked before anything is
+measured: a directory, a missing directory, one of the files measured or an existing file
+that is not an earlier output of this command is refused (exit 2; docs/measure.md).
+Distributed over MPI like the run
 (``mpiexec -n N trivhmc measure DECK``: parallel.replicas groups measure different
 configurations, each over parallel.grid); ``trivhmc analyze`` of the output gives errors.
 """
@@ -22,7 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``trivhmc measure``."""
     add_deck_arguments(parser)
     parser.add_argument("files", nargs="*", help="configuration files (default: the run's)")
-    parser.add_argument("--output", "-o", type=Path, help="JSON lines file to write")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="JSON lines file to write (default: the run's measurements_offline.jsonl, or "
+        "./measurements_offline.jsonl with FILES); its directory must exist, and an existing "
+        "file is replaced only if it is an earlier output of trivhmc measure",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
