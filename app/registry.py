@@ -59,12 +59,18 @@ from kernels.flows.base import Flow, FlowError, build_flow
 from parallel import ProcessGrid
 
 from . import code_version
-from .errors import InputError
-from .io.atomic import atomic_write_bytes, fsync_dir
+from .errors import InputError, TrivhmcError
+from .io.atomic import atomic_write_bytes, fsync_dir, is_storage_error
+from .io.collective import on_root
 
 CARD_FORMAT = "trivhmc-flow-card"
 CARD_VERSION = 1
 HASH_LEN = 16
+#: the registry's own file at its root (app.registry_index)
+INDEX_NAME = "index.json"
+#: names a model cannot have: they would collide with the registry's own files (compared in
+#: lower case, for case-insensitive file systems)
+RESERVED_NAMES = frozenset({INDEX_NAME})
 
 
 class RegistryError(InputError):
@@ -163,6 +169,82 @@ def make_card(
 def _check_name(name: str) -> None:
     if not name or "@" in name or "/" in name or name.startswith("."):
         raise RegistryError(f"invalid model name {name!r} (no '@', '/', leading '.')")
+    if name.lower() in RESERVED_NAMES:
+        raise RegistryError(
+            f"invalid model name {name!r}: reserved for the registry's own {INDEX_NAME}; "
+            "choose another name"
+        )
+
+
+# ------------------------------------------------------------------ registry directory
+def _usable_dir(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+_NAME_REMEDY = "; move that file away or choose another model name"
+
+
+def registry_problem(root: str | os.PathLike, name: str | None = None, write: bool = False):
+    """Why the registry ``root`` cannot be read (``write=False``: it must be an existing
+    directory) or written (``write=True``: a writable directory, or one that can be created,
+    whose entry ``name``, if given and present, is a writable directory), or ``None``
+    (this process's view; :func:`check_registry` makes it collective)."""
+    root = Path(root)
+    if root.is_symlink() and not root.exists():
+        return f"registry {root} is a broken symbolic link"
+    if not root.exists():
+        if not write:
+            return f"registry {root} does not exist"
+        parent = root.parent  # created on the first save: the nearest existing ancestor
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"registry {root} cannot be created: {parent} is not a directory"
+        if not _usable_dir(parent):
+            return f"registry {root} cannot be created: {parent} is not writable"
+        return None
+    if not root.is_dir():
+        return f"registry {root} is not a directory"
+    if not write:
+        return None
+    if not _usable_dir(root):
+        return f"registry {root} is not writable"
+    if name is not None:
+        folder = root / name
+        if folder.is_symlink() and not folder.exists():
+            return f"registry {root}: {folder} is a broken symbolic link"
+        if folder.exists() and not folder.is_dir():
+            return (
+                f"registry {root} holds a file {name!r} where the versions of model {name!r} "
+                f"go (a directory){_NAME_REMEDY}"
+            )
+        if folder.exists() and not _usable_dir(folder):
+            return f"registry {root}: {folder} is not writable"
+    return None
+
+
+def check_registry(
+    root: str | os.PathLike,
+    name: str | None = None,
+    write: bool = False,
+    comm=None,
+    hint: str = "",
+) -> None:
+    """Raise one :class:`RegistryError` (exit status 2) on every rank of ``comm`` (default:
+    this process alone) when the registry ``root`` cannot be used (:func:`registry_problem`;
+    with ``name`` also an invalid or reserved model name). Rank 0 decides, the others
+    follow, so the ranks never disagree. ``hint`` (what would work) ends the message."""
+    from mpi4py import MPI
+
+    def check() -> None:
+        if name is not None:
+            _check_name(name)
+        problem = registry_problem(root, name, write)
+        if problem is not None:
+            own = problem.endswith(_NAME_REMEDY)  # a remedy of its own
+            raise RegistryError(problem + (f"; {hint}" if hint and not own else ""))
+
+    on_root(check, MPI.COMM_SELF if comm is None else comm, broadcast=False)
 
 
 def _check_tags(tags: list[str] | None) -> list[str]:
@@ -191,6 +273,30 @@ def publish(root: Path, name: str, card: dict[str, Any], state: dict[str, torch.
     published it, ``False`` if it was already there.
     """
     short = str(card["hash"])[:HASH_LEN]
+    root = Path(root)
+    return _guarded_write(root, name, short, lambda: _publish(root, name, card, state, short))
+
+
+def _guarded_write(root: Path, name: str, short: str, write):
+    """``write()`` into the registry after checking it (:func:`registry_problem`); a
+    registry that is a file, a file with the model's name, or any other ``OSError`` but a
+    full disk is one :class:`RegistryError` (a full disk stays a storage error, exit 8)."""
+    _check_name(name)
+    problem = registry_problem(root, name, write=True)
+    if problem is not None:
+        raise RegistryError(f"cannot save {name}@{short}: {problem}")
+    try:
+        return write()
+    except OSError as exc:
+        if isinstance(exc, TrivhmcError) or is_storage_error(exc):
+            raise  # disk full, quota: exit 8 (docs/errors.md)
+        raise RegistryError(
+            f"cannot save {name}@{short} in registry {root}: {exc.strerror or exc}"
+            + (f": {exc.filename}" if exc.filename else "")
+        ) from exc
+
+
+def _publish(root: Path, name: str, card: dict[str, Any], state, short: str) -> bool:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / short
@@ -237,8 +343,10 @@ def save_model(
     """Save ``flow`` with its card; returns the reference ``name@<hash16>``.
 
     Only the world root of ``grid`` (default: the theory's grid) writes; every rank gets the
-    reference. The card's creation time is hashed too, so every save is a new version.
-    Several processes may save into one registry at once (see the module docstring).
+    reference, or the same :class:`RegistryError` (a registry that is a file, a file with the
+    model's name; exit 2) or storage error (exit 8) when the write fails. The card's creation
+    time is hashed too, so every save is a new version. Several processes may save into one
+    registry at once (see the module docstring).
     """
     grid = grid or theory.grid
     root = Path(root) if root is not None else default_root()
@@ -247,16 +355,21 @@ def save_model(
     digest = content_hash(state, card)
     card["hash"] = digest
     short = digest[:HASH_LEN]
-    if grid.is_world_root:
+
+    def write_file() -> None:
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save({"card": card, "state_dict": state}, buf)
+        atomic_write_bytes(folder / f"{short}.pt", buf.getvalue())
+
+    def write() -> None:
         if single_file:
-            buf = io.BytesIO()
-            torch.save({"card": card, "state_dict": state}, buf)
-            atomic_write_bytes(folder / f"{short}.pt", buf.getvalue())
+            _guarded_write(root, name, short, write_file)
         else:
             publish(root, name, card, state)
-    grid.comm.Barrier()
+
+    on_root(write, grid.comm, broadcast=False)  # a failure on the root fails every rank
     return f"{name}@{short}"
 
 
@@ -278,16 +391,75 @@ def versions(root: str | os.PathLike, name: str) -> list[tuple[str, Path]]:
     return out
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+_NOT_WEIGHTS = "it holds objects other than tensors"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (torch's are paragraphs), or its type."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:  # torch's multi-paragraph weights_only refusal
+        return _NOT_WEIGHTS
+    if not text:
+        return type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].strip().rstrip(".")
+
+
+def _torch_load(path: Path, not_torch: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`RegistryError` s:
+    ``not_torch`` (``{kind}`` filled in) for a file that is no torch archive at all (a deck,
+    an ILDG or HDF5 file, an empty file), "unreadable or corrupt" for a damaged one."""
     try:
-        if path.is_dir():
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError as exc:
+        raise RegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head != _ZIP_MAGIC:
+        raise RegistryError(
+            not_torch.format(kind="an empty file" if not head else "not a torch archive")
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged archive
+        why = _first_line(exc)
+        if why == _NOT_WEIGHTS and "{kind}" in not_torch:
+            raise RegistryError(not_torch.format(kind=why)) from None  # e.g. a checkpoint
+        raise RegistryError(f"model file {path} is unreadable or corrupt: {why}") from None
+
+
+def _read(path: Path, source: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(card, state_dict)`` of a version directory (``card.json``, ``model.pt``) or of a
+    single file ``{"card", "state_dict"}``, unchecked; one-line :class:`RegistryError` if it
+    is not one or cannot be read. ``source``: ``path`` is a file given to import (the
+    messages say it is not an exported model rather than a damaged registry file)."""
+    if path.is_dir():
+        if not (path / "card.json").is_file():
+            raise RegistryError(f"{path} is not a trivhmc model version (no card.json in it)")
+        try:
             card = json.loads((path / "card.json").read_text())
-            state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        else:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            card, state = blob["card"], blob["state_dict"]
-    except Exception as exc:
-        raise RegistryError(f"model file {path} is unreadable or corrupt: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise RegistryError(
+                f"model card {path / 'card.json'} is unreadable or corrupt: {_first_line(exc)}"
+            ) from None
+        state = _torch_load(
+            path / "model.pt", f"model file {path / 'model.pt'} is unreadable or corrupt ({{kind}})"
+        )
+    else:
+        not_torch = (
+            f"{path} is not an exported trivhmc model ({{kind}})"
+            if source
+            else f"model file {path} is unreadable or corrupt ({{kind}})"
+        )
+        blob = _torch_load(path, not_torch)
+        if not isinstance(blob, dict) or "card" not in blob or "state_dict" not in blob:
+            raise RegistryError(
+                f"{path} is not an exported trivhmc model (a torch file without a model card)"
+            )
+        card, state = blob["card"], blob["state_dict"]
+    if not isinstance(card, dict) or not isinstance(state, dict):
+        raise RegistryError(f"{path} is not a trivhmc model (no model card and weights)")
     return card, state
 
 

@@ -28,6 +28,8 @@ from .io.atomic import atomic_write_bytes
 from .registry import (
     CARD_FORMAT,
     HASH_LEN,
+    INDEX_NAME,
+    RESERVED_NAMES,
     RegistryError,
     _check_name,
     _load_verified,
@@ -39,7 +41,6 @@ from .registry import (
     versions,
 )
 
-INDEX_NAME = "index.json"
 INDEX_FORMAT = "trivhmc-registry-index"
 INDEX_VERSION = 1
 SUMMARY_KEYS = ("theory", "couplings", "lattice", "n_parameters", "created", "description")
@@ -62,6 +63,8 @@ def _on_disk(root: Path) -> dict[str, Path]:
     for folder in sorted(root.iterdir()):
         if folder.name.startswith(".") or not folder.is_dir():
             continue
+        if folder.name.lower() in RESERVED_NAMES:
+            continue  # not a model (a stray directory where the index goes)
         for h, p in versions(root, folder.name):
             out[f"{folder.name}@{h}"] = p
     return out
@@ -228,21 +231,66 @@ def verify_models(
 
 
 # ------------------------------------------------------------------ export / import
-def export_model(ref: str, dest: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+def export_model(
+    ref: str,
+    dest: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    force: bool = False,
+) -> Path:
     """Write the model ``ref`` (hash checked first) as one portable file,
     ``{"card": ..., "state_dict": ...}`` saved by :func:`torch.save` (the registry's
     single-file layout). ``dest`` is a file, or an existing directory that gets
-    ``<name>@<hash16>.pt``."""
+    ``<name>@<hash16>.pt``.
+
+    An existing file at the destination is left alone if it already holds exactly these bytes
+    (exporting again changes nothing) and refused otherwise (:class:`RegistryError`, exit 2)
+    unless ``force``; a destination whose directory is missing or not writable is refused
+    (:class:`app.io.paths.OutputPathError`, exit 2) before the model is read, and so is a
+    destination inside the registry (where it would pose as the index or a version).
+    """
     import io
 
+    from .io.paths import check_output_dir
+
+    text = os.fspath(dest)
+    dest = Path(dest)
+    if dest.is_dir():
+        check_output_dir(dest / "model.pt")  # the directory must be writable
+    elif text.endswith(("/", os.sep)):
+        raise RegistryError(
+            f"cannot write into {text}: the directory does not exist; create it first "
+            f"(mkdir -p {dest})"
+        )
+    else:
+        check_output_dir(dest)
+    registry = _root(root).resolve()
+    if dest.resolve() == registry or registry in dest.resolve().parents:
+        raise RegistryError(
+            f"cannot export into the registry {_root(root)} itself ({dest}): its files are "
+            "the registry's own; give a destination outside it"
+        )
     path = resolve(ref, root)
     card, state = _load_verified(path)
-    dest = Path(dest)
     if dest.is_dir():
         dest = dest / f"{card['name']}@{card['hash'][:HASH_LEN]}.pt"
     buf = io.BytesIO()
     torch.save({"card": card, "state_dict": state}, buf)
-    atomic_write_bytes(dest, buf.getvalue())
+    data = buf.getvalue()
+    if dest.is_dir():
+        raise RegistryError(f"cannot write {dest}: it is a directory")
+    if (dest.exists() or dest.is_symlink()) and not force:
+        try:
+            same = dest.is_file() and dest.stat().st_size == len(data) and dest.read_bytes() == data
+        except OSError:
+            same = False
+        if same:
+            return dest  # this very export is already there
+        raise RegistryError(
+            f"{dest} exists and is not this export of {card['name']}@"
+            f"{card['hash'][:HASH_LEN]}; remove it, give another destination, or --force to "
+            "replace it"
+        )
+    atomic_write_bytes(dest, data)
     return dest
 
 
@@ -254,7 +302,7 @@ def import_model(src: str | os.PathLike, root: str | os.PathLike | None = None) 
     src = Path(src)
     if not src.exists():
         raise RegistryError(f"cannot import {src}: no such file or directory")
-    card, state = _read(src)
+    card, state = _read(src, source=True)
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise RegistryError(f"{src} is not a trivhmc model (no model card)")
     digest = content_hash(state, card)

@@ -39,13 +39,21 @@ def _ensemble_blocks(deck: Deck, grid: ProcessGrid, theory, key: str = "configur
             blocks.append(read_configs(path, grid.local_slices(), theory.first - 1))
         except (OSError, KeyError, ConfigFormatError) as exc:
             raise InputError(f"train.{key}: cannot read {path}: {exc}") from None
-    field = torch.from_numpy(np.concatenate(blocks)).to(theory.device, theory.dtype)
-    if tuple(field.shape[1:]) != tuple(theory.field_shape(1)[1:]):
-        raise InputError(
-            f"train.{key} hold fields of local shape "
-            f"{tuple(field.shape[1:])}, the deck needs {theory.field_shape(1)[1:]}"
-        )
-    return field
+    # shape and kind checked before the conversion: an SU(3) ensemble given to a U(1) deck
+    # must be refused, not cast to real first (torch warns about the dropped imaginary part)
+    want = tuple(theory.field_shape(1)[1:])
+    for name, block in zip(getattr(deck.train, key), blocks, strict=True):
+        if tuple(block.shape[1:]) != want:
+            raise InputError(
+                f"train.{key}: {deck.resolve(name)} holds fields of local shape "
+                f"{tuple(block.shape[1:])}, the deck's theory {deck.theory.name} needs {want}"
+            )
+        if np.iscomplexobj(block) and not theory.dtype.is_complex:
+            raise InputError(
+                f"train.{key}: {deck.resolve(name)} holds complex fields, the deck's theory "
+                f"{deck.theory.name} needs real ones"
+            )
+    return torch.from_numpy(np.concatenate(blocks)).to(theory.device, theory.dtype)
 
 
 def _training_configurations(deck: Deck, grid: ProcessGrid, theory, key: str = "configurations"):
@@ -157,13 +165,36 @@ def _make_trainer(deck: Deck, grid: ProcessGrid, theory, flow, rng: SiteRNG):
     return trainer
 
 
+def check_train_registry(deck: Deck, comm=None) -> None:
+    """Refuse, before any training, a registry the trained model could not be saved in: the
+    registry a file, or holding a file with the model's name, not writable, or a reserved
+    model name (``index.json``). One :class:`app.registry.RegistryError` (exit 2) on every
+    rank of ``comm`` (default MPI.COMM_WORLD), decided on rank 0."""
+    from mpi4py import MPI
+
+    from app.registry import check_registry
+
+    t = deck.train
+    if t is None:
+        raise InputError("the deck has no `train` section (see docs/deck.md)")
+    if t.registry:
+        hint = "set train.registry to a writable directory"
+    else:
+        hint = "set train.registry (or $TRIVHMC_MODELS) to a writable directory"
+    root = registry_root(deck, t.registry)
+    check_registry(root, t.model_name, write=True, comm=comm or MPI.COMM_WORLD, hint=hint)
+
+
 def train(deck: Deck, progress: bool = True) -> tuple[str, dict[str, Any]]:
-    """Train and save; returns ``(reference, last metrics)``. Collective over MPI.COMM_WORLD."""
+    """Train and save; returns ``(reference, last metrics)``. Collective over MPI.COMM_WORLD.
+    The registry is checked first (:func:`check_train_registry`), so a model that could not
+    be saved is not trained."""
     from app.registry import save_model
 
     t = deck.train
     if t is None:
         raise InputError("the deck has no `train` section (see docs/deck.md)")
+    check_train_registry(deck)
     if t.objective == "l2hmc":
         from app.l2hmc import train_l2hmc
 

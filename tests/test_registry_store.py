@@ -299,11 +299,16 @@ def test_registry_option_before_or_after_the_action(tmp_path, capsys, monkeypatc
     assert f"{ref}  imported" in capsys.readouterr().out
     assert main(["models", "--registry", str(two), "import", str(exported)]) == 0
     assert f"{ref}  already present" in capsys.readouterr().out
-    empty = str(tmp_path / "empty")
-    assert main(["models", "--registry", str(one), "list", "--json", "--registry", empty]) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["models", "--registry", str(one), "list", "--json", "--registry", str(empty)]) == 0
     assert json.loads(capsys.readouterr().out) == []
     assert not (tmp_path / "models").exists()
-    assert main(["models", "list", "--json"]) == 0  # neither: ./models, empty
+    # neither: ./models, which does not exist (exit 2, not an empty listing)
+    assert main(["models", "list", "--json"]) == 2
+    assert "registry models does not exist" in capsys.readouterr().err
+    (tmp_path / "models").mkdir()
+    assert main(["models", "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
 

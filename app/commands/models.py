@@ -6,15 +6,19 @@
   trivhmc models export REF DEST     one portable .pt file (card + weights)
   trivhmc models import FILE|DIR     add an exported model (hash checked)
 
-The registry is --registry (before or after ACTION), else $TRIVHMC_MODELS, else ./models.
-``verify`` exits 2 if any model is damaged; a damaged model is never loaded
-(docs/registry.md).
+The registry is --registry (before or after ACTION), else $TRIVHMC_MODELS, else ./models;
+``list``, ``show``, ``verify`` and ``export`` exit 2 when it does not exist or is not a
+directory (a mistyped path must not pass as an empty registry), ``import`` when it cannot be
+written. ``verify`` exits 2 if any model is damaged; a damaged model is never loaded.
+``export`` refuses to replace an existing file unless it holds exactly the same export, or
+``--force`` is given (docs/registry.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exp = action("export", "write a model as one portable .pt file")
     exp.add_argument("ref", help="name or name@hash")
     exp.add_argument("dest", help="output file, or an existing directory")
+    exp.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing DEST (default: refused unless it is this very export)",
+    )
     imp = action("import", "add exported models to the registry")
     imp.add_argument("sources", nargs="+", help="exported .pt files or version directories")
 
@@ -71,9 +80,29 @@ def _couplings(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_registry(args: argparse.Namespace, write: bool = False) -> None:
+    """Exit 2 (on every rank) when the registry does not exist or is not a directory, or,
+    with ``write``, cannot be written; the message says where the path came from."""
+    from mpi4py import MPI
+
+    from ..registry import check_registry, default_root
+
+    if args.registry is not None or os.environ.get("TRIVHMC_MODELS"):
+        root = Path(args.registry) if args.registry is not None else default_root()
+        source = "--registry" if args.registry is not None else "$TRIVHMC_MODELS"
+        need = "a writable directory" if write else "an existing registry directory"
+        hint = f"check the path given by {source} ({need})"
+    else:
+        root = default_root()
+        hint = "it is the default registry (no --registry, $TRIVHMC_MODELS not set); give "
+        hint += "--registry DIR" if write else "--registry DIR, or train a model first"
+    check_registry(root, write=write, comm=MPI.COMM_WORLD, hint=hint)
+
+
 def _list(args: argparse.Namespace) -> int:
     from ..registry_index import find_models, parse_lattice
 
+    _check_registry(args)
     models = find_models(
         args.registry,
         name=args.name,
@@ -104,6 +133,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from ..registry import read_card
 
+    _check_registry(args)
     card = read_card(args.ref, args.registry)
     if not args.history:
         card["history"] = f"{len(card.get('history') or [])} steps (--history to print)"
@@ -114,6 +144,7 @@ def _show(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from ..registry_index import verify_models
 
+    _check_registry(args)
     results = verify_models(args.registry, args.refs or None)
     bad = 0
     for ref, problem in results:
@@ -129,13 +160,15 @@ def _verify(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ..registry_index import export_model
 
-    print(export_model(args.ref, args.dest, args.registry))
+    _check_registry(args)
+    print(export_model(args.ref, args.dest, args.registry, force=args.force))
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     from ..registry_index import import_model
 
+    _check_registry(args, write=True)
     for src in args.sources:
         ref, added = import_model(Path(src), args.registry)
         print(f"{ref}  {'imported' if added else 'already present'}")

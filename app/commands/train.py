@@ -19,13 +19,15 @@ def main(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     from ..deck import load_deck
-    from ..training import train
+    from ..training import check_train_registry, train
 
     deck = load_deck(args.deck, args.overrides)
     from ..preflight import check_device, check_layout
 
     check_layout(deck, MPI.COMM_WORLD.Get_size())
     check_device(deck.parallel.device)
+    # before any training: a model that cannot be saved is not trained (exit 2, every rank)
+    check_train_registry(deck, MPI.COMM_WORLD)
     ref, last = train(deck, progress=not args.no_progress)
     if MPI.COMM_WORLD.Get_rank() == 0:
         summary = {k: last[k] for k in ("loss", "kl", "ess", "force_rms") if k in last}
