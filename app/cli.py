@@ -16,9 +16,6 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from parallel.memory import keep_freed_memory
-from parallel.settings import SettingError, check_switches, flag
-
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -93,17 +90,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every exception is mapped to one message and an exit status by
     :func:`app.errors.classify` (table in docs/errors.md). ``--debug`` (anywhere on the
     command line, or ``TRIVHMC_DEBUG=1``) adds the Python traceback on every rank.
+
+    This module imports nothing heavy at its top: torch, MPI and the subcommand are imported
+    here, inside the handler, so that Ctrl-C during start-up (``import torch`` takes seconds)
+    ends with the one-line ``interrupted`` (status 130) like Ctrl-C at any later point.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
+    _current[0] = command if command in COMMANDS else "?"
+    try:
+        return _main(argv, command, debug)
+    except KeyboardInterrupt as exc:  # while importing or parsing, before the command ran
+        return _report(exc, _current[0], debug)
+
+
+def _main(argv: list[str], command: str | None, debug: bool) -> int:
+    """:func:`main` after the ``--debug`` flag is taken out."""
     parser = build_parser(command if command in COMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (2), --help / --version (0)
         return int(exc.code or 0)
     _current[0] = args.command
+    from parallel.memory import keep_freed_memory  # imports torch (parallel/__init__.py)
+    from parallel.settings import SettingError, check_switches, flag
+
     try:  # the environment's switches: a bad value is bad input (parallel/settings.py)
         check_switches()
         debug = flag("TRIVHMC_DEBUG", False) or debug

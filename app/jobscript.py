@@ -144,8 +144,13 @@ class Layout:
 
 def plan(deck: Deck, system: System, nodes: int | None, ranks_per_node: int | None) -> Layout:
     """Node and rank counts for ``deck`` on ``system``, consistent with the deck's process
-    grid and replicas; :class:`InputError` says what to change otherwise."""
-    from parallel.grid import GridError, choose_grid
+    grid and replicas. A bad option value is an :class:`InputError` (exit 2); a rank count
+    that the deck's lattice, ``parallel.grid`` or ``parallel.replicas`` does not fit is a
+    :class:`LayoutError` (exit 4, as for ``validate --ranks`` and ``run``) saying what
+    would work."""
+    from parallel.grid import GridError
+
+    from .preflight import _choose_grid
 
     reps = deck.parallel.replicas
     per_rep = deck.ranks_per_replica
@@ -171,7 +176,7 @@ def plan(deck: Deck, system: System, nodes: int | None, ranks_per_node: int | No
         if need is None:
             nodes = 1
         elif need % ranks_per_node:
-            raise InputError(
+            raise LayoutError(
                 f"the deck needs {need} ranks (parallel.grid {deck.parallel.grid} x {reps} "
                 f"replicas), not a multiple of {ranks_per_node} ranks per node; "
                 f"give --ranks-per-node (a divisor of {need})"
@@ -180,18 +185,21 @@ def plan(deck: Deck, system: System, nodes: int | None, ranks_per_node: int | No
             nodes = need // ranks_per_node
     total = nodes * ranks_per_node
     if need is not None and total != need:
-        raise InputError(
+        raise LayoutError(
             f"{nodes} nodes x {ranks_per_node} ranks per node = {total} ranks, but the deck's "
             f"parallel.grid {deck.parallel.grid} x {reps} replicas needs {need}"
         )
+    where = f"{nodes} node(s) x {ranks_per_node} ranks per node = {total} ranks"
     if total % reps:
-        raise InputError(f"{total} ranks cannot be split into {reps} replica groups")
+        raise LayoutError(
+            f"{where} cannot be split into parallel.replicas = {reps} replica groups of "
+            "equal size; " + _layout_hint(deck, system, nodes, ranks_per_node)
+        )
     try:
-        grid = choose_grid(deck.lattice.shape, total // reps, deck.parallel.grid)
+        grid = _choose_grid(deck.lattice.shape, total // reps, deck.parallel.grid)
     except GridError as exc:
         raise LayoutError(
-            f"{nodes} node(s) x {ranks_per_node} ranks per node = {total} ranks: "
-            f"{str(exc).split('; use a rank count')[0]}; "
+            f"{where}: {str(exc).split('; use a rank count')[0]}; "
             + _layout_hint(deck, system, nodes, ranks_per_node)
         ) from None
     return Layout(nodes, ranks_per_node, total, tuple(grid))
@@ -308,12 +316,12 @@ def render(
         raise InputError(f"unknown system {system_name!r}; known: {sorted(SYSTEMS)}") from None
     if max_jobs < 1:
         raise InputError("--max-jobs must be >= 1")
+    runtime_set, wall = _runtime(deck, system, walltime)  # option values first (exit 2)
     layout = plan(deck, system, nodes, ranks_per_node)
     warnings = []
     device_warning = _device_warning(deck, system, force)
     if device_warning:
         warnings.append(device_warning)
-    runtime_set, wall = _runtime(deck, system, walltime)
     if system.scheduler != "none" and not account:
         warnings.append("no --account given; set it in the script before submitting")
     gpu_env = _gpu_env(deck, system)

@@ -7,6 +7,8 @@ MPI all ranks reach the same verdict (the errors are collective, see :mod:`app.e
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 from app.deck import Deck
@@ -14,11 +16,49 @@ from app.errors import DeviceError, LayoutError, MissingModelError
 
 
 # ---------------------------------------------------------------------- layout
+@functools.cache
+def _grid_rank_counts(shape: tuple[int, ...]) -> frozenset[int]:
+    """Every rank count per replica that some process grid splits ``shape`` over: the
+    products ``d_0 d_1 ...`` of a divisor ``d_mu`` of each extent (empty for a shape that
+    :func:`parallel.grid.choose_grid` refuses). Every grid ``choose_grid`` returns divides
+    the lattice axis by axis, so its rank count is one of these; with a free grid every one
+    of them fits."""
+    if not shape or any(s < 1 for s in shape):
+        return frozenset()
+    counts = {1}
+    for s in shape:
+        small = [d for d in range(1, math.isqrt(s) + 1) if s % d == 0]
+        divisors = set(small) | {s // d for d in small}
+        counts = {c * d for c in counts for d in divisors}
+    return frozenset(counts)
+
+
+def _choose_grid(shape: Sequence[int], ranks: int, grid: Sequence[int] | None) -> tuple[int, ...]:
+    """:func:`parallel.grid.choose_grid`, answering at once (with its message) when no grid
+    of ``ranks`` ranks can divide the lattice: its search over every factorisation of a
+    large rank count takes seconds."""
+    from parallel.grid import GridError, choose_grid
+
+    shape = tuple(int(s) for s in shape)
+    counts = _grid_rank_counts(shape)
+    if grid is None and counts and ranks >= 1 and ranks not in counts:
+        raise GridError(
+            f"no process grid of {ranks} ranks divides lattice {list(shape)}; "
+            "use a rank count whose factors divide the lattice extents"
+        )
+    return choose_grid(shape, ranks, grid)
+
+
 def _fits(shape: Sequence[int], ranks: int, replicas: int, grid: Sequence[int] | None) -> bool:
     from parallel.grid import GridError, choose_grid
 
     if ranks < 1 or ranks % replicas:
         return False
+    shape = tuple(int(s) for s in shape)
+    if ranks // replicas not in _grid_rank_counts(shape):
+        return False
+    if grid is None:  # choose_grid finds a divisor grid for every such count
+        return True
     try:
         choose_grid(shape, ranks // replicas, grid)
     except GridError:
@@ -34,34 +74,38 @@ def fitting_rank_counts(
     step: int = 1,
 ) -> list[int]:
     """The valid rank counts nearest to ``ranks`` (the closest below and above), in units of
-    ``step`` ranks (e.g. ranks per node); empty if none exists below ``4 (ranks + step)``."""
-    volume = 1
-    for s in shape:
-        volume *= int(s)
+    ``step`` ranks (e.g. ranks per node); empty if none exists below ``4 (ranks + step)``.
+
+    Only ``replicas x`` a product of divisors of the extents can fit
+    (:func:`_grid_rank_counts`), so those candidates are tried, nearest first, instead of
+    every count: the answer is the same as a scan of every multiple of ``step``, in
+    milliseconds also for ``ranks`` in the hundreds of thousands."""
+    shape = tuple(int(s) for s in shape)
+    if replicas < 1 or step < 1:
+        return []
+    volume = math.prod(shape)
     limit = min(volume * replicas, 4 * (ranks + step))  # "nearest": look close by only
+    candidates = sorted(
+        c * replicas for c in _grid_rank_counts(shape) if (c * replicas) % step == 0
+    )
     below = next(
-        (
-            n
-            for n in range((ranks // step) * step, 0, -step)
-            if n != ranks and _fits(shape, n, replicas, grid)
-        ),
+        (n for n in reversed(candidates) if n < ranks and _fits(shape, n, replicas, grid)),
         None,
     )
-    above = next(
-        (
-            n
-            for n in range((ranks // step + 1) * step, limit + 1, step)
-            if _fits(shape, n, replicas, grid)
-        ),
-        None,
-    )
+    above = None
+    for n in candidates:
+        if n > limit:
+            break
+        if n > ranks and _fits(shape, n, replicas, grid):
+            above = n
+            break
     return [n for n in (below, above) if n is not None]
 
 
 def check_layout(deck: Deck, ranks: int) -> tuple[int, ...]:
     """The process grid of ``deck`` on ``ranks`` ranks; :class:`LayoutError` naming the
     problem, the values and the nearest rank counts that work if it does not fit."""
-    from parallel.grid import GridError, choose_grid
+    from parallel.grid import GridError
 
     shape = deck.lattice.shape
     reps = deck.parallel.replicas
@@ -73,7 +117,7 @@ def check_layout(deck: Deck, ranks: int) -> tuple[int, ...]:
                 f"{ranks} rank(s) cannot be split into parallel.replicas = {reps} replica "
                 "groups of equal size"
             )
-        return choose_grid(shape, ranks // reps, grid)
+        return _choose_grid(shape, ranks // reps, grid)
     except GridError as exc:
         problem = str(exc).replace(
             "; use a rank count whose factors divide the lattice extents", ""
@@ -155,10 +199,16 @@ def check_flow_model(deck: Deck, deck_path: str) -> None:
     name, _, prefix = str(flow.model).partition("@")
     versions = model_versions(root, name)
     if not versions:
+        how = f"with {train} (a deck with a train section)"
+        if deck.train is not None and deck.train.model_name != name:
+            how = (
+                f"with `trivhmc train` on a deck whose train.model_name is {name!r} (this "
+                f"deck's train section stores {deck.train.model_name!r})"
+            )
         raise MissingModelError(
             f"sampler.flow.model: no model {name!r} in the registry {root}; train it first "
-            f"with {train} (a deck with a train section), or point sampler.flow.registry / "
-            "$TRIVHMC_MODELS at the registry that holds it"
+            f"{how}, or point sampler.flow.registry / $TRIVHMC_MODELS at the registry that "
+            "holds it"
         )
     if prefix and not any(h.startswith(prefix.lower()) for h, _ in versions):
         have = ", ".join(f"{name}@{h[:16]}" for h, _ in versions)
@@ -166,6 +216,38 @@ def check_flow_model(deck: Deck, deck_path: str) -> None:
             f"sampler.flow.model: the registry {root} holds no version {prefix!r} of "
             f"{name!r} (it has {have}); use one of those or train it with {train}"
         )
+
+
+def flow_model_warning(deck: Deck, deck_path: str) -> str | None:
+    """:func:`check_flow_model` for a command that does not run the deck yet (``validate``,
+    ``jobscript``): a missing model that the deck's own ``train`` section stores (the same
+    name, no version pinned, the same registry) is a warning to train it first, returned;
+    any other missing model is the :class:`MissingModelError` (exit 7)."""
+    try:
+        check_flow_model(deck, deck_path)
+    except MissingModelError:
+        if not _trained_by_deck(deck):
+            raise
+        from app.flow_samplers import registry_root
+
+        root = registry_root(deck, deck.sampler.flow.registry)
+        return (
+            f"sampler.flow.model: no model {deck.sampler.flow.model!r} in the registry {root} "
+            f"yet; train it with `trivhmc train {deck_path}` before `trivhmc run`"
+        )
+    return None
+
+
+def _trained_by_deck(deck: Deck) -> bool:
+    """Whether ``trivhmc train DECK`` stores the model the deck's flow sampler loads."""
+    from app.flow_samplers import registry_root
+
+    flow, train = deck.sampler.flow, deck.train
+    if train is None or "/" in flow.model or flow.model.endswith(".pt") or "@" in flow.model:
+        return False
+    return flow.model == train.model_name and registry_root(deck, flow.registry) == registry_root(
+        deck, train.registry
+    )
 
 
 # ---------------------------------------------------------------------- warnings

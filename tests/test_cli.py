@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,59 @@ def test_validate(deck, capsys):
     assert json.loads(capsys.readouterr().out)["run"]["trajectories"] == 40
 
 
+def test_validate_ranks_must_be_positive_and_apply_to_print(deck, capsys):
+    """`--ranks 0` was a layout error naming "1 ranks"; `--print`/`--json` ignored --ranks."""
+    for bad in ("0", "-4"):
+        assert main(["validate", str(deck), "--ranks", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"trivhmc validate: error: --ranks must be >= 1 (got {bad})"
+    for fmt in ("--print", "--json"):
+        assert main(["validate", str(deck), fmt, "--ranks", "3"]) == 4
+        captured = capsys.readouterr()
+        assert captured.out == "" and "on 3 rank(s)" in captured.err
+        assert main(["validate", str(deck), fmt, "--ranks", "4"]) == 0
+        assert "trajectories" in capsys.readouterr().out
+
+
+def test_validate_missing_flow_model_is_exit_7(tmp_path, monkeypatch, capsys):
+    """A flow model that is not in the registry was "valid" (the run then exited 7); one
+    that the deck's own train section stores is a warning to train it first."""
+    monkeypatch.delenv("TRIVHMC_MODELS", raising=False)
+    deck = tmp_path / "phi4_trivialized.yaml"
+    deck.write_text((REPO / "inputs" / "phi4_trivialized.yaml").read_text())
+    for extra in ([], ["--print"], ["--json"]):
+        assert main(["validate", str(deck), "--set", "sampler.flow.model=nosuch", *extra]) == 7
+        captured = capsys.readouterr()
+        assert captured.out == "" and "no model 'nosuch' in the registry" in captured.err
+    assert main(["validate", str(deck)]) == 0
+    captured = capsys.readouterr()
+    assert "valid" in captured.out
+    assert "warning: sampler.flow.model: no model 'phi4_l12'" in captured.err
+    assert "phi4_l12" in captured.err and "trivhmc train" in captured.err
+
+
+def test_ctrl_c_during_start_up_is_one_line(deck, tmp_path):
+    """Ctrl-C while `import torch` runs (seconds at start-up) printed a KeyboardInterrupt
+    traceback: app.cli imported parallel (and torch) at its top, outside the handler. A
+    stand-in torch that sends SIGINT to its own process makes the moment exact."""
+    stub = tmp_path / "stub" / "torch"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(30)\n"
+    )
+    exe = Path(sys.executable).parent / "trivhmc"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "stub")}
+    proc = subprocess.run(
+        [str(exe), "measure", str(deck)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "trivhmc measure: interrupted\n"
+    # the console entry point itself imports nothing heavy
+    code = "import sys, app.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_validate_bad_deck_exit_2_one_message(deck, capsys):
     deck.write_text(DECK.replace("beta: 2.0", "beta: 2.0, betta: 1"))
     assert main(["validate", str(deck)]) == 2
@@ -93,6 +148,7 @@ def test_jobscript(deck, tmp_path, capsys):
     assert "SETS=(--set parallel.device=cuda)" in text
     assert "submit with: qsub" in capsys.readouterr().out
     out_path = tmp_path / "sub" / "job.slurm"
+    (tmp_path / "sub").mkdir()  # an --output directory must exist (test_jobscript_output_path)
     # a CPU deck for a GPU system: an error naming the fix, a warning with --force
     assert main(["jobscript", "--system", "frontier", str(deck), "-o", str(out_path)]) == 2
     assert "--force" in capsys.readouterr().err and not out_path.exists()
@@ -101,9 +157,9 @@ def test_jobscript(deck, tmp_path, capsys):
     assert "#SBATCH -N 1" in out_path.read_text()
     err = capsys.readouterr().err
     assert "warning: the deck runs on parallel.device=cpu" in err
-    # inconsistent with the deck -> exit 2 with the reason
+    # a rank count the deck's grid does not fit -> exit 4 (LayoutError) with the reason
     deck.write_text(DECK.replace("lattice:", "parallel: {grid: [2, 2]}\nlattice:"))
-    assert main(["jobscript", "--system", "aurora", str(deck), "--nodes", "1", "--dry-run"]) == 2
+    assert main(["jobscript", "--system", "aurora", str(deck), "--nodes", "1", "--dry-run"]) == 4
     assert "needs 4" in capsys.readouterr().err
     assert (
         main(["jobscript", "--system", "aurora", str(deck), "--walltime", "1h", "--dry-run"]) == 2

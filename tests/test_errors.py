@@ -128,12 +128,16 @@ def test_deck_wording(deck, capsys):
     assert main(["validate", str(deck), "--set", "sampler.name=trivialized_hmc"]) == 2
     err = capsys.readouterr().err
     assert "--set sampler.name=trivialized_hmc: sampler.flow" in err and "line" not in err
-    # flow Metropolis has no integrator; float32 with HMC warns
+    # flow Metropolis has no integrator; its model must be trained (exit 7); float32 warns
     deck.write_text(DECK)
     fm = "sampler={name: flow_metropolis, flow: {model: m}}"
-    assert main(["validate", str(deck), "--set", fm]) == 0
-    out = capsys.readouterr().out
-    assert "flow_metropolis (model m)" in out and "steps" not in out
+    assert main(["validate", str(deck), "--set", fm]) == MissingModelError.exit_code
+    assert "no model 'm' in the registry" in capsys.readouterr().err
+    from app.commands.validate import summary
+    from app.deck import load_deck
+
+    line = summary(load_deck(deck, [fm]))
+    assert "flow_metropolis (model m)" in line and "steps" not in line
     assert main(["validate", str(deck), "--set", "parallel.dtype=float32"]) == 0
     err = capsys.readouterr().err
     assert "warning: parallel.dtype: float32 with hmc" in err

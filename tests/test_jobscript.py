@@ -10,12 +10,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from app.deck import load_deck, loads_deck
-from app.errors import InputError
+from app.errors import InputError, LayoutError, MissingModelError
 from app.jobscript import (
     SYSTEMS,
     fill,
@@ -36,6 +37,14 @@ parallel: {grid: GRID, replicas: REPS, device: DEVICE}
 run: {seed: 1, thermalization: 10, trajectories: 20, checkpoint_every: 5}
 output: {directory: out}
 """
+
+
+SU3_FILE = (
+    SU3.replace("GRID", "null")
+    .replace("REPS", "1")
+    .replace("DEVICE", "cpu")
+    .replace("SHAPE", "[8, 8, 8, 8]")
+)
 
 
 def su3_deck(grid="null", reps=1, device="cuda", shape=(8, 8, 8, 16)):
@@ -149,20 +158,53 @@ def test_gpu_aware_off_and_device_warning():
 
 
 @pytest.mark.parametrize(
-    "system,grid,reps,nodes,rpn,match",
-    [
-        ("aurora", [2, 2, 2, 2], 1, 1, 12, "needs 16"),  # 12 ranks != 16
-        ("aurora", [2, 2, 2, 2], 1, None, 12, "multiple of 12"),
-        ("polaris", [2, 2, 2, 2], 1, 4, 5, "4 GPU devices per node"),
-        ("aurora", "null", 1, 1, 12, "no process grid.*--ranks-per-node 8"),  # 12 ∤ 8^3 x 16
-        ("frontier", "null", 3, 1, 8, "replica groups"),
-        ("local", [2, 1, 1, 1], 1, 2, None, "one node"),
+    "system,grid,reps,nodes,rpn,match,code",
+    [  # a rank count the deck does not fit: LayoutError (4), as validate --ranks and run
+        ("aurora", [2, 2, 2, 2], 1, 1, 12, "needs 16", 4),  # 12 ranks != 16
+        ("aurora", [2, 2, 2, 2], 1, None, 12, "multiple of 12", 4),
+        ("aurora", "null", 1, 1, 12, "no process grid.*--ranks-per-node 8", 4),  # 12 ∤ 8^3 x 16
+        ("frontier", "null", 3, 1, 8, "replica groups.*--nodes 3.*--ranks-per-node 6", 4),
+        # option values that cannot work: InputError (2)
+        ("polaris", [2, 2, 2, 2], 1, 4, 5, "4 GPU devices per node", 2),
+        ("local", [2, 1, 1, 1], 1, 2, None, "one node", 2),
     ],
 )
-def test_rank_count_must_match_deck(system, grid, reps, nodes, rpn, match):
+def test_rank_count_must_match_deck(system, grid, reps, nodes, rpn, match, code):
     deck = su3_deck(grid=grid, reps=reps)
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(InputError, match=match) as err:
         render(deck, system, "/p/d.yaml", "/p/s", nodes=nodes, ranks_per_node=rpn)
+    assert err.value.exit_code == code
+    assert isinstance(err.value, LayoutError) == (code == LayoutError.exit_code)
+
+
+def test_layout_mismatch_is_exit_4_from_the_command_line(tmp_path, capsys):
+    """`jobscript` gave exit 2 for replicas that do not split the ranks, where validate and
+    run give 4 (LayoutError) for the same condition."""
+    from app.cli import main
+
+    deck = tmp_path / "su3.yaml"
+    deck.write_text(SU3_FILE)
+    cmd = ["jobscript", "--system", "frontier", str(deck), "--set", "parallel.device=cuda"]
+    assert main(cmd + ["--set", "parallel.replicas=3", "--nodes", "1", "--dry-run"]) == 4
+    err = capsys.readouterr().err
+    assert "8 ranks cannot be split into parallel.replicas = 3" in err
+    assert "--nodes 3 (at 8 ranks per node)" in err and len(err.strip().splitlines()) == 1
+    assert main(["validate", str(deck), "--set", "parallel.replicas=3", "--ranks", "8"]) == 4
+
+
+def test_a_huge_node_count_is_answered_at_once(tmp_path, capsys):
+    """The nearest node counts were found by calling choose_grid for every rank count:
+    `--nodes 4096` took 28 s, `--nodes 100000` more than 10 minutes."""
+    deck = su3_deck(grid="null", reps=1, shape=(8, 8, 8, 8))
+    for nodes, hint in (
+        (4096, "--nodes 512 (at 8 ranks per node), or --ranks-per-node 1"),
+        (100000, "--nodes 512 (at 8 ranks per node)"),
+    ):
+        t0 = time.perf_counter()
+        with pytest.raises(LayoutError) as err:
+            render(deck, "frontier", "/p/d.yaml", "/p/s", nodes=nodes)
+        assert time.perf_counter() - t0 < 1.0, nodes
+        assert f"{nodes * 8} ranks" in str(err.value) and hint in str(err.value)
 
 
 def test_free_grid_layouts():
@@ -433,3 +475,82 @@ def test_documented_jobscript_and_validate_commands_run(doc, monkeypatch, capsys
         out = capsys.readouterr().out
         if argv[0] == "jobscript":
             assert out.startswith("#!/bin/bash"), command
+
+
+# ---------------------------------------------------------------------------- output path
+def test_an_existing_file_is_not_overwritten(tmp_path, capsys):
+    """A hand-edited script, or another deck given as --output, was silently replaced; now
+    only a file that holds this very script is accepted, anything else needs --overwrite
+    (and the deck being rendered is never replaced)."""
+    from app.cli import main
+
+    deck = tmp_path / "su3.yaml"
+    deck.write_text(SU3_FILE)
+    other = tmp_path / "u1.yaml"
+    other.write_text("theory: {name: u1, beta: 2.0}\n")
+    script = tmp_path / "su3.frontier.slurm"
+    script.write_text("edited\n")
+    cmd = ["jobscript", "--system", "frontier", str(deck), "--set", "parallel.device=cuda"]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert f"{script} exists" in err and "--overwrite" in err and "warning" not in err
+    assert script.read_text() == "edited\n"
+    assert main(cmd + ["-o", str(other)]) == 2
+    assert other.read_text() == "theory: {name: u1, beta: 2.0}\n"
+    assert main(cmd + ["-o", str(deck), "--overwrite"]) == 2
+    assert "would overwrite the deck" in capsys.readouterr().err
+    assert deck.read_text() == SU3_FILE
+    assert main(cmd + ["--dry-run"]) == 0  # prints, writes nothing
+    assert script.read_text() == "edited\n"
+    capsys.readouterr()
+    assert main(cmd + ["--overwrite"]) == 0
+    text = script.read_text()
+    assert text.startswith("#!/bin/bash") and os.access(script, os.X_OK)
+    assert capsys.readouterr().out.startswith(f"wrote {script}")
+    assert main(cmd) == 0  # the same script again: nothing to lose
+    assert capsys.readouterr().out.startswith(f"unchanged {script}")
+    assert main(cmd + ["--set", "run.seed=9"]) == 2  # a different script
+    assert script.read_text() == text
+
+
+def test_output_path_must_be_a_file_in_an_existing_directory(tmp_path, capsys):
+    """`-o DIR` was an internal error (IsADirectoryError); a missing directory is exit 2
+    too, before anything is done or created."""
+    from app.cli import main
+
+    deck = tmp_path / "su3.yaml"
+    deck.write_text(SU3_FILE)
+    (tmp_path / "runs").mkdir()
+    cmd = ["jobscript", "--system", "local", str(deck), "-o"]
+    assert main(cmd + [str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "internal error" not in err
+    assert main(cmd + [str(tmp_path / "nodir" / "x.sh")]) == 2
+    assert "nodir does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "nodir").exists()
+    assert main(cmd + [str(tmp_path / "runs" / "x.sh")]) == 0
+    assert (tmp_path / "runs" / "x.sh").is_file()
+
+
+# ---------------------------------------------------------------------------- flow model
+def test_a_missing_flow_model_is_exit_7(tmp_path, monkeypatch, capsys):
+    """The script's `trivhmc run` would exit 7 after the queue wait: jobscript says so now.
+    A model that the deck's own train section stores is a warning (train it first)."""
+    from app.cli import main
+
+    monkeypatch.delenv("TRIVHMC_MODELS", raising=False)
+    deck = tmp_path / "phi4_trivialized.yaml"
+    deck.write_text((REPO / "inputs" / "phi4_trivialized.yaml").read_text())
+    cmd = ["jobscript", "--system", "local", str(deck), "--dry-run"]
+    assert main(cmd + ["--set", "sampler.flow.model=nosuch"]) == MissingModelError.exit_code
+    err = capsys.readouterr().err
+    assert "no model 'nosuch' in the registry" in err and "phi4_l12" in err
+    assert main(cmd + ["--set", "sampler.flow.model=phi4_l12@abc"]) == 7  # pinned: not trainable
+    capsys.readouterr()
+    assert main(cmd) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("#!/bin/bash")
+    assert "warning: sampler.flow.model: no model 'phi4_l12'" in captured.err
+    assert f"trivhmc train {deck}" in captured.err
+    assert main(cmd[:-1] + ["--set", "sampler.flow.model=nosuch"]) == 7  # nothing written
+    assert not (tmp_path / "phi4_trivialized.local.sh").exists()

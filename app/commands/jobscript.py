@@ -3,7 +3,8 @@ mpiexec (local). The script runs `trivhmc run DECK` (which resumes from the last
 and resubmits itself until the deck's trajectory count is reached (docs/jobscripts.md).
 
 Without --dry-run the script is written next to the deck (DECK_STEM.SYSTEM.pbs|slurm|sh) or
-to --output; with --dry-run it is printed.
+to --output, whose directory must exist; an existing file there is replaced only with
+--overwrite (or when it already holds this very script). With --dry-run it is printed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..deck import load_deck
-from ..errors import InputError
+from ..errors import InputError, is_storage_error
 from ..jobscript import SYSTEMS, default_output, render
 from ._common import add_deck_arguments
 
@@ -52,12 +53,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "current virtual environment)",
     )
     parser.add_argument("--max-jobs", type=int, default=50, help="most chained jobs (default 50)")
-    parser.add_argument("--output", "-o", type=Path, help="where to write the script")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="where to write the script (default DECK_STEM.SYSTEM.pbs|slurm|sh next to the "
+        "deck); its directory must exist",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing file at the output path (without it, only a file that "
+        "already holds this very script is accepted)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the script only")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``trivhmc jobscript``; returns the exit status."""
+    """Run ``trivhmc jobscript``; returns the exit status.
+
+    Checks, before anything is written: the deck (exit 2), the output path (its directory
+    must exist, exit 2), the layout (exit 4), the device (exit 2) and the flow model (exit
+    7; one the deck's own train section stores is a warning). An existing file at the
+    output path is replaced only when it holds the same script already or with
+    ``--overwrite``; the deck itself never."""
+    from ..io.paths import OutputPathError, check_output_dir
+    from ..preflight import flow_model_warning
+
     deck_path = Path(args.deck).resolve()
     deck = load_deck(deck_path, args.overrides)
     system = SYSTEMS[args.system]
@@ -66,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
         walltime = "01:00:00"
     out = (args.output or default_output(deck_path, system)).resolve()
     if out == deck_path:
-        raise InputError("--output would overwrite the deck")
+        raise InputError(f"--output {out} would overwrite the deck; choose another file")
+    check_output_dir(out)
     r = render(
         deck,
         args.system,
@@ -84,19 +107,42 @@ def main(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         force=args.force,
     )
-    for w in r.warnings:
+    model_warning = flow_model_warning(deck, str(args.deck))
+    unchanged = False
+    if not args.dry_run and out.exists():
+        unchanged = out.is_file() and _same_text(out, r.text)
+        if not unchanged and not args.overwrite:
+            raise OutputPathError(
+                f"{out} exists and differs from this script; it is not replaced: remove it, "
+                "choose another --output, or add --overwrite"
+            )
+    for w in r.warnings + ([model_warning] if model_warning else []):
         print(f"trivhmc jobscript: warning: {w}", file=sys.stderr)
     if args.dry_run:
         print(r.text, end="")
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(r.text)
-    out.chmod(0o755)
+    try:
+        if not unchanged:
+            out.write_text(r.text)
+        out.chmod(0o755)
+    except OSError as exc:
+        if is_storage_error(exc):
+            raise
+        raise OutputPathError(f"cannot write {out}: {exc.strerror or exc}") from None
     lay = r.layout
     submit = {"pbs": "qsub", "slurm": "sbatch", "none": "bash"}[system.scheduler]
     print(
-        f"wrote {out}: {lay.nodes} node(s) x {lay.ranks_per_node} ranks = {lay.total_ranks} "
-        f"ranks, process grid {list(lay.grid)} x {deck.parallel.replicas} replica(s)"
+        f"{'unchanged' if unchanged else 'wrote'} {out}: {lay.nodes} node(s) x "
+        f"{lay.ranks_per_node} ranks = {lay.total_ranks} ranks, process grid "
+        f"{list(lay.grid)} x {deck.parallel.replicas} replica(s)"
     )
     print(f"submit with: {submit} {out}")
     return 0
+
+
+def _same_text(path: Path, text: str) -> bool:
+    """Whether ``path`` holds exactly ``text`` (as :meth:`Path.write_text` writes it)."""
+    try:
+        return path.read_bytes() == text.encode()
+    except OSError:
+        return False
