@@ -25,6 +25,7 @@ the start (no earlier run overwritten, no gap left in records or ensembles).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -46,7 +47,7 @@ from app.checkpoint import (
     write_checkpoint,
 )
 from app.deck import Deck
-from app.errors import InputError, StorageError, is_storage_error
+from app.errors import InputError, StorageError, TrivhmcError, is_storage_error
 from app.io.collective import on_root
 from app.measure import open_on_the_fly
 from app.progress import write_progress
@@ -198,11 +199,42 @@ def _measure(
     return physical, {k: plain(v) for k, v in obs.items()}
 
 
+def _group_errors(grid: ProcessGrid):
+    """Catch a :class:`TrivhmcError` that one replica group raised (its ensemble writers are
+    collective over the group only) so that :func:`_raise_group_error` can raise it on every
+    rank; with one replica group the error is already on every rank and passes through."""
+    box: dict[str, TrivhmcError | None] = {"error": None}
+
+    @contextlib.contextmanager
+    def catch():
+        try:
+            yield box
+        except TrivhmcError as exc:
+            if grid.replicas == 1:
+                raise
+            box["error"] = exc
+
+    return box, catch
+
+
+def _raise_group_error(grid: ProcessGrid, error: TrivhmcError | None) -> None:
+    """Collective over the world: raise on every rank the error of the lowest failing rank
+    (nothing if none failed). Called only with several replica groups."""
+    size = grid.comm.Get_size()
+    first = grid.comm.allreduce(grid.comm.Get_rank() if error is not None else size, op=MPI.MIN)
+    if first < size:
+        raise grid.comm.bcast(error, root=first)
+
+
 def _checkpoint(ctx: _Context, state: torch.Tensor, traj: int, writers: Writers) -> None:
     """Ensembles flushed first, then the verified checkpoint, then ``progress.json``."""
-    for w, _ in writers:
-        w.set_rng_counters({"next_trajectory": traj})
-        w.flush()
+    box, catch = _group_errors(ctx.grid)
+    with catch():
+        for w, _ in writers:
+            w.set_rng_counters({"next_trajectory": traj})
+            w.flush()
+    if ctx.grid.replicas > 1:  # a group's failed flush stops every rank before the gather
+        _raise_group_error(ctx.grid, box["error"])
     ck = Checkpoint(traj, ctx.physics, ctx.run_info, ctx.sampler.state_dict())
     write_checkpoint(ctx.out / "checkpoints", ck, state, ctx.grid, ctx.theory.first)
     on_root(lambda: _write_progress(ctx, traj), ctx.grid.comm, broadcast=False)
@@ -391,7 +423,9 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             state, rec = sampler.trajectory(state, traj, ctx.offset, tune=tune)
             n_acc += float(rec.accepted.double().sum())
             n_done += ctx.chains
-            _write_outputs(ctx, outputs, state, rec, traj)
+            box, catch = _group_errors(grid)
+            with catch():  # a replica group's writer error: raised on every rank below
+                _write_outputs(ctx, outputs, state, rec, traj)
             traj += 1
             if bar is not None:
                 bar.update(1)
@@ -400,10 +434,16 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
                 deck.run.max_runtime is not None
                 and time.perf_counter() - t_start > deck.run.max_runtime
             ) or stop_request.signal is not None
-            # one allreduce per trajectory: bit 1 stop (time, signal), bit 2 an append failed
+            # one allreduce per trajectory: bit 1 stop (time, signal), bit 2 an append failed,
+            # bit 4 a replica group's error
             flags = grid.comm.allreduce(
-                int(out_of_time) | (2 if outputs.failed is not None else 0), op=MPI.BOR
+                int(out_of_time)
+                | (2 if outputs.failed is not None else 0)
+                | (4 if box["error"] is not None else 0),
+                op=MPI.BOR,
             )
+            if flags & 4:
+                _raise_group_error(grid, box["error"])
             if flags & 2:
                 _raise_append_failure(ctx, outputs, traj - 1)
             out_of_time = bool(flags & 1)

@@ -153,3 +153,47 @@ def test_full_disk_while_appending_records_on_two_ranks(tmp_path):
         name = f"ensemble_c{c}.h5"
         with h5py.File(out / name) as a, h5py.File(tmp_path / "ref" / name) as b:
             np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
+
+
+REPLICA_DECK = """\
+theory:   {name: u1, beta: 2.0}
+lattice:  {shape: [8, 8]}
+sampler:  {name: hmc, integrator: omelyan, steps: 4, trajectory_length: 1.0}
+run:      {seed: 3, thermalization: 2, trajectories: 10, save_every: 2, checkpoint_every: 2,
+           chains: 1}
+output:   {directory: out, formats: [hdf5]}
+parallel: {replicas: 2}
+"""
+
+
+def test_full_disk_in_one_replica_group_stops_every_rank(tmp_path):
+    """Two replica groups (one rank each): only the second group's ensemble fails. Its error
+    (collective over that group only) reaches the other group through the per-trajectory
+    allreduce: one message from rank 0, exit 8 everywhere, no hang; resume completes the run
+    as an uninterrupted one."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        FULL_DISK.replace('name.startswith("ensemble_c")', 'name.startswith("ensemble_c1")')
+    )
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(REPLICA_DECK)
+    exe = str(Path(sys.executable).parent / "trivhmc")
+
+    def run(out: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+        cmd = [mpiexec(), "-n", "2", exe, "run", str(deck), "--no-progress"]
+        cmd += ["--set", f"output.directory={out}"]
+        env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+    path = str(inject) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    proc = run("out", {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_FSYNCS": "6"})
+    assert proc.returncode == 8, proc.stderr
+    assert proc.stderr.count("No space left on device") == 1, proc.stderr
+    assert "ensemble_c1.h5" in proc.stderr and "BAD TERMINATION" not in proc.stderr
+    assert run("out", {}).returncode == 0
+    assert run("ref", {}).returncode == 0
+    for c in (0, 1):
+        name = f"ensemble_c{c}.h5"
+        with h5py.File(tmp_path / "out" / name) as a, h5py.File(tmp_path / "ref" / name) as b:
+            np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
