@@ -25,7 +25,6 @@ the start (no earlier run overwritten, no gap left in records or ensembles).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -199,22 +198,24 @@ def _measure(
     return physical, {k: plain(v) for k, v in obs.items()}
 
 
-def _group_errors(grid: ProcessGrid):
-    """Catch a :class:`TrivhmcError` that one replica group raised (its ensemble writers are
-    collective over the group only) so that :func:`_raise_group_error` can raise it on every
-    rank; with one replica group the error is already on every rank and passes through."""
-    box: dict[str, TrivhmcError | None] = {"error": None}
+class _GroupError:
+    """Catches a :class:`TrivhmcError` that one replica group raised (its ensemble writers
+    are collective over the group only) into :attr:`error`, for :func:`_raise_group_error`
+    to raise on every rank; with one replica group the error is already on every rank and
+    passes through."""
 
-    @contextlib.contextmanager
-    def catch():
-        try:
-            yield box
-        except TrivhmcError as exc:
-            if grid.replicas == 1:
-                raise
-            box["error"] = exc
+    def __init__(self, grid: ProcessGrid) -> None:
+        self.grid = grid
+        self.error: TrivhmcError | None = None
 
-    return box, catch
+    def __enter__(self) -> _GroupError:
+        return self
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, TrivhmcError) and self.grid.replicas > 1:
+            self.error = exc
+            return True
+        return False
 
 
 def _raise_group_error(grid: ProcessGrid, error: TrivhmcError | None) -> None:
@@ -228,13 +229,12 @@ def _raise_group_error(grid: ProcessGrid, error: TrivhmcError | None) -> None:
 
 def _checkpoint(ctx: _Context, state: torch.Tensor, traj: int, writers: Writers) -> None:
     """Ensembles flushed first, then the verified checkpoint, then ``progress.json``."""
-    box, catch = _group_errors(ctx.grid)
-    with catch():
+    with _GroupError(ctx.grid) as caught:
         for w, _ in writers:
             w.set_rng_counters({"next_trajectory": traj})
             w.flush()
     if ctx.grid.replicas > 1:  # a group's failed flush stops every rank before the gather
-        _raise_group_error(ctx.grid, box["error"])
+        _raise_group_error(ctx.grid, caught.error)
     ck = Checkpoint(traj, ctx.physics, ctx.run_info, ctx.sampler.state_dict())
     write_checkpoint(ctx.out / "checkpoints", ck, state, ctx.grid, ctx.theory.first)
     on_root(lambda: _write_progress(ctx, traj), ctx.grid.comm, broadcast=False)
@@ -423,8 +423,7 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             state, rec = sampler.trajectory(state, traj, ctx.offset, tune=tune)
             n_acc += float(rec.accepted.double().sum())
             n_done += ctx.chains
-            box, catch = _group_errors(grid)
-            with catch():  # a replica group's writer error: raised on every rank below
+            with _GroupError(grid) as caught:  # raised on every rank below
                 _write_outputs(ctx, outputs, state, rec, traj)
             traj += 1
             if bar is not None:
@@ -439,11 +438,11 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
             flags = grid.comm.allreduce(
                 int(out_of_time)
                 | (2 if outputs.failed is not None else 0)
-                | (4 if box["error"] is not None else 0),
+                | (4 if caught.error is not None else 0),
                 op=MPI.BOR,
             )
             if flags & 4:
-                _raise_group_error(grid, box["error"])
+                _raise_group_error(grid, caught.error)
             if flags & 2:
                 _raise_append_failure(ctx, outputs, traj - 1)
             out_of_time = bool(flags & 1)

@@ -50,14 +50,22 @@ os.fsync = fsync
 """
 
 
-def launch(tmp: Path, out: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def launch(
+    tmp: Path, out: str, env_extra: dict[str, str], deck_text: str = DECK
+) -> subprocess.CompletedProcess:
     deck = tmp / "deck.yaml"
-    deck.write_text(DECK)
+    deck.write_text(deck_text)
     exe = str(Path(sys.executable).parent / "trivhmc")
     cmd = [mpiexec(), "-n", "2", exe, "run", str(deck), "--no-progress"]
     cmd += ["--set", f"output.directory={out}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+
+
+def records(d: Path) -> list[dict]:
+    """The records of run directory ``d`` without their wall times."""
+    lines = (d / "records.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in lines]
 
 
 def test_full_disk_on_two_ranks_ends_cleanly_and_resume_completes(tmp_path):
@@ -88,10 +96,6 @@ def test_full_disk_on_two_ranks_ends_cleanly_and_resume_completes(tmp_path):
         with h5py.File(out / name) as a, h5py.File(tmp_path / "ref" / name) as b:
             np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
             np.testing.assert_array_equal(a["observables/dH"][...], b["observables/dH"][...])
-
-    def records(d: Path) -> list[dict]:
-        lines = (d / "records.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in lines]
 
     assert records(out) == records(tmp_path / "ref")
 
@@ -144,10 +148,6 @@ def test_full_disk_while_appending_records_on_two_ranks(tmp_path):
     ref = launch(tmp_path, "ref", {})
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    def records(d: Path) -> list[dict]:
-        lines = (d / "records.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if "time" not in k} for x in lines]
-
     assert records(out) == records(tmp_path / "ref")
     for c in (0, 1):
         name = f"ensemble_c{c}.h5"
@@ -155,15 +155,8 @@ def test_full_disk_while_appending_records_on_two_ranks(tmp_path):
             np.testing.assert_array_equal(a["configs"][...], b["configs"][...])
 
 
-REPLICA_DECK = """\
-theory:   {name: u1, beta: 2.0}
-lattice:  {shape: [8, 8]}
-sampler:  {name: hmc, integrator: omelyan, steps: 4, trajectory_length: 1.0}
-run:      {seed: 3, thermalization: 2, trajectories: 10, save_every: 2, checkpoint_every: 2,
-           chains: 1}
-output:   {directory: out, formats: [hdf5]}
-parallel: {replicas: 2}
-"""
+#: two replica groups of one chain each (one rank each on 2 ranks)
+REPLICA_DECK = DECK.replace("chains: 2}", "chains: 1}") + "parallel: {replicas: 2}\n"
 
 
 def test_full_disk_in_one_replica_group_stops_every_rank(tmp_path):
@@ -176,23 +169,14 @@ def test_full_disk_in_one_replica_group_stops_every_rank(tmp_path):
     (inject / "sitecustomize.py").write_text(
         FULL_DISK.replace('name.startswith("ensemble_c")', 'name.startswith("ensemble_c1")')
     )
-    deck = tmp_path / "deck.yaml"
-    deck.write_text(REPLICA_DECK)
-    exe = str(Path(sys.executable).parent / "trivhmc")
-
-    def run(out: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-        cmd = [mpiexec(), "-n", "2", exe, "run", str(deck), "--no-progress"]
-        cmd += ["--set", f"output.directory={out}"]
-        env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-
     path = str(inject) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    proc = run("out", {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_FSYNCS": "6"})
+    env = {"PYTHONPATH": path, "FAKE_ENOSPC_AFTER_FSYNCS": "6"}
+    proc = launch(tmp_path, "out", env, REPLICA_DECK)
     assert proc.returncode == 8, proc.stderr
     assert proc.stderr.count("No space left on device") == 1, proc.stderr
     assert "ensemble_c1.h5" in proc.stderr and "BAD TERMINATION" not in proc.stderr
-    assert run("out", {}).returncode == 0
-    assert run("ref", {}).returncode == 0
+    assert launch(tmp_path, "out", {}, REPLICA_DECK).returncode == 0
+    assert launch(tmp_path, "ref", {}, REPLICA_DECK).returncode == 0
     for c in (0, 1):
         name = f"ensemble_c{c}.h5"
         with h5py.File(tmp_path / "out" / name) as a, h5py.File(tmp_path / "ref" / name) as b:
