@@ -157,18 +157,7 @@ def test_cli_tau_exp_tail(tmp_path, capsys):
     tail analysis of the same series (primary and projected)."""
     rng = np.random.default_rng(9)
     q = np.cumsum(rng.normal(size=400)) * 0.05 + rng.normal(size=400)  # a slow drift + noise
-    recs = [
-        {
-            "trajectory": t,
-            "thermalization": False,
-            "dH": [0.0],
-            "accepted": [True],
-            "exp_minus_dH": [1.0],
-            "observables": {"Q_int": [float(q[t])]},
-        }
-        for t in range(400)
-    ]
-    (tmp_path / "records.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    _records(tmp_path, 400, {"Q_int": lambda t: q[t]})
     assert main(["analyze", str(tmp_path), "--json", "--volume", "64", "--tau-exp", "30"]) == 0
     j = json.loads(capsys.readouterr().out)
     assert j["tau_exp"] == 30.0
