@@ -14,7 +14,7 @@ code  exception                   meaning
 4     :class:`LayoutError`        the lattice / replicas do not fit the rank count
 5     :class:`DeviceError`        the deck's device is not usable with this torch
 6     :class:`MissingDependency`  an optional package (an extra) is not installed
-7     :class:`MissingModelError`  the deck's flow model is not in the registry
+7     :class:`MissingModelError`  the deck's sampler model is not in the registry
 8     :class:`StorageError`       disk full, quota exceeded (``ENOSPC``/``EDQUOT``)
 130                               interrupted (Ctrl-C, SIGINT)
 143                               ``run`` stopped by SIGTERM, after a checkpoint
@@ -76,7 +76,7 @@ class MissingDependency(TrivhmcError):
 
 
 class MissingModelError(InputError):
-    """The deck's flow model is not in the model registry (exit 7)."""
+    """The deck's sampler model (a flow, an L2HMC model) is not in the model registry (exit 7)."""
 
     exit_code = 7
 

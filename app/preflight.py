@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 from app.deck import Deck
 from app.errors import DeviceError, LayoutError, MissingModelError
@@ -173,81 +175,122 @@ def check_device(device: str) -> None:
             )
 
 
-# ---------------------------------------------------------------------- flow model
+# ---------------------------------------------------------------------- models
 FLOW_SAMPLERS = ("trivialized_hmc", "flow_metropolis")
 
 
-def check_flow_model(deck: Deck, deck_path: str) -> None:
-    """:class:`MissingModelError` if the deck's flow sampler names a model the registry does
-    not hold (saying how to train one); other registry problems surface when it loads."""
-    flow = getattr(deck.sampler, "flow", None)
-    if deck.sampler.name not in FLOW_SAMPLERS or flow is None:
-        return
+class _ModelRef(NamedTuple):
+    """The registry model a deck's sampler loads: the deck key that names it, the reference
+    (``name``, ``name@hash`` or, for a flow, a model file), the registry directory, the
+    ``train.objective`` that makes such a model and what chooses the registry."""
+
+    key: str
+    ref: str
+    root: Path
+    objective: str
+    registry_keys: str
+
+
+def _model_ref(deck: Deck) -> _ModelRef | None:
+    """The model the deck's sampler loads, found as the run finds it (a flow:
+    :func:`app.flow_samplers.load_flow`; an L2HMC model: :func:`app.l2hmc.build_l2hmc_sampler`,
+    whose registry is ``train.registry``), or None for a sampler without a model."""
     from app.flow_samplers import registry_root
+
+    s = deck.sampler
+    if s.name in FLOW_SAMPLERS and s.flow is not None:
+        root = registry_root(deck, s.flow.registry)
+        keys = "sampler.flow.registry / $TRIVHMC_MODELS"
+        return _ModelRef("sampler.flow.model", s.flow.model, root, "flow", keys)
+    if s.name == "l2hmc" and s.model is not None:
+        root = registry_root(deck, deck.train.registry if deck.train is not None else None)
+        keys = "train.registry / $TRIVHMC_MODELS" if deck.train is not None else "$TRIVHMC_MODELS"
+        return _ModelRef("sampler.model", s.model, root, "l2hmc", keys)
+    return None
+
+
+def _is_file_ref(m: _ModelRef) -> bool:
+    """A flow given as a model file rather than a registry name."""
+    return m.objective == "flow" and ("/" in m.ref or m.ref.endswith(".pt"))
+
+
+def check_model(deck: Deck, deck_path: str) -> None:
+    """:class:`MissingModelError` if the deck's sampler (a flow sampler's ``sampler.flow``,
+    L2HMC's ``sampler.model``) names a model the registry does not hold (saying how to train
+    one); other registry problems surface when it loads."""
+    m = _model_ref(deck)
+    if m is None:
+        return
     from app.registry import versions as model_versions
 
     train = f"`trivhmc train {deck_path}`" if deck.train is not None else "`trivhmc train`"
-    if "/" in flow.model or flow.model.endswith(".pt"):  # a model file, not a registry name
-        path = deck.resolve(flow.model)
+    if _is_file_ref(m):  # a model file, not a registry name
+        path = deck.resolve(m.ref)
         if not path.exists():
             raise MissingModelError(
-                f"sampler.flow.model: the model file {path} does not exist; train a model "
-                f"first with {train}"
+                f"{m.key}: the model file {path} does not exist; train a model first with {train}"
             )
         return
-    root = registry_root(deck, flow.registry)
-    name, _, prefix = str(flow.model).partition("@")
-    versions = model_versions(root, name)
+    name, _, prefix = str(m.ref).partition("@")
+    if m.objective == "l2hmc":
+        from app.registry import _check_name
+
+        _check_name(name)  # what loading it would say (RegistryError, exit 2)
+    versions = model_versions(m.root, name)
     if not versions:
+        t = deck.train
         how = f"with {train} (a deck with a train section)"
-        if deck.train is not None and deck.train.model_name != name:
+        if m.objective != "flow":
+            how = f"with {train} (a deck with train.objective: {m.objective})"
+        if t is not None and (t.model_name != name or t.objective != m.objective):
+            wanted = f"train.model_name is {name!r}"
+            stores = repr(t.model_name)
+            if t.objective != m.objective:
+                wanted += f" and train.objective is {m.objective}"
+                stores = f"the {t.objective} model {t.model_name!r}"
             how = (
-                f"with `trivhmc train` on a deck whose train.model_name is {name!r} (this "
-                f"deck's train section stores {deck.train.model_name!r})"
+                f"with `trivhmc train` on a deck whose {wanted} (this deck's train section "
+                f"stores {stores})"
             )
         raise MissingModelError(
-            f"sampler.flow.model: no model {name!r} in the registry {root}; train it first "
-            f"{how}, or point sampler.flow.registry / $TRIVHMC_MODELS at the registry that "
-            "holds it"
+            f"{m.key}: no model {name!r} in the registry {m.root}; train it first {how}, or "
+            f"point {m.registry_keys} at the registry that holds it"
         )
     if prefix and not any(h.startswith(prefix.lower()) for h, _ in versions):
         have = ", ".join(f"{name}@{h[:16]}" for h, _ in versions)
         raise MissingModelError(
-            f"sampler.flow.model: the registry {root} holds no version {prefix!r} of "
-            f"{name!r} (it has {have}); use one of those or train it with {train}"
+            f"{m.key}: the registry {m.root} holds no version {prefix!r} of {name!r} (it has "
+            f"{have}); use one of those or train it with {train}"
         )
 
 
-def flow_model_warning(deck: Deck, deck_path: str) -> str | None:
-    """:func:`check_flow_model` for a command that does not run the deck yet (``validate``,
+def model_warning(deck: Deck, deck_path: str) -> str | None:
+    """:func:`check_model` for a command that does not run the deck yet (``validate``,
     ``jobscript``): a missing model that the deck's own ``train`` section stores (the same
-    name, no version pinned, the same registry) is a warning to train it first, returned;
-    any other missing model is the :class:`MissingModelError` (exit 7)."""
+    name, no version pinned, the same registry, the objective that makes this kind of model)
+    is a warning to train it first, returned; any other missing model is the
+    :class:`MissingModelError` (exit 7)."""
     try:
-        check_flow_model(deck, deck_path)
+        check_model(deck, deck_path)
     except MissingModelError:
-        if not _trained_by_deck(deck):
+        m = _model_ref(deck)
+        if m is None or not _trained_by_deck(deck, m):
             raise
-        from app.flow_samplers import registry_root
-
-        root = registry_root(deck, deck.sampler.flow.registry)
         return (
-            f"sampler.flow.model: no model {deck.sampler.flow.model!r} in the registry {root} "
-            f"yet; train it with `trivhmc train {deck_path}` before `trivhmc run`"
+            f"{m.key}: no model {m.ref!r} in the registry {m.root} yet; train it with "
+            f"`trivhmc train {deck_path}` before `trivhmc run`"
         )
     return None
 
 
-def _trained_by_deck(deck: Deck) -> bool:
-    """Whether ``trivhmc train DECK`` stores the model the deck's flow sampler loads."""
+def _trained_by_deck(deck: Deck, m: _ModelRef) -> bool:
+    """Whether ``trivhmc train DECK`` stores the model ``m`` that the deck's sampler loads."""
     from app.flow_samplers import registry_root
 
-    flow, train = deck.sampler.flow, deck.train
-    if train is None or "/" in flow.model or flow.model.endswith(".pt") or "@" in flow.model:
+    train = deck.train
+    if train is None or train.objective != m.objective or _is_file_ref(m) or "@" in m.ref:
         return False
-    return flow.model == train.model_name and registry_root(deck, flow.registry) == registry_root(
-        deck, train.registry
-    )
+    return m.ref == train.model_name and m.root == registry_root(deck, train.registry)
 
 
 # ---------------------------------------------------------------------- warnings
@@ -274,7 +317,7 @@ def preflight(deck: Deck, deck_path: str, ranks: int | None = None) -> tuple[int
         ranks = MPI.COMM_WORLD.Get_size()
     grid = check_layout(deck, ranks)
     check_device(deck.parallel.device)
-    check_flow_model(deck, deck_path)
+    check_model(deck, deck_path)
     for w in deck_warnings(deck):
         warnings.warn(w, stacklevel=2)
     return grid

@@ -91,6 +91,79 @@ def test_validate_missing_flow_model_is_exit_7(tmp_path, monkeypatch, capsys):
     assert "phi4_l12" in captured.err and "trivhmc train" in captured.err
 
 
+L2HMC_DECK = """\
+theory:  {name: u1, beta: 1.5}
+lattice: {shape: [4, 4]}
+sampler: {name: l2hmc, model: tiny, leapfrog_layers: 2}
+run:     {seed: 5, thermalization: 2, trajectories: 4, chains: 2}
+output:  {directory: out, progress: false}
+train:   {objective: l2hmc, options: {n_layers: 2, hidden: [2], step_size: 0.25},
+          steps: 1, batch: 2, model_name: tiny}
+"""
+
+
+def test_validate_and_run_check_the_l2hmc_model(tmp_path, monkeypatch, capsys):
+    """An l2hmc deck's sampler.model was not checked: validate said "valid" and the job's run
+    failed in the queue (exit 2). It is checked like a flow model: exit 7 naming the model and
+    the registry (train.registry, else $TRIVHMC_MODELS, else models/ next to the deck), a
+    warning in validate when the deck's own l2hmc train section stores it."""
+    monkeypatch.delenv("TRIVHMC_MODELS", raising=False)
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(L2HMC_DECK)
+    registry = tmp_path / "models"
+    missing = f"sampler.model: no model 'nosuch' in the registry {registry}"
+    for extra in ([], ["--print"], ["--json"]):
+        assert main(["validate", str(deck), "--set", "sampler.model=nosuch", *extra]) == 7
+        captured = capsys.readouterr()
+        assert captured.out == "" and missing in captured.err
+        assert "train.model_name is 'nosuch'" in captured.err
+    # `trivhmc run` stops with the same message before it writes anything
+    assert main(["run", str(deck), "--set", "sampler.model=nosuch"]) == 7
+    assert missing in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deck.yaml"]
+    # pinned to a version: the train section cannot make that one
+    assert main(["validate", str(deck), "--set", "sampler.model=tiny@abc"]) == 7
+    assert "sampler.model" in capsys.readouterr().err
+    # a flow train section makes a flow, not this L2HMC model
+    flow_train = "train={architecture: u1_stout, model_name: tiny}"
+    assert main(["validate", str(deck), "--set", flow_train]) == 7
+    assert "train.objective is l2hmc" in capsys.readouterr().err
+    # without a train section the registry is $TRIVHMC_MODELS, else models/ next to the deck
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(L2HMC_DECK.split("train:")[0])
+    assert main(["validate", str(bare)]) == 7
+    err = capsys.readouterr().err
+    assert f"sampler.model: no model 'tiny' in the registry {registry}" in err
+    assert "$TRIVHMC_MODELS" in err
+    # the deck's own train section stores it: a warning to train it first
+    assert main(["validate", str(deck)]) == 0
+    captured = capsys.readouterr()
+    assert "valid" in captured.out
+    assert f"warning: sampler.model: no model 'tiny' in the registry {registry} yet" in (
+        captured.err
+    )
+    assert f"trivhmc train {deck}" in captured.err
+    # present: no warning, also pinned, also found through $TRIVHMC_MODELS
+    assert main(["train", str(deck), "--no-progress"]) == 0
+    (version,) = [p.name for p in (registry / "tiny").iterdir() if not p.name.startswith(".")]
+    capsys.readouterr()
+    for cmd in (
+        ["validate", str(deck)],
+        ["validate", str(deck), "--set", f"sampler.model=tiny@{version[:8]}"],
+    ):
+        assert main(cmd) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and "valid" in captured.out
+    assert main(["validate", str(bare)]) == 0  # models/ next to the deck
+    monkeypatch.setenv("TRIVHMC_MODELS", str(registry))
+    monkeypatch.chdir(tmp_path.parent)
+    other = tmp_path / "elsewhere" / "bare.yaml"
+    other.parent.mkdir()
+    other.write_text(bare.read_text())
+    assert main(["validate", str(other)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_ctrl_c_during_start_up_is_one_line(deck, tmp_path):
     """Ctrl-C while `import torch` runs (seconds at start-up) printed a KeyboardInterrupt
     traceback: app.cli imported parallel (and torch) at its top, outside the handler. A

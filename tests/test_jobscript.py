@@ -562,3 +562,38 @@ def test_a_missing_flow_model_is_exit_7(tmp_path, monkeypatch, capsys):
     assert f"trivhmc train {deck}" in captured.err
     assert main(cmd[:-1] + ["--set", "sampler.flow.model=nosuch"]) == 7  # nothing written
     assert not (tmp_path / "phi4_trivialized.local.sh").exists()
+
+
+def test_a_missing_l2hmc_model_is_exit_7(tmp_path, monkeypatch, capsys):
+    """An l2hmc deck's sampler.model was not checked: the script was written and its run
+    failed after the queue wait. Missing: exit 7 naming the model and the registry; stored by
+    the deck's own l2hmc train section: a warning; present: neither."""
+    from app.cli import main
+
+    monkeypatch.delenv("TRIVHMC_MODELS", raising=False)
+    deck = tmp_path / "u1_l2hmc.yaml"
+    deck.write_text(
+        (REPO / "inputs" / "u1_l2hmc.yaml")
+        .read_text()
+        .replace("shape: [16, 16]", "shape: [4, 4]")
+        .replace("steps: 150", "steps: 1")
+        .replace("batch: 16", "batch: 2")
+    )
+    registry = tmp_path / "models"
+    cmd = ["jobscript", "--system", "local", str(deck), "--dry-run"]
+    assert main(cmd + ["--set", "sampler.model=nosuch"]) == MissingModelError.exit_code
+    err = capsys.readouterr().err
+    assert f"sampler.model: no model 'nosuch' in the registry {registry}" in err
+    assert main(cmd[:-1] + ["--set", "sampler.model=nosuch"]) == 7  # nothing written
+    assert not (tmp_path / "u1_l2hmc.local.sh").exists()
+    capsys.readouterr()
+    assert main(cmd) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("#!/bin/bash")
+    assert "warning: sampler.model: no model 'u1_l2hmc_b4'" in captured.err
+    assert f"trivhmc train {deck}" in captured.err
+    assert main(["train", str(deck), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(cmd) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("#!/bin/bash") and "sampler.model" not in captured.err

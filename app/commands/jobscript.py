@@ -73,12 +73,12 @@ def main(args: argparse.Namespace) -> int:
     """Run ``trivhmc jobscript``; returns the exit status.
 
     Checks, before anything is written: the deck (exit 2), the output path (its directory
-    must exist, exit 2), the layout (exit 4), the device (exit 2) and the flow model (exit
-    7; one the deck's own train section stores is a warning). An existing file at the
-    output path is replaced only when it holds the same script already or with
-    ``--overwrite``; the deck itself never."""
+    must exist, exit 2), the layout (exit 4), the device (exit 2) and the sampler's model,
+    flow or L2HMC (exit 7; one the deck's own train section stores is a warning). An
+    existing file at the output path is replaced only when it holds the same script already
+    or with ``--overwrite``; the deck itself never."""
     from ..io.paths import OutputPathError, check_output_dir
-    from ..preflight import flow_model_warning
+    from ..preflight import model_warning
 
     deck_path = Path(args.deck).resolve()
     deck = load_deck(deck_path, args.overrides)
@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
         max_jobs=args.max_jobs,
         force=args.force,
     )
-    model_warning = flow_model_warning(deck, str(args.deck))
+    warning = model_warning(deck, str(args.deck))
     unchanged = False
     if not args.dry_run and out.exists():
         unchanged = out.is_file() and _same_text(out, r.text)
@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
                 f"{out} exists and differs from this script; it is not replaced: remove it, "
                 "choose another --output, or add --overwrite"
             )
-    for w in r.warnings + ([model_warning] if model_warning else []):
+    for w in r.warnings + ([warning] if warning else []):
         print(f"trivhmc jobscript: warning: {w}", file=sys.stderr)
     if args.dry_run:
         print(r.text, end="")

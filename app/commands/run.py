@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     from ..preflight import preflight
 
     deck = load_deck(args.deck, args.overrides)
-    preflight(deck, args.deck)  # layout, device, flow model: one message before any output
+    preflight(deck, args.deck)  # layout, device, model: one message before any output
     from mpi4py import MPI
 
     from ..lock import acquire_run_lock

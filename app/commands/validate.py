@@ -1,8 +1,9 @@
 """Check an input deck: every problem with its key path and line; exit 2 if invalid.
 
 With ``--ranks N`` also check that the lattice can be split over N ranks (process grid and
-replicas; exit 4 if not). A flow sampler's model must be in the registry (exit 7), unless the
-deck's own train section stores it (then a warning: train it first). ``--print`` / ``--json``
+replicas; exit 4 if not). The sampler's model (a flow sampler's ``sampler.flow.model``, L2HMC's
+``sampler.model``) must be in the registry (exit 7), unless the deck's own train section stores
+it (then a warning: train it first). ``--print`` / ``--json``
 show the complete deck with every default filled in, after the same checks.
 """
 
@@ -56,21 +57,22 @@ def main(args: argparse.Namespace) -> int:
     """Run ``trivhmc validate``; returns the exit status.
 
     Every check applies whatever is printed: the deck (exit 2), ``--ranks`` (exit 4) and the
-    flow model (exit 7; a model the deck's own ``train`` section stores is a warning)."""
+    sampler's model, flow or L2HMC (exit 7; a model the deck's own ``train`` section stores is
+    a warning)."""
     if args.ranks is not None and args.ranks < 1:
         raise InputError(f"--ranks must be >= 1 (got {args.ranks})")
     deck = load_deck(args.deck, args.overrides)
     grid = None if args.ranks is None else check_ranks(deck, args.ranks)
-    from ..preflight import deck_warnings, flow_model_warning
+    from ..preflight import deck_warnings, model_warning
 
-    model_warning = flow_model_warning(deck, args.deck)
+    warning = model_warning(deck, args.deck)
     if args.print:
         print(deck.to_yaml(), end="")
         return 0
     if args.json:
         print(json.dumps(deck.to_dict(), indent=2))
         return 0
-    for w in ([model_warning] if model_warning else []) + deck_warnings(deck):
+    for w in ([warning] if warning else []) + deck_warnings(deck):
         print(f"trivhmc validate: warning: {w}", file=sys.stderr)
     print(f"{args.deck}: valid")
     print("  " + summary(deck))
