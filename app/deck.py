@@ -551,7 +551,8 @@ class TrainSection(_Section):
     anneal_start: float = Field(default=0.0, ge=0, description="Starting beta of annealing.")
     model_name: str = Field(
         pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Registry name the trained model is stored under (required).",
+        description="Registry name the trained model is stored under (required; not "
+        "`index.json`, the registry's own file).",
     )
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:+-]+$")]] = Field(
         default_factory=list,
@@ -742,6 +743,16 @@ class Deck(_Section):
         if t is None:
             return []
         problems = []
+        from .registry import INDEX_NAME, RESERVED_NAMES
+
+        if t.model_name.lower() in RESERVED_NAMES:  # as app.registry compares them
+            problems.append(
+                Problem(
+                    ("train", "model_name"),
+                    f"invalid model name {t.model_name!r}: reserved for the registry's own "
+                    f"{INDEX_NAME}; choose another name",
+                )
+            )
         if t.objective == "l2hmc":
             if self.theory.name not in ("u1", "phi4", "su3", "schwinger"):
                 msg = f"l2hmc training is for u1, schwinger, phi4 and su3, not {self.theory.name}"

@@ -188,6 +188,36 @@ def test_cross_section_checks():
     assert p.path == ("output", "formats", 1) and "SU(3)" in p.message and p.where == "line 12"
 
 
+@pytest.mark.parametrize(
+    "train",
+    [
+        "train: {architecture: phi4_minimal, model_name: NAME}",
+        "train: {objective: l2hmc, model_name: NAME}",
+    ],
+)
+@pytest.mark.parametrize("name", ["index.json", "INDEX.json"])
+def test_reserved_model_name_is_refused_at_load(tmp_path, capsys, train, name):
+    """train.model_name: index.json matched the key's pattern and failed only when `trivhmc
+    train` saved the model (the registry's own index file, app/registry.py RESERVED_NAMES,
+    compared in lower case): the deck refuses it, naming the key and its line (exit 2)."""
+    from app.cli import main
+
+    p = one(GOOD + train.replace("NAME", name) + "\n")
+    assert p.path == ("train", "model_name") and p.where == "line 12"
+    assert p.message == (
+        f"invalid model name {name!r}: reserved for the registry's own index.json; choose "
+        "another name"
+    )
+    p = one(GOOD + train.replace("NAME", "ok") + "\n", [f"train.model_name={name}"])
+    assert p.path == ("train", "model_name") and p.where == f"--set train.model_name={name}"
+    deck = tmp_path / "deck.yaml"
+    deck.write_text(GOOD + train.replace("NAME", name) + "\n")
+    assert main(["validate", str(deck)]) == DeckError.exit_code == 2
+    err = capsys.readouterr().err
+    assert f"{deck}, line 12: train.model_name: invalid model name {name!r}: reserved" in err
+    assert loads_deck(GOOD + train.replace("NAME", "index.json.v2") + "\n")
+
+
 def test_tuning_needs_thermalization():
     text = GOOD.replace("  seed: 7", "  seed: 7\n  thermalization: 0")
     text += "sampler: {target_acceptance: 0.8}\n"
