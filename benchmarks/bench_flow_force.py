@@ -35,10 +35,10 @@ import re
 import statistics
 import time
 
-import yaml
 from flow_bench_setup import load_trivialized, say
 from mpi4py import MPI
 
+from app.deck import load_yaml
 from parallel.memory import keep_freed_memory
 from parallel.rng import SiteRNG
 
@@ -58,14 +58,15 @@ def seconds_per_call(fn, repeat: int) -> tuple[float, float]:
 
 
 def _pairs(text: str, what: str) -> dict:
-    """``"a=1,b=[2,3]"`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML; commas inside
-    brackets belong to the value)."""
+    """``"a=1,b=[2,3]"`` -> ``{"a": 1, "b": [2, 3]}`` (values parsed as YAML 1.2, as deck
+    values are: ``6e0`` and ``1e-10`` are floats; commas inside brackets belong to the
+    value)."""
     out = {}
     for item in (t for t in re.split(r",(?![^\[]*\])", text) if t.strip()):
         if "=" not in item:
             raise SystemExit(f"{what}: expected key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value)
     return out
 
 

@@ -38,6 +38,26 @@ def test_flow_force_arch_table(args, capsys):
     assert "untrained" in out and "clock: cpu" in out
 
 
+def test_flow_force_options_are_read_as_yaml_12():
+    """``--couplings beta=6e0`` and ``--options tol=1e-10`` were strings (PyYAML's YAML 1.1
+    reads an exponent without a point or sign so): values are read as deck values are."""
+    pairs = _load("bench_flow_force")._pairs
+    couplings = pairs("beta=6e0,lambda=5E-1", "--couplings")
+    assert couplings == {"beta": 6.0, "lambda": 0.5}
+    assert all(type(v) is float for v in couplings.values())
+    options = pairs("tol=1e-10,n_layers=2,hidden=[2,3],activation=tanh,x=5e+3", "--options")
+    assert options == {
+        "tol": 1e-10,
+        "n_layers": 2,
+        "hidden": [2, 3],
+        "activation": "tanh",
+        "x": 5000.0,
+    }
+    assert type(options["tol"]) is float and type(options["n_layers"]) is int
+    with pytest.raises(SystemExit, match="expected key=value"):
+        pairs("beta", "--couplings")
+
+
 def test_flow_force_breakdown_table(capsys):
     """``--breakdown N``: N items with their share, what no op holds, and the whole call."""
     _load("bench_flow_force").main(
