@@ -123,6 +123,17 @@ def is_storage_error(exc: BaseException) -> bool:
     )
 
 
+def storage_error_from(exc: BaseException, what: str, advice: str = "") -> StorageError | None:
+    """The :class:`StorageError` ``"{what}: {reason}{advice}"`` (``reason``: the text of its
+    ``errno``, e.g. "No space left on device") to raise in place of ``exc`` when ``exc`` is a
+    plain ``OSError`` of a full or over-quota file system (:func:`is_storage_error`); None
+    for anything else (the caller re-raises it), also for a :class:`StorageError`, which
+    carries its own message already."""
+    if isinstance(exc, StorageError) or not is_storage_error(exc):
+        return None
+    return StorageError(f"{what}: {os.strerror(exc.errno)}{advice}")
+
+
 def classify(exc: BaseException) -> tuple[int, str, bool]:
     """``(exit status, message, collective)`` for an exception that reached the CLI.
 

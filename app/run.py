@@ -26,7 +26,6 @@ the start (no earlier run overwritten, no gap left in records or ensembles).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -46,7 +45,13 @@ from app.checkpoint import (
     write_checkpoint,
 )
 from app.deck import Deck
-from app.errors import InputError, StorageError, TrivhmcError, is_storage_error
+from app.errors import (
+    InputError,
+    StorageError,
+    TrivhmcError,
+    is_storage_error,
+    storage_error_from,
+)
 from app.io.collective import on_root
 from app.measure import open_on_the_fly
 from app.progress import write_progress
@@ -245,12 +250,14 @@ def _write_progress(ctx: _Context, traj: int) -> None:
     try:
         write_progress(ctx.out, traj, ctx.deck.run.total_trajectories)
     except OSError as exc:
-        if isinstance(exc, StorageError) or not is_storage_error(exc):
+        error = storage_error_from(
+            exc,
+            f"cannot write {ctx.out / 'progress.json'}",
+            f"; the checkpoint at trajectory {traj} is complete. Free space and run again.",
+        )
+        if error is None:
             raise
-        raise StorageError(
-            f"cannot write {ctx.out / 'progress.json'}: {os.strerror(exc.errno)}; the "
-            f"checkpoint at trajectory {traj} is complete. Free space and run again."
-        ) from None
+        raise error from None
 
 
 def _save(
@@ -297,10 +304,11 @@ class _Outputs:
         try:
             write()
         except OSError as exc:
-            if isinstance(exc, StorageError) or not is_storage_error(exc):
+            error = storage_error_from(exc, f"cannot append to {what}")
+            if error is None:
                 raise
             if self.failed is None:
-                self.failed = f"cannot append to {what}: {os.strerror(exc.errno)}"
+                self.failed = str(error)
 
 
 def _raise_append_failure(ctx: _Context, outputs: _Outputs, traj: int) -> None:

@@ -222,6 +222,74 @@ def test_disk_full(deck, capsys, monkeypatch):
     assert isinstance(QuotaError("x"), OSError)
 
 
+def test_storage_error_from_makes_plain_storage_oserrors_storage_errors():
+    """app.errors.storage_error_from, the one place where a plain OSError of a full disk or
+    quota becomes a StorageError with a message (app/run.py: progress.json, the appends)."""
+    from app.errors import storage_error_from
+
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        err = storage_error_from(OSError(code, "ignored", "f"), "cannot write f", "; advice")
+        assert type(err) is StorageError and err.exit_code == 8
+        assert str(err) == f"cannot write f: {os.strerror(code)}; advice"
+    err = storage_error_from(OSError(errno.ENOSPC, "x"), "cannot append to r")
+    assert str(err) == "cannot append to r: No space left on device"
+
+    class QuotaError(StorageError):  # has its own message: kept as it is
+        pass
+
+    for other in (
+        QuotaError("quota"),
+        OSError(errno.EACCES, "Permission denied"),
+        OSError("no errno"),
+        ValueError("x"),
+    ):
+        assert storage_error_from(other, "cannot write f") is None
+
+
+def test_run_progress_and_appends_turn_a_full_disk_into_one_storage_error(tmp_path, monkeypatch):
+    """The run's progress.json write raises, and its rank-0 appends record, the message of
+    storage_error_from; any other error passes unchanged."""
+    from types import SimpleNamespace
+
+    import app.run as run
+
+    ctx = SimpleNamespace(
+        out=tmp_path, deck=SimpleNamespace(run=SimpleNamespace(total_trajectories=10))
+    )
+
+    def fail(exc):
+        def write(*args):
+            raise exc
+
+        return write
+
+    monkeypatch.setattr(run, "write_progress", fail(OSError(errno.EDQUOT, "quota")))
+    with pytest.raises(StorageError) as info:
+        run._write_progress(ctx, 4)
+    assert str(info.value) == (
+        f"cannot write {tmp_path / 'progress.json'}: {os.strerror(errno.EDQUOT)}; the "
+        "checkpoint at trajectory 4 is complete. Free space and run again."
+    )
+    assert info.value.__suppress_context__
+    denied = OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(run, "write_progress", fail(denied))
+    with pytest.raises(OSError) as info:
+        run._write_progress(ctx, 4)
+    assert info.value is denied
+
+    outputs = run._Outputs(None, None, None, None)
+    outputs.append(tmp_path / "records.jsonl", fail(OSError(errno.ENOSPC, "full")))
+    outputs.append(tmp_path / "run.log", fail(OSError(errno.ENOSPC, "full")))  # skipped
+    assert outputs.failed == f"cannot append to {tmp_path / 'records.jsonl'}: " + os.strerror(
+        errno.ENOSPC
+    )
+    own = StorageError("cannot write x: free space")
+    for exc in (own, denied):
+        with pytest.raises(OSError) as info:
+            run._Outputs(None, None, None, None).append(tmp_path / "r", fail(exc))
+        assert info.value is exc
+
+
 @pytest.mark.parametrize(
     "ranks, variable, value, sets, words",
     [
