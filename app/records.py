@@ -90,15 +90,19 @@ class Records:
         self.grid = grid
         self.is_writer = grid.is_world_root
 
-    def truncate(self, next_trajectory: int) -> None:
+    def truncate(self, next_trajectory: int, keep: list[str] | None = None) -> None:
         """Drop records of trajectories >= ``next_trajectory`` (after a checkpoint); a file
         that does not hold exactly ``0 .. next_trajectory - 1`` raises :class:`RecordsError`
-        (checked on every rank before, by app/run_directory.py)."""
+        (checked on every rank before, by app/run_directory.py). ``keep``: the lines
+        :func:`read_prefix` gave for this file and ``next_trajectory`` without a problem (what
+        :func:`app.run_directory.check_run_directory` returns on world rank 0), so that the
+        file is not read again; None: read it here."""
         if not self.is_writer or not self.path.exists():
             return
-        keep, problem = read_prefix(self.path, next_trajectory)
-        if problem is not None:
-            raise RecordsError(problem)
+        if keep is None:
+            keep, problem = read_prefix(self.path, next_trajectory)
+            if problem is not None:
+                raise RecordsError(problem)
         atomic_write_bytes(self.path, ("\n".join(keep) + "\n" if keep else "").encode())
 
     def gather(self, per_chain: dict[str, Any]) -> dict[str, Any] | None:

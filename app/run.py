@@ -321,11 +321,15 @@ def _raise_append_failure(ctx: _Context, outputs: _Outputs, traj: int) -> None:
     )
 
 
-def _open_outputs(ctx: _Context, traj: int, resume: bool) -> _Outputs:
-    """Open (and cut back to the checkpoint at ``traj``) every per-trajectory output."""
+def _open_outputs(
+    ctx: _Context, traj: int, resume: bool, records_kept: list[str] | None = None
+) -> _Outputs:
+    """Open (and cut back to the checkpoint at ``traj``) every per-trajectory output;
+    ``records_kept``: the records lines before ``traj`` as the start-up check read them
+    (world rank 0 of a resume), None: read them again."""
     root, out = ctx.grid.is_world_root, ctx.out
     records = Records(out / RECORDS, ctx.grid)
-    records.truncate(traj)
+    records.truncate(traj, records_kept)
     runlog = RunLog(out, root, traj)
     measurer = open_on_the_fly(ctx.deck, ctx.theory, out, root, traj)
     writers = open_ensembles(
@@ -410,10 +414,11 @@ def run(deck: Deck, progress: bool | None = None) -> RunResult:
     state, traj, ckpt = _start_state(ctx, rng)
     # before anything is cut or overwritten: do the directory's files agree with the start?
     chains_total = ctx.run_info["chains_total"]
-    check_run_directory(deck, grid, out, chains_total, None if ckpt is None else traj)
+    # (world rank 0 of a resume: the records lines it keeps, read once, cut to them below)
+    kept = check_run_directory(deck, grid, out, chains_total, None if ckpt is None else traj)
 
     start_traj = traj
-    outputs = _open_outputs(ctx, traj, resume=ckpt is not None)
+    outputs = _open_outputs(ctx, traj, resume=ckpt is not None, records_kept=kept)
     writers = outputs.writers
     if ckpt is None:  # checkpoint 0: a run killed before its first checkpoint resumes
         _checkpoint(ctx, state, traj, writers)

@@ -42,18 +42,24 @@ class RunDirectoryError(InputError):
     trajectories before the checkpoint it resumes from."""
 
 
-def check_run_directory(deck, grid, out: Path, chains_total: int, start: int | None) -> None:
+def check_run_directory(
+    deck, grid, out: Path, chains_total: int, start: int | None
+) -> list[str] | None:
     """Refuse (collectively, :class:`RunDirectoryError`) to start in ``out`` when its files
-    disagree with the start: ``start`` is the checkpoint's trajectory, None for a fresh run."""
-    problems = None
+    disagree with the start: ``start`` is the checkpoint's trajectory, None for a fresh run.
+
+    Returns, on world rank 0 of a resume, the lines of ``records.jsonl`` before ``start``
+    (:func:`app.records.read_prefix`, read here once), for :meth:`app.records.Records.truncate`
+    to keep without reading the file again; None on the other ranks and for a fresh run."""
+    problems = kept = None
     if grid.is_world_root:
         if start is None:
             problems = _fresh_problems(deck, out)
         else:
-            problems = _resume_problems(deck, out, chains_total, start)
+            problems, kept = _resume_problems(deck, out, chains_total, start)
     problems = grid.comm.bcast(problems, root=0)
     if not problems:
-        return
+        return kept
     if start is None:
         head = (
             f"refusing to start a new run in {out}: it holds the output of an earlier run and "
@@ -105,15 +111,16 @@ def _ensemble_content(path: Path) -> str | None:
     return None
 
 
-def _resume_problems(deck, out: Path, chains_total: int, start: int) -> list[str]:
+def _resume_problems(deck, out: Path, chains_total: int, start: int) -> tuple[list[str], list[str]]:
+    """Every problem of a resume from ``start``, and the records lines before it."""
     problems = []
-    _, records_problem = read_prefix(out / RECORDS, start)
+    kept, records_problem = read_prefix(out / RECORDS, start)
     if records_problem is not None:
         problems.append(records_problem)
     if "hdf5" in deck.output.formats:
         for chain in range(chains_total):
             problems += _ensemble_problems(deck, out / f"ensemble_c{chain}.h5", start)
-    return problems
+    return problems, kept
 
 
 def _ensemble_problems(deck, path: Path, start: int) -> list[str]:

@@ -128,6 +128,34 @@ def test_resume_with_a_last_records_line_cut_by_a_kill(reference, tmp_path):
     assert_same(content(tmp_path / "out"), reference)
 
 
+def test_a_resume_reads_records_once(reference, tmp_path, monkeypatch):
+    """World rank 0 read records.jsonl twice when a resume started: in the start-up check
+    (app/run_directory.py) and again to cut it (Records.truncate). The check's lines are
+    handed on: one read, the same result (a later line and a cut line dropped)."""
+    deck = make_deck(tmp_path)
+    assert main(["run", str(deck), "--set", "run.trajectories=6"]) == 0  # checkpoint at 8
+    records = tmp_path / "out" / "records.jsonl"
+    lines = records.read_text().splitlines()
+    later = json.dumps({**json.loads(lines[-1]), "trajectory": 8})
+    records.write_text("\n".join(lines + [later]) + '\n{"trajectory": 9, "thermaliz')
+    reads = []
+    read_text = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self.name == "records.jsonl":
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    from app.deck import load_deck
+    from app.run import run
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert run(load_deck(deck), progress=False).finished  # (the CLI's summary reads it after)
+    monkeypatch.undo()
+    assert reads == [records]
+    assert_same(content(tmp_path / "out"), reference)
+
+
 # ------------------------------------------------------------------ fresh start
 def test_a_fresh_run_does_not_overwrite_an_earlier_ensemble(tmp_path, capsys):
     deck = make_deck(tmp_path)
