@@ -145,7 +145,7 @@ def classify(exc: BaseException) -> tuple[int, str, bool]:
         return EXIT_INTERRUPTED, "interrupted", False
     if isinstance(exc, BrokenPipeError):
         return EXIT_BROKEN_PIPE, "", False
-    if isinstance(exc, StorageError) and "free space" in str(exc):
+    if isinstance(exc, StorageError) and "free space" in str(exc).lower():
         return StorageError.exit_code, f"error: {exc}", True  # a complete message already
     if isinstance(exc, StorageError) or is_storage_error(exc):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

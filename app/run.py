@@ -141,6 +141,9 @@ def _make_directories(out: Path, deck: Deck) -> None:
         if {"ildg", "nersc"} & set(deck.output.formats):
             (out / "configs").mkdir(exist_ok=True)
     except OSError as exc:
+        storage = storage_error_from(exc, f"cannot create the run directories in {out}")
+        if storage is not None:  # the same StorageError on every rank (on_root): exit 8
+            raise storage from None
         if is_storage_error(exc):
             raise
         raise InputError(

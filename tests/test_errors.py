@@ -290,6 +290,50 @@ def test_run_progress_and_appends_turn_a_full_disk_into_one_storage_error(tmp_pa
         assert info.value is exc
 
 
+def test_complete_storage_messages_are_printed_once():
+    """A StorageError whose message already says what to do ("Free space ...", app/run.py's
+    checkpoint and progress messages) is printed as it is; one without gets the advice once."""
+    from app.errors import classify
+
+    for text in (
+        "cannot write p: No space left on device; the checkpoint at trajectory 4 is "
+        "complete. Free space and run again.",
+        "cannot append to r: Disk quota exceeded. Free space or raise the quota, then run again",
+    ):
+        status, message, collective = classify(StorageError(text))
+        assert (status, message, collective) == (8, f"error: {text}", True)
+        assert message.lower().count("free space") == 1
+    status, message, collective = classify(StorageError("cannot append to r: full"))
+    assert status == 8 and collective and message.lower().count("free space") == 1
+
+
+def test_full_disk_creating_the_run_directories(tmp_path, monkeypatch):
+    """A full disk while the run directories are made (rank 0, app.io.collective.on_root,
+    re-raised on every rank) is a StorageError naming the directory: exit 8 on every rank
+    with one message, not a per-rank abort."""
+    from types import SimpleNamespace
+
+    from app import run
+    from app.errors import classify
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    deck = SimpleNamespace(output=SimpleNamespace(formats=["hdf5"]))
+    with pytest.raises(StorageError) as info:
+        run._make_directories(tmp_path / "out", deck)
+    assert str(info.value) == (
+        f"cannot create the run directories in {tmp_path / 'out'}: No space left on device"
+    )
+    status, message, collective = classify(info.value)
+    assert status == 8 and collective
+    assert message.startswith(
+        f"error: cannot write: cannot create the run directories in {tmp_path}"
+    )
+    assert message.lower().count("free space") == 1
+
+
 @pytest.mark.parametrize(
     "ranks, variable, value, sets, words",
     [
