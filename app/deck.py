@@ -550,9 +550,9 @@ class TrainSection(_Section):
     )
     anneal_start: float = Field(default=0.0, ge=0, description="Starting beta of annealing.")
     model_name: str = Field(
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Registry name the trained model is stored under (required; not "
-        "`index.json`, the registry's own file).",
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
+        description="Registry name the trained model is stored under (required; letters, "
+        "digits, `_`, `-` and `.`, not first; not `index.json`, the registry's own file).",
     )
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:+-]+$")]] = Field(
         default_factory=list,

@@ -218,6 +218,15 @@ def test_reserved_model_name_is_refused_at_load(tmp_path, capsys, train, name):
     assert loads_deck(GOOD + train.replace("NAME", "index.json.v2") + "\n")
 
 
+@pytest.mark.parametrize("name", [".", "..", ".hidden"])
+def test_model_name_with_a_leading_dot_is_refused_at_load(name):
+    """The registry refuses a name with a leading '.' (app/registry.py _check_name); the
+    deck's pattern refuses it when the deck is loaded, not when `trivhmc train` saves."""
+    p = one(GOOD + f"train: {{architecture: phi4_minimal, model_name: '{name}'}}\n")
+    assert p.path == ("train", "model_name") and p.where == "line 12"
+    assert loads_deck(GOOD + "train: {architecture: phi4_minimal, model_name: a.b}\n")
+
+
 def test_tuning_needs_thermalization():
     text = GOOD.replace("  seed: 7", "  seed: 7\n  thermalization: 0")
     text += "sampler: {target_acceptance: 0.8}\n"
