@@ -8,7 +8,11 @@
 Run by benchmarks/device_check.sh. ``correctness``: SU(3) (Wilson, Symanzik) and U(1) action
 and force of every backend on the device against eager on the CPU (1e-12 relative); the
 device Philox stream against the host (uniforms bitwise, normals to 4 ulp); one SU(3) HMC
-trajectory (hot start, 2 chains) on the device against the CPU (dH, acceptance, links).
+trajectory (hot start, 2 chains) on the device against the CPU (dH, acceptance, links); the
+trivialized SU(3) force through a stout flow (flow forward and pulled-back backward with the
+log-det; the flow's map, log-det and inverse), device (eager core) against the CPU's eager core;
+the Schwinger model's pseudofermion heatbath, CG solve (solution, iteration count), action and
+force on the device against the CPU.
 ``halo``: the distributed SU(3) force and action on the device, GPU-aware MPI off or on
 (separate runs: an MPI library that is not GPU-aware may crash on device buffers), against
 one rank on the CPU. ``table``: the device's copy bandwidth and float64 matrix rate, then
@@ -157,6 +161,95 @@ def correctness(dev: torch.device) -> None:
     verdict("HMC trajectory links: device vs cpu", rel(fd, fc), 1e-10)
     dh_d, dh_c = (torch.as_tensor(r.dH).detach().cpu() for r in (rd, rc))
     verdict("HMC trajectory dH: device vs cpu", float((dh_d - dh_c).abs().max()), 1e-8)
+    stout_force(dev)
+    schwinger_force(dev)
+
+
+def stout_force(dev: torch.device) -> None:
+    """The trivialized SU(3) force through a stout flow (8 layers: every link once; flow
+    forward, then the pulled-back backward with the log-det) on the device against the CPU's
+    eager stout core (on a CPU ``dev`` that is the fused numba core where it applies), and
+    the flow's forward map, log-det and fixed-point inverse."""
+    from kernels.flows.su3 import su3_stout_flow
+    from kernels.flows.su3_fused import set_stout_kernel
+    from kernels.samplers.trivialized import TransformedTheory
+
+    grid = single_rank_grid((4, 4, 4, 4))
+    torch.manual_seed(11)  # the network's initial weights: the same flow on both sides
+    flow_c = su3_stout_flow(grid, n_layers=8, hidden=(4,), rho_max=0.5)
+    flow_d = su3_stout_flow(grid, n_layers=8, hidden=(4,), rho_max=0.5)
+    flow_d.load_state_dict(flow_c.state_dict())
+    flow_d = flow_d.to(dev)
+    flow_c.requires_grad_(False)
+    flow_d.requires_grad_(False)
+    tt_c = TransformedTheory(SU3Gauge(grid, 5.7), flow_c)
+    tt_d = TransformedTheory(SU3Gauge(grid, 5.7, device=dev), flow_d)
+    v_c = tt_c.theory.hot_start(SiteRNG(13), 0, 2)
+    v_d = v_c.to(dev)
+    kb.set_backend("eager")
+    set_stout_kernel("eager")  # the reference: the torch core on the CPU
+    try:
+        with torch.no_grad():
+            u_c, ld_c = flow_c(v_c)
+        f_c, s_c = tt_c.force(v_c), tt_c.action(v_c)
+    finally:
+        set_stout_kernel(None)
+    with torch.no_grad():  # the device side: the default core (eager off the CPU)
+        u_d, ld_d = flow_d(v_d)
+        back, _ = flow_d.inverse(u_d)
+    f_d, s_d = tt_d.force(v_d), tt_d.action(v_d)
+    verdict("stout flow U = F(V): device vs cpu", rel(u_d, u_c), 1e-12)
+    verdict("stout flow log-det: device vs cpu", rel(ld_d, ld_c), 1e-12)
+    verdict("stout flow inverse F^-1(F(V)) = V on device", rel(back, v_c), 1e-10)
+    verdict("stout trivialized action: device vs cpu", rel(s_d, s_c), 1e-12)
+    verdict("stout trivialized force: device vs cpu", rel(f_d, f_c), 1e-10)
+
+
+def schwinger_force(dev: torch.device) -> None:
+    """Schwinger model (8x8, one Hasenbusch mass): the pseudofermion heatbath (a CG solve
+    for the ratio term), the CG solve of ``D^+ D x = phi`` (solution and iteration count),
+    the pseudofermion action and the total force on the device against the CPU. The noise
+    is drawn on the host for both (``device_philox = "never"``), so the inputs agree bitwise."""
+    from kernels.fermions.cg import conjugate_gradient
+    from kernels.theories.schwinger import Schwinger
+
+    grid = single_rank_grid((8, 8))
+    kw = dict(beta=2.0, kappa=0.24, hasenbusch=[0.2], cg_tol=1e-12, cg_max_iter=2000)
+    th_c, th_d = Schwinger(grid, **kw), Schwinger(grid, **kw, device=dev)
+    theta_c = th_c.hot_start(SiteRNG(17), 0, 2)
+    theta_d = theta_c.to(dev)
+    rng = SiteRNG(19)
+    rng.device_philox = "never"
+    th_c.refresh(theta_c, rng, 1)
+    th_d.refresh(theta_d, rng, 1)
+    pf_c, pf_d = th_c.pseudofermion_terms(), th_d.pseudofermion_terms()
+    verdict(
+        "schwinger pseudofermions (heatbath): device vs cpu",
+        max(rel(d.phi, c.phi) for c, d in zip(pf_c, pf_d)),
+        1e-10,
+    )
+    res = []
+    for th, theta, phi in ((th_c, theta_c, pf_c[-1].phi), (th_d, theta_d, pf_d[-1].phi)):
+        op = th.dirac(theta)
+        res.append(conjugate_gradient(op.normal, phi, grid, 1e-12, 2000))
+    (r_c, r_d) = res
+    verdict("schwinger CG solve D^+D x = phi: device vs cpu", rel(r_d.x, r_c.x), 1e-9)
+    verdict(
+        "schwinger CG iterations: device - cpu",
+        float((r_d.iterations.cpu() - r_c.iterations).abs().max()),
+        1,
+    )
+    verdict("schwinger CG converged on device", float((~r_d.converged).sum()), 0)
+    verdict(
+        "schwinger action (gauge + pf): device vs cpu",
+        rel(th_d.action(theta_d), th_c.action(theta_c)),
+        1e-10,
+    )
+    verdict(
+        "schwinger force (gauge + pf): device vs cpu",
+        rel(th_d.force(theta_d), th_c.force(theta_c)),
+        1e-9,
+    )
 
 
 def halo(dev: torch.device, modes: tuple[bool, ...]) -> None:

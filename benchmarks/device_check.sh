@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One short device check (< 8 minutes): correctness of the kernels, of one HMC trajectory and
-# of the halo exchange (GPU-aware MPI off and on) on the accelerator against the CPU, then
-# the kernel / trajectory table. Usage, from anywhere in a checkout:
+# One short device check (< 8 minutes): correctness of the kernels, one HMC trajectory, the
+# stout trivialized and Schwinger pseudofermion forces and the halo exchange (GPU-aware MPI off
+# and on) on the accelerator against the CPU, then the kernel / trajectory table. Usage:
 #
 #     bash benchmarks/device_check.sh [--dry-run] [cuda|xpu|cpu|auto]
 #     bash benchmarks/device_check.sh --help
