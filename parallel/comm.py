@@ -267,8 +267,13 @@ def allreduce(comm: MPI.Comm, x: Array, op: MPI.Op = MPI.SUM) -> Array:
 
 def bcast_array(comm: MPI.Comm, x: Array, root: int = 0) -> Array:
     """Broadcast an array/tensor of the same shape and dtype on every rank from ``root``."""
+    # never write into the caller's storage: a CPU tensor's buffer is its numpy alias, a
+    # device tensor's (GPU-aware MPI) the tensor itself
     buf = to_buffer(x)
-    if not is_torch(buf):
-        buf = np.array(buf, copy=True)  # never write into the caller's storage
+    if is_torch(buf):
+        buf = buf.clone()
+        synchronize(buf.device)  # the copy is complete before MPI reads it
+    else:
+        buf = np.array(buf, copy=True)
     comm.Bcast(buf, root=root)
     return from_buffer(buf, x)

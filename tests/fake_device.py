@@ -308,6 +308,24 @@ def scenario_device_check(dev: torch.device) -> None:
     assert not device_check.FAILED, device_check.FAILED
 
 
+def scenario_bcast_no_write(dev: torch.device) -> None:
+    """``parallel.comm.bcast_array`` never writes into the caller's tensor, also when a
+    GPU-aware MPI receives into device memory (a receiving rank, emulated)."""
+    from parallel import comm
+
+    class Receiving:  # a non-root rank: Bcast fills the buffer with the root's data
+        def Bcast(self, buf, root=0):  # noqa: N802 (the mpi4py name)
+            buf[...] = 7
+
+    for aware in (False, True):
+        comm.set_gpu_aware(aware)
+        x = torch.zeros(3, dtype=torch.float64, device=dev)
+        got = comm.bcast_array(Receiving(), x)
+        assert got.device.type == NAME and got.cpu().tolist() == [7.0] * 3
+        assert x.cpu().tolist() == [0.0] * 3, f"gpu_aware={aware}: the caller's tensor changed"
+    comm.set_gpu_aware(False)
+
+
 def scenario_app_run(dev: torch.device) -> None:
     """``trivhmc run`` of a tiny SU(3) deck on the device: HDF5, ILDG and NERSC files,
     records, measurements (Wilson flow, loops, Polyakov), checkpoints; then a resume from the

@@ -6,8 +6,8 @@ one under ``mpiexec -n 2`` with GPU-aware MPI off and on.
 What they cover: the eager SU(3) kernels and HMC trajectory, the CPU-only backends handing
 device tensors to eager, the stout trivialized force and the Schwinger pseudofermion force and
 CG solve (benchmarks/device_check.py's checks), a ``trivhmc run`` with files, measurements,
-checkpoints and a resume, halo exchanges and an HMC trajectory on a split lattice with device
-buffers."""
+checkpoints and a resume, ``bcast_array`` never writing into the caller's tensor, halo
+exchanges and an HMC trajectory on a split lattice with device buffers."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _run(scenario: str, nranks: int = 0) -> None:
 
 @pytest.mark.parametrize(
     "scenario",
-    ["harness", "su3_hmc", "device_check", "app_run"],
+    ["harness", "su3_hmc", "device_check", "app_run", "bcast_no_write"],
 )
 def test_scenario_on_fake_device(scenario: str) -> None:
     _run(scenario)
