@@ -105,7 +105,8 @@ def save_checkpoint(trainer: L2HMCTrainer, path: Path, first: int) -> None:
     from app.io.atomic import atomic_write_bytes
 
     grid = trainer.theory.grid
-    full = gather_to_root(trainer.chains, grid, first)
+    # host copies: device tensors would travel as pickles (and be rebuilt on the root's device)
+    full = gather_to_root(trainer.chains.detach().cpu(), grid, first)
     per_rank = grid.comm.gather(full, root=0)
     if grid.comm.Get_rank() == 0:
         state = trainer.state_dict()

@@ -363,6 +363,36 @@ measure:  {every: 1, polyakov: true, wilson_loops: {r_max: 1, t_max: 1},
         assert lines["full"] == lines["resumed"]
 
 
+def scenario_l2hmc_checkpoint(dev: torch.device) -> None:
+    """An L2HMC training checkpoint of chains on the device, on a split lattice: written and
+    read back (chains, model, optimiser) without sending device tensors through pickled MPI
+    messages."""
+    import tempfile
+
+    from mpi4py import MPI
+
+    from app.l2hmc import load_checkpoint, save_checkpoint
+    from kernels.l2hmc.layers import build_l2hmc_model
+    from kernels.l2hmc.train import L2HMCTrainConfig, L2HMCTrainer
+    from kernels.theories.u1 import U1Gauge
+    from parallel import ProcessGrid
+    from parallel.rng import SiteRNG
+
+    grid = ProcessGrid((8, 8))
+    theory = U1Gauge(grid, 2.0, device=dev)
+    torch.manual_seed(1)
+    model = build_l2hmc_model(grid, "u1", n_layers=1, hidden=[2]).to(dev)
+    cfg = L2HMCTrainConfig(steps=2, batch=2)
+    trainer = L2HMCTrainer(model, theory, SiteRNG(5), cfg)
+    trainer.step()
+    path = Path(MPI.COMM_WORLD.bcast(tempfile.mkdtemp() if grid.is_world_root else None)) / "c.pt"
+    save_checkpoint(trainer, path, theory.first)
+    again = L2HMCTrainer(model, theory, SiteRNG(5), cfg, start=theory.cold_start(2))
+    load_checkpoint(again, path, theory.first)
+    assert again.chains.device.type == NAME and again.step_count == 1
+    _close(again.chains, trainer.chains, 0, "chains")
+
+
 def scenario_mpi(dev: torch.device) -> None:
     """On a split lattice (any number of ranks), GPU-aware MPI off and on: the distributed
     SU(3) force and action (benchmarks/device_check.py's halo check) and one HMC trajectory

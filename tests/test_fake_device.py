@@ -6,8 +6,9 @@ one under ``mpiexec -n 2`` with GPU-aware MPI off and on.
 What they cover: the eager SU(3) kernels and HMC trajectory, the CPU-only backends handing
 device tensors to eager, the stout trivialized force and the Schwinger pseudofermion force and
 CG solve (benchmarks/device_check.py's checks), a ``trivhmc run`` with files, measurements,
-checkpoints and a resume, ``bcast_array`` never writing into the caller's tensor, halo
-exchanges and an HMC trajectory on a split lattice with device buffers."""
+checkpoints and a resume, an L2HMC training checkpoint (no device tensor in a pickled MPI
+message), ``bcast_array`` never writing into the caller's tensor, halo exchanges and an HMC
+trajectory on a split lattice with device buffers."""
 
 from __future__ import annotations
 
@@ -37,12 +38,12 @@ def _run(scenario: str, nranks: int = 0) -> None:
 
 @pytest.mark.parametrize(
     "scenario",
-    ["harness", "su3_hmc", "device_check", "app_run", "bcast_no_write"],
+    ["harness", "su3_hmc", "device_check", "app_run", "l2hmc_checkpoint", "bcast_no_write"],
 )
 def test_scenario_on_fake_device(scenario: str) -> None:
     _run(scenario)
 
 
-@pytest.mark.parametrize("scenario", ["mpi"])
+@pytest.mark.parametrize("scenario", ["mpi", "l2hmc_checkpoint"])
 def test_scenario_on_fake_device_two_ranks(scenario: str) -> None:
     _run(scenario, nranks=2)
