@@ -363,13 +363,16 @@ def save_model(
         torch.save({"card": card, "state_dict": state}, buf)
         atomic_write_bytes(folder / f"{short}.pt", buf.getvalue())
 
-    def write() -> None:
+    def write() -> str:
         if single_file:
             _guarded_write(root, name, short, write_file)
         else:
             publish(root, name, card, state)
+        return short
 
-    on_root(write, grid.comm, broadcast=False)  # a failure on the root fails every rank
+    # a failure on the root fails every rank; every rank gets the root's hash (the card's
+    # creation time, hashed too, differs between ranks)
+    short = on_root(write, grid.comm)
     return f"{name}@{short}"
 
 
