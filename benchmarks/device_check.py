@@ -8,11 +8,12 @@
 Run by benchmarks/device_check.sh. ``correctness``: SU(3) (Wilson, Symanzik) and U(1) action
 and force of every backend on the device against eager on the CPU (1e-12 relative); the
 device Philox stream against the host (uniforms bitwise, normals to 4 ulp); one SU(3) HMC
-trajectory (hot start, 2 chains) on the device against the CPU (dH, acceptance, links); the
+trajectory (hot start, 2 chains) on the device against the CPU (dH, acceptance, links) and
+against itself (bitwise: a resumed run repeats the uninterrupted one only then); the
 trivialized SU(3) force through a stout flow (flow forward and pulled-back backward with the
-log-det; the flow's map, log-det and inverse), device (eager core) against the CPU's eager core;
-the Schwinger model's pseudofermion heatbath, CG solve (solution, iteration count), action and
-force on the device against the CPU.
+log-det; the flow's map, log-det and inverse), device (eager core) against the CPU's eager core,
+and the device force against itself (bitwise); the Schwinger model's pseudofermion heatbath,
+CG solve (solution, iteration count), action and force on the device against the CPU.
 ``halo``: the distributed SU(3) force and action on the device, GPU-aware MPI off or on
 (separate runs: an MPI library that is not GPU-aware may crash on device buffers), against
 one rank on the CPU. ``table``: the device's copy bandwidth and float64 matrix rate, then
@@ -74,6 +75,12 @@ def verdict(what: str, err: float, tol: float) -> None:
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().cpu(), b.detach().cpu()
     return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+
+
+def differ(*pairs: torch.Tensor) -> float:
+    """Number of elements that differ between ``pairs[0]`` and ``pairs[1]``, ``pairs[2]``
+    and ``pairs[3]``, ... (0: bitwise equal)."""
+    return float(sum(int((a.cpu() != b.cpu()).sum()) for a, b in zip(pairs[::2], pairs[1::2])))
 
 
 def pick_device(name: str) -> torch.device:
@@ -148,19 +155,21 @@ def correctness(dev: torch.device) -> None:
     zh = host.normal(grid, 1, 3, 2, lead=(4,), trail=(8,))
     zd = devr.normal(grid, 1, 3, 2, lead=(4,), trail=(8,), device=dev)
     verdict("device Philox normals vs host (abs)", rel(zd, zh), 1e-15)
-    # one HMC trajectory on the device against the CPU
-    out = {}
-    for where in (torch.device("cpu"), dev):
+    # one HMC trajectory on the device against the CPU; the device run twice (a resumed run
+    # repeats the uninterrupted one bit for bit only if the device's kernels are repeatable)
+    runs = []
+    for where in (torch.device("cpu"), dev, dev):
         th = SU3Gauge(grid, 5.7, device=where)
         hmc = HMC(th, make_integrator(th, "omelyan", 6, 1.0), SiteRNG(3))
         field = th.hot_start(SiteRNG(3), 0, 2)
         for c in (1, 2):
             field, rec = hmc.trajectory(field, c)
-        out[where.type] = (field, rec)
-    (fc, rc), (fd, rd) = out["cpu"], out[dev.type]
+        runs.append((field, rec))
+    (fc, rc), (fd, rd), (fd2, rd2) = runs
     verdict("HMC trajectory links: device vs cpu", rel(fd, fc), 1e-10)
     dh_d, dh_c = (torch.as_tensor(r.dH).detach().cpu() for r in (rd, rc))
     verdict("HMC trajectory dH: device vs cpu", float((dh_d - dh_c).abs().max()), 1e-8)
+    verdict("HMC trajectory repeatable on device (bitwise)", differ(fd2, fd, rd2.dH, rd.dH), 0)
     stout_force(dev)
     schwinger_force(dev)
 
@@ -198,11 +207,13 @@ def stout_force(dev: torch.device) -> None:
         u_d, ld_d = flow_d(v_d)
         back, _ = flow_d.inverse(u_d)
     f_d, s_d = tt_d.force(v_d), tt_d.action(v_d)
+    f_d2 = tt_d.force(v_d)  # repeatable? (index_select's backward adds with atomics on CUDA)
     verdict("stout flow U = F(V): device vs cpu", rel(u_d, u_c), 1e-12)
     verdict("stout flow log-det: device vs cpu", rel(ld_d, ld_c), 1e-12)
     verdict("stout flow inverse F^-1(F(V)) = V on device", rel(back, v_c), 1e-10)
     verdict("stout trivialized action: device vs cpu", rel(s_d, s_c), 1e-12)
     verdict("stout trivialized force: device vs cpu", rel(f_d, f_c), 1e-10)
+    verdict("stout force repeatable on device (bitwise)", differ(f_d2, f_d), 0)
 
 
 def schwinger_force(dev: torch.device) -> None:
