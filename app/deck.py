@@ -206,7 +206,8 @@ class ParallelSection(_Section):
     device: Literal["cpu", "cuda", "xpu", "mps"] = Field(
         default="cpu",
         description="torch device type: cpu, cuda (NVIDIA and AMD ROCm builds), xpu (Intel), "
-        "mps. Each rank uses the device its local rank is bound to (see the job scripts).",
+        "mps (float32 only: needs `dtype: float32`). Each rank uses the device its local rank "
+        "is bound to (see the job scripts).",
     )
     dtype: Literal["float64", "float32"] = Field(
         default="float64",
@@ -694,6 +695,7 @@ class Deck(_Section):
     def _consistent(self, info: ValidationInfo) -> Deck:
         problems = [
             *self._lattice_problems(),
+            *self._device_problems(),
             *self._train_problems(),
             *self._sampler_problems(),
             *self._output_problems(),
@@ -737,6 +739,16 @@ class Deck(_Section):
                     )
                 )
         return problems
+
+    def _device_problems(self) -> list[Problem]:
+        p = self.parallel
+        if p.device == "mps" and p.dtype == "float64":  # torch's MPS backend has no float64
+            msg = (
+                "mps has no float64 (torch's MPS backend), and parallel.dtype is float64 (what "
+                "HMC needs for reversibility): use cpu, or set parallel.dtype: float32"
+            )
+            return [Problem(("parallel", "device"), msg)]
+        return []
 
     def _train_problems(self) -> list[Problem]:
         t = self.train

@@ -227,6 +227,15 @@ def test_model_name_with_a_leading_dot_is_refused_at_load(name):
     assert loads_deck(GOOD + "train: {architecture: phi4_minimal, model_name: a.b}\n")
 
 
+def test_mps_needs_float32():
+    """torch's MPS backend has no float64: a deck asking for both is refused at load, naming
+    parallel.device, instead of failing at the first tensor of the run."""
+    p = one(GOOD, ["parallel.device=mps"])
+    assert p.path == ("parallel", "device") and "float64" in p.message
+    assert "parallel.dtype: float32" in p.message
+    assert loads_deck(GOOD, overrides=["parallel.device=mps", "parallel.dtype=float32"])
+
+
 def test_tuning_needs_thermalization():
     text = GOOD.replace("  seed: 7", "  seed: 7\n  thermalization: 0")
     text += "sampler: {target_acceptance: 0.8}\n"
