@@ -53,6 +53,16 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 @pytest.fixture
+def restore_backend():
+    """Put the active kernel backend (``kernels.backends.set_backend``) back after the test."""
+    import kernels.backends as kb
+
+    saved = kb._active
+    yield
+    kb._active = saved
+
+
+@pytest.fixture
 def spy(monkeypatch):
     """``spy(module, names)``: wrap the named functions of ``module`` for this test; returns
     the list to which every call appends the function's name (tests/mpi uses it too)."""

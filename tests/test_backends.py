@@ -33,11 +33,8 @@ def close(got: torch.Tensor, ref: torch.Tensor, what: str, tol: float = TOL) -> 
     assert err <= tol, f"{what}: differs from eager by {err:.2e} (relative)"
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    saved = kb._active
-    yield
-    kb._active = saved
+#: every test here may switch the kernel backend (conftest.py ``restore_backend``)
+pytestmark = pytest.mark.usefixtures("restore_backend")
 
 
 def _links(shape=(4, 4, 2, 6), batch=2, seed=3):

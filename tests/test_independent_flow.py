@@ -22,11 +22,8 @@ EPS, STEPS = 0.04, 3
 BACKENDS = [n for n in kb.available_backends() if n != "compiled"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    saved = kb._active
-    yield
-    kb._active = saved
+#: every test here may switch the kernel backend (conftest.py ``restore_backend``)
+pytestmark = pytest.mark.usefixtures("restore_backend")
 
 
 @pytest.fixture(scope="module", params=[0.0, -1.0 / 12.0], ids=["wilson", "symanzik"])

@@ -37,11 +37,8 @@ FAST = [n for n in kb.available_backends() if n not in ("eager", "compiled")]
 CASES = [("eager", k) for k in C1] + [(b, k) for b in FAST for k in ("wilson", "iwasaki")]
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    saved = kb._active
-    yield
-    kb._active = saved
+#: every test here may switch the kernel backend (conftest.py ``restore_backend``)
+pytestmark = pytest.mark.usefixtures("restore_backend")
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,8 @@ from parallel.rng import SiteRNG
 BACKENDS = [n for n in kb.available_backends() if n != "compiled"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    saved = kb._active
-    yield
-    kb._active = saved
+#: every test here may switch the kernel backend (conftest.py ``restore_backend``)
+pytestmark = pytest.mark.usefixtures("restore_backend")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -49,11 +49,8 @@ GRIDS_2D = {1: [(1, 1)], 2: [(1, 2), (2, 1)], 4: [(1, 4), (2, 2), (4, 1)]}.get(S
 SU3_SHAPE = (4, 6, 2, 8)
 
 
-@pytest.fixture(autouse=True)
-def _restore_backend():
-    saved = kb._active
-    yield
-    kb._active = saved
+#: every test here may switch the kernel backend (conftest.py ``restore_backend``)
+pytestmark = pytest.mark.usefixtures("restore_backend")
 
 
 def _grid(shape, g):
