@@ -49,7 +49,6 @@ from app.errors import (
     InputError,
     StorageError,
     TrivhmcError,
-    is_storage_error,
     storage_error_from,
 )
 from app.io.collective import on_root
@@ -144,7 +143,7 @@ def _make_directories(out: Path, deck: Deck) -> None:
         storage = storage_error_from(exc, f"cannot create the run directories in {out}")
         if storage is not None:  # the same StorageError on every rank (on_root): exit 8
             raise storage from None
-        if is_storage_error(exc):
+        if isinstance(exc, StorageError):  # carries its own message already
             raise
         raise InputError(
             f"cannot create the run directories in {out}: {exc.strerror or exc} ({exc.filename})"
